@@ -1,0 +1,147 @@
+//! The records the gateway keeps: sessions, one row per proxied request, and session figures.
+//!
+//! These are what storage stores and the API returns; the proxy path fills them in.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::SessionId;
+
+/// A conversation: the requests that share a context window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: SessionId,
+    pub name: String,
+    /// The model key the session was opened with; `None` until its first request.
+    pub model_key: Option<String>,
+    pub provider: Option<String>,
+    /// Created at, epoch milliseconds.
+    pub created_at: i64,
+}
+
+/// Whether token figures came from the provider or from the gateway's own count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageSource {
+    Upstream,
+    Estimated,
+}
+
+impl UsageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Upstream => "upstream",
+            Self::Estimated => "estimated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        if s == "upstream" {
+            Self::Upstream
+        } else {
+            Self::Estimated
+        }
+    }
+}
+
+/// One proxied request (the seed's `metrics` row).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub id: String,
+    pub session_id: SessionId,
+    /// Epoch milliseconds when the request arrived.
+    pub created_at: i64,
+    pub provider: String,
+    pub model_key: String,
+    pub upstream_model: String,
+    pub stream: bool,
+    /// HTTP status the client received (for streams: the status of the response head).
+    pub status: u16,
+    /// The gateway's exact count of the prompt it forwarded.
+    pub prompt_tokens_est: u64,
+    /// Figures reported by the provider, when it reported them.
+    pub prompt_tokens: Option<u64>,
+    /// Completion tokens: the provider's figure, or counted from the streamed text.
+    pub completion_tokens: Option<u64>,
+    pub cached_tokens: Option<u64>,
+    pub reasoning_tokens: Option<u64>,
+    pub usage_source: UsageSource,
+    pub max_context: u64,
+    /// Prompt tokens as a percentage of the model's window.
+    pub context_pct: f64,
+    /// Up to 200 characters of the last user message.
+    pub preview: String,
+    pub latency_ms: u64,
+    pub ttfb_ms: Option<u64>,
+    /// Time the gateway itself spent, excluding waiting on upstream.
+    pub overhead_us: u64,
+    pub attempts: u32,
+    pub finish_reason: Option<String>,
+    /// Stable error code when the request failed (`upstream_timeout`, `stream_interrupted`…).
+    pub error_type: Option<String>,
+    pub error_message: Option<String>,
+}
+
+impl RequestRecord {
+    /// Prompt tokens to account: the provider's figure when known, else the exact estimate.
+    pub fn effective_prompt_tokens(&self) -> u64 {
+        self.prompt_tokens.unwrap_or(self.prompt_tokens_est)
+    }
+
+    pub fn effective_completion_tokens(&self) -> u64 {
+        self.completion_tokens.unwrap_or(0)
+    }
+}
+
+/// The seed's session figures: current context (last request) and cumulative (all requests).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionStats {
+    pub request_count: u64,
+    pub current_input_tokens: u64,
+    pub current_output_tokens: u64,
+    pub current_total_tokens: u64,
+    pub cumulative_input_tokens: u64,
+    pub cumulative_output_tokens: u64,
+    pub cumulative_total_tokens: u64,
+    /// Window of the model of the last request (0 before any request).
+    pub max_context: u64,
+    /// `current_total_tokens` as a percentage of `max_context`.
+    pub current_pct: f64,
+}
+
+/// Truncates to at most `max` characters on a char boundary, collapsing whitespace runs.
+pub fn preview(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max * 2));
+    let mut n = 0;
+    let mut last_space = true;
+    for c in text.chars() {
+        if n >= max {
+            break;
+        }
+        if c.is_whitespace() {
+            if last_space {
+                continue;
+            }
+            out.push(' ');
+            last_space = true;
+        } else {
+            out.push(c);
+            last_space = false;
+        }
+        n += 1;
+    }
+    let trimmed = out.trim_end().len();
+    out.truncate(trimmed);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preview_collapses_and_cuts_on_chars() {
+        assert_eq!(preview("  hello \n\n world  ", 50), "hello world");
+        assert_eq!(preview("日本語のテキスト", 3), "日本語");
+        assert_eq!(preview("", 10), "");
+    }
+}
