@@ -1,1 +1,20 @@
-//! stub
+//! Gatehouse configuration: the `config.toml` schema, the built-in catalogue, `${VAR}` expansion,
+//! `GATEHOUSE_…` environment overrides, command-line overrides and validation.
+//!
+//! Loading is one pipeline: built-in catalogue < file < environment < flags, then `${VAR}`
+//! expansion, then typed deserialisation section by section so that every mistake is reported
+//! (with its key path, its line and a hint) rather than only the first.
+//!
+//! Architecture invariant: the process environment is read only by the binary, which hands a
+//! snapshot ([`Env`]) in; nothing here calls `std::env`, so tests never mutate global state.
+
+mod load;
+mod schema;
+mod secret;
+
+pub use load::{CATALOGUE_TOML, ConfigError, Env, Issue, Overrides, check_file, load};
+pub use schema::{
+    Config, ModelConfig, ProviderConfig, ProviderType, ProxyConfig, ServerConfig, SessionsConfig,
+    StorageConfig, Timeouts,
+};
+pub use secret::Secret;

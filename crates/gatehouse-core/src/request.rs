@@ -146,7 +146,10 @@ impl<'a> ChatRequestView<'a> {
         })?;
         let model: Cow<'a, str> = string_field(model_raw, "model")?;
         if model.is_empty() {
-            return Err(RequestParseError::field("model", "`model` must not be empty"));
+            return Err(RequestParseError::field(
+                "model",
+                "`model` must not be empty",
+            ));
         }
 
         let stream = match top.stream {
@@ -293,7 +296,10 @@ fn parse_message<'a>(i: usize, raw: &'a RawValue) -> Result<MessageView<'a>, Req
         Some(r) if r.get() == "null" => Vec::new(),
         Some(r) => {
             let calls: Vec<ToolCallRaw<'a>> = serde_json::from_str(r.get()).map_err(|_| {
-                type_error(format!("messages[{i}].tool_calls"), "an array of tool calls")
+                type_error(
+                    format!("messages[{i}].tool_calls"),
+                    "an array of tool calls",
+                )
             })?;
             calls
                 .into_iter()
@@ -401,7 +407,10 @@ mod tests {
 
     #[test]
     fn type_errors_name_the_field() {
-        assert_eq!(field_err(r#"{"messages":[{"role":"user","content":"x"}]}"#), "model");
+        assert_eq!(
+            field_err(r#"{"messages":[{"role":"user","content":"x"}]}"#),
+            "model"
+        );
         assert_eq!(field_err(r#"{"model":5,"messages":[]}"#), "model");
         assert_eq!(field_err(r#"{"model":"m","messages":"hi"}"#), "messages");
         assert_eq!(field_err(r#"{"model":"m","messages":[]}"#), "messages");
@@ -418,7 +427,9 @@ mod tests {
             "stream"
         );
         assert_eq!(
-            field_err(r#"{"model":"m","max_tokens":-1,"messages":[{"role":"user","content":"x"}]}"#),
+            field_err(
+                r#"{"model":"m","max_tokens":-1,"messages":[{"role":"user","content":"x"}]}"#
+            ),
             "max_tokens"
         );
     }

@@ -45,7 +45,17 @@ impl Encoding {
     pub fn for_model(upstream_model: &str) -> Self {
         let m = upstream_model.rsplit('/').next().unwrap_or(upstream_model);
         let m = m.to_ascii_lowercase();
-        let o200k = ["gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "chatgpt-4o", "gpt-oss", "o1", "o3", "o4"];
+        let o200k = [
+            "gpt-4o",
+            "gpt-4.1",
+            "gpt-4.5",
+            "gpt-5",
+            "chatgpt-4o",
+            "gpt-oss",
+            "o1",
+            "o3",
+            "o4",
+        ];
         if o200k.iter().any(|p| m.starts_with(p)) {
             Self::O200k
         } else {
@@ -227,7 +237,9 @@ mod tests {
         let v = ChatRequestView::parse(body).unwrap();
         let enc = Encoding::Cl100k;
         let expected = TOKENS_PER_REPLY
-            + (TOKENS_PER_MESSAGE + enc.count("system") + enc.count("You are a helpful assistant."))
+            + (TOKENS_PER_MESSAGE
+                + enc.count("system")
+                + enc.count("You are a helpful assistant."))
             + (TOKENS_PER_MESSAGE
                 + enc.count("user")
                 + enc.count("Hello!")
@@ -244,7 +256,10 @@ mod tests {
         let c = TokenCounter::new(10).count_prompt(Encoding::Cl100k, &v);
         assert_eq!(
             c.tokens,
-            TOKENS_PER_REPLY + TOKENS_PER_MESSAGE + Encoding::Cl100k.count("user") + TOKENS_PER_IMAGE
+            TOKENS_PER_REPLY
+                + TOKENS_PER_MESSAGE
+                + Encoding::Cl100k.count("user")
+                + TOKENS_PER_IMAGE
         );
     }
 
@@ -253,7 +268,10 @@ mod tests {
         let counter = TokenCounter::new(1000);
         let mut msgs = Vec::new();
         for i in 0..200 {
-            msgs.push(format!(r#"{{"role":"user","content":"turn {i}: {}"}}"#, "word ".repeat(50)));
+            msgs.push(format!(
+                r#"{{"role":"user","content":"turn {i}: {}"}}"#,
+                "word ".repeat(50)
+            ));
             let body = format!(r#"{{"model":"m","messages":[{}]}}"#, msgs.join(","));
             let v = ChatRequestView::parse(body.as_bytes()).unwrap();
             let c = counter.count_prompt(Encoding::Cl100k, &v);

@@ -1,0 +1,938 @@
+//! The loading pipeline and its error reporting.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gatehouse_core::Encoding;
+use serde::de::DeserializeOwned;
+use toml::{Table, Value};
+
+use crate::schema::{
+    Config, ModelConfig, ModelRaw, ProviderConfig, ProviderRaw, ProxyConfig, ProxyRaw,
+    ServerConfig, SessionsConfig, StorageConfig, TimeoutOverrides, Timeouts,
+};
+use crate::secret::Secret;
+
+/// The built-in catalogue and defaults; `gatehouse init` writes exactly this text.
+pub const CATALOGUE_TOML: &str = include_str!("catalogue.toml");
+
+const SECTIONS: &[&str] = &[
+    "server",
+    "storage",
+    "sessions",
+    "proxy",
+    "providers",
+    "models",
+];
+const ENV_PREFIX: &str = "GATEHOUSE_";
+
+/// A snapshot of environment variables, taken once by the binary.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+}
+
+impl Env {
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(String::as_str)
+    }
+}
+
+/// Command-line flags, the last word on what they set.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// One mistake in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// Key path, e.g. `models."mistral/codestral-2501".max_context_size`.
+    pub path: String,
+    /// 1-based line in the file, when the key is in the file.
+    pub line: Option<usize>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)?;
+        } else {
+            write!(f, "{}: {}", self.path, self.message)?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, " (hint: {hint})")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration{}:\n{}", file_suffix(.file), list(.issues))]
+    Invalid {
+        file: Option<PathBuf>,
+        issues: Vec<Issue>,
+    },
+}
+
+fn file_suffix(file: &Option<PathBuf>) -> String {
+    file.as_ref()
+        .map(|p| format!(" in {}", p.display()))
+        .unwrap_or_default()
+}
+
+fn list(issues: &[Issue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("  - {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Loads the configuration: built-in catalogue, then `file`, then `GATEHOUSE_…` variables from
+/// `env`, then `overrides`.
+pub fn load(file: Option<&Path>, env: &Env, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let text = match file {
+        Some(p) => Some(
+            std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+                path: p.to_owned(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let mut config = build(text.as_deref(), env).map_err(|issues| ConfigError::Invalid {
+        file: file.map(Path::to_owned),
+        issues,
+    })?;
+    if let Some(host) = &overrides.host {
+        config.server.host.clone_from(host);
+    }
+    if let Some(port) = overrides.port {
+        config.server.port = port;
+    }
+    if let Some(dir) = &overrides.data_dir {
+        config.server.data_dir.clone_from(dir);
+    }
+    Ok(config)
+}
+
+/// Validates a file the way `serve` would load it, returning every issue found.
+pub fn check_file(path: &Path, env: &Env) -> Result<Vec<Issue>, ConfigError> {
+    match load(Some(path), env, &Overrides::default()) {
+        Ok(_) => Ok(Vec::new()),
+        Err(ConfigError::Invalid { issues, .. }) => Ok(issues),
+        Err(e) => Err(e),
+    }
+}
+
+fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
+    let mut issues = Vec::new();
+    let mut root: Table = match toml::from_str(CATALOGUE_TOML) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(vec![Issue {
+                path: String::new(),
+                line: None,
+                message: format!("the built-in catalogue does not parse: {e}"),
+                hint: Some("this is a bug in Gatehouse; please report it".into()),
+            }]);
+        }
+    };
+
+    let spans = file_text.map(LineIndex::new);
+    if let Some(text) = file_text {
+        match toml::from_str::<Table>(text) {
+            Ok(user) => {
+                for key in user.keys() {
+                    if !SECTIONS.contains(&key.as_str()) {
+                        issues.push(Issue {
+                            path: quote_key(key),
+                            line: None,
+                            message: "unknown section".into(),
+                            hint: Some(suggest(key, SECTIONS.iter().copied())),
+                        });
+                    }
+                }
+                merge(&mut root, user);
+            }
+            Err(e) => {
+                let line = e.span().map(|s| line_of(text, s.start));
+                return Err(vec![Issue {
+                    path: String::new(),
+                    line,
+                    message: format!("TOML syntax error: {}", e.message()),
+                    hint: Some("check quoting, brackets and `key = value` syntax".into()),
+                }]);
+            }
+        }
+    }
+
+    apply_env_overrides(&mut root, env, &mut issues);
+    let key_envs = expand_vars(&mut root, env, &mut issues);
+
+    let server: Option<ServerConfig> = section(&root, "server", &mut issues);
+    let storage: Option<StorageConfig> = section(&root, "storage", &mut issues);
+    let sessions: Option<SessionsConfig> = section(&root, "sessions", &mut issues);
+    let proxy: Option<ProxyRaw> = section(&root, "proxy", &mut issues);
+
+    let mut providers_raw = BTreeMap::new();
+    for (key, value) in entries(&root, "providers", &mut issues) {
+        let path = format!("providers.{}", quote_key(&key));
+        if let Some(p) = typed::<ProviderRaw>(value, &path, &mut issues) {
+            providers_raw.insert(key, p);
+        }
+    }
+    let mut models_raw = BTreeMap::new();
+    for (key, value) in entries(&root, "models", &mut issues) {
+        let path = format!("models.{}", quote_key(&key));
+        if let Some(m) = typed::<ModelRaw>(value, &path, &mut issues) {
+            models_raw.insert(key, m);
+        }
+    }
+
+    if let Some(s) = &server {
+        if s.max_body_bytes == 0 {
+            issues.push(issue(
+                "server.max_body_bytes",
+                "must be greater than 0",
+                None,
+            ));
+        }
+        if !(s.shutdown_grace_secs.is_finite() && s.shutdown_grace_secs >= 0.0) {
+            issues.push(issue(
+                "server.shutdown_grace_secs",
+                "must be a non-negative number of seconds",
+                None,
+            ));
+        }
+        if s.host.parse::<std::net::IpAddr>().is_err() && s.host != "localhost" {
+            issues.push(issue(
+                "server.host",
+                "must be an IP address or `localhost`",
+                Some("use 127.0.0.1 to stay on this machine"),
+            ));
+        }
+    }
+    if let Some(s) = &storage {
+        for (name, v) in [
+            ("queue_capacity", s.queue_capacity),
+            ("batch_size", s.batch_size),
+        ] {
+            if v == 0 {
+                issues.push(issue(
+                    &format!("storage.{name}"),
+                    "must be greater than 0",
+                    None,
+                ));
+            }
+        }
+        if s.sqlite_file.is_empty() {
+            issues.push(issue("storage.sqlite_file", "must not be empty", None));
+        }
+    }
+
+    let mut timeouts_default = None;
+    let mut timeout_overrides = BTreeMap::new();
+    if let Some(p) = &proxy {
+        let t = &p.timeouts;
+        let base = TimeoutOverrides {
+            connect: Some(t.connect),
+            first_byte: Some(t.first_byte),
+            idle: Some(t.idle),
+            total: Some(t.total),
+        };
+        timeouts_default = resolve_timeouts("proxy.timeouts", &base, None, &mut issues);
+        for (key, o) in &t.providers {
+            let path = format!("proxy.timeouts.providers.{}", quote_key(key));
+            if !providers_raw.contains_key(key) {
+                issues.push(issue(
+                    &path,
+                    "timeouts for a provider that is not configured",
+                    Some(&suggest(key, providers_raw.keys().map(String::as_str))),
+                ));
+            }
+            timeout_overrides.insert(key.clone(), (path, o.clone()));
+        }
+        if p.retries > 10 {
+            issues.push(issue("proxy.retries", "must be at most 10", None));
+        }
+    }
+
+    let mut providers = BTreeMap::new();
+    for (key, raw) in providers_raw {
+        let path = format!("providers.{}", quote_key(&key));
+        let url = raw.base_url.trim_end_matches('/').to_owned();
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            issues.push(issue(
+                &format!("{path}.base_url"),
+                &format!("`{}` is not an http(s) URL", raw.base_url),
+                Some("e.g. https://api.mistral.ai/v1"),
+            ));
+        }
+        let timeouts = match (&timeouts_default, timeout_overrides.get(&key)) {
+            (Some(d), Some((opath, o))) => resolve_timeouts(opath, o, Some(d), &mut issues),
+            (Some(d), None) => Some(*d),
+            (None, _) => None,
+        };
+        let api_key = raw.api_key.filter(|k| !k.is_empty()).map(Secret::new);
+        let Some(timeouts) = timeouts else { continue };
+        providers.insert(
+            key.clone(),
+            ProviderConfig {
+                kind: raw.kind,
+                base_url: url,
+                api_key,
+                api_key_env: key_envs.get(&key).cloned(),
+                headers: raw.headers,
+                timeouts,
+            },
+        );
+    }
+
+    let mut models = BTreeMap::new();
+    for (key, raw) in models_raw {
+        let path = format!("models.{}", quote_key(&key));
+        if !providers.contains_key(&raw.provider)
+            && !issues.iter().any(|i| {
+                i.path
+                    .starts_with(&format!("providers.{}", quote_key(&raw.provider)))
+            })
+        {
+            issues.push(issue(
+                &format!("{path}.provider"),
+                &format!("provider `{}` is not configured", raw.provider),
+                Some(&suggest(
+                    &raw.provider,
+                    providers.keys().map(String::as_str),
+                )),
+            ));
+        }
+        if raw.max_context_size == 0 {
+            issues.push(issue(
+                &format!("{path}.max_context_size"),
+                "must be greater than 0",
+                None,
+            ));
+        }
+        if raw.model.is_empty() {
+            issues.push(issue(&format!("{path}.model"), "must not be empty", None));
+        }
+        let encoding = match raw.encoding.as_deref() {
+            None => Encoding::for_model(&raw.model),
+            Some(e) => match e.parse::<Encoding>() {
+                Ok(e) => e,
+                Err(msg) => {
+                    issues.push(issue(&format!("{path}.encoding"), &msg, None));
+                    continue;
+                }
+            },
+        };
+        models.insert(
+            key,
+            ModelConfig {
+                provider: raw.provider,
+                model: raw.model,
+                max_context_size: raw.max_context_size,
+                capabilities: raw.capabilities,
+                encoding,
+            },
+        );
+    }
+
+    if let Some(index) = &spans {
+        for i in &mut issues {
+            if i.line.is_none() {
+                i.line = index.line_of_path(&i.path);
+            }
+        }
+    }
+
+    issues.sort_by(|a, b| (a.line, &a.path).cmp(&(b.line, &b.path)));
+    match (server, storage, sessions, proxy) {
+        (Some(server), Some(storage), Some(sessions), Some(proxy)) if issues.is_empty() => {
+            Ok(Config {
+                server,
+                storage,
+                sessions,
+                proxy: ProxyConfig {
+                    retries: proxy.retries,
+                    retry_backoff: Duration::from_millis(proxy.retry_backoff_ms),
+                    token_cache_entries: proxy.token_cache_entries,
+                },
+                providers,
+                models,
+            })
+        }
+        _ => Err(issues),
+    }
+}
+
+fn issue(path: &str, message: &str, hint: Option<&str>) -> Issue {
+    Issue {
+        path: path.to_owned(),
+        line: None,
+        message: message.to_owned(),
+        hint: hint.map(str::to_owned),
+    }
+}
+
+fn resolve_timeouts(
+    path: &str,
+    o: &TimeoutOverrides,
+    base: Option<&Timeouts>,
+    issues: &mut Vec<Issue>,
+) -> Option<Timeouts> {
+    let mut ok = true;
+    let mut get = |name: &str, v: Option<f64>, fallback: Option<Duration>| -> Duration {
+        match v {
+            Some(secs) => match Duration::try_from_secs_f64(secs) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    ok = false;
+                    issues.push(issue(
+                        &format!("{path}.{name}"),
+                        "must be a positive number of seconds",
+                        None,
+                    ));
+                    Duration::ZERO
+                }
+            },
+            None => fallback.unwrap_or(Duration::ZERO),
+        }
+    };
+    let t = Timeouts {
+        connect: get("connect", o.connect, base.map(|b| b.connect)),
+        first_byte: get("first_byte", o.first_byte, base.map(|b| b.first_byte)),
+        idle: get("idle", o.idle, base.map(|b| b.idle)),
+        total: get("total", o.total, base.map(|b| b.total)),
+    };
+    ok.then_some(t)
+}
+
+/// Deep-merges `over` into `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut Table, over: Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(Value::Table(b)), Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// `GATEHOUSE_SERVER__PORT=9000` sets `server.port`. Values are read as TOML when they parse
+/// (numbers, booleans, arrays), else taken as strings.
+fn apply_env_overrides(root: &mut Table, env: &Env, issues: &mut Vec<Issue>) {
+    for (name, raw) in &env.vars {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if !rest.contains("__") {
+            // GATEHOUSE_HOST, GATEHOUSE_PORT…: flags' variables, handled by the CLI.
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty) || !SECTIONS.contains(&path[0].as_str()) {
+            issues.push(Issue {
+                path: name.clone(),
+                line: None,
+                message: "environment override names no known setting".into(),
+                hint: Some(
+                    "use GATEHOUSE_<SECTION>__<KEY>, e.g. GATEHOUSE_SERVER__PORT=9000".into(),
+                ),
+            });
+            continue;
+        }
+        let value = toml::from_str::<Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| Value::String(raw.clone()));
+        set_path(root, &path, value);
+    }
+}
+
+fn set_path(table: &mut Table, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            table.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| Value::Table(Table::new()));
+            if !entry.is_table() {
+                *entry = Value::Table(Table::new());
+            }
+            if let Value::Table(t) = entry {
+                set_path(t, rest, value);
+            }
+        }
+    }
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` in every string. An unset variable in a provider's
+/// `api_key` removes the key (the provider loads, its requests name the variable); elsewhere it
+/// is an issue. Returns, per provider, the variable its key comes from.
+fn expand_vars(root: &mut Table, env: &Env, issues: &mut Vec<Issue>) -> BTreeMap<String, String> {
+    let mut key_envs = BTreeMap::new();
+    if let Some(Value::Table(providers)) = root.get_mut("providers") {
+        for (pkey, pval) in providers.iter_mut() {
+            let Value::Table(p) = pval else { continue };
+            let Some(Value::String(raw)) = p.get("api_key") else {
+                continue;
+            };
+            let vars = referenced_vars(raw);
+            if let Some(first) = vars.first() {
+                key_envs.insert(pkey.clone(), first.clone());
+            }
+            match expand(raw, env) {
+                Ok(v) => {
+                    p.insert("api_key".into(), Value::String(v));
+                }
+                Err(_) => {
+                    p.remove("api_key");
+                }
+            }
+        }
+    }
+    expand_value_tree(root, env, &mut Vec::new(), issues);
+    key_envs
+}
+
+fn expand_value_tree(t: &mut Table, env: &Env, path: &mut Vec<String>, issues: &mut Vec<Issue>) {
+    for (k, v) in t.iter_mut() {
+        path.push(k.clone());
+        expand_value(v, env, path, issues);
+        path.pop();
+    }
+}
+
+fn expand_value(v: &mut Value, env: &Env, path: &mut Vec<String>, issues: &mut Vec<Issue>) {
+    match v {
+        Value::String(s) if s.contains("${") => match expand(s, env) {
+            Ok(x) => *s = x,
+            Err(var) => issues.push(Issue {
+                path: display_path(path),
+                line: None,
+                message: format!("environment variable `{var}` is not set"),
+                hint: Some(format!("export {var}=… or write `${{{var}:-default}}`")),
+            }),
+        },
+        Value::Table(t) => expand_value_tree(t, env, path, issues),
+        Value::Array(a) => {
+            for (i, item) in a.iter_mut().enumerate() {
+                path.push(i.to_string());
+                expand_value(item, env, path, issues);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn referenced_vars(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else { break };
+        let inner = &after[..end];
+        let name = inner.split(":-").next().unwrap_or(inner);
+        out.push(name.to_owned());
+        rest = &after[end + 1..];
+    }
+    out
+}
+
+/// Expands variables in `s`; `Err(name)` for the first unset variable without a default.
+fn expand(s: &str, env: &Env) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        match (env.get(name).filter(|v| !v.is_empty()), default) {
+            (Some(v), _) => out.push_str(v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => return Err(name.to_owned()),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn section<T: DeserializeOwned>(root: &Table, name: &str, issues: &mut Vec<Issue>) -> Option<T> {
+    match root.get(name) {
+        Some(v) => typed(v.clone(), name, issues),
+        None => {
+            issues.push(issue(name, "section is missing", None));
+            None
+        }
+    }
+}
+
+fn entries(root: &Table, name: &str, issues: &mut Vec<Issue>) -> Vec<(String, Value)> {
+    match root.get(name) {
+        Some(Value::Table(t)) => t.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        Some(_) => {
+            issues.push(issue(name, "must be a table of named entries", None));
+            Vec::new()
+        }
+        None => Vec::new(),
+    }
+}
+
+/// Deserialises one value, turning a failure into an issue with the full key path.
+fn typed<T: DeserializeOwned>(value: Value, base: &str, issues: &mut Vec<Issue>) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = if inner == "." || inner.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{base}.{inner}")
+            };
+            let message = e.inner().message().to_owned();
+            let hint = unknown_field_hint(&message);
+            issues.push(Issue {
+                path,
+                line: None,
+                message,
+                hint,
+            });
+            None
+        }
+    }
+}
+
+/// serde says "unknown field `prot`, expected one of `host`, `port`"; suggest the closest.
+fn unknown_field_hint(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, expected) = rest.split_once('`')?;
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    Some(suggest(field, candidates.into_iter()))
+}
+
+fn suggest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> String {
+    let all: Vec<&str> = candidates.collect();
+    match all
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .min()
+        .filter(|(d, c)| *d <= 3.max(c.len() / 3))
+    {
+        Some((_, best)) => format!("did you mean `{best}`?"),
+        None if all.len() <= 8 => format!("expected one of: {}", all.join(", ")),
+        None => format!(
+            "expected one of: {}, …",
+            all.iter().take(8).copied().collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn quote_key(k: &str) -> String {
+    if !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        k.to_owned()
+    } else {
+        format!("\"{}\"", k.replace('"', "\\\""))
+    }
+}
+
+fn display_path(p: &[String]) -> String {
+    p.iter().map(|s| quote_key(s)).collect::<Vec<_>>().join(".")
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Finds where a key path is written in the user's file, using the parser's spans.
+struct LineIndex<'a> {
+    text: &'a str,
+    table: Option<toml::Spanned<toml::de::DeTable<'a>>>,
+}
+
+impl<'a> LineIndex<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            table: toml::de::DeTable::parse(text).ok(),
+        }
+    }
+
+    fn line_of_path(&self, path: &str) -> Option<usize> {
+        let table = self.table.as_ref()?;
+        let segments = split_path(path);
+        let mut current = table.get_ref();
+        let mut best = None;
+        for (i, seg) in segments.iter().enumerate() {
+            let (key, value) = current.get_key_value(seg.as_str())?;
+            best = Some(key.span().start);
+            match value.get_ref() {
+                toml::de::DeValue::Table(t) if i + 1 < segments.len() => current = t,
+                _ => break,
+            }
+        }
+        best.map(|o| line_of(self.text, o))
+    }
+}
+
+fn split_path(path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = path.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '\\' if quoted => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            '.' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        Env::from_pairs(pairs.iter().copied())
+    }
+
+    fn build_err(text: &str) -> Vec<Issue> {
+        match build(Some(text), &Env::default()) {
+            Ok(_) => panic!("expected issues"),
+            Err(i) => i,
+        }
+    }
+
+    #[test]
+    fn builtin_catalogue_loads_with_no_file_and_no_keys() {
+        let c = load(None, &Env::default(), &Overrides::default()).unwrap();
+        assert_eq!(c.server.host, "127.0.0.1");
+        assert_eq!(c.server.port, 8000);
+        assert_eq!(c.providers.len(), 10);
+        assert_eq!(
+            c.models
+                .keys()
+                .filter(|k| !k.starts_with("openai/") && !k.starts_with("ollama/"))
+                .count(),
+            20
+        );
+        let mistral = &c.providers["mistral"];
+        assert!(mistral.key_missing());
+        assert_eq!(mistral.api_key_env.as_deref(), Some("MISTRAL_API_KEY"));
+        assert!(!c.providers["ollama"].key_missing());
+        assert_eq!(
+            c.providers["gemini"].timeouts.total,
+            Duration::from_secs(180)
+        );
+        assert_eq!(c.providers["groq"].timeouts.idle, Duration::from_secs(60));
+        assert_eq!(
+            c.providers["mistral"].timeouts.total,
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            c.providers["mistral"].timeouts.connect,
+            Duration::from_secs(10)
+        );
+        assert_eq!(c.models["openai/gpt-4o"].encoding, Encoding::O200k);
+        assert_eq!(
+            c.models["mistral/codestral-2501"].encoding,
+            Encoding::Cl100k
+        );
+        assert_eq!(
+            c.models["siliconflow/deepseek-v3.2"].max_context_size,
+            164_000
+        );
+    }
+
+    #[test]
+    fn keys_come_from_the_environment_and_never_print() {
+        let c = build(None, &env(&[("MISTRAL_API_KEY", "sk-mistral-secret")])).unwrap();
+        let p = &c.providers["mistral"];
+        assert!(!p.key_missing());
+        assert_eq!(p.api_key.as_ref().unwrap().expose(), "sk-mistral-secret");
+        assert!(!format!("{c:?}").contains("sk-mistral-secret"));
+    }
+
+    #[test]
+    fn precedence_file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[server]\nport = 9001\nhost = \"0.0.0.0\"\n").unwrap();
+        let c = load(Some(&f), &Env::default(), &Overrides::default()).unwrap();
+        assert_eq!(c.server.port, 9001);
+        assert_eq!(
+            c.server.shutdown_grace_secs, 30.0,
+            "defaults survive a partial file"
+        );
+        let e = env(&[
+            ("GATEHOUSE_SERVER__PORT", "9002"),
+            ("GATEHOUSE_PROXY__RETRIES", "0"),
+        ]);
+        let c = load(Some(&f), &e, &Overrides::default()).unwrap();
+        assert_eq!(c.server.port, 9002);
+        assert_eq!(c.proxy.retries, 0);
+        let o = Overrides {
+            port: Some(9003),
+            ..Default::default()
+        };
+        assert_eq!(load(Some(&f), &e, &o).unwrap().server.port, 9003);
+    }
+
+    #[test]
+    fn every_mistake_is_reported_with_path_line_and_hint() {
+        let text = r#"
+[server]
+prot = 8000
+
+[providers.local]
+type = "openai"
+base_url = "ftp://nowhere"
+
+[providers.weird]
+type = "martian"
+base_url = "http://localhost:1"
+
+[models."local/a"]
+provider = "locl"
+model = "a"
+max_context_size = 0
+
+[models."local/b"]
+provider = "local"
+model = "b"
+max_context_size = "big"
+"#;
+        let issues = build_err(text);
+        let find = |p: &str| {
+            issues
+                .iter()
+                .find(|i| i.path == p)
+                .unwrap_or_else(|| panic!("no issue for {p} in {issues:#?}"))
+        };
+        let prot = find("server.prot");
+        assert!(prot.message.contains("unknown field `prot`"));
+        assert_eq!(prot.hint.as_deref(), Some("did you mean `port`?"));
+        assert_eq!(prot.line, Some(3));
+        assert_eq!(find("providers.local.base_url").line, Some(7));
+        assert!(find("providers.weird.type").message.contains("martian"));
+        let p = find("models.\"local/a\".provider");
+        assert_eq!(p.hint.as_deref(), Some("did you mean `local`?"));
+        assert_eq!(p.line, Some(14));
+        assert_eq!(find("models.\"local/a\".max_context_size").line, Some(16));
+        assert_eq!(find("models.\"local/b\".max_context_size").line, Some(21));
+        assert!(issues.len() >= 6);
+    }
+
+    #[test]
+    fn syntax_errors_give_a_line() {
+        let issues = build_err("[server]\nport = = 3\n");
+        assert_eq!(issues.len(), 1);
+        assert_eq!(issues[0].line, Some(2));
+    }
+
+    #[test]
+    fn unset_variables_outside_keys_are_issues() {
+        let issues = build_err("[providers.x]\ntype = \"openai\"\nbase_url = \"${X_URL}\"\n");
+        assert!(issues[0].message.contains("X_URL"), "{issues:?}");
+        let ok = build(
+            Some("[providers.x]\ntype = \"openai\"\nbase_url = \"${X_URL:-http://127.0.0.1:9}\"\n"),
+            &Env::default(),
+        )
+        .unwrap();
+        assert_eq!(ok.providers["x"].base_url, "http://127.0.0.1:9");
+    }
+
+    #[test]
+    fn unknown_sections_and_env_overrides_are_reported() {
+        let issues = build_err("[servr]\nport = 1\n");
+        assert_eq!(issues[0].hint.as_deref(), Some("did you mean `server`?"));
+        let issues = match build(None, &env(&[("GATEHOUSE_NOPE__X", "1")])) {
+            Err(i) => i,
+            Ok(_) => panic!("expected an issue"),
+        };
+        assert_eq!(issues[0].path, "GATEHOUSE_NOPE__X");
+    }
+
+    #[test]
+    fn catalogue_text_is_what_init_writes() {
+        // `init` writes CATALOGUE_TOML; loading it as a file must be a no-op.
+        let from_file = build(Some(CATALOGUE_TOML), &Env::default()).unwrap();
+        let builtin = build(None, &Env::default()).unwrap();
+        assert_eq!(from_file.models.len(), builtin.models.len());
+    }
+}

@@ -1,0 +1,181 @@
+//! The typed configuration the rest of the gateway reads.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gatehouse_core::Encoding;
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub sessions: SessionsConfig,
+    pub proxy: ProxyConfig,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub shutdown_grace_secs: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub sqlite_file: String,
+    pub queue_capacity: usize,
+    pub batch_size: usize,
+    pub flush_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    pub new_on_model_change: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProxyRaw {
+    pub retries: u32,
+    pub retry_backoff_ms: u64,
+    pub token_cache_entries: usize,
+    pub timeouts: TimeoutsRaw,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TimeoutsRaw {
+    pub connect: f64,
+    pub first_byte: f64,
+    pub idle: f64,
+    pub total: f64,
+    #[serde(default)]
+    pub providers: BTreeMap<String, TimeoutOverrides>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TimeoutOverrides {
+    pub connect: Option<f64>,
+    pub first_byte: Option<f64>,
+    pub idle: Option<f64>,
+    pub total: Option<f64>,
+}
+
+/// Proxy behaviour shared by every provider.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub retries: u32,
+    pub retry_backoff: Duration,
+    pub token_cache_entries: usize,
+}
+
+/// The four timeouts of one provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Response head, and for streams the first chunk.
+    pub first_byte: Duration,
+    /// Largest gap between two stream chunks.
+    pub idle: Duration,
+    /// A whole non-streaming exchange.
+    pub total: Duration,
+}
+
+/// The wire protocol a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderType {
+    Openai,
+    /// Moonshot's Kimi endpoints: OpenAI-compatible.
+    Kimi,
+    Anthropic,
+    Gemini,
+    Ollama,
+}
+
+impl ProviderType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Kimi => "kimi",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+            Self::Ollama => "ollama",
+        }
+    }
+
+    /// Whether this build can forward requests to such a provider.
+    pub fn is_served(self) -> bool {
+        matches!(self, Self::Openai | Self::Kimi)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProviderRaw {
+    #[serde(rename = "type")]
+    pub kind: ProviderType,
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// One upstream provider, resolved.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub kind: ProviderType,
+    /// Without a trailing slash.
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+    /// The variable `api_key` was read from (`MISTRAL_API_KEY`), for messages; set even when the
+    /// variable is unset, which is how a missing key is told apart from a keyless provider.
+    pub api_key_env: Option<String>,
+    /// Extra headers sent on every request to this provider.
+    pub headers: BTreeMap<String, String>,
+    pub timeouts: Timeouts,
+}
+
+impl ProviderConfig {
+    /// A key was asked for (through `${VAR}`) but the variable is unset.
+    pub fn key_missing(&self) -> bool {
+        self.api_key.is_none() && self.api_key_env.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ModelRaw {
+    pub provider: String,
+    pub model: String,
+    pub max_context_size: u64,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    #[serde(default)]
+    pub encoding: Option<String>,
+}
+
+/// One model a client may ask for.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub provider: String,
+    /// The provider's own name for the model.
+    pub model: String,
+    pub max_context_size: u64,
+    pub capabilities: Vec<String>,
+    pub encoding: Encoding,
+}
