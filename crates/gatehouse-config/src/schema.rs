@@ -36,7 +36,6 @@ pub struct StorageConfig {
     pub sqlite_file: String,
     pub queue_capacity: usize,
     pub batch_size: usize,
-    pub flush_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

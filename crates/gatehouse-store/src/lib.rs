@@ -1,1 +1,82 @@
-//! stub
+//! Persistence: the [`Store`] trait, its SQLite implementation with versioned migrations, and
+//! the batching [`writer`] that takes accounting off the request path.
+//!
+//! SQL is written with `$N` placeholders so a PostgreSQL implementation can share it.
+//! Architecture invariant: the proxy path never awaits a database; it hands [`WriteOp`]s to the
+//! writer's bounded queue and moves on.
+
+pub mod sqlite;
+pub mod writer;
+
+use futures_util::future::BoxFuture;
+use gatehouse_core::SessionId;
+use gatehouse_core::record::{RequestRecord, Session, SessionStats};
+use serde::Serialize;
+
+pub use sqlite::SqliteStore;
+pub use writer::{Writer, WriterHandle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration {version} failed: {source}")]
+    Migration { version: i64, source: sqlx::Error },
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A change to persist, in the order it happened.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    CreateSession(Session),
+    RenameSession {
+        id: SessionId,
+        name: String,
+    },
+    /// A session opened without a model takes the model of its first request.
+    SetSessionModel {
+        id: SessionId,
+        model_key: String,
+        provider: String,
+    },
+    DeleteSession(SessionId),
+    SetActiveSession(Option<SessionId>),
+    InsertRequest(Box<RequestRecord>),
+}
+
+/// A session with its headline figures, for listings.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSummary {
+    #[serde(flatten)]
+    pub session: Session,
+    pub request_count: u64,
+    pub cumulative_total_tokens: u64,
+    pub last_request_at: Option<i64>,
+}
+
+/// What the gateway persists and reads back. Implementations share `$N` SQL.
+pub trait Store: Send + Sync + 'static {
+    /// Applies a batch in one transaction. An op that fails alone is logged and skipped, so one
+    /// bad row never loses its neighbours.
+    fn apply(&self, ops: &[WriteOp]) -> BoxFuture<'_, StoreResult<()>>;
+    fn list_sessions(&self) -> BoxFuture<'_, StoreResult<Vec<SessionSummary>>>;
+    fn get_session<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Session>>>;
+    fn active_session(&self) -> BoxFuture<'_, StoreResult<Option<Session>>>;
+    fn session_stats<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, StoreResult<SessionStats>>;
+    /// Newest first.
+    fn list_requests<'a>(
+        &'a self,
+        session: &'a SessionId,
+        limit: u32,
+        offset: u32,
+    ) -> BoxFuture<'a, StoreResult<Vec<RequestRecord>>>;
+    fn count_requests<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, StoreResult<u64>>;
+    /// Cheap liveness probe for `/health/ready`.
+    fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
+}

@@ -1,0 +1,525 @@
+//! The SQLite store: one file in the data directory, WAL mode, migrations applied at open.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use gatehouse_core::SessionId;
+use gatehouse_core::record::{RequestRecord, Session, SessionStats, UsageSource};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::{SessionSummary, Store, StoreError, StoreResult, WriteOp};
+
+/// Versioned migrations, embedded so the binary needs no files beside it.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../migrations/sqlite/0001_init.sql"),
+)];
+
+const ACTIVE_KEY: &str = "active_session";
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `file` and brings its schema up to date.
+    pub async fn open(file: &Path) -> StoreResult<Self> {
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(file)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL is durable across process crashes in WAL mode; only power loss can drop the
+            // last commits, which is the usual trade for a local metrics store.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS _migrations (
+                version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await?;
+        let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM _migrations")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        for (version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > current) {
+            let run = async {
+                let mut tx = self.pool.begin().await?;
+                sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+                sqlx::query(
+                    "INSERT INTO _migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                )
+                .bind(version)
+                .bind(name)
+                .bind(gatehouse_core::time::now_ms())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await
+            };
+            run.await.map_err(|source| StoreError::Migration {
+                version: *version,
+                source,
+            })?;
+            tracing::info!(version, name, "applied migration");
+        }
+        Ok(())
+    }
+
+    async fn apply_one(tx: &mut Transaction<'static, Sqlite>, op: &WriteOp) -> sqlx::Result<()> {
+        match op {
+            WriteOp::CreateSession(s) => {
+                sqlx::query(
+                    "INSERT INTO sessions (id, name, model_key, provider, created_at)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(s.id.as_str())
+                .bind(&s.name)
+                .bind(&s.model_key)
+                .bind(&s.provider)
+                .bind(s.created_at)
+                .execute(&mut **tx)
+                .await?;
+            }
+            WriteOp::RenameSession { id, name } => {
+                sqlx::query("UPDATE sessions SET name = $1 WHERE id = $2")
+                    .bind(name)
+                    .bind(id.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            WriteOp::SetSessionModel {
+                id,
+                model_key,
+                provider,
+            } => {
+                sqlx::query("UPDATE sessions SET model_key = $1, provider = $2 WHERE id = $3")
+                    .bind(model_key)
+                    .bind(provider)
+                    .bind(id.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            WriteOp::DeleteSession(id) => {
+                sqlx::query("DELETE FROM requests WHERE session_id = $1")
+                    .bind(id.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("DELETE FROM sessions WHERE id = $1")
+                    .bind(id.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("DELETE FROM settings WHERE key = $1 AND value = $2")
+                    .bind(ACTIVE_KEY)
+                    .bind(id.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            WriteOp::SetActiveSession(id) => match id {
+                Some(id) => {
+                    sqlx::query(
+                        "INSERT INTO settings (key, value) VALUES ($1, $2)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    )
+                    .bind(ACTIVE_KEY)
+                    .bind(id.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM settings WHERE key = $1")
+                        .bind(ACTIVE_KEY)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+            },
+            WriteOp::InsertRequest(r) => {
+                sqlx::query(
+                    "INSERT INTO requests (id, request_id, session_id, created_at, provider,
+                        model_key, upstream_model, stream, status, prompt_tokens_est,
+                        prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens,
+                        usage_source, max_context, context_pct, preview, latency_ms, ttfb_ms,
+                        overhead_us, attempts, finish_reason, error_type, error_message)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                        $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
+                )
+                .bind(uuid_v7())
+                .bind(&r.id)
+                .bind(r.session_id.as_str())
+                .bind(r.created_at)
+                .bind(&r.provider)
+                .bind(&r.model_key)
+                .bind(&r.upstream_model)
+                .bind(r.stream)
+                .bind(i64::from(r.status))
+                .bind(to_i64(r.prompt_tokens_est))
+                .bind(r.prompt_tokens.map(to_i64))
+                .bind(r.completion_tokens.map(to_i64))
+                .bind(r.cached_tokens.map(to_i64))
+                .bind(r.reasoning_tokens.map(to_i64))
+                .bind(r.usage_source.as_str())
+                .bind(to_i64(r.max_context))
+                .bind(r.context_pct)
+                .bind(&r.preview)
+                .bind(to_i64(r.latency_ms))
+                .bind(r.ttfb_ms.map(to_i64))
+                .bind(to_i64(r.overhead_us))
+                .bind(i64::from(r.attempts))
+                .bind(&r.finish_reason)
+                .bind(&r.error_type)
+                .bind(&r.error_message)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn uuid_v7() -> String {
+    gatehouse_core::SessionId::generate().as_str().to_owned()
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn session_from_row(row: &SqliteRow) -> sqlx::Result<Session> {
+    Ok(Session {
+        id: SessionId::new(row.try_get::<String, _>("id")?),
+        name: row.try_get("name")?,
+        model_key: row.try_get("model_key")?,
+        provider: row.try_get("provider")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn request_from_row(row: &SqliteRow) -> sqlx::Result<RequestRecord> {
+    let opt = |name: &str| -> sqlx::Result<Option<u64>> {
+        Ok(row.try_get::<Option<i64>, _>(name)?.map(to_u64))
+    };
+    Ok(RequestRecord {
+        id: row.try_get("request_id")?,
+        session_id: SessionId::new(row.try_get::<String, _>("session_id")?),
+        created_at: row.try_get("created_at")?,
+        provider: row.try_get("provider")?,
+        model_key: row.try_get("model_key")?,
+        upstream_model: row.try_get("upstream_model")?,
+        stream: row.try_get("stream")?,
+        status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
+        prompt_tokens_est: to_u64(row.try_get("prompt_tokens_est")?),
+        prompt_tokens: opt("prompt_tokens")?,
+        completion_tokens: opt("completion_tokens")?,
+        cached_tokens: opt("cached_tokens")?,
+        reasoning_tokens: opt("reasoning_tokens")?,
+        usage_source: UsageSource::parse(&row.try_get::<String, _>("usage_source")?),
+        max_context: to_u64(row.try_get("max_context")?),
+        context_pct: row.try_get("context_pct")?,
+        preview: row.try_get("preview")?,
+        latency_ms: to_u64(row.try_get("latency_ms")?),
+        ttfb_ms: opt("ttfb_ms")?,
+        overhead_us: to_u64(row.try_get("overhead_us")?),
+        attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
+        finish_reason: row.try_get("finish_reason")?,
+        error_type: row.try_get("error_type")?,
+        error_message: row.try_get("error_message")?,
+    })
+}
+
+// Token totals count answered requests only (`status` 2xx): a failed request is not billed,
+// while a stream cut mid-way still answered 200 and is billed for what was sent.
+
+impl Store for SqliteStore {
+    fn apply(&self, ops: &[WriteOp]) -> BoxFuture<'_, StoreResult<()>> {
+        let ops = ops.to_vec();
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            for op in &ops {
+                if let Err(e) = Self::apply_one(&mut tx, op).await {
+                    tracing::error!(error = %e, op = op_name(op), "dropping a write that failed on its own");
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn list_sessions(&self) -> BoxFuture<'_, StoreResult<Vec<SessionSummary>>> {
+        Box::pin(async move {
+            let sql = "SELECT s.id, s.name, s.model_key, s.provider, s.created_at,
+                    COUNT(r.id) AS request_count,
+                    COALESCE(SUM(CASE WHEN r.status >= 200 AND r.status < 300 THEN COALESCE(r.prompt_tokens, r.prompt_tokens_est)
+                        + COALESCE(r.completion_tokens, 0) ELSE 0 END), 0) AS total,
+                    MAX(r.created_at) AS last_at
+                 FROM sessions s LEFT JOIN requests r ON r.session_id = s.id
+                 GROUP BY s.id ORDER BY s.created_at DESC, s.id DESC";
+            let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(SessionSummary {
+                        session: session_from_row(row)?,
+                        request_count: to_u64(row.try_get("request_count")?),
+                        cumulative_total_tokens: to_u64(row.try_get("total")?),
+                        last_request_at: row.try_get("last_at")?,
+                    })
+                })
+                .collect::<sqlx::Result<Vec<_>>>()
+                .map_err(StoreError::from)
+        })
+    }
+
+    fn get_session<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Session>>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT id, name, model_key, provider, created_at FROM sessions WHERE id = $1",
+            )
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row.as_ref().map(session_from_row).transpose()?)
+        })
+    }
+
+    fn active_session(&self) -> BoxFuture<'_, StoreResult<Option<Session>>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT s.id, s.name, s.model_key, s.provider, s.created_at
+                 FROM settings k JOIN sessions s ON s.id = k.value WHERE k.key = $1",
+            )
+            .bind(ACTIVE_KEY)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row.as_ref().map(session_from_row).transpose()?)
+        })
+    }
+
+    fn session_stats<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, StoreResult<SessionStats>> {
+        Box::pin(async move {
+            let totals = sqlx::query(
+                "SELECT COUNT(*) AS n,
+                    COALESCE(SUM(CASE WHEN status >= 200 AND status < 300 THEN COALESCE(prompt_tokens, prompt_tokens_est) ELSE 0 END), 0) AS input,
+                    COALESCE(SUM(CASE WHEN status >= 200 AND status < 300 THEN COALESCE(completion_tokens, 0) ELSE 0 END), 0) AS output
+                 FROM requests WHERE session_id = $1",
+            )
+            .bind(id.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+            let last = sqlx::query(
+                "SELECT COALESCE(prompt_tokens, prompt_tokens_est) AS input,
+                    COALESCE(completion_tokens, 0) AS output, max_context
+                 FROM requests WHERE session_id = $1 AND status >= 200 AND status < 300
+                 ORDER BY created_at DESC, id DESC LIMIT 1",
+            )
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+            let mut stats = SessionStats {
+                request_count: to_u64(totals.try_get("n")?),
+                cumulative_input_tokens: to_u64(totals.try_get("input")?),
+                cumulative_output_tokens: to_u64(totals.try_get("output")?),
+                ..SessionStats::default()
+            };
+            stats.cumulative_total_tokens =
+                stats.cumulative_input_tokens + stats.cumulative_output_tokens;
+            if let Some(row) = last {
+                stats.current_input_tokens = to_u64(row.try_get("input")?);
+                stats.current_output_tokens = to_u64(row.try_get("output")?);
+                stats.current_total_tokens =
+                    stats.current_input_tokens + stats.current_output_tokens;
+                stats.max_context = to_u64(row.try_get("max_context")?);
+                if stats.max_context > 0 {
+                    stats.current_pct =
+                        stats.current_total_tokens as f64 * 100.0 / stats.max_context as f64;
+                }
+            }
+            Ok(stats)
+        })
+    }
+
+    fn list_requests<'a>(
+        &'a self,
+        session: &'a SessionId,
+        limit: u32,
+        offset: u32,
+    ) -> BoxFuture<'a, StoreResult<Vec<RequestRecord>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT * FROM requests WHERE session_id = $1
+                 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
+            )
+            .bind(session.as_str())
+            .bind(i64::from(limit))
+            .bind(i64::from(offset))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(request_from_row)
+                .collect::<sqlx::Result<Vec<_>>>()
+                .map_err(StoreError::from)
+        })
+    }
+
+    fn count_requests<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, StoreResult<u64>> {
+        Box::pin(async move {
+            let n: i64 = sqlx::query("SELECT COUNT(*) FROM requests WHERE session_id = $1")
+                .bind(session.as_str())
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?;
+            Ok(to_u64(n))
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+    }
+}
+
+fn op_name(op: &WriteOp) -> &'static str {
+    match op {
+        WriteOp::CreateSession(_) => "create_session",
+        WriteOp::RenameSession { .. } => "rename_session",
+        WriteOp::SetSessionModel { .. } => "set_session_model",
+        WriteOp::DeleteSession(_) => "delete_session",
+        WriteOp::SetActiveSession(_) => "set_active_session",
+        WriteOp::InsertRequest(_) => "insert_request",
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn record(
+        session: &SessionId,
+        status: u16,
+        prompt: u64,
+        completion: u64,
+    ) -> RequestRecord {
+        RequestRecord {
+            id: "req".into(),
+            session_id: session.clone(),
+            created_at: gatehouse_core::time::now_ms(),
+            provider: "p".into(),
+            model_key: "p/m".into(),
+            upstream_model: "m".into(),
+            stream: false,
+            status,
+            prompt_tokens_est: prompt + 1,
+            prompt_tokens: Some(prompt),
+            completion_tokens: Some(completion),
+            cached_tokens: None,
+            reasoning_tokens: None,
+            usage_source: UsageSource::Upstream,
+            max_context: 1000,
+            context_pct: prompt as f64 / 10.0,
+            preview: "héllo, \"world\"".into(),
+            latency_ms: 12,
+            ttfb_ms: Some(3),
+            overhead_us: 40,
+            attempts: 1,
+            finish_reason: Some("stop".into()),
+            error_type: None,
+            error_message: None,
+        }
+    }
+
+    fn session(id: &str) -> Session {
+        Session {
+            id: SessionId::new(id),
+            name: "first".into(),
+            model_key: Some("p/m".into()),
+            provider: Some("p".into()),
+            created_at: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trip_stats_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("sub/g.db"))
+            .await
+            .unwrap();
+        let id = SessionId::new("s1");
+        store
+            .apply(&[
+                WriteOp::CreateSession(session("s1")),
+                WriteOp::SetActiveSession(Some(id.clone())),
+                WriteOp::InsertRequest(Box::new(record(&id, 200, 100, 20))),
+                WriteOp::InsertRequest(Box::new(record(&id, 502, 999, 0))),
+                WriteOp::InsertRequest(Box::new(record(&id, 200, 300, 50))),
+                WriteOp::RenameSession {
+                    id: id.clone(),
+                    name: "renamed".into(),
+                },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.active_session().await.unwrap().unwrap().name,
+            "renamed"
+        );
+        let stats = store.session_stats(&id).await.unwrap();
+        assert_eq!(stats.request_count, 3);
+        assert_eq!(
+            stats.cumulative_input_tokens, 400,
+            "failed requests are not billed"
+        );
+        assert_eq!(stats.cumulative_output_tokens, 70);
+        assert_eq!(stats.current_total_tokens, 350);
+        assert!((stats.current_pct - 35.0).abs() < 1e-9);
+        let rows = store.list_requests(&id, 2, 0).await.unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].preview, "héllo, \"world\"");
+        let list = store.list_sessions().await.unwrap();
+        assert_eq!(list[0].request_count, 3);
+        assert_eq!(list[0].cumulative_total_tokens, 470);
+
+        store
+            .apply(&[WriteOp::DeleteSession(id.clone())])
+            .await
+            .unwrap();
+        assert!(store.get_session(&id).await.unwrap().is_none());
+        assert_eq!(store.count_requests(&id).await.unwrap(), 0);
+        assert!(store.active_session().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn migrations_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("g.db");
+        drop(SqliteStore::open(&f).await.unwrap());
+        let again = SqliteStore::open(&f).await.unwrap();
+        again.ping().await.unwrap();
+    }
+}
