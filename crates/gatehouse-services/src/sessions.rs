@@ -1,0 +1,363 @@
+//! Sessions: which conversation a request belongs to.
+//!
+//! The rules (DESIGN.md §5): a request names its session with `X-Gatehouse-Session`; otherwise it
+//! joins the active session; a new session is opened, and made active, on the first request and
+//! when a request asks for another model than the active session's. A new session is named after
+//! the first user prompt (50 characters).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use gatehouse_core::SessionId;
+use gatehouse_core::record::{Session, preview};
+use gatehouse_core::time::{now_ms, rfc3339_ms};
+use gatehouse_store::{Store, StoreResult, WriteOp, WriterHandle};
+
+/// Length of an automatic session name (the seed's figure).
+pub const NAME_CHARS: usize = 50;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SessionError {
+    #[error("session `{0}` does not exist")]
+    NotFound(SessionId),
+    #[error("a session name must be 1 to 200 characters")]
+    BadName,
+}
+
+/// The outcome of [`Sessions::resolve`].
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub id: SessionId,
+    /// A session was opened for this request.
+    pub created: bool,
+}
+
+#[derive(Default)]
+struct State {
+    active: Option<SessionId>,
+    sessions: HashMap<SessionId, Session>,
+}
+
+/// Live session state, loaded from the store at start and persisted through the writer.
+pub struct Sessions {
+    state: Mutex<State>,
+    writer: WriterHandle,
+    new_on_model_change: bool,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").finish_non_exhaustive()
+    }
+}
+
+impl Sessions {
+    pub async fn load(
+        store: &Arc<dyn Store>,
+        writer: WriterHandle,
+        new_on_model_change: bool,
+    ) -> StoreResult<Self> {
+        let mut state = State::default();
+        for s in store.list_sessions().await? {
+            state.sessions.insert(s.session.id.clone(), s.session);
+        }
+        state.active = store.active_session().await?.map(|s| s.id);
+        Ok(Self {
+            state: Mutex::new(state),
+            writer,
+            new_on_model_change,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the map half-updated in a way that
+        // matters more than refusing every later request would.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Picks (or opens) the session of a proxied request.
+    pub async fn resolve(
+        &self,
+        explicit: Option<SessionId>,
+        model_key: &str,
+        provider: &str,
+        first_user_text: Option<&str>,
+    ) -> Resolved {
+        let mut ops = Vec::new();
+        let resolved = {
+            let mut st = self.lock();
+            match explicit {
+                Some(id) => match st.sessions.get_mut(&id) {
+                    Some(s) => {
+                        if s.model_key.is_none() {
+                            s.model_key = Some(model_key.to_owned());
+                            s.provider = Some(provider.to_owned());
+                            ops.push(set_model(&id, model_key, provider));
+                        }
+                        Resolved { id, created: false }
+                    }
+                    None => {
+                        // A client-chosen id opens its session on first use; it does not change
+                        // which session is active for clients that send no header.
+                        let s = new_session(id.clone(), model_key, provider, first_user_text);
+                        st.sessions.insert(id.clone(), s.clone());
+                        ops.push(WriteOp::CreateSession(s));
+                        Resolved { id, created: true }
+                    }
+                },
+                None => {
+                    let active = st
+                        .active
+                        .clone()
+                        .and_then(|id| st.sessions.get(&id).cloned());
+                    match active {
+                        Some(s) if s.model_key.is_none() => {
+                            if let Some(live) = st.sessions.get_mut(&s.id) {
+                                live.model_key = Some(model_key.to_owned());
+                                live.provider = Some(provider.to_owned());
+                            }
+                            ops.push(set_model(&s.id, model_key, provider));
+                            Resolved {
+                                id: s.id,
+                                created: false,
+                            }
+                        }
+                        Some(s)
+                            if !self.new_on_model_change
+                                || s.model_key.as_deref() == Some(model_key) =>
+                        {
+                            Resolved {
+                                id: s.id,
+                                created: false,
+                            }
+                        }
+                        _ => {
+                            let s = new_session(
+                                SessionId::generate(),
+                                model_key,
+                                provider,
+                                first_user_text,
+                            );
+                            let id = s.id.clone();
+                            st.sessions.insert(id.clone(), s.clone());
+                            st.active = Some(id.clone());
+                            ops.push(WriteOp::CreateSession(s));
+                            ops.push(WriteOp::SetActiveSession(Some(id.clone())));
+                            Resolved { id, created: true }
+                        }
+                    }
+                }
+            }
+        };
+        for op in ops {
+            self.writer.record(op).await;
+        }
+        resolved
+    }
+
+    /// Opens a session from the API and makes it active.
+    pub async fn create(
+        &self,
+        name: Option<String>,
+        model: Option<(String, String)>,
+    ) -> Result<Session, SessionError> {
+        let name = match name {
+            Some(n) => valid_name(&n)?,
+            None => format!("Session {}", rfc3339_ms(now_ms())),
+        };
+        let (model_key, provider) = match model {
+            Some((m, p)) => (Some(m), Some(p)),
+            None => (None, None),
+        };
+        let s = Session {
+            id: SessionId::generate(),
+            name,
+            model_key,
+            provider,
+            created_at: now_ms(),
+        };
+        {
+            let mut st = self.lock();
+            st.sessions.insert(s.id.clone(), s.clone());
+            st.active = Some(s.id.clone());
+        }
+        self.writer.record(WriteOp::CreateSession(s.clone())).await;
+        self.writer
+            .record(WriteOp::SetActiveSession(Some(s.id.clone())))
+            .await;
+        Ok(s)
+    }
+
+    pub async fn activate(&self, id: &SessionId) -> Result<Session, SessionError> {
+        let s = {
+            let mut st = self.lock();
+            let s = st
+                .sessions
+                .get(id)
+                .cloned()
+                .ok_or_else(|| SessionError::NotFound(id.clone()))?;
+            st.active = Some(id.clone());
+            s
+        };
+        self.writer
+            .record(WriteOp::SetActiveSession(Some(id.clone())))
+            .await;
+        Ok(s)
+    }
+
+    pub async fn rename(&self, id: &SessionId, name: &str) -> Result<Session, SessionError> {
+        let name = valid_name(name)?;
+        let s = {
+            let mut st = self.lock();
+            let s = st
+                .sessions
+                .get_mut(id)
+                .ok_or_else(|| SessionError::NotFound(id.clone()))?;
+            s.name.clone_from(&name);
+            s.clone()
+        };
+        self.writer
+            .record(WriteOp::RenameSession {
+                id: id.clone(),
+                name,
+            })
+            .await;
+        Ok(s)
+    }
+
+    /// Deletes a session and its request rows.
+    pub async fn delete(&self, id: &SessionId) -> Result<(), SessionError> {
+        {
+            let mut st = self.lock();
+            if st.sessions.remove(id).is_none() {
+                return Err(SessionError::NotFound(id.clone()));
+            }
+            if st.active.as_ref() == Some(id) {
+                st.active = None;
+            }
+        }
+        self.writer.record(WriteOp::DeleteSession(id.clone())).await;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &SessionId) -> Option<Session> {
+        self.lock().sessions.get(id).cloned()
+    }
+
+    pub fn active(&self) -> Option<Session> {
+        let st = self.lock();
+        st.active
+            .as_ref()
+            .and_then(|id| st.sessions.get(id).cloned())
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+}
+
+fn set_model(id: &SessionId, model_key: &str, provider: &str) -> WriteOp {
+    WriteOp::SetSessionModel {
+        id: id.clone(),
+        model_key: model_key.to_owned(),
+        provider: provider.to_owned(),
+    }
+}
+
+fn new_session(
+    id: SessionId,
+    model_key: &str,
+    provider: &str,
+    first_user_text: Option<&str>,
+) -> Session {
+    let created_at = now_ms();
+    let name = first_user_text
+        .map(|t| preview(t, NAME_CHARS))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("Session {}", rfc3339_ms(created_at)));
+    Session {
+        id,
+        name,
+        model_key: Some(model_key.to_owned()),
+        provider: Some(provider.to_owned()),
+        created_at,
+    }
+}
+
+fn valid_name(name: &str) -> Result<String, SessionError> {
+    let n = name.trim();
+    if n.is_empty() || n.chars().count() > 200 {
+        return Err(SessionError::BadName);
+    }
+    Ok(n.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_store::{SqliteStore, Writer};
+
+    async fn setup() -> (tempfile::TempDir, Arc<dyn Store>, WriterHandle, Sessions) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("g.db")).await.unwrap());
+        let (w, _t) = Writer::spawn(store.clone(), 64, 16);
+        let s = Sessions::load(&store, w.clone(), true).await.unwrap();
+        (dir, store, w, s)
+    }
+
+    #[tokio::test]
+    async fn first_request_and_model_change_open_sessions() {
+        let (_d, store, w, s) = setup().await;
+        let long =
+            "Explain   the borrow checker to me like I am five years old, please, with examples";
+        let a = s.resolve(None, "p/m1", "p", Some(long)).await;
+        assert!(a.created);
+        assert_eq!(s.get(&a.id).unwrap().name.chars().count(), NAME_CHARS);
+        assert!(s.get(&a.id).unwrap().name.starts_with("Explain the borrow"));
+        let again = s.resolve(None, "p/m1", "p", Some("other")).await;
+        assert_eq!(again.id, a.id);
+        assert!(!again.created);
+        let b = s.resolve(None, "p/m2", "p", Some("hi")).await;
+        assert!(b.created);
+        assert_ne!(b.id, a.id);
+        assert_eq!(s.active().unwrap().id, b.id);
+
+        // Explicit sessions open on first use and leave the active one alone.
+        let mine = SessionId::new("conv-1");
+        let c = s.resolve(Some(mine.clone()), "p/m9", "p", None).await;
+        assert!(c.created);
+        assert_eq!(s.active().unwrap().id, b.id);
+
+        // And all of it survives a restart.
+        w.flush().await;
+        let reloaded = Sessions::load(&store, w.clone(), true).await.unwrap();
+        assert_eq!(reloaded.active().unwrap().id, b.id);
+        assert_eq!(reloaded.count(), 3);
+        assert!(reloaded.get(&mine).unwrap().name.starts_with("Session "));
+    }
+
+    #[tokio::test]
+    async fn api_sessions_adopt_the_first_model() {
+        let (_d, _store, _w, s) = setup().await;
+        let created = s.create(Some("  work  ".into()), None).await.unwrap();
+        assert_eq!(created.name, "work");
+        let r = s.resolve(None, "p/m", "p", Some("hello")).await;
+        assert_eq!(r.id, created.id);
+        assert!(!r.created);
+        assert_eq!(
+            s.get(&created.id).unwrap().model_key.as_deref(),
+            Some("p/m")
+        );
+        assert_eq!(
+            s.create(Some(" ".into()), None).await,
+            Err(SessionError::BadName)
+        );
+        s.delete(&created.id).await.unwrap();
+        assert!(s.active().is_none());
+        assert_eq!(
+            s.delete(&created.id).await,
+            Err(SessionError::NotFound(created.id.clone()))
+        );
+    }
+}
