@@ -1,1 +1,21 @@
-//! stub
+//! The proxy layer: choosing the upstream for a request, rewriting what must change, sending it
+//! with retries and timeouts through pooled clients, and reading streams on the side.
+//!
+//! Architecture invariant: this crate knows nothing of storage or HTTP routes. It returns what
+//! upstream said (a complete body or a live stream) plus timing, and the server decides what to
+//! record. Bodies are forwarded as the client's bytes with at most two splices (model name and
+//! `stream_options`); they are never re-serialised.
+
+pub mod headers;
+pub mod rewrite;
+pub mod route;
+pub mod sse;
+pub mod tap;
+pub mod upstream;
+
+pub use route::{Route, Router};
+pub use tap::{CompletionSummary, StreamTap};
+pub use upstream::{Failure, Outcome, Upstream, UpstreamStream};
+
+/// The header that marks a request as having passed through a Gatehouse.
+pub const HOP_HEADER: &str = "x-gatehouse-hop";

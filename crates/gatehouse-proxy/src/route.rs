@@ -1,0 +1,257 @@
+//! Model routing: from the request's `model` to a provider and an upstream model name.
+//!
+//! The key is matched exactly first; else `provider/upstream-model` is accepted for any
+//! configured provider, so a client can reach a model the catalogue does not list. The session
+//! never decides the model silently.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use gatehouse_config::{Config, ProviderConfig};
+use gatehouse_core::{ApiError, Encoding, ErrorKind};
+
+/// Where one request goes.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub model_key: String,
+    pub provider_key: String,
+    pub upstream_model: String,
+    pub max_context: u64,
+    pub encoding: Encoding,
+    pub provider: Arc<ProviderConfig>,
+}
+
+/// Window assumed for `provider/model` requests the catalogue does not describe.
+const UNLISTED_MODEL_WINDOW: u64 = 131_072;
+
+/// Resolves models to routes. Built once from the configuration.
+#[derive(Debug)]
+pub struct Router {
+    models: BTreeMap<String, Route>,
+    providers: BTreeMap<String, Arc<ProviderConfig>>,
+    /// Providers whose base URL is this gateway's own listen address.
+    looping: HashSet<String>,
+}
+
+impl Router {
+    /// `listen` is the address the gateway is bound to, used to refuse routes back to itself.
+    pub fn new(config: &Config, listen: Option<SocketAddr>) -> Self {
+        let providers: BTreeMap<String, Arc<ProviderConfig>> = config
+            .providers
+            .iter()
+            .map(|(k, p)| (k.clone(), Arc::new(p.clone())))
+            .collect();
+        let looping = match listen {
+            Some(addr) => providers
+                .iter()
+                .filter(|(_, p)| points_at(&p.base_url, addr))
+                .map(|(k, _)| k.clone())
+                .collect(),
+            None => HashSet::new(),
+        };
+        let models = config
+            .models
+            .iter()
+            .filter_map(|(key, m)| {
+                let provider = providers.get(&m.provider)?.clone();
+                Some((
+                    key.clone(),
+                    Route {
+                        model_key: key.clone(),
+                        provider_key: m.provider.clone(),
+                        upstream_model: m.model.clone(),
+                        max_context: m.max_context_size,
+                        encoding: m.encoding,
+                        provider,
+                    },
+                ))
+            })
+            .collect();
+        Self {
+            models,
+            providers,
+            looping,
+        }
+    }
+
+    /// Finds the route for a requested model, or explains why there is none.
+    pub fn resolve(&self, requested: &str) -> Result<Route, ApiError> {
+        let route = match self.models.get(requested) {
+            Some(r) => r.clone(),
+            None => self.unlisted(requested)?,
+        };
+        if self.looping.contains(&route.provider_key) {
+            return Err(ApiError::new(
+                ErrorKind::LoopDetected,
+                format!(
+                    "provider `{}` points at this gateway ({}); refusing to forward to myself",
+                    route.provider_key, route.provider.base_url
+                ),
+            ));
+        }
+        if !route.provider.kind.is_served() {
+            return Err(ApiError::new(
+                ErrorKind::ProviderUnsupported,
+                format!(
+                    "provider `{}` has type `{}`, which this version of Gatehouse does not serve yet; use an OpenAI-compatible endpoint (type `openai`)",
+                    route.provider_key,
+                    route.provider.kind.as_str()
+                ),
+            ));
+        }
+        if route.provider.key_missing() {
+            let var = route
+                .provider
+                .api_key_env
+                .as_deref()
+                .unwrap_or("the API key variable");
+            return Err(ApiError::new(
+                ErrorKind::ProviderKeyMissing,
+                format!(
+                    "provider `{}` has no API key: set {var} or `api_key` in [providers.\"{}\"]",
+                    route.provider_key, route.provider_key
+                ),
+            ));
+        }
+        Ok(route)
+    }
+
+    /// `provider/upstream-model` for a configured provider.
+    fn unlisted(&self, requested: &str) -> Result<Route, ApiError> {
+        // Provider keys may themselves contain `/`-free colons (`managed:kimi-code`), so split
+        // at the first slash only.
+        if let Some((pkey, model)) = requested.split_once('/')
+            && let Some(provider) = self.providers.get(pkey)
+            && !model.is_empty()
+        {
+            return Ok(Route {
+                model_key: requested.to_owned(),
+                provider_key: pkey.to_owned(),
+                upstream_model: model.to_owned(),
+                max_context: UNLISTED_MODEL_WINDOW,
+                encoding: Encoding::for_model(model),
+                provider: provider.clone(),
+            });
+        }
+        Err(ApiError::new(
+            ErrorKind::ModelNotFound,
+            format!(
+                "model `{requested}` is not configured; try one of: {} (GET /v1/models lists them all)",
+                self.suggestions(requested).join(", ")
+            ),
+        )
+        .with_param("model"))
+    }
+
+    /// A few configured models, the most similar first.
+    fn suggestions(&self, requested: &str) -> Vec<String> {
+        let needle = requested.to_ascii_lowercase();
+        let tail = needle.rsplit('/').next().unwrap_or(&needle).to_owned();
+        let mut scored: Vec<(usize, &String)> = self
+            .models
+            .keys()
+            .map(|k| {
+                let kl = k.to_ascii_lowercase();
+                let score =
+                    if kl.contains(&tail) || tail.contains(kl.rsplit('/').next().unwrap_or(&kl)) {
+                        usize::MAX / 2
+                    } else {
+                        common_prefix(&kl, &needle)
+                            .max(common_prefix(kl.rsplit('/').next().unwrap_or(&kl), &tail))
+                    };
+                (usize::MAX - score, k)
+            })
+            .collect();
+        scored.sort();
+        scored.into_iter().take(5).map(|(_, k)| k.clone()).collect()
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &Route> {
+        self.models.values()
+    }
+
+    pub fn providers(&self) -> &BTreeMap<String, Arc<ProviderConfig>> {
+        &self.providers
+    }
+}
+
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count()
+}
+
+/// Whether `base_url` targets `addr` (same port, and a host that is this machine).
+fn points_at(base_url: &str, addr: SocketAddr) -> bool {
+    let Ok(url) = reqwest::Url::parse(base_url) else {
+        return false;
+    };
+    if url.port_or_known_default() != Some(addr.port()) {
+        return false;
+    }
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => {
+            ip.is_loopback() || ip.is_unspecified() || std::net::IpAddr::V4(ip) == addr.ip()
+        }
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback() || ip.is_unspecified() || std::net::IpAddr::V6(ip) == addr.ip()
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_config::{Env, Overrides, load};
+
+    fn config(extra: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, extra).unwrap();
+        load(
+            Some(&f),
+            &Env::from_pairs([("MISTRAL_API_KEY", "k")]),
+            &Overrides::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn exact_then_provider_slash_model_then_404() {
+        let r = Router::new(&config(""), None);
+        let route = r.resolve("mistral/codestral-2501").unwrap();
+        assert_eq!(route.upstream_model, "codestral-2501");
+        assert_eq!(route.max_context, 262_144);
+        let route = r.resolve("mistral/open-mixtral-8x22b").unwrap();
+        assert_eq!(route.upstream_model, "open-mixtral-8x22b");
+        let e = r.resolve("codestral").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ModelNotFound);
+        assert!(
+            e.message.contains("mistral/codestral-2501"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn missing_key_names_the_variable() {
+        let r = Router::new(&config(""), None);
+        let e = r.resolve("groq/qwen3-32b").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ProviderKeyMissing);
+        assert!(e.message.contains("GROQ_API_KEY"));
+        let e = r.resolve("gemini/gemini-2.5-pro").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ProviderUnsupported);
+    }
+
+    #[test]
+    fn refuses_to_route_to_itself() {
+        let c = config(
+            "[providers.me]\ntype = \"openai\"\nbase_url = \"http://localhost:8000/v1\"\n[models.\"me/x\"]\nprovider = \"me\"\nmodel = \"x\"\nmax_context_size = 10\n",
+        );
+        let r = Router::new(&c, Some("127.0.0.1:8000".parse().unwrap()));
+        assert_eq!(r.resolve("me/x").unwrap_err().kind, ErrorKind::LoopDetected);
+        let r = Router::new(&c, Some("127.0.0.1:8001".parse().unwrap()));
+        assert!(r.resolve("me/x").is_ok());
+    }
+}

@@ -1,0 +1,291 @@
+//! Reading OpenAI completions on the side: usage, finish reason and completion text, from a live
+//! SSE stream (chunk by chunk) or from a complete response body.
+
+use std::borrow::Cow;
+
+use bytes::{Bytes, BytesMut};
+use gatehouse_core::{Encoding, Usage};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::sse::{Framer, parse_event};
+
+/// What a completion said about itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompletionSummary {
+    /// Usage as the provider reported it.
+    pub usage: Option<Usage>,
+    /// Completion tokens counted from the text, for when the provider reports none.
+    pub counted_completion_tokens: u64,
+    pub finish_reason: Option<String>,
+    /// An error the provider reported inside a 200 response (an SSE `error` event).
+    pub upstream_error: Option<String>,
+    /// The stream ended with `data: [DONE]`.
+    pub saw_done: bool,
+}
+
+#[derive(Deserialize)]
+struct ChunkJson<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<ChoiceJson<'a>>>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceJson<'a> {
+    #[serde(borrow, default)]
+    delta: Option<MessageJson<'a>>,
+    #[serde(borrow, default)]
+    message: Option<MessageJson<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct MessageJson<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ToolCallJson<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallJson<'a> {
+    #[serde(borrow, default)]
+    function: Option<FunctionJson<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionJson<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// Accumulates what the chunks of one completion say.
+#[derive(Debug, Default)]
+struct Collector {
+    text: String,
+    usage: Option<Usage>,
+    finish_reason: Option<String>,
+    upstream_error: Option<String>,
+    saw_done: bool,
+}
+
+impl Collector {
+    /// Reads one JSON chunk (or whole response). Returns true when it is the usage-only chunk
+    /// (empty `choices`, `usage` set).
+    fn read(&mut self, json: &[u8]) -> bool {
+        let Ok(chunk) = serde_json::from_slice::<ChunkJson<'_>>(json) else {
+            return false;
+        };
+        if let Some(err) = chunk.error {
+            self.upstream_error = Some(err.get().chars().take(500).collect());
+        }
+        let usage = chunk.usage.and_then(Usage::from_openai);
+        if usage.is_some() {
+            self.usage = usage;
+        }
+        let choices = chunk.choices.unwrap_or_default();
+        let usage_only = choices.is_empty() && usage.is_some();
+        for c in choices {
+            if let Some(m) = c.delta.or(c.message) {
+                for t in [m.content, m.reasoning_content, m.refusal]
+                    .into_iter()
+                    .flatten()
+                {
+                    self.text.push_str(&t);
+                }
+                for call in m.tool_calls.unwrap_or_default() {
+                    if let Some(f) = call.function {
+                        for t in [f.name, f.arguments].into_iter().flatten() {
+                            self.text.push_str(&t);
+                        }
+                    }
+                }
+            }
+            if let Some(r) = c.finish_reason {
+                self.finish_reason = Some(r.into_owned());
+            }
+        }
+        usage_only
+    }
+
+    fn summary(self, enc: Encoding) -> CompletionSummary {
+        CompletionSummary {
+            usage: self.usage,
+            counted_completion_tokens: enc.count(&self.text),
+            finish_reason: self.finish_reason,
+            upstream_error: self.upstream_error,
+            saw_done: self.saw_done,
+        }
+    }
+}
+
+/// Taps an OpenAI SSE stream as it is forwarded.
+#[derive(Debug)]
+pub struct StreamTap {
+    framer: Framer,
+    collector: Collector,
+    /// Withhold the usage-only chunk: the gateway asked for it, the client did not.
+    strip_usage_chunk: bool,
+}
+
+impl StreamTap {
+    pub fn new(strip_usage_chunk: bool) -> Self {
+        Self {
+            framer: Framer::new(),
+            collector: Collector::default(),
+            strip_usage_chunk,
+        }
+    }
+
+    /// Reads a chunk and returns the bytes to send to the client now. Without stripping that is
+    /// the chunk itself, at once; with stripping, whole events (the chunk itself when nothing
+    /// was withheld or held back).
+    pub fn process(&mut self, chunk: Bytes) -> Bytes {
+        let collector = &mut self.collector;
+        if !self.strip_usage_chunk || self.framer.overflowed {
+            self.framer.feed(&chunk, |ev| {
+                read_event(collector, ev);
+            });
+            return chunk;
+        }
+        let had_pending = self.framer.has_pending();
+        let mut out = BytesMut::new();
+        let mut withheld = false;
+        let clean_end = self.framer.feed(&chunk, |ev| {
+            if read_event(collector, ev) {
+                withheld = true;
+            } else {
+                out.extend_from_slice(ev);
+            }
+        });
+        if self.framer.overflowed {
+            // Too big to frame: stop withholding and let the rest through untouched.
+            out.extend_from_slice(&self.framer.take_pending());
+            return out.freeze();
+        }
+        if !had_pending && clean_end && !withheld {
+            return chunk;
+        }
+        out.freeze()
+    }
+
+    /// Bytes of an unfinished event still held (stripping mode), to flush at the end.
+    pub fn take_pending(&mut self) -> Bytes {
+        if self.strip_usage_chunk {
+            Bytes::from(self.framer.take_pending())
+        } else {
+            Bytes::new()
+        }
+    }
+
+    /// Whether the client has received part of an event that never finished.
+    pub fn mid_event(&self) -> bool {
+        self.framer.has_pending()
+    }
+
+    pub fn summary(self, enc: Encoding) -> CompletionSummary {
+        self.collector.summary(enc)
+    }
+}
+
+/// Returns true when the event is the usage-only chunk.
+fn read_event(c: &mut Collector, raw: &[u8]) -> bool {
+    let (_, data) = parse_event(raw);
+    if data.is_empty() {
+        return false;
+    }
+    if data == b"[DONE]" {
+        c.saw_done = true;
+        return false;
+    }
+    c.read(&data)
+}
+
+/// Reads a complete (non-streaming) chat completion body.
+pub fn summarize_response(body: &[u8], enc: Encoding) -> CompletionSummary {
+    let mut c = Collector::default();
+    c.read(body);
+    c.summary(enc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &[u8] = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hello\"}}]}\n\n\
+data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" world\"},\"finish_reason\":\"stop\"}]}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\n\
+data: [DONE]\n\n";
+
+    fn run(strip: bool, chunk: usize) -> (Vec<u8>, CompletionSummary) {
+        let mut tap = StreamTap::new(strip);
+        let mut out = Vec::new();
+        for c in STREAM.chunks(chunk) {
+            out.extend_from_slice(&tap.process(Bytes::copy_from_slice(c)));
+        }
+        out.extend_from_slice(&tap.take_pending());
+        (out, tap.summary(Encoding::Cl100k))
+    }
+
+    #[test]
+    fn passthrough_forwards_every_byte() {
+        for size in [1, 7, 64, STREAM.len()] {
+            let (out, s) = run(false, size);
+            assert_eq!(out, STREAM);
+            assert_eq!(s.usage.unwrap().completion_tokens, 2);
+            assert_eq!(s.finish_reason.as_deref(), Some("stop"));
+            assert!(s.saw_done);
+            assert_eq!(s.counted_completion_tokens, 2);
+        }
+    }
+
+    #[test]
+    fn injected_usage_chunk_is_withheld() {
+        for size in [1, 5, 100, STREAM.len()] {
+            let (out, s) = run(true, size);
+            let text = String::from_utf8(out).unwrap();
+            assert!(!text.contains("usage"), "{text}");
+            assert!(text.ends_with("data: [DONE]\n\n"));
+            assert_eq!(text.matches("data:").count(), 3);
+            assert_eq!(s.usage.unwrap().prompt_tokens, 9);
+        }
+    }
+
+    #[test]
+    fn whole_responses_are_summarized() {
+        let body = br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"Hi there"},"finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#;
+        let s = summarize_response(body, Encoding::Cl100k);
+        assert_eq!(s.finish_reason.as_deref(), Some("length"));
+        assert_eq!(s.usage.unwrap().prompt_tokens, 3);
+        assert_eq!(s.counted_completion_tokens, 2);
+        assert_eq!(
+            summarize_response(b"not json", Encoding::Cl100k).usage,
+            None
+        );
+    }
+
+    #[test]
+    fn errors_inside_streams_are_noticed() {
+        let mut tap = StreamTap::new(false);
+        tap.process(Bytes::from_static(
+            b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n",
+        ));
+        assert!(
+            tap.summary(Encoding::Cl100k)
+                .upstream_error
+                .unwrap()
+                .contains("overloaded")
+        );
+    }
+}

@@ -1,0 +1,420 @@
+//! Sending a request upstream: pooled clients, timeouts, retries before the first byte.
+//!
+//! A request is retried (with exponential backoff) on connect errors, timeouts, 429 and 5xx,
+//! and, for streams, when upstream answers 200 but sends nothing within the first-byte timeout
+//! or closes without a byte. All of that happens before the client has received anything;
+//! once the first byte is forwarded the request is never retried.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use gatehouse_config::{Config, ProviderConfig};
+use gatehouse_core::{ApiError, ErrorKind};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+
+use crate::headers::upstream_headers;
+use crate::route::Route;
+
+/// Upstream error bodies are read up to this size, to pass them through or quote them.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// A `Retry-After` longer than this is not waited for: the 429 goes back to the client.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// A successful exchange.
+pub enum Outcome {
+    Complete {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        attempts: u32,
+        /// Time spent waiting on upstream, retries included.
+        upstream_wait: Duration,
+        /// Send to response head, last attempt.
+        ttfb: Duration,
+    },
+    Stream {
+        status: StatusCode,
+        headers: HeaderMap,
+        first: Bytes,
+        rest: UpstreamStream,
+        attempts: u32,
+        upstream_wait: Duration,
+        /// Send to first chunk, last attempt.
+        ttfb: Duration,
+    },
+}
+
+/// A failed exchange, after retries.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: ApiError,
+    /// Upstream's own error body, passed through as is when it is an OpenAI-style error.
+    pub body: Option<Bytes>,
+    pub attempts: u32,
+    pub upstream_wait: Duration,
+}
+
+/// Why a stream stopped early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamFailure {
+    /// No chunk within the idle timeout.
+    Idle(Duration),
+    /// The connection broke.
+    Broken(String),
+}
+
+/// The rest of an upstream stream, with the provider's idle timeout between chunks.
+pub struct UpstreamStream {
+    inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    idle: Duration,
+}
+
+impl UpstreamStream {
+    /// The next chunk; `None` at a clean end.
+    pub async fn next(&mut self) -> Option<Result<Bytes, StreamFailure>> {
+        loop {
+            match tokio::time::timeout(self.idle, self.inner.next()).await {
+                Err(_) => return Some(Err(StreamFailure::Idle(self.idle))),
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => return Some(Err(StreamFailure::Broken(error_chain(&e)))),
+                Ok(Some(Ok(b))) if b.is_empty() => continue,
+                Ok(Some(Ok(b))) => return Some(Ok(b)),
+            }
+        }
+    }
+}
+
+/// The upstream side: one pooled client per provider.
+pub struct Upstream {
+    clients: HashMap<String, reqwest::Client>,
+    retries: u32,
+    backoff: Duration,
+    hop_id: HeaderValue,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("providers", &self.clients.len())
+            .field("retries", &self.retries)
+            .finish()
+    }
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Done(Outcome),
+    Retry(Failure, Option<Duration>),
+    Fail(Failure),
+}
+
+impl Upstream {
+    /// `instance_id` goes in the hop header, so a request that loops back is recognised.
+    pub fn new(config: &Config, instance_id: &str) -> Result<Self, reqwest::Error> {
+        let mut clients = HashMap::with_capacity(config.providers.len());
+        for (key, p) in &config.providers {
+            clients.insert(key.clone(), build_client(p)?);
+        }
+        Ok(Self {
+            clients,
+            retries: config.proxy.retries,
+            backoff: config.proxy.retry_backoff,
+            hop_id: HeaderValue::from_str(&format!("gatehouse/{instance_id}"))
+                .unwrap_or_else(|_| HeaderValue::from_static("gatehouse")),
+        })
+    }
+
+    /// Sends a chat-completions request, retrying while nothing has reached the client.
+    pub async fn send(
+        &self,
+        route: &Route,
+        body: Bytes,
+        client_headers: &HeaderMap,
+        request_id: &str,
+        stream: bool,
+    ) -> Result<Outcome, Failure> {
+        let started = Instant::now();
+        let provider = &*route.provider;
+        let Some(client) = self.clients.get(&route.provider_key) else {
+            return Err(Failure {
+                error: ApiError::new(
+                    ErrorKind::Internal,
+                    format!("no upstream client for provider `{}`", route.provider_key),
+                ),
+                body: None,
+                attempts: 0,
+                upstream_wait: Duration::ZERO,
+            });
+        };
+        let url = format!("{}/chat/completions", provider.base_url);
+        let headers = upstream_headers(client_headers, provider, request_id, &self.hop_id);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let result = self
+                .attempt(
+                    client,
+                    &url,
+                    &headers,
+                    body.clone(),
+                    provider,
+                    route,
+                    stream,
+                    attempt,
+                    started,
+                )
+                .await;
+            match result {
+                Attempt::Done(o) => return Ok(o),
+                Attempt::Fail(f) => return Err(f),
+                Attempt::Retry(f, _) if attempt > self.retries => return Err(f),
+                Attempt::Retry(f, retry_after) => {
+                    let backoff = self.backoff * 2u32.saturating_pow(attempt - 1);
+                    let wait = retry_after.map_or(backoff, |ra| ra.max(backoff));
+                    tracing::warn!(
+                        provider = %route.provider_key,
+                        attempt,
+                        error = %f.error,
+                        wait_ms = wait.as_millis() as u64,
+                        "upstream attempt failed; retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one attempt needs the whole request context"
+    )]
+    async fn attempt(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+        provider: &ProviderConfig,
+        route: &Route,
+        stream: bool,
+        attempt: u32,
+        started: Instant,
+    ) -> Attempt {
+        let t = provider.timeouts;
+        let sent = Instant::now();
+        let fail = |error: ApiError, body: Option<Bytes>| Failure {
+            error,
+            body,
+            attempts: attempt,
+            upstream_wait: started.elapsed(),
+        };
+        let request = client.post(url).headers(headers.clone()).body(body);
+        let head_timeout = if stream {
+            t.first_byte
+        } else {
+            t.first_byte.min(t.total)
+        };
+        let response = match tokio::time::timeout(head_timeout, request.send()).await {
+            Err(_) => {
+                return Attempt::Retry(
+                    fail(timeout_error(route, "a response", head_timeout), None),
+                    None,
+                );
+            }
+            Ok(Err(e)) => {
+                return Attempt::Retry(fail(send_error(route, &e), None), None);
+            }
+            Ok(Ok(r)) => r,
+        };
+        let ttfb = sent.elapsed();
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = retry_after(response.headers());
+            let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+            let body = read_limited(response, MAX_ERROR_BODY, t.first_byte).await;
+            let f = fail(
+                upstream_status_error(route, status, &body),
+                Some(body).filter(|b| is_openai_error(b)),
+            );
+            return match (retryable, retry_after) {
+                (true, Some(ra)) if ra > MAX_RETRY_AFTER => Attempt::Fail(f),
+                (true, ra) => Attempt::Retry(f, ra),
+                (false, _) => Attempt::Fail(f),
+            };
+        }
+        let headers = response.headers().clone();
+        if stream {
+            let mut rest = UpstreamStream {
+                inner: Box::pin(response.bytes_stream()),
+                idle: t.idle,
+            };
+            let remaining = t.first_byte.saturating_sub(ttfb);
+            let first = match tokio::time::timeout(remaining, rest.next()).await {
+                Err(_) | Ok(Some(Err(StreamFailure::Idle(_)))) => {
+                    return Attempt::Retry(
+                        fail(
+                            timeout_error(route, "the first stream chunk", t.first_byte),
+                            None,
+                        ),
+                        None,
+                    );
+                }
+                Ok(None) => {
+                    return Attempt::Retry(
+                        fail(
+                            ApiError::new(
+                                ErrorKind::UpstreamBadResponse,
+                                format!(
+                                    "provider `{}` closed the stream without sending anything",
+                                    route.provider_key
+                                ),
+                            ),
+                            None,
+                        ),
+                        None,
+                    );
+                }
+                Ok(Some(Err(StreamFailure::Broken(e)))) => {
+                    return Attempt::Retry(
+                        fail(
+                            ApiError::new(
+                                ErrorKind::UpstreamUnreachable,
+                                format!(
+                                    "provider `{}` broke the stream before the first chunk: {e}",
+                                    route.provider_key
+                                ),
+                            ),
+                            None,
+                        ),
+                        None,
+                    );
+                }
+                Ok(Some(Ok(b))) => b,
+            };
+            return Attempt::Done(Outcome::Stream {
+                status,
+                headers,
+                first,
+                rest,
+                attempts: attempt,
+                upstream_wait: started.elapsed(),
+                ttfb: sent.elapsed(),
+            });
+        }
+        let remaining = t.total.saturating_sub(ttfb);
+        match tokio::time::timeout(remaining, response.bytes()).await {
+            Err(_) => Attempt::Retry(
+                fail(timeout_error(route, "the whole response", t.total), None),
+                None,
+            ),
+            Ok(Err(e)) => Attempt::Retry(fail(send_error(route, &e), None), None),
+            Ok(Ok(body)) => Attempt::Done(Outcome::Complete {
+                status,
+                headers,
+                body,
+                attempts: attempt,
+                upstream_wait: started.elapsed(),
+                ttfb,
+            }),
+        }
+    }
+}
+
+fn build_client(p: &ProviderConfig) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(p.timeouts.connect)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
+fn timeout_error(route: &Route, what: &str, after: Duration) -> ApiError {
+    ApiError::new(
+        ErrorKind::UpstreamTimeout,
+        format!(
+            "provider `{}` did not send {what} within {:.1} s (raise [proxy.timeouts.providers.\"{}\"] if it is just slow)",
+            route.provider_key,
+            after.as_secs_f64(),
+            route.provider_key
+        ),
+    )
+}
+
+fn send_error(route: &Route, e: &reqwest::Error) -> ApiError {
+    let kind = if e.is_timeout() {
+        ErrorKind::UpstreamTimeout
+    } else {
+        ErrorKind::UpstreamUnreachable
+    };
+    ApiError::new(
+        kind,
+        format!(
+            "cannot reach provider `{}` at {}: {}",
+            route.provider_key,
+            route.provider.base_url,
+            error_chain(e)
+        ),
+    )
+}
+
+fn upstream_status_error(route: &Route, status: StatusCode, body: &[u8]) -> ApiError {
+    let snippet: String = String::from_utf8_lossy(body).chars().take(300).collect();
+    ApiError::upstream_status(
+        status.as_u16(),
+        format!(
+            "provider `{}` answered {}: {}",
+            route.provider_key,
+            status.as_u16(),
+            snippet.trim()
+        ),
+    )
+}
+
+fn is_openai_error(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct E<'a> {
+        #[serde(borrow)]
+        error: &'a serde_json::value::RawValue,
+    }
+    serde_json::from_slice::<E<'_>>(body).is_ok_and(|e| e.error.get().starts_with('{'))
+}
+
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+}
+
+async fn read_limited(response: reqwest::Response, limit: usize, within: Duration) -> Bytes {
+    let mut stream = response.bytes_stream();
+    let mut out = Vec::new();
+    let read = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            let room = limit.saturating_sub(out.len());
+            out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, read).await;
+    Bytes::from(out)
+}
+
+/// `error: source: source`, since reqwest's top-level message hides the cause.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
