@@ -235,17 +235,49 @@ impl<'a> ChatRequestView<'a> {
             .and_then(MessageView::text)
     }
 
-    /// The text of the last user message, for the request preview.
-    pub fn last_user_text(&self) -> Option<String> {
+    /// Up to `max` characters of the first user message, without copying the whole message.
+    pub fn first_user_preview(&self, max: usize) -> Option<String> {
+        self.messages
+            .iter()
+            .find(|m| m.role == "user")
+            .map(|m| m.preview(max))
+    }
+
+    /// Up to `max` characters of the last user message, without copying the whole message.
+    pub fn last_user_preview(&self, max: usize) -> Option<String> {
         self.messages
             .iter()
             .rev()
             .find(|m| m.role == "user")
-            .and_then(MessageView::text)
+            .map(|m| m.preview(max))
     }
 }
 
 impl MessageView<'_> {
+    /// Up to `max` characters of the message's text, whitespace collapsed.
+    pub fn preview(&self, max: usize) -> String {
+        match &self.content {
+            Content::None => String::new(),
+            Content::Text(t) => crate::record::preview(t, max),
+            Content::Parts(parts) => {
+                let mut out = String::new();
+                for p in parts {
+                    if let Part::Text(t) = p {
+                        let room = max.saturating_sub(out.chars().count());
+                        if room == 0 {
+                            break;
+                        }
+                        if !out.is_empty() {
+                            out.push(' ');
+                        }
+                        out.push_str(&crate::record::preview(t, room));
+                    }
+                }
+                crate::record::preview(&out, max)
+            }
+        }
+    }
+
     /// The message's text parts joined by newlines; `None` when it has no text.
     pub fn text(&self) -> Option<String> {
         match &self.content {

@@ -1,1 +1,16 @@
-//! stub
+//! The HTTP surface of Gatehouse: the OpenAI-compatible proxy routes, the management API and the
+//! health endpoints, plus [`run`], the one entry point that serves them until shutdown.
+//!
+//! Handlers are thin: they parse, call the proxy and services layers, and turn [`ApiError`]s into
+//! responses in exactly one place ([`error`]).
+//!
+//! [`ApiError`]: gatehouse_core::ApiError
+
+pub mod error;
+pub mod routes;
+pub mod serve;
+pub mod state;
+mod stream;
+
+pub use serve::{ServeError, run};
+pub use state::AppState;

@@ -1,0 +1,43 @@
+//! The route table. One file per route group under `routes/`.
+
+pub(crate) mod chat;
+mod health;
+mod models;
+mod providers;
+mod sessions;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::error;
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.server.max_body_bytes;
+    Router::new()
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/chat/completions", post(chat::completions))
+        .route("/v1/models", get(models::list))
+        .route("/models", get(models::list))
+        .route("/models/all", get(models::all))
+        .route("/api/models", get(models::all))
+        .route("/health", get(health::health))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/api/providers", get(providers::list))
+        .route("/api/sessions", get(sessions::list).post(sessions::create))
+        .route("/api/sessions/active", get(sessions::active))
+        .route(
+            "/api/sessions/{id}",
+            get(sessions::get)
+                .patch(sessions::rename)
+                .delete(sessions::delete),
+        )
+        .route("/api/sessions/{id}/activate", post(sessions::activate))
+        .route("/api/sessions/{id}/requests", get(sessions::requests))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}

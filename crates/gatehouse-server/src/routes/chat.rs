@@ -1,0 +1,385 @@
+//! `POST /v1/chat/completions`: the proxy path.
+//!
+//! Phases, in order: refuse loops → read the body (413 past the limit) → parse, route, count and
+//! rewrite (one pass over the body) → refuse prompts over the window (413) → resolve the session
+//! → send upstream with retries → answer (bytes as upstream sent them) → queue the accounting
+//! row. Nothing here waits for the database.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use gatehouse_core::record::{RequestRecord, UsageSource};
+use gatehouse_core::request::RequestParseError;
+use gatehouse_core::time::now_ms;
+use gatehouse_core::{ApiError, ChatRequestView, ErrorKind, RequestId, SessionId};
+use gatehouse_proxy::headers::dropped_response_header;
+use gatehouse_proxy::rewrite::rewrite;
+use gatehouse_proxy::tap::summarize_response;
+use gatehouse_proxy::{CompletionSummary, HOP_HEADER, Outcome, Route, StreamTap};
+use gatehouse_store::WriteOp;
+
+use crate::error::{body_rejection, error_response, json_bytes_response};
+use crate::state::{AppState, InFlight};
+use crate::stream;
+
+/// Bodies above this are parsed and counted on the blocking pool, so a huge prompt never stalls
+/// the async workers that serve everyone else.
+const BLOCKING_PREPARE_BYTES: usize = 256 * 1024;
+/// Preview lengths (the seed's figures).
+const PREVIEW_CHARS: usize = 200;
+const SESSION_NAME_CHARS: usize = gatehouse_services::sessions::NAME_CHARS;
+
+pub const SESSION_HEADER: &str = "x-gatehouse-session";
+pub const OVERHEAD_HEADER: &str = "x-gatehouse-overhead-us";
+
+pub async fn completions(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let t0 = Instant::now();
+    let request_id = RequestId::from_client_or_generate(
+        headers.get("x-request-id").and_then(|v| v.to_str().ok()),
+    );
+    let mut response = match handle(&st, &headers, body, &request_id, t0).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.kind.fault() == gatehouse_core::Fault::Client {
+                tracing::debug!(request_id = %request_id, error = %e, "request refused");
+            }
+            error_response(&e)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), v);
+    }
+    response
+}
+
+/// What one pass over the body yields; owned, so it can come back from the blocking pool.
+struct Prepared {
+    route: Route,
+    stream: bool,
+    upstream_body: Bytes,
+    injected_usage: bool,
+    prompt_tokens: u64,
+    session_name: Option<String>,
+    preview: String,
+}
+
+fn prepare(st: &AppState, body: &Bytes) -> Result<Prepared, ApiError> {
+    let view = ChatRequestView::parse(body).map_err(|e| match e {
+        RequestParseError::Syntax(m) => ApiError::new(ErrorKind::InvalidJson, m),
+        RequestParseError::Field { param, message } => {
+            ApiError::new(ErrorKind::InvalidRequest, message).with_param(param)
+        }
+    })?;
+    let route = st.router.resolve(&view.model)?;
+    let prompt = st.counter.count_prompt(route.encoding, &view);
+    let (upstream_body, rewritten) = rewrite(
+        body,
+        view.model_span.clone(),
+        &view.model,
+        &route.upstream_model,
+        view.stream,
+        view.stream_options.as_ref(),
+    );
+    Ok(Prepared {
+        stream: view.stream,
+        upstream_body,
+        injected_usage: rewritten.injected_usage,
+        prompt_tokens: prompt.tokens,
+        session_name: view.first_user_preview(SESSION_NAME_CHARS),
+        preview: view.last_user_preview(PREVIEW_CHARS).unwrap_or_default(),
+        route,
+    })
+}
+
+async fn handle(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    request_id: &RequestId,
+    t0: Instant,
+) -> Result<Response, ApiError> {
+    if let Some(hop) = headers.get(HOP_HEADER) {
+        return Err(ApiError::new(
+            ErrorKind::LoopDetected,
+            format!(
+                "this request already passed through a Gatehouse ({HOP_HEADER}: {}); refusing to forward it again",
+                hop.to_str().unwrap_or("?")
+            ),
+        ));
+    }
+    let body = body.map_err(|r| body_rejection(&r, st.config.server.max_body_bytes))?;
+    let explicit = match headers.get(SESSION_HEADER) {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(SessionId::parse_client).ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::InvalidRequest,
+                "X-Gatehouse-Session must be 1 to 128 characters of letters, digits, `.`, `_`, `:` or `-`",
+            )
+            .with_param("X-Gatehouse-Session")
+        })?),
+    };
+    let p = if body.len() > BLOCKING_PREPARE_BYTES {
+        let st2 = st.clone();
+        tokio::task::spawn_blocking(move || prepare(&st2, &body))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorKind::Internal,
+                    format!("request preparation failed: {e}"),
+                )
+            })??
+    } else {
+        prepare(st, &body)?
+    };
+
+    if p.prompt_tokens > p.route.max_context {
+        return Err(ApiError::new(
+            ErrorKind::ContextLengthExceeded,
+            format!(
+                "the prompt has {} tokens, {} more than the {}-token window of `{}`; shorten the conversation or pick a model with a larger window",
+                p.prompt_tokens,
+                p.prompt_tokens - p.route.max_context,
+                p.route.max_context,
+                p.route.model_key
+            ),
+        )
+        .with_param("messages"));
+    }
+
+    let session = st
+        .sessions
+        .resolve(
+            explicit,
+            &p.route.model_key,
+            &p.route.provider_key,
+            p.session_name.as_deref(),
+        )
+        .await;
+    let draft = Draft {
+        id: request_id.as_str().to_owned(),
+        session_id: session.id.clone(),
+        created_at: now_ms(),
+        route: p.route.clone(),
+        stream: p.stream,
+        prompt_tokens_est: p.prompt_tokens,
+        preview: p.preview,
+    };
+    let guard = InFlight::new(st);
+    let outcome = st
+        .upstream
+        .send(
+            &p.route,
+            p.upstream_body,
+            headers,
+            request_id.as_str(),
+            p.stream,
+        )
+        .await;
+
+    match outcome {
+        Err(f) => {
+            let record = draft.finish(Finish {
+                status: f.error.status(),
+                summary: None,
+                latency: t0.elapsed(),
+                ttfb: None,
+                overhead: t0.elapsed().saturating_sub(f.upstream_wait),
+                attempts: f.attempts,
+                error: Some((f.error.kind.code().to_owned(), f.error.message.clone())),
+            });
+            st.writer
+                .record(WriteOp::InsertRequest(Box::new(record)))
+                .await;
+            tracing::warn!(request_id = %request_id, error = %f.error, attempts = f.attempts, "upstream request failed");
+            let mut r = match f.body {
+                Some(b) => json_bytes_response(
+                    StatusCode::from_u16(f.error.status()).unwrap_or(StatusCode::BAD_GATEWAY),
+                    b,
+                ),
+                None => error_response(&f.error),
+            };
+            set_session_header(r.headers_mut(), &session.id);
+            Ok(r)
+        }
+        Ok(Outcome::Complete {
+            status,
+            headers: up,
+            body,
+            attempts,
+            upstream_wait,
+            ttfb,
+        }) => {
+            let summary = status
+                .is_success()
+                .then(|| summarize_response(&body, p.route.encoding));
+            let overhead = t0.elapsed().saturating_sub(upstream_wait);
+            let record = draft.finish(Finish {
+                status: status.as_u16(),
+                summary,
+                latency: t0.elapsed(),
+                ttfb: Some(ttfb),
+                overhead,
+                attempts,
+                error: None,
+            });
+            st.writer
+                .record(WriteOp::InsertRequest(Box::new(record)))
+                .await;
+            let mut r = Response::new(Body::from(body));
+            *r.status_mut() = status;
+            copy_response_headers(&up, r.headers_mut());
+            set_session_header(r.headers_mut(), &session.id);
+            set_overhead_header(r.headers_mut(), overhead);
+            drop(guard);
+            Ok(r)
+        }
+        Ok(Outcome::Stream {
+            status,
+            headers: up,
+            first,
+            rest,
+            attempts,
+            upstream_wait,
+            ttfb,
+        }) => {
+            let overhead = t0.elapsed().saturating_sub(upstream_wait);
+            let recorder = stream::Recorder::new(stream::RecorderParts {
+                draft,
+                tap: StreamTap::new(p.injected_usage),
+                writer: st.writer.clone(),
+                t0,
+                ttfb: t0.elapsed().max(ttfb),
+                overhead,
+                attempts,
+                status: status.as_u16(),
+                guard,
+            });
+            let mut r = Response::new(stream::body(first, rest, recorder));
+            *r.status_mut() = status;
+            copy_response_headers(&up, r.headers_mut());
+            let h = r.headers_mut();
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert(
+                HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            );
+            set_session_header(h, &session.id);
+            set_overhead_header(h, overhead);
+            Ok(r)
+        }
+    }
+}
+
+fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (k, v) in from {
+        if !dropped_response_header(k) {
+            to.append(k.clone(), v.clone());
+        }
+    }
+}
+
+fn set_session_header(h: &mut HeaderMap, id: &SessionId) {
+    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+        h.insert(HeaderName::from_static(SESSION_HEADER), v);
+    }
+}
+
+fn set_overhead_header(h: &mut HeaderMap, overhead: Duration) {
+    h.insert(
+        HeaderName::from_static(OVERHEAD_HEADER),
+        HeaderValue::from(u64::try_from(overhead.as_micros()).unwrap_or(u64::MAX)),
+    );
+}
+
+/// The parts of a request row known before upstream answers.
+pub(crate) struct Draft {
+    id: String,
+    session_id: SessionId,
+    created_at: i64,
+    route: Route,
+    stream: bool,
+    prompt_tokens_est: u64,
+    preview: String,
+}
+
+/// The parts known once the exchange is over.
+pub(crate) struct Finish {
+    pub status: u16,
+    pub summary: Option<CompletionSummary>,
+    pub latency: Duration,
+    pub ttfb: Option<Duration>,
+    pub overhead: Duration,
+    pub attempts: u32,
+    pub error: Option<(String, String)>,
+}
+
+impl Draft {
+    pub(crate) fn encoding(&self) -> gatehouse_core::Encoding {
+        self.route.encoding
+    }
+
+    pub(crate) fn finish(self, f: Finish) -> RequestRecord {
+        let usage = f.summary.as_ref().and_then(|s| s.usage);
+        let (prompt_tokens, completion_tokens, source) = match (usage, &f.summary) {
+            (Some(u), _) => (
+                Some(u.prompt_tokens),
+                Some(u.completion_tokens),
+                UsageSource::Upstream,
+            ),
+            (None, Some(s)) => (
+                None,
+                Some(s.counted_completion_tokens),
+                UsageSource::Estimated,
+            ),
+            (None, None) => (None, None, UsageSource::Estimated),
+        };
+        let prompt = prompt_tokens.unwrap_or(self.prompt_tokens_est);
+        let context_pct = if self.route.max_context > 0 {
+            prompt as f64 * 100.0 / self.route.max_context as f64
+        } else {
+            0.0
+        };
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (error_type, error_message) = match f.error {
+            Some((t, m)) => (Some(t), Some(m)),
+            None => (None, None),
+        };
+        RequestRecord {
+            id: self.id,
+            session_id: self.session_id,
+            created_at: self.created_at,
+            provider: self.route.provider_key,
+            model_key: self.route.model_key,
+            upstream_model: self.route.upstream_model,
+            stream: self.stream,
+            status: f.status,
+            prompt_tokens_est: self.prompt_tokens_est,
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens: usage.and_then(|u| u.cached_tokens),
+            reasoning_tokens: usage.and_then(|u| u.reasoning_tokens),
+            usage_source: source,
+            max_context: self.route.max_context,
+            context_pct,
+            preview: self.preview,
+            latency_ms: ms(f.latency),
+            ttfb_ms: f.ttfb.map(ms),
+            overhead_us: u64::try_from(f.overhead.as_micros()).unwrap_or(u64::MAX),
+            attempts: f.attempts,
+            finish_reason: f.summary.and_then(|s| s.finish_reason),
+            error_type,
+            error_message,
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Health: `/health` (details), `/health/live` (the process answers), `/health/ready` (the
+//! database answers and the gateway is not shutting down).
+
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::state::AppState;
+
+pub async fn health(State(st): State<AppState>) -> Response {
+    let db_ok = st.store.ping().await.is_ok();
+    let stats = st.writer.stats();
+    let providers = &st.config.providers;
+    let status = if db_ok { "ok" } else { "degraded" };
+    let body = json!({
+        "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": st.started.elapsed().as_secs(),
+        "listen": st.listen.to_string(),
+        "shutting_down": st.shutting_down.load(Ordering::Relaxed),
+        "in_flight": st.in_flight.load(Ordering::Relaxed),
+        "database": { "ok": db_ok, "engine": "sqlite" },
+        "accounting": {
+            "queued": st.writer.queued(),
+            "written": stats.written.load(Ordering::Relaxed),
+            "failed_batches": stats.failed_batches.load(Ordering::Relaxed),
+            "rejected": stats.rejected.load(Ordering::Relaxed),
+        },
+        "sessions": st.sessions.count(),
+        "providers": {
+            "configured": providers.len(),
+            "with_key": providers.values().filter(|p| !p.key_missing()).count(),
+        },
+        "models": st.config.models.len(),
+    });
+    let code = if db_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+pub async fn live() -> Json<serde_json::Value> {
+    Json(json!({ "status": "alive" }))
+}
+
+pub async fn ready(State(st): State<AppState>) -> Response {
+    let shutting_down = st.shutting_down.load(Ordering::Relaxed);
+    let db_ok = st.store.ping().await.is_ok();
+    if db_ok && !shutting_down {
+        (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response()
+    } else {
+        let reason = if shutting_down {
+            "shutting down"
+        } else {
+            "database unavailable"
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "reason": reason })),
+        )
+            .into_response()
+    }
+}

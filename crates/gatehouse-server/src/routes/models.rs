@@ -1,0 +1,45 @@
+//! `GET /v1/models` (OpenAI list) and `GET /models/all` (the catalogue with windows).
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use crate::state::AppState;
+
+pub async fn list(State(st): State<AppState>) -> Json<Value> {
+    let data: Vec<Value> = st
+        .router
+        .models()
+        .map(|r| {
+            json!({
+                "id": r.model_key,
+                "object": "model",
+                "created": 0,
+                "owned_by": r.provider_key,
+            })
+        })
+        .collect();
+    Json(json!({ "object": "list", "data": data }))
+}
+
+pub async fn all(State(st): State<AppState>) -> Json<Value> {
+    let models: Vec<Value> = st
+        .config
+        .models
+        .iter()
+        .map(|(key, m)| {
+            let provider = st.config.providers.get(&m.provider);
+            json!({
+                "key": key,
+                "provider": m.provider,
+                "model": m.model,
+                "max_context_size": m.max_context_size,
+                "capabilities": m.capabilities,
+                "encoding": m.encoding.name(),
+                "provider_type": provider.map(|p| p.kind.as_str()),
+                "key_configured": provider.is_some_and(|p| !p.key_missing()),
+            })
+        })
+        .collect();
+    Json(json!({ "models": models, "count": models.len() }))
+}

@@ -1,0 +1,111 @@
+//! Serving: build the state, bind the routes, run until shutdown, then drain.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::serve::ListenerExt;
+use gatehouse_config::Config;
+use gatehouse_core::TokenCounter;
+use gatehouse_proxy::{Router, Upstream};
+use gatehouse_services::Sessions;
+use gatehouse_store::{SqliteStore, Store, StoreError, Writer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::routes;
+use crate::state::{AppState, Inner};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot build the upstream HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("server I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops accepting, lets in-flight requests
+/// finish for up to `server.shutdown_grace_secs`, and drains the accounting queue.
+///
+/// `on_ready` is called once the store is open and the routes are bound.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&AppState) + Send,
+) -> Result<(), ServeError> {
+    let started = Instant::now();
+    let listen = listener.local_addr()?;
+    let db_path = config.server.data_dir.join(&config.storage.sqlite_file);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db_path).await?);
+    let (writer, writer_task) = Writer::spawn(
+        store.clone(),
+        config.storage.queue_capacity,
+        config.storage.batch_size,
+    );
+    let sessions =
+        Sessions::load(&store, writer.clone(), config.sessions.new_on_model_change).await?;
+    let instance_id = uuid::Uuid::now_v7().to_string();
+    let state = AppState(Arc::new(Inner {
+        router: Router::new(&config, Some(listen)),
+        upstream: Upstream::new(&config, &instance_id)?,
+        counter: TokenCounter::new(config.proxy.token_cache_entries),
+        listen,
+        sessions,
+        store,
+        writer: writer.clone(),
+        started,
+        in_flight: AtomicU64::new(0),
+        shutting_down: AtomicBool::new(false),
+        config,
+    }));
+    // Loading the vocabularies takes a few tens of milliseconds: do it beside serving, not
+    // before, so readiness is not delayed; a request that needs one first simply waits for it.
+    tokio::task::spawn_blocking(TokenCounter::warm);
+
+    let grace = Duration::try_from_secs_f64(state.config.server.shutdown_grace_secs)
+        .unwrap_or(Duration::from_secs(30));
+    let app = routes::router(state.clone());
+    let stop = CancellationToken::new();
+    let server = axum::serve(
+        listener.tap_io(|tcp| {
+            // Small SSE chunks must leave at once, not wait for Nagle.
+            let _ = tcp.set_nodelay(true);
+        }),
+        app,
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let mut server = std::pin::pin!(server.into_future());
+    tracing::info!(%listen, elapsed_ms = started.elapsed().as_millis() as u64, "gatehouse ready");
+    on_ready(&state);
+
+    tokio::select! {
+        r = &mut server => r?,
+        () = shutdown => {
+            state.shutting_down.store(true, Ordering::SeqCst);
+            let in_flight = state.in_flight.load(Ordering::SeqCst);
+            tracing::info!(in_flight, grace_s = grace.as_secs_f64(), "shutting down: no new connections, finishing in-flight requests");
+            stop.cancel();
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(r) => r?,
+                Err(_) => tracing::warn!(
+                    in_flight = state.in_flight.load(Ordering::SeqCst),
+                    "grace period over; cutting the remaining requests"
+                ),
+            }
+        }
+    }
+
+    writer.close().await;
+    let _ = writer_task.await;
+    let stats = writer.stats();
+    tracing::info!(
+        rows_written = stats.written.load(Ordering::Relaxed),
+        rows_rejected = stats.rejected.load(Ordering::Relaxed),
+        "accounting drained; bye"
+    );
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The body of a streamed answer: upstream chunks forwarded as they arrive, tapped on the side,
+//! and one accounting row written when the stream ends, whichever way it ends (complete, broken
+//! upstream, or client gone), because the row is written from `Drop`.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use gatehouse_proxy::StreamTap;
+use gatehouse_proxy::upstream::{StreamFailure, UpstreamStream};
+use gatehouse_store::{WriteOp, WriterHandle};
+use serde_json::json;
+
+use crate::routes::chat::{Draft, Finish};
+use crate::state::InFlight;
+
+enum End {
+    /// Still running: if dropped now, the client went away.
+    Running,
+    Complete,
+    Failed {
+        code: &'static str,
+        message: String,
+    },
+}
+
+pub(crate) struct RecorderParts {
+    pub draft: Draft,
+    pub tap: StreamTap,
+    pub writer: WriterHandle,
+    pub t0: Instant,
+    pub ttfb: Duration,
+    pub overhead: Duration,
+    pub attempts: u32,
+    pub status: u16,
+    pub guard: InFlight,
+}
+
+/// Owns everything needed to write the row, and writes it when dropped.
+pub(crate) struct Recorder {
+    draft: Option<Draft>,
+    tap: Option<StreamTap>,
+    writer: WriterHandle,
+    t0: Instant,
+    ttfb: Duration,
+    /// Gateway time before the first byte, plus tap time per chunk.
+    overhead: Duration,
+    attempts: u32,
+    status: u16,
+    end: End,
+    _guard: InFlight,
+}
+
+impl Recorder {
+    pub(crate) fn new(p: RecorderParts) -> Self {
+        Self {
+            draft: Some(p.draft),
+            tap: Some(p.tap),
+            writer: p.writer,
+            t0: p.t0,
+            ttfb: p.ttfb,
+            overhead: p.overhead,
+            attempts: p.attempts,
+            status: p.status,
+            end: End::Running,
+            _guard: p.guard,
+        }
+    }
+
+    fn process(&mut self, chunk: Bytes) -> Bytes {
+        let Some(tap) = self.tap.as_mut() else {
+            return chunk;
+        };
+        let t = Instant::now();
+        let out = tap.process(chunk);
+        self.overhead += t.elapsed();
+        out
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let (Some(draft), Some(tap)) = (self.draft.take(), self.tap.take()) else {
+            return;
+        };
+        let summary = tap.summary(draft.encoding());
+        let error = match std::mem::replace(&mut self.end, End::Running) {
+            End::Running => Some((
+                "client_disconnected".to_owned(),
+                "the client closed the connection before the stream ended".to_owned(),
+            )),
+            End::Failed { code, message } => Some((code.to_owned(), message)),
+            End::Complete => match &summary.upstream_error {
+                Some(e) => Some(("upstream_stream_error".to_owned(), e.clone())),
+                None if !summary.saw_done && summary.finish_reason.is_none() => Some((
+                    "stream_incomplete".to_owned(),
+                    "upstream ended the stream without a finish reason or [DONE]".to_owned(),
+                )),
+                None => None,
+            },
+        };
+        let record = draft.finish(Finish {
+            status: self.status,
+            summary: Some(summary),
+            latency: self.t0.elapsed(),
+            ttfb: Some(self.ttfb),
+            overhead: self.overhead,
+            attempts: self.attempts,
+            error,
+        });
+        self.writer
+            .record_now(WriteOp::InsertRequest(Box::new(record)));
+    }
+}
+
+struct State {
+    first: Option<Bytes>,
+    rest: UpstreamStream,
+    recorder: Recorder,
+    done: bool,
+}
+
+pub(crate) fn body(first: Bytes, rest: UpstreamStream, recorder: Recorder) -> Body {
+    let state = State {
+        first: Some(first),
+        rest,
+        recorder,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if s.done {
+                return None;
+            }
+            let next = match s.first.take() {
+                Some(b) => Some(Ok(b)),
+                None => s.rest.next().await,
+            };
+            match next {
+                Some(Ok(chunk)) => {
+                    let out = s.recorder.process(chunk);
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return Some((Ok::<Bytes, Infallible>(out), s));
+                }
+                None => {
+                    s.done = true;
+                    s.recorder.end = End::Complete;
+                    let held = s
+                        .recorder
+                        .tap
+                        .as_mut()
+                        .map(StreamTap::take_pending)
+                        .unwrap_or_default();
+                    if held.is_empty() {
+                        return None;
+                    }
+                    return Some((Ok(held), s));
+                }
+                Some(Err(failure)) => {
+                    s.done = true;
+                    let message = match failure {
+                        StreamFailure::Idle(d) => format!(
+                            "upstream stream interrupted: no data for {:.1} s",
+                            d.as_secs_f64()
+                        ),
+                        StreamFailure::Broken(e) => format!("upstream stream interrupted: {e}"),
+                    };
+                    let mid_event = s.recorder.tap.as_ref().is_some_and(StreamTap::mid_event);
+                    let event = error_event(&message, mid_event);
+                    s.recorder.end = End::Failed {
+                        code: "stream_interrupted",
+                        message,
+                    };
+                    return Some((Ok(event), s));
+                }
+            }
+        }
+    });
+    Body::from_stream(stream)
+}
+
+/// A final SSE error event in OpenAI's shape, then `[DONE]` so every client ends cleanly.
+fn error_event(message: &str, mid_event: bool) -> Bytes {
+    let payload = json!({
+        "error": {
+            "message": message,
+            "type": "upstream_error",
+            "code": "stream_interrupted",
+            "param": null,
+        }
+    });
+    // If the client holds half an event, end it first so the error parses on its own.
+    let lead = if mid_event { "\n\n" } else { "" };
+    Bytes::from(format!("{lead}data: {payload}\n\ndata: [DONE]\n\n"))
+}

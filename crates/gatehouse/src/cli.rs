@@ -1,0 +1,60 @@
+//! Command-line interface: `serve`, `init`, `check`, `version`.
+
+mod check;
+mod init;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "gatehouse", version, about = "A single-binary LLM gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway.
+    Serve(serve::ServeArgs),
+    /// Write a commented config.toml holding the built-in catalogue.
+    Init {
+        /// Where to write it.
+        #[arg(long, short, default_value = "config.toml")]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate a config file; exit code 1 if it has mistakes.
+    Check {
+        /// The file to check.
+        #[arg(long, short, env = "GATEHOUSE_CONFIG", default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Init { out, force } => init::run(&out, force),
+        Command::Check { config } => check::run(&config),
+        Command::Version => {
+            println!("gatehouse {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

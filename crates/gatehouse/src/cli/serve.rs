@@ -1,0 +1,104 @@
+//! `gatehouse serve`: load the configuration, bind, serve until SIGINT/SIGTERM.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use gatehouse_config::{Env, Overrides, load};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Config file. Without it, ./config.toml is used when present, else the built-in catalogue.
+    #[arg(long, short, env = "GATEHOUSE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1).
+    #[arg(long, env = "GATEHOUSE_HOST")]
+    host: Option<String>,
+    /// Port to listen on (default 8000; 0 picks a free one).
+    #[arg(long, short, env = "GATEHOUSE_PORT")]
+    port: Option<u16>,
+    /// Directory of the SQLite database (default .).
+    #[arg(long, env = "GATEHOUSE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Listen on a non-loopback address although the API has no authentication yet.
+    #[arg(long)]
+    unsafe_allow_remote: bool,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_tracing();
+    let file = args.config.clone().or_else(|| {
+        let default = PathBuf::from("config.toml");
+        default.exists().then_some(default)
+    });
+    let env = Env::from_pairs(std::env::vars());
+    let overrides = Overrides {
+        host: args.host.clone(),
+        port: args.port,
+        data_dir: args.data_dir.clone(),
+    };
+    let config = load(file.as_deref(), &env, &overrides)?;
+    let ip: IpAddr = if config.server.host == "localhost" {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        config
+            .server
+            .host
+            .parse()
+            .context("server.host is not an IP address")?
+    };
+    if !ip.is_loopback() && !args.unsafe_allow_remote {
+        bail!(
+            "refusing to listen on {ip}: the dashboard and /api have no authentication yet, so Gatehouse stays on loopback. Use 127.0.0.1, or pass --unsafe-allow-remote behind your own access control"
+        );
+    }
+    let addr = SocketAddr::new(ip, config.server.port);
+    match &file {
+        Some(f) => tracing::info!(config = %f.display(), "configuration loaded"),
+        None => tracing::info!(
+            "no config file: using the built-in catalogue (`gatehouse init` writes it out)"
+        ),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        gatehouse_server::run(listener, config, shutdown_signal(), |_| {}).await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
