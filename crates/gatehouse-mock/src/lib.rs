@@ -1,0 +1,335 @@
+//! A mock OpenAI-compatible provider, the only thing Gatehouse's tests fake: the outside world.
+//!
+//! Behaviour is chosen by the upstream model name, a `+`-separated list of directives, so a test
+//! scripts a scenario just by asking the gateway for `mock/<directives>`:
+//!
+//! | directive | effect |
+//! |---|---|
+//! | `chunks:N` | N content pieces (default 3), streamed as N chunks |
+//! | `delay:MS` | wait MS before each stream chunk (or before a non-streamed answer) |
+//! | `gap:MS` | streams: wait MS before each chunk after the first |
+//! | `fail:N` | answer 500 to the first N attempts of a request (counted per `X-Request-ID`) |
+//! | `status:C` | always answer status C with an OpenAI error body |
+//! | `first:MS` | on the first attempt only, wait MS before the response head |
+//! | `silent:N` | streams: send the head, then nothing, for the first N attempts |
+//! | `empty:N` | streams: send the head and close at once, for the first N attempts |
+//! | `cut:N` | streams: break the connection after N chunks |
+//! | `nousage` | never report usage |
+//!
+//! Responses are deterministic (fixed id and timestamp), so a test can compare the bytes a client
+//! gets through the gateway with the bytes the mock sends directly.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+/// Prompt tokens the mock reports for every request.
+pub const PROMPT_TOKENS: u64 = 11;
+/// Cached prompt tokens the mock reports.
+pub const CACHED_TOKENS: u64 = 4;
+
+/// A request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct Shared {
+    attempts: Mutex<HashMap<String, u32>>,
+    captured: Mutex<Vec<Captured>>,
+    /// Keep a log only when asked: benchmarks must not grow memory.
+    capture: bool,
+}
+
+/// A running mock, for tests.
+#[derive(Clone)]
+pub struct Mock {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Mock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mock").field("addr", &self.addr).finish()
+    }
+}
+
+impl Mock {
+    /// Starts a capturing mock on a free loopback port.
+    pub async fn spawn() -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            capture: true,
+            ..Shared::default()
+        });
+        let app = app(shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, shared })
+    }
+
+    /// `http://127.0.0.1:PORT/v1`
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn captured(&self) -> Vec<Captured> {
+        lock(&self.shared.captured).clone()
+    }
+
+    /// Attempts seen for one `X-Request-ID`.
+    pub fn attempts(&self, request_id: &str) -> u32 {
+        lock(&self.shared.attempts)
+            .get(request_id)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Serves a non-capturing mock on `listener` (the `gatehouse-mock` binary, benchmarks).
+pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    axum::serve(listener, app(Arc::new(Shared::default()))).await
+}
+
+fn app(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/models", get(models))
+        .with_state(shared)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug, Default)]
+struct Script {
+    chunks: usize,
+    delay: Duration,
+    gap: Duration,
+    fail: u32,
+    status: Option<u16>,
+    first: Duration,
+    silent: u32,
+    empty: u32,
+    cut: Option<usize>,
+    nousage: bool,
+}
+
+fn script(model: &str) -> Script {
+    let mut s = Script {
+        chunks: 3,
+        ..Script::default()
+    };
+    for d in model.split('+') {
+        let (k, v) = d.split_once(':').unwrap_or((d, ""));
+        let n: u64 = v.parse().unwrap_or(0);
+        match k {
+            "chunks" => s.chunks = usize::try_from(n).unwrap_or(3),
+            "delay" => s.delay = Duration::from_millis(n),
+            "gap" => s.gap = Duration::from_millis(n),
+            "fail" => s.fail = u32::try_from(n).unwrap_or(0),
+            "status" => s.status = u16::try_from(n).ok(),
+            "first" => s.first = Duration::from_millis(n),
+            "silent" => s.silent = u32::try_from(n).unwrap_or(0),
+            "empty" => s.empty = u32::try_from(n).unwrap_or(0),
+            "cut" => s.cut = usize::try_from(n).ok(),
+            "nousage" => s.nousage = true,
+            _ => {}
+        }
+    }
+    s
+}
+
+async fn models() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": [{"id": "mock", "object": "model", "created": 0, "owned_by": "mock"}]}),
+    )
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": {"message": "mock: body is not JSON", "type": "invalid_request_error", "code": null}}),
+        );
+    };
+    let model = req["model"].as_str().unwrap_or("").to_owned();
+    let stream = req["stream"].as_bool().unwrap_or(false);
+    let include_usage = req["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let attempt = {
+        let mut a = lock(&shared.attempts);
+        let n = a.entry(request_id).or_insert(0);
+        *n += 1;
+        *n
+    };
+    if shared.capture {
+        lock(&shared.captured).push(Captured {
+            headers: headers.clone(),
+            body: req.clone(),
+        });
+    }
+    let s = script(&model);
+    if attempt == 1 && !s.first.is_zero() {
+        tokio::time::sleep(s.first).await;
+    }
+    if let Some(code) = s.status {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return json_response(
+            status,
+            &json!({"error": {"message": format!("mock: scripted status {code}"), "type": "mock_error", "code": "scripted"}}),
+        );
+    }
+    if attempt <= s.fail {
+        return json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"error": {"message": format!("mock: scripted failure {attempt} of {}", s.fail), "type": "server_error", "code": null}}),
+        );
+    }
+    if stream {
+        stream_response(model, s, attempt, include_usage)
+    } else {
+        if !s.delay.is_zero() {
+            tokio::time::sleep(s.delay).await;
+        }
+        let content: String = (0..s.chunks).map(piece).collect();
+        let mut v = json!({
+            "id": "chatcmpl-mock",
+            "object": "chat.completion",
+            "created": 1_700_000_000,
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        });
+        if !s.nousage {
+            v["usage"] = usage(s.chunks);
+        }
+        json_response(StatusCode::OK, &v)
+    }
+}
+
+/// The i-th content piece: one token each in cl100k and o200k.
+fn piece(i: usize) -> String {
+    const WORDS: [&str; 8] = [
+        " Hello",
+        " from",
+        " the",
+        " mock",
+        " upstream",
+        " and",
+        " more",
+        " words",
+    ];
+    WORDS[i % WORDS.len()].to_owned()
+}
+
+fn usage(completion: usize) -> Value {
+    json!({
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": completion,
+        "total_tokens": PROMPT_TOKENS + completion as u64,
+        "prompt_tokens_details": {"cached_tokens": CACHED_TOKENS},
+    })
+}
+
+fn chunk(model: &str, delta: &Value, finish: Option<&str>) -> Bytes {
+    let v = json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    });
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+fn stream_response(model: String, s: Script, attempt: u32, include_usage: bool) -> Response {
+    let silent = attempt <= s.silent;
+    let usage_chunk = include_usage && !s.nousage;
+    let empty = attempt <= s.empty;
+    let body = futures_util::stream::unfold(0usize, move |i| {
+        let model = model.clone();
+        async move {
+            if empty {
+                return None;
+            }
+            if silent {
+                // Hold the connection open without a byte until the client gives up.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return None;
+            }
+            if !s.delay.is_zero() && i < s.chunks {
+                tokio::time::sleep(s.delay).await;
+            }
+            if !s.gap.is_zero() && i > 0 && i < s.chunks {
+                tokio::time::sleep(s.gap).await;
+            }
+            if s.cut == Some(i) {
+                return Some((Err(std::io::Error::other("mock: scripted cut")), i + 1));
+            }
+            let n = s.chunks;
+            let out = match i {
+                i if i < n => {
+                    let mut delta = json!({"content": piece(i)});
+                    if i == 0 {
+                        delta["role"] = json!("assistant");
+                    }
+                    chunk(&model, &delta, None)
+                }
+                i if i == n => chunk(&model, &json!({}), Some("stop")),
+                i if i == n + 1 && usage_chunk => {
+                    let v = json!({
+                        "id": "chatcmpl-mock",
+                        "object": "chat.completion.chunk",
+                        "created": 1_700_000_000,
+                        "model": model,
+                        "choices": [],
+                        "usage": usage(n),
+                    });
+                    Bytes::from(format!("data: {v}\n\n"))
+                }
+                i if i <= n + 2 => Bytes::from_static(b"data: [DONE]\n\n"),
+                _ => return None,
+            };
+            // Skip the usage slot when there is no usage chunk.
+            let next = if i == n && !usage_chunk { i + 2 } else { i + 1 };
+            Some((Ok(out), next))
+        }
+    });
+    let mut r = Response::new(Body::from_stream(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    let mut r = Response::new(Body::from(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}

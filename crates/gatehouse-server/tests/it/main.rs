@@ -1,0 +1,14 @@
+//! Integration tests: a real Gatehouse on port 0 with a temporary database, in front of a real
+//! mock provider on its own socket. Only the provider is fake.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test where they fail"
+)]
+
+mod support;
+
+mod errors;
+mod proxy;
+mod sessions;
+mod shutdown;
+mod surface;

@@ -1,0 +1,197 @@
+//! Sessions: created on the first request and on a model change, named from the first prompt,
+//! switched explicitly, and managed through the API.
+
+use serde_json::json;
+
+use crate::support::{TestApp, rows, session_of, user};
+
+#[tokio::test]
+async fn sessions_open_on_first_request_and_on_model_change() {
+    let app = TestApp::spawn().await;
+    let active = app.get_json("/api/sessions/active").await;
+    assert!(active["session"].is_null());
+
+    let r = app
+        .chat(user(
+            "mock/echo",
+            "Refactor the parser module so that errors carry spans and hints",
+        ))
+        .await;
+    let first = session_of(&r);
+    r.bytes().await.unwrap();
+    let r = app.chat(user("mock/echo", "and now the tests")).await;
+    assert_eq!(session_of(&r), first, "same model, same session");
+    r.bytes().await.unwrap();
+
+    let active = app.get_json("/api/sessions/active").await;
+    assert_eq!(active["session"]["id"], first.as_str());
+    assert_eq!(
+        active["session"]["name"], "Refactor the parser module so that errors carry sp",
+        "named after the first user prompt, 50 characters"
+    );
+    let stats = &active["stats"];
+    assert_eq!(stats["request_count"], 2);
+    // The mock reports 11 prompt + 3 completion tokens per request.
+    assert_eq!(stats["current_total_tokens"], 14);
+    assert_eq!(stats["cumulative_total_tokens"], 28);
+    assert_eq!(stats["cumulative_input_tokens"], 22);
+    assert_eq!(stats["max_context"], 4096);
+    assert_eq!(active["recent_requests"].as_array().unwrap().len(), 2);
+
+    let r = app.chat(user("mock/other-model", "switch")).await;
+    let second = session_of(&r);
+    assert_ne!(second, first, "a model change opens a new session");
+    r.bytes().await.unwrap();
+    let active = app.get_json("/api/sessions/active").await;
+    assert_eq!(active["session"]["id"], second.as_str());
+
+    let list = app.get_json("/api/sessions").await;
+    assert_eq!(list["sessions"].as_array().unwrap().len(), 2);
+    assert_eq!(list["active_id"], second.as_str());
+}
+
+#[tokio::test]
+async fn explicit_session_header() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .header("x-gatehouse-session", "my-conversation")
+        .json(&user("mock/echo", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(session_of(&r), "my-conversation");
+    r.bytes().await.unwrap();
+    let s = app.get_json("/api/sessions/my-conversation").await;
+    assert_eq!(s["stats"]["request_count"], 1);
+    assert_eq!(s["session"]["model_key"], "mock/echo");
+}
+
+#[tokio::test]
+async fn api_create_activate_rename_delete_and_paging() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .http
+        .post(app.url("/api/sessions"))
+        .json(&json!({"name": "Work", "model": "mock/echo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created: serde_json::Value = r.json().await.unwrap();
+    let work = created["session"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["session"]["name"], "Work");
+
+    // Requests go to the active session while the model matches.
+    for i in 0..5 {
+        let r = app.chat(user("mock/echo", &format!("q{i}"))).await;
+        assert_eq!(session_of(&r), work);
+        r.bytes().await.unwrap();
+    }
+    let page = app
+        .get_json(&format!("/api/sessions/{work}/requests?limit=2&offset=1"))
+        .await;
+    assert_eq!(page["total"], 5);
+    assert_eq!(page["requests"].as_array().unwrap().len(), 2);
+    assert_eq!(page["requests"][0]["preview"], "q3", "newest first");
+
+    // An empty body opens an unnamed session and activates it.
+    let r = app
+        .http
+        .post(app.url("/api/sessions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let other: serde_json::Value = r.json().await.unwrap();
+    let other = other["session"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.get_json("/api/sessions/active").await["session"]["id"],
+        other.as_str()
+    );
+
+    let r = app
+        .http
+        .post(app.url(&format!("/api/sessions/{work}/activate")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        app.get_json("/api/sessions/active").await["session"]["id"],
+        work.as_str()
+    );
+
+    let r = app
+        .http
+        .patch(app.url(&format!("/api/sessions/{work}")))
+        .json(&json!({"name": "Renamed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        app.get_json(&format!("/api/sessions/{work}")).await["session"]["name"],
+        "Renamed"
+    );
+    let r = app
+        .http
+        .patch(app.url(&format!("/api/sessions/{work}")))
+        .json(&json!({"name": ""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let r = app
+        .http
+        .delete(app.url(&format!("/api/sessions/{work}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = app
+        .http
+        .get(app.url(&format!("/api/sessions/{work}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(app.get_json("/api/sessions/active").await["session"].is_null());
+    let r = app
+        .http
+        .get(app.url(&format!("/api/sessions/{work}/requests")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    let r = app
+        .http
+        .post(app.url("/api/sessions"))
+        .json(&json!({"model": "no/such/thing"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn failed_requests_are_recorded_but_not_billed() {
+    let app = TestApp::spawn().await;
+    let r = app.chat(user("mock/echo", "ok")).await;
+    let s = session_of(&r);
+    r.bytes().await.unwrap();
+    let r = app.chat(user("mock/echo+status:503", "fails")).await;
+    // Another upstream model name is another model key: a new session.
+    let s2 = session_of(&r);
+    assert_ne!(s, s2);
+    assert_eq!(r.status(), 503);
+    let failed = rows(&app, &s2).await;
+    assert_eq!(failed[0]["status"], 503);
+    assert_eq!(failed[0]["attempts"], 3);
+    let stats = app.get_json(&format!("/api/sessions/{s2}")).await["stats"].clone();
+    assert_eq!(stats["request_count"], 1);
+    assert_eq!(stats["cumulative_total_tokens"], 0);
+}

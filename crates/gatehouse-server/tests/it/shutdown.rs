@@ -1,0 +1,63 @@
+//! Graceful shutdown: in-flight requests finish and every accepted request has its row.
+
+use std::time::Duration;
+
+use gatehouse_core::SessionId;
+use gatehouse_store::{SqliteStore, Store};
+
+use crate::support::{TestApp, streaming, user};
+
+#[tokio::test]
+async fn shutdown_under_load_loses_no_rows() {
+    let mut app = TestApp::spawn().await;
+    let session = "load-test";
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let http = app.http.clone();
+        let url = app.url("/v1/chat/completions");
+        // Half slow streams, half slow plain requests, all in flight when shutdown starts.
+        let body = if i % 2 == 0 {
+            streaming("mock/chunks:6+delay:100", "stream under load")
+        } else {
+            user("mock/chunks:2+delay:400", "plain under load")
+        };
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .header("x-gatehouse-session", session)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap()
+        }));
+    }
+    // Wait until every request is being proxied, so shutdown starts with all 60 in flight.
+    for _ in 0..200 {
+        if app.get_json("/health").await["in_flight"] == 60 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(app.get_json("/health").await["in_flight"], 60);
+    app.shutdown().await;
+    for t in tasks {
+        let body = t.await.unwrap();
+        assert!(!body.is_empty());
+    }
+    // New connections are refused once the server has stopped.
+    assert!(app.http.get(app.url("/health")).send().await.is_err());
+
+    let store = SqliteStore::open(&app.db_path()).await.unwrap();
+    let n = store
+        .count_requests(&SessionId::new(session))
+        .await
+        .unwrap();
+    assert_eq!(n, 60, "every accepted request has its row");
+    let rows = store
+        .list_requests(&SessionId::new(session), 100, 0)
+        .await
+        .unwrap();
+    assert!(rows.iter().all(|r| r.error_type.is_none()), "{rows:?}");
+}

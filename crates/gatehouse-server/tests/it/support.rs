@@ -1,0 +1,189 @@
+//! `TestApp::spawn()`: a gateway and its mock upstream, ready to call.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gatehouse_config::{Env, Overrides, load};
+use gatehouse_mock::Mock;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const UPSTREAM_KEY: &str = "sk-mock-upstream-secret";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub mock: Mock,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+/// Extra TOML appended to the test config.
+#[derive(Default)]
+pub struct Options {
+    pub extra_toml: String,
+    pub retries: Option<u32>,
+    pub grace_secs: Option<f64>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(opts: Options) -> Self {
+        let mock = Mock::spawn().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config_text = format!(
+            r#"
+[server]
+data_dir = "{data}"
+max_body_bytes = 65536
+shutdown_grace_secs = {grace}
+
+[proxy]
+retries = {retries}
+retry_backoff_ms = 10
+
+[proxy.timeouts]
+connect = 1
+first_byte = 1
+idle = 1
+total = 3
+
+[providers.mock]
+type = "openai"
+base_url = "{base}"
+api_key = "${{MOCK_KEY}}"
+
+[providers.nokey]
+type = "openai"
+base_url = "{base}"
+api_key = "${{NOKEY_API_KEY}}"
+
+[providers.self]
+type = "openai"
+base_url = "http://{addr}/v1"
+
+[models."mock/echo"]
+provider = "mock"
+model = "echo"
+max_context_size = 4096
+
+[models."mock/tiny"]
+provider = "mock"
+model = "echo"
+max_context_size = 20
+
+[models."nokey/m"]
+provider = "nokey"
+model = "m"
+max_context_size = 4096
+
+[models."self/loop"]
+provider = "self"
+model = "loop"
+max_context_size = 4096
+{extra}
+"#,
+            data = dir.path().display(),
+            grace = opts.grace_secs.unwrap_or(10.0),
+            retries = opts.retries.unwrap_or(2),
+            base = mock.base_url(),
+            extra = opts.extra_toml,
+        );
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, config_text).unwrap();
+        let config = load(
+            Some(&file),
+            &Env::from_pairs([("MOCK_KEY", UPSTREAM_KEY)]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            gatehouse_server::run(listener, config, shutdown, move |_| {
+                let _ = ready_tx.send(());
+            })
+            .await
+            .unwrap();
+        });
+        ready_rx.await.unwrap();
+        Self {
+            addr,
+            mock,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+            dir,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("gatehouse.db")
+    }
+
+    pub async fn chat(&self, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// Stops the server as SIGTERM would and waits for it to drain.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap();
+        }
+    }
+}
+
+pub fn user(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+pub fn streaming(model: &str, text: &str) -> Value {
+    json!({"model": model, "stream": true, "messages": [{"role": "user", "content": text}]})
+}
+
+/// The requests recorded for a session, newest first.
+pub async fn rows(app: &TestApp, session: &str) -> Vec<Value> {
+    let v = app
+        .get_json(&format!("/api/sessions/{session}/requests?limit=500"))
+        .await;
+    v["requests"].as_array().cloned().unwrap_or_default()
+}
+
+pub fn session_of(r: &reqwest::Response) -> String {
+    r.headers()["x-gatehouse-session"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
