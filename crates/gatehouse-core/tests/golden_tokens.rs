@@ -22,9 +22,18 @@ fn counts_match_python_tiktoken() {
             );
             let lines: Vec<&str> = text.split('\n').collect();
             let want_lines = want["lines"].as_array().unwrap();
-            assert_eq!(lines.len(), want_lines.len(), "{file}: corpus and golden disagree");
+            assert_eq!(
+                lines.len(),
+                want_lines.len(),
+                "{file}: corpus and golden disagree"
+            );
             for (i, (line, n)) in lines.iter().zip(want_lines).enumerate() {
-                assert_eq!(enc.count(line), n.as_u64().unwrap(), "{enc_name} {file} line {}", i + 1);
+                assert_eq!(
+                    enc.count(line),
+                    n.as_u64().unwrap(),
+                    "{enc_name} {file} line {}",
+                    i + 1
+                );
                 checked += 1;
             }
         }

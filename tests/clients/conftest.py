@@ -1,0 +1,77 @@
+"""Starts the mock upstream and a real `gatehouse serve` for the client tests.
+
+Binaries come from GATEHOUSE_BIN_DIR (default: target/debug), built by `cargo build --bins`.
+"""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = pathlib.Path(os.environ.get("GATEHOUSE_BIN_DIR", ROOT / "target" / "debug"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url, deadline=20.0):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} never became ready")
+
+
+@pytest.fixture(scope="session")
+def gateway():
+    mock = subprocess.Popen([str(BIN / "gatehouse-mock")], stdout=subprocess.PIPE, text=True)
+    mock_url = mock.stdout.readline().strip()
+    port = free_port()
+    with tempfile.TemporaryDirectory() as data:
+        config = pathlib.Path(data) / "config.toml"
+        config.write_text(
+            f"""
+[providers.mock]
+type = "openai"
+base_url = "{mock_url}"
+api_key = "sk-upstream-test"
+
+[models."mock/echo"]
+provider = "mock"
+model = "chunks:4"
+max_context_size = 8192
+"""
+        )
+        # No inherited overrides or provider keys: the tests expect the built-in catalogue keyless.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEHOUSE_") and not k.endswith("_API_KEY")}
+        server = subprocess.Popen(
+            [str(BIN / "gatehouse"), "serve", "--config", str(config), "--port", str(port), "--data-dir", data],
+            env=env,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(base + "/health/ready")
+            yield base
+        finally:
+            server.terminate()
+            assert server.wait(timeout=20) == 0, "gatehouse did not shut down cleanly"
+            mock.kill()
+            mock.wait()
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.load(r)
