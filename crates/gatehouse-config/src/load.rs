@@ -936,3 +936,31 @@ max_context_size = "big"
         assert_eq!(from_file.models.len(), builtin.models.len());
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+
+    /// docs/configuration.md lists the catalogue; it must not drift from the code.
+    #[test]
+    fn configuration_reference_lists_every_builtin_model_and_provider() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/configuration.md"
+        ))
+        .unwrap();
+        let c = build(None, &Env::default()).unwrap();
+        for (key, m) in &c.models {
+            assert!(
+                doc.contains(&format!("| `{key}` | `{}` |", m.model)),
+                "docs/configuration.md is missing model {key}"
+            );
+        }
+        for key in c.providers.keys() {
+            assert!(
+                doc.contains(&format!("| `{key}` |")),
+                "docs/configuration.md is missing provider {key}"
+            );
+        }
+    }
+}
