@@ -40,10 +40,39 @@ pub fn dropped_response_header(name: &HeaderName) -> bool {
     )
 }
 
+/// A provider's own headers, built once: its credentials and its extra headers.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderHeaders {
+    auth: Option<HeaderValue>,
+    extra: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ProviderHeaders {
+    pub fn new(provider: &ProviderConfig) -> Self {
+        let auth = provider.api_key.as_ref().and_then(|key| {
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", key.expose())).ok()?;
+            // Keeps the key out of any header dump made by a debug layer.
+            v.set_sensitive(true);
+            Some(v)
+        });
+        let extra = provider
+            .headers
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    HeaderName::try_from(k.as_str()).ok()?,
+                    HeaderValue::from_str(v).ok()?,
+                ))
+            })
+            .collect();
+        Self { auth, extra }
+    }
+}
+
 /// Builds the headers of the upstream request.
 pub fn upstream_headers(
     client: &HeaderMap,
-    provider: &ProviderConfig,
+    provider: &ProviderHeaders,
     request_id: &str,
     hop_id: &HeaderValue,
 ) -> HeaderMap {
@@ -64,17 +93,11 @@ pub fn upstream_headers(
         out.insert(HeaderName::from_static("x-request-id"), v);
     }
     out.insert(HeaderName::from_static(HOP_HEADER), hop_id.clone());
-    for (k, v) in &provider.headers {
-        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
-            out.insert(k, v);
-        }
+    for (k, v) in &provider.extra {
+        out.insert(k.clone(), v.clone());
     }
-    if let Some(key) = &provider.api_key
-        && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-    {
-        // Keeps the key out of any header dump made by a debug layer.
-        v.set_sensitive(true);
-        out.insert(header::AUTHORIZATION, v);
+    if let Some(auth) = &provider.auth {
+        out.insert(header::AUTHORIZATION, auth.clone());
     }
     out
 }
@@ -92,7 +115,7 @@ mod tests {
             &Overrides::default(),
         )
         .unwrap();
-        let p = &c.providers["mistral"];
+        let p = &ProviderHeaders::new(&c.providers["mistral"]);
         let mut client = HeaderMap::new();
         client.insert(
             header::AUTHORIZATION,
@@ -116,7 +139,7 @@ mod tests {
         assert_eq!(h[header::USER_AGENT], "OpenAI/Python");
         assert_eq!(h["x-request-id"], "rid-1");
         assert_eq!(h[HOP_HEADER], "gw");
-        let keyless = &c.providers["ollama"];
+        let keyless = &ProviderHeaders::new(&c.providers["ollama"]);
         let h = upstream_headers(&client, keyless, "r", &HeaderValue::from_static("gw"));
         assert!(
             h.get(header::AUTHORIZATION).is_none(),

@@ -28,7 +28,7 @@ const UNLISTED_MODEL_WINDOW: u64 = 131_072;
 /// Resolves models to routes. Built once from the configuration.
 #[derive(Debug)]
 pub struct Router {
-    models: BTreeMap<String, Route>,
+    models: BTreeMap<String, Arc<Route>>,
     providers: BTreeMap<String, Arc<ProviderConfig>>,
     /// Providers whose base URL is this gateway's own listen address.
     looping: HashSet<String>,
@@ -57,14 +57,14 @@ impl Router {
                 let provider = providers.get(&m.provider)?.clone();
                 Some((
                     key.clone(),
-                    Route {
+                    Arc::new(Route {
                         model_key: key.clone(),
                         provider_key: m.provider.clone(),
                         upstream_model: m.model.clone(),
                         max_context: m.max_context_size,
                         encoding: m.encoding,
                         provider,
-                    },
+                    }),
                 ))
             })
             .collect();
@@ -75,8 +75,9 @@ impl Router {
         }
     }
 
-    /// Finds the route for a requested model, or explains why there is none.
-    pub fn resolve(&self, requested: &str) -> Result<Route, ApiError> {
+    /// Finds the route for a requested model, or explains why there is none. Catalogue routes
+    /// are shared, so resolving one allocates nothing.
+    pub fn resolve(&self, requested: &str) -> Result<Arc<Route>, ApiError> {
         let route = match self.models.get(requested) {
             Some(r) => r.clone(),
             None => self.unlisted(requested)?,
@@ -118,21 +119,21 @@ impl Router {
     }
 
     /// `provider/upstream-model` for a configured provider.
-    fn unlisted(&self, requested: &str) -> Result<Route, ApiError> {
+    fn unlisted(&self, requested: &str) -> Result<Arc<Route>, ApiError> {
         // Provider keys may themselves contain `/`-free colons (`managed:kimi-code`), so split
         // at the first slash only.
         if let Some((pkey, model)) = requested.split_once('/')
             && let Some(provider) = self.providers.get(pkey)
             && !model.is_empty()
         {
-            return Ok(Route {
+            return Ok(Arc::new(Route {
                 model_key: requested.to_owned(),
                 provider_key: pkey.to_owned(),
                 upstream_model: model.to_owned(),
                 max_context: UNLISTED_MODEL_WINDOW,
                 encoding: Encoding::for_model(model),
                 provider: provider.clone(),
-            });
+            }));
         }
         Err(ApiError::new(
             ErrorKind::ModelNotFound,
@@ -168,7 +169,7 @@ impl Router {
     }
 
     pub fn models(&self) -> impl Iterator<Item = &Route> {
-        self.models.values()
+        self.models.values().map(|r| &**r)
     }
 
     pub fn providers(&self) -> &BTreeMap<String, Arc<ProviderConfig>> {

@@ -15,7 +15,7 @@ use gatehouse_config::{Config, ProviderConfig};
 use gatehouse_core::{ApiError, ErrorKind};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
-use crate::headers::upstream_headers;
+use crate::headers::{ProviderHeaders, upstream_headers};
 use crate::route::Route;
 
 /// Upstream error bodies are read up to this size, to pass them through or quote them.
@@ -87,9 +87,17 @@ impl UpstreamStream {
     }
 }
 
+/// One provider's pooled client and what every request to it reuses.
+struct Endpoint {
+    client: reqwest::Client,
+    /// `{base_url}/chat/completions`, built once.
+    chat_url: reqwest::Url,
+    headers: ProviderHeaders,
+}
+
 /// The upstream side: one pooled client per provider.
 pub struct Upstream {
-    clients: HashMap<String, reqwest::Client>,
+    endpoints: HashMap<String, Endpoint>,
     retries: u32,
     backoff: Duration,
     hop_id: HeaderValue,
@@ -98,7 +106,7 @@ pub struct Upstream {
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
-            .field("providers", &self.clients.len())
+            .field("providers", &self.endpoints.len())
             .field("retries", &self.retries)
             .finish()
     }
@@ -114,12 +122,23 @@ enum Attempt {
 impl Upstream {
     /// `instance_id` goes in the hop header, so a request that loops back is recognised.
     pub fn new(config: &Config, instance_id: &str) -> Result<Self, reqwest::Error> {
-        let mut clients = HashMap::with_capacity(config.providers.len());
+        let mut endpoints = HashMap::with_capacity(config.providers.len());
         for (key, p) in &config.providers {
-            clients.insert(key.clone(), build_client(p)?);
+            // Config validation guarantees an http(s) URL; one that still fails to parse is
+            // left out and its requests get a clear error.
+            if let Ok(chat_url) = reqwest::Url::parse(&format!("{}/chat/completions", p.base_url)) {
+                endpoints.insert(
+                    key.clone(),
+                    Endpoint {
+                        client: build_client(p)?,
+                        chat_url,
+                        headers: ProviderHeaders::new(p),
+                    },
+                );
+            }
         }
         Ok(Self {
-            clients,
+            endpoints,
             retries: config.proxy.retries,
             backoff: config.proxy.retry_backoff,
             hop_id: HeaderValue::from_str(&format!("gatehouse/{instance_id}"))
@@ -138,26 +157,28 @@ impl Upstream {
     ) -> Result<Outcome, Failure> {
         let started = Instant::now();
         let provider = &*route.provider;
-        let Some(client) = self.clients.get(&route.provider_key) else {
+        let Some(endpoint) = self.endpoints.get(&route.provider_key) else {
             return Err(Failure {
                 error: ApiError::new(
                     ErrorKind::Internal,
-                    format!("no upstream client for provider `{}`", route.provider_key),
+                    format!(
+                        "provider `{}` has no usable base URL ({})",
+                        route.provider_key, provider.base_url
+                    ),
                 ),
                 body: None,
                 attempts: 0,
                 upstream_wait: Duration::ZERO,
             });
         };
-        let url = format!("{}/chat/completions", provider.base_url);
-        let headers = upstream_headers(client_headers, provider, request_id, &self.hop_id);
+        let headers = upstream_headers(client_headers, &endpoint.headers, request_id, &self.hop_id);
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             let result = self
                 .attempt(
-                    client,
-                    &url,
+                    &endpoint.client,
+                    &endpoint.chat_url,
                     &headers,
                     body.clone(),
                     provider,
@@ -194,7 +215,7 @@ impl Upstream {
     async fn attempt(
         &self,
         client: &reqwest::Client,
-        url: &str,
+        url: &reqwest::Url,
         headers: &HeaderMap,
         body: Bytes,
         provider: &ProviderConfig,
@@ -211,7 +232,7 @@ impl Upstream {
             attempts: attempt,
             upstream_wait: started.elapsed(),
         };
-        let request = client.post(url).headers(headers.clone()).body(body);
+        let request = client.post(url.clone()).headers(headers.clone()).body(body);
         let head_timeout = if stream {
             t.first_byte
         } else {

@@ -106,19 +106,16 @@ impl Sessions {
                     }
                 },
                 None => {
-                    let active = st
-                        .active
-                        .clone()
-                        .and_then(|id| st.sessions.get(&id).cloned());
-                    match active {
+                    // The common case (the active session, same model) clones only the id.
+                    let active_id = st.active.clone();
+                    let current = active_id.as_ref().and_then(|id| st.sessions.get_mut(id));
+                    match current {
                         Some(s) if s.model_key.is_none() => {
-                            if let Some(live) = st.sessions.get_mut(&s.id) {
-                                live.model_key = Some(model_key.to_owned());
-                                live.provider = Some(provider.to_owned());
-                            }
+                            s.model_key = Some(model_key.to_owned());
+                            s.provider = Some(provider.to_owned());
                             ops.push(set_model(&s.id, model_key, provider));
                             Resolved {
-                                id: s.id,
+                                id: s.id.clone(),
                                 created: false,
                             }
                         }
@@ -127,7 +124,7 @@ impl Sessions {
                                 || s.model_key.as_deref() == Some(model_key) =>
                         {
                             Resolved {
-                                id: s.id,
+                                id: s.id.clone(),
                                 created: false,
                             }
                         }

@@ -5,6 +5,7 @@
 //! → send upstream with retries → answer (bytes as upstream sent them) → queue the accounting
 //! row. Nothing here waits for the database.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -65,7 +66,7 @@ pub async fn completions(
 
 /// What one pass over the body yields; owned, so it can come back from the blocking pool.
 struct Prepared {
-    route: Route,
+    route: Arc<Route>,
     stream: bool,
     upstream_body: Bytes,
     injected_usage: bool,
@@ -307,7 +308,7 @@ pub(crate) struct Draft {
     id: String,
     session_id: SessionId,
     created_at: i64,
-    route: Route,
+    route: Arc<Route>,
     stream: bool,
     prompt_tokens_est: u64,
     preview: String,
@@ -359,9 +360,9 @@ impl Draft {
             id: self.id,
             session_id: self.session_id,
             created_at: self.created_at,
-            provider: self.route.provider_key,
-            model_key: self.route.model_key,
-            upstream_model: self.route.upstream_model,
+            provider: self.route.provider_key.clone(),
+            model_key: self.route.model_key.clone(),
+            upstream_model: self.route.upstream_model.clone(),
             stream: self.stream,
             status: f.status,
             prompt_tokens_est: self.prompt_tokens_est,

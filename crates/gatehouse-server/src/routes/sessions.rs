@@ -88,7 +88,7 @@ pub async fn create(State(st): State<AppState>, body: Bytes) -> ApiResult<Respon
     let model = match body.model {
         Some(m) => {
             let provider = match st.router.resolve(&m) {
-                Ok(route) => route.provider_key,
+                Ok(route) => route.provider_key.clone(),
                 // A session may be prepared for a model whose key is not set yet.
                 Err(e)
                     if matches!(
