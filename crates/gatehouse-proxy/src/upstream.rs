@@ -41,9 +41,8 @@ pub enum Outcome {
         first: Bytes,
         rest: UpstreamStream,
         attempts: u32,
+        /// Time spent waiting on upstream up to the first chunk, retries included.
         upstream_wait: Duration,
-        /// Send to first chunk, last attempt.
-        ttfb: Duration,
     },
 }
 
@@ -322,7 +321,6 @@ impl Upstream {
                 rest,
                 attempts: attempt,
                 upstream_wait: started.elapsed(),
-                ttfb: sent.elapsed(),
             });
         }
         let remaining = t.total.saturating_sub(ttfb);

@@ -252,7 +252,6 @@ async fn handle(
             rest,
             attempts,
             upstream_wait,
-            ttfb,
         }) => {
             let overhead = t0.elapsed().saturating_sub(upstream_wait);
             let recorder = stream::Recorder::new(stream::RecorderParts {
@@ -260,7 +259,8 @@ async fn handle(
                 tap: StreamTap::new(p.injected_usage),
                 writer: st.writer.clone(),
                 t0,
-                ttfb: t0.elapsed().max(ttfb),
+                // What the client waits for its first byte: arrival to first upstream chunk.
+                ttfb: t0.elapsed(),
                 overhead,
                 attempts,
                 status: status.as_u16(),
