@@ -225,14 +225,14 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             issues.push(issue(
                 "server.max_body_bytes",
                 "must be greater than 0",
-                None,
+                Some("the default is 33554432 (32 MiB)"),
             ));
         }
         if !(s.shutdown_grace_secs.is_finite() && s.shutdown_grace_secs >= 0.0) {
             issues.push(issue(
                 "server.shutdown_grace_secs",
                 "must be a non-negative number of seconds",
-                None,
+                Some("the default is 30"),
             ));
         }
         if s.host.parse::<std::net::IpAddr>().is_err() && s.host != "localhost" {
@@ -252,12 +252,16 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 issues.push(issue(
                     &format!("storage.{name}"),
                     "must be greater than 0",
-                    None,
+                    Some("leave it out to use the default"),
                 ));
             }
         }
         if s.sqlite_file.is_empty() {
-            issues.push(issue("storage.sqlite_file", "must not be empty", None));
+            issues.push(issue(
+                "storage.sqlite_file",
+                "must not be empty",
+                Some("the default is \"gatehouse.db\""),
+            ));
         }
     }
 
@@ -284,7 +288,11 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             timeout_overrides.insert(key.clone(), (path, o.clone()));
         }
         if p.retries > 10 {
-            issues.push(issue("proxy.retries", "must be at most 10", None));
+            issues.push(issue(
+                "proxy.retries",
+                "must be at most 10",
+                Some("the default is 2; fallbacks are the way to go further"),
+            ));
         }
     }
 
@@ -315,6 +323,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 api_key_env: key_envs.get(&key).cloned(),
                 headers: raw.headers,
                 timeouts,
+                stream_usage: raw.stream_usage,
             },
         );
     }
@@ -341,18 +350,26 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             issues.push(issue(
                 &format!("{path}.max_context_size"),
                 "must be greater than 0",
-                None,
+                Some("the model's context window in tokens, e.g. 131072"),
             ));
         }
         if raw.model.is_empty() {
-            issues.push(issue(&format!("{path}.model"), "must not be empty", None));
+            issues.push(issue(
+                &format!("{path}.model"),
+                "must not be empty",
+                Some("the provider's own name for the model, e.g. \"codestral-2501\""),
+            ));
         }
         let encoding = match raw.encoding.as_deref() {
             None => Encoding::for_model(&raw.model),
             Some(e) => match e.parse::<Encoding>() {
                 Ok(e) => e,
                 Err(msg) => {
-                    issues.push(issue(&format!("{path}.encoding"), &msg, None));
+                    issues.push(issue(
+                        &format!("{path}.encoding"),
+                        &msg,
+                        Some("or leave it out to choose by model family"),
+                    ));
                     continue;
                 }
             },
@@ -398,6 +415,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
 }
 
 fn issue(path: &str, message: &str, hint: Option<&str>) -> Issue {
+    // Every issue should carry a hint; `None` is only for messages that already say what to do.
     Issue {
         path: path.to_owned(),
         line: None,
@@ -422,7 +440,7 @@ fn resolve_timeouts(
                     issues.push(issue(
                         &format!("{path}.{name}"),
                         "must be a positive number of seconds",
-                        None,
+                        Some("e.g. 10, or 0.5 for half a second"),
                     ));
                     Duration::ZERO
                 }
@@ -607,7 +625,11 @@ fn section<T: DeserializeOwned>(root: &Table, name: &str, issues: &mut Vec<Issue
     match root.get(name) {
         Some(v) => typed(v.clone(), name, issues),
         None => {
-            issues.push(issue(name, "section is missing", None));
+            issues.push(issue(
+                name,
+                "section is missing",
+                Some("this is a bug in the built-in defaults; please report it"),
+            ));
             None
         }
     }
@@ -617,7 +639,11 @@ fn entries(root: &Table, name: &str, issues: &mut Vec<Issue>) -> Vec<(String, Va
     match root.get(name) {
         Some(Value::Table(t)) => t.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         Some(_) => {
-            issues.push(issue(name, "must be a table of named entries", None));
+            issues.push(issue(
+                name,
+                "must be a table of named entries",
+                Some("write entries as [section.\"key\"] tables"),
+            ));
             Vec::new()
         }
         None => Vec::new(),
@@ -636,7 +662,7 @@ fn typed<T: DeserializeOwned>(value: Value, base: &str, issues: &mut Vec<Issue>)
                 format!("{base}.{inner}")
             };
             let message = e.inner().message().to_owned();
-            let hint = unknown_field_hint(&message);
+            let hint = unknown_field_hint(&message).or_else(|| type_hint(&message));
             issues.push(Issue {
                 path,
                 line: None,
@@ -654,6 +680,33 @@ fn unknown_field_hint(message: &str) -> Option<String> {
     let (field, expected) = rest.split_once('`')?;
     let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
     Some(suggest(field, candidates.into_iter()))
+}
+
+/// A hint for serde's other messages, so every issue says what to write instead.
+fn type_hint(message: &str) -> Option<String> {
+    let hint = if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next())
+    {
+        format!("add `{field} = …` to this table")
+    } else if message.contains("expected u") || message.contains("expected i") {
+        "write a whole number without quotes, e.g. 8000".to_owned()
+    } else if message.contains("expected f64") || message.contains("expected f32") {
+        "write a number without quotes, e.g. 30 or 1.5".to_owned()
+    } else if message.contains("expected a boolean") {
+        "write true or false, without quotes".to_owned()
+    } else if message.contains("expected a string") {
+        "write the value in double quotes".to_owned()
+    } else if message.contains("expected a sequence") {
+        "write a list, e.g. [\"tool_use\"]".to_owned()
+    } else if message.contains("expected a map") || message.contains("expected struct") {
+        "this must be a table: [section] or { key = value }".to_owned()
+    } else if message.starts_with("unknown variant") {
+        "use one of the values listed".to_owned()
+    } else {
+        return None;
+    };
+    Some(hint)
 }
 
 fn suggest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> String {
@@ -896,6 +949,14 @@ max_context_size = "big"
         assert_eq!(find("models.\"local/a\".max_context_size").line, Some(16));
         assert_eq!(find("models.\"local/b\".max_context_size").line, Some(21));
         assert!(issues.len() >= 6);
+        assert!(
+            issues.iter().all(|i| i.hint.is_some()),
+            "every issue carries a hint: {issues:#?}"
+        );
+        assert_eq!(
+            find("models.\"local/b\".max_context_size").hint.as_deref(),
+            Some("write a whole number without quotes, e.g. 8000")
+        );
     }
 
     #[test]

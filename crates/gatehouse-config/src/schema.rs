@@ -132,6 +132,12 @@ pub(crate) struct ProviderRaw {
     pub api_key: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    #[serde(default = "yes")]
+    pub stream_usage: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One upstream provider, resolved.
@@ -147,6 +153,10 @@ pub struct ProviderConfig {
     /// Extra headers sent on every request to this provider.
     pub headers: BTreeMap<String, String>,
     pub timeouts: Timeouts,
+    /// Ask for usage in streams (`stream_options.include_usage`). Some OpenAI-compatible APIs
+    /// (Mistral) reject the field; for those it is off, and usage is read from whatever the
+    /// stream carries or counted from the text.
+    pub stream_usage: bool,
 }
 
 impl ProviderConfig {

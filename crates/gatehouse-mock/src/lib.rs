@@ -15,6 +15,8 @@
 //! | `empty:N` | streams: send the head and close at once, for the first N attempts |
 //! | `cut:N` | streams: break the connection after N chunks |
 //! | `nousage` | never report usage |
+//! | `usagelast` | streams: put usage in the finish chunk, asked or not (Mistral's way) |
+//! | `nostreamopts` | answer 422 to a body with `stream_options` (Mistral's way) |
 //!
 //! Responses are deterministic (fixed id and timestamp), so a test can compare the bytes a client
 //! gets through the gateway with the bytes the mock sends directly.
@@ -127,6 +129,8 @@ struct Script {
     empty: u32,
     cut: Option<usize>,
     nousage: bool,
+    usage_last: bool,
+    no_stream_opts: bool,
 }
 
 fn script(model: &str) -> Script {
@@ -148,6 +152,8 @@ fn script(model: &str) -> Script {
             "empty" => s.empty = u32::try_from(n).unwrap_or(0),
             "cut" => s.cut = usize::try_from(n).ok(),
             "nousage" => s.nousage = true,
+            "usagelast" => s.usage_last = true,
+            "nostreamopts" => s.no_stream_opts = true,
             _ => {}
         }
     }
@@ -193,6 +199,12 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     let s = script(&model);
     if attempt == 1 && !s.first.is_zero() {
         tokio::time::sleep(s.first).await;
+    }
+    if s.no_stream_opts && req.get("stream_options").is_some() {
+        return json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({"object": "error", "message": {"detail": [{"type": "extra_forbidden", "loc": ["body", "stream_options", "include_usage"], "msg": "Extra inputs are not permitted"}]}, "type": "invalid_request_error", "param": null, "code": null}),
+        );
     }
     if let Some(code) = s.status {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -295,6 +307,17 @@ fn stream_response(model: String, s: Script, attempt: u32, include_usage: bool) 
                         delta["role"] = json!("assistant");
                     }
                     chunk(&model, &delta, None)
+                }
+                i if i == n && s.usage_last => {
+                    let v = json!({
+                        "id": "chatcmpl-mock",
+                        "object": "chat.completion.chunk",
+                        "created": 1_700_000_000,
+                        "model": model,
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                        "usage": usage(n),
+                    });
+                    Bytes::from(format!("data: {v}\n\n"))
                 }
                 i if i == n => chunk(&model, &json!({}), Some("stop")),
                 i if i == n + 1 && usage_chunk => {

@@ -15,22 +15,32 @@ pub struct Rewritten {
     pub injected_usage: bool,
 }
 
-/// Builds the upstream body. Returns the original `Bytes` (no copy) when nothing changes.
+/// Whether to ask upstream for usage in a stream.
+#[derive(Debug, Clone, Copy)]
+pub enum UsageAsk<'a> {
+    /// Not a stream, or the provider does not take `stream_options`.
+    No,
+    /// A stream: make sure `stream_options.include_usage` is true, given what the client sent.
+    Yes {
+        client: Option<&'a StreamOptionsView>,
+    },
+}
+
+/// Builds the upstream body from the client's bytes: `model` replaces the byte range of the
+/// model string when the provider's name differs. Returns the original `Bytes` (no copy) when
+/// nothing changes.
 pub fn rewrite(
     body: &Bytes,
-    model_span: Range<usize>,
-    requested_model: &str,
-    upstream_model: &str,
-    stream: bool,
-    stream_options: Option<&StreamOptionsView>,
+    model: Option<(Range<usize>, &str)>,
+    usage: UsageAsk<'_>,
 ) -> (Bytes, Rewritten) {
     let mut splices: Vec<(Range<usize>, Vec<u8>)> = Vec::with_capacity(2);
-    if requested_model != upstream_model {
-        splices.push((model_span.clone(), json_string(upstream_model)));
+    if let Some((span, name)) = model {
+        splices.push((span, json_string(name)));
     }
     let mut injected_usage = false;
-    if stream {
-        match stream_options {
+    if let UsageAsk::Yes { client } = usage {
+        match client {
             Some(so) if so.include_usage == Some(true) => {}
             Some(so) => {
                 // The client sent stream_options without asking for usage: replace the object
@@ -84,14 +94,15 @@ mod tests {
     fn run(body: &str, upstream: &str) -> (serde_json::Value, Rewritten, Bytes, Bytes) {
         let original = Bytes::from(body.to_owned());
         let v = ChatRequestView::parse(&original).unwrap();
-        let (out, r) = rewrite(
-            &original,
-            v.model_span.clone(),
-            &v.model,
-            upstream,
-            v.stream,
-            v.stream_options.as_ref(),
-        );
+        let model = (v.model != upstream).then(|| (v.model_span.clone(), upstream));
+        let usage = if v.stream {
+            UsageAsk::Yes {
+                client: v.stream_options.as_ref(),
+            }
+        } else {
+            UsageAsk::No
+        };
+        let (out, r) = rewrite(&original, model, usage);
         (
             serde_json::from_slice(&out).unwrap(),
             r,

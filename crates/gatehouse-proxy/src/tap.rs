@@ -42,6 +42,9 @@ struct ChoiceJson<'a> {
     message: Option<MessageJson<'a>>,
     #[serde(borrow, default)]
     finish_reason: Option<Cow<'a, str>>,
+    /// Moonshot reports usage inside the final choice.
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +114,9 @@ impl Collector {
                         }
                     }
                 }
+            }
+            if let Some(u) = c.usage.and_then(Usage::from_openai) {
+                self.usage = Some(u);
             }
             if let Some(r) = c.finish_reason {
                 self.finish_reason = Some(r.into_owned());
@@ -272,6 +278,18 @@ data: [DONE]\n\n";
         assert_eq!(
             summarize_response(b"not json", Encoding::Cl100k).usage,
             None
+        );
+    }
+
+    #[test]
+    fn usage_inside_the_choice_is_read() {
+        let mut tap = StreamTap::new(false);
+        tap.process(Bytes::from_static(
+            b"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\",\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":1}}]}\n\n",
+        ));
+        assert_eq!(
+            tap.summary(Encoding::Cl100k).usage.unwrap().prompt_tokens,
+            7
         );
     }
 

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -92,6 +93,9 @@ struct Endpoint {
     /// `{base_url}/chat/completions`, built once.
     chat_url: reqwest::Url,
     headers: ProviderHeaders,
+    /// Ask for usage in streams; starts from config, turned off for good when the provider
+    /// rejects `stream_options`.
+    stream_usage: AtomicBool,
 }
 
 /// The upstream side: one pooled client per provider.
@@ -132,6 +136,7 @@ impl Upstream {
                         client: build_client(p)?,
                         chat_url,
                         headers: ProviderHeaders::new(p),
+                        stream_usage: AtomicBool::new(p.stream_usage),
                     },
                 );
             }
@@ -143,6 +148,26 @@ impl Upstream {
             hop_id: HeaderValue::from_str(&format!("gatehouse/{instance_id}"))
                 .unwrap_or_else(|_| HeaderValue::from_static("gatehouse")),
         })
+    }
+
+    /// Whether streams to this provider should ask for usage.
+    pub fn asks_stream_usage(&self, provider_key: &str) -> bool {
+        self.endpoints
+            .get(provider_key)
+            .is_some_and(|e| e.stream_usage.load(Ordering::Relaxed))
+    }
+
+    /// Remembers that this provider rejects `stream_options` (until restart; set
+    /// `stream_usage = false` in its config to make it permanent).
+    pub fn stop_asking_stream_usage(&self, provider_key: &str) {
+        if let Some(e) = self.endpoints.get(provider_key)
+            && e.stream_usage.swap(false, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                provider = provider_key,
+                "provider rejects stream_options; streams to it no longer ask for usage (set stream_usage = false in its config)"
+            );
+        }
     }
 
     /// Sends a chat-completions request, retrying while nothing has reached the client.

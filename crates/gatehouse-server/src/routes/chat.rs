@@ -19,7 +19,7 @@ use gatehouse_core::request::RequestParseError;
 use gatehouse_core::time::now_ms;
 use gatehouse_core::{ApiError, ChatRequestView, ErrorKind, RequestId, SessionId};
 use gatehouse_proxy::headers::dropped_response_header;
-use gatehouse_proxy::rewrite::rewrite;
+use gatehouse_proxy::rewrite::{UsageAsk, rewrite};
 use gatehouse_proxy::tap::summarize_response;
 use gatehouse_proxy::{CompletionSummary, HOP_HEADER, Outcome, Route, StreamTap};
 use gatehouse_store::WriteOp;
@@ -68,6 +68,10 @@ pub async fn completions(
 struct Prepared {
     route: Arc<Route>,
     stream: bool,
+    /// The client's bytes, kept (a reference count) in case the body must be rebuilt.
+    original: Bytes,
+    /// Where the model name is spliced, when the provider's name differs.
+    model_span: Option<std::ops::Range<usize>>,
     upstream_body: Bytes,
     injected_usage: bool,
     prompt_tokens: u64,
@@ -84,16 +88,25 @@ fn prepare(st: &AppState, body: &Bytes) -> Result<Prepared, ApiError> {
     })?;
     let route = st.router.resolve(&view.model)?;
     let prompt = st.counter.count_prompt(route.encoding, &view);
+    let model_span = (view.model != route.upstream_model).then(|| view.model_span.clone());
+    let usage = if view.stream && st.upstream.asks_stream_usage(&route.provider_key) {
+        UsageAsk::Yes {
+            client: view.stream_options.as_ref(),
+        }
+    } else {
+        UsageAsk::No
+    };
     let (upstream_body, rewritten) = rewrite(
         body,
-        view.model_span.clone(),
-        &view.model,
-        &route.upstream_model,
-        view.stream,
-        view.stream_options.as_ref(),
+        model_span
+            .clone()
+            .map(|s| (s, route.upstream_model.as_str())),
+        usage,
     );
     Ok(Prepared {
         stream: view.stream,
+        original: body.clone(),
+        model_span,
         upstream_body,
         injected_usage: rewritten.injected_usage,
         prompt_tokens: prompt.tokens,
@@ -177,7 +190,8 @@ async fn handle(
         preview: p.preview,
     };
     let guard = InFlight::new(st);
-    let outcome = st
+    let mut injected_usage = p.injected_usage;
+    let mut outcome = st
         .upstream
         .send(
             &p.route,
@@ -187,6 +201,26 @@ async fn handle(
             p.stream,
         )
         .await;
+    if let Err(f) = &outcome
+        && injected_usage
+        && rejects_stream_options(&f.error)
+    {
+        // An OpenAI-compatible API that refuses `stream_options`: send the client's request as
+        // it was (model name aside) and stop asking this provider.
+        st.upstream.stop_asking_stream_usage(&p.route.provider_key);
+        injected_usage = false;
+        let (plain, _) = rewrite(
+            &p.original,
+            p.model_span
+                .clone()
+                .map(|s| (s, p.route.upstream_model.as_str())),
+            UsageAsk::No,
+        );
+        outcome = st
+            .upstream
+            .send(&p.route, plain, headers, request_id.as_str(), p.stream)
+            .await;
+    }
 
     match outcome {
         Err(f) => {
@@ -256,7 +290,7 @@ async fn handle(
             let overhead = t0.elapsed().saturating_sub(upstream_wait);
             let recorder = stream::Recorder::new(stream::RecorderParts {
                 draft,
-                tap: StreamTap::new(p.injected_usage),
+                tap: StreamTap::new(injected_usage),
                 writer: st.writer.clone(),
                 t0,
                 // What the client waits for its first byte: arrival to first upstream chunk.
@@ -280,6 +314,11 @@ async fn handle(
             Ok(r)
         }
     }
+}
+
+/// A 400/422 from upstream that names `stream_options`.
+fn rejects_stream_options(e: &ApiError) -> bool {
+    matches!(e.upstream_status, Some(400 | 422)) && e.message.contains("stream_options")
 }
 
 fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {

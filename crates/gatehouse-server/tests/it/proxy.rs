@@ -310,3 +310,54 @@ async fn request_id_is_generated_when_absent_or_unsafe() {
     assert_eq!(id.len(), 36, "a UUID");
     assert_eq!(app.mock.captured()[0].headers["x-request-id"], id.as_str());
 }
+
+#[tokio::test]
+async fn providers_configured_without_stream_usage_are_not_asked() {
+    let app = crate::support::TestApp::spawn_with(crate::support::Options {
+        extra_toml: "[providers.strict]\ntype = \"openai\"\nbase_url = \"MOCK_BASE_URL\"\nstream_usage = false\n".into(),
+        ..Default::default()
+    })
+    .await;
+    // Like Mistral: stream_options is refused, usage comes in the finish chunk anyway.
+    let r = app
+        .chat(streaming("strict/nostreamopts+usagelast+chunks:3", "hi"))
+        .await;
+    assert_eq!(r.status(), 200);
+    let session = session_of(&r);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("\"usage\""),
+        "the client sees what upstream sent: {text}"
+    );
+    assert!(app.mock.captured()[0].body.get("stream_options").is_none());
+    let row = &rows(&app, &session).await[0];
+    assert_eq!(row["usage_source"], "upstream");
+    assert_eq!(row["completion_tokens"], 3);
+}
+
+#[tokio::test]
+async fn a_provider_refusing_stream_options_is_retried_without_and_remembered() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .chat(streaming("mock/nostreamopts+usagelast+chunks:2", "first"))
+        .await;
+    assert_eq!(r.status(), 200);
+    let session = session_of(&r);
+    let text = r.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let seen = app.mock.captured();
+    assert_eq!(seen.len(), 2, "one refusal, one plain retry");
+    assert!(seen[0].body.get("stream_options").is_some());
+    assert!(seen[1].body.get("stream_options").is_none());
+    assert_eq!(rows(&app, &session).await[0]["usage_source"], "upstream");
+
+    // The provider is remembered: the next stream is sent plain at once.
+    let r = app
+        .chat(streaming("mock/nostreamopts+usagelast+chunks:2", "second"))
+        .await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let seen = app.mock.captured();
+    assert_eq!(seen.len(), 3);
+    assert!(seen[2].body.get("stream_options").is_none());
+}

@@ -21,9 +21,10 @@ pub struct TestApp {
     server: Option<JoinHandle<()>>,
 }
 
-/// Extra TOML appended to the test config.
+/// Variations on the test config.
 #[derive(Default)]
 pub struct Options {
+    /// Appended to the config; `MOCK_BASE_URL` is replaced by the mock's base URL.
     pub extra_toml: String,
     pub retries: Option<u32>,
     pub grace_secs: Option<f64>,
@@ -95,7 +96,7 @@ max_context_size = 4096
             grace = opts.grace_secs.unwrap_or(10.0),
             retries = opts.retries.unwrap_or(2),
             base = mock.base_url(),
-            extra = opts.extra_toml,
+            extra = opts.extra_toml.replace("MOCK_BASE_URL", &mock.base_url()),
         );
         let file = dir.path().join("config.toml");
         std::fs::write(&file, config_text).unwrap();
