@@ -116,13 +116,11 @@ async fn prompt_over_the_window_is_413_saying_by_how_much() {
 async fn loops_are_refused() {
     let app = TestApp::spawn().await;
     let r = app
-        .http
-        .post(app.url("/v1/chat/completions"))
-        .header("x-gatehouse-hop", "gatehouse/other")
-        .json(&user("mock/echo", "hi"))
-        .send()
-        .await
-        .unwrap();
+        .chat_with(
+            &[("x-gatehouse-hop", "gatehouse/other")],
+            user("mock/echo", "hi"),
+        )
+        .await;
     let (status, v) = error_of(r).await;
     assert_eq!(status, 508);
     assert_eq!(v["error"]["code"], "loop_detected");
@@ -137,13 +135,11 @@ async fn loops_are_refused() {
 async fn bad_session_header_unknown_routes_and_methods() {
     let app = TestApp::spawn().await;
     let r = app
-        .http
-        .post(app.url("/v1/chat/completions"))
-        .header("x-gatehouse-session", "has spaces")
-        .json(&user("mock/echo", "hi"))
-        .send()
-        .await
-        .unwrap();
+        .chat_with(
+            &[("x-gatehouse-session", "has spaces")],
+            user("mock/echo", "hi"),
+        )
+        .await;
     let (status, v) = error_of(r).await;
     assert_eq!(status, 400);
     assert_eq!(v["error"]["param"], "X-Gatehouse-Session");

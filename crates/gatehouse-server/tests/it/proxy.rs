@@ -30,14 +30,8 @@ fn rand_id() -> u128 {
 async fn non_streaming_round_trip_is_byte_identical_and_recorded() {
     let app = TestApp::spawn().await;
     let r = app
-        .http
-        .post(app.url("/v1/chat/completions"))
-        .header("authorization", "Bearer client-key-must-not-leak")
-        .header("x-request-id", "req-abc-1")
-        .json(&json!({"model": "mock/echo", "messages": [{"role": "user", "content": "Hello there"}], "x_vendor_field": {"keep": true}}))
-        .send()
-        .await
-        .unwrap();
+        .chat_with(&[("authorization", "Bearer client-key-must-not-leak"), ("x-request-id", "req-abc-1")], json!({"model": "mock/echo", "messages": [{"role": "user", "content": "Hello there"}], "x_vendor_field": {"keep": true}}))
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-request-id"], "req-abc-1");
     assert!(r.headers().contains_key("x-gatehouse-overhead-us"));
@@ -137,13 +131,11 @@ async fn stream_without_usage_is_counted_from_text() {
 async fn retries_5xx_before_the_first_byte() {
     let app = TestApp::spawn().await;
     let r = app
-        .http
-        .post(app.url("/v1/chat/completions"))
-        .header("x-request-id", "flaky-1")
-        .json(&user("mock/fail:2", "try again"))
-        .send()
-        .await
-        .unwrap();
+        .chat_with(
+            &[("x-request-id", "flaky-1")],
+            user("mock/fail:2", "try again"),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let session = session_of(&r);
     assert_eq!(app.mock.attempts("flaky-1"), 3);
@@ -151,13 +143,11 @@ async fn retries_5xx_before_the_first_byte() {
 
     // Past the retry budget the upstream status and body come through.
     let r = app
-        .http
-        .post(app.url("/v1/chat/completions"))
-        .header("x-request-id", "flaky-2")
-        .json(&user("mock/fail:9", "give up"))
-        .send()
-        .await
-        .unwrap();
+        .chat_with(
+            &[("x-request-id", "flaky-2")],
+            user("mock/fail:9", "give up"),
+        )
+        .await;
     assert_eq!(r.status(), 500);
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(
@@ -170,13 +160,11 @@ async fn retries_5xx_before_the_first_byte() {
 
     // 4xx is the client's problem: no retry, status passed through.
     let r = app
-        .http
-        .post(app.url("/v1/chat/completions"))
-        .header("x-request-id", "bad-1")
-        .json(&user("mock/status:422", "nope"))
-        .send()
-        .await
-        .unwrap();
+        .chat_with(
+            &[("x-request-id", "bad-1")],
+            user("mock/status:422", "nope"),
+        )
+        .await;
     assert_eq!(r.status(), 422);
     assert_eq!(app.mock.attempts("bad-1"), 1);
     let row = &rows(&app, &session_of(&r)).await[0];
@@ -189,13 +177,8 @@ async fn silent_and_empty_streams_are_retried() {
     let app = TestApp::spawn().await;
     for (model, id) in [("mock/silent:1", "silent-1"), ("mock/empty:2", "empty-1")] {
         let r = app
-            .http
-            .post(app.url("/v1/chat/completions"))
-            .header("x-request-id", id)
-            .json(&streaming(model, "hello"))
-            .send()
-            .await
-            .unwrap();
+            .chat_with(&[("x-request-id", id)], streaming(model, "hello"))
+            .await;
         assert_eq!(r.status(), 200, "{model}");
         let text = r.text().await.unwrap();
         assert!(text.ends_with("data: [DONE]\n\n"), "{model}: {text}");
@@ -208,13 +191,11 @@ async fn silent_and_empty_streams_are_retried() {
 async fn slow_head_times_out_and_is_retried_then_504() {
     let app = TestApp::spawn().await;
     let r = app
-        .http
-        .post(app.url("/v1/chat/completions"))
-        .header("x-request-id", "slow-1")
-        .json(&user("mock/first:1500", "slow"))
-        .send()
-        .await
-        .unwrap();
+        .chat_with(
+            &[("x-request-id", "slow-1")],
+            user("mock/first:1500", "slow"),
+        )
+        .await;
     assert_eq!(r.status(), 200, "the second attempt is fast");
     assert_eq!(app.mock.attempts("slow-1"), 2);
 
@@ -233,13 +214,11 @@ async fn slow_head_times_out_and_is_retried_then_504() {
 async fn no_retry_after_the_first_byte_and_a_clean_error_event() {
     let app = TestApp::spawn().await;
     let r = app
-        .http
-        .post(app.url("/v1/chat/completions"))
-        .header("x-request-id", "cut-1")
-        .json(&streaming("mock/chunks:5+gap:50+cut:2", "break"))
-        .send()
-        .await
-        .unwrap();
+        .chat_with(
+            &[("x-request-id", "cut-1")],
+            streaming("mock/chunks:5+gap:50+cut:2", "break"),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let session = session_of(&r);
     let text = r.text().await.unwrap();

@@ -54,13 +54,11 @@ async fn sessions_open_on_first_request_and_on_model_change() {
 async fn explicit_session_header() {
     let app = TestApp::spawn().await;
     let r = app
-        .http
-        .post(app.url("/v1/chat/completions"))
-        .header("x-gatehouse-session", "my-conversation")
-        .json(&user("mock/echo", "hi"))
-        .send()
-        .await
-        .unwrap();
+        .chat_with(
+            &[("x-gatehouse-session", "my-conversation")],
+            user("mock/echo", "hi"),
+        )
+        .await;
     assert_eq!(session_of(&r), "my-conversation");
     r.bytes().await.unwrap();
     let s = app.get_json("/api/sessions/my-conversation").await;

@@ -149,6 +149,15 @@ max_context_size = 4096
             .unwrap()
     }
 
+    /// A chat request with extra headers.
+    pub async fn chat_with(&self, headers: &[(&str, &str)], body: Value) -> reqwest::Response {
+        let mut req = self.http.post(self.url("/v1/chat/completions")).json(&body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.unwrap()
+    }
+
     pub async fn get_json(&self, path: &str) -> Value {
         let r = self.http.get(self.url(path)).send().await.unwrap();
         assert!(r.status().is_success(), "GET {path}: {}", r.status());
