@@ -36,6 +36,8 @@ pub struct StorageConfig {
     pub sqlite_file: String,
     pub queue_capacity: usize,
     pub batch_size: usize,
+    /// Longest a row waits for others to share its write transaction, in milliseconds.
+    pub max_commit_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -45,6 +45,7 @@ pub async fn run(
         store.clone(),
         config.storage.queue_capacity,
         config.storage.batch_size,
+        Duration::from_millis(config.storage.max_commit_delay_ms),
     );
     let sessions =
         Sessions::load(&store, writer.clone(), config.sessions.new_on_model_change).await?;

@@ -298,7 +298,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&dir.path().join("g.db")).await.unwrap());
-        let (w, _t) = Writer::spawn(store.clone(), 64, 16);
+        let (w, _t) = Writer::spawn(store.clone(), 64, 16, std::time::Duration::from_millis(5));
         let s = Sessions::load(&store, w.clone(), true).await.unwrap();
         (dir, store, w, s)
     }

@@ -53,10 +53,12 @@ impl std::fmt::Debug for WriterHandle {
 pub struct Writer;
 
 impl Writer {
+    /// `linger` is the longest a row waits for others to share its transaction.
     pub fn spawn(
         store: Arc<dyn Store>,
         capacity: usize,
         batch_size: usize,
+        linger: Duration,
     ) -> (WriterHandle, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let stats = Arc::new(WriterStats::default());
@@ -66,6 +68,7 @@ impl Writer {
             rx,
             overflow.clone(),
             batch_size.max(1),
+            linger,
             stats.clone(),
         ));
         (
@@ -132,6 +135,7 @@ async fn run(
     mut rx: mpsc::Receiver<Cmd>,
     overflow: Arc<Mutex<Vec<WriteOp>>>,
     batch_size: usize,
+    linger: Duration,
     stats: Arc<WriterStats>,
 ) {
     let mut batch: Vec<WriteOp> = Vec::with_capacity(batch_size);
@@ -140,8 +144,9 @@ async fn run(
     while !closing {
         let Some(first) = rx.recv().await else { break };
         let mut next = Some(first);
-        // Take what is already queued, without waiting: batches grow with load and a lone
-        // request is written at once.
+        // Gather for at most `linger`: under load the batch fills at once; at a trickle, rows
+        // share one transaction instead of paying a commit each. A flush or close cuts it short.
+        let deadline = tokio::time::Instant::now() + linger;
         while let Some(cmd) = next.take() {
             match cmd {
                 Cmd::Op(op) => batch.push(op),
@@ -154,7 +159,11 @@ async fn run(
             if batch.len() >= batch_size {
                 break;
             }
-            next = rx.try_recv().ok();
+            next = match rx.try_recv() {
+                Ok(cmd) => Some(cmd),
+                Err(_) if closing || !waiters.is_empty() => None,
+                Err(_) => tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten(),
+            };
         }
         take_overflow(&overflow, &mut batch);
         write(&*store, &mut batch, &stats).await;
@@ -233,7 +242,7 @@ mod tests {
     async fn everything_queued_before_close_is_written() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("g.db")).await.unwrap());
-        let (handle, task) = Writer::spawn(store.clone(), 64, 16);
+        let (handle, task) = Writer::spawn(store.clone(), 64, 16, Duration::from_millis(20));
         let id = SessionId::new("s");
         handle
             .record(WriteOp::CreateSession(Session {
@@ -259,7 +268,7 @@ mod tests {
     async fn flush_makes_writes_visible() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("g.db")).await.unwrap());
-        let (handle, _task) = Writer::spawn(store.clone(), 8, 4);
+        let (handle, _task) = Writer::spawn(store.clone(), 8, 4, Duration::from_millis(20));
         let id = SessionId::new("s");
         for _ in 0..20 {
             handle

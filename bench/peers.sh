@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The gateways a user would otherwise pick, installed and started against the same mock.
+#
+#   bench/peers.sh install          LiteLLM's proxy (PyPI, in a virtualenv) and litellm-rs
+#                                   (crates.io, `cargo install`), cached in $BENCH_CACHE
+#   bench/peers.sh start MOCK DIR   starts the installed ones; prints LITELLM_URL=…,
+#                                   LITELLM_RS_URL=…, PEER_PIDS=… for `run.sh --peers`
+set -euo pipefail
+CACHE=${BENCH_CACHE:-$HOME/.cache/gatehouse-bench}
+LITELLM_VERSION=${LITELLM_VERSION:-1.106.2}
+LITELLM_RS_VERSION=${LITELLM_RS_VERSION:-0.9.0}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() {
+  for _ in $(seq 1 600); do
+    if curl -fs -o /dev/null "$1"; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+case "${1:-}" in
+install)
+  mkdir -p "$CACHE"
+  if [ ! -x "$CACHE/litellm-rs/bin/gateway" ]; then
+    # The gateway binary needs a storage backend compiled in; sqlite is the light one.
+    CARGO_TARGET_DIR="$CACHE/litellm-rs-target" cargo install litellm-rs --version "$LITELLM_RS_VERSION" \
+      --locked --bin gateway --features sqlite --root "$CACHE/litellm-rs"
+  fi
+  if [ ! -x "$CACHE/litellm-venv/bin/litellm" ]; then
+    python3 -m venv "$CACHE/litellm-venv"
+    # Newer LiteLLM releases pin a certifi newer than some mirrors carry; 1.106.2 resolves.
+    "$CACHE/litellm-venv/bin/pip" install --quiet "litellm[proxy]==$LITELLM_VERSION" "certifi<=2026.10.18"
+  fi
+  ;;
+start)
+  MOCK=$2 DIR=$3
+  pids=""
+  if [ -x "$CACHE/litellm-rs/bin/gateway" ]; then
+    port=$(free_port)
+    mkdir -p "$DIR/litellm-rs/config"
+    cat > "$DIR/litellm-rs/config/gateway.yaml" <<YAML
+schema_version: "1.0"
+server:
+  host: "127.0.0.1"
+  port: $port
+  dev_mode: false
+providers:
+  - name: "mock"
+    provider_type: "vllm"
+    api_key: "sk-bench"
+    base_url: "$MOCK"
+    models: ["chunks:8"]
+    max_concurrent_requests: 10000
+    rpm: 100000000
+    tpm: 100000000000
+    timeout: 30
+    max_retries: 0
+    enabled: true
+router:
+  strategy: "round_robin"
+storage:
+  database: { url: "sqlite://$DIR/litellm-rs/db.sqlite?mode=rwc", enabled: false, auto_migrate: false }
+  redis: { url: "redis://127.0.0.1:6379", enabled: false }
+auth:
+  enable_jwt: false
+  enable_api_key: false
+  allow_anonymous: true
+monitoring:
+  metrics: { enabled: false }
+  tracing: { enabled: false }
+YAML
+    (cd "$DIR/litellm-rs" && RUST_LOG=error "$CACHE/litellm-rs/bin/gateway" > "$DIR/litellm-rs/log" 2>&1 &
+     echo $! > "$DIR/litellm-rs/pid")
+    if wait_http "http://127.0.0.1:$port/health"; then
+      echo "LITELLM_RS_URL=http://127.0.0.1:$port/v1"
+    else
+      echo "litellm-rs did not start; see $DIR/litellm-rs/log" >&2
+    fi
+    pids="$pids $(cat "$DIR/litellm-rs/pid")"
+  fi
+  if [ -x "$CACHE/litellm-venv/bin/litellm" ]; then
+    port=$(free_port)
+    cat > "$DIR/litellm.yaml" <<YAML
+model_list:
+  - model_name: "chunks:8"
+    litellm_params:
+      model: "openai/chunks:8"
+      api_base: "$MOCK"
+      api_key: "sk-bench"
+litellm_settings:
+  drop_params: true
+  set_verbose: false
+YAML
+    # LiteLLM's production settings: one worker per core, no debug logging.
+    (LITELLM_LOG=ERROR "$CACHE/litellm-venv/bin/litellm" --config "$DIR/litellm.yaml" --host 127.0.0.1 \
+      --port "$port" --num_workers "$(nproc)" > "$DIR/litellm.log" 2>&1 & echo $! > "$DIR/litellm.pid")
+    if wait_http "http://127.0.0.1:$port/health/liveliness"; then
+      echo "LITELLM_URL=http://127.0.0.1:$port/v1"
+    else
+      echo "LiteLLM did not start; see $DIR/litellm.log" >&2
+    fi
+    pids="$pids $(cat "$DIR/litellm.pid")"
+  fi
+  echo "PEER_PIDS=\"$pids\""
+  ;;
+*)
+  echo "usage: bench/peers.sh install | start MOCK_URL DIR" >&2
+  exit 2
+  ;;
+esac
