@@ -38,13 +38,27 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let url = flag(args, "--url").ok_or("--url is required")?;
     let body_file = flag(args, "--body").ok_or("--body is required")?;
     let body = std::fs::read(body_file).map_err(|e| format!("cannot read {body_file}: {e}"))?;
-    let concurrency: usize = flag(args, "--concurrency").unwrap_or("1").parse().map_err(|_| "bad --concurrency")?;
-    let duration: f64 = flag(args, "--duration").unwrap_or("5").parse().map_err(|_| "bad --duration")?;
-    let per_conn: Option<u64> = flag(args, "--requests-per-conn").map(str::parse).transpose().map_err(|_| "bad --requests-per-conn")?;
-    let stall_ms: u64 = flag(args, "--stall-ms").unwrap_or("1000").parse().map_err(|_| "bad --stall-ms")?;
+    let concurrency: usize = flag(args, "--concurrency")
+        .unwrap_or("1")
+        .parse()
+        .map_err(|_| "bad --concurrency")?;
+    let duration: f64 = flag(args, "--duration")
+        .unwrap_or("5")
+        .parse()
+        .map_err(|_| "bad --duration")?;
+    let per_conn: Option<u64> = flag(args, "--requests-per-conn")
+        .map(str::parse)
+        .transpose()
+        .map_err(|_| "bad --requests-per-conn")?;
+    let stall_ms: u64 = flag(args, "--stall-ms")
+        .unwrap_or("1000")
+        .parse()
+        .map_err(|_| "bad --stall-ms")?;
     let label = flag(args, "--label").unwrap_or("run").to_owned();
     let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
-    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
     let addr: SocketAddr = host.parse().map_err(|_| format!("{host} is not IP:PORT"))?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -119,7 +133,9 @@ async fn worker(plan: std::sync::Arc<Plan>) -> Worker {
                 }
             }
         }
-        let Some(sender) = conn.as_mut() else { continue };
+        let Some(sender) = conn.as_mut() else {
+            continue;
+        };
         let req = Request::post(plan.path.as_str())
             .header(HOST, plan.host.as_str())
             .header(CONTENT_TYPE, "application/json")
@@ -130,12 +146,18 @@ async fn worker(plan: std::sync::Arc<Plan>) -> Worker {
         };
         let t0 = Instant::now();
         match exchange(sender, req, plan.stream, plan.stall).await {
-            Ok(Exchange { ok, ttfb, gaps, stalled }) => {
+            Ok(Exchange {
+                ok,
+                ttfb,
+                gaps,
+                stalled,
+            }) => {
                 w.latencies_us.push(micros(t0.elapsed()));
                 w.requests += 1;
                 if !ok {
                     w.errors += 1;
-                    w.first_error.get_or_insert_with(|| "non-2xx status".to_owned());
+                    w.first_error
+                        .get_or_insert_with(|| "non-2xx status".to_owned());
                 }
                 if plan.stream {
                     if let Some(t) = ttfb {
@@ -158,7 +180,9 @@ async fn worker(plan: std::sync::Arc<Plan>) -> Worker {
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 async fn connect(addr: SocketAddr) -> Result<Sender, String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
@@ -180,9 +204,15 @@ async fn exchange(
     stream: bool,
     stall: Duration,
 ) -> Result<Exchange, String> {
-    sender.ready().await.map_err(|e| format!("connection: {e}"))?;
+    sender
+        .ready()
+        .await
+        .map_err(|e| format!("connection: {e}"))?;
     let t0 = Instant::now();
-    let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
     let ok = resp.status().is_success();
     let mut body = resp.into_body();
     let mut ttfb = None;

@@ -10,7 +10,10 @@ use crate::flag;
 
 pub fn main(args: &[String]) -> Result<(), String> {
     let dir = flag(args, "--corpus").ok_or("--corpus is required")?;
-    let rounds: u32 = flag(args, "--rounds").unwrap_or("20").parse().map_err(|_| "bad --rounds")?;
+    let rounds: u32 = flag(args, "--rounds")
+        .unwrap_or("20")
+        .parse()
+        .map_err(|_| "bad --rounds")?;
     let mut texts = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| format!("cannot read {dir}: {e}"))?

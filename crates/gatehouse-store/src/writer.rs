@@ -162,7 +162,10 @@ async fn run(
             next = match rx.try_recv() {
                 Ok(cmd) => Some(cmd),
                 Err(_) if closing || !waiters.is_empty() => None,
-                Err(_) => tokio::time::timeout_at(deadline, rx.recv()).await.ok().flatten(),
+                Err(_) => tokio::time::timeout_at(deadline, rx.recv())
+                    .await
+                    .ok()
+                    .flatten(),
             };
         }
         take_overflow(&overflow, &mut batch);
