@@ -93,10 +93,12 @@ litellm_settings:
   set_verbose: false
 YAML
     # LiteLLM's production settings: one worker per core, no debug logging.
-    (LITELLM_LOG=ERROR "$CACHE/litellm-venv/bin/litellm" --config "$DIR/litellm.yaml" --host 127.0.0.1 \
+    # It refuses to start without a master key; requests then carry it as their bearer token.
+    (LITELLM_MASTER_KEY=sk-bench-master LITELLM_LOG=ERROR "$CACHE/litellm-venv/bin/litellm" --config "$DIR/litellm.yaml" --host 127.0.0.1 \
       --port "$port" --num_workers "$(nproc)" > "$DIR/litellm.log" 2>&1 & echo $! > "$DIR/litellm.pid")
     if wait_http "http://127.0.0.1:$port/health/liveliness"; then
       echo "LITELLM_URL=http://127.0.0.1:$port/v1"
+      echo "LITELLM_KEY=sk-bench-master"
     else
       echo "LiteLLM did not start; see $DIR/litellm.log" >&2
     fi

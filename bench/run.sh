@@ -131,7 +131,7 @@ if [ "$PEERS" = 1 ]; then
   . "$WORK/peers.env"
   for c in $CONCURRENCY; do
     [ -n "${LITELLM_RS_URL:-}" ] && load "litellm-rs c=$c" "$LITELLM_RS_URL" peer "$c"
-    [ -n "${LITELLM_URL:-}" ] && load "litellm c=$c" "$LITELLM_URL" peer "$c"
+    [ -n "${LITELLM_URL:-}" ] && load "litellm c=$c" "$LITELLM_URL" peer "$c" --auth "$LITELLM_KEY"
   done
   for p in ${PEER_PIDS:-}; do PIDS+=("$p"); done
 fi

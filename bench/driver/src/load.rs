@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
@@ -32,6 +32,7 @@ struct Plan {
     deadline: Instant,
     per_conn: Option<u64>,
     stall: Duration,
+    auth: Option<String>,
 }
 
 pub fn main(args: &[String]) -> Result<(), String> {
@@ -75,6 +76,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
         deadline: started + Duration::from_secs_f64(duration),
         per_conn,
         stall: Duration::from_millis(stall_ms),
+        auth: flag(args, "--auth").map(|t| format!("Bearer {t}")),
     });
     let workers = runtime.block_on(async {
         let mut handles = Vec::with_capacity(concurrency);
@@ -136,10 +138,13 @@ async fn worker(plan: std::sync::Arc<Plan>) -> Worker {
         let Some(sender) = conn.as_mut() else {
             continue;
         };
-        let req = Request::post(plan.path.as_str())
+        let mut req = Request::post(plan.path.as_str())
             .header(HOST, plan.host.as_str())
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(plan.body.clone()));
+            .header(CONTENT_TYPE, "application/json");
+        if let Some(auth) = &plan.auth {
+            req = req.header(AUTHORIZATION, auth.as_str());
+        }
+        let req = req.body(Full::new(plan.body.clone()));
         let Ok(req) = req else {
             w.errors += 1;
             continue;

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         Some("tokens") => tokens::main(&args[1..]),
         _ => Err(
             "usage: gatehouse-bench load --url URL --body FILE [--concurrency N] [--duration S] \
-             [--stream] [--requests-per-conn K] [--stall-ms MS] [--label L]\n       \
+             [--stream] [--requests-per-conn K] [--stall-ms MS] [--auth TOKEN] [--label L]\n       \
              gatehouse-bench tokens --corpus DIR [--rounds N]"
                 .to_owned(),
         ),
