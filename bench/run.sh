@@ -138,9 +138,15 @@ fi
 
 "$BIN/gatehouse-bench" tokens --corpus crates/gatehouse-core/tests/tokens/corpus \
   --rounds "$([ "$MODE" = smoke ] && echo 2 || echo 50)" > "$WORK/tokens.json"
+# Python tiktoken, when a Python with it is at hand (LiteLLM's virtualenv has it), loading the
+# vocabularies Gatehouse embeds; tiktoken checks them against OpenAI's published SHA-256.
 PY_TOKENS=""
-if [ -x "${TIKTOKEN_PYTHON:-/nonexistent}" ]; then
-  PY_TOKENS=$("$TIKTOKEN_PYTHON" bench/tokens_tiktoken.py crates/gatehouse-core/tests/tokens/corpus "${TIKTOKEN_VOCAB_DIR:-/tmp}")
+TIKTOKEN_PYTHON=${TIKTOKEN_PYTHON:-${BENCH_CACHE:-$HOME/.cache/gatehouse-bench}/litellm-venv/bin/python}
+if [ "$MODE" = full ] && [ -x "$TIKTOKEN_PYTHON" ] && "$TIKTOKEN_PYTHON" -c "import tiktoken" 2>/dev/null; then
+  for enc in cl100k_base o200k_base; do
+    cargo run --release --locked -q -p gatehouse-core --example export_vocab -- "$enc" "$WORK/$enc.tiktoken"
+  done
+  PY_TOKENS=$("$TIKTOKEN_PYTHON" bench/tokens_tiktoken.py crates/gatehouse-core/tests/tokens/corpus "$WORK")
 fi
 
 mkdir -p bench/results

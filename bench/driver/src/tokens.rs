@@ -25,7 +25,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
         texts.push(std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?);
     }
     let bytes: usize = texts.iter().map(String::len).sum();
-    TokenCounter::warm();
+    TokenCounter::warm(&[Encoding::Cl100k, Encoding::O200k]);
     let mut out = serde_json::Map::new();
     for enc in [Encoding::Cl100k, Encoding::O200k] {
         let mut tokens = 0;

@@ -63,9 +63,18 @@ pub async fn run(
         shutting_down: AtomicBool::new(false),
         config,
     }));
-    // Loading the vocabularies takes a few tens of milliseconds: do it beside serving, not
-    // before, so readiness is not delayed; a request that needs one first simply waits for it.
-    tokio::task::spawn_blocking(TokenCounter::warm);
+    // Load the vocabularies of the models that can actually be served (provider served, key
+    // set), beside serving so readiness is not delayed; the others load on first use. Each one
+    // is tens of MiB, so an unused one is not worth its memory.
+    let mut encodings: Vec<_> = state
+        .router
+        .models()
+        .filter(|r| r.provider.kind.is_served() && !r.provider.key_missing())
+        .map(|r| r.encoding)
+        .collect();
+    encodings.sort_by_key(|e| e.name());
+    encodings.dedup();
+    tokio::task::spawn_blocking(move || TokenCounter::warm(&encodings));
 
     let grace = Duration::try_from_secs_f64(state.config.server.shutdown_grace_secs)
         .unwrap_or(Duration::from_secs(30));
