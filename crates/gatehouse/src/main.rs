@@ -2,10 +2,6 @@
 
 mod cli;
 
-// mimalloc: measured faster than glibc malloc on the proxy path (bench/RESULTS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
