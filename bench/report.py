@@ -1,11 +1,11 @@
 """Turns one bench run into a table (stdout) and a JSON file.
 
-usage: report.py RESULTS.jsonl TOKENS.json PY_TOKENS_JSON_OR_EMPTY META_JSON OUT.json
+usage: report.py RESULTS.jsonl TOKENS.json WRITER.json PY_TOKENS_JSON_OR_EMPTY META_JSON OUT.json
 """
 import json
 import sys
 
-results_path, tokens_path, py_tokens, meta, out_path = sys.argv[1:6]
+results_path, tokens_path, writer_path, py_tokens, meta, out_path = sys.argv[1:7]
 runs = [json.loads(line) for line in open(results_path) if line.strip()]
 tokens = json.load(open(tokens_path))
 py = json.loads(py_tokens) if py_tokens.strip() else None
@@ -53,6 +53,7 @@ if many:
 summary["memory_mib"] = {k.replace("_kib", ""): round(meta[k] / 1024, 1) for k in ["idle_rss_kib", "peak_rss_kib", "after_rss_kib"]}
 if meta.get("requests"):
     summary["cpu_us_per_request"] = meta["cpu_s"] * 1e6 / meta["requests"]
+summary["writer"] = json.load(open(writer_path))
 summary["tokens"] = tokens
 if py:
     summary["tokens_python_tiktoken"] = py

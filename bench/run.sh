@@ -65,7 +65,7 @@ base_url = "$MOCK"
 api_key = "sk-bench"
 [models."mock/bench"]
 provider = "mock"
-model = "chunks:8"
+model = "bench"
 max_context_size = 131072
 [models."mock/stream"]
 provider = "mock"
@@ -93,10 +93,10 @@ def body(model, stream=False):
     return json.dumps({"model": model, "stream": stream, "messages": [
         {"role": "system", "content": "You are a helpful coding assistant."},
         {"role": "user", "content": text}]})
-for name, model, stream in [("gw", "mock/bench", False), ("direct", "chunks:8", False),
+for name, model, stream in [("gw", "mock/bench", False), ("direct", "bench", False),
                             ("gw-stream", "mock/stream", True), ("direct-stream", "chunks:20+delay:5", True),
                             ("gw-long", "mock/long", True), ("direct-long", "chunks:10+delay:100", True),
-                            ("peer", "chunks:8", False)]:
+                            ("peer", "bench", False)]:
     open(f"{work}/{name}.json", "w").write(body(model, stream))
 PY
 
@@ -138,6 +138,8 @@ fi
 
 "$BIN/gatehouse-bench" tokens --corpus crates/gatehouse-core/tests/tokens/corpus \
   --rounds "$([ "$MODE" = smoke ] && echo 2 || echo 50)" > "$WORK/tokens.json"
+"$BIN/gatehouse-bench" writer --rows "$([ "$MODE" = smoke ] && echo 2000 || echo 200000)" > "$WORK/writer.json"
+
 # Python tiktoken, when a Python with it is at hand (LiteLLM's virtualenv has it), loading the
 # vocabularies Gatehouse embeds; tiktoken checks them against OpenAI's published SHA-256.
 PY_TOKENS=""
@@ -150,7 +152,7 @@ if [ "$MODE" = full ] && [ -x "$TIKTOKEN_PYTHON" ] && "$TIKTOKEN_PYTHON" -c "imp
 fi
 
 mkdir -p bench/results
-python3 bench/report.py "$RESULTS" "$WORK/tokens.json" "$PY_TOKENS" \
+python3 bench/report.py "$RESULTS" "$WORK/tokens.json" "$WORK/writer.json" "$PY_TOKENS" \
   "{\"idle_rss_kib\": $IDLE_RSS, \"peak_rss_kib\": $PEAK_RSS, \"after_rss_kib\": $AFTER_RSS, \
     \"cpu_s\": $CPU_S, \"requests\": $(( REQ1 - REQ0 )), \"mode\": \"$MODE\", \
     \"cores\": $(nproc), \"mem_gib\": $(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo)}" \

@@ -7,9 +7,12 @@
 //! from the process under test.
 //!
 //! `tokens` times Gatehouse's token counter on a corpus, cold and incremental.
+//!
+//! `writer` times the accounting writer: request rows through the queue into SQLite.
 
 mod load;
 mod tokens;
+mod writer;
 
 use std::process::ExitCode;
 
@@ -18,10 +21,12 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("load") => load::main(&args[1..]),
         Some("tokens") => tokens::main(&args[1..]),
+        Some("writer") => writer::main(&args[1..]),
         _ => Err(
             "usage: gatehouse-bench load --url URL --body FILE [--concurrency N] [--duration S] \
              [--stream] [--requests-per-conn K] [--stall-ms MS] [--auth TOKEN] [--label L]\n       \
-             gatehouse-bench tokens --corpus DIR [--rounds N]"
+             gatehouse-bench tokens --corpus DIR [--rounds N]\n       \
+             gatehouse-bench writer [--rows N]"
                 .to_owned(),
         ),
     };
