@@ -12,7 +12,10 @@ use serde_json::json;
 use crate::flag;
 
 pub fn main(args: &[String]) -> Result<(), String> {
-    let rows: u64 = flag(args, "--rows").unwrap_or("200000").parse().map_err(|_| "bad --rows")?;
+    let rows: u64 = flag(args, "--rows")
+        .unwrap_or("200000")
+        .parse()
+        .map_err(|_| "bad --rows")?;
     let dir = std::env::temp_dir().join(format!("gatehouse-writer-bench-{}", std::process::id()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
