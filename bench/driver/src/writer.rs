@@ -48,7 +48,7 @@ fn row(session: &SessionId, i: u64) -> RequestRecord {
         provider: "mock".into(),
         model_key: "mock/bench".into(),
         upstream_model: "bench".into(),
-        stream: i % 2 == 0,
+        stream: i.is_multiple_of(2),
         status: 200,
         prompt_tokens_est: 250,
         prompt_tokens: Some(248),
