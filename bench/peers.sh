@@ -10,14 +10,8 @@ CACHE=${BENCH_CACHE:-$HOME/.cache/gatehouse-bench}
 LITELLM_VERSION=${LITELLM_VERSION:-1.106.2}
 LITELLM_RS_VERSION=${LITELLM_RS_VERSION:-0.9.0}
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {
-  for _ in $(seq 1 600); do
-    if curl -fs -o /dev/null "$1"; then return 0; fi
-    sleep 0.1
-  done
-  return 1
-}
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 case "${1:-}" in
 install)
@@ -81,7 +75,7 @@ YAML
     # It reads config/gateway.yaml from its working directory.
     (cd "$DIR/litellm-rs" && exec "$CACHE/litellm-rs/bin/gateway" --log-level error) > "$DIR/litellm-rs/log" 2>&1 &
     echo $! > "$DIR/litellm-rs/pid"
-    if wait_http "http://127.0.0.1:$port/health"; then
+    if wait_http "http://127.0.0.1:$port/health" 600 2>/dev/null; then
       echo "LITELLM_RS_URL=http://127.0.0.1:$port/v1"
     else
       echo "litellm-rs did not start; see $DIR/litellm-rs/log" >&2
@@ -106,7 +100,7 @@ YAML
     LITELLM_MASTER_KEY=sk-bench-master LITELLM_LOG=ERROR "$CACHE/litellm-venv/bin/litellm" --config "$DIR/litellm.yaml" \
       --host 127.0.0.1 --port "$port" --num_workers "$(nproc)" > "$DIR/litellm.log" 2>&1 &
     echo $! > "$DIR/litellm.pid"
-    if wait_http "http://127.0.0.1:$port/health/liveliness"; then
+    if wait_http "http://127.0.0.1:$port/health/liveliness" 600 2>/dev/null; then
       echo "LITELLM_URL=http://127.0.0.1:$port/v1"
       echo "LITELLM_KEY=sk-bench-master"
     else

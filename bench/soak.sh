@@ -12,7 +12,8 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 MOCK_PORT=$(free_port); GW_PORT=$(free_port)
 "$BIN/gatehouse-mock" --port "$MOCK_PORT" > /dev/null &
 PIDS+=($!)
@@ -30,14 +31,14 @@ TOML
 GATEHOUSE_LOG=warn "$BIN/gatehouse" serve --config "$WORK/config.toml" --port "$GW_PORT" > "$WORK/gw.log" 2>&1 &
 GW_PID=$!
 PIDS+=($GW_PID)
-for _ in $(seq 1 100); do curl -fs -o /dev/null "http://127.0.0.1:$GW_PORT/health/ready" && break; sleep 0.05; done
+wait_http "http://127.0.0.1:$GW_PORT/health/ready"
 python3 -c "import json; print(json.dumps({'model':'mock/bench','messages':[{'role':'user','content':'Please review this function. '*35}]}))" > "$WORK/body.json"
 echo '{"samples": [' > "$WORK/soak.json"
 sep=""
 for i in $(seq 1 $((TOTAL / STEP))); do
   rps=$("$BIN/gatehouse-bench" load --url "http://127.0.0.1:$GW_PORT/v1/chat/completions" --body "$WORK/body.json" \
     --concurrency 64 --duration "$STEP" --label soak | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["rps"]))')
-  rss=$(awk '/^VmRSS/ {print $2}' "/proc/$GW_PID/status")
+  rss=$(rss_kib "$GW_PID")
   echo "t=$((i * STEP))s rps=$rps rss_kib=$rss"
   printf '%s{"t_s": %d, "rps": %d, "rss_kib": %d}\n' "$sep" $((i * STEP)) "$rps" "$rss" >> "$WORK/soak.json"
   sep=","
