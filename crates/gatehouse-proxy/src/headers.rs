@@ -22,7 +22,9 @@ fn dropped_request_header(name: &HeaderName) -> bool {
     ) || name.as_str().starts_with("x-gatehouse-")
 }
 
-/// Response headers that never travel back to the client.
+/// Response headers that never travel back to the client. `content-encoding` does travel: the
+/// body is passed through as upstream encoded it (upstream is asked for identity, but may not
+/// comply).
 pub fn dropped_response_header(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -34,7 +36,6 @@ pub fn dropped_response_header(name: &HeaderName) -> bool {
             | "transfer-encoding"
             | "upgrade"
             | "content-length"
-            | "content-encoding"
             | "set-cookie"
             | "x-request-id"
     )
