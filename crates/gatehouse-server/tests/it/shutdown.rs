@@ -9,17 +9,22 @@ use crate::support::{TestApp, streaming, user};
 
 #[tokio::test]
 async fn shutdown_under_load_loses_no_rows() {
-    let mut app = TestApp::spawn().await;
+    let mut app = TestApp::spawn_with(crate::support::Options {
+        first_byte_secs: Some(5.0),
+        ..Default::default()
+    })
+    .await;
     let session = "load-test";
     let mut tasks = Vec::new();
     for i in 0..60 {
         let http = app.http.clone();
         let url = app.url("/v1/chat/completions");
-        // Half slow streams, half slow plain requests, all in flight when shutdown starts.
+        // Half slow streams (1.8 s), half slow plain requests (1.8 s): long enough that all 60
+        // are in flight together even on a slow machine, well inside the 10 s grace period.
         let body = if i % 2 == 0 {
-            streaming("mock/chunks:6+delay:100", "stream under load")
+            streaming("mock/chunks:6+delay:300", "stream under load")
         } else {
-            user("mock/chunks:2+delay:400", "plain under load")
+            user("mock/chunks:2+delay:1800", "plain under load")
         };
         tasks.push(tokio::spawn(async move {
             let r = http
@@ -34,7 +39,7 @@ async fn shutdown_under_load_loses_no_rows() {
         }));
     }
     // Wait until every request is being proxied, so shutdown starts with all 60 in flight.
-    for _ in 0..200 {
+    for _ in 0..500 {
         if app.get_json("/health").await["in_flight"] == 60 {
             break;
         }

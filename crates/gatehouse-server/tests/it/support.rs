@@ -28,6 +28,8 @@ pub struct Options {
     pub extra_toml: String,
     pub retries: Option<u32>,
     pub grace_secs: Option<f64>,
+    /// Seconds; 1 unless set (also bounds non-streamed answers' head).
+    pub first_byte_secs: Option<f64>,
 }
 
 impl TestApp {
@@ -53,9 +55,9 @@ retry_backoff_ms = 10
 
 [proxy.timeouts]
 connect = 1
-first_byte = 1
+first_byte = {first_byte}
 idle = 1
-total = 3
+total = {total}
 
 [providers.mock]
 type = "openai"
@@ -95,6 +97,8 @@ max_context_size = 4096
             data = dir.path().display(),
             grace = opts.grace_secs.unwrap_or(10.0),
             retries = opts.retries.unwrap_or(2),
+            first_byte = opts.first_byte_secs.unwrap_or(1.0),
+            total = opts.first_byte_secs.unwrap_or(1.0).max(3.0),
             base = mock.base_url(),
             extra = opts.extra_toml.replace("MOCK_BASE_URL", &mock.base_url()),
         );
