@@ -217,7 +217,11 @@ impl Upstream {
                 Attempt::Fail(f) => return Err(f),
                 Attempt::Retry(f, _) if attempt > self.retries => return Err(f),
                 Attempt::Retry(f, retry_after) => {
-                    let backoff = self.backoff * 2u32.saturating_pow(attempt - 1);
+                    // Checked: a huge configured backoff must not overflow into a panic.
+                    let backoff = self
+                        .backoff
+                        .checked_mul(2u32.saturating_pow(attempt - 1))
+                        .unwrap_or(MAX_RETRY_AFTER);
                     let wait = retry_after.map_or(backoff, |ra| ra.max(backoff));
                     tracing::warn!(
                         provider = %route.provider_key,

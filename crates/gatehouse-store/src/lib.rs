@@ -64,7 +64,7 @@ pub struct SessionSummary {
 pub trait Store: Send + Sync + 'static {
     /// Applies a batch in one transaction. An op that fails alone is logged and skipped, so one
     /// bad row never loses its neighbours.
-    fn apply(&self, ops: &[WriteOp]) -> BoxFuture<'_, StoreResult<()>>;
+    fn apply<'a>(&'a self, ops: &'a [WriteOp]) -> BoxFuture<'a, StoreResult<()>>;
     fn list_sessions(&self) -> BoxFuture<'_, StoreResult<Vec<SessionSummary>>>;
     fn get_session<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Session>>>;
     fn active_session(&self) -> BoxFuture<'_, StoreResult<Option<Session>>>;

@@ -257,11 +257,10 @@ fn request_from_row(row: &SqliteRow) -> sqlx::Result<RequestRecord> {
 // while a stream cut mid-way still answered 200 and is billed for what was sent.
 
 impl Store for SqliteStore {
-    fn apply(&self, ops: &[WriteOp]) -> BoxFuture<'_, StoreResult<()>> {
-        let ops = ops.to_vec();
+    fn apply<'a>(&'a self, ops: &'a [WriteOp]) -> BoxFuture<'a, StoreResult<()>> {
         Box::pin(async move {
             let mut tx = self.pool.begin().await?;
-            for op in &ops {
+            for op in ops {
                 if let Err(e) = Self::apply_one(&mut tx, op).await {
                     tracing::error!(error = %e, op = op_name(op), "dropping a write that failed on its own");
                 }

@@ -191,6 +191,9 @@ async fn handle(
     };
     let guard = InFlight::new(st);
     let mut injected_usage = p.injected_usage;
+    // Time and attempts of a refused first try, so the row and the overhead figure count them.
+    let mut prior_wait = Duration::ZERO;
+    let mut prior_attempts = 0;
     let mut outcome = st
         .upstream
         .send(
@@ -209,6 +212,8 @@ async fn handle(
         // it was (model name aside) and stop asking this provider.
         st.upstream.stop_asking_stream_usage(&p.route.provider_key);
         injected_usage = false;
+        prior_wait = f.upstream_wait;
+        prior_attempts = f.attempts;
         let (plain, _) = rewrite(
             &p.original,
             p.model_span
@@ -229,8 +234,8 @@ async fn handle(
                 summary: None,
                 latency: t0.elapsed(),
                 ttfb: None,
-                overhead: t0.elapsed().saturating_sub(f.upstream_wait),
-                attempts: f.attempts,
+                overhead: t0.elapsed().saturating_sub(f.upstream_wait + prior_wait),
+                attempts: f.attempts + prior_attempts,
                 error: Some((f.error.kind.code().to_owned(), f.error.message.clone())),
             });
             st.writer
@@ -255,17 +260,16 @@ async fn handle(
             upstream_wait,
             ttfb,
         }) => {
-            let summary = status
-                .is_success()
-                .then(|| summarize_response(&body, p.route.encoding));
-            let overhead = t0.elapsed().saturating_sub(upstream_wait);
+            // Only 2xx answers come back as `Complete`; errors are `Failure`s.
+            let summary = Some(summarize_response(&body, p.route.encoding));
+            let overhead = t0.elapsed().saturating_sub(upstream_wait + prior_wait);
             let record = draft.finish(Finish {
                 status: status.as_u16(),
                 summary,
                 latency: t0.elapsed(),
                 ttfb: Some(ttfb),
                 overhead,
-                attempts,
+                attempts: attempts + prior_attempts,
                 error: None,
             });
             st.writer
@@ -276,7 +280,6 @@ async fn handle(
             copy_response_headers(&up, r.headers_mut());
             set_session_header(r.headers_mut(), &session.id);
             set_overhead_header(r.headers_mut(), overhead);
-            drop(guard);
             Ok(r)
         }
         Ok(Outcome::Stream {
@@ -287,7 +290,7 @@ async fn handle(
             attempts,
             upstream_wait,
         }) => {
-            let overhead = t0.elapsed().saturating_sub(upstream_wait);
+            let overhead = t0.elapsed().saturating_sub(upstream_wait + prior_wait);
             let recorder = stream::Recorder::new(stream::RecorderParts {
                 draft,
                 tap: StreamTap::new(injected_usage),
@@ -296,7 +299,7 @@ async fn handle(
                 // What the client waits for its first byte: arrival to first upstream chunk.
                 ttfb: t0.elapsed(),
                 overhead,
-                attempts,
+                attempts: attempts + prior_attempts,
                 status: status.as_u16(),
                 guard,
             });
