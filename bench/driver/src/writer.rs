@@ -66,5 +66,6 @@ fn row(session: &SessionId, i: u64) -> RequestRecord {
         finish_reason: Some("stop".into()),
         error_type: None,
         error_message: None,
+        cost_usd: None,
     }
 }

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
 use crate::schema::{
-    Config, ModelConfig, ModelRaw, ProviderConfig, ProviderRaw, ProxyConfig, ProxyRaw,
-    ServerConfig, SessionsConfig, StorageConfig, TimeoutOverrides, Timeouts,
+    Config, DashboardConfig, LogWatcherConfig, ModelConfig, ModelRaw, ProviderConfig, ProviderRaw,
+    ProxyConfig, ProxyRaw, ServerConfig, SessionsConfig, StorageConfig, TimeoutOverrides, Timeouts,
 };
 use crate::secret::Secret;
 
@@ -22,6 +22,8 @@ const SECTIONS: &[&str] = &[
     "server",
     "storage",
     "sessions",
+    "dashboard",
+    "log_watcher",
     "proxy",
     "providers",
     "models",
@@ -203,6 +205,8 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
     let server: Option<ServerConfig> = section(&root, "server", &mut issues);
     let storage: Option<StorageConfig> = section(&root, "storage", &mut issues);
     let sessions: Option<SessionsConfig> = section(&root, "sessions", &mut issues);
+    let dashboard: Option<DashboardConfig> = section(&root, "dashboard", &mut issues);
+    let log_watcher: Option<LogWatcherConfig> = section(&root, "log_watcher", &mut issues);
     let proxy: Option<ProxyRaw> = section(&root, "proxy", &mut issues);
 
     let mut providers_raw = BTreeMap::new();
@@ -263,6 +267,44 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 Some("the default is \"gatehouse.db\""),
             ));
         }
+    }
+
+    if let Some(d) = &dashboard {
+        if !(16..=1_048_576).contains(&d.event_buffer) {
+            issues.push(issue(
+                "dashboard.event_buffer",
+                "must be between 16 and 1048576",
+                Some("the default is 1024"),
+            ));
+        }
+        if d.ping_secs == 0 {
+            issues.push(issue(
+                "dashboard.ping_secs",
+                "must be greater than 0",
+                Some("the default is 20"),
+            ));
+        }
+        for (i, o) in d.allowed_origins.iter().enumerate() {
+            let ok = url::Url::parse(o)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.path() == "/")
+                && !o.ends_with('/');
+            if !ok {
+                issues.push(issue(
+                    &format!("dashboard.allowed_origins[{i}]"),
+                    "must be an origin: scheme://host[:port], without a path or trailing slash",
+                    Some("for example \"http://localhost:5173\""),
+                ));
+            }
+        }
+    }
+    if let Some(w) = &log_watcher
+        && w.poll_ms < 10
+    {
+        issues.push(issue(
+            "log_watcher.poll_ms",
+            "must be at least 10",
+            Some("the default is 250"),
+        ));
     }
 
     let mut timeouts_default = None;
@@ -382,6 +424,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 max_context_size: raw.max_context_size,
                 capabilities: raw.capabilities,
                 encoding,
+                pricing: raw.pricing,
             },
         );
     }
@@ -395,21 +438,28 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
     }
 
     issues.sort_by(|a, b| (a.line, &a.path).cmp(&(b.line, &b.path)));
-    match (server, storage, sessions, proxy) {
-        (Some(server), Some(storage), Some(sessions), Some(proxy)) if issues.is_empty() => {
-            Ok(Config {
-                server,
-                storage,
-                sessions,
-                proxy: ProxyConfig {
-                    retries: proxy.retries,
-                    retry_backoff: Duration::from_millis(proxy.retry_backoff_ms),
-                    token_cache_entries: proxy.token_cache_entries,
-                },
-                providers,
-                models,
-            })
-        }
+    match (server, storage, sessions, dashboard, log_watcher, proxy) {
+        (
+            Some(server),
+            Some(storage),
+            Some(sessions),
+            Some(dashboard),
+            Some(log_watcher),
+            Some(proxy),
+        ) if issues.is_empty() => Ok(Config {
+            server,
+            storage,
+            sessions,
+            dashboard,
+            log_watcher,
+            proxy: ProxyConfig {
+                retries: proxy.retries,
+                retry_backoff: Duration::from_millis(proxy.retry_backoff_ms),
+                token_cache_entries: proxy.token_cache_entries,
+            },
+            providers,
+            models,
+        }),
         _ => Err(issues),
     }
 }

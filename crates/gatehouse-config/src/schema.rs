@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gatehouse_core::Encoding;
+use gatehouse_core::{Encoding, Pricing};
 use serde::Deserialize;
 
 use crate::secret::Secret;
@@ -15,6 +15,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub sessions: SessionsConfig,
+    pub dashboard: DashboardConfig,
+    pub log_watcher: LogWatcherConfig,
     pub proxy: ProxyConfig,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: BTreeMap<String, ModelConfig>,
@@ -44,6 +46,27 @@ pub struct StorageConfig {
 #[serde(deny_unknown_fields)]
 pub struct SessionsConfig {
     pub new_on_model_change: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    pub enabled: bool,
+    /// Browser origins allowed besides the gateway's own (`scheme://host[:port]`).
+    pub allowed_origins: Vec<String>,
+    /// Capacity of the event ring shared by WebSocket clients.
+    pub event_buffer: usize,
+    pub ping_secs: u64,
+    pub recent_requests: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogWatcherConfig {
+    pub enabled: bool,
+    /// Files to tail; a leading `~/` means the home directory.
+    pub paths: Vec<String>,
+    pub poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,6 +201,8 @@ pub(crate) struct ModelRaw {
     pub capabilities: Vec<String>,
     #[serde(default)]
     pub encoding: Option<String>,
+    #[serde(default)]
+    pub pricing: Option<Pricing>,
 }
 
 /// One model a client may ask for.
@@ -189,4 +214,6 @@ pub struct ModelConfig {
     pub max_context_size: u64,
     pub capabilities: Vec<String>,
     pub encoding: Encoding,
+    /// US dollars per million tokens; requests of unpriced models have no cost.
+    pub pricing: Option<Pricing>,
 }

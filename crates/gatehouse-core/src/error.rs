@@ -25,6 +25,8 @@ pub enum ErrorKind {
     ModelNotFound,
     /// A resource of the management API does not exist.
     NotFound,
+    /// A browser page from another origin tried to use the dashboard's API or event stream.
+    OriginNotAllowed,
     /// The request body is larger than `server.max_body_bytes`.
     BodyTooLarge,
     /// The prompt has more tokens than the model's window.
@@ -57,6 +59,7 @@ impl ErrorKind {
             Self::InvalidRequest => "invalid_request",
             Self::ModelNotFound => "model_not_found",
             Self::NotFound => "not_found",
+            Self::OriginNotAllowed => "origin_not_allowed",
             Self::BodyTooLarge => "request_too_large",
             Self::ContextLengthExceeded => "context_length_exceeded",
             Self::ProviderKeyMissing => "provider_key_missing",
@@ -82,6 +85,7 @@ impl ErrorKind {
             | Self::ContextLengthExceeded
             | Self::LoopDetected => "invalid_request_error",
             Self::ProviderKeyMissing => "authentication_error",
+            Self::OriginNotAllowed => "permission_error",
             Self::ProviderUnsupported => "not_implemented_error",
             Self::UpstreamTimeout => "timeout_error",
             Self::UpstreamUnreachable | Self::UpstreamBadResponse | Self::UpstreamError => {
@@ -98,6 +102,7 @@ impl ErrorKind {
             Self::InvalidJson | Self::InvalidRequest => 400,
             // 401 rather than 5xx: SDKs do not retry it, and the message says what to set.
             Self::ProviderKeyMissing => 401,
+            Self::OriginNotAllowed => 403,
             Self::ModelNotFound | Self::NotFound => 404,
             Self::BodyTooLarge | Self::ContextLengthExceeded => 413,
             Self::Internal => 500,
@@ -117,6 +122,7 @@ impl ErrorKind {
             | Self::NotFound
             | Self::BodyTooLarge
             | Self::ContextLengthExceeded
+            | Self::OriginNotAllowed
             | Self::LoopDetected => Fault::Client,
             Self::UpstreamUnreachable
             | Self::UpstreamTimeout

@@ -16,4 +16,4 @@ pub use error::{ApiError, ErrorKind, Fault};
 pub use ids::{ModelKey, ProviderKey, RequestId, SessionId};
 pub use request::{ChatRequestView, RequestParseError};
 pub use tokens::{Encoding, PromptCount, TokenCounter};
-pub use usage::Usage;
+pub use usage::{Pricing, Usage};

@@ -79,6 +79,9 @@ pub struct RequestRecord {
     /// Stable error code when the request failed (`upstream_timeout`, `stream_interrupted`…).
     pub error_type: Option<String>,
     pub error_message: Option<String>,
+    /// US dollars, when the model has a price.
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
 }
 
 impl RequestRecord {
@@ -106,6 +109,8 @@ pub struct SessionStats {
     pub max_context: u64,
     /// `current_total_tokens` as a percentage of `max_context`.
     pub current_pct: f64,
+    /// Sum of the priced requests' costs, US dollars; `None` when none was priced.
+    pub cost_usd: Option<f64>,
 }
 
 /// Truncates to at most `max` characters on a char boundary, collapsing whitespace runs.

@@ -87,3 +87,48 @@ mod tests {
         assert!(Usage::from_openai(&raw("null")).is_none());
     }
 }
+
+/// A model's prices in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Pricing {
+    pub input: f64,
+    pub output: f64,
+    /// Price of prompt tokens served from the provider's cache; `input` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<f64>,
+}
+
+impl Pricing {
+    /// Cost of one exchange. `cached` is the part of `prompt` read from the provider's cache.
+    pub fn cost(&self, prompt: u64, completion: u64, cached: u64) -> f64 {
+        let cached = cached.min(prompt);
+        let fresh = prompt - cached;
+        (fresh as f64 * self.input
+            + cached as f64 * self.cached_input.unwrap_or(self.input)
+            + completion as f64 * self.output)
+            / 1_000_000.0
+    }
+}
+
+#[cfg(test)]
+mod pricing_tests {
+    use super::*;
+
+    #[test]
+    fn cached_tokens_are_billed_at_their_price() {
+        let p = Pricing {
+            input: 2.0,
+            output: 8.0,
+            cached_input: Some(0.5),
+        };
+        let c = p.cost(1_000_000, 500_000, 400_000);
+        assert!((c - (0.6 * 2.0 + 0.4 * 0.5 + 0.5 * 8.0)).abs() < 1e-9);
+        let no_cache_price = Pricing {
+            cached_input: None,
+            ..p
+        };
+        assert!((no_cache_price.cost(10, 0, 10) - 20.0 / 1e6).abs() < 1e-12);
+        // A provider reporting more cached than prompt tokens does not make the cost negative.
+        assert!(p.cost(5, 0, 50) >= 0.0);
+    }
+}

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use gatehouse_config::{Config, ProviderConfig};
-use gatehouse_core::{ApiError, Encoding, ErrorKind};
+use gatehouse_core::{ApiError, Encoding, ErrorKind, Pricing};
 
 /// Where one request goes.
 #[derive(Debug, Clone)]
@@ -19,6 +19,7 @@ pub struct Route {
     pub upstream_model: String,
     pub max_context: u64,
     pub encoding: Encoding,
+    pub pricing: Option<Pricing>,
     pub provider: Arc<ProviderConfig>,
 }
 
@@ -63,6 +64,7 @@ impl Router {
                         upstream_model: m.model.clone(),
                         max_context: m.max_context_size,
                         encoding: m.encoding,
+                        pricing: m.pricing,
                         provider,
                     }),
                 ))
@@ -132,6 +134,7 @@ impl Router {
                 upstream_model: model.to_owned(),
                 max_context: UNLISTED_MODEL_WINDOW,
                 encoding: Encoding::for_model(model),
+                pricing: None,
                 provider: provider.clone(),
             }));
         }

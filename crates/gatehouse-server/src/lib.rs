@@ -6,11 +6,14 @@
 //!
 //! [`ApiError`]: gatehouse_core::ApiError
 
+mod dashboard;
 pub mod error;
+pub mod origin;
 pub mod routes;
 pub mod serve;
 pub mod state;
 mod stream;
+mod ws;
 
-pub use serve::{ServeError, run};
+pub use serve::{RunOptions, ServeError, run, run_with};
 pub use state::AppState;

@@ -1,21 +1,22 @@
 //! The route table. One file per route group under `routes/`.
 
 pub(crate) mod chat;
+mod export;
 mod health;
 mod models;
 mod providers;
-mod sessions;
+pub(crate) mod sessions;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
-use crate::error;
 use crate::state::AppState;
+use crate::{dashboard, error, origin, ws};
 
 pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes;
-    Router::new()
+    let mut app = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/chat/completions", post(chat::completions))
         .route("/v1/models", get(models::list))
@@ -36,8 +37,20 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/sessions/{id}/activate", post(sessions::activate))
         .route("/api/sessions/{id}/requests", get(sessions::requests))
-        .fallback(error::not_found)
+        .route("/api/export/csv", get(export::csv))
+        .route("/api/export/json", get(export::json));
+    if state.config.dashboard.enabled {
+        app = app
+            .route("/", get(dashboard::index))
+            .route("/assets/{name}", get(dashboard::asset))
+            .route("/ws", get(ws::upgrade));
+    }
+    app.fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            origin::guard,
+        ))
         .with_state(state)
 }

@@ -9,7 +9,9 @@ use axum::serve::ListenerExt;
 use gatehouse_config::Config;
 use gatehouse_core::TokenCounter;
 use gatehouse_proxy::{Router, Upstream};
-use gatehouse_services::Sessions;
+use gatehouse_services::events::{Event, EventBus, emit};
+use gatehouse_services::logwatch::{LogWatcher, Sink, expand_home};
+use gatehouse_services::{Gauges, LocalBus, Sessions};
 use gatehouse_store::{SqliteStore, Store, StoreError, Writer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +39,24 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(&AppState) + Send,
 ) -> Result<(), ServeError> {
+    run_with(listener, config, RunOptions::default(), shutdown, on_ready).await
+}
+
+/// Choices of the binary that are not configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The configuration includes the built-in demo provider.
+    pub demo: bool,
+}
+
+/// [`run`] with [`RunOptions`].
+pub async fn run_with(
+    listener: TcpListener,
+    config: Config,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&AppState) + Send,
+) -> Result<(), ServeError> {
     let started = Instant::now();
     let listen = listener.local_addr()?;
     let db_path = config.server.data_dir.join(&config.storage.sqlite_file);
@@ -47,8 +67,15 @@ pub async fn run(
         config.storage.batch_size,
         Duration::from_millis(config.storage.max_commit_delay_ms),
     );
-    let sessions =
-        Sessions::load(&store, writer.clone(), config.sessions.new_on_model_change).await?;
+    let bus: Arc<dyn EventBus> = Arc::new(LocalBus::new(config.dashboard.event_buffer));
+    let sessions = Sessions::load(
+        &store,
+        writer.clone(),
+        bus.clone(),
+        config.sessions.new_on_model_change,
+    )
+    .await?;
+    let stop = CancellationToken::new();
     let instance_id = uuid::Uuid::now_v7().to_string();
     let state = AppState(Arc::new(Inner {
         router: Router::new(&config, Some(listen)),
@@ -58,6 +85,12 @@ pub async fn run(
         sessions,
         store,
         writer: writer.clone(),
+        bus,
+        gauges: Gauges::new(),
+        log_watch: std::sync::OnceLock::new(),
+        shutdown: stop.clone(),
+        ws: crate::state::WsStats::default(),
+        demo: options.demo,
         started,
         in_flight: AtomicU64::new(0),
         shutting_down: AtomicBool::new(false),
@@ -78,8 +111,8 @@ pub async fn run(
 
     let grace = Duration::try_from_secs_f64(state.config.server.shutdown_grace_secs)
         .unwrap_or(Duration::from_secs(30));
+    let mut watcher = start_log_watcher(&state);
     let app = routes::router(state.clone());
-    let stop = CancellationToken::new();
     let server = axum::serve(
         listener.tap_io(|tcp| {
             // Small SSE chunks must leave at once, not wait for Nagle.
@@ -109,6 +142,9 @@ pub async fn run(
         }
     }
 
+    if let Some(w) = watcher.as_mut() {
+        w.stop();
+    }
     writer.close().await;
     let _ = writer_task.await;
     let stats = writer.stats();
@@ -118,4 +154,44 @@ pub async fn run(
         "accounting drained; bye"
     );
     Ok(())
+}
+
+/// Follows the configured client logs; each figure goes to the active session's gauge and out as
+/// a `log_metric` event.
+fn start_log_watcher(state: &AppState) -> Option<LogWatcher> {
+    let cfg = &state.config.log_watcher;
+    if !cfg.enabled || cfg.paths.is_empty() {
+        return None;
+    }
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let paths = cfg
+        .paths
+        .iter()
+        .map(|p| expand_home(p, home.as_deref()))
+        .collect();
+    let st = state.clone();
+    let sink: Sink = Box::new(move |path, metric| {
+        let gauge = st.sessions.active().and_then(|s| {
+            let (view, change) = st.gauges.on_log(&s.id, &metric, Instant::now())?;
+            if let Some(c) = change {
+                st.publish_alert(&view, c);
+            }
+            Some(view)
+        });
+        emit(&*st.bus, || Event::LogMetric {
+            path: path.to_owned(),
+            metric,
+            gauge,
+        });
+    });
+    match LogWatcher::spawn(paths, Duration::from_millis(cfg.poll_ms), sink) {
+        Ok(w) => {
+            let _ = state.log_watch.set(w.status_handle());
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the log watcher");
+            None
+        }
+    }
 }

@@ -1,15 +1,20 @@
 //! Everything a handler may touch, built once at start.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use gatehouse_config::Config;
 use gatehouse_core::TokenCounter;
+use gatehouse_core::record::RequestRecord;
 use gatehouse_proxy::{Router, Upstream};
-use gatehouse_services::Sessions;
-use gatehouse_store::{Store, WriterHandle};
+use gatehouse_services::events::{Event, EventBus, emit};
+use gatehouse_services::gauge::{AlertChange, GaugeView};
+use gatehouse_services::logwatch::WatchStatus;
+use gatehouse_services::{Gauges, Sessions};
+use gatehouse_store::{Store, WriteOp, WriterHandle};
+use tokio_util::sync::CancellationToken;
 
 /// Shared state. Cloning is an `Arc` bump.
 #[derive(Clone, Debug)]
@@ -24,11 +29,100 @@ pub struct Inner {
     pub sessions: Sessions,
     pub store: Arc<dyn Store>,
     pub writer: WriterHandle,
+    pub bus: Arc<dyn EventBus>,
+    pub gauges: Gauges,
+    /// Set once the log watcher runs.
+    pub log_watch: OnceLock<WatchStatus>,
+    /// Cancelled when shutdown begins; long-lived connections (WebSockets) end on it.
+    pub shutdown: CancellationToken,
+    pub ws: WsStats,
+    /// Models served by the built-in demo provider (`serve --demo`) are labelled as such.
+    pub demo: bool,
     pub started: Instant,
     /// Requests being proxied right now (streams count until their last byte).
     pub in_flight: AtomicU64,
     /// Set when shutdown begins: readiness turns false so load balancers stop sending.
     pub shutting_down: AtomicBool,
+}
+
+/// WebSocket figures for `/health`.
+#[derive(Debug, Default)]
+pub struct WsStats {
+    pub clients: AtomicU64,
+    pub connected_total: AtomicU64,
+    /// Times a client fell behind the event ring and was resynchronised.
+    pub resyncs: AtomicU64,
+}
+
+impl AppState {
+    /// What a finished request means for the live view (gauge, alerts, events); returns the
+    /// row to hand to the writer.
+    pub(crate) fn request_finished(&self, record: RequestRecord) -> WriteOp {
+        let gauge = if (200..300).contains(&record.status) && record.error_type.is_none() {
+            let tokens = record.effective_prompt_tokens() + record.effective_completion_tokens();
+            let (view, change) = self.gauges.on_proxy(
+                &record.session_id,
+                tokens,
+                record.max_context,
+                Instant::now(),
+            );
+            if let Some(c) = change {
+                self.publish_alert(&view, c);
+            }
+            Some(view)
+        } else {
+            self.gauges.view(&record.session_id)
+        };
+        let bus = &*self.bus;
+        if record.stream
+            && record.status < 300
+            && let (Some(code), Some(message)) = (&record.error_type, &record.error_message)
+        {
+            emit(bus, || Event::StreamingError {
+                request_id: record.id.clone(),
+                session_id: record.session_id.clone(),
+                model: record.model_key.clone(),
+                provider: record.provider.clone(),
+                code: code.clone(),
+                message: message.clone(),
+            });
+        }
+        emit(bus, || Event::Metric {
+            request: Box::new(record.clone()),
+            gauge,
+        });
+        WriteOp::InsertRequest(Box::new(record))
+    }
+
+    pub(crate) fn publish_alert(&self, view: &GaugeView, change: AlertChange) {
+        emit(&*self.bus, || {
+            let message = match change.level {
+                Some(level) => format!(
+                    "context at {:.1} % of the {}-token window ({} tokens): {} threshold {} % crossed",
+                    view.pct,
+                    view.max_context,
+                    view.tokens,
+                    match level {
+                        gatehouse_services::gauge::AlertLevel::Caution => "caution",
+                        gatehouse_services::gauge::AlertLevel::Warning => "warning",
+                        gatehouse_services::gauge::AlertLevel::Critical => "critical",
+                    },
+                    level.threshold()
+                ),
+                None => format!("context back to {:.1} %", view.pct),
+            };
+            Event::Alert {
+                session_id: view.session_id.clone(),
+                level: change.level,
+                previous: change.previous,
+                color: change.level.map(|l| l.color()),
+                pct: view.pct,
+                tokens: view.tokens,
+                max_context: view.max_context,
+                message,
+            }
+        });
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -56,6 +150,10 @@ impl InFlight {
         st.in_flight
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self(st.clone())
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.0
     }
 }
 

@@ -9,7 +9,7 @@ use axum::body::Body;
 use bytes::Bytes;
 use gatehouse_proxy::StreamTap;
 use gatehouse_proxy::upstream::{StreamFailure, UpstreamStream};
-use gatehouse_store::{WriteOp, WriterHandle};
+use gatehouse_store::WriterHandle;
 use serde_json::json;
 
 use crate::routes::chat::{Draft, Finish};
@@ -109,8 +109,8 @@ impl Drop for Recorder {
             attempts: self.attempts,
             error,
         });
-        self.writer
-            .record_now(WriteOp::InsertRequest(Box::new(record)));
+        let op = self._guard.state().request_finished(record);
+        self.writer.record_now(op);
     }
 }
 

@@ -1,8 +1,15 @@
-//! Services the request path and the API share: today, live session state.
+//! Services the request path and the API share: live session state, the event bus, the context
+//! gauge and its alerts, the log watcher, and the export formats.
 //!
 //! Architecture invariant: services keep their hot state in memory behind short synchronous
 //! locks (never held across an `.await`) and persist through the store's writer queue.
 
+pub mod events;
+pub mod export;
+pub mod gauge;
+pub mod logwatch;
 pub mod sessions;
 
+pub use events::{Event, EventBus, LocalBus};
+pub use gauge::Gauges;
 pub use sessions::{Resolved, SessionError, Sessions};

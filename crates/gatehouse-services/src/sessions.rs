@@ -13,6 +13,8 @@ use gatehouse_core::record::{Session, preview};
 use gatehouse_core::time::{now_ms, rfc3339_ms};
 use gatehouse_store::{Store, StoreResult, WriteOp, WriterHandle};
 
+use crate::events::{Event, EventBus, emit};
+
 /// Length of an automatic session name (the seed's figure).
 pub const NAME_CHARS: usize = 50;
 
@@ -42,6 +44,7 @@ struct State {
 pub struct Sessions {
     state: Mutex<State>,
     writer: WriterHandle,
+    bus: Arc<dyn EventBus>,
     new_on_model_change: bool,
 }
 
@@ -55,6 +58,7 @@ impl Sessions {
     pub async fn load(
         store: &Arc<dyn Store>,
         writer: WriterHandle,
+        bus: Arc<dyn EventBus>,
         new_on_model_change: bool,
     ) -> StoreResult<Self> {
         let mut state = State::default();
@@ -65,6 +69,7 @@ impl Sessions {
         Ok(Self {
             state: Mutex::new(state),
             writer,
+            bus,
             new_on_model_change,
         })
     }
@@ -84,6 +89,7 @@ impl Sessions {
         first_user_text: Option<&str>,
     ) -> Resolved {
         let mut ops = Vec::new();
+        let mut opened = None;
         let resolved = {
             let mut st = self.lock();
             match explicit {
@@ -101,6 +107,7 @@ impl Sessions {
                         // which session is active for clients that send no header.
                         let s = new_session(id.clone(), model_key, provider, first_user_text);
                         st.sessions.insert(id.clone(), s.clone());
+                        opened = Some((s.clone(), false));
                         ops.push(WriteOp::CreateSession(s));
                         Resolved { id, created: true }
                     }
@@ -138,6 +145,7 @@ impl Sessions {
                             let id = s.id.clone();
                             st.sessions.insert(id.clone(), s.clone());
                             st.active = Some(id.clone());
+                            opened = Some((s.clone(), true));
                             ops.push(WriteOp::CreateSession(s));
                             ops.push(WriteOp::SetActiveSession(Some(id.clone())));
                             Resolved { id, created: true }
@@ -148,6 +156,9 @@ impl Sessions {
         };
         for op in ops {
             self.writer.record(op).await;
+        }
+        if let Some((session, active)) = opened {
+            emit(&*self.bus, || Event::NewSession { session, active });
         }
         resolved
     }
@@ -182,6 +193,10 @@ impl Sessions {
         self.writer
             .record(WriteOp::SetActiveSession(Some(s.id.clone())))
             .await;
+        emit(&*self.bus, || Event::NewSession {
+            session: s.clone(),
+            active: true,
+        });
         Ok(s)
     }
 
@@ -199,6 +214,9 @@ impl Sessions {
         self.writer
             .record(WriteOp::SetActiveSession(Some(id.clone())))
             .await;
+        emit(&*self.bus, || Event::SessionActivated {
+            session: s.clone(),
+        });
         Ok(s)
     }
 
@@ -219,6 +237,7 @@ impl Sessions {
                 name,
             })
             .await;
+        emit(&*self.bus, || Event::SessionRenamed { session: s.clone() });
         Ok(s)
     }
 
@@ -234,6 +253,9 @@ impl Sessions {
             }
         }
         self.writer.record(WriteOp::DeleteSession(id.clone())).await;
+        emit(&*self.bus, || Event::SessionDeleted {
+            session_id: id.clone(),
+        });
         Ok(())
     }
 
@@ -299,7 +321,9 @@ mod tests {
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&dir.path().join("g.db")).await.unwrap());
         let (w, _t) = Writer::spawn(store.clone(), 64, 16, std::time::Duration::from_millis(5));
-        let s = Sessions::load(&store, w.clone(), true).await.unwrap();
+        let s = Sessions::load(&store, w.clone(), Arc::new(crate::LocalBus::new(16)), true)
+            .await
+            .unwrap();
         (dir, store, w, s)
     }
 
@@ -328,7 +352,9 @@ mod tests {
 
         // And all of it survives a restart.
         w.flush().await;
-        let reloaded = Sessions::load(&store, w.clone(), true).await.unwrap();
+        let reloaded = Sessions::load(&store, w.clone(), Arc::new(crate::LocalBus::new(16)), true)
+            .await
+            .unwrap();
         assert_eq!(reloaded.active().unwrap().id, b.id);
         assert_eq!(reloaded.count(), 3);
         assert!(reloaded.get(&mine).unwrap().name.starts_with("Session "));

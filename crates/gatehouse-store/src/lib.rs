@@ -60,6 +60,13 @@ pub struct SessionSummary {
     pub last_request_at: Option<i64>,
 }
 
+/// Which requests an export covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Session(SessionId),
+    All,
+}
+
 /// What the gateway persists and reads back. Implementations share `$N` SQL.
 pub trait Store: Send + Sync + 'static {
     /// Applies a batch in one transaction. An op that fails alone is logged and skipped, so one
@@ -77,6 +84,15 @@ pub trait Store: Send + Sync + 'static {
         offset: u32,
     ) -> BoxFuture<'a, StoreResult<Vec<RequestRecord>>>;
     fn count_requests<'a>(&'a self, session: &'a SessionId) -> BoxFuture<'a, StoreResult<u64>>;
+    /// Requests in `scope`, oldest first, sent one by one into `tx`: memory stays bounded by the
+    /// channel whatever the table's size. Returns when done, on the first error (which is sent
+    /// too), or as soon as the receiver is dropped.
+    fn export_requests<'a>(
+        &'a self,
+        scope: &'a Scope,
+        tx: tokio::sync::mpsc::Sender<StoreResult<RequestRecord>>,
+    ) -> BoxFuture<'a, ()>;
+    fn count_scope<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, StoreResult<u64>>;
     /// Cheap liveness probe for `/health/ready`.
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use gatehouse_core::SessionId;
 use gatehouse_core::record::{RequestRecord, Session, SessionStats, UsageSource};
@@ -13,14 +14,21 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
-use crate::{SessionSummary, Store, StoreError, StoreResult, WriteOp};
+use crate::{Scope, SessionSummary, Store, StoreError, StoreResult, WriteOp};
 
 /// Versioned migrations, embedded so the binary needs no files beside it.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "request_cost",
+        include_str!("../migrations/sqlite/0002_request_cost.sql"),
+    ),
+];
 
 const ACTIVE_KEY: &str = "active_session";
 
@@ -162,9 +170,9 @@ impl SqliteStore {
                         model_key, upstream_model, stream, status, prompt_tokens_est,
                         prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens,
                         usage_source, max_context, context_pct, preview, latency_ms, ttfb_ms,
-                        overhead_us, attempts, finish_reason, error_type, error_message)
+                        overhead_us, attempts, finish_reason, error_type, error_message, cost_usd)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                        $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
+                        $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)",
                 )
                 .bind(uuid_v7())
                 .bind(&r.id)
@@ -191,6 +199,7 @@ impl SqliteStore {
                 .bind(&r.finish_reason)
                 .bind(&r.error_type)
                 .bind(&r.error_message)
+                .bind(r.cost_usd)
                 .execute(&mut **tx)
                 .await?;
             }
@@ -250,6 +259,7 @@ fn request_from_row(row: &SqliteRow) -> sqlx::Result<RequestRecord> {
         finish_reason: row.try_get("finish_reason")?,
         error_type: row.try_get("error_type")?,
         error_message: row.try_get("error_message")?,
+        cost_usd: row.try_get("cost_usd")?,
     })
 }
 
@@ -324,7 +334,8 @@ impl Store for SqliteStore {
             let totals = sqlx::query(
                 "SELECT COUNT(*) AS n,
                     COALESCE(SUM(CASE WHEN status >= 200 AND status < 300 THEN COALESCE(prompt_tokens, prompt_tokens_est) ELSE 0 END), 0) AS input,
-                    COALESCE(SUM(CASE WHEN status >= 200 AND status < 300 THEN COALESCE(completion_tokens, 0) ELSE 0 END), 0) AS output
+                    COALESCE(SUM(CASE WHEN status >= 200 AND status < 300 THEN COALESCE(completion_tokens, 0) ELSE 0 END), 0) AS output,
+                    SUM(cost_usd) AS cost
                  FROM requests WHERE session_id = $1",
             )
             .bind(id.as_str())
@@ -343,6 +354,7 @@ impl Store for SqliteStore {
                 request_count: to_u64(totals.try_get("n")?),
                 cumulative_input_tokens: to_u64(totals.try_get("input")?),
                 cumulative_output_tokens: to_u64(totals.try_get("output")?),
+                cost_usd: totals.try_get("cost")?,
                 ..SessionStats::default()
             };
             stats.cumulative_total_tokens =
@@ -392,6 +404,52 @@ impl Store for SqliteStore {
                 .fetch_one(&self.pool)
                 .await?
                 .try_get(0)?;
+            Ok(to_u64(n))
+        })
+    }
+
+    fn export_requests<'a>(
+        &'a self,
+        scope: &'a Scope,
+        tx: tokio::sync::mpsc::Sender<StoreResult<RequestRecord>>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let query = match scope {
+                Scope::Session(id) => sqlx::query(
+                    "SELECT * FROM requests WHERE session_id = $1 ORDER BY created_at, id",
+                )
+                .bind(id.as_str()),
+                Scope::All => sqlx::query("SELECT * FROM requests ORDER BY created_at, id"),
+            };
+            let mut rows = query.fetch(&self.pool);
+            while let Some(row) = rows.next().await {
+                let item = row
+                    .and_then(|r| request_from_row(&r))
+                    .map_err(StoreError::from);
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        })
+    }
+
+    fn count_scope<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, StoreResult<u64>> {
+        Box::pin(async move {
+            let n: i64 = match scope {
+                Scope::Session(id) => {
+                    sqlx::query("SELECT COUNT(*) FROM requests WHERE session_id = $1")
+                        .bind(id.as_str())
+                        .fetch_one(&self.pool)
+                        .await?
+                }
+                Scope::All => {
+                    sqlx::query("SELECT COUNT(*) FROM requests")
+                        .fetch_one(&self.pool)
+                        .await?
+                }
+            }
+            .try_get(0)?;
             Ok(to_u64(n))
         })
     }
@@ -450,6 +508,7 @@ pub(crate) mod tests {
             finish_reason: Some("stop".into()),
             error_type: None,
             error_message: None,
+            cost_usd: Some(0.001),
         }
     }
 
@@ -497,7 +556,9 @@ pub(crate) mod tests {
         assert_eq!(stats.cumulative_output_tokens, 70);
         assert_eq!(stats.current_total_tokens, 350);
         assert!((stats.current_pct - 35.0).abs() < 1e-9);
+        assert!((stats.cost_usd.unwrap() - 0.003).abs() < 1e-12);
         let rows = store.list_requests(&id, 2, 0).await.unwrap();
+        assert_eq!(rows[0].cost_usd, Some(0.001));
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].preview, "héllo, \"world\"");
         let list = store.list_sessions().await.unwrap();

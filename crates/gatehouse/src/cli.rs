@@ -1,6 +1,7 @@
 //! Command-line interface: `serve`, `init`, `check`, `version`.
 
 mod check;
+mod demo;
 mod init;
 mod serve;
 

@@ -22,7 +22,7 @@ use gatehouse_proxy::headers::dropped_response_header;
 use gatehouse_proxy::rewrite::{UsageAsk, rewrite};
 use gatehouse_proxy::tap::summarize_response;
 use gatehouse_proxy::{CompletionSummary, HOP_HEADER, Outcome, Route, StreamTap};
-use gatehouse_store::WriteOp;
+use gatehouse_services::events::{Event, emit};
 
 use crate::error::{body_rejection, error_response, json_bytes_response};
 use crate::state::{AppState, InFlight};
@@ -189,6 +189,16 @@ async fn handle(
         prompt_tokens_est: p.prompt_tokens,
         preview: p.preview,
     };
+    emit(&*st.bus, || Event::RequestStarted {
+        request_id: request_id.as_str().to_owned(),
+        session_id: session.id.clone(),
+        model: p.route.model_key.clone(),
+        provider: p.route.provider_key.clone(),
+        upstream_model: p.route.upstream_model.clone(),
+        stream: p.stream,
+        prompt_tokens_est: p.prompt_tokens,
+        max_context: p.route.max_context,
+    });
     let guard = InFlight::new(st);
     let mut injected_usage = p.injected_usage;
     // Time and attempts of a refused first try, so the row and the overhead figure count them.
@@ -227,6 +237,29 @@ async fn handle(
             .await;
     }
 
+    let attempts = match &outcome {
+        Err(f) => f.attempts,
+        Ok(Outcome::Complete { attempts, .. } | Outcome::Stream { attempts, .. }) => *attempts,
+    } + prior_attempts;
+    if attempts > 1 {
+        let reason = if prior_attempts > 0 {
+            format!(
+                "`{}` refused `stream_options`; resent without it and stopped asking this provider",
+                p.route.provider_key
+            )
+        } else {
+            format!("{} retries before the first byte", attempts - 1)
+        };
+        emit(&*st.bus, || Event::Routing {
+            request_id: request_id.as_str().to_owned(),
+            session_id: session.id.clone(),
+            model: p.route.model_key.clone(),
+            provider: p.route.provider_key.clone(),
+            attempts,
+            reason,
+        });
+    }
+
     match outcome {
         Err(f) => {
             let record = draft.finish(Finish {
@@ -238,9 +271,7 @@ async fn handle(
                 attempts: f.attempts + prior_attempts,
                 error: Some((f.error.kind.code().to_owned(), f.error.message.clone())),
             });
-            st.writer
-                .record(WriteOp::InsertRequest(Box::new(record)))
-                .await;
+            st.writer.record(st.request_finished(record)).await;
             tracing::warn!(request_id = %request_id, error = %f.error, attempts = f.attempts, "upstream request failed");
             let mut r = match f.body {
                 Some(b) => json_bytes_response(
@@ -272,9 +303,7 @@ async fn handle(
                 attempts: attempts + prior_attempts,
                 error: None,
             });
-            st.writer
-                .record(WriteOp::InsertRequest(Box::new(record)))
-                .await;
+            st.writer.record(st.request_finished(record)).await;
             let mut r = Response::new(Body::from(body));
             *r.status_mut() = status;
             copy_response_headers(&up, r.headers_mut());
@@ -388,6 +417,15 @@ impl Draft {
             (None, None) => (None, None, UsageSource::Estimated),
         };
         let prompt = prompt_tokens.unwrap_or(self.prompt_tokens_est);
+        // Failed exchanges are not billed by providers; streams cut short are, for what was sent.
+        let billed = (200..300).contains(&f.status);
+        let cost_usd = self.route.pricing.filter(|_| billed).map(|p| {
+            p.cost(
+                prompt,
+                completion_tokens.unwrap_or(0),
+                usage.and_then(|u| u.cached_tokens).unwrap_or(0),
+            )
+        });
         let context_pct = if self.route.max_context > 0 {
             prompt as f64 * 100.0 / self.route.max_context as f64
         } else {
@@ -423,6 +461,7 @@ impl Draft {
             finish_reason: f.summary.and_then(|s| s.finish_reason),
             error_type,
             error_message,
+            cost_usd,
         }
     }
 }

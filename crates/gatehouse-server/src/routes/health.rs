@@ -36,6 +36,17 @@ pub async fn health(State(st): State<AppState>) -> Response {
             "with_key": providers.values().filter(|p| !p.key_missing()).count(),
         },
         "models": st.config.models.len(),
+        "events": st.bus.stats(),
+        "websocket": {
+            "clients": st.ws.clients.load(Ordering::Relaxed),
+            "connected_total": st.ws.connected_total.load(Ordering::Relaxed),
+            "resyncs": st.ws.resyncs.load(Ordering::Relaxed),
+        },
+        "log_watcher": {
+            "enabled": st.log_watch.get().is_some(),
+            "paths": st.log_watch.get().and_then(|s| s.lock().ok().map(|v| v.clone())),
+        },
+        "demo": st.demo,
     });
     let code = if db_ok {
         StatusCode::OK

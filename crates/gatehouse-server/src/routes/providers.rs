@@ -24,6 +24,7 @@ pub async fn list(State(st): State<AppState>) -> Json<Value> {
                 "type": p.kind.as_str(),
                 "base_url": p.base_url,
                 "served": p.kind.is_served(),
+                "demo": st.demo && key == "demo",
                 "key_configured": !p.key_missing(),
                 "key_required": p.api_key_env.is_some(),
                 "key_env": p.api_key_env,

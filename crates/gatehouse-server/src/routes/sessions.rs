@@ -9,6 +9,7 @@ use bytes::Bytes;
 use gatehouse_core::record::Session;
 use gatehouse_core::{ApiError, ErrorKind, SessionId};
 use gatehouse_services::SessionError;
+use gatehouse_services::gauge::GaugeView;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -33,7 +34,7 @@ fn service_error(e: SessionError) -> HttpError {
     HttpError(err)
 }
 
-fn store_error(e: gatehouse_store::StoreError) -> HttpError {
+pub(crate) fn store_error(e: gatehouse_store::StoreError) -> HttpError {
     tracing::error!(error = %e, "store read failed");
     HttpError(ApiError::new(
         ErrorKind::Internal,
@@ -53,7 +54,19 @@ fn session_id(p: Result<Path<String>, PathRejection>) -> ApiResult<SessionId> {
 
 async fn with_stats(st: &AppState, s: Session) -> ApiResult<Value> {
     let stats = st.store.session_stats(&s.id).await.map_err(store_error)?;
-    Ok(json!({ "session": s, "stats": stats }))
+    let gauge = gauge_of(st, &s.id, &stats);
+    Ok(json!({ "session": s, "stats": stats, "gauge": gauge }))
+}
+
+/// The live gauge of a session, or one derived from its stored last request.
+pub(crate) fn gauge_of(
+    st: &AppState,
+    id: &SessionId,
+    stats: &gatehouse_core::record::SessionStats,
+) -> GaugeView {
+    st.gauges.view(id).unwrap_or_else(|| {
+        GaugeView::from_stored(id, stats.current_total_tokens, stats.max_context)
+    })
 }
 
 pub async fn list(State(st): State<AppState>) -> ApiResult<Json<Value>> {

@@ -8,6 +8,8 @@
 mod support;
 
 mod errors;
+mod export;
+mod live;
 mod proxy;
 mod sessions;
 mod shutdown;

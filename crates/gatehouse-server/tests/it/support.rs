@@ -17,6 +17,7 @@ pub struct TestApp {
     pub mock: Mock,
     pub http: reqwest::Client,
     pub dir: tempfile::TempDir,
+    pub state: gatehouse_server::AppState,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -30,6 +31,8 @@ pub struct Options {
     pub grace_secs: Option<f64>,
     /// Seconds; 1 unless set (also bounds non-streamed answers' head).
     pub first_byte_secs: Option<f64>,
+    /// Events kept for WebSocket clients (1024 unless set).
+    pub event_buffer: Option<usize>,
 }
 
 impl TestApp {
@@ -48,6 +51,14 @@ impl TestApp {
 data_dir = "{data}"
 max_body_bytes = 65536
 shutdown_grace_secs = {grace}
+
+[dashboard]
+event_buffer = {event_buffer}
+ping_secs = 5
+
+[log_watcher]
+paths = ["{data}/core.log"]
+poll_ms = 20
 
 [proxy]
 retries = {retries}
@@ -77,6 +88,7 @@ base_url = "http://{addr}/v1"
 provider = "mock"
 model = "echo"
 max_context_size = 4096
+pricing = {{ input = 1.0, output = 2.0, cached_input = 0.5 }}
 
 [models."mock/tiny"]
 provider = "mock"
@@ -100,6 +112,7 @@ max_context_size = 4096
             first_byte = opts.first_byte_secs.unwrap_or(1.0),
             total = opts.first_byte_secs.unwrap_or(1.0).max(3.0),
             base = mock.base_url(),
+            event_buffer = opts.event_buffer.unwrap_or(1024),
             extra = opts.extra_toml.replace("MOCK_BASE_URL", &mock.base_url()),
         );
         let file = dir.path().join("config.toml");
@@ -111,19 +124,20 @@ max_context_size = 4096
         )
         .unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = oneshot::channel::<gatehouse_server::AppState>();
         let server = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            gatehouse_server::run(listener, config, shutdown, move |_| {
-                let _ = ready_tx.send(());
+            gatehouse_server::run(listener, config, shutdown, move |st| {
+                let _ = ready_tx.send(st.clone());
             })
             .await
             .unwrap();
         });
-        ready_rx.await.unwrap();
+        let state = ready_rx.await.unwrap();
         Self {
+            state,
             addr,
             mock,
             http: reqwest::Client::builder()

@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use gatehouse_config::{Env, Overrides, load};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::demo;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -25,6 +28,13 @@ pub struct ServeArgs {
     /// Listen on a non-loopback address although the API has no authentication yet.
     #[arg(long)]
     unsafe_allow_remote: bool,
+    /// Add a simulated provider (models demo/fast, demo/smart, demo/tiny) and a simulated
+    /// client sending it requests, so the dashboard shows live traffic without any API key.
+    #[arg(long)]
+    demo: bool,
+    /// With --demo: the demo provider only, no simulated client.
+    #[arg(long, requires = "demo")]
+    demo_no_traffic: bool,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -39,7 +49,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         port: args.port,
         data_dir: args.data_dir.clone(),
     };
-    let config = load(file.as_deref(), &env, &overrides)?;
+    let mut config = load(file.as_deref(), &env, &overrides)?;
     let ip: IpAddr = if config.server.host == "localhost" {
         IpAddr::from([127, 0, 0, 1])
     } else {
@@ -69,7 +79,36 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        gatehouse_server::run(listener, config, shutdown_signal(), |_| {}).await?;
+        let demo_stop = CancellationToken::new();
+        if args.demo {
+            let url = demo::start_upstream(demo_stop.clone())
+                .await
+                .context("cannot start the demo provider")?;
+            demo::add_to_config(&mut config, &url);
+            tracing::warn!(
+                provider = demo::PROVIDER,
+                "DEMO MODE: models demo/fast, demo/smart and demo/tiny are simulated locally; no real provider is called for them"
+            );
+        }
+        let traffic = args.demo && !args.demo_no_traffic;
+        let stop = demo_stop.clone();
+        let shutdown = async move {
+            shutdown_signal().await;
+            stop.cancel();
+        };
+        gatehouse_server::run_with(
+            listener,
+            config,
+            gatehouse_server::RunOptions { demo: args.demo },
+            shutdown,
+            |st| {
+                if traffic {
+                    tokio::spawn(demo::traffic(st.listen, demo_stop.clone()));
+                }
+            },
+        )
+        .await?;
+        demo_stop.cancel();
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)

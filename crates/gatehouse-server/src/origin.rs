@@ -1,0 +1,108 @@
+//! Which browser pages may use the gateway: its own pages, and `dashboard.allowed_origins`.
+//!
+//! Any local web page can make a browser send requests to `127.0.0.1:8000`; without this rule a
+//! site could read the event stream or spend the user's tokens. Requests without an `Origin`
+//! header (SDKs, curl, IDE plugins) are not browsers' cross-site requests and pass. A page counts
+//! as the gateway's own only when its origin matches the `Host` header *and* that host is
+//! `localhost` or an IP literal: a DNS-rebinding name pointed at 127.0.0.1 is not.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use gatehouse_core::{ApiError, ErrorKind};
+
+use crate::error::HttpError;
+use crate::state::AppState;
+
+fn is_local_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        // `[::1]:8000`, `127.0.0.1:8000`, `localhost:8000`; a bare IPv6 has several colons.
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Whether a request carrying `origin` may proceed.
+pub fn allowed(origin: &str, host: Option<&str>, extra: &[String]) -> bool {
+    if extra.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    match (authority, host) {
+        (Some(a), Some(h)) => a.eq_ignore_ascii_case(h) && is_local_host(h),
+        _ => false,
+    }
+}
+
+pub fn check(st: &AppState, headers: &HeaderMap) -> Result<(), HttpError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if allowed(origin, host, &st.config.dashboard.allowed_origins) {
+        Ok(())
+    } else {
+        Err(HttpError(ApiError::new(
+            ErrorKind::OriginNotAllowed,
+            format!(
+                "requests from the web page at `{origin}` are not allowed; if it is yours, add it to dashboard.allowed_origins"
+            ),
+        )))
+    }
+}
+
+/// Refuses state-changing requests from foreign pages; reads are protected by the browser's
+/// same-origin policy already (no CORS headers are sent).
+pub async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && let Err(e) = check(&st, req.headers())
+    {
+        return e.into_response();
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_pages_and_listed_origins_only() {
+        let none: Vec<String> = Vec::new();
+        assert!(allowed(
+            "http://127.0.0.1:8000",
+            Some("127.0.0.1:8000"),
+            &none
+        ));
+        assert!(allowed(
+            "http://localhost:8000",
+            Some("localhost:8000"),
+            &none
+        ));
+        assert!(allowed("http://[::1]:8000", Some("[::1]:8000"), &none));
+        assert!(!allowed(
+            "http://evil.example",
+            Some("127.0.0.1:8000"),
+            &none
+        ));
+        // DNS rebinding: the page's name resolves to us, but it is not a local name.
+        assert!(!allowed(
+            "http://evil.example:8000",
+            Some("evil.example:8000"),
+            &none
+        ));
+        assert!(!allowed("null", Some("127.0.0.1:8000"), &none));
+        let extra = vec!["http://localhost:5173".to_owned()];
+        assert!(allowed(
+            "http://localhost:5173",
+            Some("127.0.0.1:8000"),
+            &extra
+        ));
+    }
+}

@@ -1,0 +1,158 @@
+//! `GET /ws`: the live event stream of the dashboard.
+//!
+//! On connect the client gets `init` (the active session, its figures, recent requests, the
+//! session list), then every event of the bus as it happens. Memory per client is bounded by the
+//! bus's shared ring: a client that does not read stalls only its own task (the socket's send
+//! waits); when it reads again and has missed events, it gets `lagged` and a fresh `init`.
+//! The server pings every `dashboard.ping_secs` and drops a client silent for three intervals.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use gatehouse_core::time::now_ms;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::error::HttpError;
+use crate::origin;
+use crate::routes::sessions::{gauge_of, store_error};
+use crate::state::AppState;
+
+pub async fn upgrade(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, HttpError> {
+    origin::check(&st, &headers)?;
+    Ok(ws
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| client(st, socket)))
+}
+
+/// The `init` message: everything the dashboard draws, as of now.
+pub(crate) async fn init_message(st: &AppState) -> Result<String, HttpError> {
+    // Rows still in the writer's queue would be missing from the figures.
+    st.writer.flush().await;
+    let seq = st.bus.stats().published;
+    let sessions = st.store.list_sessions().await.map_err(store_error)?;
+    let active = st.sessions.active();
+    let (stats, gauge, recent) = match &active {
+        Some(s) => {
+            let stats = st.store.session_stats(&s.id).await.map_err(store_error)?;
+            let gauge = gauge_of(st, &s.id, &stats);
+            let recent = st
+                .store
+                .list_requests(&s.id, st.config.dashboard.recent_requests, 0)
+                .await
+                .map_err(store_error)?;
+            (Some(stats), Some(gauge), recent)
+        }
+        None => (None, None, Vec::new()),
+    };
+    let log_watcher = st
+        .log_watch
+        .get()
+        .and_then(|s| s.lock().ok().map(|v| v.clone()));
+    let v = json!({
+        "type": "init",
+        "seq": seq,
+        "at": now_ms(),
+        "server": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "demo": st.demo,
+            "uptime_s": st.started.elapsed().as_secs(),
+        },
+        "active_session": active,
+        "sessions": sessions,
+        "stats": stats,
+        "gauge": gauge,
+        "recent_requests": recent,
+        "log_watcher": log_watcher,
+    });
+    Ok(v.to_string())
+}
+
+enum Step {
+    Continue,
+    Close,
+}
+
+async fn client(st: AppState, mut socket: WebSocket) {
+    st.ws.clients.fetch_add(1, Ordering::Relaxed);
+    st.ws.connected_total.fetch_add(1, Ordering::Relaxed);
+    // Subscribe before building `init`, so nothing published in between is lost; the client
+    // skips events whose `seq` is not above the `init`'s.
+    let mut rx = st.bus.subscribe();
+    let ping_every = Duration::from_secs(st.config.dashboard.ping_secs);
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+
+    if send_init(&st, &mut socket).await.is_ok() {
+        loop {
+            let step = tokio::select! {
+                () = st.shutdown.cancelled() => Step::Close,
+                msg = rx.recv() => match msg {
+                    Ok(env) => send(&st, &mut socket, Message::Text(Utf8Bytes::from(env.json()))).await,
+                    Err(RecvError::Lagged(missed)) => {
+                        st.ws.resyncs.fetch_add(1, Ordering::Relaxed);
+                        let note = json!({ "type": "lagged", "missed": missed, "at": now_ms() });
+                        match send(&st, &mut socket, Message::Text(note.to_string().into())).await {
+                            Step::Continue => match send_init(&st, &mut socket).await {
+                                Ok(()) => Step::Continue,
+                                Err(()) => Step::Close,
+                            },
+                            Step::Close => Step::Close,
+                        }
+                    }
+                    Err(RecvError::Closed) => Step::Close,
+                },
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => Step::Close,
+                    // Pongs, pings (answered by the library) and anything the client says count
+                    // as signs of life; the dashboard sends nothing that needs an answer.
+                    Some(Ok(_)) => {
+                        last_heard = Instant::now();
+                        Step::Continue
+                    }
+                },
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > ping_every * 3 {
+                        Step::Close
+                    } else {
+                        send(&st, &mut socket, Message::Ping(Default::default())).await
+                    }
+                }
+            };
+            if matches!(step, Step::Close) {
+                break;
+            }
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+    st.ws.clients.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Sends one message, giving up when shutdown begins while the client is not reading.
+async fn send(st: &AppState, socket: &mut WebSocket, msg: Message) -> Step {
+    tokio::select! {
+        r = socket.send(msg) => if r.is_ok() { Step::Continue } else { Step::Close },
+        () = st.shutdown.cancelled() => Step::Close,
+    }
+}
+
+async fn send_init(st: &AppState, socket: &mut WebSocket) -> Result<(), ()> {
+    let text = match init_message(st).await {
+        Ok(t) => t,
+        Err(e) => json!({ "type": "error", "message": e.0.message }).to_string(),
+    };
+    match send(st, socket, Message::Text(text.into())).await {
+        Step::Continue => Ok(()),
+        Step::Close => Err(()),
+    }
+}
