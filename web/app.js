@@ -80,7 +80,8 @@ function onMessage(m) {
       for (const s of m.sessions || []) state.sessions.set(s.id, s);
       state.activeId = m.active_session?.id ?? null;
       setView(state.activeId, m.stats, m.gauge, m.recent_requests || []);
-      renderWatcher(m.log_watcher);
+      state.watcher = m.log_watcher || [];
+      renderWatcher();
       break;
     }
     case "new_session":
@@ -198,6 +199,12 @@ function onMetric(m) {
 }
 
 function onLogMetric(m) {
+  const w = (state.watcher || []).find((p) => p.path === m.path);
+  if (w) {
+    w.state = "following";
+    w.metrics += 1;
+    renderWatcher();
+  }
   const g = m.gauge;
   if (g && g.session_id === state.viewId) state.gauge = g;
   state.rows.unshift({
@@ -377,13 +384,14 @@ function renderModels() {
 
 function renderProviders() {
   $("providers").replaceChildren(...state.providers.map((p) => {
-    const status = p.demo ? "demo (simulated)" : !p.served ? "not served yet" : p.key_configured ? (p.key_required ? "key set" : "no key needed") : `set ${p.key_env}`;
+    const status = p.demo ? "demo (simulated)" : !p.served ? "not served yet" : p.has_key ? "key set" : p.key_configured ? "no key needed" : `set ${p.key_env}`;
     const cls = p.key_configured && p.served ? "key-ok" : "key-missing";
     return el("li", {}, el("span", { text: `${p.key} · ${p.models.length} models` }), el("span", { class: cls, text: status }));
   }));
 }
 
-function renderWatcher(paths) {
+function renderWatcher() {
+  const paths = state.watcher;
   const n = $("watcher");
   if (!paths || !paths.length) {
     n.textContent = "Log watcher: off";

@@ -126,15 +126,19 @@ pub struct AlertChange {
     pub previous: Option<AlertLevel>,
 }
 
+/// A figure and the window it was measured against: a figure about another window (the
+/// session switched models) says nothing about this one.
 #[derive(Debug, Clone, Copy)]
 struct Figure {
     tokens: u64,
+    max_context: u64,
     at: Instant,
 }
 
 #[derive(Debug, Default)]
 struct SessionGauge {
     current: Option<(Figure, Source)>,
+    /// The window of the session's latest model, for log figures that do not name one.
     max_context: u64,
     last_proxy: Option<Figure>,
     last_log: Option<Figure>,
@@ -175,11 +179,15 @@ impl Gauges {
     ) -> (GaugeView, Option<AlertChange>) {
         let mut map = self.lock();
         let g = map.entry(session.clone()).or_default();
-        let fig = Figure { tokens, at: now };
-        g.last_proxy = Some(fig);
         if max_context > 0 {
             g.max_context = max_context;
         }
+        let fig = Figure {
+            tokens,
+            max_context: g.max_context,
+            at: now,
+        };
+        g.last_proxy = Some(fig);
         let source = match fresh(g.last_log, now) {
             Some(l) if agree(l.tokens, tokens) => Source::Hybrid,
             _ => Source::Proxy,
@@ -203,7 +211,11 @@ impl Gauges {
         {
             g.max_context = limit;
         }
-        let fig = Figure { tokens, at: now };
+        let fig = Figure {
+            tokens,
+            max_context: g.max_context,
+            at: now,
+        };
         let source = match metric.kind {
             MetricKind::CompileChat => Source::CompileChat,
             MetricKind::ApiError => Source::ApiError,
@@ -240,6 +252,7 @@ fn offer(g: &mut SessionGauge, fig: Figure, source: Source, now: Instant) {
         Some((cur, cur_source)) => {
             source.priority() >= cur_source.priority()
                 || now.saturating_duration_since(cur.at) > MERGE_WINDOW
+                || cur.max_context != fig.max_context
         }
     };
     if replace {
@@ -257,11 +270,11 @@ fn pct(tokens: u64, max: u64) -> f64 {
 
 fn view(session: &SessionId, g: &SessionGauge) -> Option<GaugeView> {
     let (fig, source) = g.current?;
-    let p = pct(fig.tokens, g.max_context);
+    let p = pct(fig.tokens, fig.max_context);
     Some(GaugeView {
         session_id: session.clone(),
         tokens: fig.tokens,
-        max_context: g.max_context,
+        max_context: fig.max_context,
         pct: p,
         band: band(p),
         source,
@@ -379,5 +392,20 @@ mod tests {
         assert_eq!(v.source, Source::CompileChat);
         let (v, _) = g.on_proxy(&sid(), 6100, 8000, t + Duration::from_secs(8));
         assert_eq!((v.source, v.tokens), (Source::Proxy, 6100));
+    }
+
+    #[test]
+    fn a_figure_about_another_window_is_replaced_at_once() {
+        let g = Gauges::new();
+        let t = Instant::now();
+        let mut m = log(MetricKind::CompileChat, 2000);
+        m.context_length = Some(8192);
+        g.on_log(&sid(), &m, t).unwrap();
+        // The session moves to a 20-token model: the 2000-token figure is not about it.
+        let (v, _) = g.on_proxy(&sid(), 19, 20, t + Duration::from_millis(100));
+        assert_eq!(
+            (v.source, v.tokens, v.max_context, v.pct),
+            (Source::Proxy, 19, 20, 95.0)
+        );
     }
 }

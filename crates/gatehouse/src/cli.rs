@@ -1,7 +1,8 @@
-//! Command-line interface: `serve`, `init`, `check`, `version`.
+//! Command-line interface: `serve`, `init`, `check`, `export`, `version`.
 
 mod check;
 mod demo;
+mod export;
 mod init;
 mod serve;
 
@@ -36,6 +37,8 @@ enum Command {
         #[arg(long, short, env = "GATEHOUSE_CONFIG", default_value = "config.toml")]
         config: PathBuf,
     },
+    /// Export recorded requests to CSV or JSON.
+    Export(export::ExportArgs),
     /// Print the version.
     Version,
 }
@@ -46,6 +49,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Init { out, force } => init::run(&out, force),
         Command::Check { config } => check::run(&config),
+        Command::Export(args) => export::run(args),
         Command::Version => {
             println!("gatehouse {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -1,4 +1,8 @@
 //! The binary's commands, run as a user would.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test where they fail"
+)]
 
 use std::process::Command;
 
@@ -99,4 +103,197 @@ fn version_and_refusing_remote_binds() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to listen on 0.0.0.0"));
+}
+
+/// One HTTP/1.1 exchange over a plain socket; the tests need nothing more.
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `serve` in the background on a free port, with `HOME` in `dir`; returns the child and port.
+fn serve(dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let mut child = gatehouse()
+        .args(["serve", "--port", "0", "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .env("HOME", dir)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The log goes to standard output.
+    let log = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(log).lines();
+    let port = loop {
+        let line = strip_ansi(&lines.next().unwrap().unwrap());
+        if line.contains("gatehouse ready") {
+            let at = line.find("listen=127.0.0.1:").unwrap() + "listen=127.0.0.1:".len();
+            let digits: String = line[at..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            break digits.parse().unwrap();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, port)
+}
+
+fn stop(mut child: std::process::Child) {
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "serve did not exit cleanly: {status:?}");
+}
+
+#[test]
+fn demo_mode_serves_simulated_models_and_traffic_then_export_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, port) = serve(dir.path(), &["--demo"]);
+
+    let (status, body) = http(port, "GET", "/api/providers", "");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let demo = v["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == "demo")
+        .unwrap();
+    assert_eq!(demo["demo"], true);
+    let (_, health) = http(port, "GET", "/health", "");
+    assert!(health.contains("\"demo\":true"), "{health}");
+
+    let (status, body) = http(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model":"demo/fast","messages":[{"role":"user","content":"hello demo"}]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        !v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() > 10);
+
+    // The simulated client opens a demo session and talks in it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let demo_session = loop {
+        let (_, body) = http(port, "GET", "/api/sessions", "");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let found = v["sessions"].as_array().unwrap().iter().find(|s| {
+            s["name"].as_str().unwrap_or("").starts_with("Demo 1:")
+                && s["request_count"].as_u64().unwrap_or(0) >= 2
+        });
+        if let Some(s) = found {
+            break s["id"].as_str().unwrap().to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no demo traffic: {v}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    stop(child);
+
+    let csv = dir.path().join("all.csv");
+    let out = gatehouse()
+        .args(["export", "--all", "--format", "csv", "--data-dir"])
+        .arg(dir.path())
+        .arg("--out")
+        .arg(&csv)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("id,session_id,created_at,"));
+    assert!(text.lines().count() >= 4, "{text}");
+    assert!(text.contains("demo/tiny") && text.contains("demo/fast"));
+
+    let out = gatehouse()
+        .args([
+            "export",
+            "--session",
+            &demo_session,
+            "--format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["session"]["id"], demo_session.as_str());
+    let reqs = v["requests"].as_array().unwrap();
+    assert!(reqs.len() >= 2);
+    assert!(reqs.iter().all(|r| r["model_key"] == "demo/tiny"));
+    assert!(reqs.iter().all(|r| r["cost_usd"].as_f64().unwrap() > 0.0));
+
+    let out = gatehouse()
+        .args(["export", "--session", "nope", "--data-dir"])
+        .arg(dir.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }

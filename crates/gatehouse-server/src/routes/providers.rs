@@ -27,6 +27,7 @@ pub async fn list(State(st): State<AppState>) -> Json<Value> {
                 "demo": st.demo && key == "demo",
                 "key_configured": !p.key_missing(),
                 "key_required": p.api_key_env.is_some(),
+                "has_key": p.api_key.is_some(),
                 "key_env": p.api_key_env,
                 "timeouts_s": {
                     "connect": p.timeouts.connect.as_secs_f64(),
