@@ -41,6 +41,11 @@ under5 = [r for r in runs if r["label"].startswith("gatehouse c=") and r["latenc
 if under5:
     best = max(under5, key=lambda r: r["rps"])
     summary["best_rps_p99_under_5ms"] = {"rps": best["rps"], "concurrency": best["concurrency"]}
+w1, w64 = find("gatehouse+dashboard c=1"), find("gatehouse+dashboard c=64")
+if w1 and d1:
+    summary["added_latency_c1_with_dashboard_us"] = {q: us(w1, q=q) - us(d1, q=q) for q in ["p50", "p99"]}
+if w64:
+    summary["gatehouse_rps_c64_with_dashboard"] = w64["rps"]
 ds, gs = find("direct stream c=16"), find("gatehouse stream c=16")
 if ds and gs and ds.get("ttfb_us") and gs.get("ttfb_us"):
     summary["added_ttfb_stream_us"] = {q: us(gs, "ttfb_us", q) - us(ds, "ttfb_us", q) for q in ["p50", "p99"]}

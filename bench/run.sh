@@ -110,6 +110,14 @@ load "direct stream c=16" "$MOCK" direct-stream 16 --stream
 load "gatehouse stream c=16" "$GW" gw-stream 16 --stream
 load "direct streams=$STREAMS" "$MOCK" direct-long "$STREAMS" --stream --requests-per-conn 1 --stall-ms 500
 load "gatehouse streams=$STREAMS" "$GW" gw-long "$STREAMS" --stream --requests-per-conn 1 --stall-ms 500
+# The same loads with a dashboard open: every request then becomes two events on /ws.
+"$BIN/gatehouse-bench" watch --url "ws://127.0.0.1:$GW_PORT/ws" --duration $(( DUR * 2 + 3 )) > "$WORK/watch.json" &
+WATCH_PID=$!
+sleep 0.5
+load "gatehouse+dashboard c=1" "$GW" gw 1
+load "gatehouse+dashboard c=64" "$GW" gw 64
+wait "$WATCH_PID" || true
+cat "$WORK/watch.json"
 PEAK_RSS=$(hwm_kib $GW_PID)
 CPU1=$(cpu_ticks $GW_PID)
 sleep 1

@@ -9,9 +9,12 @@
 //! `tokens` times Gatehouse's token counter on a corpus, cold and incremental.
 //!
 //! `writer` times the accounting writer: request rows through the queue into SQLite.
+//!
+//! `watch` listens on `/ws` like an open dashboard.
 
 mod load;
 mod tokens;
+mod watch;
 mod writer;
 
 use std::process::ExitCode;
@@ -22,11 +25,13 @@ fn main() -> ExitCode {
         Some("load") => load::main(&args[1..]),
         Some("tokens") => tokens::main(&args[1..]),
         Some("writer") => writer::main(&args[1..]),
+        Some("watch") => watch::main(&args[1..]),
         _ => Err(
             "usage: gatehouse-bench load --url URL --body FILE [--concurrency N] [--duration S] \
              [--stream] [--requests-per-conn K] [--stall-ms MS] [--auth TOKEN] [--label L]\n       \
              gatehouse-bench tokens --corpus DIR [--rounds N]\n       \
-             gatehouse-bench writer [--rows N]"
+             gatehouse-bench writer [--rows N]\n       \
+             gatehouse-bench watch --url ws://HOST:PORT/ws [--duration S]"
                 .to_owned(),
         ),
     };

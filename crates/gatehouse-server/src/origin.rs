@@ -6,10 +6,9 @@
 //! as the gateway's own only when its origin matches the `Host` header *and* that host is
 //! `localhost` or an IP literal: a DNS-rebinding name pointed at 127.0.0.1 is not.
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use gatehouse_core::{ApiError, ErrorKind};
 
 use crate::error::HttpError;
@@ -57,15 +56,19 @@ pub fn check(st: &AppState, headers: &HeaderMap) -> Result<(), HttpError> {
     }
 }
 
-/// Refuses state-changing requests from foreign pages; reads are protected by the browser's
-/// same-origin policy already (no CORS headers are sent).
-pub async fn guard(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
-        && let Err(e) = check(&st, req.headers())
-    {
-        return e.into_response();
+/// Taken by every state-changing handler: refuses requests from foreign pages. Reads need no
+/// guard: the browser's same-origin policy keeps their answers from foreign pages (no CORS
+/// headers are sent). An extractor rather than a middleware layer, so the proxy path pays one
+/// header lookup and no boxed future.
+#[derive(Debug, Clone, Copy)]
+pub struct SameOrigin;
+
+impl FromRequestParts<AppState> for SameOrigin {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, HttpError> {
+        check(st, &parts.headers).map(|()| Self)
     }
-    next.run(req).await
 }
 
 #[cfg(test)]

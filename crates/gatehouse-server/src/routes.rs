@@ -12,7 +12,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 use crate::state::AppState;
-use crate::{dashboard, error, origin, ws};
+use crate::{dashboard, error, ws};
 
 pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes;
@@ -48,9 +48,5 @@ pub fn router(state: AppState) -> Router {
     app.fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            origin::guard,
-        ))
         .with_state(state)
 }

@@ -13,9 +13,10 @@ use axum::extract::State;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use futures_util::SinkExt;
 use gatehouse_core::time::now_ms;
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::error::HttpError;
@@ -98,18 +99,12 @@ async fn client(st: AppState, mut socket: WebSocket) {
             let step = tokio::select! {
                 () = st.shutdown.cancelled() => Step::Close,
                 msg = rx.recv() => match msg {
-                    Ok(env) => send(&st, &mut socket, Message::Text(Utf8Bytes::from(env.json()))).await,
-                    Err(RecvError::Lagged(missed)) => {
-                        st.ws.resyncs.fetch_add(1, Ordering::Relaxed);
-                        let note = json!({ "type": "lagged", "missed": missed, "at": now_ms() });
-                        match send(&st, &mut socket, Message::Text(note.to_string().into())).await {
-                            Step::Continue => match send_init(&st, &mut socket).await {
-                                Ok(()) => Step::Continue,
-                                Err(()) => Step::Close,
-                            },
-                            Step::Close => Step::Close,
-                        }
-                    }
+                    Ok(env) => match forward(&st, &mut socket, &mut rx, &env).await {
+                        Forwarded::Done => Step::Continue,
+                        Forwarded::Lagged(missed) => resync(&st, &mut socket, missed).await,
+                        Forwarded::Closed => Step::Close,
+                    },
+                    Err(RecvError::Lagged(missed)) => resync(&st, &mut socket, missed).await,
                     Err(RecvError::Closed) => Step::Close,
                 },
                 incoming = socket.recv() => match incoming {
@@ -136,6 +131,68 @@ async fn client(st: AppState, mut socket: WebSocket) {
     }
     let _ = socket.send(Message::Close(None)).await;
     st.ws.clients.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Most events written before one flush.
+const BATCH: usize = 64;
+
+enum Forwarded {
+    Done,
+    /// Sent what was there, then found that events were lost to the ring.
+    Lagged(u64),
+    Closed,
+}
+
+/// Tells the client it missed events, then sends a fresh `init`.
+async fn resync(st: &AppState, socket: &mut WebSocket, missed: u64) -> Step {
+    st.ws.resyncs.fetch_add(1, Ordering::Relaxed);
+    let note = json!({ "type": "lagged", "missed": missed, "at": now_ms() });
+    match send(st, socket, Message::Text(note.to_string().into())).await {
+        Step::Continue => match send_init(st, socket).await {
+            Ok(()) => Step::Continue,
+            Err(()) => Step::Close,
+        },
+        Step::Close => Step::Close,
+    }
+}
+
+/// Sends `first` and whatever else is already waiting (up to [`BATCH`]) with one flush, so a
+/// busy gateway writes many events per system call instead of one.
+async fn forward(
+    st: &AppState,
+    socket: &mut WebSocket,
+    rx: &mut gatehouse_services::events::Subscription,
+    first: &gatehouse_services::events::Envelope,
+) -> Forwarded {
+    let write = async {
+        socket
+            .feed(Message::Text(Utf8Bytes::from(first.json())))
+            .await?;
+        let mut lagged = None;
+        for _ in 1..BATCH {
+            match rx.try_recv() {
+                Ok(env) => {
+                    socket
+                        .feed(Message::Text(Utf8Bytes::from(env.json())))
+                        .await?;
+                }
+                Err(TryRecvError::Lagged(missed)) => {
+                    lagged = Some(missed);
+                    break;
+                }
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        socket.flush().await.map(|()| lagged)
+    };
+    tokio::select! {
+        r = write => match r {
+            Ok(None) => Forwarded::Done,
+            Ok(Some(missed)) => Forwarded::Lagged(missed),
+            Err(_) => Forwarded::Closed,
+        },
+        () = st.shutdown.cancelled() => Forwarded::Closed,
+    }
 }
 
 /// Sends one message, giving up when shutdown begins while the client is not reading.

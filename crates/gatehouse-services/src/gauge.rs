@@ -135,8 +135,9 @@ struct Figure {
     at: Instant,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SessionGauge {
+    touched: Instant,
     current: Option<(Figure, Source)>,
     /// The window of the session's latest model, for log figures that do not name one.
     max_context: u64,
@@ -145,10 +146,43 @@ struct SessionGauge {
     level: Option<AlertLevel>,
 }
 
-/// Gauges of every session seen since start.
+/// Sessions kept before idle ones are forgotten (their gauge then comes from the database).
+const MAX_SESSIONS: usize = 4096;
+/// What "idle" means when the map is full.
+const IDLE: Duration = Duration::from_secs(600);
+
+/// Gauges of the sessions seen recently.
 #[derive(Debug, Default)]
 pub struct Gauges {
     sessions: Mutex<HashMap<SessionId, SessionGauge>>,
+}
+
+/// The gauge of `session`, created if needed. Looks up before inserting, so the common case
+/// (a known session) does not allocate a key.
+fn slot<'a>(
+    map: &'a mut HashMap<SessionId, SessionGauge>,
+    session: &SessionId,
+    now: Instant,
+) -> Option<&'a mut SessionGauge> {
+    if !map.contains_key(session) {
+        if map.len() >= MAX_SESSIONS {
+            map.retain(|_, g| now.saturating_duration_since(g.touched) < IDLE);
+        }
+        map.insert(
+            session.clone(),
+            SessionGauge {
+                touched: now,
+                current: None,
+                max_context: 0,
+                last_proxy: None,
+                last_log: None,
+                level: None,
+            },
+        );
+    }
+    let g = map.get_mut(session)?;
+    g.touched = now;
+    Some(g)
 }
 
 fn agree(a: u64, b: u64) -> bool {
@@ -178,7 +212,9 @@ impl Gauges {
         now: Instant,
     ) -> (GaugeView, Option<AlertChange>) {
         let mut map = self.lock();
-        let g = map.entry(session.clone()).or_default();
+        let Some(g) = slot(&mut map, session, now) else {
+            return (GaugeView::from_stored(session, tokens, max_context), None);
+        };
         if max_context > 0 {
             g.max_context = max_context;
         }
@@ -205,7 +241,7 @@ impl Gauges {
     ) -> Option<(GaugeView, Option<AlertChange>)> {
         let tokens = metric.context_tokens()?;
         let mut map = self.lock();
-        let g = map.entry(session.clone()).or_default();
+        let g = slot(&mut map, session, now)?;
         if let Some(limit) = metric.context_length.or(metric.limit)
             && limit > 0
         {

@@ -25,6 +25,7 @@ use gatehouse_proxy::{CompletionSummary, HOP_HEADER, Outcome, Route, StreamTap};
 use gatehouse_services::events::{Event, emit};
 
 use crate::error::{body_rejection, error_response, json_bytes_response};
+use crate::origin::SameOrigin;
 use crate::state::{AppState, InFlight};
 use crate::stream;
 
@@ -39,6 +40,7 @@ pub const SESSION_HEADER: &str = "x-gatehouse-session";
 pub const OVERHEAD_HEADER: &str = "x-gatehouse-overhead-us";
 
 pub async fn completions(
+    _: SameOrigin,
     State(st): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,

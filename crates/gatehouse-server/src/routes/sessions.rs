@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::HttpError;
+use crate::origin::SameOrigin;
 use crate::state::AppState;
 
 type ApiResult<T> = Result<T, HttpError>;
@@ -83,7 +84,7 @@ pub struct CreateBody {
     model: Option<String>,
 }
 
-pub async fn create(State(st): State<AppState>, body: Bytes) -> ApiResult<Response> {
+pub async fn create(_: SameOrigin, State(st): State<AppState>, body: Bytes) -> ApiResult<Response> {
     // An empty body is allowed: it opens an unnamed session with no model yet.
     let body: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
         CreateBody {
@@ -162,6 +163,7 @@ pub async fn get(
 }
 
 pub async fn activate(
+    _: SameOrigin,
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
@@ -178,6 +180,7 @@ pub struct RenameBody {
 }
 
 pub async fn rename(
+    _: SameOrigin,
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<RenameBody>, JsonRejection>,
@@ -193,6 +196,7 @@ pub async fn rename(
 }
 
 pub async fn delete(
+    _: SameOrigin,
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {

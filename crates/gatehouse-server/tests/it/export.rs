@@ -170,6 +170,7 @@ fn rss_bytes() -> u64 {
 
 #[tokio::test]
 async fn a_100k_row_session_streams_in_bounded_memory() {
+    let _alone = crate::support::MEMORY_MEASURED.lock().await;
     let app = TestApp::spawn().await;
     let created: Value = app
         .http

@@ -221,6 +221,7 @@ fn rss_bytes() -> u64 {
 
 #[tokio::test]
 async fn a_client_that_never_reads_is_bounded_then_resynchronised() {
+    let _alone = crate::support::MEMORY_MEASURED.lock().await;
     let app = TestApp::spawn_with(Options {
         event_buffer: Some(64),
         ..Options::default()

@@ -12,6 +12,10 @@ use tokio::task::JoinHandle;
 
 pub const UPSTREAM_KEY: &str = "sk-mock-upstream-secret";
 
+/// Tests that measure this process's memory hold it, so two of them never overlap (tests run in
+/// parallel threads of one process).
+pub static MEMORY_MEASURED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub mock: Mock,
