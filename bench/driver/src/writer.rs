@@ -16,15 +16,33 @@ pub fn main(args: &[String]) -> Result<(), String> {
         .unwrap_or("200000")
         .parse()
         .map_err(|_| "bad --rows")?;
-    let dir = std::env::temp_dir().join(format!("gatehouse-writer-bench-{}", std::process::id()));
+    // `--keep DIR` leaves the database at DIR/gatehouse.db (session `bench`), e.g. to time exports.
+    let keep = flag(args, "--keep").map(std::path::PathBuf::from);
+    let dir = keep.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("gatehouse-writer-bench-{}", std::process::id()))
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     let result = runtime.block_on(async {
-        let store = Arc::new(SqliteStore::open(&dir.join("g.db")).await.map_err(|e| e.to_string())?);
+        let store = Arc::new(
+            SqliteStore::open(&dir.join("gatehouse.db"))
+                .await
+                .map_err(|e| e.to_string())?,
+        );
         let (writer, task) = Writer::spawn(store.clone(), 65_536, 512, Duration::from_millis(20));
         let session = SessionId::new("bench");
+        store
+            .apply(&[WriteOp::CreateSession(gatehouse_core::record::Session {
+                id: session.clone(),
+                name: "writer bench".into(),
+                model_key: None,
+                provider: None,
+                created_at: 0,
+            })])
+            .await
+            .map_err(|e| e.to_string())?;
         let t = Instant::now();
         for i in 0..rows {
             writer.record(WriteOp::InsertRequest(Box::new(row(&session, i)))).await;
@@ -35,7 +53,9 @@ pub fn main(args: &[String]) -> Result<(), String> {
         let stored = store.count_requests(&session).await.map_err(|e| e.to_string())?;
         Ok::<_, String>(json!({"rows": rows, "stored": stored, "seconds": secs, "rows_per_s": rows as f64 / secs}))
     });
-    let _ = std::fs::remove_dir_all(&dir);
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     println!("{}", result?);
     Ok(())
 }
