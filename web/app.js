@@ -375,7 +375,7 @@ function renderModels() {
   select.replaceChildren(el("option", { value: "", text: "Any model" }));
   for (const [provider, models] of [...groups].sort()) {
     const p = keyed.get(provider);
-    const label = `${provider}${p?.demo ? " (demo)" : ""}${p && !p.key_configured ? " (no key)" : ""}`;
+    const label = `${provider}${p?.demo ? " (simulated demo)" : ""}${p && !p.key_configured ? " (no key)" : ""}`;
     const g = el("optgroup", { label });
     for (const m of models) g.append(el("option", { value: m.key, text: `${m.key} · ${compact(m.max_context_size)}` }));
     select.append(g);
