@@ -11,7 +11,8 @@ use toml::{Table, Value};
 
 use crate::schema::{
     Config, DashboardConfig, LogWatcherConfig, ModelConfig, ModelRaw, ProviderConfig, ProviderRaw,
-    ProxyConfig, ProxyRaw, ServerConfig, SessionsConfig, StorageConfig, TimeoutOverrides, Timeouts,
+    ProxyConfig, ProxyRaw, RedactionConfig, ServerConfig, SessionsConfig, StorageConfig,
+    TimeoutOverrides, Timeouts,
 };
 use crate::secret::Secret;
 
@@ -24,6 +25,7 @@ const SECTIONS: &[&str] = &[
     "sessions",
     "dashboard",
     "log_watcher",
+    "redaction",
     "proxy",
     "providers",
     "models",
@@ -207,6 +209,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
     let sessions: Option<SessionsConfig> = section(&root, "sessions", &mut issues);
     let dashboard: Option<DashboardConfig> = section(&root, "dashboard", &mut issues);
     let log_watcher: Option<LogWatcherConfig> = section(&root, "log_watcher", &mut issues);
+    let redaction: Option<RedactionConfig> = section(&root, "redaction", &mut issues);
     let proxy: Option<ProxyRaw> = section(&root, "proxy", &mut issues);
 
     let mut providers_raw = BTreeMap::new();
@@ -438,13 +441,22 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
     }
 
     issues.sort_by(|a, b| (a.line, &a.path).cmp(&(b.line, &b.path)));
-    match (server, storage, sessions, dashboard, log_watcher, proxy) {
+    match (
+        server,
+        storage,
+        sessions,
+        dashboard,
+        log_watcher,
+        redaction,
+        proxy,
+    ) {
         (
             Some(server),
             Some(storage),
             Some(sessions),
             Some(dashboard),
             Some(log_watcher),
+            Some(redaction),
             Some(proxy),
         ) if issues.is_empty() => Ok(Config {
             server,
@@ -452,6 +464,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             sessions,
             dashboard,
             log_watcher,
+            redaction,
             proxy: ProxyConfig {
                 retries: proxy.retries,
                 retry_backoff: Duration::from_millis(proxy.retry_backoff_ms),

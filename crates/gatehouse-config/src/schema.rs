@@ -17,6 +17,7 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub dashboard: DashboardConfig,
     pub log_watcher: LogWatcherConfig,
+    pub redaction: RedactionConfig,
     pub proxy: ProxyConfig,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: BTreeMap<String, ModelConfig>,
@@ -58,6 +59,30 @@ pub struct DashboardConfig {
     pub event_buffer: usize,
     pub ping_secs: u64,
     pub recent_requests: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedactionMode {
+    Off,
+    Redact,
+    Block,
+}
+
+impl RedactionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Redact => "redact",
+            Self::Block => "block",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactionConfig {
+    pub mode: RedactionMode,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -25,6 +25,8 @@ pub enum ErrorKind {
     ModelNotFound,
     /// A resource of the management API does not exist.
     NotFound,
+    /// The request holds a secret and `redaction.mode` is `block`.
+    SecretDetected,
     /// A browser page from another origin tried to use the dashboard's API or event stream.
     OriginNotAllowed,
     /// The request body is larger than `server.max_body_bytes`.
@@ -60,6 +62,7 @@ impl ErrorKind {
             Self::ModelNotFound => "model_not_found",
             Self::NotFound => "not_found",
             Self::OriginNotAllowed => "origin_not_allowed",
+            Self::SecretDetected => "secret_detected",
             Self::BodyTooLarge => "request_too_large",
             Self::ContextLengthExceeded => "context_length_exceeded",
             Self::ProviderKeyMissing => "provider_key_missing",
@@ -83,6 +86,7 @@ impl ErrorKind {
             | Self::NotFound
             | Self::BodyTooLarge
             | Self::ContextLengthExceeded
+            | Self::SecretDetected
             | Self::LoopDetected => "invalid_request_error",
             Self::ProviderKeyMissing => "authentication_error",
             Self::OriginNotAllowed => "permission_error",
@@ -99,7 +103,7 @@ impl ErrorKind {
     /// The HTTP status used unless an upstream status is being passed through.
     pub fn status(self) -> u16 {
         match self {
-            Self::InvalidJson | Self::InvalidRequest => 400,
+            Self::InvalidJson | Self::InvalidRequest | Self::SecretDetected => 400,
             // 401 rather than 5xx: SDKs do not retry it, and the message says what to set.
             Self::ProviderKeyMissing => 401,
             Self::OriginNotAllowed => 403,
@@ -123,6 +127,7 @@ impl ErrorKind {
             | Self::BodyTooLarge
             | Self::ContextLengthExceeded
             | Self::OriginNotAllowed
+            | Self::SecretDetected
             | Self::LoopDetected => Fault::Client,
             Self::UpstreamUnreachable
             | Self::UpstreamTimeout

@@ -27,6 +27,8 @@ pub enum ServeError {
     Client(#[from] reqwest::Error),
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the secret-redaction rules do not compile (a bug; please report it)")]
+    RedactionRules,
 }
 
 /// Serves on `listener` until `shutdown` resolves, then stops accepting, lets in-flight requests
@@ -81,6 +83,7 @@ pub async fn run_with(
         router: Router::new(&config, Some(listen)),
         upstream: Upstream::new(&config, &instance_id)?,
         counter: TokenCounter::new(config.proxy.token_cache_entries),
+        redactor: gatehouse_context::Redactor::shared().ok_or(ServeError::RedactionRules)?,
         listen,
         sessions,
         store,

@@ -26,6 +26,7 @@ pub struct Inner {
     pub router: Router,
     pub upstream: Upstream,
     pub counter: TokenCounter,
+    pub redactor: &'static gatehouse_context::Redactor,
     pub sessions: Sessions,
     pub store: Arc<dyn Store>,
     pub writer: WriterHandle,

@@ -80,6 +80,13 @@ pub enum Event {
         max_context: u64,
         message: String,
     },
+    /// Secrets were replaced by placeholders before the request left (kinds and counts only).
+    Redaction {
+        request_id: String,
+        session_id: SessionId,
+        model: String,
+        found: Vec<RedactedKind>,
+    },
     /// A figure read from a client's log file, and the gauge after merging it.
     LogMetric {
         path: String,
@@ -101,8 +108,16 @@ impl Event {
             Self::SessionDeleted { .. } => "session_deleted",
             Self::Alert { .. } => "alert",
             Self::LogMetric { .. } => "log_metric",
+            Self::Redaction { .. } => "redaction",
         }
     }
+}
+
+/// How many secrets of one kind a request held.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedactedKind {
+    pub kind: &'static str,
+    pub count: u32,
 }
 
 /// An event as delivered: numbered, timed, serialised at most once however many listen.

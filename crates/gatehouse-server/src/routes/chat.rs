@@ -28,6 +28,8 @@ use crate::error::{body_rejection, error_response, json_bytes_response};
 use crate::origin::SameOrigin;
 use crate::state::{AppState, InFlight};
 use crate::stream;
+use gatehouse_config::RedactionMode;
+use gatehouse_context::{Redactor, SecretKind};
 
 /// Bodies above this are parsed and counted on the blocking pool, so a huge prompt never stalls
 /// the async workers that serve everyone else.
@@ -79,9 +81,59 @@ struct Prepared {
     prompt_tokens: u64,
     session_name: Option<String>,
     preview: String,
+    /// Secrets replaced by placeholders, by kind.
+    redacted: Vec<(SecretKind, u32)>,
+}
+
+/// The body to forward: the client's, or a copy with its secrets replaced (redaction.mode).
+fn redact(st: &AppState, body: &Bytes) -> Result<(Bytes, Vec<(SecretKind, u32)>), ApiError> {
+    let mode = st.config.redaction.mode;
+    if mode == RedactionMode::Off {
+        return Ok((body.clone(), Vec::new()));
+    }
+    let findings = st.redactor.scan(body);
+    let Some(first) = findings.first() else {
+        return Ok((body.clone(), Vec::new()));
+    };
+    if mode == RedactionMode::Block {
+        let (param, at) = locate(body, first.range.start);
+        return Err(ApiError::new(
+            ErrorKind::SecretDetected,
+            format!(
+                "the request contains {} ({}) at byte {at} of {param}; remove it, or set redaction.mode = \"redact\" to send a placeholder instead",
+                first.kind.describe(),
+                first.kind.as_str(),
+            ),
+        )
+        .with_param(param));
+    }
+    let mut counts: Vec<(SecretKind, u32)> = Vec::new();
+    for f in &findings {
+        match counts.iter_mut().find(|(k, _)| *k == f.kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((f.kind, 1)),
+        }
+    }
+    Ok((Redactor::redact(body, &findings), counts))
+}
+
+/// Which message holds byte `offset` of the body, and the offset inside it.
+fn locate(body: &Bytes, offset: usize) -> (String, usize) {
+    let base = body.as_ptr() as usize;
+    if let Ok(view) = ChatRequestView::parse(body) {
+        for (i, m) in view.messages.iter().enumerate() {
+            let start = m.raw.get().as_ptr() as usize - base;
+            if (start..start + m.raw.get().len()).contains(&offset) {
+                return (format!("messages[{i}]"), offset - start);
+            }
+        }
+    }
+    ("the request body".to_owned(), offset)
 }
 
 fn prepare(st: &AppState, body: &Bytes) -> Result<Prepared, ApiError> {
+    let (body, redacted) = redact(st, body)?;
+    let body = &body;
     let view = ChatRequestView::parse(body).map_err(|e| match e {
         RequestParseError::Syntax(m) => ApiError::new(ErrorKind::InvalidJson, m),
         RequestParseError::Field { param, message } => {
@@ -115,6 +167,7 @@ fn prepare(st: &AppState, body: &Bytes) -> Result<Prepared, ApiError> {
         session_name: view.first_user_preview(SESSION_NAME_CHARS),
         preview: view.last_user_preview(PREVIEW_CHARS).unwrap_or_default(),
         route,
+        redacted,
     })
 }
 
@@ -191,6 +244,23 @@ async fn handle(
         prompt_tokens_est: p.prompt_tokens,
         preview: p.preview,
     };
+    if !p.redacted.is_empty() {
+        // Kinds and counts only: a secret never reaches a log line or an event.
+        tracing::info!(request_id = %request_id, redacted = ?p.redacted, "secrets replaced by placeholders before forwarding");
+        emit(&*st.bus, || Event::Redaction {
+            request_id: request_id.as_str().to_owned(),
+            session_id: session.id.clone(),
+            model: p.route.model_key.clone(),
+            found: p
+                .redacted
+                .iter()
+                .map(|(k, n)| gatehouse_services::events::RedactedKind {
+                    kind: k.as_str(),
+                    count: *n,
+                })
+                .collect(),
+        });
+    }
     emit(&*st.bus, || Event::RequestStarted {
         request_id: request_id.as_str().to_owned(),
         session_id: session.id.clone(),

@@ -11,6 +11,7 @@ mod errors;
 mod export;
 mod live;
 mod proxy;
+mod redaction;
 mod sessions;
 mod shutdown;
 mod surface;

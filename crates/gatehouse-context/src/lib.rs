@@ -1,0 +1,8 @@
+//! The features layer (DESIGN.md §7): what the gateway changes in a prompt before it leaves
+//! the machine. Today: secret redaction. Masking, compaction and memory join here.
+//!
+//! Depends on core only; nothing here does I/O.
+
+pub mod redact;
+
+pub use redact::{Finding, Redactor, SecretKind};
