@@ -15,7 +15,7 @@ mod secret;
 pub use load::{CATALOGUE_TOML, ConfigError, Env, Issue, Overrides, check_file, load};
 pub use schema::{
     Config, DashboardConfig, LogWatcherConfig, ModelConfig, ProviderConfig, ProviderType,
-    ProxyConfig, RedactionConfig, RedactionMode, ServerConfig, SessionsConfig, StorageConfig,
-    Timeouts,
+    ProxyConfig, RedactionConfig, RedactionMode, SanitizerConfig, ServerConfig, SessionsConfig,
+    StorageConfig, Timeouts,
 };
 pub use secret::Secret;

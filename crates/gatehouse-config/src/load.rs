@@ -11,8 +11,8 @@ use toml::{Table, Value};
 
 use crate::schema::{
     Config, DashboardConfig, LogWatcherConfig, ModelConfig, ModelRaw, ProviderConfig, ProviderRaw,
-    ProxyConfig, ProxyRaw, RedactionConfig, ServerConfig, SessionsConfig, StorageConfig,
-    TimeoutOverrides, Timeouts,
+    ProxyConfig, ProxyRaw, RedactionConfig, SanitizerConfig, ServerConfig, SessionsConfig,
+    StorageConfig, TimeoutOverrides, Timeouts,
 };
 use crate::secret::Secret;
 
@@ -26,6 +26,7 @@ const SECTIONS: &[&str] = &[
     "dashboard",
     "log_watcher",
     "redaction",
+    "sanitizer",
     "proxy",
     "providers",
     "models",
@@ -210,6 +211,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
     let dashboard: Option<DashboardConfig> = section(&root, "dashboard", &mut issues);
     let log_watcher: Option<LogWatcherConfig> = section(&root, "log_watcher", &mut issues);
     let redaction: Option<RedactionConfig> = section(&root, "redaction", &mut issues);
+    let sanitizer: Option<SanitizerConfig> = section(&root, "sanitizer", &mut issues);
     let proxy: Option<ProxyRaw> = section(&root, "proxy", &mut issues);
 
     let mut providers_raw = BTreeMap::new();
@@ -448,6 +450,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
         dashboard,
         log_watcher,
         redaction,
+        sanitizer,
         proxy,
     ) {
         (
@@ -457,6 +460,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             Some(dashboard),
             Some(log_watcher),
             Some(redaction),
+            Some(sanitizer),
             Some(proxy),
         ) if issues.is_empty() => Ok(Config {
             server,
@@ -465,6 +469,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             dashboard,
             log_watcher,
             redaction,
+            sanitizer,
             proxy: ProxyConfig {
                 retries: proxy.retries,
                 retry_backoff: Duration::from_millis(proxy.retry_backoff_ms),

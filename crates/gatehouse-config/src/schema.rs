@@ -18,6 +18,7 @@ pub struct Config {
     pub dashboard: DashboardConfig,
     pub log_watcher: LogWatcherConfig,
     pub redaction: RedactionConfig,
+    pub sanitizer: SanitizerConfig,
     pub proxy: ProxyConfig,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: BTreeMap<String, ModelConfig>,
@@ -77,6 +78,14 @@ impl RedactionMode {
             Self::Block => "block",
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SanitizerConfig {
+    pub enabled: bool,
+    pub threshold_tokens: u64,
+    pub preview_length: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -4,5 +4,6 @@
 //! Depends on core only; nothing here does I/O.
 
 pub mod redact;
+pub mod sanitize;
 
 pub use redact::{Finding, Redactor, SecretKind};

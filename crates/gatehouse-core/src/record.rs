@@ -113,6 +113,25 @@ pub struct SessionStats {
     pub cost_usd: Option<f64>,
 }
 
+/// A message the sanitizer replaced, kept so its original can be read back by reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaskedContent {
+    /// 16 hex characters of the SHA-256 of the original text.
+    pub hash: String,
+    pub role: String,
+    /// Why it was masked: `tool`, `file`, `codebase`, `console`, `json`.
+    pub tags: Vec<String>,
+    /// Tokens of the original message.
+    pub tokens: u64,
+    /// Tokens saved on every request that carries it.
+    pub tokens_saved: u64,
+    /// The original text, absent in listings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// Epoch milliseconds.
+    pub created_at: i64,
+}
+
 /// Truncates to at most `max` characters on a char boundary, collapsing whitespace runs.
 pub fn preview(text: &str, max: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max * 2));

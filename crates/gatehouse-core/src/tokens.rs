@@ -132,6 +132,17 @@ impl TokenCounter {
         }
     }
 
+    /// Tokens of one message (role, name, content, and the per-message overhead), cached.
+    pub fn count_message(&self, enc: Encoding, m: &MessageView<'_>) -> u64 {
+        let key = message_key(enc, m);
+        if let Some(n) = self.cache.get(&key) {
+            return n;
+        }
+        let (n, _) = count_message(enc, m);
+        self.cache.insert(key, n);
+        n
+    }
+
     /// Counts a whole chat prompt: messages, tool definitions and the reply primer.
     pub fn count_prompt(&self, enc: Encoding, req: &ChatRequestView<'_>) -> PromptCount {
         let mut out = PromptCount {

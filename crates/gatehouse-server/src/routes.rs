@@ -3,6 +3,7 @@
 pub(crate) mod chat;
 mod export;
 mod health;
+mod mask;
 mod models;
 mod providers;
 pub(crate) mod sessions;
@@ -38,7 +39,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sessions/{id}/activate", post(sessions::activate))
         .route("/api/sessions/{id}/requests", get(sessions::requests))
         .route("/api/export/csv", get(export::csv))
-        .route("/api/export/json", get(export::json));
+        .route("/api/export/json", get(export::json))
+        .route("/api/mask", get(mask::list))
+        .route("/api/mask/{reference}", get(mask::get))
+        .route("/api/sanitizer/stats", get(mask::stats))
+        .route("/api/sanitizer/toggle", post(mask::toggle));
     if state.config.dashboard.enabled {
         app = app
             .route("/", get(dashboard::index))

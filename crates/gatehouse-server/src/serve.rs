@@ -31,6 +31,9 @@ pub enum ServeError {
     RedactionRules,
 }
 
+/// The settings key of the sanitizer's switch.
+pub(crate) const SANITIZER_KEY: &str = "sanitizer_enabled";
+
 /// Serves on `listener` until `shutdown` resolves, then stops accepting, lets in-flight requests
 /// finish for up to `server.shutdown_grace_secs`, and drains the accounting queue.
 ///
@@ -78,12 +81,19 @@ pub async fn run_with(
     )
     .await?;
     let stop = CancellationToken::new();
+    // The dashboard's toggle outlives restarts; the file's value applies until it is used.
+    let sanitizer_on = match store.get_setting(SANITIZER_KEY).await?.as_deref() {
+        Some("true") => true,
+        Some("false") => false,
+        _ => config.sanitizer.enabled,
+    };
     let instance_id = uuid::Uuid::now_v7().to_string();
     let state = AppState(Arc::new(Inner {
         router: Router::new(&config, Some(listen)),
         upstream: Upstream::new(&config, &instance_id)?,
         counter: TokenCounter::new(config.proxy.token_cache_entries),
         redactor: gatehouse_context::Redactor::shared().ok_or(ServeError::RedactionRules)?,
+        sanitizer: crate::state::SanitizerState::new(sanitizer_on),
         listen,
         sessions,
         store,

@@ -27,6 +27,7 @@ pub struct Inner {
     pub upstream: Upstream,
     pub counter: TokenCounter,
     pub redactor: &'static gatehouse_context::Redactor,
+    pub sanitizer: SanitizerState,
     pub sessions: Sessions,
     pub store: Arc<dyn Store>,
     pub writer: WriterHandle,
@@ -44,6 +45,29 @@ pub struct Inner {
     pub in_flight: AtomicU64,
     /// Set when shutdown begins: readiness turns false so load balancers stop sending.
     pub shutting_down: AtomicBool,
+}
+
+/// The sanitizer's live switch and figures since start.
+#[derive(Debug)]
+pub struct SanitizerState {
+    pub enabled: AtomicBool,
+    /// Masked messages across requests (a message masked on five turns counts five times).
+    pub masked: AtomicU64,
+    pub tokens_saved: AtomicU64,
+    /// References already handed to the writer, so a long conversation stores its originals
+    /// once, not once per turn.
+    pub stored: quick_cache::sync::Cache<String, ()>,
+}
+
+impl SanitizerState {
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled: AtomicBool::new(enabled),
+            masked: AtomicU64::new(0),
+            tokens_saved: AtomicU64::new(0),
+            stored: quick_cache::sync::Cache::new(100_000),
+        }
+    }
 }
 
 /// WebSocket figures for `/health`.

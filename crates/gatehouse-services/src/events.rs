@@ -80,6 +80,15 @@ pub enum Event {
         max_context: u64,
         message: String,
     },
+    /// Large messages were replaced by stand-ins (the sanitizer); originals are at
+    /// `/api/mask/{reference}`.
+    SanitizerEvent {
+        request_id: String,
+        session_id: SessionId,
+        model: String,
+        masked: Vec<MaskedSummary>,
+        tokens_saved: u64,
+    },
     /// Secrets were replaced by placeholders before the request left (kinds and counts only).
     Redaction {
         request_id: String,
@@ -109,8 +118,19 @@ impl Event {
             Self::Alert { .. } => "alert",
             Self::LogMetric { .. } => "log_metric",
             Self::Redaction { .. } => "redaction",
+            Self::SanitizerEvent { .. } => "sanitizer_event",
         }
     }
+}
+
+/// One message the sanitizer masked.
+#[derive(Debug, Clone, Serialize)]
+pub struct MaskedSummary {
+    pub reference: String,
+    pub role: String,
+    pub tags: Vec<&'static str>,
+    pub tokens: u64,
+    pub tokens_saved: u64,
 }
 
 /// How many secrets of one kind a request held.

@@ -10,7 +10,7 @@ pub mod writer;
 
 use futures_util::future::BoxFuture;
 use gatehouse_core::SessionId;
-use gatehouse_core::record::{RequestRecord, Session, SessionStats};
+use gatehouse_core::record::{MaskedContent, RequestRecord, Session, SessionStats};
 use serde::Serialize;
 
 pub use sqlite::SqliteStore;
@@ -48,6 +48,20 @@ pub enum WriteOp {
     DeleteSession(SessionId),
     SetActiveSession(Option<SessionId>),
     InsertRequest(Box<RequestRecord>),
+    /// The original of a masked message; kept once per reference.
+    StoreMasked(Box<MaskedContent>),
+    SetSetting {
+        key: String,
+        value: String,
+    },
+}
+
+/// Totals of the masked originals kept.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct MaskedTotals {
+    pub count: u64,
+    pub tokens: u64,
+    pub tokens_saved_per_request: u64,
 }
 
 /// A session with its headline figures, for listings.
@@ -93,6 +107,17 @@ pub trait Store: Send + Sync + 'static {
         tx: tokio::sync::mpsc::Sender<StoreResult<RequestRecord>>,
     ) -> BoxFuture<'a, ()>;
     fn count_scope<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, StoreResult<u64>>;
+    /// A masked original, by reference.
+    fn get_masked<'a>(&'a self, hash: &'a str)
+    -> BoxFuture<'a, StoreResult<Option<MaskedContent>>>;
+    /// Masked originals, newest first, without their content.
+    fn list_masked(
+        &self,
+        limit: u32,
+        offset: u32,
+    ) -> BoxFuture<'_, StoreResult<Vec<MaskedContent>>>;
+    fn masked_totals(&self) -> BoxFuture<'_, StoreResult<MaskedTotals>>;
+    fn get_setting<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<Option<String>>>;
     /// Cheap liveness probe for `/health/ready`.
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
 }

@@ -7,14 +7,14 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use gatehouse_core::SessionId;
-use gatehouse_core::record::{RequestRecord, Session, SessionStats, UsageSource};
+use gatehouse_core::record::{MaskedContent, RequestRecord, Session, SessionStats, UsageSource};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
 
-use crate::{Scope, SessionSummary, Store, StoreError, StoreResult, WriteOp};
+use crate::{MaskedTotals, Scope, SessionSummary, Store, StoreError, StoreResult, WriteOp};
 
 /// Versioned migrations, embedded so the binary needs no files beside it.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "request_cost",
         include_str!("../migrations/sqlite/0002_request_cost.sql"),
+    ),
+    (
+        3,
+        "masked_content",
+        include_str!("../migrations/sqlite/0003_masked_content.sql"),
     ),
 ];
 
@@ -164,6 +169,31 @@ impl SqliteStore {
                         .await?;
                 }
             },
+            WriteOp::StoreMasked(m) => {
+                sqlx::query(
+                    "INSERT INTO masked_content (hash, role, tags, tokens, tokens_saved, content, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (hash) DO NOTHING",
+                )
+                .bind(&m.hash)
+                .bind(&m.role)
+                .bind(m.tags.join(","))
+                .bind(to_i64(m.tokens))
+                .bind(to_i64(m.tokens_saved))
+                .bind(m.content.as_deref().unwrap_or(""))
+                .bind(m.created_at)
+                .execute(&mut **tx)
+                .await?;
+            }
+            WriteOp::SetSetting { key, value } => {
+                sqlx::query(
+                    "INSERT INTO settings (key, value) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(key)
+                .bind(value)
+                .execute(&mut **tx)
+                .await?;
+            }
             WriteOp::InsertRequest(r) => {
                 sqlx::query(
                     "INSERT INTO requests (id, request_id, session_id, created_at, provider,
@@ -226,6 +256,27 @@ fn session_from_row(row: &SqliteRow) -> sqlx::Result<Session> {
         name: row.try_get("name")?,
         model_key: row.try_get("model_key")?,
         provider: row.try_get("provider")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn masked_from_row(row: &SqliteRow, with_content: bool) -> sqlx::Result<MaskedContent> {
+    let tags: String = row.try_get("tags")?;
+    Ok(MaskedContent {
+        hash: row.try_get("hash")?,
+        role: row.try_get("role")?,
+        tags: tags
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        tokens: to_u64(row.try_get("tokens")?),
+        tokens_saved: to_u64(row.try_get("tokens_saved")?),
+        content: if with_content {
+            Some(row.try_get("content")?)
+        } else {
+            None
+        },
         created_at: row.try_get("created_at")?,
     })
 }
@@ -454,6 +505,70 @@ impl Store for SqliteStore {
         })
     }
 
+    fn get_masked<'a>(
+        &'a self,
+        hash: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<MaskedContent>>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT * FROM masked_content WHERE hash = $1")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?;
+            row.map(|r| masked_from_row(&r, true))
+                .transpose()
+                .map_err(StoreError::from)
+        })
+    }
+
+    fn list_masked(
+        &self,
+        limit: u32,
+        offset: u32,
+    ) -> BoxFuture<'_, StoreResult<Vec<MaskedContent>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT hash, role, tags, tokens, tokens_saved, created_at FROM masked_content
+                 ORDER BY created_at DESC, hash LIMIT $1 OFFSET $2",
+            )
+            .bind(i64::from(limit))
+            .bind(i64::from(offset))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|r| masked_from_row(r, false))
+                .collect::<sqlx::Result<Vec<_>>>()
+                .map_err(StoreError::from)
+        })
+    }
+
+    fn masked_totals(&self) -> BoxFuture<'_, StoreResult<MaskedTotals>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS n, COALESCE(SUM(tokens), 0) AS t, COALESCE(SUM(tokens_saved), 0) AS s
+                 FROM masked_content",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(MaskedTotals {
+                count: to_u64(row.try_get("n")?),
+                tokens: to_u64(row.try_get("t")?),
+                tokens_saved_per_request: to_u64(row.try_get("s")?),
+            })
+        })
+    }
+
+    fn get_setting<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<Option<String>>> {
+        Box::pin(async move {
+            let v: Option<String> = sqlx::query("SELECT value FROM settings WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+            Ok(v)
+        })
+    }
+
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -470,6 +585,8 @@ fn op_name(op: &WriteOp) -> &'static str {
         WriteOp::DeleteSession(_) => "delete_session",
         WriteOp::SetActiveSession(_) => "set_active_session",
         WriteOp::InsertRequest(_) => "insert_request",
+        WriteOp::StoreMasked(_) => "store_masked",
+        WriteOp::SetSetting { .. } => "set_setting",
     }
 }
 
@@ -572,6 +689,54 @@ pub(crate) mod tests {
         assert!(store.get_session(&id).await.unwrap().is_none());
         assert_eq!(store.count_requests(&id).await.unwrap(), 0);
         assert!(store.active_session().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn masked_originals_and_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("g.db")).await.unwrap();
+        let m = MaskedContent {
+            hash: "0123456789abcdef".into(),
+            role: "tool".into(),
+            tags: vec!["tool".into(), "json".into()],
+            tokens: 5000,
+            tokens_saved: 4900,
+            content: Some("the original".into()),
+            created_at: 7,
+        };
+        let mut again = m.clone();
+        again.content = Some("a second write of the same reference is ignored".into());
+        store
+            .apply(&[
+                WriteOp::StoreMasked(Box::new(m.clone())),
+                WriteOp::StoreMasked(Box::new(again)),
+                WriteOp::SetSetting {
+                    key: "sanitizer_enabled".into(),
+                    value: "false".into(),
+                },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(store.get_masked(&m.hash).await.unwrap(), Some(m.clone()));
+        assert_eq!(store.get_masked("ffffffffffffffff").await.unwrap(), None);
+        let listed = store.list_masked(10, 0).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].content, None);
+        assert_eq!(listed[0].tags, ["tool", "json"]);
+        let totals = store.masked_totals().await.unwrap();
+        assert_eq!(
+            (totals.count, totals.tokens, totals.tokens_saved_per_request),
+            (1, 5000, 4900)
+        );
+        assert_eq!(
+            store
+                .get_setting("sanitizer_enabled")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("false")
+        );
+        assert_eq!(store.get_setting("nope").await.unwrap(), None);
     }
 
     #[tokio::test]

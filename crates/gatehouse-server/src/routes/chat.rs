@@ -29,7 +29,12 @@ use crate::origin::SameOrigin;
 use crate::state::{AppState, InFlight};
 use crate::stream;
 use gatehouse_config::RedactionMode;
-use gatehouse_context::{Redactor, SecretKind};
+use gatehouse_context::{Redactor, SecretKind, sanitize};
+use gatehouse_core::record::MaskedContent;
+use gatehouse_core::request::{Content, Part};
+use gatehouse_services::events::MaskedSummary;
+use gatehouse_store::WriteOp;
+use std::sync::atomic::Ordering;
 
 /// Bodies above this are parsed and counted on the blocking pool, so a huge prompt never stalls
 /// the async workers that serve everyone else.
@@ -83,6 +88,112 @@ struct Prepared {
     preview: String,
     /// Secrets replaced by placeholders, by kind.
     redacted: Vec<(SecretKind, u32)>,
+    /// Messages the sanitizer replaced by stand-ins.
+    masked: Vec<MaskedContent>,
+}
+
+/// The body with large tool output, pasted context, console output and big JSON replaced by
+/// stand-ins (the sanitizer), and the originals to keep. Unchanged when nothing qualifies, when
+/// the sanitizer is off, or when the body does not parse (the parse that follows reports it).
+fn mask(st: &AppState, body: &Bytes) -> (Bytes, Vec<MaskedContent>) {
+    let rules = sanitize::Rules {
+        threshold_tokens: st.config.sanitizer.threshold_tokens,
+        preview_length: st.config.sanitizer.preview_length,
+    };
+    // A token is at least one byte: a body this small holds no message over the threshold.
+    if !st.sanitizer.enabled.load(Ordering::Relaxed) || body.len() as u64 <= rules.threshold_tokens
+    {
+        return (body.clone(), Vec::new());
+    }
+    let Ok(view) = ChatRequestView::parse(body) else {
+        return (body.clone(), Vec::new());
+    };
+    let Ok(route) = st.router.resolve(&view.model) else {
+        return (body.clone(), Vec::new());
+    };
+    let enc = route.encoding;
+    let base = body.as_ptr() as usize;
+    let mut splices: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    let mut masked = Vec::new();
+    for m in &view.messages {
+        let text: std::borrow::Cow<'_, str> = match &m.content {
+            Content::Text(t) => std::borrow::Cow::Borrowed(t.as_ref()),
+            Content::Parts(parts) => parts
+                .iter()
+                .filter_map(|p| match p {
+                    Part::Text(t) => Some(t.as_ref()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+                .into(),
+            Content::None => continue,
+        };
+        if text.len() as u64 <= rules.threshold_tokens {
+            continue;
+        }
+        let tokens = st.counter.count_message(enc, m);
+        let tags = sanitize::classify(&rules, &m.role, &text, tokens);
+        if tags.is_empty() {
+            continue;
+        }
+        let reference = sanitize::reference(&text);
+        let stand = sanitize::stand_in(&text, &tags, tokens, &reference, rules.preview_length);
+        let Some(replacement) = replace_content(m.raw.get(), &stand) else {
+            continue;
+        };
+        let kept = enc.count(&stand) + 3 + enc.count(&m.role);
+        let start = m.raw.get().as_ptr() as usize - base;
+        splices.push((start..start + m.raw.get().len(), replacement));
+        masked.push(MaskedContent {
+            hash: reference,
+            role: m.role.to_string(),
+            tags: tags.iter().map(|t| t.as_str().to_owned()).collect(),
+            tokens,
+            tokens_saved: tokens.saturating_sub(kept),
+            content: Some(text.into_owned()),
+            created_at: now_ms(),
+        });
+    }
+    if splices.is_empty() {
+        return (body.clone(), masked);
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut at = 0;
+    for (range, replacement) in &splices {
+        out.extend_from_slice(&body[at..range.start]);
+        out.extend_from_slice(replacement.as_bytes());
+        at = range.end;
+    }
+    out.extend_from_slice(&body[at..]);
+    (Bytes::from(out), masked)
+}
+
+/// The message object `raw` with its text replaced by `stand`: a string content becomes the
+/// stand-in; in an array, the text parts become one text part (images and other parts stay).
+fn replace_content(raw: &str, stand: &str) -> Option<String> {
+    let mut msg: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw).ok()?;
+    let content = msg.get_mut("content")?;
+    match content {
+        serde_json::Value::String(_) => *content = serde_json::Value::String(stand.to_owned()),
+        serde_json::Value::Array(parts) => {
+            let mut out = Vec::with_capacity(parts.len());
+            let mut placed = false;
+            for p in parts.drain(..) {
+                if p.get("type").and_then(|t| t.as_str()) == Some("text") {
+                    if !placed {
+                        out.push(serde_json::json!({"type": "text", "text": stand}));
+                        placed = true;
+                    }
+                } else {
+                    out.push(p);
+                }
+            }
+            *parts = out;
+        }
+        _ => return None,
+    }
+    serde_json::to_string(&msg).ok()
 }
 
 /// The body to forward: the client's, or a copy with its secrets replaced (redaction.mode).
@@ -117,6 +228,53 @@ fn redact(st: &AppState, body: &Bytes) -> Result<(Bytes, Vec<(SecretKind, u32)>)
     Ok((Redactor::redact(body, &findings), counts))
 }
 
+/// Keeps the originals the sanitizer replaced (once per reference), counts what was saved,
+/// and tells the dashboard.
+async fn record_masked(st: &AppState, p: &Prepared, request_id: &RequestId, session: &SessionId) {
+    let saved: u64 = p.masked.iter().map(|m| m.tokens_saved).sum();
+    st.sanitizer
+        .masked
+        .fetch_add(p.masked.len() as u64, Ordering::Relaxed);
+    st.sanitizer
+        .tokens_saved
+        .fetch_add(saved, Ordering::Relaxed);
+    for m in &p.masked {
+        if st.sanitizer.stored.get(&m.hash).is_none() {
+            st.sanitizer.stored.insert(m.hash.clone(), ());
+            st.writer
+                .record(WriteOp::StoreMasked(Box::new(m.clone())))
+                .await;
+        }
+    }
+    emit(&*st.bus, || Event::SanitizerEvent {
+        request_id: request_id.as_str().to_owned(),
+        session_id: session.clone(),
+        model: p.route.model_key.clone(),
+        masked: p
+            .masked
+            .iter()
+            .map(|m| MaskedSummary {
+                reference: m.hash.clone(),
+                role: m.role.clone(),
+                tags: m
+                    .tags
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        "tool" => "tool",
+                        "file" => "file",
+                        "codebase" => "codebase",
+                        "console" => "console",
+                        _ => "json",
+                    })
+                    .collect(),
+                tokens: m.tokens,
+                tokens_saved: m.tokens_saved,
+            })
+            .collect(),
+        tokens_saved: saved,
+    });
+}
+
 /// Which message holds byte `offset` of the body, and the offset inside it.
 fn locate(body: &Bytes, offset: usize) -> (String, usize) {
     let base = body.as_ptr() as usize;
@@ -133,6 +291,7 @@ fn locate(body: &Bytes, offset: usize) -> (String, usize) {
 
 fn prepare(st: &AppState, body: &Bytes) -> Result<Prepared, ApiError> {
     let (body, redacted) = redact(st, body)?;
+    let (body, masked) = mask(st, &body);
     let body = &body;
     let view = ChatRequestView::parse(body).map_err(|e| match e {
         RequestParseError::Syntax(m) => ApiError::new(ErrorKind::InvalidJson, m),
@@ -168,6 +327,7 @@ fn prepare(st: &AppState, body: &Bytes) -> Result<Prepared, ApiError> {
         preview: view.last_user_preview(PREVIEW_CHARS).unwrap_or_default(),
         route,
         redacted,
+        masked,
     })
 }
 
@@ -235,6 +395,9 @@ async fn handle(
             p.session_name.as_deref(),
         )
         .await;
+    if !p.masked.is_empty() {
+        record_masked(st, &p, request_id, &session.id).await;
+    }
     let draft = Draft {
         id: request_id.as_str().to_owned(),
         session_id: session.id.clone(),

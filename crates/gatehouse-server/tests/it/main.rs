@@ -12,6 +12,7 @@ mod export;
 mod live;
 mod proxy;
 mod redaction;
+mod sanitizer;
 mod sessions;
 mod shutdown;
 mod surface;

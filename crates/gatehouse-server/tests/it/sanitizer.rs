@@ -1,0 +1,191 @@
+//! The sanitizer on live traffic: large tool output and pasted context masked with a reference,
+//! originals retrievable, identical masking on every turn, the switch.
+
+use serde_json::{Value, json};
+
+use crate::support::{TestApp, rows, session_of};
+
+/// ~1,400 tokens of test log: over the 1,000-token threshold, under mock/echo's 4,096 window.
+fn test_log() -> String {
+    (0..170)
+        .map(|i| {
+            format!(
+                "tests/test_orders.py::test_case_{i} PASSED [{:>3}%]\n",
+                i * 100 / 170
+            )
+        })
+        .collect()
+}
+
+fn conversation(log: &str, extra_turn: bool) -> Value {
+    let mut messages = vec![
+        json!({"role": "system", "content": "You are a coding agent."}),
+        json!({"role": "user", "content": "Run the tests and tell me what failed."}),
+        json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "run_tests", "arguments": "{}"}}]}),
+        json!({"role": "tool", "tool_call_id": "call_1", "content": log}),
+        json!({"role": "user", "content": "Summarise."}),
+    ];
+    if extra_turn {
+        messages.push(json!({"role": "assistant", "content": "All 170 tests passed."}));
+        messages.push(json!({"role": "user", "content": "Thanks. Anything slow?"}));
+    }
+    json!({"model": "mock/echo", "messages": messages})
+}
+
+fn reference_in(stand_in: &str) -> String {
+    let at = stand_in.find("ref ").unwrap() + 4;
+    stand_in[at..at + 16].to_owned()
+}
+
+#[tokio::test]
+async fn tool_output_is_masked_retrievable_and_identical_on_every_turn() {
+    let app = TestApp::spawn().await;
+    let log = test_log();
+    let r = app.chat(conversation(&log, false)).await;
+    assert_eq!(r.status(), 200);
+    let sid = session_of(&r);
+    let first = app.mock.captured().pop().unwrap().body;
+    let stand = first["messages"][3]["content"].as_str().unwrap().to_owned();
+    assert!(
+        stand.starts_with("[masked by Gatehouse: tool output, "),
+        "{stand}"
+    );
+    assert!(
+        stand.contains("tests/test_orders.py::test_case_0 PASSED"),
+        "keeps a preview"
+    );
+    assert!(stand.len() < 400, "{} bytes", stand.len());
+    // The rest of the message and the conversation are untouched.
+    assert_eq!(first["messages"][3]["role"], "tool");
+    assert_eq!(first["messages"][3]["tool_call_id"], "call_1");
+    assert_eq!(first["messages"][4]["content"], "Summarise.");
+
+    let reference = reference_in(&stand);
+    let original = app.get_json(&format!("/api/mask/{reference}")).await;
+    assert_eq!(original["content"], log.as_str());
+    assert_eq!(original["role"], "tool");
+    assert_eq!(original["tags"], json!(["tool"]));
+    assert!(original["tokens"].as_u64().unwrap() > 1000);
+    let saved = original["tokens_saved"].as_u64().unwrap();
+    assert!(saved > 1000, "saved {saved}");
+
+    // Next turn: the client resends the whole history; the provider sees the same stand-in.
+    let r = app.chat(conversation(&log, true)).await;
+    assert_eq!(r.status(), 200);
+    let second = app.mock.captured().pop().unwrap().body;
+    assert_eq!(
+        second["messages"][3], first["messages"][3],
+        "masked identically"
+    );
+
+    // What went upstream is what was counted.
+    let rows = rows(&app, &sid).await;
+    assert!(
+        rows[0]["prompt_tokens_est"].as_u64().unwrap() < 500,
+        "{}",
+        rows[0]
+    );
+    let stats = app.get_json("/api/sanitizer/stats").await;
+    assert_eq!(stats["enabled"], true);
+    assert_eq!(stats["since_start"]["masked_messages"], 2);
+    assert!(stats["since_start"]["tokens_saved"].as_u64().unwrap() >= 2 * saved);
+    assert_eq!(
+        stats["stored"]["originals"], 1,
+        "stored once, not once per turn"
+    );
+    let list = app.get_json("/api/mask").await;
+    assert_eq!(list["total"], 1);
+    assert_eq!(list["masked"][0]["hash"], reference.as_str());
+    assert!(
+        list["masked"][0].get("content").is_none(),
+        "listings leave the text out"
+    );
+}
+
+#[tokio::test]
+async fn pasted_file_context_in_parts_keeps_its_images() {
+    let app = TestApp::spawn().await;
+    let file: String = (0..300)
+        .map(|i| format!("fn f{i}() -> u32 {{ {i} }}\n"))
+        .collect();
+    let body = json!({"model": "mock/echo", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": format!("@file src/lib.rs\n{file}")},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        {"type": "text", "text": "What does this do?"},
+    ]}]});
+    let r = app.chat(body).await;
+    assert_eq!(r.status(), 200);
+    let sent = app.mock.captured().pop().unwrap().body;
+    let parts = sent["messages"][0]["content"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    assert!(
+        parts[0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("[masked by Gatehouse: file context")
+    );
+    assert_eq!(parts[1]["type"], "image_url");
+}
+
+#[tokio::test]
+async fn small_or_plain_messages_pass_unchanged_and_the_switch_works() {
+    let app = TestApp::spawn().await;
+    // A long plain question is not tool output, context, console output or JSON: kept.
+    let question = "Why is this slow? ".repeat(400);
+    let plain = json!({"model": "mock/echo", "messages": [{"role": "user", "content": question}]});
+    app.chat(plain.clone()).await;
+    assert_eq!(
+        app.mock.captured().pop().unwrap().body["messages"],
+        plain["messages"]
+    );
+
+    let r = app
+        .http
+        .post(app.url("/api/sanitizer/toggle"))
+        .json(&json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["enabled"], false);
+    let log = test_log();
+    app.chat(conversation(&log, false)).await;
+    let sent = app.mock.captured().pop().unwrap().body;
+    assert_eq!(
+        sent["messages"][3]["content"],
+        log.as_str(),
+        "off: forwarded as sent"
+    );
+    assert_eq!(app.get_json("/api/sanitizer/stats").await["enabled"], false);
+
+    // No body flips it back.
+    let r = app
+        .http
+        .post(app.url("/api/sanitizer/toggle"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["enabled"], true);
+    app.chat(conversation(&log, false)).await;
+    let sent = app.mock.captured().pop().unwrap().body;
+    assert!(
+        sent["messages"][3]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("[masked")
+    );
+
+    let r = app
+        .http
+        .get(app.url("/api/mask/0000000000000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = app
+        .http
+        .get(app.url("/api/mask/not-a-ref"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
