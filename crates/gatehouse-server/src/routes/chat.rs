@@ -93,9 +93,15 @@ struct Prepared {
 }
 
 /// The body with large tool output, pasted context, console output and big JSON replaced by
-/// stand-ins (the sanitizer), and the originals to keep. Unchanged when nothing qualifies, when
-/// the sanitizer is off, or when the body does not parse (the parse that follows reports it).
-fn mask(st: &AppState, body: &Bytes) -> (Bytes, Vec<MaskedContent>) {
+/// stand-ins (the sanitizer), and the originals to keep; `None` when nothing qualifies or the
+/// sanitizer is off. Works from the view already parsed, so a request with nothing to mask
+/// costs no second parse.
+fn mask(
+    st: &AppState,
+    body: &Bytes,
+    view: &ChatRequestView<'_>,
+    enc: gatehouse_core::Encoding,
+) -> Option<(Bytes, Vec<MaskedContent>)> {
     let rules = sanitize::Rules {
         threshold_tokens: st.config.sanitizer.threshold_tokens,
         preview_length: st.config.sanitizer.preview_length,
@@ -103,15 +109,8 @@ fn mask(st: &AppState, body: &Bytes) -> (Bytes, Vec<MaskedContent>) {
     // A token is at least one byte: a body this small holds no message over the threshold.
     if !st.sanitizer.enabled.load(Ordering::Relaxed) || body.len() as u64 <= rules.threshold_tokens
     {
-        return (body.clone(), Vec::new());
+        return None;
     }
-    let Ok(view) = ChatRequestView::parse(body) else {
-        return (body.clone(), Vec::new());
-    };
-    let Ok(route) = st.router.resolve(&view.model) else {
-        return (body.clone(), Vec::new());
-    };
-    let enc = route.encoding;
     let base = body.as_ptr() as usize;
     let mut splices: Vec<(std::ops::Range<usize>, String)> = Vec::new();
     let mut masked = Vec::new();
@@ -156,7 +155,7 @@ fn mask(st: &AppState, body: &Bytes) -> (Bytes, Vec<MaskedContent>) {
         });
     }
     if splices.is_empty() {
-        return (body.clone(), masked);
+        return None;
     }
     let mut out = Vec::with_capacity(body.len());
     let mut at = 0;
@@ -166,7 +165,7 @@ fn mask(st: &AppState, body: &Bytes) -> (Bytes, Vec<MaskedContent>) {
         at = range.end;
     }
     out.extend_from_slice(&body[at..]);
-    (Bytes::from(out), masked)
+    Some((Bytes::from(out), masked))
 }
 
 /// The message object `raw` with its text replaced by `stand`: a string content becomes the
@@ -275,6 +274,15 @@ async fn record_masked(st: &AppState, p: &Prepared, request_id: &RequestId, sess
     });
 }
 
+fn parse(body: &Bytes) -> Result<ChatRequestView<'_>, ApiError> {
+    ChatRequestView::parse(body).map_err(|e| match e {
+        RequestParseError::Syntax(m) => ApiError::new(ErrorKind::InvalidJson, m),
+        RequestParseError::Field { param, message } => {
+            ApiError::new(ErrorKind::InvalidRequest, message).with_param(param)
+        }
+    })
+}
+
 /// Which message holds byte `offset` of the body, and the offset inside it.
 fn locate(body: &Bytes, offset: usize) -> (String, usize) {
     let base = body.as_ptr() as usize;
@@ -290,16 +298,18 @@ fn locate(body: &Bytes, offset: usize) -> (String, usize) {
 }
 
 fn prepare(st: &AppState, body: &Bytes) -> Result<Prepared, ApiError> {
-    let (body, redacted) = redact(st, body)?;
-    let (body, masked) = mask(st, &body);
-    let body = &body;
-    let view = ChatRequestView::parse(body).map_err(|e| match e {
-        RequestParseError::Syntax(m) => ApiError::new(ErrorKind::InvalidJson, m),
-        RequestParseError::Field { param, message } => {
-            ApiError::new(ErrorKind::InvalidRequest, message).with_param(param)
+    let (redacted_body, redacted) = redact(st, body)?;
+    let first = parse(&redacted_body)?;
+    let route = st.router.resolve(&first.model)?;
+    // Masking rewrites whole messages; the rewritten body is parsed again (and only then).
+    let masked_body;
+    let (body, view, masked) = match mask(st, &redacted_body, &first, route.encoding) {
+        None => (&redacted_body, first, Vec::new()),
+        Some((b, m)) => {
+            masked_body = b;
+            (&masked_body, parse(&masked_body)?, m)
         }
-    })?;
-    let route = st.router.resolve(&view.model)?;
+    };
     let prompt = st.counter.count_prompt(route.encoding, &view);
     let model_span = (view.model != route.upstream_model).then(|| view.model_span.clone());
     let usage = if view.stream && st.upstream.asks_stream_usage(&route.provider_key) {
