@@ -86,6 +86,8 @@ pub struct SanitizerConfig {
     pub enabled: bool,
     pub threshold_tokens: u64,
     pub preview_length: usize,
+    pub observation_masking: bool,
+    pub observation_keep_turns: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -29,7 +29,7 @@ use crate::origin::SameOrigin;
 use crate::state::{AppState, InFlight};
 use crate::stream;
 use gatehouse_config::RedactionMode;
-use gatehouse_context::{Redactor, SecretKind, sanitize};
+use gatehouse_context::{Redactor, SecretKind, observe, sanitize};
 use gatehouse_core::record::MaskedContent;
 use gatehouse_core::request::{Content, Part};
 use gatehouse_services::events::MaskedSummary;
@@ -106,15 +106,30 @@ fn mask(
         threshold_tokens: st.config.sanitizer.threshold_tokens,
         preview_length: st.config.sanitizer.preview_length,
     };
+    let cfg = &st.config.sanitizer;
     // A token is at least one byte: a body this small holds no message over the threshold.
-    if !st.sanitizer.enabled.load(Ordering::Relaxed) || body.len() as u64 <= rules.threshold_tokens
+    if !st.sanitizer.enabled.load(Ordering::Relaxed)
+        || (body.len() as u64 <= rules.threshold_tokens && !cfg.observation_masking)
     {
         return None;
     }
     let base = body.as_ptr() as usize;
     let mut splices: Vec<(std::ops::Range<usize>, String)> = Vec::new();
     let mut masked = Vec::new();
-    for m in &view.messages {
+    let old = if cfg.observation_masking {
+        let roles: Vec<&str> = view.messages.iter().map(|m| m.role.as_ref()).collect();
+        observe::cutoff(&roles, cfg.observation_keep_turns)
+    } else {
+        0
+    };
+    // Tool names by call id, from the assistant messages that made the calls.
+    let mut calls: Vec<(String, String)> = Vec::new();
+    for (i, m) in view.messages.iter().enumerate() {
+        if i < old && m.role == "assistant" && !m.tool_calls.is_empty() {
+            calls.extend(tool_call_ids(m.raw.get()));
+        }
+    }
+    for (i, m) in view.messages.iter().enumerate() {
         let text: std::borrow::Cow<'_, str> = match &m.content {
             Content::Text(t) => std::borrow::Cow::Borrowed(t.as_ref()),
             Content::Parts(parts) => parts
@@ -128,6 +143,31 @@ fn mask(
                 .into(),
             Content::None => continue,
         };
+        if i < old && m.role == "tool" && !observe::looks_like_error(&text) {
+            let tokens = st.counter.count_message(enc, m);
+            let reference = sanitize::reference(&text);
+            let call_id = tool_call_id(m.raw.get());
+            let tool = call_id
+                .as_deref()
+                .and_then(|id| calls.iter().find(|(c, _)| c == id).map(|(_, n)| n.as_str()));
+            let line = observe::placeholder(tool, call_id.as_deref(), &text, tokens, &reference);
+            let Some(replacement) = replace_content(m.raw.get(), &line) else {
+                continue;
+            };
+            let kept = enc.count(&line) + 3 + enc.count(&m.role);
+            let start = m.raw.get().as_ptr() as usize - base;
+            splices.push((start..start + m.raw.get().len(), replacement));
+            masked.push(MaskedContent {
+                hash: reference,
+                role: m.role.to_string(),
+                tags: vec!["observation".to_owned()],
+                tokens,
+                tokens_saved: tokens.saturating_sub(kept),
+                content: Some(text.into_owned()),
+                created_at: now_ms(),
+            });
+            continue;
+        }
         if text.len() as u64 <= rules.threshold_tokens {
             continue;
         }
@@ -166,6 +206,41 @@ fn mask(
     }
     out.extend_from_slice(&body[at..]);
     Some((Bytes::from(out), masked))
+}
+
+/// `tool_call_id` of a tool message.
+fn tool_call_id(raw: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Msg {
+        tool_call_id: Option<String>,
+    }
+    serde_json::from_str::<Msg>(raw).ok()?.tool_call_id
+}
+
+/// `(id, function name)` of each tool call of an assistant message.
+fn tool_call_ids(raw: &str) -> Vec<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Function {
+        name: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Call {
+        id: Option<String>,
+        function: Option<Function>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Msg {
+        #[serde(default)]
+        tool_calls: Vec<Call>,
+    }
+    serde_json::from_str::<Msg>(raw)
+        .map(|m| {
+            m.tool_calls
+                .into_iter()
+                .filter_map(|c| Some((c.id?, c.function?.name?)))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The message object `raw` with its text replaced by `stand`: a string content becomes the
@@ -259,6 +334,7 @@ async fn record_masked(st: &AppState, p: &Prepared, request_id: &RequestId, sess
                     .tags
                     .iter()
                     .map(|t| match t.as_str() {
+                        "observation" => "observation",
                         "tool" => "tool",
                         "file" => "file",
                         "codebase" => "codebase",

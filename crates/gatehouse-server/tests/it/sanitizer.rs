@@ -189,3 +189,53 @@ async fn small_or_plain_messages_pass_unchanged_and_the_switch_works() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn observation_masking_hides_old_tool_results_but_keeps_errors() {
+    let app = TestApp::spawn_with(crate::support::Options {
+        extra_toml: "[sanitizer]\nobservation_masking = true\nobservation_keep_turns = 2\n".into(),
+        ..crate::support::Options::default()
+    })
+    .await;
+    let call = |id: &str, name: &str| {
+        json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": id, "type": "function", "function": {"name": name, "arguments": "{}"}}]})
+    };
+    let tool = |id: &str, text: &str| json!({"role": "tool", "tool_call_id": id, "content": text});
+    let body = json!({"model": "mock/echo", "messages": [
+        {"role": "system", "content": "You are a coding agent."},
+        {"role": "user", "content": "Run the tests."},
+        call("call_1", "run_tests"),
+        tool("call_1", "12 passed in 0.4s"),
+        call("call_2", "read_file"),
+        tool("call_2", "Error: src/missing.rs: no such file"),
+        {"role": "assistant", "content": "Tests pass; one file is missing."},
+        {"role": "user", "content": "Now lint."},
+        call("call_3", "lint"),
+        tool("call_3", "no issues"),
+        {"role": "user", "content": "Thanks."},
+    ]});
+    let r = app.chat(body).await;
+    assert_eq!(r.status(), 200);
+    let sent = app.mock.captured().pop().unwrap().body;
+    let old = sent["messages"][3]["content"].as_str().unwrap();
+    assert!(
+        old.starts_with(
+            "[old tool result hidden by Gatehouse: run_tests call call_1, 17 characters,"
+        ),
+        "{old}"
+    );
+    assert_eq!(sent["messages"][3]["tool_call_id"], "call_1");
+    assert_eq!(
+        sent["messages"][5]["content"], "Error: src/missing.rs: no such file",
+        "errors are kept"
+    );
+    assert_eq!(
+        sent["messages"][9]["content"], "no issues",
+        "recent turns are kept"
+    );
+    let reference = old[old.find("/api/mask/").unwrap() + 10..][..16].to_owned();
+    let original = app.get_json(&format!("/api/mask/{reference}")).await;
+    assert_eq!(original["content"], "12 passed in 0.4s");
+    assert_eq!(original["tags"], json!(["observation"]));
+}
