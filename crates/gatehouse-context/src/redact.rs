@@ -230,7 +230,7 @@ const RULES: &[Rule] = &[
             "credential",
         ],
         start: Start::Identifier,
-        pattern: r#"(?i)^[A-Za-z0-9_]*(?:secret|password|passwd|token|api_?key|access_?key|private_?key|credentials?)[A-Za-z0-9_]*(?:\\?["'])?[ \t]*[:=][ \t]*(?:\\?["'])?(?P<s>[^\s"'\\,;(){}\[\]<>$`|]{8,256})"#,
+        pattern: r#"(?i)^[A-Za-z0-9_]*(?:secret|password|passwd|token|api_?key|access_?key|private_?key|credentials?)[A-Za-z0-9_]*(?:\\?["'])?[ \t]*[:=][ \t]*(?:\\?["'])?(?P<s>[^\s"'\\,;(){}\[\]<>$`|:=][^\s"'\\,;(){}\[\]<>$`|]{7,255})"#,
         right_boundary: false,
     },
 ];
@@ -552,6 +552,11 @@ mod tests {
             "password: str",
             "DB_PASSWORD=changeme123",
             "the tokens: 1234567890",
+            // Paths and comparisons, not assignments.
+            "test token_cache::tests::chunk_header_41 ... ok",
+            "let t = token::Kind::Ident2(x);",
+            "if token == expected_token2 {",
+            "assert!(secret_len >= 12345678);",
             // Words that contain a literal.
             "the risk-assessment-framework-document is done",
             "task-abcdefghijklmnopqrstuvwxyz",
