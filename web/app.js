@@ -16,6 +16,7 @@ const state = {
   gauge: null,
   rows: [], // newest first: {kind: "request"|"log", ...}
   counted: new Set(), // request ids already in stats
+  notes: new Map(), // request id -> what the context features did to it
   alertLevel: null,
   models: [],
   providers: [],
@@ -107,23 +108,25 @@ function onMessage(m) {
       if (state.viewId === m.session_id) setView(null, null, null, []);
       else renderSessions();
       break;
+    case "sanitizer_event":
+      addNote(m.request_id, `masked ${m.masked.length} message${m.masked.length > 1 ? "s" : ""} (−${num(m.tokens_saved)} tokens)`);
+      break;
+    case "redaction":
+      addNote(m.request_id, "redacted " + m.found.map((f) => `${f.kind}×${f.count}`).join(", "));
+      break;
     case "request_started":
       if (m.session_id !== state.viewId) break;
       state.rows.unshift({
         kind: "request", pending: true, id: m.request_id, created_at: m.at, model_key: m.model,
         provider: m.provider, status: null, prompt_tokens_est: m.prompt_tokens_est, stream: m.stream,
+        note: state.notes.get(m.request_id),
       });
       trimRows();
       renderLog();
       break;
-    case "routing": {
-      const row = state.rows.find((r) => r.id === m.request_id);
-      if (row) {
-        row.note = m.reason;
-        renderLog();
-      }
+    case "routing":
+      addNote(m.request_id, m.reason);
       break;
-    }
     case "metric":
       onMetric(m);
       break;
@@ -146,6 +149,18 @@ function onMessage(m) {
     }
     default:
       break;
+  }
+}
+
+/// Notes arrive before the request's row exists; they are attached when it appears.
+function addNote(id, text) {
+  const prev = state.notes.get(id);
+  state.notes.set(id, prev ? `${prev}; ${text}` : text);
+  if (state.notes.size > 500) state.notes.delete(state.notes.keys().next().value);
+  const row = state.rows.find((r) => r.id === id);
+  if (row) {
+    row.note = state.notes.get(id);
+    renderLog();
   }
 }
 
@@ -188,7 +203,7 @@ function onMetric(m) {
     }
     if (m.gauge) state.gauge = m.gauge;
     const i = state.rows.findIndex((x) => x.id === r.id);
-    const row = { kind: "request", fresh: true, ...r, note: i >= 0 ? state.rows[i].note : undefined };
+    const row = { kind: "request", fresh: true, ...r, note: (i >= 0 ? state.rows[i].note : undefined) ?? state.notes.get(r.id) };
     if (i >= 0) state.rows[i] = row;
     else state.rows.unshift(row);
     trimRows();
@@ -302,7 +317,7 @@ function logRow(r) {
   }
   const failed = r.status != null && (r.status >= 400 || r.error_type);
   const tokens = r.pending ? `~${num(r.prompt_tokens_est)}` : num((r.prompt_tokens ?? r.prompt_tokens_est ?? 0) + (r.completion_tokens ?? 0));
-  const detail = r.error_message || r.error_type || r.note || r.preview || "";
+  const detail = [r.error_message || r.error_type, r.note, r.preview].filter(Boolean).join(" · ");
   const cls = ["src-proxy", r.pending ? "pending" : "", failed ? "failed" : "", r.fresh ? "fresh" : ""].join(" ");
   return el("tr", { class: cls, "data-id": r.id },
     el("td", { text: time(r.created_at) }),

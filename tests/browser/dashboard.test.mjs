@@ -157,6 +157,23 @@ paths = ["${join(tmp, "core.log")}"]
     await within(page, "chart has two bars", () => document.querySelectorAll("#chart rect.bar-prompt").length === 2);
     await within(page, "breakdown by model", () => document.querySelectorAll("#breakdown .bd-row").length === 2);
 
+    // 2b. What the context features did shows on the request's row.
+    const toolLog = Array.from({ length: 170 }, (_, i) => `tests/test_orders.py::test_case_${i} PASSED`).join("\n");
+    const agent = {
+      model: "mock/echo",
+      messages: [
+        { role: "user", content: "Run the tests. My env has GITHUB_TOKEN=ghp_A1b2C3d4E5A1b2C3d4E5A1b2C3d4E5A1b2C3d4E5" },
+        { role: "assistant", content: null, tool_calls: [{ id: "call_1", type: "function", function: { name: "run_tests", arguments: "{}" } }] },
+        { role: "tool", tool_call_id: "call_1", content: toolLog },
+        { role: "user", content: "Summarise." },
+      ],
+    };
+    await chat(base, agent, { "x-gatehouse-session": firstSession });
+    await within(page, "masking and redaction noted on the row", () => {
+      const d = document.querySelector("#log tbody tr td.detail")?.textContent || "";
+      return d.includes("masked 1 message") && d.includes("redacted github_token×1");
+    });
+
     // 3. A figure from Continue's log reaches the gauge, labelled with its source.
     writeFileSync(join(tmp, "core.log"), "Request had the following token counts\n- contextLength: 8192\n- counted tokens: 2000\n- tools: 48\n\n");
     await within(page, "log figure in the gauge", () => document.querySelector("#gauge-source").textContent === "compile chat", null, 2000);
@@ -178,8 +195,8 @@ paths = ["${join(tmp, "core.log")}"]
 
     // 5. Switch back to the first session.
     await page.click(`#sessions li[data-id="${firstSession}"] button:has-text("Activate")`);
-    await within(page, "first session shown again", () => document.querySelector("#f-requests").textContent === "2", null, 2000);
-    await within(page, "its rows are back", () => document.querySelectorAll("#log tbody tr.src-proxy").length === 2, null, 2000);
+    await within(page, "first session shown again", () => document.querySelector("#f-requests").textContent === "3", null, 2000);
+    await within(page, "its rows are back", () => document.querySelectorAll("#log tbody tr.src-proxy").length === 3, null, 2000);
 
     // 6. An alert: a request filling a 20-token window shows the critical banner, coloured.
     await chat(base, user("mock/full", "hi"), { "x-gatehouse-session": firstSession });
@@ -198,7 +215,8 @@ paths = ["${join(tmp, "core.log")}"]
     await download.saveAs(csvPath);
     const csv = readFileSync(csvPath, "utf8").split("\r\n").filter(Boolean);
     assert.ok(csv[0].startsWith("id,session_id,created_at,"), csv[0]);
-    assert.equal(csv.length, 1 + 3, `header and 3 rows of the first session, got ${csv.length}`);
+    assert.equal(csv.length, 1 + 4, `header and 4 rows of the first session, got ${csv.length}`);
+    assert.ok(!csv.join("\n").includes("ghp_A1b2"), "the secret is in no stored row");
     console.log(`  ok  CSV downloaded: ${download.suggestedFilename()} (${csv.length - 1} rows)`);
 
     // 8. Phone width, then dark mode.
@@ -226,7 +244,7 @@ paths = ["${join(tmp, "core.log")}"]
     await firstLine(again, (l) => l.includes("gatehouse ready"), "gatehouse (restarted)");
     await within(page, "reconnected", () => document.querySelector("#conn").dataset.state === "open", null, 8000);
     await chat(base, user("mock/echo", "after the restart"), { "x-gatehouse-session": firstSession });
-    await within(page, "live again after the restart", () => document.querySelector("#f-requests").textContent === "4");
+    await within(page, "live again after the restart", () => document.querySelector("#f-requests").textContent === "5");
 
     // The page logged no errors, apart from the refused connections while the gateway was down.
     const real = errors.filter((e) => !/WebSocket|ERR_CONNECTION_REFUSED/.test(e));
