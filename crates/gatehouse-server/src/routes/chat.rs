@@ -143,51 +143,42 @@ fn mask(
                 .into(),
             Content::None => continue,
         };
-        if i < old && m.role == "tool" && !observe::looks_like_error(&text) {
-            let tokens = st.counter.count_message(enc, m);
-            let reference = sanitize::reference(&text);
+        // Observation masking first (old tool results, whatever their size), then the
+        // sanitizer's rules; each yields the new text and its tags.
+        let tokens;
+        let reference;
+        let (new_text, tags) = if i < old && m.role == "tool" && !observe::looks_like_error(&text) {
+            tokens = st.counter.count_message(enc, m);
+            reference = sanitize::reference(&text);
             let call_id = tool_call_id(m.raw.get());
             let tool = call_id
                 .as_deref()
                 .and_then(|id| calls.iter().find(|(c, _)| c == id).map(|(_, n)| n.as_str()));
             let line = observe::placeholder(tool, call_id.as_deref(), &text, tokens, &reference);
-            let Some(replacement) = replace_content(m.raw.get(), &line) else {
+            (line, vec!["observation".to_owned()])
+        } else {
+            if text.len() as u64 <= rules.threshold_tokens {
                 continue;
-            };
-            let kept = enc.count(&line) + 3 + enc.count(&m.role);
-            let start = m.raw.get().as_ptr() as usize - base;
-            splices.push((start..start + m.raw.get().len(), replacement));
-            masked.push(MaskedContent {
-                hash: reference,
-                role: m.role.to_string(),
-                tags: vec!["observation".to_owned()],
-                tokens,
-                tokens_saved: tokens.saturating_sub(kept),
-                content: Some(text.into_owned()),
-                created_at: now_ms(),
-            });
-            continue;
-        }
-        if text.len() as u64 <= rules.threshold_tokens {
-            continue;
-        }
-        let tokens = st.counter.count_message(enc, m);
-        let tags = sanitize::classify(&rules, &m.role, &text, tokens);
-        if tags.is_empty() {
-            continue;
-        }
-        let reference = sanitize::reference(&text);
-        let stand = sanitize::stand_in(&text, &tags, tokens, &reference, rules.preview_length);
-        let Some(replacement) = replace_content(m.raw.get(), &stand) else {
+            }
+            tokens = st.counter.count_message(enc, m);
+            let tags = sanitize::classify(&rules, &m.role, &text, tokens);
+            if tags.is_empty() {
+                continue;
+            }
+            reference = sanitize::reference(&text);
+            let stand = sanitize::stand_in(&text, &tags, tokens, &reference, rules.preview_length);
+            (stand, tags.iter().map(|t| t.as_str().to_owned()).collect())
+        };
+        let Some(replacement) = replace_content(m.raw.get(), &new_text) else {
             continue;
         };
-        let kept = enc.count(&stand) + 3 + enc.count(&m.role);
+        let kept = enc.count(&new_text) + 3 + enc.count(&m.role);
         let start = m.raw.get().as_ptr() as usize - base;
         splices.push((start..start + m.raw.get().len(), replacement));
         masked.push(MaskedContent {
             hash: reference,
             role: m.role.to_string(),
-            tags: tags.iter().map(|t| t.as_str().to_owned()).collect(),
+            tags,
             tokens,
             tokens_saved: tokens.saturating_sub(kept),
             content: Some(text.into_owned()),
