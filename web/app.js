@@ -56,7 +56,7 @@ function setView(id, stats, gauge, recent) {
   state.stats = stats ? { ...stats } : null;
   state.gauge = gauge;
   state.counted = new Set(recent.map((r) => r.id));
-  state.rows = recent.map((r) => ({ kind: "request", ...r }));
+  state.rows = recent.map((r) => ({ kind: "request", ...r, note: state.notes.get(r.id) }));
   const level = alertLevelOf(gauge?.pct ?? 0);
   state.alertLevel = level;
   if (level) showAlert(level, `Context at ${pct(gauge.pct)} of the window`);
@@ -109,6 +109,14 @@ function onMessage(m) {
       else renderSessions();
       break;
     case "sanitizer_event":
+      if (state.economy) {
+        state.economy.since_start.masked_messages += m.masked.length;
+        state.economy.since_start.tokens_saved += m.tokens_saved;
+        renderEconomy();
+      }
+      // How many originals are new is the server's to say; ask once things settle.
+      clearTimeout(state.economyTimer);
+      state.economyTimer = setTimeout(() => loadEconomy().catch(() => {}), 500);
       addNote(m.request_id, `masked ${m.masked.length} message${m.masked.length > 1 ? "s" : ""} (−${num(m.tokens_saved)} tokens)`);
       break;
     case "redaction":
@@ -415,6 +423,24 @@ function renderWatcher() {
   n.textContent = "Log watcher: " + paths.map((p) => `${p.path} (${p.state}, ${p.metrics} figures)`).join("; ");
 }
 
+function renderEconomy() {
+  const e = state.economy;
+  if (!e) return;
+  const t = $("sanitizer-toggle");
+  t.textContent = `Masking: ${e.enabled ? "on" : "off"}`;
+  t.setAttribute("aria-pressed", String(e.enabled));
+  t.title = e.enabled ? "Stop masking large tool output and context" : "Mask large tool output and context again";
+  $("e-saved").textContent = num(e.since_start.tokens_saved);
+  $("e-masked").textContent = num(e.since_start.masked_messages);
+  $("e-originals").textContent = num(e.stored.originals);
+  $("e-redaction").textContent = e.redaction_mode === "off" ? "forwarded" : e.redaction_mode === "block" ? "blocked" : "redacted";
+}
+
+async function loadEconomy() {
+  state.economy = await api("GET", "/api/sanitizer/stats");
+  renderEconomy();
+}
+
 // ---------- alerts, connection, theme ----------
 
 function showAlert(level, message) {
@@ -481,6 +507,16 @@ function main() {
       renderProviders();
     })
     .catch(showError);
+  $("sanitizer-toggle").addEventListener("click", async () => {
+    try {
+      const r = await api("POST", "/api/sanitizer/toggle", { enabled: !state.economy?.enabled });
+      if (state.economy) state.economy.enabled = r.enabled;
+      renderEconomy();
+    } catch (err) {
+      showError(err);
+    }
+  });
+  loadEconomy().catch(showError);
   window.addEventListener("resize", () => renderChart());
   renderAll();
   new Live({ onMessage, onState: setConn }).start();

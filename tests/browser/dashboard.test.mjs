@@ -174,6 +174,17 @@ paths = ["${join(tmp, "core.log")}"]
       return d.includes("masked 1 message") && d.includes("redacted github_token×1");
     });
 
+    // The context-economy card counts what was saved and switches masking.
+    await within(page, "tokens saved counted", () => Number(document.querySelector("#e-saved").textContent.replace(/\D/g, "")) > 1000);
+    await within(page, "the kept original counted", () => document.querySelector("#e-originals").textContent === "1", null, 2000);
+    assert.equal(await page.textContent("#sanitizer-toggle"), "Masking: on");
+    await page.click("#sanitizer-toggle");
+    await within(page, "masking switched off", () => document.querySelector("#sanitizer-toggle").textContent === "Masking: off");
+    const off = await (await fetch(`${base}/api/sanitizer/stats`)).json();
+    assert.equal(off.enabled, false);
+    await page.click("#sanitizer-toggle");
+    await within(page, "masking switched on", () => document.querySelector("#sanitizer-toggle").textContent === "Masking: on");
+
     // 3. A figure from Continue's log reaches the gauge, labelled with its source.
     writeFileSync(join(tmp, "core.log"), "Request had the following token counts\n- contextLength: 8192\n- counted tokens: 2000\n- tools: 48\n\n");
     await within(page, "log figure in the gauge", () => document.querySelector("#gauge-source").textContent === "compile chat", null, 2000);
@@ -207,6 +218,7 @@ paths = ["${join(tmp, "core.log")}"]
     const bg = await page.$eval("#alert", (a) => getComputedStyle(a).backgroundColor);
     assert.equal(bg, "rgb(239, 68, 68)");
     assert.equal(await page.$eval("#gauge", (g) => g.dataset.band), "red");
+    await page.waitForTimeout(600); // let the gauge's transition finish before the picture
     await page.screenshot({ path: join(OUT, "dashboard-desktop.png"), fullPage: true });
 
     // 7. Download the session's CSV.

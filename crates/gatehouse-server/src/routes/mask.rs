@@ -79,6 +79,8 @@ pub async fn stats(State(st): State<AppState>) -> ApiResult<Json<Value>> {
     let cfg = &st.config.sanitizer;
     Ok(Json(json!({
         "enabled": st.sanitizer.enabled.load(Ordering::Relaxed),
+        "redaction_mode": st.config.redaction.mode.as_str(),
+        "observation_masking": cfg.observation_masking,
         "threshold_tokens": cfg.threshold_tokens,
         "preview_length": cfg.preview_length,
         "since_start": {
