@@ -87,5 +87,8 @@ fn row(session: &SessionId, i: u64) -> RequestRecord {
         error_type: None,
         error_message: None,
         cost_usd: None,
+        memory_tokens: 0,
+        chat_tokens: 0,
+        memory_ratio: 0.0,
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Depends on core only; nothing here does I/O.
 
+pub mod memory;
 pub mod observe;
 pub mod redact;
 pub mod sanitize;

@@ -82,6 +82,13 @@ pub struct RequestRecord {
     /// US dollars, when the model has a price.
     #[serde(default)]
     pub cost_usd: Option<f64>,
+    /// Prompt tokens of memory/MCP content (the seed's patterns), the rest, and their ratio.
+    #[serde(default)]
+    pub memory_tokens: u64,
+    #[serde(default)]
+    pub chat_tokens: u64,
+    #[serde(default)]
+    pub memory_ratio: f64,
 }
 
 impl RequestRecord {

@@ -27,7 +27,7 @@ pub enum ServeError {
     Client(#[from] reqwest::Error),
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
-    #[error("the secret-redaction rules do not compile (a bug; please report it)")]
+    #[error("the built-in redaction or memory patterns do not compile (a bug; please report it)")]
     RedactionRules,
 }
 
@@ -93,6 +93,7 @@ pub async fn run_with(
         upstream: Upstream::new(&config, &instance_id)?,
         counter: TokenCounter::new(config.proxy.token_cache_entries),
         redactor: gatehouse_context::Redactor::shared().ok_or(ServeError::RedactionRules)?,
+        memory: gatehouse_context::memory::Detector::shared().ok_or(ServeError::RedactionRules)?,
         sanitizer: crate::state::SanitizerState::new(sanitizer_on),
         listen,
         sessions,

@@ -27,6 +27,7 @@ pub struct Inner {
     pub upstream: Upstream,
     pub counter: TokenCounter,
     pub redactor: &'static gatehouse_context::Redactor,
+    pub memory: &'static gatehouse_context::memory::Detector,
     pub sanitizer: SanitizerState,
     pub sessions: Sessions,
     pub store: Arc<dyn Store>,

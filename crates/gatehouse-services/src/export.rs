@@ -64,6 +64,8 @@ pub const CSV_COLUMNS: &[&str] = &[
     "error_type",
     "error_message",
     "cost_usd",
+    "memory_tokens",
+    "memory_ratio",
     "preview",
 ];
 
@@ -138,7 +140,7 @@ pub fn csv_row(out: &mut String, r: &RequestRecord) {
     if let Some(c) = r.cost_usd {
         let _ = write!(out, "{c}");
     }
-    out.push(',');
+    let _ = write!(out, ",{},{},", r.memory_tokens, r.memory_ratio);
     csv_field(out, &r.preview);
     out.push_str("\r\n");
 }
@@ -221,6 +223,9 @@ mod tests {
             error_type: None,
             error_message: None,
             cost_usd: None,
+            memory_tokens: 0,
+            chat_tokens: 0,
+            memory_ratio: 0.0,
         }
     }
 
@@ -251,7 +256,7 @@ mod tests {
             "{row}"
         );
         assert!(
-            row.ends_with(",stop,,,,\"hello, \"\"world\"\"\nbye\""),
+            row.ends_with(",stop,,,,0,0,\"hello, \"\"world\"\"\nbye\""),
             "{row}"
         );
     }

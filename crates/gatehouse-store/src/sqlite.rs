@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "masked_content",
         include_str!("../migrations/sqlite/0003_masked_content.sql"),
     ),
+    (
+        4,
+        "request_memory",
+        include_str!("../migrations/sqlite/0004_request_memory.sql"),
+    ),
 ];
 
 const ACTIVE_KEY: &str = "active_session";
@@ -200,9 +205,10 @@ impl SqliteStore {
                         model_key, upstream_model, stream, status, prompt_tokens_est,
                         prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens,
                         usage_source, max_context, context_pct, preview, latency_ms, ttfb_ms,
-                        overhead_us, attempts, finish_reason, error_type, error_message, cost_usd)
+                        overhead_us, attempts, finish_reason, error_type, error_message, cost_usd,
+                        memory_tokens, chat_tokens, memory_ratio)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                        $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)",
+                        $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)",
                 )
                 .bind(uuid_v7())
                 .bind(&r.id)
@@ -230,6 +236,9 @@ impl SqliteStore {
                 .bind(&r.error_type)
                 .bind(&r.error_message)
                 .bind(r.cost_usd)
+                .bind(to_i64(r.memory_tokens))
+                .bind(to_i64(r.chat_tokens))
+                .bind(r.memory_ratio)
                 .execute(&mut **tx)
                 .await?;
             }
@@ -311,6 +320,9 @@ fn request_from_row(row: &SqliteRow) -> sqlx::Result<RequestRecord> {
         error_type: row.try_get("error_type")?,
         error_message: row.try_get("error_message")?,
         cost_usd: row.try_get("cost_usd")?,
+        memory_tokens: to_u64(row.try_get("memory_tokens")?),
+        chat_tokens: to_u64(row.try_get("chat_tokens")?),
+        memory_ratio: row.try_get("memory_ratio")?,
     })
 }
 
@@ -626,6 +638,9 @@ pub(crate) mod tests {
             error_type: None,
             error_message: None,
             cost_usd: Some(0.001),
+            memory_tokens: 0,
+            chat_tokens: 0,
+            memory_ratio: 0.0,
         }
     }
 

@@ -29,7 +29,7 @@ use crate::origin::SameOrigin;
 use crate::state::{AppState, InFlight};
 use crate::stream;
 use gatehouse_config::RedactionMode;
-use gatehouse_context::{Redactor, SecretKind, observe, sanitize};
+use gatehouse_context::{Redactor, SecretKind, memory, observe, sanitize};
 use gatehouse_core::record::MaskedContent;
 use gatehouse_core::request::{Content, Part};
 use gatehouse_services::events::MaskedSummary;
@@ -90,6 +90,45 @@ struct Prepared {
     redacted: Vec<(SecretKind, u32)>,
     /// Messages the sanitizer replaced by stand-ins.
     masked: Vec<MaskedContent>,
+    /// Prompt tokens of memory/MCP content (what is sent, after masking).
+    memory_tokens: u64,
+}
+
+/// Tokens of the memory/MCP content in the prompt: stretches matching the seed's patterns, each
+/// counted when at least `MIN_MEMORY_TOKENS` long. One Aho-Corasick pass when there is none.
+fn memory_tokens(
+    st: &AppState,
+    body: &Bytes,
+    view: &ChatRequestView<'_>,
+    enc: gatehouse_core::Encoding,
+) -> u64 {
+    let d = st.memory;
+    if !d.may_contain(body) {
+        return 0;
+    }
+    let mut total = 0;
+    for m in &view.messages {
+        let texts: Vec<&str> = match &m.content {
+            Content::Text(t) => vec![t.as_ref()],
+            Content::Parts(parts) => parts
+                .iter()
+                .filter_map(|p| match p {
+                    Part::Text(t) => Some(t.as_ref()),
+                    _ => None,
+                })
+                .collect(),
+            Content::None => Vec::new(),
+        };
+        for text in texts {
+            for span in d.spans(text) {
+                let n = text.get(span.start..span.end).map_or(0, |s| enc.count(s));
+                if n >= memory::MIN_MEMORY_TOKENS {
+                    total += n;
+                }
+            }
+        }
+    }
+    total
 }
 
 /// The body with large tool output, pasted context, console output and big JSON replaced by
@@ -400,6 +439,7 @@ fn prepare(st: &AppState, body: &Bytes) -> Result<Prepared, ApiError> {
         upstream_body,
         injected_usage: rewritten.injected_usage,
         prompt_tokens: prompt.tokens,
+        memory_tokens: memory_tokens(st, body, &view, route.encoding),
         session_name: view.first_user_preview(SESSION_NAME_CHARS),
         preview: view.last_user_preview(PREVIEW_CHARS).unwrap_or_default(),
         route,
@@ -482,6 +522,7 @@ async fn handle(
         route: p.route.clone(),
         stream: p.stream,
         prompt_tokens_est: p.prompt_tokens,
+        memory_tokens: p.memory_tokens,
         preview: p.preview,
     };
     if !p.redacted.is_empty() {
@@ -694,6 +735,7 @@ pub(crate) struct Draft {
     route: Arc<Route>,
     stream: bool,
     prompt_tokens_est: u64,
+    memory_tokens: u64,
     preview: String,
 }
 
@@ -774,6 +816,13 @@ impl Draft {
             error_type,
             error_message,
             cost_usd,
+            memory_tokens: self.memory_tokens,
+            chat_tokens: self.prompt_tokens_est.saturating_sub(self.memory_tokens),
+            memory_ratio: if self.prompt_tokens_est > 0 {
+                self.memory_tokens as f64 / self.prompt_tokens_est as f64
+            } else {
+                0.0
+            },
         }
     }
 }

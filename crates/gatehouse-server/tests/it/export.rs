@@ -73,6 +73,9 @@ fn record(session: &SessionId, n: usize, filler: &str) -> RequestRecord {
         error_type: None,
         error_message: Some(filler.to_owned()),
         cost_usd: Some(0.000_42),
+        memory_tokens: 0,
+        chat_tokens: 0,
+        memory_ratio: 0.0,
     }
 }
 

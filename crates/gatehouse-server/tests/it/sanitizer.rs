@@ -239,3 +239,34 @@ async fn observation_masking_hides_old_tool_results_but_keeps_errors() {
     assert_eq!(original["content"], "12 passed in 0.4s");
     assert_eq!(original["tags"], json!(["observation"]));
 }
+
+#[tokio::test]
+async fn memory_content_is_measured_per_request() {
+    let app = TestApp::spawn().await;
+    let memory = format!(
+        "<mcp-memory>{}</mcp-memory>",
+        "The user prefers small commits, tabs, and tests next to the code. ".repeat(5)
+    );
+    let body = json!({"model": "mock/echo", "messages": [
+        {"role": "system", "content": format!("You are a coding assistant.\n{memory}")},
+        {"role": "user", "content": "Where should the new test go? See @memory[style]."},
+    ]});
+    let r = app.chat(body).await;
+    assert_eq!(r.status(), 200);
+    let sid = session_of(&r);
+    let row = rows(&app, &sid).await.remove(0);
+    let mem = row["memory_tokens"].as_u64().unwrap();
+    let prompt = row["prompt_tokens_est"].as_u64().unwrap();
+    // The block counts (70-odd tokens); the short @memory[...] reference is under 20 and does not.
+    assert!((60..100).contains(&mem), "memory {mem} of {prompt}");
+    assert_eq!(row["chat_tokens"].as_u64().unwrap(), prompt - mem);
+    let ratio = row["memory_ratio"].as_f64().unwrap();
+    assert!((ratio - mem as f64 / prompt as f64).abs() < 1e-9);
+
+    let r = app
+        .chat(json!({"model": "mock/echo", "messages": [{"role": "user", "content": "no memory here"}]}))
+        .await;
+    let row = rows(&app, &session_of(&r)).await.remove(0);
+    assert_eq!(row["memory_tokens"], 0);
+    assert_eq!(row["memory_ratio"], 0.0);
+}
