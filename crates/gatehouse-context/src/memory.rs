@@ -43,7 +43,8 @@ const PATTERNS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Literals at least one of which every match contains; the cheap first pass.
+/// Literals at least one of which every match contains; the cheap first pass. Tool names are
+/// listed whole, so ordinary code (`fast_path`, `sequential scan`) does not wake the regexes.
 const LITERALS: &[&str] = &[
     "<mcp-memory>",
     "@memory[",
@@ -54,9 +55,38 @@ const LITERALS: &[&str] = &[
     "Mémoire",
     "Memory from",
     "mcp8_",
-    "sequential",
-    "fast_",
+    "sequentialthinking_tools",
+    "sequential_thinking",
     "json_query_",
+];
+
+/// The fast-filesystem tool names, also literals of the first pass.
+const FAST_TOOLS: &[&str] = &[
+    "list_allowed_directories",
+    "read_file",
+    "read_multiple_files",
+    "write_file",
+    "large_write_file",
+    "list_directory",
+    "get_file_info",
+    "create_directory",
+    "search_files",
+    "search_code",
+    "get_directory_tree",
+    "get_disk_usage",
+    "find_large_files",
+    "edit_block",
+    "safe_edit",
+    "edit_multiple_blocks",
+    "edit_blocks",
+    "extract_lines",
+    "copy_file",
+    "move_file",
+    "delete_file",
+    "batch_file_operations",
+    "compress_files",
+    "extract_archive",
+    "sync_directories",
 ];
 
 pub struct Detector {
@@ -84,9 +114,15 @@ impl Detector {
     pub fn shared() -> Option<&'static Self> {
         static D: OnceLock<Option<Detector>> = OnceLock::new();
         D.get_or_init(|| {
+            let fast: Vec<String> = FAST_TOOLS.iter().map(|t| format!("fast_{t}")).collect();
+            let literals = LITERALS
+                .iter()
+                .map(|l| (*l).to_owned())
+                .chain(fast)
+                .collect::<Vec<_>>();
             let prefilter = AhoCorasickBuilder::new()
                 .match_kind(MatchKind::LeftmostFirst)
-                .build(LITERALS)
+                .build(&literals)
                 .ok()?;
             let patterns = PATTERNS
                 .iter()
