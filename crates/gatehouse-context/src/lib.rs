@@ -5,6 +5,7 @@
 
 pub mod memory;
 pub mod observe;
+pub mod recall;
 pub mod redact;
 pub mod sanitize;
 

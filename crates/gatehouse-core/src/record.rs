@@ -120,6 +120,20 @@ pub struct SessionStats {
     pub cost_usd: Option<f64>,
 }
 
+/// One entry of the memory store, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryRecord {
+    pub id: String,
+    /// `frequent`, `episodic` or `semantic`.
+    pub kind: String,
+    pub content: String,
+    pub tokens: u64,
+    pub session_id: Option<String>,
+    pub access_count: u64,
+    pub created_at: i64,
+    pub last_access_at: i64,
+}
+
 /// A message the sanitizer replaced, kept so its original can be read back by reference.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MaskedContent {

@@ -4,6 +4,7 @@ pub(crate) mod chat;
 mod export;
 mod health;
 mod mask;
+pub(crate) mod memory;
 mod models;
 mod providers;
 pub(crate) mod sessions;
@@ -43,7 +44,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/mask", get(mask::list))
         .route("/api/mask/{reference}", get(mask::get))
         .route("/api/sanitizer/stats", get(mask::stats))
-        .route("/api/sanitizer/toggle", post(mask::toggle));
+        .route("/api/sanitizer/toggle", post(mask::toggle))
+        .route("/api/memory/store", post(memory::store))
+        .route("/api/memory/similar", get(memory::similar))
+        .route("/api/memory/frequent", get(memory::frequent))
+        .route("/api/memory/promote", post(memory::promote))
+        .route("/api/memory/cleanup", post(memory::cleanup))
+        .route("/api/memory/stats", get(memory::stats));
     if state.config.dashboard.enabled {
         app = app
             .route("/", get(dashboard::index))

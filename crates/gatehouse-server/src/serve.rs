@@ -81,6 +81,10 @@ pub async fn run_with(
     )
     .await?;
     let stop = CancellationToken::new();
+    let mut recall = gatehouse_context::recall::Recall::new();
+    for r in store.load_memory().await? {
+        recall.load(crate::routes::memory::from_record(r));
+    }
     // The dashboard's toggle outlives restarts; the file's value applies until it is used.
     let sanitizer_on = match store.get_setting(SANITIZER_KEY).await?.as_deref() {
         Some("true") => true,
@@ -95,6 +99,7 @@ pub async fn run_with(
         redactor: gatehouse_context::Redactor::shared().ok_or(ServeError::RedactionRules)?,
         memory: gatehouse_context::memory::Detector::shared().ok_or(ServeError::RedactionRules)?,
         sanitizer: crate::state::SanitizerState::new(sanitizer_on),
+        recall: std::sync::Mutex::new(recall),
         listen,
         sessions,
         store,

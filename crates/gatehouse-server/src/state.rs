@@ -29,6 +29,8 @@ pub struct Inner {
     pub redactor: &'static gatehouse_context::Redactor,
     pub memory: &'static gatehouse_context::memory::Detector,
     pub sanitizer: SanitizerState,
+    /// The memory store's index; changes are persisted through the writer.
+    pub recall: std::sync::Mutex<gatehouse_context::recall::Recall>,
     pub sessions: Sessions,
     pub store: Arc<dyn Store>,
     pub writer: WriterHandle,

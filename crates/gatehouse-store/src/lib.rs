@@ -10,7 +10,7 @@ pub mod writer;
 
 use futures_util::future::BoxFuture;
 use gatehouse_core::SessionId;
-use gatehouse_core::record::{MaskedContent, RequestRecord, Session, SessionStats};
+use gatehouse_core::record::{MaskedContent, MemoryRecord, RequestRecord, Session, SessionStats};
 use serde::Serialize;
 
 pub use sqlite::SqliteStore;
@@ -54,6 +54,9 @@ pub enum WriteOp {
         key: String,
         value: String,
     },
+    /// A memory entry, inserted or replaced whole.
+    UpsertMemory(Box<MemoryRecord>),
+    DeleteMemory(Vec<String>),
 }
 
 /// Totals of the masked originals kept.
@@ -117,6 +120,8 @@ pub trait Store: Send + Sync + 'static {
         offset: u32,
     ) -> BoxFuture<'_, StoreResult<Vec<MaskedContent>>>;
     fn masked_totals(&self) -> BoxFuture<'_, StoreResult<MaskedTotals>>;
+    /// Every memory entry, to build the in-process index at start.
+    fn load_memory(&self) -> BoxFuture<'_, StoreResult<Vec<MemoryRecord>>>;
     fn get_setting<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<Option<String>>>;
     /// Cheap liveness probe for `/health/ready`.
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;

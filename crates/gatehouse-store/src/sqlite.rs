@@ -7,7 +7,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use gatehouse_core::SessionId;
-use gatehouse_core::record::{MaskedContent, RequestRecord, Session, SessionStats, UsageSource};
+use gatehouse_core::record::{
+    MaskedContent, MemoryRecord, RequestRecord, Session, SessionStats, UsageSource,
+};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -37,6 +39,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "request_memory",
         include_str!("../migrations/sqlite/0004_request_memory.sql"),
+    ),
+    (
+        5,
+        "memory_entries",
+        include_str!("../migrations/sqlite/0005_memory_entries.sql"),
     ),
 ];
 
@@ -188,6 +195,32 @@ impl SqliteStore {
                 .bind(m.created_at)
                 .execute(&mut **tx)
                 .await?;
+            }
+            WriteOp::UpsertMemory(m) => {
+                sqlx::query(
+                    "INSERT INTO memory_entries (id, kind, content, tokens, session_id, access_count, created_at, last_access_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (id) DO UPDATE SET kind = excluded.kind,
+                        access_count = excluded.access_count, last_access_at = excluded.last_access_at",
+                )
+                .bind(&m.id)
+                .bind(&m.kind)
+                .bind(&m.content)
+                .bind(to_i64(m.tokens))
+                .bind(&m.session_id)
+                .bind(to_i64(m.access_count))
+                .bind(m.created_at)
+                .bind(m.last_access_at)
+                .execute(&mut **tx)
+                .await?;
+            }
+            WriteOp::DeleteMemory(ids) => {
+                for id in ids {
+                    sqlx::query("DELETE FROM memory_entries WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut **tx)
+                        .await?;
+                }
             }
             WriteOp::SetSetting { key, value } => {
                 sqlx::query(
@@ -569,6 +602,29 @@ impl Store for SqliteStore {
         })
     }
 
+    fn load_memory(&self) -> BoxFuture<'_, StoreResult<Vec<MemoryRecord>>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT * FROM memory_entries")
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(MemoryRecord {
+                        id: r.try_get("id")?,
+                        kind: r.try_get("kind")?,
+                        content: r.try_get("content")?,
+                        tokens: to_u64(r.try_get("tokens")?),
+                        session_id: r.try_get("session_id")?,
+                        access_count: to_u64(r.try_get("access_count")?),
+                        created_at: r.try_get("created_at")?,
+                        last_access_at: r.try_get("last_access_at")?,
+                    })
+                })
+                .collect::<sqlx::Result<Vec<_>>>()
+                .map_err(StoreError::from)
+        })
+    }
+
     fn get_setting<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<Option<String>>> {
         Box::pin(async move {
             let v: Option<String> = sqlx::query("SELECT value FROM settings WHERE key = $1")
@@ -599,6 +655,8 @@ fn op_name(op: &WriteOp) -> &'static str {
         WriteOp::InsertRequest(_) => "insert_request",
         WriteOp::StoreMasked(_) => "store_masked",
         WriteOp::SetSetting { .. } => "set_setting",
+        WriteOp::UpsertMemory(_) => "upsert_memory",
+        WriteOp::DeleteMemory(_) => "delete_memory",
     }
 }
 

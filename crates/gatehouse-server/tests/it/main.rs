@@ -10,6 +10,7 @@ mod support;
 mod errors;
 mod export;
 mod live;
+mod memory;
 mod proxy;
 mod redaction;
 mod sanitizer;

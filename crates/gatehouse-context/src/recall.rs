@@ -1,0 +1,352 @@
+//! The memory store's logic, in process: entries of three kinds (frequent, episodic, semantic),
+//! deduplicated by content hash, promoted to frequent after three accesses, cleaned up when
+//! episodic, old and rarely used, and found again by BM25 similarity. No external vector
+//! database: a gateway's memory is thousands of entries, which an inverted index serves in
+//! microseconds.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Accesses after which an episodic entry becomes frequent.
+pub const PROMOTE_AFTER: u64 = 3;
+// BM25 parameters (the usual ones).
+const K1: f64 = 1.2;
+const B: f64 = 0.75;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Frequent,
+    Episodic,
+    Semantic,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Frequent => "frequent",
+            Self::Episodic => "episodic",
+            Self::Semantic => "semantic",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "frequent" => Some(Self::Frequent),
+            "episodic" => Some(Self::Episodic),
+            "semantic" => Some(Self::Semantic),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// 16 hex characters of the SHA-256 of the content: the identity, so duplicates merge.
+    pub id: String,
+    pub kind: Kind,
+    pub content: String,
+    pub tokens: u64,
+    pub session_id: Option<String>,
+    pub access_count: u64,
+    /// Epoch milliseconds.
+    pub created_at: i64,
+    pub last_access_at: i64,
+}
+
+fn terms(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() > 1)
+        .map(str::to_lowercase)
+}
+
+/// All entries and their inverted index.
+#[derive(Debug, Default)]
+pub struct Recall {
+    entries: HashMap<String, Entry>,
+    /// term → (entry id → term frequency)
+    postings: HashMap<String, HashMap<String, u32>>,
+    lengths: HashMap<String, u32>,
+    total_length: u64,
+}
+
+/// A search hit.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hit {
+    pub score: f64,
+    #[serde(flatten)]
+    pub entry: Entry,
+}
+
+impl Recall {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Entry> {
+        self.entries.get(id)
+    }
+
+    /// Adds an entry as loaded from storage (no access counted).
+    pub fn load(&mut self, e: Entry) {
+        self.index(&e);
+        self.entries.insert(e.id.clone(), e);
+    }
+
+    fn index(&mut self, e: &Entry) {
+        let mut tf: HashMap<String, u32> = HashMap::new();
+        for t in terms(&e.content) {
+            *tf.entry(t).or_default() += 1;
+        }
+        let len: u32 = tf.values().sum();
+        for (t, n) in tf {
+            self.postings.entry(t).or_default().insert(e.id.clone(), n);
+        }
+        self.lengths.insert(e.id.clone(), len);
+        self.total_length += u64::from(len);
+    }
+
+    fn unindex(&mut self, id: &str) {
+        if let Some(len) = self.lengths.remove(id) {
+            self.total_length -= u64::from(len);
+        }
+        self.postings.retain(|_, docs| {
+            docs.remove(id);
+            !docs.is_empty()
+        });
+    }
+
+    /// Stores `e`, or, when the same content is already stored, counts an access to it.
+    /// Returns the stored entry and whether it was new.
+    pub fn store(&mut self, e: Entry, now: i64) -> (Entry, bool) {
+        if self.entries.contains_key(&e.id) {
+            let id = e.id;
+            return (self.touch(&id, now).unwrap_or(e_placeholder(&id)), false);
+        }
+        self.index(&e);
+        self.entries.insert(e.id.clone(), e.clone());
+        (e, true)
+    }
+
+    /// Counts one access; an episodic entry reaching [`PROMOTE_AFTER`] becomes frequent.
+    pub fn touch(&mut self, id: &str, now: i64) -> Option<Entry> {
+        let e = self.entries.get_mut(id)?;
+        e.access_count += 1;
+        e.last_access_at = now;
+        if e.kind == Kind::Episodic && e.access_count >= PROMOTE_AFTER {
+            e.kind = Kind::Frequent;
+        }
+        Some(e.clone())
+    }
+
+    pub fn set_kind(&mut self, id: &str, kind: Kind) -> Option<Entry> {
+        let e = self.entries.get_mut(id)?;
+        e.kind = kind;
+        Some(e.clone())
+    }
+
+    /// The `limit` entries most similar to `query` (BM25), best first; each hit counts as an
+    /// access (and may promote it).
+    pub fn similar(&mut self, query: &str, limit: usize, now: i64) -> Vec<Hit> {
+        let n = self.entries.len() as f64;
+        if n == 0.0 {
+            return Vec::new();
+        }
+        let avg = (self.total_length as f64 / n).max(1.0);
+        let mut scores: HashMap<&str, f64> = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for t in terms(query) {
+            if !seen.insert(t.clone()) {
+                continue;
+            }
+            let Some(docs) = self.postings.get(&t) else {
+                continue;
+            };
+            let df = docs.len() as f64;
+            let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
+            for (id, tf) in docs {
+                let len = f64::from(self.lengths.get(id).copied().unwrap_or(0));
+                let tf = f64::from(*tf);
+                let s = idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / avg));
+                *scores.entry(id.as_str()).or_default() += s;
+            }
+        }
+        let mut ranked: Vec<(String, f64)> = scores
+            .into_iter()
+            .map(|(id, s)| (id.to_owned(), s))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        ranked.truncate(limit);
+        ranked
+            .into_iter()
+            .filter_map(|(id, score)| self.touch(&id, now).map(|entry| Hit { score, entry }))
+            .collect()
+    }
+
+    /// Frequent entries, most accessed first.
+    pub fn frequent(&self, limit: usize) -> Vec<Entry> {
+        let mut v: Vec<Entry> = self
+            .entries
+            .values()
+            .filter(|e| e.kind == Kind::Frequent)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| {
+            b.access_count
+                .cmp(&a.access_count)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        v.truncate(limit);
+        v
+    }
+
+    /// Removes episodic entries created before `older_than` with fewer than `min_access`
+    /// accesses; returns their ids.
+    pub fn cleanup(&mut self, older_than: i64, min_access: u64) -> Vec<String> {
+        let gone: Vec<String> = self
+            .entries
+            .values()
+            .filter(|e| {
+                e.kind == Kind::Episodic && e.created_at < older_than && e.access_count < min_access
+            })
+            .map(|e| e.id.clone())
+            .collect();
+        for id in &gone {
+            self.entries.remove(id);
+            self.unindex(id);
+        }
+        gone
+    }
+
+    /// Entries and tokens per kind.
+    pub fn stats(&self) -> HashMap<&'static str, (u64, u64)> {
+        let mut out: HashMap<&'static str, (u64, u64)> = HashMap::new();
+        for e in self.entries.values() {
+            let s = out.entry(e.kind.as_str()).or_default();
+            s.0 += 1;
+            s.1 += e.tokens;
+        }
+        out
+    }
+}
+
+/// Stand-in when an entry vanished between two lookups under the same lock (cannot happen).
+fn e_placeholder(id: &str) -> Entry {
+    Entry {
+        id: id.to_owned(),
+        kind: Kind::Episodic,
+        content: String::new(),
+        tokens: 0,
+        session_id: None,
+        access_count: 0,
+        created_at: 0,
+        last_access_at: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, kind: Kind, content: &str, created_at: i64) -> Entry {
+        Entry {
+            id: id.into(),
+            kind,
+            content: content.into(),
+            tokens: 10,
+            session_id: None,
+            access_count: 0,
+            created_at,
+            last_access_at: created_at,
+        }
+    }
+
+    fn store() -> Recall {
+        let mut r = Recall::new();
+        r.store(
+            entry(
+                "a",
+                Kind::Episodic,
+                "The user prefers tabs over spaces in Rust code",
+                0,
+            ),
+            0,
+        );
+        r.store(
+            entry(
+                "b",
+                Kind::Semantic,
+                "The project uses SQLite in WAL mode for storage",
+                0,
+            ),
+            0,
+        );
+        r.store(
+            entry(
+                "c",
+                Kind::Episodic,
+                "Yesterday we fixed the parser bug in the tokenizer",
+                0,
+            ),
+            0,
+        );
+        r
+    }
+
+    #[test]
+    fn similar_ranks_by_bm25() {
+        let mut r = store();
+        let hits = r.similar("which storage does the project use? sqlite", 2, 1);
+        assert_eq!(hits[0].entry.id, "b");
+        assert!(hits[0].score > 0.0);
+        assert!(hits.len() <= 2);
+        assert!(r.similar("zebra", 5, 1).is_empty());
+    }
+
+    #[test]
+    fn duplicates_merge_and_three_accesses_promote() {
+        let mut r = store();
+        let (_, new) = r.store(
+            entry(
+                "a",
+                Kind::Episodic,
+                "The user prefers tabs over spaces in Rust code",
+                0,
+            ),
+            5,
+        );
+        assert!(!new, "same content, same id: an access, not a new entry");
+        assert_eq!(r.len(), 3);
+        r.similar("tabs spaces", 1, 6);
+        let e = r.get("a").unwrap();
+        assert_eq!((e.access_count, e.kind), (2, Kind::Episodic));
+        r.similar("tabs", 1, 7);
+        assert_eq!(r.get("a").unwrap().kind, Kind::Frequent);
+        assert_eq!(r.frequent(10)[0].id, "a");
+    }
+
+    #[test]
+    fn cleanup_removes_old_rarely_used_episodic_entries_only() {
+        let mut r = store();
+        r.touch("c", 1);
+        r.touch("c", 1);
+        let gone = r.cleanup(100, 2);
+        assert_eq!(gone, ["a"]);
+        assert!(r.get("b").is_some(), "semantic entries stay");
+        assert!(r.get("c").is_some(), "used entries stay");
+        assert!(
+            r.similar("tabs", 5, 2).is_empty(),
+            "the index forgot it too"
+        );
+        assert_eq!(r.stats()["semantic"], (1, 10));
+    }
+}

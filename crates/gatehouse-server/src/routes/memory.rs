@@ -1,0 +1,233 @@
+//! `/api/memory/*`: the memory store (store, similar, frequent, promote, cleanup, stats).
+//! The index lives in process (`gatehouse_context::recall`); every change is persisted through
+//! the writer, and the index is rebuilt from the database at start.
+
+use std::sync::MutexGuard;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use bytes::Bytes;
+use gatehouse_context::recall::{Entry, Kind, Recall};
+use gatehouse_context::sanitize;
+use gatehouse_core::record::MemoryRecord;
+use gatehouse_core::time::now_ms;
+use gatehouse_core::{ApiError, Encoding, ErrorKind};
+use gatehouse_store::WriteOp;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::error::HttpError;
+use crate::origin::SameOrigin;
+use crate::state::AppState;
+
+type ApiResult<T> = Result<T, HttpError>;
+
+/// Largest entry accepted, in bytes.
+const MAX_CONTENT: usize = 64 * 1024;
+const DAY_MS: i64 = 86_400_000;
+
+pub fn to_record(e: &Entry) -> MemoryRecord {
+    MemoryRecord {
+        id: e.id.clone(),
+        kind: e.kind.as_str().to_owned(),
+        content: e.content.clone(),
+        tokens: e.tokens,
+        session_id: e.session_id.clone(),
+        access_count: e.access_count,
+        created_at: e.created_at,
+        last_access_at: e.last_access_at,
+    }
+}
+
+pub fn from_record(r: MemoryRecord) -> Entry {
+    Entry {
+        id: r.id,
+        kind: Kind::parse(&r.kind).unwrap_or(Kind::Episodic),
+        content: r.content,
+        tokens: r.tokens,
+        session_id: r.session_id,
+        access_count: r.access_count,
+        created_at: r.created_at,
+        last_access_at: r.last_access_at,
+    }
+}
+
+fn lock(st: &AppState) -> MutexGuard<'_, Recall> {
+    st.recall.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn bad(message: String) -> HttpError {
+    HttpError(ApiError::new(ErrorKind::InvalidRequest, message))
+}
+
+fn body<T: DeserializeOwned>(raw: &Bytes, shape: &str) -> ApiResult<T> {
+    let raw: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        raw
+    };
+    serde_json::from_slice(raw).map_err(|e| {
+        HttpError(ApiError::new(
+            ErrorKind::InvalidJson,
+            format!("the body must be {shape}: {e}"),
+        ))
+    })
+}
+
+fn kind_of(s: Option<&str>, default: Kind) -> ApiResult<Kind> {
+    match s {
+        None => Ok(default),
+        Some(k) => Kind::parse(k).ok_or_else(|| {
+            bad(format!(
+                "unknown kind `{k}`: use frequent, episodic or semantic"
+            ))
+        }),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreBody {
+    content: String,
+    kind: Option<String>,
+    session_id: Option<String>,
+}
+
+/// `POST /api/memory/store`: adds an entry; the same content again counts as an access.
+pub async fn store(
+    _: SameOrigin,
+    State(st): State<AppState>,
+    raw: Bytes,
+) -> ApiResult<Json<Value>> {
+    let b: StoreBody = body(
+        &raw,
+        r#"{"content": "...", "kind"?: "episodic", "session_id"?: "..."}"#,
+    )?;
+    let content = b.content.trim();
+    if content.is_empty() || content.len() > MAX_CONTENT {
+        return Err(bad(format!(
+            "content must be 1 to {MAX_CONTENT} bytes of text"
+        )));
+    }
+    let kind = kind_of(b.kind.as_deref(), Kind::Episodic)?;
+    let now = now_ms();
+    let entry = Entry {
+        id: sanitize::reference(content),
+        kind,
+        content: content.to_owned(),
+        tokens: Encoding::Cl100k.count(content),
+        session_id: b.session_id,
+        access_count: 0,
+        created_at: now,
+        last_access_at: now,
+    };
+    let (stored, new) = lock(&st).store(entry, now);
+    st.writer
+        .record(WriteOp::UpsertMemory(Box::new(to_record(&stored))))
+        .await;
+    Ok(Json(json!({ "entry": stored, "duplicate": !new })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimilarQuery {
+    q: String,
+    limit: Option<usize>,
+}
+
+/// `GET /api/memory/similar?q=...&limit=5`: BM25 best matches; each counts as an access.
+pub async fn similar(
+    State(st): State<AppState>,
+    q: Result<Query<SimilarQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(|e| bad(format!("{}; use ?q=text&limit=5", e.body_text())))?;
+    let hits = lock(&st).similar(&q.q, q.limit.unwrap_or(5).clamp(1, 100), now_ms());
+    for h in &hits {
+        st.writer
+            .record(WriteOp::UpsertMemory(Box::new(to_record(&h.entry))))
+            .await;
+    }
+    Ok(Json(json!({ "query": q.q, "results": hits })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    limit: Option<usize>,
+}
+
+/// `GET /api/memory/frequent?limit=20`
+pub async fn frequent(
+    State(st): State<AppState>,
+    q: Result<Query<Limit>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let entries = lock(&st).frequent(q.limit.unwrap_or(20).clamp(1, 500));
+    Ok(Json(json!({ "entries": entries })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteBody {
+    id: String,
+    kind: Option<String>,
+}
+
+/// `POST /api/memory/promote` (`{"id", "kind"?: "semantic"}`)
+pub async fn promote(
+    _: SameOrigin,
+    State(st): State<AppState>,
+    raw: Bytes,
+) -> ApiResult<Json<Value>> {
+    let b: PromoteBody = body(&raw, r#"{"id": "...", "kind"?: "semantic"}"#)?;
+    let kind = kind_of(b.kind.as_deref(), Kind::Semantic)?;
+    let e = lock(&st).set_kind(&b.id, kind).ok_or_else(|| {
+        HttpError(ApiError::new(
+            ErrorKind::NotFound,
+            format!("no memory entry `{}`", b.id),
+        ))
+    })?;
+    st.writer
+        .record(WriteOp::UpsertMemory(Box::new(to_record(&e))))
+        .await;
+    Ok(Json(json!({ "entry": e })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupBody {
+    max_age_days: Option<u32>,
+    min_access: Option<u64>,
+}
+
+/// `POST /api/memory/cleanup` (`{"max_age_days"?: 30, "min_access"?: 2}`): removes episodic
+/// entries older than that and used less than that.
+pub async fn cleanup(
+    _: SameOrigin,
+    State(st): State<AppState>,
+    raw: Bytes,
+) -> ApiResult<Json<Value>> {
+    let b: CleanupBody = body(&raw, r#"{"max_age_days"?: 30, "min_access"?: 2}"#)?;
+    let days = i64::from(b.max_age_days.unwrap_or(30));
+    let cutoff = now_ms() - days * DAY_MS;
+    let gone = lock(&st).cleanup(cutoff, b.min_access.unwrap_or(2));
+    if !gone.is_empty() {
+        st.writer.record(WriteOp::DeleteMemory(gone.clone())).await;
+    }
+    Ok(Json(json!({ "removed": gone.len(), "ids": gone })))
+}
+
+/// `GET /api/memory/stats`
+pub async fn stats(State(st): State<AppState>) -> Json<Value> {
+    let r = lock(&st);
+    let by_kind: serde_json::Map<String, Value> = r
+        .stats()
+        .into_iter()
+        .map(|(k, (n, t))| (k.to_owned(), json!({ "entries": n, "tokens": t })))
+        .collect();
+    Json(
+        json!({ "entries": r.len(), "by_kind": by_kind, "promote_after": gatehouse_context::recall::PROMOTE_AFTER }),
+    )
+}
