@@ -6,54 +6,14 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
+use gatehouse_core::record::{MemoryKind, MemoryRecord};
+use serde::Serialize;
 
 /// Accesses after which an episodic entry becomes frequent.
 pub const PROMOTE_AFTER: u64 = 3;
 // BM25 parameters (the usual ones).
 const K1: f64 = 1.2;
 const B: f64 = 0.75;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Frequent,
-    Episodic,
-    Semantic,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Frequent => "frequent",
-            Self::Episodic => "episodic",
-            Self::Semantic => "semantic",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "frequent" => Some(Self::Frequent),
-            "episodic" => Some(Self::Episodic),
-            "semantic" => Some(Self::Semantic),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Entry {
-    /// 16 hex characters of the SHA-256 of the content: the identity, so duplicates merge.
-    pub id: String,
-    pub kind: Kind,
-    pub content: String,
-    pub tokens: u64,
-    pub session_id: Option<String>,
-    pub access_count: u64,
-    /// Epoch milliseconds.
-    pub created_at: i64,
-    pub last_access_at: i64,
-}
 
 fn terms(text: &str) -> impl Iterator<Item = String> + '_ {
     text.split(|c: char| !c.is_alphanumeric())
@@ -64,7 +24,7 @@ fn terms(text: &str) -> impl Iterator<Item = String> + '_ {
 /// All entries and their inverted index.
 #[derive(Debug, Default)]
 pub struct Recall {
-    entries: HashMap<String, Entry>,
+    entries: HashMap<String, MemoryRecord>,
     /// term → (entry id → term frequency)
     postings: HashMap<String, HashMap<String, u32>>,
     lengths: HashMap<String, u32>,
@@ -76,7 +36,7 @@ pub struct Recall {
 pub struct Hit {
     pub score: f64,
     #[serde(flatten)]
-    pub entry: Entry,
+    pub entry: MemoryRecord,
 }
 
 impl Recall {
@@ -92,17 +52,17 @@ impl Recall {
         self.entries.is_empty()
     }
 
-    pub fn get(&self, id: &str) -> Option<&Entry> {
+    pub fn get(&self, id: &str) -> Option<&MemoryRecord> {
         self.entries.get(id)
     }
 
     /// Adds an entry as loaded from storage (no access counted).
-    pub fn load(&mut self, e: Entry) {
+    pub fn load(&mut self, e: MemoryRecord) {
         self.index(&e);
         self.entries.insert(e.id.clone(), e);
     }
 
-    fn index(&mut self, e: &Entry) {
+    fn index(&mut self, e: &MemoryRecord) {
         let mut tf: HashMap<String, u32> = HashMap::new();
         for t in terms(&e.content) {
             *tf.entry(t).or_default() += 1;
@@ -127,10 +87,9 @@ impl Recall {
 
     /// Stores `e`, or, when the same content is already stored, counts an access to it.
     /// Returns the stored entry and whether it was new.
-    pub fn store(&mut self, e: Entry, now: i64) -> (Entry, bool) {
-        if self.entries.contains_key(&e.id) {
-            let id = e.id;
-            return (self.touch(&id, now).unwrap_or(e_placeholder(&id)), false);
+    pub fn store(&mut self, e: MemoryRecord, now: i64) -> (MemoryRecord, bool) {
+        if let Some(existing) = self.touch(&e.id, now) {
+            return (existing, false);
         }
         self.index(&e);
         self.entries.insert(e.id.clone(), e.clone());
@@ -138,17 +97,17 @@ impl Recall {
     }
 
     /// Counts one access; an episodic entry reaching [`PROMOTE_AFTER`] becomes frequent.
-    pub fn touch(&mut self, id: &str, now: i64) -> Option<Entry> {
+    pub fn touch(&mut self, id: &str, now: i64) -> Option<MemoryRecord> {
         let e = self.entries.get_mut(id)?;
         e.access_count += 1;
         e.last_access_at = now;
-        if e.kind == Kind::Episodic && e.access_count >= PROMOTE_AFTER {
-            e.kind = Kind::Frequent;
+        if e.kind == MemoryKind::Episodic && e.access_count >= PROMOTE_AFTER {
+            e.kind = MemoryKind::Frequent;
         }
         Some(e.clone())
     }
 
-    pub fn set_kind(&mut self, id: &str, kind: Kind) -> Option<Entry> {
+    pub fn set_kind(&mut self, id: &str, kind: MemoryKind) -> Option<MemoryRecord> {
         let e = self.entries.get_mut(id)?;
         e.kind = kind;
         Some(e.clone())
@@ -193,11 +152,11 @@ impl Recall {
     }
 
     /// Frequent entries, most accessed first.
-    pub fn frequent(&self, limit: usize) -> Vec<Entry> {
-        let mut v: Vec<Entry> = self
+    pub fn frequent(&self, limit: usize) -> Vec<MemoryRecord> {
+        let mut v: Vec<MemoryRecord> = self
             .entries
             .values()
-            .filter(|e| e.kind == Kind::Frequent)
+            .filter(|e| e.kind == MemoryKind::Frequent)
             .cloned()
             .collect();
         v.sort_by(|a, b| {
@@ -216,7 +175,9 @@ impl Recall {
             .entries
             .values()
             .filter(|e| {
-                e.kind == Kind::Episodic && e.created_at < older_than && e.access_count < min_access
+                e.kind == MemoryKind::Episodic
+                    && e.created_at < older_than
+                    && e.access_count < min_access
             })
             .map(|e| e.id.clone())
             .collect();
@@ -239,26 +200,12 @@ impl Recall {
     }
 }
 
-/// Stand-in when an entry vanished between two lookups under the same lock (cannot happen).
-fn e_placeholder(id: &str) -> Entry {
-    Entry {
-        id: id.to_owned(),
-        kind: Kind::Episodic,
-        content: String::new(),
-        tokens: 0,
-        session_id: None,
-        access_count: 0,
-        created_at: 0,
-        last_access_at: 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry(id: &str, kind: Kind, content: &str, created_at: i64) -> Entry {
-        Entry {
+    fn entry(id: &str, kind: MemoryKind, content: &str, created_at: i64) -> MemoryRecord {
+        MemoryRecord {
             id: id.into(),
             kind,
             content: content.into(),
@@ -275,7 +222,7 @@ mod tests {
         r.store(
             entry(
                 "a",
-                Kind::Episodic,
+                MemoryKind::Episodic,
                 "The user prefers tabs over spaces in Rust code",
                 0,
             ),
@@ -284,7 +231,7 @@ mod tests {
         r.store(
             entry(
                 "b",
-                Kind::Semantic,
+                MemoryKind::Semantic,
                 "The project uses SQLite in WAL mode for storage",
                 0,
             ),
@@ -293,7 +240,7 @@ mod tests {
         r.store(
             entry(
                 "c",
-                Kind::Episodic,
+                MemoryKind::Episodic,
                 "Yesterday we fixed the parser bug in the tokenizer",
                 0,
             ),
@@ -318,7 +265,7 @@ mod tests {
         let (_, new) = r.store(
             entry(
                 "a",
-                Kind::Episodic,
+                MemoryKind::Episodic,
                 "The user prefers tabs over spaces in Rust code",
                 0,
             ),
@@ -328,9 +275,9 @@ mod tests {
         assert_eq!(r.len(), 3);
         r.similar("tabs spaces", 1, 6);
         let e = r.get("a").unwrap();
-        assert_eq!((e.access_count, e.kind), (2, Kind::Episodic));
+        assert_eq!((e.access_count, e.kind), (2, MemoryKind::Episodic));
         r.similar("tabs", 1, 7);
-        assert_eq!(r.get("a").unwrap().kind, Kind::Frequent);
+        assert_eq!(r.get("a").unwrap().kind, MemoryKind::Frequent);
         assert_eq!(r.frequent(10)[0].id, "a");
     }
 

@@ -120,12 +120,40 @@ pub struct SessionStats {
     pub cost_usd: Option<f64>,
 }
 
-/// One entry of the memory store, as stored.
+/// The three kinds of memory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryKind {
+    Frequent,
+    Episodic,
+    Semantic,
+}
+
+impl MemoryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Frequent => "frequent",
+            Self::Episodic => "episodic",
+            Self::Semantic => "semantic",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "frequent" => Some(Self::Frequent),
+            "episodic" => Some(Self::Episodic),
+            "semantic" => Some(Self::Semantic),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the memory store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemoryRecord {
+    /// 16 hex characters of the SHA-256 of the content: the identity, so duplicates merge.
     pub id: String,
-    /// `frequent`, `episodic` or `semantic`.
-    pub kind: String,
+    pub kind: MemoryKind,
     pub content: String,
     pub tokens: u64,
     pub session_id: Option<String>,

@@ -54,6 +54,8 @@ pub struct StreamOptionsView {
 pub struct MessageView<'a> {
     /// The message exactly as sent: the key of the token-count cache.
     pub raw: &'a RawValue,
+    /// Byte range of the message object inside the body, for splicing a replacement.
+    pub span: Range<usize>,
     pub role: Cow<'a, str>,
     pub name: Option<Cow<'a, str>>,
     pub content: Content<'a>,
@@ -192,7 +194,7 @@ impl<'a> ChatRequestView<'a> {
         let messages = items
             .into_iter()
             .enumerate()
-            .map(|(i, raw)| parse_message(i, raw))
+            .map(|(i, raw)| parse_message(i, raw, span_of(body, raw)))
             .collect::<Result<Vec<_>, _>>()?;
 
         let tools = match top.tools {
@@ -232,7 +234,7 @@ impl<'a> ChatRequestView<'a> {
         self.messages
             .iter()
             .find(|m| m.role == "user")
-            .and_then(MessageView::text)
+            .and_then(|m| m.text().map(Cow::into_owned))
     }
 
     /// Up to `max` characters of the first user message, without copying the whole message.
@@ -278,11 +280,12 @@ impl MessageView<'_> {
         }
     }
 
-    /// The message's text parts joined by newlines; `None` when it has no text.
-    pub fn text(&self) -> Option<String> {
+    /// The message's text parts joined by newlines (borrowed when it is one string); `None`
+    /// when it has no text.
+    pub fn text(&self) -> Option<Cow<'_, str>> {
         match &self.content {
             Content::None => None,
-            Content::Text(t) => Some(t.to_string()),
+            Content::Text(t) => Some(Cow::Borrowed(t.as_ref())),
             Content::Parts(parts) => {
                 let texts: Vec<&str> = parts
                     .iter()
@@ -291,13 +294,17 @@ impl MessageView<'_> {
                         _ => None,
                     })
                     .collect();
-                (!texts.is_empty()).then(|| texts.join("\n"))
+                (!texts.is_empty()).then(|| Cow::Owned(texts.join("\n")))
             }
         }
     }
 }
 
-fn parse_message<'a>(i: usize, raw: &'a RawValue) -> Result<MessageView<'a>, RequestParseError> {
+fn parse_message<'a>(
+    i: usize,
+    raw: &'a RawValue,
+    span: Range<usize>,
+) -> Result<MessageView<'a>, RequestParseError> {
     let m: MessageRaw<'a> = serde_json::from_str(raw.get())
         .map_err(|_| type_error(format!("messages[{i}]"), "an object"))?;
     let role_raw = m.role.ok_or_else(|| {
@@ -345,6 +352,7 @@ fn parse_message<'a>(i: usize, raw: &'a RawValue) -> Result<MessageView<'a>, Req
     };
     Ok(MessageView {
         raw,
+        span,
         role,
         name,
         content,
@@ -423,6 +431,9 @@ mod tests {
         let v = ChatRequestView::parse(body).unwrap();
         assert_eq!(v.model, "m/x");
         assert_eq!(&body[v.model_span.clone()], br#""m/x""#);
+        for m in &v.messages {
+            assert_eq!(&body[m.span.clone()], m.raw.get().as_bytes());
+        }
         assert!(v.stream);
         assert_eq!(v.messages.len(), 3);
         assert_eq!(v.first_user_text().as_deref(), Some("hi\nthere"));

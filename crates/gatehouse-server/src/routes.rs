@@ -4,7 +4,7 @@ pub(crate) mod chat;
 mod export;
 mod health;
 mod mask;
-pub(crate) mod memory;
+mod memory;
 mod models;
 mod providers;
 pub(crate) mod sessions;

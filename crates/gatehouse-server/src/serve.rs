@@ -83,7 +83,7 @@ pub async fn run_with(
     let stop = CancellationToken::new();
     let mut recall = gatehouse_context::recall::Recall::new();
     for r in store.load_memory().await? {
-        recall.load(crate::routes::memory::from_record(r));
+        recall.load(r);
     }
     // The dashboard's toggle outlives restarts; the file's value applies until it is used.
     let sanitizer_on = match store.get_setting(SANITIZER_KEY).await?.as_deref() {

@@ -130,11 +130,7 @@ impl AppState {
                     view.pct,
                     view.max_context,
                     view.tokens,
-                    match level {
-                        gatehouse_services::gauge::AlertLevel::Caution => "caution",
-                        gatehouse_services::gauge::AlertLevel::Warning => "warning",
-                        gatehouse_services::gauge::AlertLevel::Critical => "critical",
-                    },
+                    level.name(),
                     level.threshold()
                 ),
                 None => format!("context back to {:.1} %", view.pct),

@@ -128,7 +128,7 @@ impl Event {
 pub struct MaskedSummary {
     pub reference: String,
     pub role: String,
-    pub tags: Vec<&'static str>,
+    pub tags: Vec<String>,
     pub tokens: u64,
     pub tokens_saved: u64,
 }

@@ -65,6 +65,14 @@ impl AlertLevel {
         }
     }
 
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Caution => "caution",
+            Self::Warning => "warning",
+            Self::Critical => "critical",
+        }
+    }
+
     pub fn threshold(self) -> u8 {
         match self {
             Self::Caution => 80,

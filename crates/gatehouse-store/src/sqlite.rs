@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use gatehouse_core::SessionId;
 use gatehouse_core::record::{
-    MaskedContent, MemoryRecord, RequestRecord, Session, SessionStats, UsageSource,
+    MaskedContent, MemoryKind, MemoryRecord, RequestRecord, Session, SessionStats, UsageSource,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -204,7 +204,7 @@ impl SqliteStore {
                         access_count = excluded.access_count, last_access_at = excluded.last_access_at",
                 )
                 .bind(&m.id)
-                .bind(&m.kind)
+                .bind(m.kind.as_str())
                 .bind(&m.content)
                 .bind(to_i64(m.tokens))
                 .bind(&m.session_id)
@@ -611,7 +611,8 @@ impl Store for SqliteStore {
                 .map(|r| {
                     Ok(MemoryRecord {
                         id: r.try_get("id")?,
-                        kind: r.try_get("kind")?,
+                        // An unknown kind (a newer version's) reads as the least kept one.
+                        kind: MemoryKind::parse(r.try_get("kind")?).unwrap_or(MemoryKind::Episodic),
                         content: r.try_get("content")?,
                         tokens: to_u64(r.try_get("tokens")?),
                         session_id: r.try_get("session_id")?,

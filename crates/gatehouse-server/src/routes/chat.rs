@@ -28,10 +28,8 @@ use crate::error::{body_rejection, error_response, json_bytes_response};
 use crate::origin::SameOrigin;
 use crate::state::{AppState, InFlight};
 use crate::stream;
-use gatehouse_config::RedactionMode;
-use gatehouse_context::{Redactor, SecretKind, memory, observe, sanitize};
+use gatehouse_context::SecretKind;
 use gatehouse_core::record::MaskedContent;
-use gatehouse_core::request::{Content, Part};
 use gatehouse_services::events::MaskedSummary;
 use gatehouse_store::WriteOp;
 use std::sync::atomic::Ordering;
@@ -42,6 +40,10 @@ const BLOCKING_PREPARE_BYTES: usize = 256 * 1024;
 /// Preview lengths (the seed's figures).
 const PREVIEW_CHARS: usize = 200;
 const SESSION_NAME_CHARS: usize = gatehouse_services::sessions::NAME_CHARS;
+
+mod economy;
+
+use economy::{mask, memory_tokens, redact};
 
 pub const SESSION_HEADER: &str = "x-gatehouse-session";
 pub const OVERHEAD_HEADER: &str = "x-gatehouse-overhead-us";
@@ -94,244 +96,6 @@ struct Prepared {
     memory_tokens: u64,
 }
 
-/// Tokens of the memory/MCP content in the prompt: stretches matching the seed's patterns, each
-/// counted when at least `MIN_MEMORY_TOKENS` long. One Aho-Corasick pass when there is none.
-fn memory_tokens(
-    st: &AppState,
-    body: &Bytes,
-    view: &ChatRequestView<'_>,
-    enc: gatehouse_core::Encoding,
-) -> u64 {
-    let d = st.memory;
-    if !d.may_contain(body) {
-        return 0;
-    }
-    let mut total = 0;
-    for m in &view.messages {
-        let texts: Vec<&str> = match &m.content {
-            Content::Text(t) => vec![t.as_ref()],
-            Content::Parts(parts) => parts
-                .iter()
-                .filter_map(|p| match p {
-                    Part::Text(t) => Some(t.as_ref()),
-                    _ => None,
-                })
-                .collect(),
-            Content::None => Vec::new(),
-        };
-        for text in texts {
-            for span in d.spans(text) {
-                let n = text.get(span.start..span.end).map_or(0, |s| enc.count(s));
-                if n >= memory::MIN_MEMORY_TOKENS {
-                    total += n;
-                }
-            }
-        }
-    }
-    total
-}
-
-/// The body with large tool output, pasted context, console output and big JSON replaced by
-/// stand-ins (the sanitizer), and the originals to keep; `None` when nothing qualifies or the
-/// sanitizer is off. Works from the view already parsed, so a request with nothing to mask
-/// costs no second parse.
-fn mask(
-    st: &AppState,
-    body: &Bytes,
-    view: &ChatRequestView<'_>,
-    enc: gatehouse_core::Encoding,
-) -> Option<(Bytes, Vec<MaskedContent>)> {
-    let rules = sanitize::Rules {
-        threshold_tokens: st.config.sanitizer.threshold_tokens,
-        preview_length: st.config.sanitizer.preview_length,
-    };
-    let cfg = &st.config.sanitizer;
-    // A token is at least one byte: a body this small holds no message over the threshold.
-    if !st.sanitizer.enabled.load(Ordering::Relaxed)
-        || (body.len() as u64 <= rules.threshold_tokens && !cfg.observation_masking)
-    {
-        return None;
-    }
-    let base = body.as_ptr() as usize;
-    let mut splices: Vec<(std::ops::Range<usize>, String)> = Vec::new();
-    let mut masked = Vec::new();
-    let old = if cfg.observation_masking {
-        let roles: Vec<&str> = view.messages.iter().map(|m| m.role.as_ref()).collect();
-        observe::cutoff(&roles, cfg.observation_keep_turns)
-    } else {
-        0
-    };
-    // Tool names by call id, from the assistant messages that made the calls.
-    let mut calls: Vec<(String, String)> = Vec::new();
-    for (i, m) in view.messages.iter().enumerate() {
-        if i < old && m.role == "assistant" && !m.tool_calls.is_empty() {
-            calls.extend(tool_call_ids(m.raw.get()));
-        }
-    }
-    for (i, m) in view.messages.iter().enumerate() {
-        let text: std::borrow::Cow<'_, str> = match &m.content {
-            Content::Text(t) => std::borrow::Cow::Borrowed(t.as_ref()),
-            Content::Parts(parts) => parts
-                .iter()
-                .filter_map(|p| match p {
-                    Part::Text(t) => Some(t.as_ref()),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-                .into(),
-            Content::None => continue,
-        };
-        // Observation masking first (old tool results, whatever their size), then the
-        // sanitizer's rules; each yields the new text and its tags.
-        let tokens;
-        let reference;
-        let (new_text, tags) = if i < old && m.role == "tool" && !observe::looks_like_error(&text) {
-            tokens = st.counter.count_message(enc, m);
-            reference = sanitize::reference(&text);
-            let call_id = tool_call_id(m.raw.get());
-            let tool = call_id
-                .as_deref()
-                .and_then(|id| calls.iter().find(|(c, _)| c == id).map(|(_, n)| n.as_str()));
-            let line = observe::placeholder(tool, call_id.as_deref(), &text, tokens, &reference);
-            (line, vec!["observation".to_owned()])
-        } else {
-            if text.len() as u64 <= rules.threshold_tokens {
-                continue;
-            }
-            tokens = st.counter.count_message(enc, m);
-            let tags = sanitize::classify(&rules, &m.role, &text, tokens);
-            if tags.is_empty() {
-                continue;
-            }
-            reference = sanitize::reference(&text);
-            let stand = sanitize::stand_in(&text, &tags, tokens, &reference, rules.preview_length);
-            (stand, tags.iter().map(|t| t.as_str().to_owned()).collect())
-        };
-        let Some(replacement) = replace_content(m.raw.get(), &new_text) else {
-            continue;
-        };
-        let kept = enc.count(&new_text) + 3 + enc.count(&m.role);
-        let start = m.raw.get().as_ptr() as usize - base;
-        splices.push((start..start + m.raw.get().len(), replacement));
-        masked.push(MaskedContent {
-            hash: reference,
-            role: m.role.to_string(),
-            tags,
-            tokens,
-            tokens_saved: tokens.saturating_sub(kept),
-            content: Some(text.into_owned()),
-            created_at: now_ms(),
-        });
-    }
-    if splices.is_empty() {
-        return None;
-    }
-    let mut out = Vec::with_capacity(body.len());
-    let mut at = 0;
-    for (range, replacement) in &splices {
-        out.extend_from_slice(&body[at..range.start]);
-        out.extend_from_slice(replacement.as_bytes());
-        at = range.end;
-    }
-    out.extend_from_slice(&body[at..]);
-    Some((Bytes::from(out), masked))
-}
-
-/// `tool_call_id` of a tool message.
-fn tool_call_id(raw: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Msg {
-        tool_call_id: Option<String>,
-    }
-    serde_json::from_str::<Msg>(raw).ok()?.tool_call_id
-}
-
-/// `(id, function name)` of each tool call of an assistant message.
-fn tool_call_ids(raw: &str) -> Vec<(String, String)> {
-    #[derive(serde::Deserialize)]
-    struct Function {
-        name: Option<String>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Call {
-        id: Option<String>,
-        function: Option<Function>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Msg {
-        #[serde(default)]
-        tool_calls: Vec<Call>,
-    }
-    serde_json::from_str::<Msg>(raw)
-        .map(|m| {
-            m.tool_calls
-                .into_iter()
-                .filter_map(|c| Some((c.id?, c.function?.name?)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The message object `raw` with its text replaced by `stand`: a string content becomes the
-/// stand-in; in an array, the text parts become one text part (images and other parts stay).
-fn replace_content(raw: &str, stand: &str) -> Option<String> {
-    let mut msg: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw).ok()?;
-    let content = msg.get_mut("content")?;
-    match content {
-        serde_json::Value::String(_) => *content = serde_json::Value::String(stand.to_owned()),
-        serde_json::Value::Array(parts) => {
-            let mut out = Vec::with_capacity(parts.len());
-            let mut placed = false;
-            for p in parts.drain(..) {
-                if p.get("type").and_then(|t| t.as_str()) == Some("text") {
-                    if !placed {
-                        out.push(serde_json::json!({"type": "text", "text": stand}));
-                        placed = true;
-                    }
-                } else {
-                    out.push(p);
-                }
-            }
-            *parts = out;
-        }
-        _ => return None,
-    }
-    serde_json::to_string(&msg).ok()
-}
-
-/// The body to forward: the client's, or a copy with its secrets replaced (redaction.mode).
-fn redact(st: &AppState, body: &Bytes) -> Result<(Bytes, Vec<(SecretKind, u32)>), ApiError> {
-    let mode = st.config.redaction.mode;
-    if mode == RedactionMode::Off {
-        return Ok((body.clone(), Vec::new()));
-    }
-    let findings = st.redactor.scan(body);
-    let Some(first) = findings.first() else {
-        return Ok((body.clone(), Vec::new()));
-    };
-    if mode == RedactionMode::Block {
-        let (param, at) = locate(body, first.range.start);
-        return Err(ApiError::new(
-            ErrorKind::SecretDetected,
-            format!(
-                "the request contains {} ({}) at byte {at} of {param}; remove it, or set redaction.mode = \"redact\" to send a placeholder instead",
-                first.kind.describe(),
-                first.kind.as_str(),
-            ),
-        )
-        .with_param(param));
-    }
-    let mut counts: Vec<(SecretKind, u32)> = Vec::new();
-    for f in &findings {
-        match counts.iter_mut().find(|(k, _)| *k == f.kind) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((f.kind, 1)),
-        }
-    }
-    Ok((Redactor::redact(body, &findings), counts))
-}
-
 /// Keeps the originals the sanitizer replaced (once per reference), counts what was saved,
 /// and tells the dashboard.
 async fn record_masked(st: &AppState, p: &Prepared, request_id: &RequestId, session: &SessionId) {
@@ -360,18 +124,7 @@ async fn record_masked(st: &AppState, p: &Prepared, request_id: &RequestId, sess
             .map(|m| MaskedSummary {
                 reference: m.hash.clone(),
                 role: m.role.clone(),
-                tags: m
-                    .tags
-                    .iter()
-                    .map(|t| match t.as_str() {
-                        "observation" => "observation",
-                        "tool" => "tool",
-                        "file" => "file",
-                        "codebase" => "codebase",
-                        "console" => "console",
-                        _ => "json",
-                    })
-                    .collect(),
+                tags: m.tags.clone(),
                 tokens: m.tokens,
                 tokens_saved: m.tokens_saved,
             })
@@ -387,20 +140,6 @@ fn parse(body: &Bytes) -> Result<ChatRequestView<'_>, ApiError> {
             ApiError::new(ErrorKind::InvalidRequest, message).with_param(param)
         }
     })
-}
-
-/// Which message holds byte `offset` of the body, and the offset inside it.
-fn locate(body: &Bytes, offset: usize) -> (String, usize) {
-    let base = body.as_ptr() as usize;
-    if let Ok(view) = ChatRequestView::parse(body) {
-        for (i, m) in view.messages.iter().enumerate() {
-            let start = m.raw.get().as_ptr() as usize - base;
-            if (start..start + m.raw.get().len()).contains(&offset) {
-                return (format!("messages[{i}]"), offset - start);
-            }
-        }
-    }
-    ("the request body".to_owned(), offset)
 }
 
 fn prepare(st: &AppState, body: &Bytes) -> Result<Prepared, ApiError> {

@@ -8,9 +8,9 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use bytes::Bytes;
-use gatehouse_context::recall::{Entry, Kind, Recall};
+use gatehouse_context::recall::Recall;
 use gatehouse_context::sanitize;
-use gatehouse_core::record::MemoryRecord;
+use gatehouse_core::record::{MemoryKind, MemoryRecord};
 use gatehouse_core::time::now_ms;
 use gatehouse_core::{ApiError, Encoding, ErrorKind};
 use gatehouse_store::WriteOp;
@@ -27,32 +27,6 @@ type ApiResult<T> = Result<T, HttpError>;
 /// Largest entry accepted, in bytes.
 const MAX_CONTENT: usize = 64 * 1024;
 const DAY_MS: i64 = 86_400_000;
-
-pub fn to_record(e: &Entry) -> MemoryRecord {
-    MemoryRecord {
-        id: e.id.clone(),
-        kind: e.kind.as_str().to_owned(),
-        content: e.content.clone(),
-        tokens: e.tokens,
-        session_id: e.session_id.clone(),
-        access_count: e.access_count,
-        created_at: e.created_at,
-        last_access_at: e.last_access_at,
-    }
-}
-
-pub fn from_record(r: MemoryRecord) -> Entry {
-    Entry {
-        id: r.id,
-        kind: Kind::parse(&r.kind).unwrap_or(Kind::Episodic),
-        content: r.content,
-        tokens: r.tokens,
-        session_id: r.session_id,
-        access_count: r.access_count,
-        created_at: r.created_at,
-        last_access_at: r.last_access_at,
-    }
-}
 
 fn lock(st: &AppState) -> MutexGuard<'_, Recall> {
     st.recall.lock().unwrap_or_else(|p| p.into_inner())
@@ -76,10 +50,10 @@ fn body<T: DeserializeOwned>(raw: &Bytes, shape: &str) -> ApiResult<T> {
     })
 }
 
-fn kind_of(s: Option<&str>, default: Kind) -> ApiResult<Kind> {
+fn kind_of(s: Option<&str>, default: MemoryKind) -> ApiResult<MemoryKind> {
     match s {
         None => Ok(default),
-        Some(k) => Kind::parse(k).ok_or_else(|| {
+        Some(k) => MemoryKind::parse(k).ok_or_else(|| {
             bad(format!(
                 "unknown kind `{k}`: use frequent, episodic or semantic"
             ))
@@ -111,9 +85,9 @@ pub async fn store(
             "content must be 1 to {MAX_CONTENT} bytes of text"
         )));
     }
-    let kind = kind_of(b.kind.as_deref(), Kind::Episodic)?;
+    let kind = kind_of(b.kind.as_deref(), MemoryKind::Episodic)?;
     let now = now_ms();
-    let entry = Entry {
+    let entry = MemoryRecord {
         id: sanitize::reference(content),
         kind,
         content: content.to_owned(),
@@ -125,7 +99,7 @@ pub async fn store(
     };
     let (stored, new) = lock(&st).store(entry, now);
     st.writer
-        .record(WriteOp::UpsertMemory(Box::new(to_record(&stored))))
+        .record(WriteOp::UpsertMemory(Box::new(stored.clone())))
         .await;
     Ok(Json(json!({ "entry": stored, "duplicate": !new })))
 }
@@ -146,7 +120,7 @@ pub async fn similar(
     let hits = lock(&st).similar(&q.q, q.limit.unwrap_or(5).clamp(1, 100), now_ms());
     for h in &hits {
         st.writer
-            .record(WriteOp::UpsertMemory(Box::new(to_record(&h.entry))))
+            .record(WriteOp::UpsertMemory(Box::new(h.entry.clone())))
             .await;
     }
     Ok(Json(json!({ "query": q.q, "results": hits })))
@@ -182,7 +156,7 @@ pub async fn promote(
     raw: Bytes,
 ) -> ApiResult<Json<Value>> {
     let b: PromoteBody = body(&raw, r#"{"id": "...", "kind"?: "semantic"}"#)?;
-    let kind = kind_of(b.kind.as_deref(), Kind::Semantic)?;
+    let kind = kind_of(b.kind.as_deref(), MemoryKind::Semantic)?;
     let e = lock(&st).set_kind(&b.id, kind).ok_or_else(|| {
         HttpError(ApiError::new(
             ErrorKind::NotFound,
@@ -190,7 +164,7 @@ pub async fn promote(
         ))
     })?;
     st.writer
-        .record(WriteOp::UpsertMemory(Box::new(to_record(&e))))
+        .record(WriteOp::UpsertMemory(Box::new(e.clone())))
         .await;
     Ok(Json(json!({ "entry": e })))
 }
