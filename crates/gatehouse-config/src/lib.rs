@@ -14,8 +14,8 @@ mod secret;
 
 pub use load::{CATALOGUE_TOML, ConfigError, Env, Issue, Overrides, check_file, load};
 pub use schema::{
-    Config, DashboardConfig, LogWatcherConfig, ModelConfig, ProviderConfig, ProviderType,
-    ProxyConfig, RedactionConfig, RedactionMode, SanitizerConfig, ServerConfig, SessionsConfig,
-    StorageConfig, Timeouts,
+    CompactionAuto, CompactionConfig, CompactionStrategy, Config, DashboardConfig,
+    LogWatcherConfig, ModelConfig, ProviderConfig, ProviderType, ProxyConfig, RedactionConfig,
+    RedactionMode, SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig, Timeouts,
 };
 pub use secret::Secret;

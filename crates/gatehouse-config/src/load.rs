@@ -10,9 +10,9 @@ use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
 use crate::schema::{
-    Config, DashboardConfig, LogWatcherConfig, ModelConfig, ModelRaw, ProviderConfig, ProviderRaw,
-    ProxyConfig, ProxyRaw, RedactionConfig, SanitizerConfig, ServerConfig, SessionsConfig,
-    StorageConfig, TimeoutOverrides, Timeouts,
+    CompactionConfig, Config, DashboardConfig, LogWatcherConfig, ModelConfig, ModelRaw,
+    ProviderConfig, ProviderRaw, ProxyConfig, ProxyRaw, RedactionConfig, SanitizerConfig,
+    ServerConfig, SessionsConfig, StorageConfig, TimeoutOverrides, Timeouts,
 };
 use crate::secret::Secret;
 
@@ -27,6 +27,7 @@ const SECTIONS: &[&str] = &[
     "log_watcher",
     "redaction",
     "sanitizer",
+    "compaction",
     "proxy",
     "providers",
     "models",
@@ -212,6 +213,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
     let log_watcher: Option<LogWatcherConfig> = section(&root, "log_watcher", &mut issues);
     let redaction: Option<RedactionConfig> = section(&root, "redaction", &mut issues);
     let sanitizer: Option<SanitizerConfig> = section(&root, "sanitizer", &mut issues);
+    let compaction: Option<CompactionConfig> = section(&root, "compaction", &mut issues);
     let proxy: Option<ProxyRaw> = section(&root, "proxy", &mut issues);
 
     let mut providers_raw = BTreeMap::new();
@@ -251,6 +253,9 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 Some("use 127.0.0.1 to stay on this machine"),
             ));
         }
+    }
+    if let Some(c) = &compaction {
+        check_compaction(c, &models_raw, &mut issues);
     }
     if let Some(s) = &storage {
         for (name, v) in [
@@ -451,6 +456,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
         log_watcher,
         redaction,
         sanitizer,
+        compaction,
         proxy,
     ) {
         (
@@ -461,6 +467,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             Some(log_watcher),
             Some(redaction),
             Some(sanitizer),
+            Some(compaction),
             Some(proxy),
         ) if issues.is_empty() => Ok(Config {
             server,
@@ -470,6 +477,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             log_watcher,
             redaction,
             sanitizer,
+            compaction,
             proxy: ProxyConfig {
                 retries: proxy.retries,
                 retry_backoff: Duration::from_millis(proxy.retry_backoff_ms),
@@ -479,6 +487,56 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             models,
         }),
         _ => Err(issues),
+    }
+}
+
+fn check_compaction<M>(
+    c: &CompactionConfig,
+    models: &BTreeMap<String, M>,
+    issues: &mut Vec<Issue>,
+) {
+    let a = &c.auto;
+    if !(a.threshold_pct.is_finite() && a.threshold_pct > 0.0 && a.threshold_pct <= 100.0) {
+        issues.push(issue(
+            "compaction.auto.threshold_pct",
+            "must be a percentage above 0 and at most 100",
+            Some("the default is 85"),
+        ));
+    }
+    if c.keep_exchanges == 0 {
+        issues.push(issue(
+            "compaction.keep_exchanges",
+            "must be at least 1: the latest user turn is always kept whole",
+            Some("the default is 2"),
+        ));
+    }
+    if c.summary_max_tokens < 50 {
+        issues.push(issue(
+            "compaction.summary_max_tokens",
+            "must be at least 50",
+            Some("the default is 500"),
+        ));
+    }
+    if !(c.summary_temperature.is_finite() && (0.0..=2.0).contains(&c.summary_temperature)) {
+        issues.push(issue(
+            "compaction.summary_temperature",
+            "must be between 0 and 2",
+            Some("the default is 0.3"),
+        ));
+    }
+    if !(c.summary_timeout_secs.is_finite() && c.summary_timeout_secs > 0.0) {
+        issues.push(issue(
+            "compaction.summary_timeout_secs",
+            "must be a positive number of seconds",
+            Some("the default is 30"),
+        ));
+    }
+    if !c.summary_model.is_empty() && !models.contains_key(&c.summary_model) {
+        issues.push(issue(
+            "compaction.summary_model",
+            &format!("`{}` is not a configured model", c.summary_model),
+            Some("use a key of [models], or leave it empty for the session's own model"),
+        ));
     }
 }
 

@@ -19,6 +19,7 @@ pub struct Config {
     pub log_watcher: LogWatcherConfig,
     pub redaction: RedactionConfig,
     pub sanitizer: SanitizerConfig,
+    pub compaction: CompactionConfig,
     pub proxy: ProxyConfig,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: BTreeMap<String, ModelConfig>,
@@ -88,6 +89,48 @@ pub struct SanitizerConfig {
     pub preview_length: usize,
     pub observation_masking: bool,
     pub observation_keep_turns: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompactionStrategy {
+    /// A summary built from the messages themselves, no model call.
+    Heuristic,
+    /// A summary written by a model; the heuristic one when that fails.
+    Llm,
+}
+
+impl CompactionStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Heuristic => "heuristic",
+            Self::Llm => "llm",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionConfig {
+    pub strategy: CompactionStrategy,
+    /// Model key that writes `llm` summaries; empty means the session's own model.
+    pub summary_model: String,
+    pub keep_exchanges: usize,
+    pub summary_max_tokens: u64,
+    pub summary_temperature: f64,
+    pub summary_timeout_secs: f64,
+    /// A manual compaction without `force` needs at least this many tokens to summarise.
+    pub min_tokens: u64,
+    pub auto: CompactionAuto,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionAuto {
+    pub enabled: bool,
+    pub threshold_pct: f64,
+    pub cooldown_secs: u64,
+    pub max_consecutive: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,8 +1,9 @@
 //! The features layer (DESIGN.md §7): what the gateway changes in a prompt before it leaves
-//! the machine. Today: secret redaction. Masking, compaction and memory join here.
+//! the machine. Secret redaction, masking, compaction, memory.
 //!
 //! Depends on core only; nothing here does I/O.
 
+pub mod compact;
 pub mod memory;
 pub mod observe;
 pub mod recall;

@@ -181,6 +181,50 @@ pub struct MaskedContent {
     pub created_at: i64,
 }
 
+/// One compaction of a session's history: what it replaced, with what, and what it saved.
+/// The latest of a session is also its compaction point, reloaded at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompactionRecord {
+    pub id: String,
+    pub session_id: SessionId,
+    /// The request that triggered it (automatic ones), or the last request seen (manual).
+    pub request_id: Option<String>,
+    /// Epoch milliseconds.
+    pub created_at: i64,
+    /// `auto` or `manual`.
+    pub trigger: String,
+    /// What wrote the summary: `heuristic` or `llm` (`heuristic` after a failed `llm`).
+    pub strategy: String,
+    pub summary_model: Option<String>,
+    /// Why an `llm` summary was not used, when it was asked for.
+    pub fallback_reason: Option<String>,
+    pub model_key: String,
+    pub max_context: u64,
+    /// Prompt tokens sent upstream without this compaction, and with it.
+    pub tokens_before: u64,
+    pub tokens_after: u64,
+    pub tokens_saved: u64,
+    pub messages_before: u64,
+    pub messages_after: u64,
+    /// Messages folded into the summary by this compaction.
+    pub summarized: u64,
+    /// Leading client messages the summary stands for (the point).
+    pub cut: u64,
+    /// xxh3-128 of those messages' JSON, 32 hex characters.
+    pub prefix_hash: String,
+    pub summary: String,
+    pub summary_tokens: u64,
+}
+
+/// A session's own compaction settings; `None` means "as configured".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompactionSettings {
+    pub auto_enabled: Option<bool>,
+    pub threshold_pct: Option<f64>,
+    /// Tokens kept free for the answer: counted with the prompt against the threshold.
+    pub reserved_tokens: u64,
+}
+
 /// Truncates to at most `max` characters on a char boundary, collapsing whitespace runs.
 pub fn preview(text: &str, max: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max * 2));

@@ -6,6 +6,7 @@
 //!
 //! [`ApiError`]: gatehouse_core::ApiError
 
+pub mod compaction;
 mod dashboard;
 pub mod error;
 pub mod origin;

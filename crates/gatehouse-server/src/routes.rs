@@ -1,6 +1,7 @@
 //! The route table. One file per route group under `routes/`.
 
 pub(crate) mod chat;
+mod compaction;
 mod export;
 mod health;
 mod mask;
@@ -51,6 +52,40 @@ pub fn router(state: AppState) -> Router {
         .route("/api/memory/promote", post(memory::promote))
         .route("/api/memory/cleanup", post(memory::cleanup))
         .route("/api/memory/stats", get(memory::stats));
+    // The seed's compression routes are the same feature: served under both prefixes.
+    for prefix in ["/api/compaction", "/api/compress"] {
+        app = app
+            .route(&format!("{prefix}/stats"), get(compaction::global_stats))
+            .route(&format!("{prefix}/{{id}}"), post(compaction::compact))
+            .route(
+                &format!("{prefix}/{{id}}/preview"),
+                get(compaction::preview),
+            )
+            .route(
+                &format!("{prefix}/{{id}}/simulate"),
+                post(compaction::simulate),
+            )
+            .route(
+                &format!("{prefix}/{{id}}/stats"),
+                get(compaction::session_stats),
+            )
+            .route(
+                &format!("{prefix}/{{id}}/history"),
+                get(compaction::history),
+            )
+            .route(
+                &format!("{prefix}/{{id}}/auto-status"),
+                get(compaction::auto),
+            )
+            .route(
+                &format!("{prefix}/{{id}}/toggle-auto"),
+                post(compaction::toggle_auto),
+            )
+            .route(
+                &format!("{prefix}/{{id}}/reserved"),
+                post(compaction::reserved),
+            );
+    }
     if state.config.dashboard.enabled {
         app = app
             .route("/", get(dashboard::index))

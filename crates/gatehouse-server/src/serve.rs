@@ -91,6 +91,7 @@ pub async fn run_with(
         Some("false") => false,
         _ => config.sanitizer.enabled,
     };
+    let stored_compactions = store.load_compaction_state().await?;
     let instance_id = uuid::Uuid::now_v7().to_string();
     let state = AppState(Arc::new(Inner {
         router: Router::new(&config, Some(listen)),
@@ -99,6 +100,7 @@ pub async fn run_with(
         redactor: gatehouse_context::Redactor::shared().ok_or(ServeError::RedactionRules)?,
         memory: gatehouse_context::memory::Detector::shared().ok_or(ServeError::RedactionRules)?,
         sanitizer: crate::state::SanitizerState::new(sanitizer_on),
+        compaction: crate::compaction::CompactionState::new(stored_compactions),
         recall: std::sync::Mutex::new(recall),
         listen,
         sessions,

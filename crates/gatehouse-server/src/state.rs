@@ -29,6 +29,8 @@ pub struct Inner {
     pub redactor: &'static gatehouse_context::Redactor,
     pub memory: &'static gatehouse_context::memory::Detector,
     pub sanitizer: SanitizerState,
+    /// Compaction points, settings and trigger state per session.
+    pub compaction: crate::compaction::CompactionState,
     /// The memory store's index; changes are persisted through the writer.
     pub recall: std::sync::Mutex<gatehouse_context::recall::Recall>,
     pub sessions: Sessions,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use gatehouse_core::SessionId;
-use gatehouse_core::record::{RequestRecord, Session};
+use gatehouse_core::record::{CompactionRecord, RequestRecord, Session};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -96,6 +96,19 @@ pub enum Event {
         model: String,
         found: Vec<RedactedKind>,
     },
+    /// A session's history was compacted (automatically or by hand): the row, summary included.
+    CompactionEvent {
+        compaction: Box<CompactionRecord>,
+    },
+    /// A session's prompt is over its compaction threshold but automatic compaction is paused:
+    /// it already compacted `consecutive` times in a row without getting under.
+    CompactionPaused {
+        session_id: SessionId,
+        request_id: String,
+        consecutive: u32,
+        pct: f64,
+        message: String,
+    },
     /// A figure read from a client's log file, and the gauge after merging it.
     LogMetric {
         path: String,
@@ -119,6 +132,8 @@ impl Event {
             Self::LogMetric { .. } => "log_metric",
             Self::Redaction { .. } => "redaction",
             Self::SanitizerEvent { .. } => "sanitizer_event",
+            Self::CompactionEvent { .. } => "compaction_event",
+            Self::CompactionPaused { .. } => "compaction_paused",
         }
     }
 }

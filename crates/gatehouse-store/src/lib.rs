@@ -10,7 +10,10 @@ pub mod writer;
 
 use futures_util::future::BoxFuture;
 use gatehouse_core::SessionId;
-use gatehouse_core::record::{MaskedContent, MemoryRecord, RequestRecord, Session, SessionStats};
+use gatehouse_core::record::{
+    CompactionRecord, CompactionSettings, MaskedContent, MemoryRecord, RequestRecord, Session,
+    SessionStats,
+};
 use serde::Serialize;
 
 pub use sqlite::SqliteStore;
@@ -57,6 +60,30 @@ pub enum WriteOp {
     /// A memory entry, inserted or replaced whole.
     UpsertMemory(Box<MemoryRecord>),
     DeleteMemory(Vec<String>),
+    InsertCompaction(Box<CompactionRecord>),
+    SetCompactionSettings {
+        session: SessionId,
+        settings: CompactionSettings,
+    },
+}
+
+/// What the compaction state is rebuilt from at start.
+#[derive(Debug, Clone, Default)]
+pub struct StoredCompactions {
+    /// The newest compaction of each session: its point.
+    pub points: Vec<CompactionRecord>,
+    pub settings: Vec<(SessionId, CompactionSettings)>,
+}
+
+/// Totals of the compactions kept.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CompactionTotals {
+    pub count: u64,
+    pub auto: u64,
+    pub manual: u64,
+    pub llm: u64,
+    pub tokens_saved: u64,
+    pub sessions: u64,
 }
 
 /// Totals of the masked originals kept.
@@ -123,6 +150,19 @@ pub trait Store: Send + Sync + 'static {
     /// Every memory entry, to build the in-process index at start.
     fn load_memory(&self) -> BoxFuture<'_, StoreResult<Vec<MemoryRecord>>>;
     fn get_setting<'a>(&'a self, key: &'a str) -> BoxFuture<'a, StoreResult<Option<String>>>;
+    /// A session's compactions, newest first; every session's when `session` is `None`.
+    fn list_compactions<'a>(
+        &'a self,
+        session: Option<&'a SessionId>,
+        limit: u32,
+    ) -> BoxFuture<'a, StoreResult<Vec<CompactionRecord>>>;
+    fn compaction_totals<'a>(
+        &'a self,
+        session: Option<&'a SessionId>,
+    ) -> BoxFuture<'a, StoreResult<CompactionTotals>>;
+    /// The newest compaction of each session (its point) and every session's settings, to
+    /// rebuild the compaction state at start.
+    fn load_compaction_state(&self) -> BoxFuture<'_, StoreResult<StoredCompactions>>;
     /// Cheap liveness probe for `/health/ready`.
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
 }

@@ -8,7 +8,8 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use gatehouse_core::SessionId;
 use gatehouse_core::record::{
-    MaskedContent, MemoryKind, MemoryRecord, RequestRecord, Session, SessionStats, UsageSource,
+    CompactionRecord, CompactionSettings, MaskedContent, MemoryKind, MemoryRecord, RequestRecord,
+    Session, SessionStats, UsageSource,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -16,7 +17,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
-use crate::{MaskedTotals, Scope, SessionSummary, Store, StoreError, StoreResult, WriteOp};
+use crate::{
+    CompactionTotals, MaskedTotals, Scope, SessionSummary, Store, StoreError, StoreResult,
+    StoredCompactions, WriteOp,
+};
 
 /// Versioned migrations, embedded so the binary needs no files beside it.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -44,6 +48,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "memory_entries",
         include_str!("../migrations/sqlite/0005_memory_entries.sql"),
+    ),
+    (
+        6,
+        "compactions",
+        include_str!("../migrations/sqlite/0006_compactions.sql"),
     ),
 ];
 
@@ -149,10 +158,16 @@ impl SqliteStore {
                     .await?;
             }
             WriteOp::DeleteSession(id) => {
-                sqlx::query("DELETE FROM requests WHERE session_id = $1")
-                    .bind(id.as_str())
-                    .execute(&mut **tx)
-                    .await?;
+                for sql in [
+                    "DELETE FROM requests WHERE session_id = $1",
+                    "DELETE FROM compactions WHERE session_id = $1",
+                    "DELETE FROM compaction_settings WHERE session_id = $1",
+                ] {
+                    sqlx::query(sql)
+                        .bind(id.as_str())
+                        .execute(&mut **tx)
+                        .await?;
+                }
                 sqlx::query("DELETE FROM sessions WHERE id = $1")
                     .bind(id.as_str())
                     .execute(&mut **tx)
@@ -221,6 +236,52 @@ impl SqliteStore {
                         .execute(&mut **tx)
                         .await?;
                 }
+            }
+            WriteOp::InsertCompaction(c) => {
+                sqlx::query(
+                    "INSERT INTO compactions (id, session_id, request_id, created_at, trigger, strategy,
+                        summary_model, fallback_reason, model_key, max_context, tokens_before,
+                        tokens_after, tokens_saved, messages_before, messages_after, summarized, cut,
+                        prefix_hash, summary, summary_tokens)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                        $17, $18, $19, $20) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&c.id)
+                .bind(c.session_id.as_str())
+                .bind(&c.request_id)
+                .bind(c.created_at)
+                .bind(&c.trigger)
+                .bind(&c.strategy)
+                .bind(&c.summary_model)
+                .bind(&c.fallback_reason)
+                .bind(&c.model_key)
+                .bind(to_i64(c.max_context))
+                .bind(to_i64(c.tokens_before))
+                .bind(to_i64(c.tokens_after))
+                .bind(to_i64(c.tokens_saved))
+                .bind(to_i64(c.messages_before))
+                .bind(to_i64(c.messages_after))
+                .bind(to_i64(c.summarized))
+                .bind(to_i64(c.cut))
+                .bind(&c.prefix_hash)
+                .bind(&c.summary)
+                .bind(to_i64(c.summary_tokens))
+                .execute(&mut **tx)
+                .await?;
+            }
+            WriteOp::SetCompactionSettings { session, settings } => {
+                sqlx::query(
+                    "INSERT INTO compaction_settings (session_id, auto_enabled, threshold_pct, reserved_tokens)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (session_id) DO UPDATE SET auto_enabled = excluded.auto_enabled,
+                        threshold_pct = excluded.threshold_pct, reserved_tokens = excluded.reserved_tokens",
+                )
+                .bind(session.as_str())
+                .bind(settings.auto_enabled)
+                .bind(settings.threshold_pct)
+                .bind(to_i64(settings.reserved_tokens))
+                .execute(&mut **tx)
+                .await?;
             }
             WriteOp::SetSetting { key, value } => {
                 sqlx::query(
@@ -299,6 +360,32 @@ fn session_from_row(row: &SqliteRow) -> sqlx::Result<Session> {
         model_key: row.try_get("model_key")?,
         provider: row.try_get("provider")?,
         created_at: row.try_get("created_at")?,
+    })
+}
+
+fn compaction_from_row(r: &SqliteRow) -> sqlx::Result<CompactionRecord> {
+    let n = |c: &str| -> sqlx::Result<u64> { Ok(to_u64(r.try_get(c)?)) };
+    Ok(CompactionRecord {
+        id: r.try_get("id")?,
+        session_id: SessionId::new(r.try_get::<String, _>("session_id")?),
+        request_id: r.try_get("request_id")?,
+        created_at: r.try_get("created_at")?,
+        trigger: r.try_get("trigger")?,
+        strategy: r.try_get("strategy")?,
+        summary_model: r.try_get("summary_model")?,
+        fallback_reason: r.try_get("fallback_reason")?,
+        model_key: r.try_get("model_key")?,
+        max_context: n("max_context")?,
+        tokens_before: n("tokens_before")?,
+        tokens_after: n("tokens_after")?,
+        tokens_saved: n("tokens_saved")?,
+        messages_before: n("messages_before")?,
+        messages_after: n("messages_after")?,
+        summarized: n("summarized")?,
+        cut: n("cut")?,
+        prefix_hash: r.try_get("prefix_hash")?,
+        summary: r.try_get("summary")?,
+        summary_tokens: n("summary_tokens")?,
     })
 }
 
@@ -638,6 +725,88 @@ impl Store for SqliteStore {
         })
     }
 
+    fn list_compactions<'a>(
+        &'a self,
+        session: Option<&'a SessionId>,
+        limit: u32,
+    ) -> BoxFuture<'a, StoreResult<Vec<CompactionRecord>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT * FROM compactions WHERE ($1 IS NULL OR session_id = $1)
+                 ORDER BY created_at DESC, id DESC LIMIT $2",
+            )
+            .bind(session.map(SessionId::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(compaction_from_row)
+                .collect::<sqlx::Result<Vec<_>>>()
+                .map_err(StoreError::from)
+        })
+    }
+
+    fn compaction_totals<'a>(
+        &'a self,
+        session: Option<&'a SessionId>,
+    ) -> BoxFuture<'a, StoreResult<CompactionTotals>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS n,
+                    COALESCE(SUM(trigger = 'auto'), 0) AS auto,
+                    COALESCE(SUM(trigger = 'manual'), 0) AS manual,
+                    COALESCE(SUM(strategy = 'llm'), 0) AS llm,
+                    COALESCE(SUM(tokens_saved), 0) AS saved,
+                    COUNT(DISTINCT session_id) AS sessions
+                 FROM compactions WHERE ($1 IS NULL OR session_id = $1)",
+            )
+            .bind(session.map(SessionId::as_str))
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(CompactionTotals {
+                count: to_u64(row.try_get("n")?),
+                auto: to_u64(row.try_get("auto")?),
+                manual: to_u64(row.try_get("manual")?),
+                llm: to_u64(row.try_get("llm")?),
+                tokens_saved: to_u64(row.try_get("saved")?),
+                sessions: to_u64(row.try_get("sessions")?),
+            })
+        })
+    }
+
+    fn load_compaction_state(&self) -> BoxFuture<'_, StoreResult<StoredCompactions>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT c.* FROM compactions c
+                 WHERE c.id = (SELECT id FROM compactions d WHERE d.session_id = c.session_id
+                               ORDER BY created_at DESC, id DESC LIMIT 1)",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            let points = rows
+                .iter()
+                .map(compaction_from_row)
+                .collect::<sqlx::Result<Vec<_>>>()?;
+            let rows = sqlx::query("SELECT * FROM compaction_settings")
+                .fetch_all(&self.pool)
+                .await?;
+            let mut settings = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let id: String = r.try_get("session_id")?;
+                let auto: Option<i64> = r.try_get("auto_enabled")?;
+                settings.push((
+                    SessionId::new(id),
+                    CompactionSettings {
+                        auto_enabled: auto.map(|v| v != 0),
+                        threshold_pct: r.try_get("threshold_pct")?,
+                        reserved_tokens: to_u64(r.try_get("reserved_tokens")?),
+                    },
+                ));
+            }
+            Ok(StoredCompactions { points, settings })
+        })
+    }
+
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -658,6 +827,8 @@ fn op_name(op: &WriteOp) -> &'static str {
         WriteOp::SetSetting { .. } => "set_setting",
         WriteOp::UpsertMemory(_) => "upsert_memory",
         WriteOp::DeleteMemory(_) => "delete_memory",
+        WriteOp::InsertCompaction(_) => "insert_compaction",
+        WriteOp::SetCompactionSettings { .. } => "set_compaction_settings",
     }
 }
 
@@ -811,6 +982,99 @@ pub(crate) mod tests {
             Some("false")
         );
         assert_eq!(store.get_setting("nope").await.unwrap(), None);
+    }
+
+    fn compaction(id: &str, session: &SessionId, at: i64, trigger: &str) -> CompactionRecord {
+        CompactionRecord {
+            id: id.into(),
+            session_id: session.clone(),
+            request_id: Some("r".into()),
+            created_at: at,
+            trigger: trigger.into(),
+            strategy: "heuristic".into(),
+            summary_model: None,
+            fallback_reason: None,
+            model_key: "p/m".into(),
+            max_context: 1000,
+            tokens_before: 900,
+            tokens_after: 300,
+            tokens_saved: 600,
+            messages_before: 12,
+            messages_after: 6,
+            summarized: 7,
+            cut: 8,
+            prefix_hash: "ab".repeat(16),
+            summary: format!("summary {id}"),
+            summary_tokens: 40,
+        }
+    }
+
+    #[tokio::test]
+    async fn compactions_points_settings_and_cascade() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("g.db")).await.unwrap();
+        let (a, b) = (SessionId::new("a"), SessionId::new("b"));
+        let settings = CompactionSettings {
+            auto_enabled: Some(false),
+            threshold_pct: Some(70.0),
+            reserved_tokens: 128,
+        };
+        store
+            .apply(&[
+                WriteOp::CreateSession(session(a.as_str())),
+                WriteOp::InsertCompaction(Box::new(compaction("c1", &a, 1, "auto"))),
+                WriteOp::InsertCompaction(Box::new(compaction("c2", &a, 2, "manual"))),
+                WriteOp::InsertCompaction(Box::new(compaction("c3", &b, 3, "auto"))),
+                WriteOp::SetCompactionSettings {
+                    session: a.clone(),
+                    settings: CompactionSettings::default(),
+                },
+                WriteOp::SetCompactionSettings {
+                    session: a.clone(),
+                    settings: settings.clone(),
+                },
+            ])
+            .await
+            .unwrap();
+        let list = store.list_compactions(Some(&a), 10).await.unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(
+            list[0],
+            compaction("c2", &a, 2, "manual"),
+            "newest first, whole"
+        );
+        assert_eq!(store.list_compactions(None, 10).await.unwrap().len(), 3);
+        let t = store.compaction_totals(None).await.unwrap();
+        assert_eq!(
+            (t.count, t.auto, t.manual, t.tokens_saved, t.sessions),
+            (3, 2, 1, 1800, 2)
+        );
+        let StoredCompactions {
+            mut points,
+            settings: loaded,
+        } = store.load_compaction_state().await.unwrap();
+        points.sort_by(|x, y| x.id.cmp(&y.id));
+        let ids: Vec<&str> = points.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, vec!["c2", "c3"], "the newest per session");
+        assert_eq!(loaded, vec![(a.clone(), settings)]);
+
+        store
+            .apply(&[WriteOp::DeleteSession(a.clone())])
+            .await
+            .unwrap();
+        assert!(
+            store
+                .list_compactions(Some(&a), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let StoredCompactions {
+            points,
+            settings: loaded,
+        } = store.load_compaction_state().await.unwrap();
+        assert_eq!(points.len(), 1);
+        assert!(loaded.is_empty());
     }
 
     #[tokio::test]

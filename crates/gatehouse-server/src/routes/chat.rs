@@ -41,6 +41,7 @@ const BLOCKING_PREPARE_BYTES: usize = 256 * 1024;
 const PREVIEW_CHARS: usize = 200;
 const SESSION_NAME_CHARS: usize = gatehouse_services::sessions::NAME_CHARS;
 
+mod compacting;
 mod economy;
 
 use economy::{mask, memory_tokens, redact};
@@ -79,8 +80,11 @@ pub async fn completions(
 struct Prepared {
     route: Arc<Route>,
     stream: bool,
-    /// The client's bytes, kept (a reference count) in case the body must be rebuilt.
+    /// The bytes to send before the model rename (masked, compacted), kept (a reference count)
+    /// in case the body must be rebuilt.
     original: Bytes,
+    /// The client's bytes after redaction only: the identity of its history for compaction.
+    redacted_original: Bytes,
     /// Where the model name is spliced, when the provider's name differs.
     model_span: Option<std::ops::Range<usize>>,
     upstream_body: Bytes,
@@ -155,7 +159,36 @@ fn prepare(st: &AppState, body: &Bytes) -> Result<Prepared, ApiError> {
             (&masked_body, parse(&masked_body)?, m)
         }
     };
-    let prompt = st.counter.count_prompt(route.encoding, &view);
+    let parts = body_parts(st, body, &view, &route);
+    Ok(Prepared {
+        stream: view.stream,
+        original: body.clone(),
+        redacted_original: redacted_body.clone(),
+        model_span: parts.model_span,
+        upstream_body: parts.upstream_body,
+        injected_usage: parts.injected_usage,
+        prompt_tokens: parts.prompt_tokens,
+        memory_tokens: parts.memory_tokens,
+        session_name: view.first_user_preview(SESSION_NAME_CHARS),
+        preview: view.last_user_preview(PREVIEW_CHARS).unwrap_or_default(),
+        route,
+        redacted,
+        masked,
+    })
+}
+
+/// What is derived from the body about to be sent: its count, and the upstream bytes (model
+/// name spliced, stream usage asked for).
+struct BodyParts {
+    model_span: Option<std::ops::Range<usize>>,
+    upstream_body: Bytes,
+    injected_usage: bool,
+    prompt_tokens: u64,
+    memory_tokens: u64,
+}
+
+fn body_parts(st: &AppState, body: &Bytes, view: &ChatRequestView<'_>, route: &Route) -> BodyParts {
+    let prompt = st.counter.count_prompt(route.encoding, view);
     let model_span = (view.model != route.upstream_model).then(|| view.model_span.clone());
     let usage = if view.stream && st.upstream.asks_stream_usage(&route.provider_key) {
         UsageAsk::Yes {
@@ -171,20 +204,28 @@ fn prepare(st: &AppState, body: &Bytes) -> Result<Prepared, ApiError> {
             .map(|s| (s, route.upstream_model.as_str())),
         usage,
     );
-    Ok(Prepared {
-        stream: view.stream,
-        original: body.clone(),
+    BodyParts {
         model_span,
         upstream_body,
         injected_usage: rewritten.injected_usage,
         prompt_tokens: prompt.tokens,
-        memory_tokens: memory_tokens(st, body, &view, route.encoding),
-        session_name: view.first_user_preview(SESSION_NAME_CHARS),
-        preview: view.last_user_preview(PREVIEW_CHARS).unwrap_or_default(),
-        route,
-        redacted,
-        masked,
-    })
+        memory_tokens: memory_tokens(st, body, view, route.encoding),
+    }
+}
+
+/// Replaces the body to send by `body` (a compacted history).
+fn use_body(st: &AppState, p: &mut Prepared, body: Bytes) -> Result<(), ApiError> {
+    let parts = {
+        let view = parse(&body)?;
+        body_parts(st, &body, &view, &p.route)
+    };
+    p.original = body;
+    p.model_span = parts.model_span;
+    p.upstream_body = parts.upstream_body;
+    p.injected_usage = parts.injected_usage;
+    p.prompt_tokens = parts.prompt_tokens;
+    p.memory_tokens = parts.memory_tokens;
+    Ok(())
 }
 
 async fn handle(
@@ -228,6 +269,21 @@ async fn handle(
         prepare(st, &body)?
     };
 
+    let session = st
+        .sessions
+        .resolve(
+            explicit,
+            &p.route.model_key,
+            &p.route.provider_key,
+            p.session_name.as_deref(),
+        )
+        .await;
+    if !p.masked.is_empty() {
+        record_masked(st, &p, request_id, &session.id).await;
+    }
+    let mut p = p;
+    compacting::compaction(st, &mut p, &session.id, request_id).await?;
+    // After compaction: a history over the window may fit once its point is applied.
     if p.prompt_tokens > p.route.max_context {
         return Err(ApiError::new(
             ErrorKind::ContextLengthExceeded,
@@ -242,18 +298,6 @@ async fn handle(
         .with_param("messages"));
     }
 
-    let session = st
-        .sessions
-        .resolve(
-            explicit,
-            &p.route.model_key,
-            &p.route.provider_key,
-            p.session_name.as_deref(),
-        )
-        .await;
-    if !p.masked.is_empty() {
-        record_masked(st, &p, request_id, &session.id).await;
-    }
     let draft = Draft {
         id: request_id.as_str().to_owned(),
         session_id: session.id.clone(),

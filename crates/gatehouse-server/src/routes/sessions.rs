@@ -203,6 +203,7 @@ pub async fn delete(
     let id = session_id(id)?;
     st.sessions.delete(&id).await.map_err(service_error)?;
     st.gauges.forget(&id);
+    st.compaction.forget(&id);
     st.writer.flush().await;
     Ok(StatusCode::NO_CONTENT)
 }

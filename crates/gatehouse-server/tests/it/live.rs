@@ -13,9 +13,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::support::{Options, TestApp, session_of, streaming, user};
 
-type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(app: &TestApp) -> Ws {
+pub(crate) async fn connect(app: &TestApp) -> Ws {
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr))
         .await
         .unwrap();
@@ -23,7 +23,7 @@ async fn connect(app: &TestApp) -> Ws {
 }
 
 /// The next JSON message, skipping pings; fails after 5 s.
-async fn next(ws: &mut Ws) -> Value {
+pub(crate) async fn next(ws: &mut Ws) -> Value {
     loop {
         let got = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
         assert!(got.is_ok(), "no WebSocket message within 5 s");
@@ -35,7 +35,7 @@ async fn next(ws: &mut Ws) -> Value {
 }
 
 /// Messages until one of type `ty` arrives (that one included).
-async fn until(ws: &mut Ws, ty: &str) -> Vec<Value> {
+pub(crate) async fn until(ws: &mut Ws, ty: &str) -> Vec<Value> {
     let mut seen = Vec::new();
     loop {
         let v = next(ws).await;

@@ -7,6 +7,7 @@
 
 mod support;
 
+mod compaction;
 mod errors;
 mod export;
 mod live;

@@ -37,6 +37,8 @@ pub struct Options {
     pub first_byte_secs: Option<f64>,
     /// Events kept for WebSocket clients (1024 unless set).
     pub event_buffer: Option<usize>,
+    /// Start on this data directory (a restart) instead of a fresh one.
+    pub dir: Option<tempfile::TempDir>,
 }
 
 impl TestApp {
@@ -46,7 +48,10 @@ impl TestApp {
 
     pub async fn spawn_with(opts: Options) -> Self {
         let mock = Mock::spawn().await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = match opts.dir {
+            Some(d) => d,
+            None => tempfile::tempdir().unwrap(),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config_text = format!(
@@ -184,6 +189,13 @@ max_context_size = 4096
         let r = self.http.get(self.url(path)).send().await.unwrap();
         assert!(r.status().is_success(), "GET {path}: {}", r.status());
         r.json().await.unwrap()
+    }
+
+    /// Stops this gateway and starts another on the same data directory.
+    pub async fn restart(mut self, mut opts: Options) -> Self {
+        self.shutdown().await;
+        opts.dir = Some(self.dir);
+        Self::spawn_with(opts).await
     }
 
     /// Stops the server as SIGTERM would and waits for it to drain.

@@ -1,0 +1,549 @@
+//! Compaction: when a conversation fills its window, the history sent upstream is rewritten as
+//! the system messages, one summary of the older turns, and the last few exchanges whole.
+//!
+//! Clients keep sending their full history, so a compaction is remembered as a *point*: the
+//! number of leading client messages it covers, a hash of them, and the summary. A later request
+//! whose first messages hash the same gets the same rewrite, so the provider sees one stable
+//! compacted prefix (and its prompt cache keeps hitting). This module is the pure part: where to
+//! cut, how to summarise without a model, the prompt for a model summary, the splice.
+
+use std::ops::Range;
+
+use gatehouse_core::Encoding;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::observe;
+
+/// Marks the summary message, so a person reading the upstream log knows where it came from.
+pub const SUMMARY_HEADER: &str = "[Summary of the earlier conversation, written by Gatehouse";
+
+/// One message as the summarisers see it.
+#[derive(Debug, Clone)]
+pub struct Item<'a> {
+    pub role: &'a str,
+    /// Text content (parts joined); empty when the message has none.
+    pub text: &'a str,
+    /// Names of the tools an assistant message calls.
+    pub tools: Vec<&'a str>,
+}
+
+/// What a compaction of `n` messages keeps and replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Messages `[0, cut)` are covered by the summary (their system messages excepted).
+    pub cut: usize,
+    /// System messages before the cut, kept whole ahead of the summary.
+    pub system: Vec<usize>,
+    /// Non-system messages before the cut (those `from` and later go into the summary).
+    pub summarized: Vec<usize>,
+}
+
+/// Where to cut `roles` so the last `keep_exchanges` user turns stay whole, given that messages
+/// `[0, from)` are already summarised by an earlier point. `None` when nothing new would be
+/// summarised.
+pub fn plan(roles: &[&str], keep_exchanges: usize, from: usize) -> Option<Plan> {
+    let cut = observe::cutoff(roles, keep_exchanges.max(1));
+    if cut <= from {
+        return None;
+    }
+    let (system, rest): (Vec<usize>, Vec<usize>) = (0..cut).partition(|&i| roles[i] == "system");
+    let summarized: Vec<usize> = rest.into_iter().filter(|&i| i >= from).collect();
+    if summarized.is_empty() {
+        return None;
+    }
+    Some(Plan {
+        cut,
+        system,
+        summarized,
+    })
+}
+
+/// Identity of the first messages of a conversation: their exact JSON, in order. xxh3 is a
+/// specified algorithm, so the value is stable across builds and can be stored.
+pub fn prefix_hash<'a>(raws: impl IntoIterator<Item = &'a str>) -> String {
+    let mut h = Xxh3::new();
+    for raw in raws {
+        h.update(&(raw.len() as u64).to_le_bytes());
+        h.update(raw.as_bytes());
+    }
+    format!("{:032x}", h.digest128())
+}
+
+/// The summary message's JSON (role `system`, so it joins the leading system block).
+pub fn summary_message(summary: &str) -> String {
+    serde_json::json!({"role": "system", "content": summary}).to_string()
+}
+
+/// The body with messages `[0, cut)` replaced by the system messages among them and the
+/// summary. `spans` are the byte ranges of every message in `body`; `cut < spans.len()` (a plan
+/// always keeps at least one exchange).
+pub fn splice(
+    body: &[u8],
+    spans: &[Range<usize>],
+    system: &[usize],
+    cut: usize,
+    summary_json: &str,
+) -> Option<Vec<u8>> {
+    let first = spans.first()?;
+    let kept = spans.get(cut)?;
+    let mut out = Vec::with_capacity(body.len().saturating_sub(kept.start - first.start) + 4096);
+    out.extend_from_slice(body.get(..first.start)?);
+    for &i in system {
+        out.extend_from_slice(body.get(spans.get(i)?.clone())?);
+        out.push(b',');
+    }
+    out.extend_from_slice(summary_json.as_bytes());
+    out.push(b',');
+    out.extend_from_slice(body.get(kept.start..)?);
+    Some(out)
+}
+
+/// Options of the heuristic summary.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub max_tokens: u64,
+    pub encoding: Encoding,
+}
+
+const USER_LINE: usize = 240;
+const ASSISTANT_LINE: usize = 200;
+const ERROR_LINE: usize = 200;
+const MAX_FILES: usize = 30;
+const MAX_ERRORS: usize = 8;
+/// Characters at the start of a line where an error word must appear.
+const ERROR_HEAD: usize = 24;
+
+/// A summary written without a model: what the user asked (every request, newest first when
+/// the budget runs short), the files and tools involved, the errors seen, the assistant's last
+/// conclusions, and what an earlier summary said. Deterministic: the same history gives the
+/// same bytes. `tokens` is the size of the history it replaces.
+pub fn heuristic(items: &[Item<'_>], previous: Option<&str>, tokens: u64, b: Budget) -> String {
+    let users: Vec<String> = items
+        .iter()
+        .filter(|m| m.role == "user" && !m.text.trim().is_empty())
+        .map(|m| format!("- {}", first_line(m.text, USER_LINE)))
+        .collect();
+    let assistants: Vec<String> = items
+        .iter()
+        .filter(|m| m.role == "assistant" && !m.text.trim().is_empty())
+        .map(|m| format!("- {}", first_line(m.text, ASSISTANT_LINE)))
+        .collect();
+    let mut tools: Vec<(&str, usize)> = Vec::new();
+    for t in items.iter().flat_map(|m| m.tools.iter()) {
+        match tools.iter_mut().find(|(n, _)| n == t) {
+            Some((_, c)) => *c += 1,
+            None => tools.push((t, 1)),
+        }
+    }
+    let mut files: Vec<&str> = Vec::new();
+    for m in items {
+        for f in paths(m.text) {
+            if files.len() < MAX_FILES && !files.contains(&f) {
+                files.push(f);
+            }
+        }
+    }
+    let mut errors: Vec<String> = Vec::new();
+    for m in items
+        .iter()
+        .filter(|m| m.role == "tool" || m.role == "user")
+    {
+        for line in m.text.lines() {
+            if errors.len() >= MAX_ERRORS {
+                break;
+            }
+            // An error line says so near its start; prose that merely mentions one does not.
+            let head = match line.trim_start().char_indices().nth(ERROR_HEAD) {
+                Some((i, _)) => &line.trim_start()[..i],
+                None => line.trim_start(),
+            };
+            if observe::looks_like_error(head) {
+                let l = format!("- {}", clip(line.trim(), ERROR_LINE));
+                if !errors.contains(&l) {
+                    errors.push(l);
+                }
+            }
+        }
+    }
+
+    let header = format!(
+        "{SUMMARY_HEADER} (heuristic) to save tokens: {} messages, {tokens} tokens, replaced; the latest exchanges follow in full.]",
+        items.len()
+    );
+    // Sections in the order they are written; filled in order of importance.
+    let mut sections: Vec<Section> = vec![
+        Section::new(
+            "Earlier summary:",
+            previous
+                .map(|p| {
+                    p.lines()
+                        .filter(|l| !l.starts_with(SUMMARY_HEADER))
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            5,
+        ),
+        Section::new("The user asked, in order:", users, 0),
+        Section::new(
+            "Tools called:",
+            if tools.is_empty() {
+                Vec::new()
+            } else {
+                vec![
+                    tools
+                        .iter()
+                        .map(|(n, c)| format!("{n} ×{c}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ]
+            },
+            2,
+        ),
+        Section::new(
+            "Files mentioned:",
+            if files.is_empty() {
+                Vec::new()
+            } else {
+                vec![files.join(", ")]
+            },
+            1,
+        ),
+        Section::new("Errors seen:", errors, 3),
+        Section::new("The assistant said (latest last):", assistants, 4),
+    ];
+    // The user's requests matter most; when they do not all fit, the newest are kept.
+    sections[1].newest_first = true;
+    sections[5].newest_first = true;
+
+    // Tokens do not always add up across a newline; a little slack keeps the total under.
+    let mut left = b.max_tokens.saturating_sub(b.encoding.count(&header) + 8);
+    let mut order: Vec<usize> = (0..sections.len()).collect();
+    order.sort_by_key(|&i| sections[i].priority);
+    for i in order {
+        let s = &mut sections[i];
+        if s.lines.is_empty() {
+            continue;
+        }
+        // Room for the title, its newline and a possible "(k of n, the rest left out)".
+        let title = b.encoding.count(s.title) + 12;
+        if title >= left {
+            continue;
+        }
+        let mut used = title;
+        let idx: Vec<usize> = if s.newest_first {
+            (0..s.lines.len()).rev().collect()
+        } else {
+            (0..s.lines.len()).collect()
+        };
+        for j in idx {
+            let n = b.encoding.count(&s.lines[j]) + 1;
+            if used + n > left {
+                break;
+            }
+            used += n;
+            s.keep.push(j);
+        }
+        if s.keep.is_empty() {
+            continue;
+        }
+        s.keep.sort_unstable();
+        left -= used;
+    }
+    let mut out = header;
+    for s in &sections {
+        if s.keep.is_empty() {
+            continue;
+        }
+        out.push('\n');
+        out.push_str(s.title);
+        if s.keep.len() < s.lines.len() {
+            out.push_str(&format!(
+                " ({} of {}, the rest left out)",
+                s.keep.len(),
+                s.lines.len()
+            ));
+        }
+        for &j in &s.keep {
+            out.push('\n');
+            out.push_str(&s.lines[j]);
+        }
+    }
+    out
+}
+
+struct Section {
+    title: &'static str,
+    lines: Vec<String>,
+    priority: u8,
+    newest_first: bool,
+    keep: Vec<usize>,
+}
+
+impl Section {
+    fn new(title: &'static str, lines: Vec<String>, priority: u8) -> Self {
+        Self {
+            title,
+            lines,
+            priority,
+            newest_first: false,
+            keep: Vec::new(),
+        }
+    }
+}
+
+/// The first non-empty line, at most `max` characters.
+fn first_line(text: &str, max: usize) -> String {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let more = text.trim().len() > line.len();
+    let mut s = clip(line, max);
+    if more && !s.ends_with('…') {
+        s.push_str(" …");
+    }
+    s
+}
+
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+/// Words that look like source paths: a `/` or a known extension, no spaces or URL scheme.
+fn paths(text: &str) -> impl Iterator<Item = &str> {
+    const EXT: &[&str] = &[
+        ".rs", ".py", ".ts", ".tsx", ".js", ".jsx", ".go", ".java", ".kt", ".c", ".h", ".cc",
+        ".cpp", ".hpp", ".rb", ".php", ".cs", ".swift", ".toml", ".yaml", ".yml", ".json", ".md",
+        ".sql", ".sh", ".html", ".css", ".vue", ".lock", ".txt", ".cfg", ".ini",
+    ];
+    text.split(|c: char| c.is_whitespace() || "\"'`()[]{}<>,;".contains(c))
+        .map(|w| w.trim_end_matches([':', '.']))
+        .filter(|w| {
+            w.len() > 3
+                && w.len() < 160
+                && !w.contains("://")
+                && EXT.iter().any(|e| {
+                    w.ends_with(e) || w.find(e).is_some_and(|i| w[i + e.len()..].starts_with(':'))
+                })
+                && w.chars()
+                    .next()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '.' || c == '/' || c == '_')
+        })
+        .map(|w| match w.find(':') {
+            // `src/lib.rs:42:7` names the file.
+            Some(i) => &w[..i],
+            None => w,
+        })
+}
+
+/// Characters of one message put in front of the summarising model; longer ones are cut.
+const LLM_MESSAGE_CHARS: usize = 2_000;
+/// Characters of transcript sent in all; the oldest messages go first when over.
+const LLM_TRANSCRIPT_CHARS: usize = 48_000;
+
+/// The chat-completions body asking `model` for a summary (the seed's prompt, in English).
+pub fn llm_request(
+    model: &str,
+    items: &[Item<'_>],
+    previous: Option<&str>,
+    max_tokens: u64,
+    temperature: f64,
+) -> serde_json::Value {
+    let mut lines: Vec<String> = items
+        .iter()
+        .map(|m| {
+            let mut line = format!(
+                "{}: {}",
+                m.role.to_uppercase(),
+                clip(m.text.trim(), LLM_MESSAGE_CHARS)
+            );
+            if !m.tools.is_empty() {
+                line.push_str(&format!(" [calls {}]", m.tools.join(", ")));
+            }
+            line
+        })
+        .collect();
+    let mut total: usize = lines.iter().map(String::len).sum();
+    let mut dropped = 0;
+    while total > LLM_TRANSCRIPT_CHARS && lines.len() > 1 {
+        total -= lines.remove(0).len();
+        dropped += 1;
+    }
+    let mut transcript = String::new();
+    if let Some(p) = previous {
+        transcript.push_str("EARLIER SUMMARY: ");
+        transcript.push_str(p);
+        transcript.push_str("\n\n");
+    }
+    if dropped > 0 {
+        transcript.push_str(&format!("({dropped} older messages not shown)\n\n"));
+    }
+    transcript.push_str(&lines.join("\n\n"));
+    let prompt = format!(
+        "Summarize the following conversation briefly. Keep the key points, the decisions taken and the technical context needed to carry on (files, commands, errors, what is still to do). Be concise: at most 300 words.\n\n{transcript}\n\nSUMMARY:"
+    );
+    serde_json::json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You summarize technical conversations between a developer and a coding assistant, concisely and faithfully."},
+            {"role": "user", "content": prompt},
+        ],
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "stream": false,
+    })
+}
+
+/// The summary message text around a model's answer.
+pub fn llm_summary(answer: &str, model: &str, messages: usize, tokens: u64) -> String {
+    format!(
+        "{SUMMARY_HEADER} by {model} to save tokens: {messages} messages, {tokens} tokens, replaced; the latest exchanges follow in full.]\n{}",
+        answer.trim()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item<'a>(role: &'a str, text: &'a str) -> Item<'a> {
+        Item {
+            role,
+            text,
+            tools: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn plan_keeps_system_messages_and_the_last_exchanges() {
+        let roles = [
+            "system",
+            "user",
+            "assistant",
+            "tool",
+            "assistant",
+            "user",
+            "assistant",
+            "user",
+            "assistant",
+            "tool",
+            "user",
+        ];
+        let p = plan(&roles, 2, 0).unwrap();
+        assert_eq!(p.cut, 7, "the second-to-last user turn starts at 7");
+        assert_eq!(p.system, vec![0]);
+        assert_eq!(p.summarized, vec![1, 2, 3, 4, 5, 6]);
+        // Already summarised up to 5: only 5 and 6 are new.
+        assert_eq!(plan(&roles, 2, 5).unwrap().summarized, vec![5, 6]);
+        assert_eq!(plan(&roles, 2, 7), None, "nothing new");
+        assert_eq!(plan(&["system", "user", "assistant", "user"], 2, 0), None);
+        assert_eq!(plan(&["user"], 1, 0), None);
+        // A mid-history system message stays, ahead of the summary.
+        let p = plan(&["user", "system", "assistant", "user"], 1, 0).unwrap();
+        assert_eq!((p.cut, p.system, p.summarized), (3, vec![1], vec![0, 2]));
+    }
+
+    #[test]
+    fn splice_rewrites_only_the_messages_array_head() {
+        let body = br#"{"model":"m","messages":[{"role":"system","content":"s"}, {"role":"user","content":"a"},{"role":"assistant","content":"b"},{"role":"user","content":"c"}],"x":1}"#;
+        let v = gatehouse_core::ChatRequestView::parse(body).unwrap();
+        let spans: Vec<_> = v.messages.iter().map(|m| m.span.clone()).collect();
+        let out = splice(body, &spans, &[0], 3, &summary_message("sum")).unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            j,
+            serde_json::json!({"model":"m","messages":[{"role":"system","content":"s"},{"role":"system","content":"sum"},{"role":"user","content":"c"}],"x":1})
+        );
+    }
+
+    #[test]
+    fn prefix_hash_separates_messages() {
+        assert_ne!(prefix_hash(["ab", "c"]), prefix_hash(["a", "bc"]));
+        assert_eq!(prefix_hash(["ab", "c"]), prefix_hash(["ab", "c"]));
+        assert_eq!(prefix_hash(["x"]).len(), 32);
+    }
+
+    #[test]
+    fn heuristic_summary_keeps_requests_files_tools_errors_within_budget() {
+        let mut call = item("assistant", "");
+        call.tools = vec!["read_file", "read_file", "run_tests"];
+        let items = vec![
+            item(
+                "user",
+                "Fix the failing test in src/orders.rs please.\nIt broke yesterday.",
+            ),
+            call,
+            item(
+                "tool",
+                "running 3 tests\nerror[E0308]: mismatched types at src/orders.rs:42:7\n",
+            ),
+            item(
+                "assistant",
+                "The total is computed as i32; I changed it to u64 in src/orders.rs.",
+            ),
+            item("user", "Now update README.md too."),
+        ];
+        let b = Budget {
+            max_tokens: 500,
+            encoding: Encoding::Cl100k,
+        };
+        let s = heuristic(&items, None, 12_345, b);
+        assert!(s.starts_with(SUMMARY_HEADER), "{s}");
+        assert!(s.contains("5 messages, 12345 tokens"), "{s}");
+        assert!(
+            s.contains("- Fix the failing test in src/orders.rs please. …"),
+            "{s}"
+        );
+        assert!(s.contains("- Now update README.md too."), "{s}");
+        assert!(s.contains("read_file ×2, run_tests ×1"), "{s}");
+        assert!(s.contains("src/orders.rs, README.md"), "{s}");
+        assert!(s.contains("error[E0308]: mismatched types"), "{s}");
+        assert!(s.contains("changed it to u64"), "{s}");
+        assert_eq!(s, heuristic(&items, None, 12_345, b), "deterministic");
+
+        // A tight budget keeps the newest requests and says what it left out.
+        let many: Vec<String> = (0..200)
+            .map(|i| format!("request number {i} about a thing"))
+            .collect();
+        let items: Vec<Item<'_>> = many.iter().map(|t| item("user", t)).collect();
+        let s = heuristic(&items, Some("[Summary of ...]\nolder stuff"), 9, b);
+        assert!(
+            Encoding::Cl100k.count(&s) <= 500,
+            "{}",
+            Encoding::Cl100k.count(&s)
+        );
+        assert!(s.contains("request number 199 "), "{s}");
+        assert!(!s.contains("request number 0 "), "{s}");
+        assert!(s.contains("of 200, the rest left out"), "{s}");
+    }
+
+    #[test]
+    fn paths_are_found_without_urls_or_prose() {
+        let found: Vec<&str> =
+            paths("see src/a.rs:10 and `web/app.js`, not https://x.io/a.js nor e.g. or 3.5")
+                .collect();
+        assert_eq!(found, vec!["src/a.rs", "web/app.js"]);
+    }
+
+    #[test]
+    fn llm_request_carries_the_transcript_and_the_settings() {
+        let items = vec![item("user", "hello"), item("assistant", "hi")];
+        let r = llm_request("m", &items, Some("before"), 500, 0.3);
+        assert_eq!(r["max_tokens"], 500);
+        assert_eq!(r["temperature"], 0.3);
+        let prompt = r["messages"][1]["content"].as_str().unwrap();
+        assert!(prompt.contains("EARLIER SUMMARY: before"));
+        assert!(prompt.contains("USER: hello\n\nASSISTANT: hi"));
+        let long = "x".repeat(10_000);
+        let items: Vec<Item<'_>> = (0..40).map(|_| item("user", &long)).collect();
+        let r = llm_request("m", &items, None, 500, 0.3);
+        let prompt = r["messages"][1]["content"].as_str().unwrap();
+        assert!(prompt.len() < LLM_TRANSCRIPT_CHARS + 1_000);
+        assert!(prompt.contains("older messages not shown"));
+    }
+}
