@@ -28,8 +28,8 @@ MOCK_PORT=$(free_port)
 "$BIN/gatehouse-mock" --port "$MOCK_PORT" > /dev/null &
 PIDS+=($!)
 
-run() { # label, then TOML lines for [redaction] and [sanitizer]
-  local label=$1 redaction=$2 sanitizer=$3 port dir
+run() { # label, TOML lines for [redaction] and [sanitizer], then optionally more TOML and the window
+  local label=$1 redaction=$2 sanitizer=$3 extra=${4:-} window=${5:-10000000} port dir
   port=$(free_port)
   dir="$WORK/$label"
   mkdir -p "$dir"
@@ -43,6 +43,7 @@ enabled = false
 $redaction
 [sanitizer]
 $sanitizer
+$extra
 [providers.mock]
 type = "openai"
 base_url = "http://127.0.0.1:$MOCK_PORT/v1"
@@ -50,7 +51,7 @@ api_key = "sk-bench"
 [models."mock/echo"]
 provider = "mock"
 model = "echo"
-max_context_size = 10000000
+max_context_size = $window
 TOML
   GATEHOUSE_LOG=warn "$BIN/gatehouse" serve --config "$dir/config.toml" --port "$port" > "$dir/log" 2>&1 &
   local pid=$!
@@ -66,20 +67,23 @@ run baseline 'mode = "off"' 'enabled = false'
 run redaction 'mode = "redact"' 'enabled = false'
 run sanitizer 'mode = "redact"' 'enabled = true'
 run sanitizer+observation 'mode = "redact"' $'enabled = true\nobservation_masking = true\nobservation_keep_turns = 3'
+# Compaction needs a window to fill: a 16K-token model (the others have an unbounded one, so it
+# never fires there). The replay has no think time, so the 5-minute cooldown is off.
+run sanitizer+compaction@16k 'mode = "redact"' 'enabled = true' $'[compaction.auto]\ncooldown_secs = 0' 16384
 
 mkdir -p bench/results
 python3 - "$WORK/runs.jsonl" "bench/results/$([ "$MODE" = smoke ] && echo savings-smoke || echo savings).json" <<'PY'
 import json, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
 base = runs[0]
-print(f"{'setting':24} {'upstream tokens':>16} {'saved':>8} {'gateway µs/KB':>14} {'added µs/KB':>12}")
+print(f"{'setting':26} {'upstream tokens':>16} {'saved':>8} {'gateway µs/KB':>14} {'added µs/KB':>12} {'errors':>7}")
 out = {"corpus": {"requests": base["requests"], "client_bytes": base["client_bytes"]}, "runs": []}
 for r in runs:
     kb = r["client_bytes"] / 1024
     per_kb = r["overhead_us"] / kb
     saved = 1 - r["upstream_prompt_tokens"] / base["upstream_prompt_tokens"]
     added = per_kb - base["overhead_us"] / kb
-    print(f"{r['label']:24} {r['upstream_prompt_tokens']:>16,} {saved:>8.1%} {per_kb:>14.2f} {added:>12.2f}")
+    print(f"{r['label']:26} {r['upstream_prompt_tokens']:>16,} {saved:>8.1%} {per_kb:>14.2f} {added:>12.2f} {r['errors']:>7}")
     out["runs"].append({**r, "saved_fraction": saved, "gateway_us_per_kb": per_kb, "added_us_per_kb": added})
 json.dump(out, open(sys.argv[2], "w"), indent=1)
 print(f"wrote {sys.argv[2]}")

@@ -122,6 +122,21 @@ function onMessage(m) {
     case "redaction":
       addNote(m.request_id, "redacted " + m.found.map((f) => `${f.kind}×${f.count}`).join(", "));
       break;
+    case "compaction_event": {
+      const c = m.compaction;
+      if (state.compaction) {
+        state.compaction.global.count += 1;
+        state.compaction.global.tokens_saved += c.tokens_saved;
+        renderEconomy();
+      }
+      if (c.request_id) {
+        addNote(c.request_id, `compacted ${c.summarized} messages (${c.strategy}, −${num(c.tokens_saved)} tokens)`);
+      }
+      break;
+    }
+    case "compaction_paused":
+      addNote(m.request_id, `compaction paused after ${m.consecutive} in a row`);
+      break;
     case "request_started":
       if (m.session_id !== state.viewId) break;
       state.rows.unshift({
@@ -434,10 +449,15 @@ function renderEconomy() {
   $("e-masked").textContent = num(e.since_start.masked_messages);
   $("e-originals").textContent = num(e.stored.originals);
   $("e-redaction").textContent = e.redaction_mode === "off" ? "forwarded" : e.redaction_mode === "block" ? "blocked" : "redacted";
+  const c = state.compaction;
+  if (c) $("e-compactions").textContent = `${num(c.global.count)} (−${num(c.global.tokens_saved)})`;
 }
 
 async function loadEconomy() {
-  state.economy = await api("GET", "/api/sanitizer/stats");
+  [state.economy, state.compaction] = await Promise.all([
+    api("GET", "/api/sanitizer/stats"),
+    api("GET", "/api/compaction/stats"),
+  ]);
   renderEconomy();
 }
 
@@ -512,6 +532,15 @@ function main() {
       const r = await api("POST", "/api/sanitizer/toggle", { enabled: !state.economy?.enabled });
       if (state.economy) state.economy.enabled = r.enabled;
       renderEconomy();
+    } catch (err) {
+      showError(err);
+    }
+  });
+  $("compact-now").addEventListener("click", async () => {
+    if (!state.viewId) return;
+    try {
+      const r = await api("POST", `/api/compaction/${encodeURIComponent(state.viewId)}`, { force: true });
+      $("compact-result").textContent = r.message;
     } catch (err) {
       showError(err);
     }

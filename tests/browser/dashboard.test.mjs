@@ -185,6 +185,18 @@ paths = ["${join(tmp, "core.log")}"]
     await page.click("#sanitizer-toggle");
     await within(page, "masking switched on", () => document.querySelector("#sanitizer-toggle").textContent === "Masking: on");
 
+    // "Compact now" summarises the viewed session's older turns and counts it.
+    const long = { model: "mock/echo", messages: [] };
+    for (let i = 0; i < 4; i++) {
+      const ask = `Step ${i}: change src/step_${i}.rs please. ` + "Keep the public API stable and add tests for the new behaviour. ".repeat(4);
+      long.messages.push({ role: "user", content: ask }, { role: "assistant", content: `Changed src/step_${i}.rs and added two tests.` });
+    }
+    long.messages.push({ role: "user", content: "Next step." });
+    await chat(base, long, { "x-gatehouse-session": firstSession });
+    await page.click("#compact-now");
+    await within(page, "compaction result shown", () => document.querySelector("#compact-result").textContent.includes("messages summarised"), null, 2000);
+    await within(page, "compaction counted", () => document.querySelector("#e-compactions").textContent.startsWith("1 "));
+
     // 3. A figure from Continue's log reaches the gauge, labelled with its source.
     writeFileSync(join(tmp, "core.log"), "Request had the following token counts\n- contextLength: 8192\n- counted tokens: 2000\n- tools: 48\n\n");
     await within(page, "log figure in the gauge", () => document.querySelector("#gauge-source").textContent === "compile chat", null, 2000);

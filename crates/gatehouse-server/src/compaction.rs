@@ -198,12 +198,14 @@ impl CompactionState {
     }
 
     /// Claims the session for an automatic compaction, unless one runs, the cooldown has not
-    /// passed, or the run of consecutive compactions is at its limit.
+    /// passed, or the run of consecutive compactions is at its limit. `over_window`: the
+    /// request would be refused as it is, so the cooldown does not hold it back.
     pub fn begin_auto<'a>(
         &'a self,
         session: &SessionId,
         cfg: &CompactionConfig,
         now: i64,
+        over_window: bool,
     ) -> Result<Claim<'a>, Hold> {
         let mut m = self.lock();
         let e = m.sessions.entry(session.clone()).or_default();
@@ -222,6 +224,7 @@ impl CompactionState {
             i64::try_from(cfg.auto.cooldown_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         if let Some(at) = e.last_at
             && now - at < cooldown
+            && !over_window
         {
             return Err(Hold::Cooldown {
                 remaining_ms: cooldown - (now - at),

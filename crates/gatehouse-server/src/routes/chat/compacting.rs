@@ -52,7 +52,10 @@ pub(super) async fn compaction(
     if !eff.reached(tokens, window) {
         st.compaction.under_threshold(session);
     } else if eff.auto_enabled {
-        match st.compaction.begin_auto(session, cfg, now_ms()) {
+        match st
+            .compaction
+            .begin_auto(session, cfg, now_ms(), tokens > window)
+        {
             Ok(claim) => {
                 let ask = Ask {
                     auto: true,
