@@ -67,23 +67,25 @@ run baseline 'mode = "off"' 'enabled = false'
 run redaction 'mode = "redact"' 'enabled = false'
 run sanitizer 'mode = "redact"' 'enabled = true'
 run sanitizer+observation 'mode = "redact"' $'enabled = true\nobservation_masking = true\nobservation_keep_turns = 3'
-# Compaction needs a window to fill: a 16K-token model (the others have an unbounded one, so it
-# never fires there). The replay has no think time, so the 5-minute cooldown is off.
-run sanitizer+compaction@16k 'mode = "redact"' 'enabled = true' $'[compaction.auto]\ncooldown_secs = 0' 16384
+# Compaction needs a window to fill (the runs above have an unbounded one, so it never fires
+# there): alone on a 32K-token model, and after the sanitizer (which leaves these conversations small) on a 4K one. The replay has no
+# think time, so the 5-minute cooldown is off.
+run compaction@32k 'mode = "redact"' 'enabled = false' $'[compaction.auto]\ncooldown_secs = 0' 32768
+run sanitizer+compaction@4k 'mode = "redact"' 'enabled = true' $'[compaction.auto]\ncooldown_secs = 0' 4096
 
 mkdir -p bench/results
 python3 - "$WORK/runs.jsonl" "bench/results/$([ "$MODE" = smoke ] && echo savings-smoke || echo savings).json" <<'PY'
 import json, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
 base = runs[0]
-print(f"{'setting':26} {'upstream tokens':>16} {'saved':>8} {'gateway µs/KB':>14} {'added µs/KB':>12} {'errors':>7}")
+print(f"{'setting':26} {'upstream tokens':>16} {'saved':>8} {'gateway µs/KB':>14} {'added µs/KB':>12} {'errors':>7} {'compactions':>12}")
 out = {"corpus": {"requests": base["requests"], "client_bytes": base["client_bytes"]}, "runs": []}
 for r in runs:
     kb = r["client_bytes"] / 1024
     per_kb = r["overhead_us"] / kb
     saved = 1 - r["upstream_prompt_tokens"] / base["upstream_prompt_tokens"]
     added = per_kb - base["overhead_us"] / kb
-    print(f"{r['label']:26} {r['upstream_prompt_tokens']:>16,} {saved:>8.1%} {per_kb:>14.2f} {added:>12.2f} {r['errors']:>7}")
+    print(f"{r['label']:26} {r['upstream_prompt_tokens']:>16,} {saved:>8.1%} {per_kb:>14.2f} {added:>12.2f} {r['errors']:>7} {r.get('compactions', 0):>12}")
     out["runs"].append({**r, "saved_fraction": saved, "gateway_us_per_kb": per_kb, "added_us_per_kb": added})
 json.dump(out, open(sys.argv[2], "w"), indent=1)
 print(f"wrote {sys.argv[2]}")

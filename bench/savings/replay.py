@@ -33,6 +33,8 @@ for line in open(corpus):
 with urllib.request.urlopen(f"{base}/api/export/json?all=1", timeout=60) as r:
     rows = json.load(r)["requests"]
 tokens = sum(row["prompt_tokens_est"] for row in rows)
+with urllib.request.urlopen(f"{base}/api/compaction/stats", timeout=60) as r:
+    compactions = json.load(r)["global"]["count"]
 errors = sum(1 for row in rows if row["status"] != 200)
 print(json.dumps({"requests": n, "client_bytes": sent_bytes, "overhead_us": overhead_us,
-                  "upstream_prompt_tokens": tokens, "errors": errors + refused}))
+                  "upstream_prompt_tokens": tokens, "errors": errors + refused, "compactions": compactions}))
