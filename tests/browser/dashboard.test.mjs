@@ -218,8 +218,8 @@ paths = ["${join(tmp, "core.log")}"]
 
     // 5. Switch back to the first session.
     await page.click(`#sessions li[data-id="${firstSession}"] button:has-text("Activate")`);
-    await within(page, "first session shown again", () => document.querySelector("#f-requests").textContent === "3", null, 2000);
-    await within(page, "its rows are back", () => document.querySelectorAll("#log tbody tr.src-proxy").length === 3, null, 2000);
+    await within(page, "first session shown again", () => document.querySelector("#f-requests").textContent === "4", null, 2000);
+    await within(page, "its rows are back", () => document.querySelectorAll("#log tbody tr.src-proxy").length === 4, null, 2000);
 
     // 6. An alert: a request filling a 20-token window shows the critical banner, coloured.
     await chat(base, user("mock/full", "hi"), { "x-gatehouse-session": firstSession });
@@ -239,7 +239,7 @@ paths = ["${join(tmp, "core.log")}"]
     await download.saveAs(csvPath);
     const csv = readFileSync(csvPath, "utf8").split("\r\n").filter(Boolean);
     assert.ok(csv[0].startsWith("id,session_id,created_at,"), csv[0]);
-    assert.equal(csv.length, 1 + 4, `header and 4 rows of the first session, got ${csv.length}`);
+    assert.equal(csv.length, 1 + 5, `header and 5 rows of the first session, got ${csv.length}`);
     assert.ok(!csv.join("\n").includes("ghp_A1b2"), "the secret is in no stored row");
     console.log(`  ok  CSV downloaded: ${download.suggestedFilename()} (${csv.length - 1} rows)`);
 
@@ -268,7 +268,7 @@ paths = ["${join(tmp, "core.log")}"]
     await firstLine(again, (l) => l.includes("gatehouse ready"), "gatehouse (restarted)");
     await within(page, "reconnected", () => document.querySelector("#conn").dataset.state === "open", null, 8000);
     await chat(base, user("mock/echo", "after the restart"), { "x-gatehouse-session": firstSession });
-    await within(page, "live again after the restart", () => document.querySelector("#f-requests").textContent === "5");
+    await within(page, "live again after the restart", () => document.querySelector("#f-requests").textContent === "6");
 
     // The page logged no errors, apart from the refused connections while the gateway was down.
     const real = errors.filter((e) => !/WebSocket|ERR_CONNECTION_REFUSED/.test(e));
