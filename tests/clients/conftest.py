@@ -53,6 +53,26 @@ api_key = "sk-upstream-test"
 provider = "mock"
 model = "chunks:4"
 max_context_size = 8192
+
+[models."mock/tool"]
+provider = "mock"
+model = "tool"
+max_context_size = 8192
+
+[providers.anth]
+type = "anthropic"
+base_url = "{mock_url}"
+api_key = "sk-upstream-test"
+
+[models."anth/claude"]
+provider = "anth"
+model = "chunks:4"
+max_context_size = 200000
+
+[models."anth/tool"]
+provider = "anth"
+model = "tool"
+max_context_size = 200000
 """
         )
         # No inherited overrides or provider keys: the tests expect the built-in catalogue keyless.

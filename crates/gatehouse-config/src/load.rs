@@ -962,13 +962,19 @@ mod tests {
         let c = load(None, &Env::default(), &Overrides::default()).unwrap();
         assert_eq!(c.server.host, "127.0.0.1");
         assert_eq!(c.server.port, 8000);
-        assert_eq!(c.providers.len(), 10);
+        assert_eq!(c.providers.len(), 11);
         assert_eq!(
             c.models
                 .keys()
-                .filter(|k| !k.starts_with("openai/") && !k.starts_with("ollama/"))
+                .filter(|k| !k.starts_with("openai/")
+                    && !k.starts_with("ollama/")
+                    && !k.starts_with("anthropic/"))
                 .count(),
             20
+        );
+        assert_eq!(
+            c.providers["anthropic"].kind,
+            crate::ProviderType::Anthropic
         );
         let mistral = &c.providers["mistral"];
         assert!(mistral.key_missing());

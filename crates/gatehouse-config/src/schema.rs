@@ -222,6 +222,11 @@ impl ProviderType {
 
     /// Whether this build can forward requests to such a provider.
     pub fn is_served(self) -> bool {
+        matches!(self, Self::Openai | Self::Kimi | Self::Anthropic)
+    }
+
+    /// Whether it speaks OpenAI's chat completions (requests pass through untranslated).
+    pub fn is_openai_compatible(self) -> bool {
         matches!(self, Self::Openai | Self::Kimi)
     }
 }

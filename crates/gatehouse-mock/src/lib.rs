@@ -17,9 +17,15 @@
 //! | `nousage` | never report usage |
 //! | `usagelast` | streams: put usage in the finish chunk, asked or not (Mistral's way) |
 //! | `nostreamopts` | answer 422 to a body with `stream_options` (Mistral's way) |
+//! | `tool` | call the request's first tool (`{"city": "Paris"}`), unless the last message is a tool result |
+//!
+//! `POST /v1/messages` answers in Anthropic's format with the same directives (errors in its
+//! shape, `x-api-key` required, `max_tokens` required).
 //!
 //! Responses are deterministic (fixed id and timestamp), so a test can compare the bytes a client
 //! gets through the gateway with the bytes the mock sends directly.
+
+mod anthropic;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -47,7 +53,7 @@ pub struct Captured {
 }
 
 #[derive(Default)]
-struct Shared {
+pub(crate) struct Shared {
     attempts: Mutex<HashMap<String, u32>>,
     captured: Mutex<Vec<Captured>>,
     /// Keep a log only when asked: benchmarks must not grow memory.
@@ -109,6 +115,7 @@ pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
 fn app(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/messages", post(anthropic::messages))
         .route("/v1/models", get(models))
         .with_state(shared)
 }
@@ -118,7 +125,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[derive(Debug, Default)]
-struct Script {
+pub(crate) struct Script {
     chunks: usize,
     delay: Duration,
     gap: Duration,
@@ -131,9 +138,10 @@ struct Script {
     nousage: bool,
     usage_last: bool,
     no_stream_opts: bool,
+    tool: bool,
 }
 
-fn script(model: &str) -> Script {
+pub(crate) fn script(model: &str) -> Script {
     let mut s = Script {
         chunks: 3,
         ..Script::default()
@@ -154,6 +162,7 @@ fn script(model: &str) -> Script {
             "nousage" => s.nousage = true,
             "usagelast" => s.usage_last = true,
             "nostreamopts" => s.no_stream_opts = true,
+            "tool" => s.tool = true,
             _ => {}
         }
     }
@@ -167,18 +176,8 @@ async fn models() -> Response {
     )
 }
 
-async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-        return json_response(
-            StatusCode::BAD_REQUEST,
-            &json!({"error": {"message": "mock: body is not JSON", "type": "invalid_request_error", "code": null}}),
-        );
-    };
-    let model = req["model"].as_str().unwrap_or("").to_owned();
-    let stream = req["stream"].as_bool().unwrap_or(false);
-    let include_usage = req["stream_options"]["include_usage"]
-        .as_bool()
-        .unwrap_or(false);
+/// Counts the attempt, captures the request, and waits `first:MS` on a first attempt.
+pub(crate) async fn start(shared: &Shared, headers: &HeaderMap, req: &Value, s: &Script) -> u32 {
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -196,10 +195,26 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
             body: req.clone(),
         });
     }
-    let s = script(&model);
     if attempt == 1 && !s.first.is_zero() {
         tokio::time::sleep(s.first).await;
     }
+    attempt
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": {"message": "mock: body is not JSON", "type": "invalid_request_error", "code": null}}),
+        );
+    };
+    let model = req["model"].as_str().unwrap_or("").to_owned();
+    let stream = req["stream"].as_bool().unwrap_or(false);
+    let include_usage = req["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
+    let s = script(&model);
+    let attempt = start(&shared, &headers, &req, &s).await;
     if s.no_stream_opts && req.get("stream_options").is_some() {
         return json_response(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -218,6 +233,17 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
             StatusCode::INTERNAL_SERVER_ERROR,
             &json!({"error": {"message": format!("mock: scripted failure {attempt} of {}", s.fail), "type": "server_error", "code": null}}),
         );
+    }
+    let last_is_result = req["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .is_some_and(|m| m["role"] == "tool");
+    if s.tool && !last_is_result {
+        let name = req["tools"][0]["function"]["name"]
+            .as_str()
+            .unwrap_or("get_weather")
+            .to_owned();
+        return tool_call(&model, &name, stream, include_usage);
     }
     if stream {
         stream_response(model, s, attempt, include_usage)
@@ -240,8 +266,46 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     }
 }
 
+/// A call of tool `name`, whole or streamed with its arguments in pieces.
+fn tool_call(model: &str, name: &str, stream: bool, include_usage: bool) -> Response {
+    if !stream {
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": "{\"city\": \"Paris\"}"}}]},
+                    "finish_reason": "tool_calls"}],
+                "usage": usage(7),
+            }),
+        );
+    }
+    let mut out = Vec::new();
+    out.push(chunk(model, &json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": ""}}]}), None));
+    for part in ["{\"city\"", ": \"Par", "is\"}"] {
+        out.push(chunk(
+            model,
+            &json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
+            None,
+        ));
+    }
+    out.push(chunk(model, &json!({}), Some("tool_calls")));
+    if include_usage {
+        let v = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage(7)});
+        out.push(Bytes::from(format!("data: {v}\n\n")));
+    }
+    out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let body = futures_util::stream::iter(out.into_iter().map(Ok::<Bytes, std::io::Error>));
+    let mut r = Response::new(Body::from_stream(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}
+
 /// The i-th content piece: one token each in cl100k and o200k.
-fn piece(i: usize) -> String {
+pub(crate) fn piece(i: usize) -> String {
     const WORDS: [&str; 8] = [
         " Hello",
         " from",
@@ -347,7 +411,7 @@ fn stream_response(model: String, s: Script, attempt: u32, include_usage: bool) 
     r
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, v: &Value) -> Response {
     let mut r = Response::new(Body::from(v.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(

@@ -3,7 +3,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use gatehouse_config::ProviderConfig;
+use gatehouse_config::{ProviderConfig, ProviderType};
 
 use crate::HOP_HEADER;
 
@@ -41,21 +41,41 @@ pub fn dropped_response_header(name: &HeaderName) -> bool {
     )
 }
 
-/// A provider's own headers, built once: its credentials and its extra headers.
+/// A provider's own headers, built once: its credentials, its extra headers, and defaults its
+/// API needs when the client did not send them.
 #[derive(Debug, Clone, Default)]
 pub struct ProviderHeaders {
-    auth: Option<HeaderValue>,
+    auth: Option<(HeaderName, HeaderValue)>,
     extra: Vec<(HeaderName, HeaderValue)>,
+    defaults: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ProviderHeaders {
     pub fn new(provider: &ProviderConfig) -> Self {
         let auth = provider.api_key.as_ref().and_then(|key| {
-            let mut v = HeaderValue::from_str(&format!("Bearer {}", key.expose())).ok()?;
+            let (name, value) = match provider.kind {
+                ProviderType::Anthropic => (
+                    HeaderName::from_static("x-api-key"),
+                    key.expose().to_owned(),
+                ),
+                ProviderType::Gemini => (
+                    HeaderName::from_static("x-goog-api-key"),
+                    key.expose().to_owned(),
+                ),
+                _ => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
+            };
+            let mut v = HeaderValue::from_str(&value).ok()?;
             // Keeps the key out of any header dump made by a debug layer.
             v.set_sensitive(true);
-            Some(v)
+            Some((name, v))
         });
+        let defaults = match provider.kind {
+            ProviderType::Anthropic => vec![(
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static(crate::translate::anthropic::VERSION),
+            )],
+            _ => Vec::new(),
+        };
         let extra = provider
             .headers
             .iter()
@@ -66,7 +86,11 @@ impl ProviderHeaders {
                 ))
             })
             .collect();
-        Self { auth, extra }
+        Self {
+            auth,
+            extra,
+            defaults,
+        }
     }
 }
 
@@ -97,8 +121,13 @@ pub fn upstream_headers(
     for (k, v) in &provider.extra {
         out.insert(k.clone(), v.clone());
     }
-    if let Some(auth) = &provider.auth {
-        out.insert(header::AUTHORIZATION, auth.clone());
+    for (k, v) in &provider.defaults {
+        if !out.contains_key(k) {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    if let Some((name, value)) = &provider.auth {
+        out.insert(name.clone(), value.clone());
     }
     out
 }

@@ -3,14 +3,16 @@
 //!
 //! Architecture invariant: this crate knows nothing of storage or HTTP routes. It returns what
 //! upstream said (a complete body or a live stream) plus timing, and the server decides what to
-//! record. Bodies are forwarded as the client's bytes with at most two splices (model name and
-//! `stream_options`); they are never re-serialised.
+//! record. When client and provider speak the same format, bodies are forwarded as the
+//! client's bytes with splices only (model name, `stream_options`); otherwise [`translate`]
+//! converts them through one internal representation.
 
 pub mod headers;
 pub mod rewrite;
 pub mod route;
 pub mod sse;
 pub mod tap;
+pub mod translate;
 pub mod upstream;
 
 pub use route::{Route, Router};

@@ -225,6 +225,193 @@ pub fn summarize_response(body: &[u8], enc: Encoding) -> CompletionSummary {
     c.summary(enc)
 }
 
+/// What an Anthropic Messages stream says about itself, read as it is forwarded.
+#[derive(Debug, Default)]
+pub struct AnthropicTap {
+    framer: Framer,
+    text: String,
+    usage: Option<crate::translate::ir::Usage>,
+    finish_reason: Option<String>,
+    upstream_error: Option<String>,
+    saw_stop: bool,
+}
+
+impl AnthropicTap {
+    pub fn new() -> Self {
+        Self {
+            framer: Framer::new(),
+            ..Self::default()
+        }
+    }
+
+    /// Reads a chunk; the bytes go to the client unchanged.
+    pub fn process(&mut self, chunk: Bytes) -> Bytes {
+        let (text, usage, finish, error, stop) = (
+            &mut self.text,
+            &mut self.usage,
+            &mut self.finish_reason,
+            &mut self.upstream_error,
+            &mut self.saw_stop,
+        );
+        self.framer.feed(&chunk, |raw| {
+            let (_, data) = parse_event(raw);
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) else {
+                return;
+            };
+            let get = |k: &str| v.get(k);
+            match get("type").and_then(serde_json::Value::as_str) {
+                Some("message_start") => {
+                    if let Some(u) = get("message").and_then(|m| m.get("usage")) {
+                        *usage = Some(crate::translate::anthropic::usage_from(u));
+                    }
+                }
+                Some("content_block_start") => {
+                    if let Some(b) = get("content_block") {
+                        for k in ["text", "name"] {
+                            if let Some(t) = b.get(k).and_then(serde_json::Value::as_str) {
+                                text.push_str(t);
+                            }
+                        }
+                    }
+                }
+                Some("content_block_delta") => {
+                    if let Some(d) = get("delta") {
+                        for k in ["text", "partial_json", "thinking"] {
+                            if let Some(t) = d.get(k).and_then(serde_json::Value::as_str) {
+                                text.push_str(t);
+                            }
+                        }
+                    }
+                }
+                Some("message_delta") => {
+                    if let Some(r) = get("delta")
+                        .and_then(|d| d.get("stop_reason"))
+                        .and_then(serde_json::Value::as_str)
+                    {
+                        *finish = Some(r.to_owned());
+                    }
+                    if let Some(u) = get("usage") {
+                        let later = crate::translate::anthropic::usage_from(u);
+                        let cur = usage.get_or_insert_with(Default::default);
+                        cur.output = later.output;
+                        if u.get("input_tokens").is_some() {
+                            cur.input = later.input;
+                            cur.cache_read = later.cache_read;
+                            cur.cache_creation = later.cache_creation;
+                        }
+                    }
+                }
+                Some("message_stop") => *stop = true,
+                Some("error") => {
+                    *error = Some(
+                        get("error")
+                            .map_or_else(|| v.to_string(), ToString::to_string)
+                            .chars()
+                            .take(500)
+                            .collect(),
+                    );
+                }
+                _ => {}
+            }
+        });
+        chunk
+    }
+
+    pub fn mid_event(&self) -> bool {
+        self.framer.has_pending()
+    }
+
+    pub fn summary(self, enc: Encoding) -> CompletionSummary {
+        CompletionSummary {
+            usage: self.usage.map(|u| Usage {
+                prompt_tokens: u.input,
+                completion_tokens: u.output,
+                cached_tokens: Some(u.cache_read),
+                reasoning_tokens: None,
+            }),
+            counted_completion_tokens: enc.count(&self.text),
+            finish_reason: self.finish_reason,
+            upstream_error: self.upstream_error,
+            saw_done: self.saw_stop,
+        }
+    }
+}
+
+/// Reads a complete Anthropic Messages response.
+pub fn summarize_anthropic(body: &[u8], enc: Encoding) -> CompletionSummary {
+    let Ok(r) = crate::translate::anthropic::response_to_ir(body) else {
+        return CompletionSummary::default();
+    };
+    let mut text = String::new();
+    let mut finish = None;
+    for c in &r.choices {
+        for p in &c.content {
+            match p {
+                crate::translate::ir::Part::Text(t) => text.push_str(t),
+                crate::translate::ir::Part::Thinking { text: t, .. } => text.push_str(t),
+                crate::translate::ir::Part::ToolUse { name, input, .. } => {
+                    text.push_str(name);
+                    text.push_str(&input.to_string());
+                }
+                _ => {}
+            }
+        }
+        finish = c
+            .finish
+            .as_ref()
+            .map(|f| crate::translate::anthropic::finish_to(f).to_owned());
+    }
+    CompletionSummary {
+        usage: r.usage.map(|u| Usage {
+            prompt_tokens: u.input,
+            completion_tokens: u.output,
+            cached_tokens: Some(u.cache_read),
+            reasoning_tokens: None,
+        }),
+        counted_completion_tokens: enc.count(&text),
+        finish_reason: finish,
+        upstream_error: None,
+        saw_done: true,
+    }
+}
+
+/// The tap on what the client receives, in the client's format.
+#[derive(Debug)]
+pub enum ClientTap {
+    OpenAi(StreamTap),
+    Anthropic(AnthropicTap),
+}
+
+impl ClientTap {
+    pub fn process(&mut self, chunk: Bytes) -> Bytes {
+        match self {
+            Self::OpenAi(t) => t.process(chunk),
+            Self::Anthropic(t) => t.process(chunk),
+        }
+    }
+
+    pub fn take_pending(&mut self) -> Bytes {
+        match self {
+            Self::OpenAi(t) => t.take_pending(),
+            Self::Anthropic(_) => Bytes::new(),
+        }
+    }
+
+    pub fn mid_event(&self) -> bool {
+        match self {
+            Self::OpenAi(t) => t.mid_event(),
+            Self::Anthropic(t) => t.mid_event(),
+        }
+    }
+
+    pub fn summary(self, enc: Encoding) -> CompletionSummary {
+        match self {
+            Self::OpenAi(t) => t.summary(enc),
+            Self::Anthropic(t) => t.summary(enc),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,7 +51,8 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Failure {
     pub error: ApiError,
-    /// Upstream's own error body, passed through as is when it is an OpenAI-style error.
+    /// Upstream's own error body (first 64 KiB), passed through when the client speaks the
+    /// provider's format and it is a well-formed error of that format.
     pub body: Option<Bytes>,
     pub attempts: u32,
     pub upstream_wait: Duration,
@@ -90,7 +91,7 @@ impl UpstreamStream {
 /// One provider's pooled client and what every request to it reuses.
 struct Endpoint {
     client: reqwest::Client,
-    /// `{base_url}/chat/completions`, built once.
+    /// `{base_url}/chat/completions` (`/messages` for Anthropic), built once.
     chat_url: reqwest::Url,
     headers: ProviderHeaders,
     /// Ask for usage in streams; starts from config, turned off for good when the provider
@@ -129,7 +130,11 @@ impl Upstream {
         for (key, p) in &config.providers {
             // Config validation guarantees an http(s) URL; one that still fails to parse is
             // left out and its requests get a clear error.
-            if let Ok(chat_url) = reqwest::Url::parse(&format!("{}/chat/completions", p.base_url)) {
+            let path = match p.kind {
+                gatehouse_config::ProviderType::Anthropic => "messages",
+                _ => "chat/completions",
+            };
+            if let Ok(chat_url) = reqwest::Url::parse(&format!("{}/{path}", p.base_url)) {
                 endpoints.insert(
                     key.clone(),
                     Endpoint {
@@ -286,7 +291,7 @@ impl Upstream {
             let body = read_limited(response, MAX_ERROR_BODY, t.first_byte).await;
             let f = fail(
                 upstream_status_error(route, status, &body),
-                Some(body).filter(|b| is_openai_error(b)),
+                Some(body).filter(|b| !b.is_empty()),
             );
             return match (retryable, retry_after) {
                 (true, Some(ra)) if ra > MAX_RETRY_AFTER => Attempt::Fail(f),
@@ -422,7 +427,8 @@ fn upstream_status_error(route: &Route, status: StatusCode, body: &[u8]) -> ApiE
     )
 }
 
-fn is_openai_error(body: &[u8]) -> bool {
+/// `{"error": {...}}`: an OpenAI-style error body.
+pub fn is_openai_error(body: &[u8]) -> bool {
     #[derive(serde::Deserialize)]
     struct E<'a> {
         #[serde(borrow)]

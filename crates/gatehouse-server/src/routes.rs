@@ -6,6 +6,7 @@ mod export;
 mod health;
 mod mask;
 mod memory;
+mod messages;
 mod models;
 mod providers;
 pub(crate) mod sessions;
@@ -22,6 +23,8 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/chat/completions", post(chat::completions))
+        .route("/v1/messages", post(messages::messages))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models", get(models::list))
         .route("/models", get(models::list))
         .route("/models/all", get(models::all))

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
-use gatehouse_proxy::StreamTap;
+use gatehouse_proxy::tap::ClientTap;
+use gatehouse_proxy::translate::Format;
+use gatehouse_proxy::translate::stream::StreamTranslator;
 use gatehouse_proxy::upstream::{StreamFailure, UpstreamStream};
 use gatehouse_store::WriterHandle;
 use serde_json::json;
@@ -27,7 +29,7 @@ enum End {
 
 pub(crate) struct RecorderParts {
     pub draft: Draft,
-    pub tap: StreamTap,
+    pub tap: ClientTap,
     pub writer: WriterHandle,
     pub t0: Instant,
     pub ttfb: Duration,
@@ -40,7 +42,7 @@ pub(crate) struct RecorderParts {
 /// Owns everything needed to write the row, and writes it when dropped.
 pub(crate) struct Recorder {
     draft: Option<Draft>,
-    tap: Option<StreamTap>,
+    tap: Option<ClientTap>,
     writer: WriterHandle,
     t0: Instant,
     ttfb: Duration,
@@ -118,14 +120,25 @@ struct State {
     first: Option<Bytes>,
     rest: UpstreamStream,
     recorder: Recorder,
+    /// Provider format → client format, when they differ.
+    translator: Option<StreamTranslator>,
+    client: Format,
     done: bool,
 }
 
-pub(crate) fn body(first: Bytes, rest: UpstreamStream, recorder: Recorder) -> Body {
+pub(crate) fn body(
+    first: Bytes,
+    rest: UpstreamStream,
+    recorder: Recorder,
+    translator: Option<StreamTranslator>,
+    client: Format,
+) -> Body {
     let state = State {
         first: Some(first),
         rest,
         recorder,
+        translator,
+        client,
         done: false,
     };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
@@ -139,6 +152,13 @@ pub(crate) fn body(first: Bytes, rest: UpstreamStream, recorder: Recorder) -> Bo
             };
             match next {
                 Some(Ok(chunk)) => {
+                    let chunk = match s.translator.as_mut() {
+                        Some(t) => t.push(&chunk),
+                        None => chunk,
+                    };
+                    if chunk.is_empty() {
+                        continue;
+                    }
                     let out = s.recorder.process(chunk);
                     if out.is_empty() {
                         continue;
@@ -148,11 +168,23 @@ pub(crate) fn body(first: Bytes, rest: UpstreamStream, recorder: Recorder) -> Bo
                 None => {
                     s.done = true;
                     s.recorder.end = End::Complete;
+                    // A translated stream is closed in the client's format, if the provider
+                    // finished its answer; a stream cut short stays visibly incomplete.
+                    if let Some(t) = s.translator.as_mut()
+                        && t.finished()
+                    {
+                        let tail = t.finish();
+                        let mut out = s.recorder.process(tail).to_vec();
+                        if let Some(tap) = s.recorder.tap.as_mut() {
+                            out.extend_from_slice(&tap.take_pending());
+                        }
+                        return Some((Ok(Bytes::from(out)), s));
+                    }
                     let held = s
                         .recorder
                         .tap
                         .as_mut()
-                        .map(StreamTap::take_pending)
+                        .map(ClientTap::take_pending)
                         .unwrap_or_default();
                     if held.is_empty() {
                         return None;
@@ -168,8 +200,8 @@ pub(crate) fn body(first: Bytes, rest: UpstreamStream, recorder: Recorder) -> Bo
                         ),
                         StreamFailure::Broken(e) => format!("upstream stream interrupted: {e}"),
                     };
-                    let mid_event = s.recorder.tap.as_ref().is_some_and(StreamTap::mid_event);
-                    let event = error_event(&message, mid_event);
+                    let mid_event = s.recorder.tap.as_ref().is_some_and(ClientTap::mid_event);
+                    let event = error_event(&message, mid_event, s.client);
                     s.recorder.end = End::Failed {
                         code: "stream_interrupted",
                         message,
@@ -182,8 +214,15 @@ pub(crate) fn body(first: Bytes, rest: UpstreamStream, recorder: Recorder) -> Bo
     Body::from_stream(stream)
 }
 
-/// A final SSE error event in OpenAI's shape, then `[DONE]` so every client ends cleanly.
-fn error_event(message: &str, mid_event: bool) -> Bytes {
+/// A final SSE error event in the client's format: OpenAI's shape then `[DONE]`, or Anthropic's
+/// `error` event, so every client ends cleanly.
+fn error_event(message: &str, mid_event: bool, client: Format) -> Bytes {
+    // If the client holds half an event, end it first so the error parses on its own.
+    let lead = if mid_event { "\n\n" } else { "" };
+    if client == Format::Anthropic {
+        let payload = json!({"type": "error", "error": {"type": "api_error", "message": message}});
+        return Bytes::from(format!("{lead}event: error\ndata: {payload}\n\n"));
+    }
     let payload = json!({
         "error": {
             "message": message,
@@ -192,7 +231,5 @@ fn error_event(message: &str, mid_event: bool) -> Bytes {
             "param": null,
         }
     });
-    // If the client holds half an event, end it first so the error parses on its own.
-    let lead = if mid_event { "\n\n" } else { "" };
     Bytes::from(format!("{lead}data: {payload}\n\ndata: [DONE]\n\n"))
 }

@@ -20,7 +20,10 @@ use gatehouse_core::time::now_ms;
 use gatehouse_core::{ApiError, ChatRequestView, ErrorKind, RequestId, SessionId};
 use gatehouse_proxy::headers::dropped_response_header;
 use gatehouse_proxy::rewrite::{UsageAsk, rewrite};
-use gatehouse_proxy::tap::summarize_response;
+use gatehouse_proxy::tap::{AnthropicTap, ClientTap, summarize_anthropic, summarize_response};
+use gatehouse_proxy::translate::stream::StreamTranslator;
+use gatehouse_proxy::translate::{self, Format};
+use gatehouse_proxy::upstream::is_openai_error;
 use gatehouse_proxy::{CompletionSummary, HOP_HEADER, Outcome, Route, StreamTap};
 use gatehouse_services::events::{Event, emit};
 
@@ -56,10 +59,8 @@ pub async fn completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let t0 = Instant::now();
-    let request_id = RequestId::from_client_or_generate(
-        headers.get("x-request-id").and_then(|v| v.to_str().ok()),
-    );
-    let mut response = match handle(&st, &headers, body, &request_id, t0).await {
+    let request_id = request_id_of(&headers);
+    let mut response = match handle(&st, &headers, body, &request_id, t0, Format::OpenAi).await {
         Ok(r) => r,
         Err(e) => {
             if e.kind.fault() == gatehouse_core::Fault::Client {
@@ -68,12 +69,19 @@ pub async fn completions(
             error_response(&e)
         }
     };
-    if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static("x-request-id"), v);
-    }
+    set_request_id(response.headers_mut(), &request_id, "x-request-id");
     response
+}
+
+/// The client's `X-Request-ID`, or a new one.
+pub(crate) fn request_id_of(headers: &HeaderMap) -> RequestId {
+    RequestId::from_client_or_generate(headers.get("x-request-id").and_then(|v| v.to_str().ok()))
+}
+
+pub(crate) fn set_request_id(h: &mut HeaderMap, id: &RequestId, name: &'static str) {
+    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+        h.insert(HeaderName::from_static(name), v);
+    }
 }
 
 /// What one pass over the body yields; owned, so it can come back from the blocking pool.
@@ -83,8 +91,17 @@ struct Prepared {
     /// The bytes to send before the model rename (masked, compacted), kept (a reference count)
     /// in case the body must be rebuilt.
     original: Bytes,
-    /// The client's bytes after redaction only: the identity of its history for compaction.
+    /// The client's bytes after redaction only, in OpenAI's format (an Anthropic request is
+    /// translated first): the identity of its history for compaction.
     redacted_original: Bytes,
+    /// The format the client speaks, and its own bytes after redaction (forwarded as they are
+    /// to a provider of the same format when no feature rewrote the conversation).
+    ingress: Format,
+    client_body: Bytes,
+    /// The client asked for usage in its OpenAI stream (`stream_options.include_usage`).
+    client_wants_usage: bool,
+    /// Compaction replaced the history.
+    compacted: bool,
     /// Where the model name is spliced, when the provider's name differs.
     model_span: Option<std::ops::Range<usize>>,
     upstream_body: Bytes,
@@ -146,8 +163,17 @@ fn parse(body: &Bytes) -> Result<ChatRequestView<'_>, ApiError> {
     })
 }
 
-fn prepare(st: &AppState, body: &Bytes) -> Result<Prepared, ApiError> {
-    let (redacted_body, redacted) = redact(st, body)?;
+fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, ApiError> {
+    let (client_body, redacted) = redact(st, body)?;
+    // Everything below works on OpenAI's format; an Anthropic request is translated once here.
+    let redacted_body = match ingress {
+        Format::OpenAi => client_body.clone(),
+        Format::Anthropic => {
+            let ir = translate::anthropic::request_to_ir(&client_body)
+                .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.0))?;
+            Bytes::from(translate::openai::request_from_ir(&ir).to_string())
+        }
+    };
     let first = parse(&redacted_body)?;
     let route = st.router.resolve(&first.model)?;
     // Masking rewrites whole messages; the rewritten body is parsed again (and only then).
@@ -164,6 +190,14 @@ fn prepare(st: &AppState, body: &Bytes) -> Result<Prepared, ApiError> {
         stream: view.stream,
         original: body.clone(),
         redacted_original: redacted_body.clone(),
+        ingress,
+        client_body,
+        client_wants_usage: view
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        compacted: false,
         model_span: parts.model_span,
         upstream_body: parts.upstream_body,
         injected_usage: parts.injected_usage,
@@ -190,7 +224,10 @@ struct BodyParts {
 fn body_parts(st: &AppState, body: &Bytes, view: &ChatRequestView<'_>, route: &Route) -> BodyParts {
     let prompt = st.counter.count_prompt(route.encoding, view);
     let model_span = (view.model != route.upstream_model).then(|| view.model_span.clone());
-    let usage = if view.stream && st.upstream.asks_stream_usage(&route.provider_key) {
+    let usage = if view.stream
+        && route.provider.kind.is_openai_compatible()
+        && st.upstream.asks_stream_usage(&route.provider_key)
+    {
         UsageAsk::Yes {
             client: view.stream_options.as_ref(),
         }
@@ -220,6 +257,7 @@ fn use_body(st: &AppState, p: &mut Prepared, body: Bytes) -> Result<(), ApiError
         body_parts(st, &body, &view, &p.route)
     };
     p.original = body;
+    p.compacted = true;
     p.model_span = parts.model_span;
     p.upstream_body = parts.upstream_body;
     p.injected_usage = parts.injected_usage;
@@ -228,12 +266,13 @@ fn use_body(st: &AppState, p: &mut Prepared, body: Bytes) -> Result<(), ApiError
     Ok(())
 }
 
-async fn handle(
+pub(crate) async fn handle(
     st: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     request_id: &RequestId,
     t0: Instant,
+    ingress: Format,
 ) -> Result<Response, ApiError> {
     if let Some(hop) = headers.get(HOP_HEADER) {
         return Err(ApiError::new(
@@ -257,7 +296,7 @@ async fn handle(
     };
     let p = if body.len() > BLOCKING_PREPARE_BYTES {
         let st2 = st.clone();
-        tokio::task::spawn_blocking(move || prepare(&st2, &body))
+        tokio::task::spawn_blocking(move || prepare(&st2, &body, ingress))
             .await
             .map_err(|e| {
                 ApiError::new(
@@ -266,7 +305,7 @@ async fn handle(
                 )
             })??
     } else {
-        prepare(st, &body)?
+        prepare(st, &body, ingress)?
     };
 
     let session = st
@@ -298,6 +337,8 @@ async fn handle(
         .with_param("messages"));
     }
 
+    let provider_format = provider_format(&p.route);
+    let upstream_body = upstream_body(&p, provider_format)?;
     let draft = Draft {
         id: request_id.as_str().to_owned(),
         session_id: session.id.clone(),
@@ -344,7 +385,7 @@ async fn handle(
         .upstream
         .send(
             &p.route,
-            p.upstream_body,
+            upstream_body,
             headers,
             request_id.as_str(),
             p.stream,
@@ -409,7 +450,21 @@ async fn handle(
             });
             st.writer.record(st.request_finished(record)).await;
             tracing::warn!(request_id = %request_id, error = %f.error, attempts = f.attempts, "upstream request failed");
-            let mut r = match f.body {
+            // Upstream's own error body goes back as it is when the client reads that format.
+            // Across formats, the provider's error is translated (same message and status).
+            let status = f.error.status();
+            let own = f.body.and_then(|b| match (p.ingress, provider_format) {
+                (Format::OpenAi, Format::OpenAi) => is_openai_error(&b).then_some(b),
+                (Format::Anthropic, Format::Anthropic) => is_anthropic_error(&b).then_some(b),
+                (Format::OpenAi, Format::Anthropic) => {
+                    translate::anthropic::error_to_openai(&b).map(|v| Bytes::from(v.to_string()))
+                }
+                (Format::Anthropic, Format::OpenAi) => {
+                    translate::anthropic::error_from_openai(status, &b)
+                        .map(|v| Bytes::from(v.to_string()))
+                }
+            });
+            let mut r = match own {
                 Some(b) => json_bytes_response(
                     StatusCode::from_u16(f.error.status()).unwrap_or(StatusCode::BAD_GATEWAY),
                     b,
@@ -428,7 +483,23 @@ async fn handle(
             ttfb,
         }) => {
             // Only 2xx answers come back as `Complete`; errors are `Failure`s.
-            let summary = Some(summarize_response(&body, p.route.encoding));
+            let body = if provider_format == p.ingress {
+                body
+            } else {
+                translate_response(&body, provider_format, p.ingress).map_err(|e| {
+                    ApiError::new(
+                        ErrorKind::UpstreamBadResponse,
+                        format!(
+                            "provider `{}` answered something that cannot be read: {e}",
+                            p.route.provider_key
+                        ),
+                    )
+                })?
+            };
+            let summary = Some(match p.ingress {
+                Format::OpenAi => summarize_response(&body, p.route.encoding),
+                Format::Anthropic => summarize_anthropic(&body, p.route.encoding),
+            });
             let overhead = t0.elapsed().saturating_sub(upstream_wait + prior_wait);
             let record = draft.finish(Finish {
                 status: status.as_u16(),
@@ -456,9 +527,30 @@ async fn handle(
             upstream_wait,
         }) => {
             let overhead = t0.elapsed().saturating_sub(upstream_wait + prior_wait);
+            let tap = match p.ingress {
+                // A translated stream always ends with a usage chunk; a client that did not
+                // ask for one does not get it.
+                Format::OpenAi => {
+                    ClientTap::OpenAi(StreamTap::new(if provider_format == Format::OpenAi {
+                        injected_usage
+                    } else {
+                        !p.client_wants_usage
+                    }))
+                }
+                Format::Anthropic => ClientTap::Anthropic(AnthropicTap::new()),
+            };
+            let translator = (provider_format != p.ingress).then(|| {
+                StreamTranslator::new(
+                    provider_format,
+                    p.ingress,
+                    "",
+                    p.prompt_tokens,
+                    now_ms() / 1000,
+                )
+            });
             let recorder = stream::Recorder::new(stream::RecorderParts {
                 draft,
-                tap: StreamTap::new(injected_usage),
+                tap,
                 writer: st.writer.clone(),
                 t0,
                 // What the client waits for its first byte: arrival to first upstream chunk.
@@ -468,7 +560,7 @@ async fn handle(
                 status: status.as_u16(),
                 guard,
             });
-            let mut r = Response::new(stream::body(first, rest, recorder));
+            let mut r = Response::new(stream::body(first, rest, recorder, translator, p.ingress));
             *r.status_mut() = status;
             copy_response_headers(&up, r.headers_mut());
             let h = r.headers_mut();
@@ -482,6 +574,82 @@ async fn handle(
             Ok(r)
         }
     }
+}
+
+/// The format a provider speaks.
+fn provider_format(route: &Route) -> Format {
+    if route.provider.kind == gatehouse_config::ProviderType::Anthropic {
+        Format::Anthropic
+    } else {
+        Format::OpenAi
+    }
+}
+
+/// The body in the provider's format. Same format: the prepared bytes. An Anthropic client to an
+/// Anthropic provider gets its own bytes through (model name aside) unless masking or compaction
+/// rewrote the conversation; otherwise the OpenAI-format body is translated.
+fn upstream_body(p: &Prepared, to: Format) -> Result<Bytes, ApiError> {
+    match to {
+        Format::OpenAi => Ok(p.upstream_body.clone()),
+        Format::Anthropic => {
+            if p.ingress == Format::Anthropic && p.masked.is_empty() && !p.compacted {
+                return Ok(splice_model(&p.client_body, &p.route.upstream_model));
+            }
+            let ir = translate::openai::request_to_ir(&p.upstream_body)
+                .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.0))?;
+            Ok(Bytes::from(
+                translate::anthropic::request_from_ir(&ir).to_string(),
+            ))
+        }
+    }
+}
+
+/// `body` with its top-level `model` replaced by `model` (a splice; the rest is untouched).
+fn splice_model(body: &Bytes, model: &str) -> Bytes {
+    #[derive(serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow)]
+        model: Option<&'a serde_json::value::RawValue>,
+    }
+    let Ok(Top { model: Some(raw) }) = serde_json::from_slice::<Top<'_>>(body) else {
+        return body.clone();
+    };
+    if raw.get().trim_matches('"') == model {
+        return body.clone();
+    }
+    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+    let end = start + raw.get().len();
+    let quoted = serde_json::Value::String(model.to_owned()).to_string();
+    let mut out = Vec::with_capacity(body.len() + quoted.len());
+    out.extend_from_slice(&body[..start]);
+    out.extend_from_slice(quoted.as_bytes());
+    out.extend_from_slice(&body[end..]);
+    Bytes::from(out)
+}
+
+/// `{"type": "error", "error": {...}}`: an Anthropic error body.
+fn is_anthropic_error(b: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(b).is_ok_and(|v| {
+        v.get("type").and_then(serde_json::Value::as_str) == Some("error")
+            && v.get("error").is_some_and(serde_json::Value::is_object)
+    })
+}
+
+/// A complete response from the provider's format into the client's.
+fn translate_response(
+    body: &[u8],
+    from: Format,
+    to: Format,
+) -> Result<Bytes, translate::TranslateError> {
+    let ir = match from {
+        Format::OpenAi => translate::openai::response_to_ir(body)?,
+        Format::Anthropic => translate::anthropic::response_to_ir(body)?,
+    };
+    let v = match to {
+        Format::OpenAi => translate::openai::response_from_ir(&ir, now_ms() / 1000),
+        Format::Anthropic => translate::anthropic::response_from_ir(&ir),
+    };
+    Ok(Bytes::from(v.to_string()))
 }
 
 /// A 400/422 from upstream that names `stream_options`.

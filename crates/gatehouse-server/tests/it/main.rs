@@ -18,3 +18,4 @@ mod sanitizer;
 mod sessions;
 mod shutdown;
 mod surface;
+mod translate;

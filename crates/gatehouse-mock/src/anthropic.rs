@@ -1,0 +1,180 @@
+//! The mock's Anthropic Messages endpoint (`POST /v1/messages`), scripted by the same
+//! directives as the OpenAI one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use crate::{CACHED_TOKENS, PROMPT_TOKENS, Shared, json_response, piece, script, start};
+
+fn error(status: StatusCode, kind: &str, message: &str) -> Response {
+    json_response(
+        status,
+        &json!({"type": "error", "error": {"type": kind, "message": message}}),
+    )
+}
+
+fn usage(output: usize) -> Value {
+    json!({
+        "input_tokens": PROMPT_TOKENS - CACHED_TOKENS,
+        "output_tokens": output,
+        "cache_read_input_tokens": CACHED_TOKENS,
+        "cache_creation_input_tokens": 0,
+    })
+}
+
+fn event(name: &str, v: &Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {v}\n\n"))
+}
+
+pub(crate) async fn messages(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "mock: body is not JSON",
+        );
+    };
+    if headers.get("x-api-key").is_none() && headers.get("authorization").is_none() {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "mock: x-api-key missing",
+        );
+    }
+    if req.get("max_tokens").and_then(Value::as_u64).is_none() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "max_tokens: Field required",
+        );
+    }
+    let model = req["model"].as_str().unwrap_or("").to_owned();
+    let stream = req["stream"].as_bool().unwrap_or(false);
+    let s = script(&model);
+    let attempt = start(&shared, &headers, &req, &s).await;
+    if let Some(code) = s.status {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let kind = match code {
+            429 => "rate_limit_error",
+            400 => "invalid_request_error",
+            529 => "overloaded_error",
+            _ => "api_error",
+        };
+        return error(status, kind, &format!("mock: scripted status {code}"));
+    }
+    if attempt <= s.fail {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            &format!("mock: scripted failure {attempt} of {}", s.fail),
+        );
+    }
+    // `tool`: call the request's first tool, unless the conversation already holds a result.
+    let last_is_result = req["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_array())
+        .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"));
+    let tool = (s.tool && !last_is_result).then(|| {
+        req["tools"][0]["name"]
+            .as_str()
+            .unwrap_or("get_weather")
+            .to_owned()
+    });
+    if !stream {
+        if !s.delay.is_zero() {
+            tokio::time::sleep(s.delay).await;
+        }
+        let (content, stop) = match &tool {
+            Some(name) => (
+                json!([{"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {"city": "Paris"}}]),
+                "tool_use",
+            ),
+            None => (
+                json!([{"type": "text", "text": (0..s.chunks).map(piece).collect::<String>()}]),
+                "end_turn",
+            ),
+        };
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+                "content": content, "stop_reason": stop, "stop_sequence": null,
+                "usage": usage(s.chunks),
+            }),
+        );
+    }
+    let silent = attempt <= s.silent;
+    let empty = attempt <= s.empty;
+    let n = s.chunks;
+    let mut events: Vec<Bytes> = vec![
+        event(
+            "message_start",
+            &json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": PROMPT_TOKENS - CACHED_TOKENS, "output_tokens": 1, "cache_read_input_tokens": CACHED_TOKENS, "cache_creation_input_tokens": 0}}}),
+        ),
+        event("ping", &json!({"type": "ping"})),
+    ];
+    let stop = match &tool {
+        Some(name) => {
+            events.push(event("content_block_start", &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {}}})));
+            for part in ["{\"city\"", ": \"Par", "is\"}"] {
+                events.push(event("content_block_delta", &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": part}})));
+            }
+            "tool_use"
+        }
+        None => {
+            events.push(event("content_block_start", &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+            for i in 0..n {
+                events.push(event("content_block_delta", &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece(i)}})));
+            }
+            "end_turn"
+        }
+    };
+    events.push(event(
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(event("message_delta", &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": n}})));
+    events.push(event("message_stop", &json!({"type": "message_stop"})));
+    let (gap, delay, cut) = (s.gap, s.delay, s.cut);
+    let body = futures_util::stream::unfold(0usize, move |i| {
+        let ev = events.get(i).cloned();
+        async move {
+            if empty {
+                return None;
+            }
+            if silent {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return None;
+            }
+            let ev = ev?;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if !gap.is_zero() && i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            // `cut:N` counts content events, after the two opening ones.
+            if cut.is_some_and(|c| i == c + 3) {
+                return Some((Err(std::io::Error::other("mock: scripted cut")), i + 1));
+            }
+            Some((Ok::<Bytes, std::io::Error>(ev), i + 1))
+        }
+    });
+    let mut r = Response::new(Body::from_stream(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}

@@ -1,0 +1,787 @@
+//! Anthropic Messages ⇄ the internal representation: requests, responses, stream events, errors.
+
+use serde_json::{Map, Value, json};
+
+use super::ir::{
+    Choice, Event, FinishReason, Image, Message, Part, Request, Response, Role, Tool, ToolChoice,
+    Usage,
+};
+use super::{TranslateError, as_u64, field_str, sse_named};
+
+/// The API version sent upstream when the client named none.
+pub const VERSION: &str = "2023-06-01";
+/// `max_tokens` is required by Anthropic; this is used when an OpenAI client sends none.
+pub const DEFAULT_MAX_TOKENS: u64 = 8192;
+
+// ---------- requests ----------
+
+pub fn request_to_ir(body: &[u8]) -> Result<Request, TranslateError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| TranslateError::json(&e))?;
+    let o = v
+        .as_object()
+        .ok_or_else(|| TranslateError::shape("the body must be a JSON object"))?;
+    let mut r = Request {
+        model: field_str(o, "model").unwrap_or_default().to_owned(),
+        stream: o.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        max_tokens: o.get("max_tokens").and_then(Value::as_u64),
+        temperature: o.get("temperature").and_then(Value::as_f64),
+        top_p: o.get("top_p").and_then(Value::as_f64),
+        top_k: o.get("top_k").and_then(Value::as_u64),
+        user: o
+            .get("metadata")
+            .and_then(|m| m.get("user_id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        thinking_budget: o
+            .get("thinking")
+            .filter(|t| t.get("type").and_then(Value::as_str) == Some("enabled"))
+            .and_then(|t| t.get("budget_tokens"))
+            .and_then(Value::as_u64),
+        ..Request::default()
+    };
+    match o.get("system") {
+        Some(Value::String(s)) if !s.is_empty() => r.system.push(s.clone()),
+        Some(Value::Array(blocks)) => {
+            for b in blocks {
+                if let Some(t) = b.get("text").and_then(Value::as_str) {
+                    r.system.push(t.to_owned());
+                }
+            }
+        }
+        _ => {}
+    }
+    r.stop = o
+        .get("stop_sequences")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let messages = o
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| TranslateError::shape("`messages` must be an array"))?;
+    for m in messages {
+        let role = match m.get("role").and_then(Value::as_str) {
+            Some("user") => Role::User,
+            Some("assistant") => Role::Assistant,
+            other => {
+                return Err(TranslateError::shape(format!(
+                    "message role must be `user` or `assistant`, not {other:?}"
+                )));
+            }
+        };
+        r.messages.push(Message {
+            role,
+            content: blocks_to_parts(m.get("content")),
+        });
+    }
+    for t in o
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        // Server tools (web search, …) have a `type` and no schema; they cannot be translated.
+        if let Some(name) = t.get("name").and_then(Value::as_str)
+            && let Some(schema) = t.get("input_schema")
+        {
+            r.tools.push(Tool {
+                name: name.to_owned(),
+                description: t
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                parameters: schema.clone(),
+            });
+        }
+    }
+    if let Some(c) = o.get("tool_choice") {
+        r.tool_choice = match c.get("type").and_then(Value::as_str) {
+            Some("auto") => Some(ToolChoice::Auto),
+            Some("any") => Some(ToolChoice::Required),
+            Some("none") => Some(ToolChoice::None),
+            Some("tool") => c
+                .get("name")
+                .and_then(Value::as_str)
+                .map(|n| ToolChoice::Tool(n.to_owned())),
+            _ => None,
+        };
+        if c.get("disable_parallel_tool_use").and_then(Value::as_bool) == Some(true) {
+            r.parallel_tool_calls = Some(false);
+        }
+    }
+    Ok(r)
+}
+
+fn blocks_to_parts(c: Option<&Value>) -> Vec<Part> {
+    match c {
+        Some(Value::String(s)) => vec![Part::Text(s.clone())],
+        Some(Value::Array(blocks)) => blocks.iter().filter_map(block_to_part).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn block_to_part(b: &Value) -> Option<Part> {
+    let s = |k: &str| b.get(k).and_then(Value::as_str).map(str::to_owned);
+    match b.get("type").and_then(Value::as_str)? {
+        "text" => s("text").map(Part::Text),
+        "image" => {
+            let src = b.get("source")?;
+            match src.get("type").and_then(Value::as_str)? {
+                "base64" => Some(Part::Image(Image::Base64 {
+                    media_type: src.get("media_type").and_then(Value::as_str)?.to_owned(),
+                    data: src.get("data").and_then(Value::as_str)?.to_owned(),
+                })),
+                "url" => Some(Part::Image(Image::Url(
+                    src.get("url").and_then(Value::as_str)?.to_owned(),
+                ))),
+                _ => None,
+            }
+        }
+        "tool_use" => Some(Part::ToolUse {
+            id: s("id").unwrap_or_default(),
+            name: s("name").unwrap_or_default(),
+            input: b.get("input").cloned().unwrap_or_else(|| json!({})),
+        }),
+        "tool_result" => Some(Part::ToolResult {
+            id: s("tool_use_id").unwrap_or_default(),
+            content: blocks_to_parts(b.get("content")),
+            is_error: b.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+        }),
+        "thinking" => Some(Part::Thinking {
+            text: s("thinking").unwrap_or_default(),
+            signature: s("signature"),
+        }),
+        "redacted_thinking" => s("data").map(Part::RedactedThinking),
+        // Documents, citations, server tool blocks: no equivalent elsewhere.
+        _ => None,
+    }
+}
+
+fn part_to_block(p: &Part) -> Value {
+    match p {
+        Part::Text(t) => json!({"type": "text", "text": t}),
+        Part::Image(Image::Base64 { media_type, data }) => {
+            json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
+        }
+        Part::Image(Image::Url(u)) => json!({"type": "image", "source": {"type": "url", "url": u}}),
+        Part::ToolUse { id, name, input } => {
+            // Anthropic wants an object; arguments that were not JSON are wrapped.
+            let input = if input.is_object() {
+                input.clone()
+            } else {
+                json!({"input": input})
+            };
+            json!({"type": "tool_use", "id": id, "name": name, "input": input})
+        }
+        Part::ToolResult {
+            id,
+            content,
+            is_error,
+        } => {
+            let content: Vec<Value> = content.iter().map(part_to_block).collect();
+            let mut b = json!({"type": "tool_result", "tool_use_id": id, "content": content});
+            if *is_error {
+                b["is_error"] = json!(true);
+            }
+            b
+        }
+        Part::Thinking { text, signature } => {
+            let mut b = json!({"type": "thinking", "thinking": text});
+            if let Some(s) = signature {
+                b["signature"] = json!(s);
+            }
+            b
+        }
+        Part::RedactedThinking(d) => json!({"type": "redacted_thinking", "data": d}),
+    }
+}
+
+/// The representation as an Anthropic Messages request.
+pub fn request_from_ir(r: &Request) -> Value {
+    let mut messages: Vec<Value> = Vec::new();
+    let mut last_role = None;
+    for m in &r.messages {
+        let mut blocks: Vec<&Part> = m.content.iter().collect();
+        // Thinking without a signature (from another provider) cannot be sent back.
+        blocks.retain(|p| {
+            !matches!(
+                p,
+                Part::Thinking {
+                    signature: None,
+                    ..
+                }
+            )
+        });
+        // Tool results must open the user turn.
+        blocks.sort_by_key(|p| !matches!(p, Part::ToolResult { .. }));
+        let content: Vec<Value> = blocks.into_iter().map(part_to_block).collect();
+        if content.is_empty() {
+            continue;
+        }
+        let role = match m.role {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        };
+        // Consecutive turns of one role are merged: the API wants them alternating.
+        if last_role == Some(role)
+            && let Some(prev) = messages
+                .last_mut()
+                .and_then(|p| p["content"].as_array_mut())
+        {
+            prev.extend(content);
+            continue;
+        }
+        messages.push(json!({"role": role, "content": content}));
+        last_role = Some(role);
+    }
+    let mut o = Map::new();
+    o.insert("model".into(), json!(r.model));
+    o.insert("messages".into(), Value::Array(messages));
+    o.insert(
+        "max_tokens".into(),
+        json!(r.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
+    );
+    if !r.system.is_empty() {
+        o.insert("system".into(), json!(r.system.join("\n\n")));
+    }
+    if r.stream {
+        o.insert("stream".into(), json!(true));
+    }
+    if let Some(t) = r.temperature {
+        // OpenAI's range is 0-2, Anthropic's 0-1.
+        o.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
+    }
+    if let Some(p) = r.top_p {
+        o.insert("top_p".into(), json!(p));
+    }
+    if let Some(k) = r.top_k {
+        o.insert("top_k".into(), json!(k));
+    }
+    if !r.stop.is_empty() {
+        o.insert("stop_sequences".into(), json!(r.stop));
+    }
+    if let Some(u) = &r.user {
+        o.insert("metadata".into(), json!({"user_id": u}));
+    }
+    if let Some(b) = r.thinking_budget {
+        o.insert(
+            "thinking".into(),
+            json!({"type": "enabled", "budget_tokens": b}),
+        );
+    }
+    if !r.tools.is_empty() {
+        let tools: Vec<Value> = r
+            .tools
+            .iter()
+            .map(|t| {
+                let mut v = json!({"name": t.name, "input_schema": t.parameters});
+                if let Some(d) = &t.description {
+                    v["description"] = json!(d);
+                }
+                v
+            })
+            .collect();
+        o.insert("tools".into(), Value::Array(tools));
+    }
+    let mut choice = r.tool_choice.as_ref().map(|c| match c {
+        ToolChoice::Auto => json!({"type": "auto"}),
+        ToolChoice::None => json!({"type": "none"}),
+        ToolChoice::Required => json!({"type": "any"}),
+        ToolChoice::Tool(n) => json!({"type": "tool", "name": n}),
+    });
+    if r.parallel_tool_calls == Some(false) && !r.tools.is_empty() {
+        let c = choice.get_or_insert_with(|| json!({"type": "auto"}));
+        c["disable_parallel_tool_use"] = json!(true);
+    }
+    if let Some(c) = choice {
+        o.insert("tool_choice".into(), c);
+    }
+    Value::Object(o)
+}
+
+// ---------- responses ----------
+
+pub fn finish_from(s: &str) -> FinishReason {
+    match s {
+        "end_turn" | "pause_turn" => FinishReason::Stop,
+        "max_tokens" | "model_context_window_exceeded" => FinishReason::Length,
+        "tool_use" => FinishReason::ToolCalls,
+        "stop_sequence" => FinishReason::StopSequence,
+        "refusal" => FinishReason::ContentFilter,
+        other => FinishReason::Other(other.to_owned()),
+    }
+}
+
+pub fn finish_to(f: &FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop | FinishReason::Other(_) => "end_turn",
+        FinishReason::Length => "max_tokens",
+        FinishReason::ToolCalls => "tool_use",
+        FinishReason::StopSequence => "stop_sequence",
+        FinishReason::ContentFilter => "refusal",
+    }
+}
+
+/// Anthropic usage → the representation (its `input_tokens` leaves cached tokens out).
+pub fn usage_from(u: &Value) -> Usage {
+    let cache_read = as_u64(u.get("cache_read_input_tokens"));
+    let cache_creation = as_u64(u.get("cache_creation_input_tokens"));
+    Usage {
+        input: as_u64(u.get("input_tokens")) + cache_read + cache_creation,
+        output: as_u64(u.get("output_tokens")),
+        cache_read,
+        cache_creation,
+        reasoning: 0,
+    }
+}
+
+pub fn usage_to(u: &Usage) -> Value {
+    json!({
+        "input_tokens": u.input.saturating_sub(u.cache_read + u.cache_creation),
+        "output_tokens": u.output,
+        "cache_creation_input_tokens": u.cache_creation,
+        "cache_read_input_tokens": u.cache_read,
+    })
+}
+
+pub fn response_to_ir(body: &[u8]) -> Result<Response, TranslateError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| TranslateError::json(&e))?;
+    Ok(Response {
+        id: v.get("id").and_then(Value::as_str).unwrap_or("").to_owned(),
+        model: v
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        choices: vec![Choice {
+            content: blocks_to_parts(v.get("content")),
+            finish: v
+                .get("stop_reason")
+                .and_then(Value::as_str)
+                .map(finish_from),
+        }],
+        usage: v.get("usage").filter(|u| u.is_object()).map(usage_from),
+    })
+}
+
+pub fn response_from_ir(r: &Response) -> Value {
+    let c = r.choices.first();
+    let content: Vec<Value> = c
+        .map(|c| {
+            c.content
+                .iter()
+                .filter(
+                    |p| !matches!(p, Part::Thinking { signature: None, text } if text.is_empty()),
+                )
+                .map(part_to_block)
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "id": message_id(&r.id),
+        "type": "message",
+        "role": "assistant",
+        "model": r.model,
+        "content": content,
+        "stop_reason": c.and_then(|c| c.finish.as_ref()).map(finish_to),
+        "stop_sequence": null,
+        "usage": usage_to(&r.usage.unwrap_or_default()),
+    })
+}
+
+fn message_id(id: &str) -> String {
+    if id.starts_with("msg_") {
+        id.to_owned()
+    } else {
+        format!("msg_{}", id.trim_start_matches("chatcmpl-"))
+    }
+}
+
+/// Anthropic error `type` for an HTTP status.
+pub fn error_type(status: u16) -> &'static str {
+    match status {
+        400 | 413 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        529 | 503 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+/// An Anthropic error body.
+pub fn error_body(status: u16, message: &str) -> Value {
+    json!({"type": "error", "error": {"type": error_type(status), "message": message}})
+}
+
+/// An Anthropic error body as an OpenAI one (same message; Anthropic's type kept, which OpenAI
+/// clients only display: they classify errors by status).
+pub fn error_to_openai(body: &[u8]) -> Option<Value> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let e = v
+        .get("error")
+        .filter(|_| v.get("type").and_then(Value::as_str) == Some("error"))?;
+    Some(json!({"error": {
+        "message": e.get("message").and_then(Value::as_str).unwrap_or("upstream error"),
+        "type": e.get("type").and_then(Value::as_str).unwrap_or("api_error"),
+        "code": null,
+        "param": null,
+    }}))
+}
+
+/// An OpenAI error body as an Anthropic one, typed by `status` as Anthropic would.
+pub fn error_from_openai(status: u16, body: &[u8]) -> Option<Value> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let e = v.get("error").filter(|e| e.is_object())?;
+    let message = e
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("upstream error");
+    Some(error_body(status, message))
+}
+
+// ---------- streams ----------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Text,
+    Thinking,
+    Tool(u32),
+    Other,
+}
+
+/// Anthropic SSE events → events.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    /// Kind of each content block, by its index.
+    blocks: Vec<(u64, Block)>,
+    tools: u32,
+    usage: Usage,
+}
+
+impl Decoder {
+    pub fn event(&mut self, data: &[u8], out: &mut Vec<Event>) {
+        let Ok(v) = serde_json::from_slice::<Value>(data) else {
+            return;
+        };
+        match v.get("type").and_then(Value::as_str) {
+            Some("message_start") => {
+                let m = v.get("message").cloned().unwrap_or(Value::Null);
+                if let Some(u) = m.get("usage") {
+                    self.usage = usage_from(u);
+                }
+                out.push(Event::Start {
+                    id: m.get("id").and_then(Value::as_str).unwrap_or("").to_owned(),
+                    model: m
+                        .get("model")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
+                });
+            }
+            Some("content_block_start") => {
+                let index = as_u64(v.get("index"));
+                let b = v.get("content_block").cloned().unwrap_or(Value::Null);
+                let kind = match b.get("type").and_then(Value::as_str) {
+                    Some("text") => {
+                        if let Some(t) = b
+                            .get("text")
+                            .and_then(Value::as_str)
+                            .filter(|t| !t.is_empty())
+                        {
+                            out.push(Event::Text {
+                                choice: 0,
+                                text: t.to_owned(),
+                            });
+                        }
+                        Block::Text
+                    }
+                    Some("thinking") => Block::Thinking,
+                    Some("tool_use") => {
+                        let i = self.tools;
+                        self.tools += 1;
+                        out.push(Event::ToolStart {
+                            choice: 0,
+                            index: i,
+                            id: b.get("id").and_then(Value::as_str).unwrap_or("").to_owned(),
+                            name: b
+                                .get("name")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .to_owned(),
+                        });
+                        Block::Tool(i)
+                    }
+                    _ => Block::Other,
+                };
+                self.blocks.push((index, kind));
+            }
+            Some("content_block_delta") => {
+                let index = as_u64(v.get("index"));
+                let kind = self
+                    .blocks
+                    .iter()
+                    .rev()
+                    .find(|(i, _)| *i == index)
+                    .map(|(_, k)| *k);
+                let d = v.get("delta").cloned().unwrap_or(Value::Null);
+                let s = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+                match (d.get("type").and_then(Value::as_str), kind) {
+                    (Some("text_delta"), _) => out.push(Event::Text {
+                        choice: 0,
+                        text: s("text"),
+                    }),
+                    (Some("thinking_delta"), _) => out.push(Event::Thinking {
+                        choice: 0,
+                        text: s("thinking"),
+                    }),
+                    (Some("signature_delta"), _) => out.push(Event::ThinkingSignature {
+                        choice: 0,
+                        signature: s("signature"),
+                    }),
+                    (Some("input_json_delta"), Some(Block::Tool(i))) => {
+                        let json = s("partial_json");
+                        if !json.is_empty() {
+                            out.push(Event::ToolArgs {
+                                choice: 0,
+                                index: i,
+                                json,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some("message_delta") => {
+                if let Some(u) = v.get("usage") {
+                    let later = usage_from(u);
+                    self.usage.output = later.output;
+                    // Newer API versions repeat the input figures here; take them when present.
+                    if u.get("input_tokens").is_some() {
+                        self.usage.input = later.input;
+                        self.usage.cache_read = later.cache_read;
+                        self.usage.cache_creation = later.cache_creation;
+                    }
+                }
+                if let Some(r) = v
+                    .get("delta")
+                    .and_then(|d| d.get("stop_reason"))
+                    .and_then(Value::as_str)
+                {
+                    out.push(Event::Finish {
+                        choice: 0,
+                        reason: finish_from(r),
+                    });
+                }
+                out.push(Event::Usage(self.usage));
+            }
+            Some("error") => {
+                out.push(super::error_event(v.get("error").unwrap_or(&Value::Null)));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Events → Anthropic SSE. Only the first choice is written (the format has one).
+#[derive(Debug)]
+pub struct Encoder {
+    model: String,
+    /// Prompt tokens to announce in `message_start` before the provider's figure is known.
+    input_estimate: u64,
+    started: bool,
+    open: Option<(u64, Block)>,
+    next: u64,
+    stop: Option<FinishReason>,
+    usage: Option<Usage>,
+}
+
+impl Encoder {
+    pub fn new(model: &str, input_estimate: u64) -> Self {
+        Self {
+            model: model.to_owned(),
+            input_estimate,
+            started: false,
+            open: None,
+            next: 0,
+            stop: None,
+            usage: None,
+        }
+    }
+
+    fn start(&mut self, id: &str, out: &mut Vec<u8>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let id = if id.is_empty() {
+            format!("msg_{}", gatehouse_core::time::now_ms())
+        } else {
+            message_id(id)
+        };
+        sse_named(
+            "message_start",
+            &json!({"type": "message_start", "message": {
+                "id": id, "type": "message", "role": "assistant", "model": self.model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": self.input_estimate, "output_tokens": 0},
+            }}),
+            out,
+        );
+    }
+
+    fn close(&mut self, out: &mut Vec<u8>) {
+        if let Some((index, _)) = self.open.take() {
+            sse_named(
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": index}),
+                out,
+            );
+        }
+    }
+
+    /// Makes sure a block of `kind` is open, starting it with `first` as its content block.
+    fn ensure(&mut self, kind: Block, first: Value, out: &mut Vec<u8>) -> u64 {
+        if let Some((i, k)) = self.open
+            && k == kind
+        {
+            return i;
+        }
+        self.start("", out);
+        self.close(out);
+        let index = self.next;
+        self.next += 1;
+        self.open = Some((index, kind));
+        sse_named(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": index, "content_block": first}),
+            out,
+        );
+        index
+    }
+
+    fn delta(&mut self, index: u64, delta: Value, out: &mut Vec<u8>) {
+        sse_named(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+            out,
+        );
+    }
+
+    pub fn event(&mut self, e: &Event, out: &mut Vec<u8>) {
+        match e {
+            Event::Start { id, model } => {
+                if self.model.is_empty() {
+                    self.model = model.clone();
+                }
+                self.start(id, out);
+            }
+            Event::Text { choice: 0, text } => {
+                let i = self.ensure(Block::Text, json!({"type": "text", "text": ""}), out);
+                self.delta(i, json!({"type": "text_delta", "text": text}), out);
+            }
+            Event::Thinking { choice: 0, text } => {
+                let i = self.ensure(
+                    Block::Thinking,
+                    json!({"type": "thinking", "thinking": ""}),
+                    out,
+                );
+                self.delta(i, json!({"type": "thinking_delta", "thinking": text}), out);
+            }
+            Event::ThinkingSignature {
+                choice: 0,
+                signature,
+            } => {
+                let i = self.ensure(
+                    Block::Thinking,
+                    json!({"type": "thinking", "thinking": ""}),
+                    out,
+                );
+                self.delta(
+                    i,
+                    json!({"type": "signature_delta", "signature": signature}),
+                    out,
+                );
+            }
+            Event::ToolStart {
+                choice: 0,
+                index,
+                id,
+                name,
+            } => {
+                self.start("", out);
+                self.close(out);
+                let b = self.next;
+                self.next += 1;
+                self.open = Some((b, Block::Tool(*index)));
+                sse_named(
+                    "content_block_start",
+                    &json!({"type": "content_block_start", "index": b, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
+                    out,
+                );
+            }
+            Event::ToolArgs {
+                choice: 0,
+                index,
+                json,
+            } => {
+                if let Some((b, Block::Tool(i))) = self.open
+                    && i == *index
+                {
+                    self.delta(
+                        b,
+                        json!({"type": "input_json_delta", "partial_json": json}),
+                        out,
+                    );
+                }
+            }
+            Event::Finish { choice: 0, reason } => {
+                self.stop = Some(reason.clone());
+            }
+            Event::Usage(u) => self.usage = Some(*u),
+            Event::Error { kind, message } => {
+                self.start("", out);
+                let kind = match kind.as_str() {
+                    "rate_limit_error"
+                    | "overloaded_error"
+                    | "invalid_request_error"
+                    | "authentication_error"
+                    | "permission_error"
+                    | "not_found_error" => kind.as_str(),
+                    _ => "api_error",
+                };
+                sse_named(
+                    "error",
+                    &json!({"type": "error", "error": {"type": kind, "message": message}}),
+                    out,
+                );
+            }
+            // Other choices: Anthropic's format has one.
+            _ => {}
+        }
+    }
+
+    /// Closes the open block, then `message_delta` (stop reason, usage) and `message_stop`.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        self.start("", out);
+        self.close(out);
+        let u = self.usage.unwrap_or(Usage {
+            input: self.input_estimate,
+            ..Usage::default()
+        });
+        sse_named(
+            "message_delta",
+            &json!({"type": "message_delta",
+                "delta": {"stop_reason": finish_to(self.stop.as_ref().unwrap_or(&FinishReason::Stop)), "stop_sequence": null},
+                "usage": usage_to(&u)}),
+            out,
+        );
+        sse_named("message_stop", &json!({"type": "message_stop"}), out);
+    }
+}

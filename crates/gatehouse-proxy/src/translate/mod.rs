@@ -1,0 +1,82 @@
+//! Translation between wire formats, through one internal representation ([`ir`]).
+//!
+//! Used only when the client's format and the provider's differ; otherwise the client's bytes
+//! are forwarded. Each format has request, response and stream codecs (`*_to_ir`,
+//! `*_from_ir`, a stream `Decoder` of provider bytes and an `Encoder` of client bytes).
+
+pub mod anthropic;
+pub mod ir;
+pub mod openai;
+pub mod stream;
+
+use serde_json::{Map, Value};
+
+/// Which format a body is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OpenAi,
+    Anthropic,
+}
+
+/// A body that cannot be translated: always the client's fault or the provider's, never a
+/// panic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TranslateError(pub String);
+
+impl TranslateError {
+    pub fn json(e: &serde_json::Error) -> Self {
+        Self(format!("the body is not valid JSON: {e}"))
+    }
+
+    pub fn shape(m: impl Into<String>) -> Self {
+        Self(m.into())
+    }
+}
+
+pub(crate) fn field_str<'a>(o: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
+    o.get(k).and_then(Value::as_str)
+}
+
+pub(crate) fn as_u64(v: Option<&Value>) -> u64 {
+    v.and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// A JSON number field as a `u32` (0 when absent or out of range).
+pub(crate) fn u32_field(v: &Value, k: &str) -> u32 {
+    v.get(k)
+        .and_then(Value::as_u64)
+        .and_then(|i| u32::try_from(i).ok())
+        .unwrap_or(0)
+}
+
+/// An `{"type", "message"}` error object (both formats use these two fields) as an event.
+pub(crate) fn error_event(e: &Value) -> ir::Event {
+    ir::Event::Error {
+        kind: e
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("api_error")
+            .to_owned(),
+        message: e
+            .get("message")
+            .and_then(Value::as_str)
+            .map_or_else(|| e.to_string(), str::to_owned),
+    }
+}
+
+/// `data: {json}\n\n`.
+pub(crate) fn sse_data(v: &Value, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"data: ");
+    // Writing JSON into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, v);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// `event: name\ndata: {json}\n\n`.
+pub(crate) fn sse_named(name: &str, v: &Value, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'\n');
+    sse_data(v, out);
+}

@@ -1,0 +1,113 @@
+//! A live stream translated chunk by chunk: provider SSE in, client SSE out, nothing buffered
+//! beyond an unfinished event.
+
+use bytes::Bytes;
+
+use super::ir::Event;
+use super::{Format, anthropic, openai};
+use crate::sse::{Framer, parse_event};
+
+enum Decoder {
+    OpenAi(openai::Decoder),
+    Anthropic(anthropic::Decoder),
+}
+
+enum Encoder {
+    OpenAi(openai::Encoder),
+    Anthropic(anthropic::Encoder),
+}
+
+/// Translates one stream from `from` (the provider's format) to `to` (the client's).
+pub struct StreamTranslator {
+    framer: Framer,
+    decoder: Decoder,
+    encoder: Encoder,
+    events: Vec<Event>,
+    /// The provider said how the answer finished (a finish reason, `message_stop`, `[DONE]`).
+    finished: bool,
+}
+
+impl std::fmt::Debug for StreamTranslator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamTranslator").finish_non_exhaustive()
+    }
+}
+
+impl StreamTranslator {
+    /// `model` is the name the client asked for; `input_estimate` the gateway's prompt count,
+    /// announced by formats that state input tokens before the provider has said them.
+    pub fn new(from: Format, to: Format, model: &str, input_estimate: u64, created: i64) -> Self {
+        Self {
+            framer: Framer::new(),
+            decoder: match from {
+                Format::OpenAi => Decoder::OpenAi(openai::Decoder::default()),
+                Format::Anthropic => Decoder::Anthropic(anthropic::Decoder::default()),
+            },
+            encoder: match to {
+                Format::OpenAi => Encoder::OpenAi(openai::Encoder::new(model, created)),
+                Format::Anthropic => {
+                    Encoder::Anthropic(anthropic::Encoder::new(model, input_estimate))
+                }
+            },
+            events: Vec::new(),
+            finished: false,
+        }
+    }
+
+    /// The client's bytes for this provider chunk (empty while an event is incomplete).
+    pub fn push(&mut self, chunk: &[u8]) -> Bytes {
+        let (decoder, events, finished) = (&mut self.decoder, &mut self.events, &mut self.finished);
+        self.framer.feed(chunk, |raw| {
+            let (name, data) = parse_event(raw);
+            if data.is_empty() {
+                return;
+            }
+            match decoder {
+                Decoder::OpenAi(d) => {
+                    if data == b"[DONE]" {
+                        *finished = true;
+                    }
+                    d.event(&data, events);
+                }
+                Decoder::Anthropic(d) => {
+                    if name == Some(b"message_stop")
+                        || data.starts_with(b"{\"type\":\"message_stop\"")
+                    {
+                        *finished = true;
+                    }
+                    d.event(&data, events);
+                }
+            }
+        });
+        if self
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Finish { .. }))
+        {
+            self.finished = true;
+        }
+        let mut out = Vec::new();
+        for e in self.events.drain(..) {
+            match &mut self.encoder {
+                Encoder::OpenAi(enc) => enc.event(&e, &mut out),
+                Encoder::Anthropic(enc) => enc.event(&e, &mut out),
+            }
+        }
+        Bytes::from(out)
+    }
+
+    /// Whether the provider ended its answer properly so far.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The closing events, once the provider's stream has ended cleanly.
+    pub fn finish(&mut self) -> Bytes {
+        let mut out = Vec::new();
+        match &mut self.encoder {
+            Encoder::OpenAi(enc) => enc.finish(&mut out),
+            Encoder::Anthropic(enc) => enc.finish(&mut out),
+        }
+        Bytes::from(out)
+    }
+}
