@@ -90,5 +90,6 @@ fn row(session: &SessionId, i: u64) -> RequestRecord {
         memory_tokens: 0,
         chat_tokens: 0,
         memory_ratio: 0.0,
+        routing: None,
     }
 }

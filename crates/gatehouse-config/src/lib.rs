@@ -14,7 +14,7 @@ mod secret;
 
 pub use load::{CATALOGUE_TOML, ConfigError, Env, Issue, Overrides, check_file, load};
 pub use schema::{
-    CompactionAuto, CompactionConfig, CompactionStrategy, Config, DashboardConfig,
+    CircuitBreaker, CompactionAuto, CompactionConfig, CompactionStrategy, Config, DashboardConfig,
     LogWatcherConfig, ModelConfig, ProviderConfig, ProviderType, ProxyConfig, RedactionConfig,
     RedactionMode, SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig, Timeouts,
 };

@@ -435,8 +435,24 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 capabilities: raw.capabilities,
                 encoding,
                 pricing: raw.pricing,
+                fallbacks: raw.fallbacks,
             },
         );
+    }
+    for (key, m) in &models {
+        for (i, f) in m.fallbacks.iter().enumerate() {
+            if f == key || !models.contains_key(f) {
+                issues.push(issue(
+                    &format!("models.{}.fallbacks[{i}]", quote_key(key)),
+                    &if f == key {
+                        "a model cannot fall back to itself".to_owned()
+                    } else {
+                        format!("`{f}` is not a configured model")
+                    },
+                    Some(&suggest(f, models.keys().map(String::as_str))),
+                ));
+            }
+        }
     }
 
     if let Some(index) = &spans {
@@ -482,6 +498,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 retries: proxy.retries,
                 retry_backoff: Duration::from_millis(proxy.retry_backoff_ms),
                 token_cache_entries: proxy.token_cache_entries,
+                circuit_breaker: proxy.circuit_breaker,
             },
             providers,
             models,

@@ -154,6 +154,7 @@ pub(crate) struct ProxyRaw {
     pub retries: u32,
     pub retry_backoff_ms: u64,
     pub token_cache_entries: usize,
+    pub circuit_breaker: CircuitBreaker,
     pub timeouts: TimeoutsRaw,
 }
 
@@ -183,6 +184,16 @@ pub struct ProxyConfig {
     pub retries: u32,
     pub retry_backoff: Duration,
     pub token_cache_entries: usize,
+    pub circuit_breaker: CircuitBreaker,
+}
+
+/// When a provider is skipped: after `failures` requests in a row failed (retries included),
+/// for `open_secs`; then one request probes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    pub failures: u32,
+    pub open_secs: u64,
 }
 
 /// The four timeouts of one provider.
@@ -287,6 +298,8 @@ pub(crate) struct ModelRaw {
     pub encoding: Option<String>,
     #[serde(default)]
     pub pricing: Option<Pricing>,
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
 }
 
 /// One model a client may ask for.
@@ -300,4 +313,6 @@ pub struct ModelConfig {
     pub encoding: Encoding,
     /// US dollars per million tokens; requests of unpriced models have no cost.
     pub pricing: Option<Pricing>,
+    /// Model keys tried in order when this one fails before answering.
+    pub fallbacks: Vec<String>,
 }

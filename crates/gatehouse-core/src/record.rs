@@ -89,6 +89,9 @@ pub struct RequestRecord {
     pub chat_tokens: u64,
     #[serde(default)]
     pub memory_ratio: f64,
+    /// What routing did beyond one plain attempt: retries, fallbacks, a model change.
+    #[serde(default)]
+    pub routing: Option<String>,
 }
 
 impl RequestRecord {

@@ -7,6 +7,7 @@
 //! client's bytes with splices only (model name, `stream_options`); otherwise [`translate`]
 //! converts them through one internal representation.
 
+pub mod breaker;
 pub mod headers;
 pub mod rewrite;
 pub mod route;

@@ -21,6 +21,8 @@ pub struct Route {
     pub encoding: Encoding,
     pub pricing: Option<Pricing>,
     pub provider: Arc<ProviderConfig>,
+    /// Model keys tried in order when this route fails before answering.
+    pub fallbacks: Vec<String>,
 }
 
 /// Window assumed for `provider/model` requests the catalogue does not describe.
@@ -66,6 +68,7 @@ impl Router {
                         encoding: m.encoding,
                         pricing: m.pricing,
                         provider,
+                        fallbacks: m.fallbacks.clone(),
                     }),
                 ))
             })
@@ -136,6 +139,7 @@ impl Router {
                 encoding: Encoding::for_model(model),
                 pricing: None,
                 provider: provider.clone(),
+                fallbacks: Vec::new(),
             }));
         }
         Err(ApiError::new(

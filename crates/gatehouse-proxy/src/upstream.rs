@@ -51,11 +51,33 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Failure {
     pub error: ApiError,
+    /// The provider's circuit breaker is open: nothing was sent.
+    pub breaker_open: bool,
     /// Upstream's own error body (first 64 KiB), passed through when the client speaks the
     /// provider's format and it is a well-formed error of that format.
     pub body: Option<Bytes>,
     pub attempts: u32,
     pub upstream_wait: Duration,
+}
+
+impl Failure {
+    /// The provider failed (unreachable, timeout, bad answer, 429, 5xx) or was skipped by its
+    /// breaker: another provider may do better. A 4xx other than 429 is the request's fault.
+    pub fn can_fall_back(&self) -> bool {
+        self.breaker_open || provider_fault(&self.error)
+    }
+}
+
+fn provider_fault(e: &ApiError) -> bool {
+    match e.upstream_status {
+        Some(s) => s == 429 || s >= 500,
+        None => matches!(
+            e.kind,
+            ErrorKind::UpstreamUnreachable
+                | ErrorKind::UpstreamTimeout
+                | ErrorKind::UpstreamBadResponse
+        ),
+    }
 }
 
 /// Why a stream stopped early.
@@ -102,6 +124,7 @@ struct Endpoint {
 /// The upstream side: one pooled client per provider.
 pub struct Upstream {
     endpoints: HashMap<String, Endpoint>,
+    pub breakers: crate::breaker::Breakers,
     retries: u32,
     backoff: Duration,
     hop_id: HeaderValue,
@@ -148,6 +171,7 @@ impl Upstream {
         }
         Ok(Self {
             endpoints,
+            breakers: crate::breaker::Breakers::new(config.proxy.circuit_breaker),
             retries: config.proxy.retries,
             backoff: config.proxy.retry_backoff,
             hop_id: HeaderValue::from_str(&format!("gatehouse/{instance_id}"))
@@ -188,6 +212,7 @@ impl Upstream {
         let provider = &*route.provider;
         let Some(endpoint) = self.endpoints.get(&route.provider_key) else {
             return Err(Failure {
+                breaker_open: false,
                 error: ApiError::new(
                     ErrorKind::Internal,
                     format!(
@@ -200,6 +225,57 @@ impl Upstream {
                 upstream_wait: Duration::ZERO,
             });
         };
+        if let Err(r) = self.breakers.admit(&route.provider_key, started) {
+            return Err(Failure {
+                error: ApiError::new(
+                    ErrorKind::UpstreamUnreachable,
+                    format!(
+                        "provider `{}` is skipped: its circuit breaker is open after repeated failures (next probe in {:.0} s)",
+                        route.provider_key,
+                        r.retry_in.as_secs_f64().ceil()
+                    ),
+                ),
+                breaker_open: true,
+                body: None,
+                attempts: 0,
+                upstream_wait: Duration::ZERO,
+            });
+        }
+        let result = self
+            .send_with_retries(
+                endpoint,
+                route,
+                body,
+                client_headers,
+                request_id,
+                stream,
+                started,
+            )
+            .await;
+        match &result {
+            Err(f) if provider_fault(&f.error) => {
+                self.breakers.failure(&route.provider_key, Instant::now());
+            }
+            _ => self.breakers.success(&route.provider_key),
+        }
+        result
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the request and where it goes, passed through from `send`"
+    )]
+    async fn send_with_retries(
+        &self,
+        endpoint: &Endpoint,
+        route: &Route,
+        body: Bytes,
+        client_headers: &HeaderMap,
+        request_id: &str,
+        stream: bool,
+        started: Instant,
+    ) -> Result<Outcome, Failure> {
+        let provider = &*route.provider;
         let headers = upstream_headers(client_headers, &endpoint.headers, request_id, &self.hop_id);
         let mut attempt = 0u32;
         loop {
@@ -261,6 +337,7 @@ impl Upstream {
         let sent = Instant::now();
         let fail = |error: ApiError, body: Option<Bytes>| Failure {
             error,
+            breaker_open: false,
             body,
             attempts: attempt,
             upstream_wait: started.elapsed(),

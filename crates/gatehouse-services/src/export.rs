@@ -66,6 +66,7 @@ pub const CSV_COLUMNS: &[&str] = &[
     "cost_usd",
     "memory_tokens",
     "memory_ratio",
+    "routing",
     "preview",
 ];
 
@@ -141,6 +142,8 @@ pub fn csv_row(out: &mut String, r: &RequestRecord) {
         let _ = write!(out, "{c}");
     }
     let _ = write!(out, ",{},{},", r.memory_tokens, r.memory_ratio);
+    csv_field(out, r.routing.as_deref().unwrap_or(""));
+    out.push(',');
     csv_field(out, &r.preview);
     out.push_str("\r\n");
 }
@@ -226,6 +229,7 @@ mod tests {
             memory_tokens: 0,
             chat_tokens: 0,
             memory_ratio: 0.0,
+            routing: None,
         }
     }
 
@@ -256,7 +260,7 @@ mod tests {
             "{row}"
         );
         assert!(
-            row.ends_with(",stop,,,,0,0,\"hello, \"\"world\"\"\nbye\""),
+            row.ends_with(",stop,,,,0,0,,\"hello, \"\"world\"\"\nbye\""),
             "{row}"
         );
     }

@@ -54,6 +54,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "compactions",
         include_str!("../migrations/sqlite/0006_compactions.sql"),
     ),
+    (
+        7,
+        "request_routing",
+        include_str!("../migrations/sqlite/0007_request_routing.sql"),
+    ),
 ];
 
 const ACTIVE_KEY: &str = "active_session";
@@ -300,9 +305,9 @@ impl SqliteStore {
                         prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens,
                         usage_source, max_context, context_pct, preview, latency_ms, ttfb_ms,
                         overhead_us, attempts, finish_reason, error_type, error_message, cost_usd,
-                        memory_tokens, chat_tokens, memory_ratio)
+                        memory_tokens, chat_tokens, memory_ratio, routing)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                        $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)",
+                        $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)",
                 )
                 .bind(uuid_v7())
                 .bind(&r.id)
@@ -333,6 +338,7 @@ impl SqliteStore {
                 .bind(to_i64(r.memory_tokens))
                 .bind(to_i64(r.chat_tokens))
                 .bind(r.memory_ratio)
+                .bind(&r.routing)
                 .execute(&mut **tx)
                 .await?;
             }
@@ -443,6 +449,7 @@ fn request_from_row(row: &SqliteRow) -> sqlx::Result<RequestRecord> {
         memory_tokens: to_u64(row.try_get("memory_tokens")?),
         chat_tokens: to_u64(row.try_get("chat_tokens")?),
         memory_ratio: row.try_get("memory_ratio")?,
+        routing: row.try_get("routing")?,
     })
 }
 
@@ -871,6 +878,7 @@ pub(crate) mod tests {
             memory_tokens: 0,
             chat_tokens: 0,
             memory_ratio: 0.0,
+            routing: None,
         }
     }
 

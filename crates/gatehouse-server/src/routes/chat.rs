@@ -339,7 +339,8 @@ pub(crate) async fn handle(
 
     let provider_format = provider_format(&p.route);
     let upstream_body = upstream_body(&p, provider_format)?;
-    let draft = Draft {
+    let mut draft = Draft {
+        routing: None,
         id: request_id.as_str().to_owned(),
         session_id: session.id.clone(),
         created_at: now_ms(),
@@ -347,7 +348,7 @@ pub(crate) async fn handle(
         stream: p.stream,
         prompt_tokens_est: p.prompt_tokens,
         memory_tokens: p.memory_tokens,
-        preview: p.preview,
+        preview: std::mem::take(&mut p.preview),
     };
     if !p.redacted.is_empty() {
         // Kinds and counts only: a secret never reaches a log line or an event.
@@ -413,29 +414,87 @@ pub(crate) async fn handle(
             .send(&p.route, plain, headers, request_id.as_str(), p.stream)
             .await;
     }
+    let mut notes: Vec<String> = Vec::new();
+    if prior_attempts > 0 {
+        notes.push(format!(
+            "`{}` refused `stream_options`; resent without it and stopped asking this provider",
+            p.route.provider_key
+        ));
+    }
+
+    // Fallbacks, in order, while the failure is the provider's and nothing reached the client.
+    let mut route = p.route.clone();
+    if let Err(first) = &outcome
+        && first.can_fall_back()
+    {
+        let mut why = first.error.message.clone();
+        for key in &p.route.fallbacks {
+            let next = match st.router.resolve(key) {
+                Ok(r) => r,
+                Err(e) => {
+                    notes.push(format!("fallback `{key}` skipped: {}", e.message));
+                    continue;
+                }
+            };
+            if p.prompt_tokens > next.max_context {
+                notes.push(format!(
+                    "fallback `{key}` skipped: the prompt ({} tokens) is over its {}-token window",
+                    p.prompt_tokens, next.max_context
+                ));
+                continue;
+            }
+            let (body, usage) = match body_for_route(st, &p, &next) {
+                Ok(b) => b,
+                Err(e) => {
+                    notes.push(format!("fallback `{key}` skipped: {}", e.message));
+                    continue;
+                }
+            };
+            if let Err(f) = &outcome {
+                prior_wait += f.upstream_wait;
+                prior_attempts += f.attempts;
+            }
+            let note = format!("`{}` failed ({why}); fell back to `{key}`", route.model_key);
+            emit(&*st.bus, || Event::Routing {
+                request_id: request_id.as_str().to_owned(),
+                session_id: session.id.clone(),
+                model: next.model_key.clone(),
+                provider: next.provider_key.clone(),
+                attempts: prior_attempts + 1,
+                reason: note.clone(),
+            });
+            notes.push(note);
+            outcome = st
+                .upstream
+                .send(&next, body, headers, request_id.as_str(), p.stream)
+                .await;
+            injected_usage = usage;
+            route = next;
+            match &outcome {
+                Err(f) if f.can_fall_back() => why = f.error.message.clone(),
+                _ => break,
+            }
+        }
+    }
+    let provider_format = self::provider_format(&route);
+    draft.route = route.clone();
 
     let attempts = match &outcome {
         Err(f) => f.attempts,
         Ok(Outcome::Complete { attempts, .. } | Outcome::Stream { attempts, .. }) => *attempts,
     } + prior_attempts;
-    if attempts > 1 {
-        let reason = if prior_attempts > 0 {
-            format!(
-                "`{}` refused `stream_options`; resent without it and stopped asking this provider",
-                p.route.provider_key
-            )
-        } else {
-            format!("{} retries before the first byte", attempts - 1)
-        };
+    if attempts > 1 && notes.is_empty() {
+        notes.push(format!("{} retries before the first byte", attempts - 1));
         emit(&*st.bus, || Event::Routing {
             request_id: request_id.as_str().to_owned(),
             session_id: session.id.clone(),
-            model: p.route.model_key.clone(),
-            provider: p.route.provider_key.clone(),
+            model: route.model_key.clone(),
+            provider: route.provider_key.clone(),
             attempts,
-            reason,
+            reason: notes.join("; "),
         });
     }
+    draft.routing = (!notes.is_empty()).then(|| notes.join("; "));
 
     match outcome {
         Err(f) => {
@@ -491,14 +550,14 @@ pub(crate) async fn handle(
                         ErrorKind::UpstreamBadResponse,
                         format!(
                             "provider `{}` answered something that cannot be read: {e}",
-                            p.route.provider_key
+                            route.provider_key
                         ),
                     )
                 })?
             };
             let summary = Some(match p.ingress {
-                Format::OpenAi => summarize_response(&body, p.route.encoding),
-                Format::Anthropic => summarize_anthropic(&body, p.route.encoding),
+                Format::OpenAi => summarize_response(&body, route.encoding),
+                Format::Anthropic => summarize_anthropic(&body, route.encoding),
             });
             let overhead = t0.elapsed().saturating_sub(upstream_wait + prior_wait);
             let record = draft.finish(Finish {
@@ -604,6 +663,35 @@ fn upstream_body(p: &Prepared, to: Format) -> Result<Bytes, ApiError> {
     }
 }
 
+/// The body for another route (a fallback): the prepared OpenAI-format body re-spliced for its
+/// model and provider, or translated; with whether stream usage was asked for on the client's
+/// behalf.
+fn body_for_route(st: &AppState, p: &Prepared, route: &Route) -> Result<(Bytes, bool), ApiError> {
+    let format = provider_format(route);
+    if format == Format::Anthropic
+        && p.ingress == Format::Anthropic
+        && p.masked.is_empty()
+        && !p.compacted
+    {
+        return Ok((splice_model(&p.client_body, &route.upstream_model), false));
+    }
+    let parts = {
+        let view = parse(&p.original)?;
+        body_parts(st, &p.original, &view, route)
+    };
+    match format {
+        Format::OpenAi => Ok((parts.upstream_body, parts.injected_usage)),
+        Format::Anthropic => {
+            let ir = translate::openai::request_to_ir(&parts.upstream_body)
+                .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.0))?;
+            Ok((
+                Bytes::from(translate::anthropic::request_from_ir(&ir).to_string()),
+                false,
+            ))
+        }
+    }
+}
+
 /// `body` with its top-level `model` replaced by `model` (a splice; the rest is untouched).
 fn splice_model(body: &Bytes, model: &str) -> Bytes {
     #[derive(serde::Deserialize)]
@@ -680,6 +768,8 @@ fn set_overhead_header(h: &mut HeaderMap, overhead: Duration) {
 
 /// The parts of a request row known before upstream answers.
 pub(crate) struct Draft {
+    /// What routing did, when it did more than one plain attempt.
+    routing: Option<String>,
     id: String,
     session_id: SessionId,
     created_at: i64,
@@ -774,6 +864,7 @@ impl Draft {
             } else {
                 0.0
             },
+            routing: self.routing,
         }
     }
 }

@@ -34,6 +34,13 @@ pub async fn health(State(st): State<AppState>) -> Response {
         "providers": {
             "configured": providers.len(),
             "with_key": providers.values().filter(|p| !p.key_missing()).count(),
+            "circuit_breakers_open": providers
+                .keys()
+                .filter_map(|k| {
+                    let v = st.upstream.breakers.view(k, std::time::Instant::now());
+                    (v.state != gatehouse_proxy::breaker::BreakerState::Closed).then(|| json!({"provider": k, "breaker": v}))
+                })
+                .collect::<Vec<_>>(),
         },
         "models": st.config.models.len(),
         "events": st.bus.stats(),

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use crate::state::AppState;
 
 pub async fn list(State(st): State<AppState>) -> Json<Value> {
+    let now = std::time::Instant::now();
     let providers: Vec<Value> = st
         .config
         .providers
@@ -36,6 +37,7 @@ pub async fn list(State(st): State<AppState>) -> Json<Value> {
                     "total": p.timeouts.total.as_secs_f64(),
                 },
                 "models": models,
+                "circuit_breaker": st.upstream.breakers.view(key, now),
             })
         })
         .collect();

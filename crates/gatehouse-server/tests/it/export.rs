@@ -76,6 +76,7 @@ fn record(session: &SessionId, n: usize, filler: &str) -> RequestRecord {
         memory_tokens: 0,
         chat_tokens: 0,
         memory_ratio: 0.0,
+        routing: None,
     }
 }
 

@@ -14,6 +14,7 @@ mod live;
 mod memory;
 mod proxy;
 mod redaction;
+mod routing;
 mod sanitizer;
 mod sessions;
 mod shutdown;

@@ -93,6 +93,7 @@ pub fn add_to_config(config: &mut Config, base_url: &str) {
                     output: *output,
                     cached_input: None,
                 }),
+                fallbacks: Vec::new(),
             },
         );
     }

@@ -1,0 +1,225 @@
+//! Routing: fallback chains (on 5xx, 429, silent streams; across formats; never on a client
+//! error; skipping models whose window is too small) and the circuit breaker per provider.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{Options, TestApp, rows, session_of, user};
+
+fn options(failures: u32, open_secs: u64) -> Options {
+    Options {
+        extra_toml: format!(
+            r#"
+[proxy.circuit_breaker]
+failures = {failures}
+open_secs = {open_secs}
+
+[providers.mock2]
+type = "openai"
+base_url = "MOCK_BASE_URL"
+api_key = "${{MOCK_KEY}}"
+
+[providers.anth]
+type = "anthropic"
+base_url = "MOCK_BASE_URL"
+api_key = "${{MOCK_KEY}}"
+
+[models."mock/flaky"]
+provider = "mock"
+model = "status:503"
+max_context_size = 4096
+fallbacks = ["mock2/good", "anth/claude"]
+
+[models."mock/ok"]
+provider = "mock"
+model = "chunks:1"
+max_context_size = 4096
+
+[models."mock2/good"]
+provider = "mock2"
+model = "chunks:2"
+max_context_size = 4096
+
+[models."anth/claude"]
+provider = "anth"
+model = "claude-x"
+max_context_size = 4096
+
+[models."mock/ratelimited"]
+provider = "mock"
+model = "status:429"
+max_context_size = 4096
+fallbacks = ["anth/claude"]
+
+[models."mock/bad"]
+provider = "mock"
+model = "status:400"
+max_context_size = 4096
+fallbacks = ["mock2/good"]
+
+[models."mock/silent"]
+provider = "mock"
+model = "silent:9"
+max_context_size = 4096
+fallbacks = ["mock2/good"]
+
+[models."mock/narrow"]
+provider = "mock2"
+model = "chunks:1"
+max_context_size = 5
+
+[models."mock/wide-only"]
+provider = "mock"
+model = "status:500"
+max_context_size = 4096
+fallbacks = ["mock/narrow"]
+"#
+        ),
+        retries: Some(0),
+        ..Options::default()
+    }
+}
+
+fn upstream_models(app: &TestApp) -> Vec<String> {
+    app.mock
+        .captured()
+        .iter()
+        .map(|c| c.body["model"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn fallbacks_in_order_across_formats_but_not_on_client_errors() {
+    let app = TestApp::spawn_with(options(10, 60)).await;
+    let r = app.chat(user("mock/flaky", "hello")).await;
+    assert_eq!(r.status(), 200);
+    let sid = session_of(&r);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], " Hello from");
+    assert_eq!(upstream_models(&app), ["status:503", "chunks:2"]);
+    let row = &rows(&app, &sid).await[0];
+    assert_eq!(row["provider"], "mock2", "the row names who answered");
+    assert_eq!(row["model_key"], "mock2/good");
+    assert_eq!(row["attempts"], 2);
+    let routing = row["routing"].as_str().unwrap();
+    assert!(
+        routing.contains("`mock/flaky` failed") && routing.contains("fell back to `mock2/good`"),
+        "{routing}"
+    );
+
+    // 429 from an OpenAI-compatible provider, answered by an Anthropic one, in OpenAI's format.
+    let r = app.chat(user("mock/ratelimited", "hello")).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["content"], " Hello from the");
+    assert_eq!(
+        app.mock.captured().last().unwrap().body["max_tokens"],
+        8192,
+        "an Anthropic body"
+    );
+
+    // A 400 is the request's fault: no fallback.
+    let before = app.mock.captured().len();
+    let r = app.chat(user("mock/bad", "hello")).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(app.mock.captured().len(), before + 1);
+
+    // A fallback whose window cannot hold the prompt is skipped, and the row says so.
+    let r = app
+        .chat(user(
+            "mock/wide-only",
+            "a prompt longer than five tokens, surely",
+        ))
+        .await;
+    assert_eq!(r.status(), 500);
+    let sid = session_of(&r);
+    let row = &rows(&app, &sid).await[0];
+    assert!(
+        row["routing"]
+            .as_str()
+            .unwrap()
+            .contains("`mock/narrow` skipped"),
+        "{row}"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_stream_falls_back_before_the_client_sees_a_byte() {
+    let app = TestApp::spawn_with(options(10, 60)).await;
+    let r = app
+        .chat(json!({"model": "mock/silent", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(" Hello") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+    assert_eq!(upstream_models(&app), ["silent:9", "chunks:2"]);
+}
+
+#[tokio::test]
+async fn the_breaker_opens_skips_the_provider_probes_and_closes() {
+    let app = TestApp::spawn_with(options(2, 1)).await;
+    for _ in 0..2 {
+        assert_eq!(app.chat(user("mock/flaky", "x")).await.status(), 200);
+    }
+    let providers = app.get_json("/api/providers").await;
+    let mock = providers["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == "mock")
+        .unwrap();
+    assert_eq!(mock["circuit_breaker"]["state"], "open", "{mock}");
+    assert_eq!(mock["circuit_breaker"]["consecutive_failures"], 2);
+    let health = app.get_json("/health").await;
+    assert_eq!(
+        health["providers"]["circuit_breakers_open"][0]["provider"],
+        "mock"
+    );
+
+    // Open: the provider is skipped, straight to the fallback; without one, a clear 502.
+    let sent = app.mock.captured().len();
+    assert_eq!(app.chat(user("mock/flaky", "x")).await.status(), 200);
+    assert_eq!(upstream_models(&app)[sent..], ["chunks:2"]);
+    let r = app.chat(user("mock/ok", "x")).await;
+    assert_eq!(r.status(), 502);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("circuit breaker is open"),
+        "{e}"
+    );
+
+    // After the open period one probe goes through; it fails, so the breaker reopens.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let sent = app.mock.captured().len();
+    assert_eq!(app.chat(user("mock/flaky", "x")).await.status(), 200);
+    assert_eq!(upstream_models(&app)[sent..], ["status:503", "chunks:2"]);
+    let b = &app.get_json("/api/providers").await["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == "mock")
+        .unwrap()["circuit_breaker"]
+        .clone();
+    assert_eq!(b["state"], "open");
+    assert_eq!(b["opened_total"], 2);
+
+    // Next probe succeeds: closed again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(app.chat(user("mock/ok", "x")).await.status(), 200);
+    let b = &app.get_json("/api/providers").await["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == "mock")
+        .unwrap()["circuit_breaker"]
+        .clone();
+    assert_eq!(b["state"], "closed");
+}
