@@ -1109,6 +1109,38 @@ max_context_size = "big"
     }
 
     #[test]
+    fn builtin_prices_are_overridden_and_fallbacks_checked() {
+        let c = build(None, &Env::default()).unwrap();
+        let p = c.models["anthropic/claude-sonnet-4-5"].pricing.unwrap();
+        assert_eq!((p.input, p.output, p.cached_input), (3.0, 15.0, Some(0.3)));
+        let c = build(
+            Some("[models.\"anthropic/claude-sonnet-4-5\"]\npricing = { input = 1.5, output = 7.5 }\nfallbacks = [\"anthropic/claude-haiku-4-5\"]\n"),
+            &Env::default(),
+        )
+        .unwrap();
+        let m = &c.models["anthropic/claude-sonnet-4-5"];
+        assert_eq!(m.pricing.unwrap().input, 1.5);
+        assert_eq!(
+            m.model, "claude-sonnet-4-5",
+            "the rest of the entry is the catalogue's"
+        );
+        assert_eq!(m.fallbacks, ["anthropic/claude-haiku-4-5"]);
+        let issues = build_err(
+            "[models.\"groq/qwen3-32b\"]\nfallbacks = [\"groq/qwen3-32b\", \"groq/qwen3-23b\"]\n",
+        );
+        assert_eq!(issues.len(), 2, "{issues:?}");
+        assert!(issues[0].message.contains("itself"), "{issues:?}");
+        assert!(
+            issues[1]
+                .hint
+                .as_deref()
+                .unwrap_or("")
+                .contains("groq/qwen3-32b"),
+            "{issues:?}"
+        );
+    }
+
+    #[test]
     fn syntax_errors_give_a_line() {
         let issues = build_err("[server]\nport = = 3\n");
         assert_eq!(issues.len(), 1);
