@@ -376,6 +376,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 headers: raw.headers,
                 timeouts,
                 stream_usage: raw.stream_usage,
+                rpm: raw.rpm.filter(|&r| r > 0),
             },
         );
     }

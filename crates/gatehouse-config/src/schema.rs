@@ -254,6 +254,8 @@ pub(crate) struct ProviderRaw {
     pub headers: BTreeMap<String, String>,
     #[serde(default = "yes")]
     pub stream_usage: bool,
+    #[serde(default)]
+    pub rpm: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -277,6 +279,8 @@ pub struct ProviderConfig {
     /// (Mistral) reject the field; for those it is off, and usage is read from whatever the
     /// stream carries or counted from the text.
     pub stream_usage: bool,
+    /// Requests per minute this gateway sends at most; past it, requests wait their turn.
+    pub rpm: Option<u32>,
 }
 
 impl ProviderConfig {

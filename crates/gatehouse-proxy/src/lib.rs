@@ -9,6 +9,7 @@
 
 pub mod breaker;
 pub mod headers;
+pub mod ratelimit;
 pub mod rewrite;
 pub mod route;
 pub mod sse;

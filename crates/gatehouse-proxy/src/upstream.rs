@@ -125,6 +125,7 @@ struct Endpoint {
 pub struct Upstream {
     endpoints: HashMap<String, Endpoint>,
     pub breakers: crate::breaker::Breakers,
+    pub rate_limits: crate::ratelimit::RateLimits,
     retries: u32,
     backoff: Duration,
     hop_id: HeaderValue,
@@ -172,6 +173,12 @@ impl Upstream {
         Ok(Self {
             endpoints,
             breakers: crate::breaker::Breakers::new(config.proxy.circuit_breaker),
+            rate_limits: crate::ratelimit::RateLimits::new(
+                config
+                    .providers
+                    .iter()
+                    .filter_map(|(k, p)| p.rpm.map(|r| (k, r))),
+            ),
             retries: config.proxy.retries,
             backoff: config.proxy.retry_backoff,
             hop_id: HeaderValue::from_str(&format!("gatehouse/{instance_id}"))
@@ -280,6 +287,19 @@ impl Upstream {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            if let Some(turn) = self.rate_limits.turn(&route.provider_key, Instant::now()) {
+                if let Some(level) = turn.changed {
+                    tracing::info!(provider = %route.provider_key, ?level, pct = turn.pct, "upstream rate limit level");
+                }
+                if !turn.wait.is_zero() {
+                    tracing::warn!(
+                        provider = %route.provider_key,
+                        wait_ms = turn.wait.as_millis() as u64,
+                        "at the provider's rpm limit: waiting for a turn"
+                    );
+                    tokio::time::sleep(turn.wait).await;
+                }
+            }
             let result = self
                 .attempt(
                     &endpoint.client,

@@ -9,6 +9,7 @@ mod memory;
 mod messages;
 mod models;
 mod providers;
+mod ratelimit;
 pub(crate) mod sessions;
 
 use axum::Router;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/api/providers", get(providers::list))
+        .route("/api/rate-limit", get(ratelimit::status))
         .route("/api/sessions", get(sessions::list).post(sessions::create))
         .route("/api/sessions/active", get(sessions::active))
         .route(

@@ -38,6 +38,7 @@ pub async fn list(State(st): State<AppState>) -> Json<Value> {
                 },
                 "models": models,
                 "circuit_breaker": st.upstream.breakers.view(key, now),
+                "rpm": p.rpm,
             })
         })
         .collect();

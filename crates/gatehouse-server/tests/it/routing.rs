@@ -223,3 +223,60 @@ async fn the_breaker_opens_skips_the_provider_probes_and_closes() {
         .clone();
     assert_eq!(b["state"], "closed");
 }
+
+#[tokio::test]
+async fn over_the_providers_rpm_a_request_waits_instead_of_failing() {
+    let app = TestApp::spawn_with(Options {
+        extra_toml: r#"
+[providers.slow]
+type = "openai"
+base_url = "MOCK_BASE_URL"
+api_key = "${MOCK_KEY}"
+rpm = 3
+
+[models."slow/m"]
+provider = "slow"
+model = "chunks:1"
+max_context_size = 4096
+"#
+        .to_owned(),
+        ..Options::default()
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(app.chat(user("slow/m", "x")).await.status(), 200);
+    }
+    let v = app.get_json("/api/rate-limit").await;
+    let slow = &v["providers"][0];
+    assert_eq!(slow["provider"], "slow");
+    assert_eq!(slow["rpm"], 3);
+    assert_eq!(slow["last_minute"], 3);
+    assert_eq!(slow["level"], "critical");
+    assert_eq!(v["warning_pct"], 87.5);
+
+    // The fourth waits for its turn (about a minute): not refused, not sent yet.
+    let sent = app.mock.captured().len();
+    let waiting = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .timeout(Duration::from_millis(700))
+        .json(&user("slow/m", "x"))
+        .send()
+        .await;
+    assert!(waiting.unwrap_err().is_timeout(), "held, not answered");
+    assert_eq!(
+        app.mock.captured().len(),
+        sent,
+        "nothing sent over the limit"
+    );
+    let v = app.get_json("/api/rate-limit").await;
+    assert_eq!(v["providers"][0]["waits"], 1);
+    let p = app.get_json("/api/providers").await;
+    let slow = p["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == "slow")
+        .unwrap();
+    assert_eq!(slow["rpm"], 3);
+}

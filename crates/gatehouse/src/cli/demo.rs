@@ -77,6 +77,7 @@ pub fn add_to_config(config: &mut Config, base_url: &str) {
             headers: BTreeMap::new(),
             timeouts,
             stream_usage: true,
+            rpm: None,
         },
     );
     for (key, upstream, window, input, output) in MODELS {
