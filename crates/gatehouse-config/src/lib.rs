@@ -15,7 +15,8 @@ mod secret;
 pub use load::{CATALOGUE_TOML, ConfigError, Env, Issue, Overrides, check_file, load};
 pub use schema::{
     CircuitBreaker, CompactionAuto, CompactionConfig, CompactionStrategy, Config, DashboardConfig,
-    LogWatcherConfig, ModelConfig, ProviderConfig, ProviderType, ProxyConfig, RedactionConfig,
-    RedactionMode, SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig, Timeouts,
+    HeavyDuty, LogWatcherConfig, ModelConfig, ProviderConfig, ProviderType, ProxyConfig,
+    RedactionConfig, RedactionMode, SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig,
+    Timeouts, WhenNone,
 };
 pub use secret::Secret;

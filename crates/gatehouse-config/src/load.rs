@@ -320,6 +320,14 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
     let mut timeouts_default = None;
     let mut timeout_overrides = BTreeMap::new();
     if let Some(p) = &proxy {
+        let t = p.heavy_duty.threshold_pct;
+        if !(t.is_finite() && t > 0.0 && t <= 100.0) {
+            issues.push(issue(
+                "proxy.heavy_duty.threshold_pct",
+                "must be a percentage above 0 and at most 100",
+                Some("the default is 90"),
+            ));
+        }
         let t = &p.timeouts;
         let base = TimeoutOverrides {
             connect: Some(t.connect),
@@ -500,6 +508,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 retry_backoff: Duration::from_millis(proxy.retry_backoff_ms),
                 token_cache_entries: proxy.token_cache_entries,
                 circuit_breaker: proxy.circuit_breaker,
+                heavy_duty: proxy.heavy_duty,
             },
             providers,
             models,

@@ -155,6 +155,7 @@ pub(crate) struct ProxyRaw {
     pub retry_backoff_ms: u64,
     pub token_cache_entries: usize,
     pub circuit_breaker: CircuitBreaker,
+    pub heavy_duty: HeavyDuty,
     pub timeouts: TimeoutsRaw,
 }
 
@@ -185,6 +186,25 @@ pub struct ProxyConfig {
     pub retry_backoff: Duration,
     pub token_cache_entries: usize,
     pub circuit_breaker: CircuitBreaker,
+    pub heavy_duty: HeavyDuty,
+}
+
+/// The seed's heavy-duty fallback: a prompt at `threshold_pct` of its model's window moves to
+/// the smallest model of the same provider whose window holds it below that mark.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeavyDuty {
+    pub enabled: bool,
+    pub threshold_pct: f64,
+    /// With no larger model: `forward` (the prompt still fits) or `refuse` (413 now).
+    pub when_none: WhenNone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenNone {
+    Forward,
+    Refuse,
 }
 
 /// When a provider is skipped: after `failures` requests in a row failed (retries included),

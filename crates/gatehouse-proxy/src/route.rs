@@ -175,6 +175,21 @@ impl Router {
         scored.into_iter().take(5).map(|(_, k)| k.clone()).collect()
     }
 
+    /// The seed's heavy-duty choice: the smallest servable model of `route`'s provider whose
+    /// window holds `tokens` under `threshold_pct`.
+    pub fn larger(&self, route: &Route, tokens: u64, threshold_pct: f64) -> Option<Arc<Route>> {
+        self.models
+            .values()
+            .filter(|r| {
+                r.provider_key == route.provider_key
+                    && r.model_key != route.model_key
+                    && r.max_context > route.max_context
+                    && (tokens as f64) < threshold_pct / 100.0 * r.max_context as f64
+            })
+            .min_by_key(|r| r.max_context)
+            .and_then(|r| self.resolve(&r.model_key).ok())
+    }
+
     pub fn models(&self) -> impl Iterator<Item = &Route> {
         self.models.values().map(|r| &**r)
     }

@@ -322,6 +322,17 @@ pub(crate) async fn handle(
     }
     let mut p = p;
     compacting::compaction(st, &mut p, &session.id, request_id).await?;
+    let heavy_duty = heavy_duty(st, &mut p)?;
+    if let Some(note) = &heavy_duty {
+        emit(&*st.bus, || Event::Routing {
+            request_id: request_id.as_str().to_owned(),
+            session_id: session.id.clone(),
+            model: p.route.model_key.clone(),
+            provider: p.route.provider_key.clone(),
+            attempts: 0,
+            reason: note.clone(),
+        });
+    }
     // After compaction: a history over the window may fit once its point is applied.
     if p.prompt_tokens > p.route.max_context {
         return Err(ApiError::new(
@@ -414,7 +425,7 @@ pub(crate) async fn handle(
             .send(&p.route, plain, headers, request_id.as_str(), p.stream)
             .await;
     }
-    let mut notes: Vec<String> = Vec::new();
+    let mut notes: Vec<String> = heavy_duty.into_iter().collect();
     if prior_attempts > 0 {
         notes.push(format!(
             "`{}` refused `stream_options`; resent without it and stopped asking this provider",
@@ -483,7 +494,7 @@ pub(crate) async fn handle(
         Err(f) => f.attempts,
         Ok(Outcome::Complete { attempts, .. } | Outcome::Stream { attempts, .. }) => *attempts,
     } + prior_attempts;
-    if attempts > 1 && notes.is_empty() {
+    if attempts > 1 && notes.iter().all(|n| n.starts_with("heavy-duty")) {
         notes.push(format!("{} retries before the first byte", attempts - 1));
         emit(&*st.bus, || Event::Routing {
             request_id: request_id.as_str().to_owned(),
@@ -633,6 +644,56 @@ pub(crate) async fn handle(
             Ok(r)
         }
     }
+}
+
+/// The seed's heavy-duty fallback, after compaction had its chance: a prompt at the threshold of
+/// its model's window moves to the smallest model of the same provider that holds it. Returns
+/// what was done, for the row and the event; refuses (413) when configured to and there is no
+/// larger model.
+fn heavy_duty(st: &AppState, p: &mut Prepared) -> Result<Option<String>, ApiError> {
+    let hd = st.config.proxy.heavy_duty;
+    let window = p.route.max_context;
+    if !hd.enabled
+        || window == 0
+        || (p.prompt_tokens as f64) < hd.threshold_pct / 100.0 * window as f64
+    {
+        return Ok(None);
+    }
+    let pct = p.prompt_tokens as f64 * 100.0 / window as f64;
+    let Some(next) = st
+        .router
+        .larger(&p.route, p.prompt_tokens, hd.threshold_pct)
+    else {
+        if hd.when_none == gatehouse_config::WhenNone::Refuse && p.prompt_tokens <= window {
+            return Err(ApiError::new(
+                ErrorKind::ContextLengthExceeded,
+                format!(
+                    "the prompt ({} tokens) is at {pct:.0} % of `{}`'s {window}-token window and provider `{}` has no larger model ([proxy.heavy_duty] when_none = \"refuse\")",
+                    p.prompt_tokens, p.route.model_key, p.route.provider_key
+                ),
+            )
+            .with_param("messages"));
+        }
+        return Ok(Some(format!(
+            "heavy-duty: the prompt ({} tokens) is at {pct:.0} % of `{}`'s window and provider `{}` has no larger model",
+            p.prompt_tokens, p.route.model_key, p.route.provider_key
+        )));
+    };
+    let note = format!(
+        "heavy-duty: the prompt ({} tokens) is at {pct:.0} % of `{}`'s window; moved to `{}` ({}-token window)",
+        p.prompt_tokens, p.route.model_key, next.model_key, next.max_context
+    );
+    let parts = {
+        let view = parse(&p.original)?;
+        body_parts(st, &p.original, &view, &next)
+    };
+    p.route = next;
+    p.model_span = parts.model_span;
+    p.upstream_body = parts.upstream_body;
+    p.injected_usage = parts.injected_usage;
+    p.prompt_tokens = parts.prompt_tokens;
+    p.memory_tokens = parts.memory_tokens;
+    Ok(Some(note))
 }
 
 /// The format a provider speaks.

@@ -31,6 +31,11 @@ max_context_size = 2000
     }
 }
 
+/// Heavy-duty fallback would move a full mock/small to mock/echo (4,096 tokens) before the
+/// window check; these tests are about compaction alone.
+const NO_HEAVY_DUTY: &str =
+    "[proxy.heavy_duty]\nenabled = false\nthreshold_pct = 90\nwhen_none = \"forward\"\n";
+
 /// About `words` tokens (one per word) of text for turn `k`.
 fn text(k: usize, words: usize) -> String {
     const WORDS: [&str; 16] = [
@@ -186,7 +191,7 @@ async fn auto_compaction_fires_at_the_threshold_and_the_point_holds_on_later_req
 
 #[tokio::test]
 async fn a_history_over_the_window_is_compacted_instead_of_refused() {
-    let app = TestApp::spawn_with(options("")).await;
+    let app = TestApp::spawn_with(options(NO_HEAVY_DUTY)).await;
     // ~2,600 tokens on a 2,000-token model: compacted to fit rather than a 413.
     let (sid, seen) = send(&app, &history(8, 250)).await;
     assert!(is_summary(&seen["messages"][1]));

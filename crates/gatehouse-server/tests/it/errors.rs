@@ -100,7 +100,14 @@ async fn body_over_the_limit_is_413() {
 
 #[tokio::test]
 async fn prompt_over_the_window_is_413_saying_by_how_much() {
-    let app = TestApp::spawn().await;
+    // Without heavy-duty fallback, which would move it to mock/echo (routing.rs tests that).
+    let app = TestApp::spawn_with(crate::support::Options {
+        extra_toml:
+            "[proxy.heavy_duty]\nenabled = false\nthreshold_pct = 90\nwhen_none = \"forward\"\n"
+                .to_owned(),
+        ..Default::default()
+    })
+    .await;
     // mock/tiny has a 20-token window; 25 words are well over it.
     let text = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty twentyone twentytwo twentythree twentyfour twentyfive";
     let (status, v) = error_of(app.chat(user("mock/tiny", text)).await).await;

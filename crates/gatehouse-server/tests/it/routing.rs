@@ -280,3 +280,87 @@ max_context_size = 4096
         .unwrap();
     assert_eq!(slow["rpm"], 3);
 }
+
+fn heavy(when_none: &str) -> Options {
+    Options {
+        extra_toml: format!(
+            r#"
+[proxy.heavy_duty]
+enabled = true
+threshold_pct = 90
+when_none = "{when_none}"
+
+[providers.hd]
+type = "openai"
+base_url = "MOCK_BASE_URL"
+api_key = "${{MOCK_KEY}}"
+
+[models."hd/small"]
+provider = "hd"
+model = "small"
+max_context_size = 100
+
+[models."hd/mid"]
+provider = "hd"
+model = "mid"
+max_context_size = 400
+
+[models."hd/big"]
+provider = "hd"
+model = "big"
+max_context_size = 1000
+"#
+        ),
+        ..Options::default()
+    }
+}
+
+/// About `n` tokens of text.
+fn words(n: usize) -> String {
+    " the".repeat(n)
+}
+
+#[tokio::test]
+async fn heavy_duty_moves_a_full_prompt_to_the_smallest_larger_model() {
+    let app = TestApp::spawn_with(heavy("forward")).await;
+    // ~95 tokens on a 100-token model: to hd/mid (400), not hd/big.
+    let r = app.chat(user("hd/small", &words(88))).await;
+    assert_eq!(r.status(), 200);
+    let sid = session_of(&r);
+    assert_eq!(app.mock.captured().last().unwrap().body["model"], "mid");
+    let row = &rows(&app, &sid).await[0];
+    assert_eq!(row["model_key"], "hd/mid");
+    let note = row["routing"].as_str().unwrap();
+    assert!(
+        note.starts_with("heavy-duty: the prompt") && note.contains("moved to `hd/mid`"),
+        "{note}"
+    );
+    // Under 90 %: stays.
+    app.chat(user("hd/small", &words(40))).await;
+    assert_eq!(app.mock.captured().last().unwrap().body["model"], "small");
+    // At 95 % of the largest: forwarded, with the warning on the row.
+    let r = app.chat(user("hd/big", &words(945))).await;
+    assert_eq!(r.status(), 200);
+    let sid = session_of(&r);
+    assert_eq!(app.mock.captured().last().unwrap().body["model"], "big");
+    let row = &rows(&app, &sid).await[0];
+    assert!(
+        row["routing"]
+            .as_str()
+            .unwrap()
+            .contains("has no larger model"),
+        "{row}"
+    );
+
+    let app = TestApp::spawn_with(heavy("refuse")).await;
+    let r = app.chat(user("hd/big", &words(945))).await;
+    assert_eq!(r.status(), 413);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no larger model"),
+        "{e}"
+    );
+}

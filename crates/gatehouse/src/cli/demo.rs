@@ -293,7 +293,8 @@ pub async fn traffic(gateway: SocketAddr, stop: CancellationToken) {
         let mut messages = vec![
             json!({"role": "system", "content": "You are a coding assistant inside an IDE. (Gatehouse demo conversation.)"}),
         ];
-        for turn in 0.. {
+        // Long enough to fill demo/tiny past its alerts and see it compacted; then a new session.
+        for turn in 0..16 {
             let pasted = pasted_context(&mut rng, turn);
             let prompt = PROMPTS[(conversation + turn) % PROMPTS.len()];
             messages.push(json!({"role": "user", "content": format!("{prompt}\n\n{pasted}")}));
