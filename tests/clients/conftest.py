@@ -73,6 +73,21 @@ max_context_size = 200000
 provider = "anth"
 model = "tool"
 max_context_size = 200000
+
+[providers.gem]
+type = "gemini"
+base_url = "{mock_url}"
+api_key = "sk-upstream-test"
+
+[models."gem/flash"]
+provider = "gem"
+model = "chunks:4"
+max_context_size = 1000000
+
+[models."gem/tool"]
+provider = "gem"
+model = "tool"
+max_context_size = 1000000
 """
         )
         # No inherited overrides or provider keys: the tests expect the built-in catalogue keyless.

@@ -1,6 +1,6 @@
 """The official `anthropic` package against Gatehouse's /v1/messages, routed to an
-OpenAI-compatible model (translated) and to an Anthropic one (bytes through); and the `openai`
-package against a model served by an Anthropic upstream."""
+OpenAI-compatible model and a Gemini one (translated) and to an Anthropic one (bytes through);
+and the `openai` package against a model served by an Anthropic upstream."""
 import json
 
 import anthropic
@@ -19,7 +19,7 @@ def claude(gateway):
     return anthropic.Anthropic(base_url=gateway, api_key="not-used-by-the-gateway", max_retries=0)
 
 
-@pytest.mark.parametrize("model", ["mock/echo", "anth/claude"])
+@pytest.mark.parametrize("model", ["mock/echo", "anth/claude", "gem/flash"])
 def test_message(claude, model):
     m = claude.messages.create(model=model, max_tokens=64, system="Be brief.",
                                messages=[{"role": "user", "content": "Hello"}])
@@ -32,7 +32,7 @@ def test_message(claude, model):
     assert m.usage.output_tokens == 4
 
 
-@pytest.mark.parametrize("model", ["mock/echo", "anth/claude"])
+@pytest.mark.parametrize("model", ["mock/echo", "anth/claude", "gem/flash"])
 def test_stream(claude, model):
     with claude.messages.stream(model=model, max_tokens=64,
                                 messages=[{"role": "user", "content": "Hello"}]) as s:
@@ -43,14 +43,15 @@ def test_stream(claude, model):
     assert final.usage.output_tokens == 4
 
 
+@pytest.mark.parametrize("model", ["mock/tool", "gem/tool"])
 @pytest.mark.parametrize("stream", [False, True])
-def test_tool_round_trip_on_an_openai_model(claude, stream):
+def test_tool_round_trip(claude, model, stream):
     messages = [{"role": "user", "content": "Weather in Paris?"}]
     if stream:
-        with claude.messages.stream(model="mock/tool", max_tokens=64, tools=[WEATHER], messages=messages) as s:
+        with claude.messages.stream(model=model, max_tokens=64, tools=[WEATHER], messages=messages) as s:
             first = s.get_final_message()
     else:
-        first = claude.messages.create(model="mock/tool", max_tokens=64, tools=[WEATHER], messages=messages)
+        first = claude.messages.create(model=model, max_tokens=64, tools=[WEATHER], messages=messages)
     assert first.stop_reason == "tool_use"
     call = next(b for b in first.content if b.type == "tool_use")
     assert call.name == "get_weather"
@@ -59,7 +60,7 @@ def test_tool_round_trip_on_an_openai_model(claude, stream):
         {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "18 °C, sunny"}]},
     ]
-    second = claude.messages.create(model="mock/tool", max_tokens=64, tools=[WEATHER], messages=messages)
+    second = claude.messages.create(model=model, max_tokens=64, tools=[WEATHER], messages=messages)
     assert second.stop_reason == "end_turn"
     assert second.content[0].text.startswith(" Hello")
 

@@ -253,7 +253,10 @@ impl ProviderType {
 
     /// Whether this build can forward requests to such a provider.
     pub fn is_served(self) -> bool {
-        matches!(self, Self::Openai | Self::Kimi | Self::Anthropic)
+        matches!(
+            self,
+            Self::Openai | Self::Kimi | Self::Anthropic | Self::Gemini
+        )
     }
 
     /// Whether it speaks OpenAI's chat completions (requests pass through untranslated).

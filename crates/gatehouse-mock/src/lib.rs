@@ -20,12 +20,14 @@
 //! | `tool` | call the request's first tool (`{"city": "Paris"}`), unless the last message is a tool result |
 //!
 //! `POST /v1/messages` answers in Anthropic's format with the same directives (errors in its
-//! shape, `x-api-key` required, `max_tokens` required).
+//! shape, `x-api-key` required, `max_tokens` required); `POST /v1/models/{m}:generateContent`
+//! and `:streamGenerateContent` in Gemini's (`x-goog-api-key` required; `safety` blocks).
 //!
 //! Responses are deterministic (fixed id and timestamp), so a test can compare the bytes a client
 //! gets through the gateway with the bytes the mock sends directly.
 
 mod anthropic;
+mod gemini;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -116,6 +118,7 @@ fn app(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/models/{*rest}", post(gemini::generate))
         .route("/v1/models", get(models))
         .with_state(shared)
 }

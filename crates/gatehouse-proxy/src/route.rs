@@ -264,6 +264,13 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::ProviderKeyMissing);
         assert!(e.message.contains("GROQ_API_KEY"));
         let e = r.resolve("gemini/gemini-2.5-pro").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ProviderKeyMissing);
+        assert!(e.message.contains("GEMINI_API_KEY"));
+        let r = Router::new(
+            &config("[providers.ol]\ntype = \"ollama\"\nbase_url = \"http://127.0.0.1:11434\"\n"),
+            None,
+        );
+        let e = r.resolve("ol/llama3.1").unwrap_err();
         assert_eq!(e.kind, ErrorKind::ProviderUnsupported);
     }
 

@@ -284,6 +284,19 @@ impl Upstream {
     ) -> Result<Outcome, Failure> {
         let provider = &*route.provider;
         let headers = upstream_headers(client_headers, &endpoint.headers, request_id, &self.hop_id);
+        // Gemini puts the model and the mode in the path.
+        let url = if provider.kind == gatehouse_config::ProviderType::Gemini {
+            let path = crate::translate::gemini::path(&route.upstream_model, stream);
+            reqwest::Url::parse(&format!("{}/{path}", provider.base_url)).map_err(|e| Failure {
+                error: ApiError::new(ErrorKind::Internal, format!("bad Gemini URL: {e}")),
+                breaker_open: false,
+                body: None,
+                attempts: 0,
+                upstream_wait: Duration::ZERO,
+            })?
+        } else {
+            endpoint.chat_url.clone()
+        };
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -303,7 +316,7 @@ impl Upstream {
             let result = self
                 .attempt(
                     &endpoint.client,
-                    &endpoint.chat_url,
+                    &url,
                     &headers,
                     body.clone(),
                     provider,

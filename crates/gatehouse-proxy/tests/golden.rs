@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use gatehouse_core::Encoding;
 use gatehouse_proxy::tap::{AnthropicTap, StreamTap, summarize_anthropic, summarize_response};
 use gatehouse_proxy::translate::stream::StreamTranslator;
-use gatehouse_proxy::translate::{Format, anthropic, openai};
+use gatehouse_proxy::translate::{Format, anthropic, gemini, openai};
 use serde_json::{Value, json};
 
 const CREATED: i64 = 1_700_000_000;
@@ -78,6 +78,25 @@ fn requests_anthropic_to_openai() {
     each_json("request", "anthropic-to-openai", |_, b| {
         openai::request_from_ir(&anthropic::request_to_ir(b).unwrap())
     });
+}
+
+#[test]
+fn requests_openai_to_gemini() {
+    each_json("request", "openai-to-gemini", |_, b| {
+        gemini::request_from_ir(&openai::request_to_ir(b).unwrap())
+    });
+}
+
+#[test]
+fn responses_gemini_to_openai() {
+    each_json("response", "gemini-to-openai", |_, b| {
+        openai::response_from_ir(&gemini::response_to_ir(b).unwrap(), CREATED)
+    });
+}
+
+#[test]
+fn streams_gemini_to_openai() {
+    each_stream("gemini-to-openai", Format::Gemini, Format::OpenAi);
 }
 
 #[test]

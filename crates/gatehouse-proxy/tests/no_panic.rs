@@ -72,3 +72,80 @@ fn the_tap_never_panics_and_passthrough_forwards_every_byte() {
         let _ = summarize_response(&stream, Encoding::O200k);
     }
 }
+
+/// Pieces of every format's requests, answers and stream events, glued at random.
+const TRANSLATION_ALPHABET: &[&[u8]] = &[
+    b"data: ",
+    b"event: message_start\n",
+    b"\n\n",
+    b"\r\n\r\n",
+    b"[DONE]",
+    b"{\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":3}}}",
+    b"{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\"}}",
+    b"{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\"}}",
+    b"{\"type\":\"content_block_delta\",\"index\":7,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}",
+    b"{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":2}}",
+    b"{\"choices\":[{\"index\":3,\"delta\":{\"tool_calls\":[{\"index\":9,\"function\":{\"arguments\":\"{\"}}]}}]}",
+    b"{\"choices\":[{\"delta\":{\"content\":\"x\",\"reasoning_content\":\"y\"},\"finish_reason\":\"length\"}]}",
+    b"{\"candidates\":[{\"content\":{\"parts\":[{\"functionCall\":{\"name\":\"f\",\"args\":7}},{\"text\":\"t\",\"thought\":true}]},\"finishReason\":\"STOP\"}]}",
+    b"{\"promptFeedback\":{\"blockReason\":\"SAFETY\"}}",
+    b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:x;base64,\"}}]}]}",
+    b"{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\",\"content\":[{\"type\":\"tool_use\",\"input\":null}]},{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"content\":5}]}]}",
+    b"{\"messages\":[{\"role\":\"tool\"},{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{}}]}],\"tools\":[{}],\"tool_choice\":{}}",
+    b"{\"error\":{\"type\":\"x\"}}",
+    b"{",
+    b"]",
+    b"\xff",
+    b"\"",
+];
+
+#[test]
+fn translators_never_panic_on_any_input() {
+    use gatehouse_proxy::translate::stream::StreamTranslator;
+    use gatehouse_proxy::translate::{Format, anthropic, gemini, openai};
+    let mut rng = Rng(11);
+    let formats = [Format::OpenAi, Format::Anthropic, Format::Gemini];
+    for _ in 0..3_000 {
+        let mut input = Vec::new();
+        for _ in 0..rng.below(12) {
+            input.extend_from_slice(TRANSLATION_ALPHABET[rng.below(TRANSLATION_ALPHABET.len())]);
+        }
+        if let Ok(ir) = openai::request_to_ir(&input) {
+            let _ = (
+                anthropic::request_from_ir(&ir),
+                gemini::request_from_ir(&ir),
+            );
+        }
+        if let Ok(ir) = anthropic::request_to_ir(&input) {
+            let _ = openai::request_from_ir(&ir);
+        }
+        for r in [
+            openai::response_to_ir(&input),
+            anthropic::response_to_ir(&input),
+            gemini::response_to_ir(&input),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = (
+                openai::response_from_ir(&r, 0),
+                anthropic::response_from_ir(&r),
+            );
+        }
+        let _ = (
+            anthropic::error_to_openai(&input),
+            anthropic::error_from_openai(500, &input),
+            gemini::error_to_openai(&input),
+        );
+        let from = formats[rng.below(3)];
+        let to = formats[rng.below(2)];
+        let mut t = StreamTranslator::new(from, to, "m", 1, 0);
+        let mut pos = 0;
+        while pos < input.len() {
+            let end = (pos + 1 + rng.below(16)).min(input.len());
+            let _ = t.push(&input[pos..end]);
+            pos = end;
+        }
+        let _ = t.finish();
+    }
+}

@@ -5,6 +5,7 @@
 //! `*_from_ir`, a stream `Decoder` of provider bytes and an `Encoder` of client bytes).
 
 pub mod anthropic;
+pub mod gemini;
 pub mod ir;
 pub mod openai;
 pub mod stream;
@@ -16,6 +17,8 @@ use serde_json::{Map, Value};
 pub enum Format {
     OpenAi,
     Anthropic,
+    /// Provider side only.
+    Gemini,
 }
 
 /// A body that cannot be translated: always the client's fault or the provider's, never a

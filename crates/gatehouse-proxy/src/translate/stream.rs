@@ -4,12 +4,13 @@
 use bytes::Bytes;
 
 use super::ir::Event;
-use super::{Format, anthropic, openai};
+use super::{Format, anthropic, gemini, openai};
 use crate::sse::{Framer, parse_event};
 
 enum Decoder {
     OpenAi(openai::Decoder),
     Anthropic(anthropic::Decoder),
+    Gemini(gemini::Decoder),
 }
 
 enum Encoder {
@@ -42,9 +43,13 @@ impl StreamTranslator {
             decoder: match from {
                 Format::OpenAi => Decoder::OpenAi(openai::Decoder::default()),
                 Format::Anthropic => Decoder::Anthropic(anthropic::Decoder::default()),
+                Format::Gemini => Decoder::Gemini(gemini::Decoder::default()),
             },
             encoder: match to {
-                Format::OpenAi => Encoder::OpenAi(openai::Encoder::new(model, created)),
+                // Gemini is never a client format; OpenAI's stands in.
+                Format::OpenAi | Format::Gemini => {
+                    Encoder::OpenAi(openai::Encoder::new(model, created))
+                }
                 Format::Anthropic => {
                     Encoder::Anthropic(anthropic::Encoder::new(model, input_estimate))
                 }
@@ -69,6 +74,7 @@ impl StreamTranslator {
                     }
                     d.event(&data, events);
                 }
+                Decoder::Gemini(d) => d.event(&data, events),
                 Decoder::Anthropic(d) => {
                     if name == Some(b"message_stop")
                         || data.starts_with(b"{\"type\":\"message_stop\"")

@@ -167,7 +167,8 @@ fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, Api
     let (client_body, redacted) = redact(st, body)?;
     // Everything below works on OpenAI's format; an Anthropic request is translated once here.
     let redacted_body = match ingress {
-        Format::OpenAi => client_body.clone(),
+        // Gemini is a provider format only.
+        Format::OpenAi | Format::Gemini => client_body.clone(),
         Format::Anthropic => {
             let ir = translate::anthropic::request_to_ir(&client_body)
                 .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.0))?;
@@ -529,10 +530,14 @@ pub(crate) async fn handle(
                 (Format::OpenAi, Format::Anthropic) => {
                     translate::anthropic::error_to_openai(&b).map(|v| Bytes::from(v.to_string()))
                 }
-                (Format::Anthropic, Format::OpenAi) => {
+                (Format::Anthropic, Format::OpenAi | Format::Gemini) => {
                     translate::anthropic::error_from_openai(status, &b)
                         .map(|v| Bytes::from(v.to_string()))
                 }
+                (_, Format::Gemini) => {
+                    translate::gemini::error_to_openai(&b).map(|v| Bytes::from(v.to_string()))
+                }
+                (Format::Gemini, _) => None,
             });
             let mut r = match own {
                 Some(b) => json_bytes_response(
@@ -557,6 +562,12 @@ pub(crate) async fn handle(
                 body
             } else {
                 translate_response(&body, provider_format, p.ingress).map_err(|e| {
+                    if e.0.starts_with("Gemini blocked") {
+                        return ApiError::new(
+                            ErrorKind::InvalidRequest,
+                            format!("{}: the provider's safety filter refused the prompt", e.0),
+                        );
+                    }
                     ApiError::new(
                         ErrorKind::UpstreamBadResponse,
                         format!(
@@ -567,7 +578,7 @@ pub(crate) async fn handle(
                 })?
             };
             let summary = Some(match p.ingress {
-                Format::OpenAi => summarize_response(&body, route.encoding),
+                Format::OpenAi | Format::Gemini => summarize_response(&body, route.encoding),
                 Format::Anthropic => summarize_anthropic(&body, route.encoding),
             });
             let overhead = t0.elapsed().saturating_sub(upstream_wait + prior_wait);
@@ -600,7 +611,7 @@ pub(crate) async fn handle(
             let tap = match p.ingress {
                 // A translated stream always ends with a usage chunk; a client that did not
                 // ask for one does not get it.
-                Format::OpenAi => {
+                Format::OpenAi | Format::Gemini => {
                     ClientTap::OpenAi(StreamTap::new(if provider_format == Format::OpenAi {
                         injected_usage
                     } else {
@@ -698,11 +709,23 @@ fn heavy_duty(st: &AppState, p: &mut Prepared) -> Result<Option<String>, ApiErro
 
 /// The format a provider speaks.
 fn provider_format(route: &Route) -> Format {
-    if route.provider.kind == gatehouse_config::ProviderType::Anthropic {
-        Format::Anthropic
-    } else {
-        Format::OpenAi
+    match route.provider.kind {
+        gatehouse_config::ProviderType::Anthropic => Format::Anthropic,
+        gatehouse_config::ProviderType::Gemini => Format::Gemini,
+        _ => Format::OpenAi,
     }
+}
+
+/// An OpenAI-format body (the upstream model name already in it) in a provider's format.
+fn translate_request(openai_body: &[u8], to: Format) -> Result<Bytes, ApiError> {
+    let ir = translate::openai::request_to_ir(openai_body)
+        .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.0))?;
+    let v = match to {
+        Format::Anthropic => translate::anthropic::request_from_ir(&ir),
+        Format::Gemini => translate::gemini::request_from_ir(&ir),
+        Format::OpenAi => translate::openai::request_from_ir(&ir),
+    };
+    Ok(Bytes::from(v.to_string()))
 }
 
 /// The body in the provider's format. Same format: the prepared bytes. An Anthropic client to an
@@ -711,16 +734,12 @@ fn provider_format(route: &Route) -> Format {
 fn upstream_body(p: &Prepared, to: Format) -> Result<Bytes, ApiError> {
     match to {
         Format::OpenAi => Ok(p.upstream_body.clone()),
-        Format::Anthropic => {
-            if p.ingress == Format::Anthropic && p.masked.is_empty() && !p.compacted {
-                return Ok(splice_model(&p.client_body, &p.route.upstream_model));
-            }
-            let ir = translate::openai::request_to_ir(&p.upstream_body)
-                .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.0))?;
-            Ok(Bytes::from(
-                translate::anthropic::request_from_ir(&ir).to_string(),
-            ))
+        Format::Anthropic
+            if p.ingress == Format::Anthropic && p.masked.is_empty() && !p.compacted =>
+        {
+            Ok(splice_model(&p.client_body, &p.route.upstream_model))
         }
+        other => translate_request(&p.upstream_body, other),
     }
 }
 
@@ -742,14 +761,7 @@ fn body_for_route(st: &AppState, p: &Prepared, route: &Route) -> Result<(Bytes, 
     };
     match format {
         Format::OpenAi => Ok((parts.upstream_body, parts.injected_usage)),
-        Format::Anthropic => {
-            let ir = translate::openai::request_to_ir(&parts.upstream_body)
-                .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.0))?;
-            Ok((
-                Bytes::from(translate::anthropic::request_from_ir(&ir).to_string()),
-                false,
-            ))
-        }
+        other => Ok((translate_request(&parts.upstream_body, other)?, false)),
     }
 }
 
@@ -793,9 +805,12 @@ fn translate_response(
     let ir = match from {
         Format::OpenAi => translate::openai::response_to_ir(body)?,
         Format::Anthropic => translate::anthropic::response_to_ir(body)?,
+        Format::Gemini => translate::gemini::response_to_ir(body)?,
     };
     let v = match to {
-        Format::OpenAi => translate::openai::response_from_ir(&ir, now_ms() / 1000),
+        Format::OpenAi | Format::Gemini => {
+            translate::openai::response_from_ir(&ir, now_ms() / 1000)
+        }
         Format::Anthropic => translate::anthropic::response_from_ir(&ir),
     };
     Ok(Bytes::from(v.to_string()))

@@ -33,6 +33,31 @@ max_context_size = 200000
 provider = "mock"
 model = "tool"
 max_context_size = 4096
+
+[providers.gem]
+type = "gemini"
+base_url = "MOCK_BASE_URL"
+api_key = "${MOCK_KEY}"
+
+[models."gem/flash"]
+provider = "gem"
+model = "gem-x"
+max_context_size = 1000000
+
+[models."gem/tool"]
+provider = "gem"
+model = "tool"
+max_context_size = 1000000
+
+[models."gem/blocked"]
+provider = "gem"
+model = "safety"
+max_context_size = 1000000
+
+[models."gem/busy"]
+provider = "gem"
+model = "status:429"
+max_context_size = 1000000
 "#
         .to_owned(),
         retries: Some(0),
@@ -362,4 +387,141 @@ async fn errors_take_the_clients_shape() {
         .as_u64()
         .unwrap();
     assert!((5..20).contains(&n), "{n}");
+}
+
+#[tokio::test]
+async fn gemini_behind_both_ingresses() {
+    let app = TestApp::spawn_with(options()).await;
+    let r = app
+        .chat(json!({"model": "gem/flash", "max_tokens": 50, "messages": [
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let sid = session_of(&r);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], " Hello from the");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["prompt_tokens"], 11);
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
+    let sent = app.mock.captured().pop().unwrap();
+    assert_eq!(
+        sent.headers["x-goog-api-key"], UPSTREAM_KEY,
+        "the key goes in a header"
+    );
+    assert!(sent.headers.get("authorization").is_none());
+    assert_eq!(sent.body["model"], "gem-x", "from the URL path");
+    assert_eq!(
+        sent.body["systemInstruction"],
+        json!({"parts": [{"text": "Be brief."}]})
+    );
+    assert_eq!(
+        sent.body["contents"],
+        json!([{"role": "user", "parts": [{"text": "Hello"}]}])
+    );
+    assert_eq!(
+        sent.body["generationConfig"],
+        json!({"maxOutputTokens": 50})
+    );
+    let row = &rows(&app, &sid).await[0];
+    assert_eq!(
+        (
+            row["prompt_tokens"].clone(),
+            row["completion_tokens"].clone()
+        ),
+        (json!(11), json!(3))
+    );
+
+    // Streamed, usage asked: same accounting.
+    let r = app
+        .chat(
+            json!({"model": "gem/flash", "stream": true, "stream_options": {"include_usage": true},
+                     "messages": [{"role": "user", "content": "Hi"}]}),
+        )
+        .await;
+    let sid = session_of(&r);
+    let text = r.text().await.unwrap();
+    let evs = events(&text);
+    let content: String = evs
+        .iter()
+        .filter_map(|(_, v)| v["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, " Hello from the");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let row = &rows(&app, &sid).await[0];
+    assert_eq!(row["completion_tokens"], 3, "{row}");
+    assert_eq!(row["finish_reason"], "stop");
+    assert!(row["error_type"].is_null(), "{row}");
+
+    // Tool round trip: Gemini's call gets an id; the result goes back under the call's name.
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "additionalProperties": false, "properties": {"city": {"type": "string"}}}}}]);
+    let v: Value = app
+        .chat(json!({"model": "gem/tool", "tools": tools, "messages": [{"role": "user", "content": "Weather?"}]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    let call = v["choices"][0]["message"]["tool_calls"][0].clone();
+    assert_eq!(call["function"]["name"], "get_weather");
+    let sent = app.mock.captured().pop().unwrap().body;
+    assert!(
+        sent["tools"][0]["functionDeclarations"][0]["parameters"]
+            .get("additionalProperties")
+            .is_none(),
+        "cleaned for Gemini"
+    );
+    let v: Value = app
+        .chat(json!({"model": "gem/tool", "tools": tools, "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "{\"temp\": 18}"}]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], " Hello from the");
+    let sent = app.mock.captured().pop().unwrap().body;
+    assert_eq!(
+        sent["contents"][1]["parts"][0]["functionCall"]["name"],
+        "get_weather"
+    );
+    assert_eq!(
+        sent["contents"][2]["parts"][0],
+        json!({"functionResponse": {"name": "get_weather", "response": {"temp": 18}}})
+    );
+
+    // A blocked prompt is a 400 that says so; Gemini's own errors keep their status.
+    let r = app
+        .chat(json!({"model": "gem/blocked", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("blocked the prompt (SAFETY)"),
+        "{e}"
+    );
+    let r = app
+        .chat(json!({"model": "gem/busy", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(r.status(), 429);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "resource_exhausted");
+
+    // Anthropic's client on Gemini, streamed.
+    let r = messages(
+        &app,
+        json!({"model": "gem/flash", "max_tokens": 64, "stream": true,
+                                  "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await;
+    let evs = events(&r.text().await.unwrap());
+    let text: String = evs
+        .iter()
+        .filter_map(|(_, v)| v["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(text, " Hello from the");
+    assert_eq!(evs.last().unwrap().0, "message_stop");
 }
