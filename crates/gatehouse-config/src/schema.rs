@@ -255,7 +255,7 @@ impl ProviderType {
     pub fn is_served(self) -> bool {
         matches!(
             self,
-            Self::Openai | Self::Kimi | Self::Anthropic | Self::Gemini
+            Self::Openai | Self::Kimi | Self::Anthropic | Self::Gemini | Self::Ollama
         )
     }
 

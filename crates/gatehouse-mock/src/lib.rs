@@ -21,13 +21,15 @@
 //!
 //! `POST /v1/messages` answers in Anthropic's format with the same directives (errors in its
 //! shape, `x-api-key` required, `max_tokens` required); `POST /v1/models/{m}:generateContent`
-//! and `:streamGenerateContent` in Gemini's (`x-goog-api-key` required; `safety` blocks).
+//! and `:streamGenerateContent` in Gemini's (`x-goog-api-key` required; `safety` blocks);
+//! `POST /api/chat` in Ollama's (NDJSON streams).
 //!
 //! Responses are deterministic (fixed id and timestamp), so a test can compare the bytes a client
 //! gets through the gateway with the bytes the mock sends directly.
 
 mod anthropic;
 mod gemini;
+mod ollama;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -119,6 +121,8 @@ fn app(shared: Arc<Shared>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/models/{*rest}", post(gemini::generate))
+        .route("/api/chat", post(ollama::chat))
+        .route("/v1/api/chat", post(ollama::chat))
         .route("/v1/models", get(models))
         .with_state(shared)
 }

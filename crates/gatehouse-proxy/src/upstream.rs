@@ -156,6 +156,7 @@ impl Upstream {
             // left out and its requests get a clear error.
             let path = match p.kind {
                 gatehouse_config::ProviderType::Anthropic => "messages",
+                gatehouse_config::ProviderType::Ollama => crate::translate::ollama::PATH,
                 _ => "chat/completions",
             };
             if let Ok(chat_url) = reqwest::Url::parse(&format!("{}/{path}", p.base_url)) {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use gatehouse_core::Encoding;
 use gatehouse_proxy::tap::{AnthropicTap, StreamTap, summarize_anthropic, summarize_response};
 use gatehouse_proxy::translate::stream::StreamTranslator;
-use gatehouse_proxy::translate::{Format, anthropic, gemini, openai};
+use gatehouse_proxy::translate::{Format, anthropic, gemini, ollama, openai};
 use serde_json::{Value, json};
 
 const CREATED: i64 = 1_700_000_000;
@@ -145,8 +145,12 @@ fn translate_stream(from: Format, to: Format, input: &[u8], size: usize) -> Stri
 }
 
 fn each_stream(direction: &str, from: Format, to: Format) {
+    each_stream_ext(direction, from, to, "sse");
+}
+
+fn each_stream_ext(direction: &str, from: Format, to: Format, ext: &str) {
     let d = dir("stream", direction);
-    for (case, path) in cases(&d, "sse") {
+    for (case, path) in cases(&d, ext) {
         let input = std::fs::read(&path).unwrap();
         let whole = translate_stream(from, to, &input, input.len());
         for size in [1, 7, 64] {
@@ -158,6 +162,25 @@ fn each_stream(direction: &str, from: Format, to: Format) {
         }
         check(&d, &case, "sse", &whole);
     }
+}
+
+#[test]
+fn requests_openai_to_ollama() {
+    each_json("request", "openai-to-ollama", |_, b| {
+        ollama::request_from_ir(&openai::request_to_ir(b).unwrap())
+    });
+}
+
+#[test]
+fn responses_ollama_to_openai() {
+    each_json("response", "ollama-to-openai", |_, b| {
+        openai::response_from_ir(&ollama::response_to_ir(b).unwrap(), CREATED)
+    });
+}
+
+#[test]
+fn streams_ollama_to_openai() {
+    each_stream_ext("ollama-to-openai", Format::Ollama, Format::OpenAi, "ndjson");
 }
 
 #[test]

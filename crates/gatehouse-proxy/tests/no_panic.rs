@@ -89,6 +89,7 @@ const TRANSLATION_ALPHABET: &[&[u8]] = &[
     b"{\"choices\":[{\"delta\":{\"content\":\"x\",\"reasoning_content\":\"y\"},\"finish_reason\":\"length\"}]}",
     b"{\"candidates\":[{\"content\":{\"parts\":[{\"functionCall\":{\"name\":\"f\",\"args\":7}},{\"text\":\"t\",\"thought\":true}]},\"finishReason\":\"STOP\"}]}",
     b"{\"promptFeedback\":{\"blockReason\":\"SAFETY\"}}",
+    b"{\"message\":{\"content\":\"x\",\"tool_calls\":[{\"function\":{\"arguments\":[]}}]},\"done\":true,\"eval_count\":-1}\n",
     b"{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:x;base64,\"}}]}]}",
     b"{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\",\"content\":[{\"type\":\"tool_use\",\"input\":null}]},{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"content\":5}]}]}",
     b"{\"messages\":[{\"role\":\"tool\"},{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{}}]}],\"tools\":[{}],\"tool_choice\":{}}",
@@ -102,9 +103,14 @@ const TRANSLATION_ALPHABET: &[&[u8]] = &[
 #[test]
 fn translators_never_panic_on_any_input() {
     use gatehouse_proxy::translate::stream::StreamTranslator;
-    use gatehouse_proxy::translate::{Format, anthropic, gemini, openai};
+    use gatehouse_proxy::translate::{Format, anthropic, gemini, ollama, openai};
     let mut rng = Rng(11);
-    let formats = [Format::OpenAi, Format::Anthropic, Format::Gemini];
+    let formats = [
+        Format::OpenAi,
+        Format::Anthropic,
+        Format::Gemini,
+        Format::Ollama,
+    ];
     for _ in 0..3_000 {
         let mut input = Vec::new();
         for _ in 0..rng.below(12) {
@@ -114,6 +120,7 @@ fn translators_never_panic_on_any_input() {
             let _ = (
                 anthropic::request_from_ir(&ir),
                 gemini::request_from_ir(&ir),
+                ollama::request_from_ir(&ir),
             );
         }
         if let Ok(ir) = anthropic::request_to_ir(&input) {
@@ -123,6 +130,7 @@ fn translators_never_panic_on_any_input() {
             openai::response_to_ir(&input),
             anthropic::response_to_ir(&input),
             gemini::response_to_ir(&input),
+            ollama::response_to_ir(&input),
         ]
         .into_iter()
         .flatten()
@@ -136,8 +144,9 @@ fn translators_never_panic_on_any_input() {
             anthropic::error_to_openai(&input),
             anthropic::error_from_openai(500, &input),
             gemini::error_to_openai(&input),
+            ollama::error_to_openai(&input),
         );
-        let from = formats[rng.below(3)];
+        let from = formats[rng.below(4)];
         let to = formats[rng.below(2)];
         let mut t = StreamTranslator::new(from, to, "m", 1, 0);
         let mut pos = 0;

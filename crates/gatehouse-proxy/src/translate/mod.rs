@@ -7,6 +7,7 @@
 pub mod anthropic;
 pub mod gemini;
 pub mod ir;
+pub mod ollama;
 pub mod openai;
 pub mod stream;
 
@@ -19,6 +20,8 @@ pub enum Format {
     Anthropic,
     /// Provider side only.
     Gemini,
+    /// Ollama's native API; provider side only.
+    Ollama,
 }
 
 /// A body that cannot be translated: always the client's fault or the provider's, never a

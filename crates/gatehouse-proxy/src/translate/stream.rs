@@ -1,16 +1,17 @@
-//! A live stream translated chunk by chunk: provider SSE in, client SSE out, nothing buffered
-//! beyond an unfinished event.
+//! A live stream translated chunk by chunk: provider events in, client SSE out, nothing buffered
+//! beyond an unfinished event (an SSE event, or an Ollama JSON line).
 
 use bytes::Bytes;
 
 use super::ir::Event;
-use super::{Format, anthropic, gemini, openai};
-use crate::sse::{Framer, parse_event};
+use super::{Format, anthropic, gemini, ollama, openai};
+use crate::sse::{Framer, MAX_EVENT_BYTES, parse_event};
 
 enum Decoder {
     OpenAi(openai::Decoder),
     Anthropic(anthropic::Decoder),
     Gemini(gemini::Decoder),
+    Ollama(ollama::Decoder),
 }
 
 enum Encoder {
@@ -21,6 +22,8 @@ enum Encoder {
 /// Translates one stream from `from` (the provider's format) to `to` (the client's).
 pub struct StreamTranslator {
     framer: Framer,
+    /// Ollama streams JSON lines, not SSE: the unfinished line.
+    line: Vec<u8>,
     decoder: Decoder,
     encoder: Encoder,
     events: Vec<Event>,
@@ -40,18 +43,20 @@ impl StreamTranslator {
     pub fn new(from: Format, to: Format, model: &str, input_estimate: u64, created: i64) -> Self {
         Self {
             framer: Framer::new(),
+            line: Vec::new(),
             decoder: match from {
                 Format::OpenAi => Decoder::OpenAi(openai::Decoder::default()),
                 Format::Anthropic => Decoder::Anthropic(anthropic::Decoder::default()),
                 Format::Gemini => Decoder::Gemini(gemini::Decoder::default()),
+                Format::Ollama => Decoder::Ollama(ollama::Decoder::default()),
             },
             encoder: match to {
-                // Gemini is never a client format; OpenAI's stands in.
-                Format::OpenAi | Format::Gemini => {
-                    Encoder::OpenAi(openai::Encoder::new(model, created))
-                }
                 Format::Anthropic => {
                     Encoder::Anthropic(anthropic::Encoder::new(model, input_estimate))
+                }
+                // Gemini and Ollama are never client formats; OpenAI's stands in.
+                Format::OpenAi | Format::Gemini | Format::Ollama => {
+                    Encoder::OpenAi(openai::Encoder::new(model, created))
                 }
             },
             events: Vec::new(),
@@ -61,6 +66,21 @@ impl StreamTranslator {
 
     /// The client's bytes for this provider chunk (empty while an event is incomplete).
     pub fn push(&mut self, chunk: &[u8]) -> Bytes {
+        if let Decoder::Ollama(d) = &mut self.decoder {
+            for piece in chunk.split_inclusive(|&b| b == b'\n') {
+                if self.line.len() + piece.len() > MAX_EVENT_BYTES {
+                    // A line that long is not an answer chunk; it is dropped, not held.
+                    self.line.clear();
+                    continue;
+                }
+                self.line.extend_from_slice(piece);
+                if self.line.ends_with(b"\n") {
+                    d.line(self.line.trim_ascii(), &mut self.events);
+                    self.line.clear();
+                }
+            }
+            return self.encode();
+        }
         let (decoder, events, finished) = (&mut self.decoder, &mut self.events, &mut self.finished);
         self.framer.feed(chunk, |raw| {
             let (name, data) = parse_event(raw);
@@ -83,8 +103,13 @@ impl StreamTranslator {
                     }
                     d.event(&data, events);
                 }
+                Decoder::Ollama(_) => {}
             }
         });
+        self.encode()
+    }
+
+    fn encode(&mut self) -> Bytes {
         if self
             .events
             .iter()

@@ -168,7 +168,7 @@ fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, Api
     // Everything below works on OpenAI's format; an Anthropic request is translated once here.
     let redacted_body = match ingress {
         // Gemini is a provider format only.
-        Format::OpenAi | Format::Gemini => client_body.clone(),
+        Format::OpenAi | Format::Gemini | Format::Ollama => client_body.clone(),
         Format::Anthropic => {
             let ir = translate::anthropic::request_to_ir(&client_body)
                 .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.0))?;
@@ -534,10 +534,18 @@ pub(crate) async fn handle(
                     translate::anthropic::error_from_openai(status, &b)
                         .map(|v| Bytes::from(v.to_string()))
                 }
+                (Format::Anthropic, Format::Ollama) => translate::ollama::error_to_openai(&b)
+                    .and_then(|v| {
+                        translate::anthropic::error_from_openai(status, v.to_string().as_bytes())
+                    })
+                    .map(|v| Bytes::from(v.to_string())),
                 (_, Format::Gemini) => {
                     translate::gemini::error_to_openai(&b).map(|v| Bytes::from(v.to_string()))
                 }
-                (Format::Gemini, _) => None,
+                (_, Format::Ollama) => {
+                    translate::ollama::error_to_openai(&b).map(|v| Bytes::from(v.to_string()))
+                }
+                (Format::Gemini | Format::Ollama, _) => None,
             });
             let mut r = match own {
                 Some(b) => json_bytes_response(
@@ -578,7 +586,9 @@ pub(crate) async fn handle(
                 })?
             };
             let summary = Some(match p.ingress {
-                Format::OpenAi | Format::Gemini => summarize_response(&body, route.encoding),
+                Format::OpenAi | Format::Gemini | Format::Ollama => {
+                    summarize_response(&body, route.encoding)
+                }
                 Format::Anthropic => summarize_anthropic(&body, route.encoding),
             });
             let overhead = t0.elapsed().saturating_sub(upstream_wait + prior_wait);
@@ -611,7 +621,7 @@ pub(crate) async fn handle(
             let tap = match p.ingress {
                 // A translated stream always ends with a usage chunk; a client that did not
                 // ask for one does not get it.
-                Format::OpenAi | Format::Gemini => {
+                Format::OpenAi | Format::Gemini | Format::Ollama => {
                     ClientTap::OpenAi(StreamTap::new(if provider_format == Format::OpenAi {
                         injected_usage
                     } else {
@@ -712,6 +722,7 @@ fn provider_format(route: &Route) -> Format {
     match route.provider.kind {
         gatehouse_config::ProviderType::Anthropic => Format::Anthropic,
         gatehouse_config::ProviderType::Gemini => Format::Gemini,
+        gatehouse_config::ProviderType::Ollama => Format::Ollama,
         _ => Format::OpenAi,
     }
 }
@@ -723,6 +734,7 @@ fn translate_request(openai_body: &[u8], to: Format) -> Result<Bytes, ApiError> 
     let v = match to {
         Format::Anthropic => translate::anthropic::request_from_ir(&ir),
         Format::Gemini => translate::gemini::request_from_ir(&ir),
+        Format::Ollama => translate::ollama::request_from_ir(&ir),
         Format::OpenAi => translate::openai::request_from_ir(&ir),
     };
     Ok(Bytes::from(v.to_string()))
@@ -806,9 +818,10 @@ fn translate_response(
         Format::OpenAi => translate::openai::response_to_ir(body)?,
         Format::Anthropic => translate::anthropic::response_to_ir(body)?,
         Format::Gemini => translate::gemini::response_to_ir(body)?,
+        Format::Ollama => translate::ollama::response_to_ir(body)?,
     };
     let v = match to {
-        Format::OpenAi | Format::Gemini => {
+        Format::OpenAi | Format::Gemini | Format::Ollama => {
             translate::openai::response_from_ir(&ir, now_ms() / 1000)
         }
         Format::Anthropic => translate::anthropic::response_from_ir(&ir),

@@ -58,6 +58,25 @@ max_context_size = 1000000
 provider = "gem"
 model = "status:429"
 max_context_size = 1000000
+
+[providers.ol]
+type = "ollama"
+base_url = "MOCK_BASE_URL"
+
+[models."ol/llama"]
+provider = "ol"
+model = "llama-x"
+max_context_size = 131072
+
+[models."ol/tool"]
+provider = "ol"
+model = "tool"
+max_context_size = 131072
+
+[models."ol/missing"]
+provider = "ol"
+model = "status:404"
+max_context_size = 131072
 "#
         .to_owned(),
         retries: Some(0),
@@ -524,4 +543,97 @@ async fn gemini_behind_both_ingresses() {
         .collect();
     assert_eq!(text, " Hello from the");
     assert_eq!(evs.last().unwrap().0, "message_stop");
+}
+
+#[tokio::test]
+async fn ollama_native_chat_and_ndjson_streams() {
+    let app = TestApp::spawn_with(options()).await;
+    let r = app
+        .chat(
+            json!({"model": "ol/llama", "max_tokens": 20, "temperature": 0.1, "messages": [
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let sid = session_of(&r);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], " Hello from the");
+    assert_eq!(v["usage"]["prompt_tokens"], 11);
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    let sent = app.mock.captured().pop().unwrap();
+    assert!(sent.headers.get("authorization").is_none(), "keyless");
+    assert_eq!(
+        sent.body,
+        json!({"model": "llama-x", "stream": false, "options": {"num_predict": 20, "temperature": 0.1},
+               "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]})
+    );
+    let row = &rows(&app, &sid).await[0];
+    assert_eq!(row["prompt_tokens"], 11);
+
+    // NDJSON stream → OpenAI SSE, and Anthropic's events for the other ingress.
+    let r = app
+        .chat(json!({"model": "ol/llama", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}))
+        .await;
+    let sid = session_of(&r);
+    let text = r.text().await.unwrap();
+    let content: String = events(&text)
+        .iter()
+        .filter_map(|(_, v)| v["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, " Hello from the");
+    assert!(!text.contains("usage"), "not asked for");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    let row = &rows(&app, &sid).await[0];
+    assert_eq!(row["completion_tokens"], 3, "{row}");
+    assert!(row["error_type"].is_null(), "{row}");
+    let r = messages(&app, json!({"model": "ol/llama", "max_tokens": 9, "stream": true, "messages": [{"role": "user", "content": "Hi"}]})).await;
+    let evs = events(&r.text().await.unwrap());
+    assert_eq!(evs.last().unwrap().0, "message_stop");
+    assert_eq!(
+        evs.iter().find(|(n, _)| n == "message_delta").unwrap().1["usage"]["output_tokens"],
+        3
+    );
+
+    // Tools: Ollama's call (arguments as an object) becomes an OpenAI call; the result goes back
+    // as a `tool` message naming the function.
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    let v: Value = app
+        .chat(json!({"model": "ol/tool", "tools": tools, "messages": [{"role": "user", "content": "Weather?"}]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let call = v["choices"][0]["message"]["tool_calls"][0].clone();
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(
+        serde_json::from_str::<Value>(call["function"]["arguments"].as_str().unwrap()).unwrap(),
+        json!({"city": "Paris"})
+    );
+    let v: Value = app
+        .chat(json!({"model": "ol/tool", "tools": tools, "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "18 °C"}]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], " Hello from the");
+    let sent = app.mock.captured().pop().unwrap().body;
+    assert_eq!(
+        sent["messages"][1]["tool_calls"][0]["function"]["arguments"],
+        json!({"city": "Paris"})
+    );
+    assert_eq!(
+        sent["messages"][2],
+        json!({"role": "tool", "content": "18 °C", "tool_name": "get_weather"})
+    );
+
+    // Ollama's error body (`{"error": "text"}`), in the client's shape.
+    let r = app
+        .chat(json!({"model": "ol/missing", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["message"], "mock: scripted status 404");
 }
