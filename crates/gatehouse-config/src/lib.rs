@@ -14,9 +14,9 @@ mod secret;
 
 pub use load::{CATALOGUE_TOML, ConfigError, Env, Issue, Overrides, check_file, load};
 pub use schema::{
-    CircuitBreaker, CompactionAuto, CompactionConfig, CompactionStrategy, Config, DashboardConfig,
-    HeavyDuty, LogWatcherConfig, ModelConfig, ProviderConfig, ProviderType, ProxyConfig,
-    RedactionConfig, RedactionMode, SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig,
-    Timeouts, WhenNone,
+    AutoRoute, AutoWeights, CircuitBreaker, CompactionAuto, CompactionConfig, CompactionStrategy,
+    Config, DashboardConfig, Deployment, HeavyDuty, LogWatcherConfig, ModelConfig, ProviderConfig,
+    ProviderType, ProxyConfig, RedactionConfig, RedactionMode, SanitizerConfig, ServerConfig,
+    SessionsConfig, StorageConfig, Timeouts, WhenNone,
 };
 pub use secret::Secret;

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
 use crate::schema::{
-    CompactionConfig, Config, DashboardConfig, LogWatcherConfig, ModelConfig, ModelRaw,
+    AutoRoute, CompactionConfig, Config, DashboardConfig, LogWatcherConfig, ModelConfig, ModelRaw,
     ProviderConfig, ProviderRaw, ProxyConfig, ProxyRaw, RedactionConfig, SanitizerConfig,
     ServerConfig, SessionsConfig, StorageConfig, TimeoutOverrides, Timeouts,
 };
@@ -31,6 +31,7 @@ const SECTIONS: &[&str] = &[
     "proxy",
     "providers",
     "models",
+    "auto",
 ];
 const ENV_PREFIX: &str = "GATEHOUSE_";
 
@@ -445,10 +446,51 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 encoding,
                 pricing: raw.pricing,
                 fallbacks: raw.fallbacks,
+                deployments: raw.deployments,
+                weight: raw.weight.unwrap_or(1.0),
             },
         );
     }
+    let mut auto = BTreeMap::new();
+    for (name, value) in entries(&root, "auto", &mut issues) {
+        let path = format!("auto.{}", quote_key(&name));
+        if let Some(a) = typed::<AutoRoute>(value, &path, &mut issues) {
+            for (i, c) in a.candidates.iter().enumerate() {
+                if !models.contains_key(c) {
+                    issues.push(issue(
+                        &format!("{path}.candidates[{i}]"),
+                        &format!("`{c}` is not a configured model"),
+                        Some(&suggest(c, models.keys().map(String::as_str))),
+                    ));
+                }
+            }
+            if a.candidates.is_empty() {
+                issues.push(issue(
+                    &format!("{path}.candidates"),
+                    "must name at least one model",
+                    Some("e.g. [\"groq/qwen3-32b\", \"cerebras/qwen3-235b\"]"),
+                ));
+            }
+            auto.insert(name, a);
+        }
+    }
     for (key, m) in &models {
+        for (i, d) in m.deployments.iter().enumerate() {
+            if d.model == *key
+                || !models.contains_key(&d.model)
+                || !(d.weight.is_finite() && d.weight > 0.0)
+            {
+                issues.push(issue(
+                    &format!("models.{}.deployments[{i}]", quote_key(key)),
+                    &if d.model == *key || !models.contains_key(&d.model) {
+                        format!("`{}` is not another configured model", d.model)
+                    } else {
+                        "`weight` must be a positive number".to_owned()
+                    },
+                    Some("a deployment is another model key serving the same model (another key or base URL)"),
+                ));
+            }
+        }
         for (i, f) in m.fallbacks.iter().enumerate() {
             if f == key || !models.contains_key(f) {
                 issues.push(issue(
@@ -512,6 +554,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             },
             providers,
             models,
+            auto,
         }),
         _ => Err(issues),
     }

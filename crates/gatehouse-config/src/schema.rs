@@ -23,6 +23,51 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: BTreeMap<String, ModelConfig>,
+    /// Smart-routing virtual models, by name: `auto/<name>`.
+    pub auto: BTreeMap<String, AutoRoute>,
+}
+
+/// A virtual model `auto/<name>`: each request goes to the best-scoring candidate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoRoute {
+    pub candidates: Vec<String>,
+    #[serde(default)]
+    pub weights: AutoWeights,
+}
+
+/// How much each criterion counts (they are normalised to sum to 1).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoWeights {
+    pub headroom: f64,
+    pub cost: f64,
+    pub latency: f64,
+    pub margin: f64,
+}
+
+impl Default for AutoWeights {
+    fn default() -> Self {
+        Self {
+            headroom: 0.4,
+            cost: 0.3,
+            latency: 0.2,
+            margin: 0.1,
+        }
+    }
+}
+
+/// Another deployment of a model (another key or base URL), balanced with it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    pub model: String,
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -327,6 +372,10 @@ pub(crate) struct ModelRaw {
     pub pricing: Option<Pricing>,
     #[serde(default)]
     pub fallbacks: Vec<String>,
+    #[serde(default)]
+    pub deployments: Vec<Deployment>,
+    #[serde(default)]
+    pub weight: Option<f64>,
 }
 
 /// One model a client may ask for.
@@ -342,4 +391,8 @@ pub struct ModelConfig {
     pub pricing: Option<Pricing>,
     /// Model keys tried in order when this one fails before answering.
     pub fallbacks: Vec<String>,
+    /// Other deployments of the same model; requests are balanced across all of them.
+    pub deployments: Vec<Deployment>,
+    /// This deployment's share in the balance (1 unless set).
+    pub weight: f64,
 }

@@ -12,6 +12,7 @@ pub mod headers;
 pub mod ratelimit;
 pub mod rewrite;
 pub mod route;
+pub mod select;
 pub mod sse;
 pub mod tap;
 pub mod translate;

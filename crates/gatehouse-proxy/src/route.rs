@@ -23,6 +23,47 @@ pub struct Route {
     pub provider: Arc<ProviderConfig>,
     /// Model keys tried in order when this route fails before answering.
     pub fallbacks: Vec<String>,
+    /// Other deployments of this model, with their weights; this one's is `weight`.
+    pub deployments: Vec<(String, f64)>,
+    pub weight: f64,
+    /// Time to first byte, exponentially weighted (ms, as f64 bits; 0 until measured).
+    pub latency: LatencyEwma,
+}
+
+/// An exponentially weighted moving average of a route's time to first byte.
+#[derive(Debug, Default)]
+pub struct LatencyEwma(std::sync::atomic::AtomicU64);
+
+impl LatencyEwma {
+    /// Weight of the newest sample.
+    const ALPHA: f64 = 0.3;
+
+    pub fn observe(&self, d: std::time::Duration) {
+        use std::sync::atomic::Ordering;
+        let x = d.as_secs_f64() * 1000.0;
+        // A lost update under contention only drops one sample.
+        let old = f64::from_bits(self.0.load(Ordering::Relaxed));
+        let new = if old == 0.0 {
+            x
+        } else {
+            Self::ALPHA * x + (1.0 - Self::ALPHA) * old
+        };
+        self.0.store(new.max(0.001).to_bits(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds, or `None` before the first sample.
+    pub fn ms(&self) -> Option<f64> {
+        let v = f64::from_bits(self.0.load(std::sync::atomic::Ordering::Relaxed));
+        (v > 0.0).then_some(v)
+    }
+}
+
+impl Clone for LatencyEwma {
+    fn clone(&self) -> Self {
+        Self(std::sync::atomic::AtomicU64::new(
+            self.0.load(std::sync::atomic::Ordering::Relaxed),
+        ))
+    }
 }
 
 /// Window assumed for `provider/model` requests the catalogue does not describe.
@@ -32,6 +73,7 @@ const UNLISTED_MODEL_WINDOW: u64 = 131_072;
 #[derive(Debug)]
 pub struct Router {
     models: BTreeMap<String, Arc<Route>>,
+    auto: BTreeMap<String, gatehouse_config::AutoRoute>,
     providers: BTreeMap<String, Arc<ProviderConfig>>,
     /// Providers whose base URL is this gateway's own listen address.
     looping: HashSet<String>,
@@ -69,12 +111,20 @@ impl Router {
                         pricing: m.pricing,
                         provider,
                         fallbacks: m.fallbacks.clone(),
+                        deployments: m
+                            .deployments
+                            .iter()
+                            .map(|d| (d.model.clone(), d.weight))
+                            .collect(),
+                        weight: m.weight,
+                        latency: LatencyEwma::default(),
                     }),
                 ))
             })
             .collect();
         Self {
             models,
+            auto: config.auto.clone(),
             providers,
             looping,
         }
@@ -140,6 +190,9 @@ impl Router {
                 pricing: None,
                 provider: provider.clone(),
                 fallbacks: Vec::new(),
+                deployments: Vec::new(),
+                weight: 1.0,
+                latency: LatencyEwma::default(),
             }));
         }
         Err(ApiError::new(
@@ -188,6 +241,12 @@ impl Router {
             })
             .min_by_key(|r| r.max_context)
             .and_then(|r| self.resolve(&r.model_key).ok())
+    }
+
+    /// The smart-routing definition of `auto/<name>`, if `requested` is one.
+    pub fn auto(&self, requested: &str) -> Option<(&str, &gatehouse_config::AutoRoute)> {
+        let name = requested.strip_prefix("auto/")?;
+        self.auto.get_key_value(name).map(|(k, a)| (k.as_str(), a))
     }
 
     pub fn models(&self) -> impl Iterator<Item = &Route> {

@@ -126,6 +126,7 @@ pub struct Upstream {
     endpoints: HashMap<String, Endpoint>,
     pub breakers: crate::breaker::Breakers,
     pub rate_limits: crate::ratelimit::RateLimits,
+    pub dice: crate::select::Dice,
     retries: u32,
     backoff: Duration,
     hop_id: HeaderValue,
@@ -174,6 +175,7 @@ impl Upstream {
         Ok(Self {
             endpoints,
             breakers: crate::breaker::Breakers::new(config.proxy.circuit_breaker),
+            dice: crate::select::Dice::default(),
             rate_limits: crate::ratelimit::RateLimits::new(
                 config
                     .providers

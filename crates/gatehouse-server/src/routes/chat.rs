@@ -102,6 +102,11 @@ struct Prepared {
     client_wants_usage: bool,
     /// Compaction replaced the history.
     compacted: bool,
+    /// How the route was chosen, when there was a choice (balancing, smart routing).
+    select_note: Option<String>,
+    /// The model the session is kept under: what the client asked for (`auto/coding`, the
+    /// primary of balanced deployments), not the deployment a request went to.
+    session_model: String,
     /// Where the model name is spliced, when the provider's name differs.
     model_span: Option<std::ops::Range<usize>>,
     upstream_body: Bytes,
@@ -163,6 +168,48 @@ fn parse(body: &Bytes) -> Result<ChatRequestView<'_>, ApiError> {
     })
 }
 
+/// The route of a request: a smart-routing choice for `auto/<name>`, a balanced deployment for a
+/// model that has several, or the model itself; with the account of the choice and the model
+/// key its session is kept under.
+fn select_route(
+    st: &AppState,
+    view: &ChatRequestView<'_>,
+) -> Result<(Arc<Route>, Option<String>, String), ApiError> {
+    if let Some((name, auto)) = st.router.auto(&view.model) {
+        // Count with the first candidate's vocabulary; candidates differ by a few percent.
+        let enc = auto
+            .candidates
+            .first()
+            .and_then(|k| st.router.resolve(k).ok())
+            .map_or(gatehouse_core::Encoding::Cl100k, |r| r.encoding);
+        let tokens = st.counter.count_prompt(enc, view).tokens;
+        let (route, note) = gatehouse_proxy::select::choose_auto(
+            &st.router,
+            &st.upstream,
+            name,
+            auto,
+            tokens,
+            view.max_tokens,
+        )?;
+        return Ok((route, Some(note), view.model.to_string()));
+    }
+    let primary = st.router.resolve(&view.model)?;
+    let route =
+        gatehouse_proxy::select::balance(&st.router, &st.upstream, &st.upstream.dice, &primary);
+    let note = (!primary.deployments.is_empty()).then(|| {
+        format!(
+            "balanced across {} deployments: `{}` ({})",
+            primary.deployments.len() + 1,
+            route.model_key,
+            route.latency.ms().map_or_else(
+                || "latency not measured yet".to_owned(),
+                |ms| format!("{ms:.0} ms EWMA")
+            )
+        )
+    });
+    Ok((route, note, primary.model_key.clone()))
+}
+
 fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, ApiError> {
     let (client_body, redacted) = redact(st, body)?;
     // Everything below works on OpenAI's format; an Anthropic request is translated once here.
@@ -176,7 +223,7 @@ fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, Api
         }
     };
     let first = parse(&redacted_body)?;
-    let route = st.router.resolve(&first.model)?;
+    let (route, select_note, session_model) = select_route(st, &first)?;
     // Masking rewrites whole messages; the rewritten body is parsed again (and only then).
     let masked_body;
     let (body, view, masked) = match mask(st, &redacted_body, &first, route.encoding) {
@@ -199,6 +246,8 @@ fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, Api
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
         compacted: false,
+        select_note,
+        session_model,
         model_span: parts.model_span,
         upstream_body: parts.upstream_body,
         injected_usage: parts.injected_usage,
@@ -313,7 +362,7 @@ pub(crate) async fn handle(
         .sessions
         .resolve(
             explicit,
-            &p.route.model_key,
+            &p.session_model,
             &p.route.provider_key,
             p.session_name.as_deref(),
         )
@@ -324,7 +373,7 @@ pub(crate) async fn handle(
     let mut p = p;
     compacting::compaction(st, &mut p, &session.id, request_id).await?;
     let heavy_duty = heavy_duty(st, &mut p)?;
-    if let Some(note) = &heavy_duty {
+    for note in p.select_note.iter().chain(&heavy_duty) {
         emit(&*st.bus, || Event::Routing {
             request_id: request_id.as_str().to_owned(),
             session_id: session.id.clone(),
@@ -426,7 +475,9 @@ pub(crate) async fn handle(
             .send(&p.route, plain, headers, request_id.as_str(), p.stream)
             .await;
     }
-    let mut notes: Vec<String> = heavy_duty.into_iter().collect();
+    let mut notes: Vec<String> = p.select_note.take().into_iter().chain(heavy_duty).collect();
+    // Retries are worth a note of their own only when nothing else explains the attempts.
+    let mut explained = prior_attempts > 0;
     if prior_attempts > 0 {
         notes.push(format!(
             "`{}` refused `stream_options`; resent without it and stopped asking this provider",
@@ -476,6 +527,7 @@ pub(crate) async fn handle(
                 reason: note.clone(),
             });
             notes.push(note);
+            explained = true;
             outcome = st
                 .upstream
                 .send(&next, body, headers, request_id.as_str(), p.stream)
@@ -490,12 +542,18 @@ pub(crate) async fn handle(
     }
     let provider_format = self::provider_format(&route);
     draft.route = route.clone();
+    // What the next balancing and smart-routing choices know of this route.
+    match &outcome {
+        Ok(Outcome::Complete { ttfb, .. }) => route.latency.observe(*ttfb),
+        Ok(Outcome::Stream { upstream_wait, .. }) => route.latency.observe(*upstream_wait),
+        Err(_) => {}
+    }
 
     let attempts = match &outcome {
         Err(f) => f.attempts,
         Ok(Outcome::Complete { attempts, .. } | Outcome::Stream { attempts, .. }) => *attempts,
     } + prior_attempts;
-    if attempts > 1 && notes.iter().all(|n| n.starts_with("heavy-duty")) {
+    if attempts > 1 && !explained {
         notes.push(format!("{} retries before the first byte", attempts - 1));
         emit(&*st.bus, || Event::Routing {
             request_id: request_id.as_str().to_owned(),

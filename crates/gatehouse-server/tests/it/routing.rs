@@ -364,3 +364,122 @@ async fn heavy_duty_moves_a_full_prompt_to_the_smallest_larger_model() {
         "{e}"
     );
 }
+
+fn balanced_and_auto() -> Options {
+    Options {
+        extra_toml: r#"
+[providers.mock2]
+type = "openai"
+base_url = "MOCK_BASE_URL"
+api_key = "${MOCK_KEY}"
+
+[models."lb/main"]
+provider = "mock"
+model = "chunks:1+delay:80"
+max_context_size = 4096
+deployments = [{ model = "lb/second" }]
+
+[models."lb/second"]
+provider = "mock2"
+model = "chunks:2"
+max_context_size = 4096
+
+[models."sr/cheap"]
+provider = "mock"
+model = "cheap"
+max_context_size = 100000
+pricing = { input = 1.0, output = 1.0 }
+
+[models."sr/pricey"]
+provider = "mock2"
+model = "pricey"
+max_context_size = 100000
+pricing = { input = 10.0, output = 30.0 }
+
+[models."sr/small"]
+provider = "mock"
+model = "small"
+max_context_size = 8
+
+[auto.coding]
+candidates = ["sr/small", "sr/pricey", "sr/cheap"]
+"#
+        .to_owned(),
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn deployments_are_balanced_towards_the_faster_one_in_one_session() {
+    let app = TestApp::spawn_with(balanced_and_auto()).await;
+    let mut session = None;
+    for _ in 0..40 {
+        let r = app.chat(user("lb/main", "x")).await;
+        assert_eq!(r.status(), 200);
+        let sid = session_of(&r);
+        assert_eq!(
+            *session.get_or_insert(sid.clone()),
+            sid,
+            "one session for the model"
+        );
+        r.bytes().await.unwrap();
+    }
+    let models = upstream_models(&app);
+    let fast = models.iter().filter(|m| *m == "chunks:2").count();
+    let slow = models.len() - fast;
+    assert!(slow >= 1, "both deployments were tried");
+    assert!(
+        fast >= 30,
+        "latency-aware: the 80 ms deployment gets little ({fast} fast, {slow} slow)"
+    );
+    let sid = session.unwrap();
+    let row = &rows(&app, &sid).await[0];
+    assert!(
+        row["routing"]
+            .as_str()
+            .unwrap()
+            .starts_with("balanced across 2 deployments"),
+        "{row}"
+    );
+    let s = app.get_json(&format!("/api/sessions/{sid}")).await;
+    assert_eq!(s["session"]["model_key"], "lb/main");
+}
+
+#[tokio::test]
+async fn auto_models_score_their_candidates_and_say_why() {
+    let app = TestApp::spawn_with(balanced_and_auto()).await;
+    let r = app
+        .chat(user("auto/coding", "Refactor this function, please."))
+        .await;
+    assert_eq!(r.status(), 200);
+    let sid = session_of(&r);
+    r.bytes().await.unwrap();
+    assert_eq!(
+        upstream_models(&app),
+        ["cheap"],
+        "same headroom, a tenth of the price"
+    );
+    let row = &rows(&app, &sid).await[0];
+    assert_eq!(row["model_key"], "sr/cheap");
+    let note = row["routing"].as_str().unwrap();
+    assert!(
+        note.starts_with("auto/coding chose `sr/cheap`: sr/cheap "),
+        "{note}"
+    );
+    assert!(note.contains("sr/pricey"), "{note}");
+    assert!(
+        note.contains("skipped sr/small: window too small"),
+        "{note}"
+    );
+    let s = app.get_json(&format!("/api/sessions/{sid}")).await;
+    assert_eq!(
+        s["session"]["model_key"], "auto/coding",
+        "the session keeps the virtual model"
+    );
+    let r = app.chat(user("auto/nothing", "x")).await;
+    assert_eq!(
+        r.status(),
+        404,
+        "an undefined auto model is an unknown model"
+    );
+}

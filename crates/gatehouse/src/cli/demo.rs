@@ -95,6 +95,8 @@ pub fn add_to_config(config: &mut Config, base_url: &str) {
                     cached_input: None,
                 }),
                 fallbacks: Vec::new(),
+                deployments: Vec::new(),
+                weight: 1.0,
             },
         );
     }
