@@ -85,13 +85,21 @@ impl SqliteStore {
             // last commits, which is the usual trade for a local metrics store.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5));
+        // Migrations run on a connection of their own, closed before the working pool opens:
+        // a pooled connection opened during a migration keeps the old schema until it next
+        // reads, and a statement it prepares meanwhile (`SELECT *` after an `ADD COLUMN`) would
+        // come back with more columns than sqlx was told of.
+        let once = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        Self { pool: once.clone() }.migrate().await?;
+        once.close().await;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
             .await?;
-        let store = Self { pool };
-        store.migrate().await?;
-        Ok(store)
+        Ok(Self { pool })
     }
 
     async fn migrate(&self) -> StoreResult<()> {
