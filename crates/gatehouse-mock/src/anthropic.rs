@@ -10,7 +10,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use crate::{CACHED_TOKENS, PROMPT_TOKENS, Shared, json_response, piece, script, start};
+use crate::{
+    CACHED_TOKENS, PROMPT_TOKENS, Shared, json_response, piece, script, scripted_error, start,
+};
 
 fn error(status: StatusCode, kind: &str, message: &str) -> Response {
     json_response(
@@ -70,14 +72,18 @@ pub(crate) async fn messages(
             529 => "overloaded_error",
             _ => "api_error",
         };
-        return error(status, kind, &format!("mock: scripted status {code}"));
+        return scripted_error(
+            &s,
+            error(status, kind, &format!("mock: scripted status {code}")),
+        );
     }
     if attempt <= s.fail {
-        return error(
+        let e = error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "api_error",
             &format!("mock: scripted failure {attempt} of {}", s.fail),
         );
+        return scripted_error(&s, e);
     }
     // `tool`: call the request's first tool, unless the conversation already holds a result.
     let last_is_result = req["messages"]

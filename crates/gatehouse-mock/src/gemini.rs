@@ -4,13 +4,16 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use crate::{CACHED_TOKENS, PROMPT_TOKENS, Shared, json_response, piece, script, start};
+use crate::{
+    CACHED_TOKENS, PROMPT_TOKENS, Script, Shared, json_response, piece, script, scripted_error,
+    scripted_stream, start,
+};
 
 fn error(status: StatusCode, kind: &str, message: &str) -> Response {
     json_response(
@@ -67,13 +70,19 @@ pub(crate) async fn generate(
             400 => "INVALID_ARGUMENT",
             _ => "INTERNAL",
         };
-        return error(status, kind, &format!("mock: scripted status {code}"));
+        return scripted_error(
+            &s,
+            error(status, kind, &format!("mock: scripted status {code}")),
+        );
     }
     if attempt <= s.fail {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL",
-            "mock: scripted failure",
+        return scripted_error(
+            &s,
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "mock: scripted failure",
+            ),
         );
     }
     let blocked = model.split('+').any(|d| d == "safety");
@@ -105,7 +114,7 @@ pub(crate) async fn generate(
         if !stream {
             return json_response(StatusCode::OK, &v);
         }
-        return sse(vec![v]);
+        return sse(vec![v], &s, attempt);
     }
     let call_part =
         |name: &str| json!([{"functionCall": {"name": name, "args": {"city": "Paris"}}}]);
@@ -133,19 +142,13 @@ pub(crate) async fn generate(
             })
             .collect(),
     };
-    sse(events)
+    sse(events, &s, attempt)
 }
 
-fn sse(events: Vec<Value>) -> Response {
-    let body = futures_util::stream::iter(
-        events
-            .into_iter()
-            .map(|v| Ok::<Bytes, std::io::Error>(Bytes::from(format!("data: {v}\r\n\r\n")))),
-    );
-    let mut r = Response::new(Body::from_stream(body));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/event-stream"),
-    );
-    r
+fn sse(events: Vec<Value>, s: &Script, attempt: u32) -> Response {
+    let events = events
+        .into_iter()
+        .map(|v| Bytes::from(format!("data: {v}\r\n\r\n")))
+        .collect();
+    scripted_stream(events, s, attempt, "text/event-stream")
 }

@@ -18,6 +18,7 @@
 //! | `usagelast` | streams: put usage in the finish chunk, asked or not (Mistral's way) |
 //! | `nostreamopts` | answer 422 to a body with `stream_options` (Mistral's way) |
 //! | `tool` | call the request's first tool (`{"city": "Paris"}`), unless the last message is a tool result |
+//! | `retryafter:S` | error answers carry `Retry-After: S` |
 //!
 //! `POST /v1/messages` answers in Anthropic's format with the same directives (errors in its
 //! shape, `x-api-key` required, `max_tokens` required); `POST /v1/models/{m}:generateContent`
@@ -146,6 +147,7 @@ pub(crate) struct Script {
     usage_last: bool,
     no_stream_opts: bool,
     tool: bool,
+    retry_after: Option<u64>,
 }
 
 pub(crate) fn script(model: &str) -> Script {
@@ -170,6 +172,7 @@ pub(crate) fn script(model: &str) -> Script {
             "usagelast" => s.usage_last = true,
             "nostreamopts" => s.no_stream_opts = true,
             "tool" => s.tool = true,
+            "retryafter" => s.retry_after = Some(n),
             _ => {}
         }
     }
@@ -230,15 +233,21 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     }
     if let Some(code) = s.status {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return json_response(
-            status,
-            &json!({"error": {"message": format!("mock: scripted status {code}"), "type": "mock_error", "code": "scripted"}}),
+        return scripted_error(
+            &s,
+            json_response(
+                status,
+                &json!({"error": {"message": format!("mock: scripted status {code}"), "type": "mock_error", "code": "scripted"}}),
+            ),
         );
     }
     if attempt <= s.fail {
-        return json_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &json!({"error": {"message": format!("mock: scripted failure {attempt} of {}", s.fail), "type": "server_error", "code": null}}),
+        return scripted_error(
+            &s,
+            json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"error": {"message": format!("mock: scripted failure {attempt} of {}", s.fail), "type": "server_error", "code": null}}),
+            ),
         );
     }
     let last_is_result = req["messages"]
@@ -307,6 +316,56 @@ fn tool_call(model: &str, name: &str, stream: bool, include_usage: bool) -> Resp
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}
+
+/// An error answer with `Retry-After` when the script asks for it.
+pub(crate) fn scripted_error(s: &Script, mut r: Response) -> Response {
+    if let Some(secs) = s.retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    }
+    r
+}
+
+/// A stream of pre-built events with the script's faults: `empty` (close at once), `silent`
+/// (never send), `cut:N` (break after N events), `gap`/`delay` between events.
+pub(crate) fn scripted_stream(
+    events: Vec<Bytes>,
+    s: &Script,
+    attempt: u32,
+    content_type: &'static str,
+) -> Response {
+    let (empty, silent) = (attempt <= s.empty, attempt <= s.silent);
+    let (gap, delay, cut) = (s.gap, s.delay, s.cut);
+    let body = futures_util::stream::unfold(0usize, move |i| {
+        let ev = events.get(i).cloned();
+        async move {
+            if empty {
+                return None;
+            }
+            if silent {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return None;
+            }
+            let ev = ev?;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if !gap.is_zero() && i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            if cut == Some(i) {
+                return Some((Err(std::io::Error::other("mock: scripted cut")), i + 1));
+            }
+            Some((Ok::<Bytes, std::io::Error>(ev), i + 1))
+        }
+    });
+    let mut r = Response::new(Body::from_stream(body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
     );
     r
 }

@@ -3,13 +3,15 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use crate::{PROMPT_TOKENS, Shared, json_response, piece, script, start};
+use crate::{
+    PROMPT_TOKENS, Shared, json_response, piece, script, scripted_error, scripted_stream, start,
+};
 
 pub(crate) async fn chat(
     State(shared): State<Arc<Shared>>,
@@ -29,16 +31,12 @@ pub(crate) async fn chat(
     let attempt = start(&shared, &headers, &req, &s).await;
     if let Some(code) = s.status {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return json_response(
-            status,
-            &json!({"error": format!("mock: scripted status {code}")}),
-        );
+        let body = json!({"error": format!("mock: scripted status {code}")});
+        return scripted_error(&s, json_response(status, &body));
     }
     if attempt <= s.fail {
-        return json_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &json!({"error": "mock: scripted failure"}),
-        );
+        let body = json!({"error": "mock: scripted failure"});
+        return scripted_error(&s, json_response(StatusCode::INTERNAL_SERVER_ERROR, &body));
     }
     let last_is_result = req["messages"]
         .as_array()
@@ -80,15 +78,9 @@ pub(crate) async fn chat(
             lines.push(end("stop", n));
         }
     }
-    let body = futures_util::stream::iter(
-        lines
-            .into_iter()
-            .map(|v| Ok::<Bytes, std::io::Error>(Bytes::from(format!("{v}\n")))),
-    );
-    let mut r = Response::new(Body::from_stream(body));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/x-ndjson"),
-    );
-    r
+    let lines = lines
+        .into_iter()
+        .map(|v| Bytes::from(format!("{v}\n")))
+        .collect();
+    scripted_stream(lines, &s, attempt, "application/x-ndjson")
 }

@@ -10,6 +10,7 @@ mod support;
 mod compaction;
 mod errors;
 mod export;
+mod faults;
 mod live;
 mod memory;
 mod proxy;
