@@ -220,6 +220,25 @@ fn streams_and_whole_answers_account_alike() {
         );
         assert!(a.abs_diff(b) <= 2 + b / 10, "{case}: {a} vs {b}");
     }
+    for (direction, case) in [
+        ("gemini-to-openai", "text"),
+        ("gemini-to-openai", "parallel_calls"),
+        ("ollama-to-openai", "text"),
+        ("ollama-to-openai", "tool_calls"),
+    ] {
+        let sse = std::fs::read(dir("stream", direction).join(format!("{case}.out.sse"))).unwrap();
+        let mut tap = StreamTap::new(false);
+        tap.process(bytes::Bytes::from(sse));
+        let streamed = tap.summary(enc);
+        let body =
+            std::fs::read(dir("response", direction).join(format!("{case}.out.json"))).unwrap();
+        let whole = summarize_response(&body, enc);
+        assert_eq!(streamed.usage, whole.usage, "{direction}/{case}");
+        assert_eq!(
+            streamed.finish_reason, whole.finish_reason,
+            "{direction}/{case}"
+        );
+    }
     for case in ["text", "parallel_tools"] {
         let sse =
             std::fs::read(dir("stream", "openai-to-anthropic").join(format!("{case}.out.sse")))

@@ -55,6 +55,11 @@ api_key = "${{MOCK_KEY}}"
 [providers.ol]
 type = "ollama"
 base_url = "MOCK_BASE_URL"
+
+[models."gem/stall"]
+provider = "gem"
+model = "chunks:3+gap:1500"
+max_context_size = 4096
 "#
     );
     for p in PROVIDERS {
@@ -140,6 +145,12 @@ async fn each_fault_on_each_kind_of_upstream() {
         );
         assert_eq!(row["error_type"], "stream_interrupted", "{p}: {row}");
     }
+    // A stream that stalls mid-way (no byte for longer than the idle timeout, 1 s here).
+    let (status, body, row) = last_row(&app, app.chat(streaming("gem/stall", "x")).await).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("no data for 1.0 s"), "{body}");
+    assert_eq!(row["error_type"], "stream_interrupted", "{row}");
+
     // Anthropic's client sees the cut in its own format.
     let r = app
         .http
