@@ -149,6 +149,10 @@ function onMessage(m) {
       break;
     case "routing":
       addNote(m.request_id, m.reason);
+      // A fallback may mean a breaker changed state: refresh the providers list.
+      if (/fell back|skipped/.test(m.reason)) {
+        api("GET", "/api/providers").then((p) => { state.providers = p.providers; renderProviders(); }).catch(() => {});
+      }
       break;
     case "metric":
       onMetric(m);
@@ -422,8 +426,9 @@ function renderModels() {
 
 function renderProviders() {
   $("providers").replaceChildren(...state.providers.map((p) => {
-    const status = p.demo ? "demo (simulated)" : !p.served ? "not served yet" : p.has_key ? "key set" : p.key_configured ? "no key needed" : `set ${p.key_env}`;
-    const cls = p.key_configured && p.served ? "key-ok" : "key-missing";
+    const breaker = p.circuit_breaker && p.circuit_breaker.state !== "closed" ? ` · breaker ${p.circuit_breaker.state.replace("_", "-")}` : "";
+    const status = (p.demo ? "demo (simulated)" : !p.served ? "not served yet" : p.has_key ? "key set" : p.key_configured ? "no key needed" : `set ${p.key_env}`) + breaker;
+    const cls = p.key_configured && p.served && !breaker ? "key-ok" : "key-missing";
     return el("li", {}, el("span", { text: `${p.key} · ${p.models.length} models` }), el("span", { class: cls, text: status }));
   }));
 }

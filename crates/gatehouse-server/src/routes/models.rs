@@ -18,6 +18,15 @@ pub async fn list(State(st): State<AppState>) -> Json<Value> {
                 "owned_by": r.provider_key,
             })
         })
+        // Smart-routing virtual models are models a client may ask for too.
+        .chain(st.config.auto.keys().map(|name| {
+            json!({
+                "id": format!("auto/{name}"),
+                "object": "model",
+                "created": 0,
+                "owned_by": "gatehouse",
+            })
+        }))
         .collect();
     Json(json!({ "object": "list", "data": data }))
 }
@@ -41,5 +50,11 @@ pub async fn all(State(st): State<AppState>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({ "models": models, "count": models.len() }))
+    let auto: Vec<Value> = st
+        .config
+        .auto
+        .iter()
+        .map(|(name, a)| json!({"key": format!("auto/{name}"), "candidates": a.candidates}))
+        .collect();
+    Json(json!({ "models": models, "count": models.len(), "auto": auto }))
 }

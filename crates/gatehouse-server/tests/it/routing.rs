@@ -476,6 +476,14 @@ async fn auto_models_score_their_candidates_and_say_why() {
         s["session"]["model_key"], "auto/coding",
         "the session keeps the virtual model"
     );
+    let models = app.get_json("/v1/models").await;
+    assert!(
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "auto/coding")
+    );
     let r = app.chat(user("auto/nothing", "x")).await;
     assert_eq!(
         r.status(),
