@@ -121,7 +121,7 @@ pub fn choose_auto(
         match router.resolve(key) {
             Err(e) => skipped.push(format!("{key}: {}", e.kind.code())),
             Ok(r) if !usable(upstream, &r, now) => skipped.push(format!("{key}: breaker open")),
-            Ok(r) if tokens + max_tokens.unwrap_or(0) > r.max_context => {
+            Ok(r) if tokens.saturating_add(max_tokens.unwrap_or(0)) > r.max_context => {
                 skipped.push(format!("{key}: window too small"));
             }
             Ok(r) => ok.push(r),

@@ -365,7 +365,7 @@ impl Effective {
     /// Whether a prompt of `tokens` has reached the threshold of a `max_context` window.
     pub fn reached(&self, tokens: u64, max_context: u64) -> bool {
         max_context > 0
-            && (tokens + self.reserved_tokens) as f64
+            && tokens.saturating_add(self.reserved_tokens) as f64
                 >= self.threshold_pct / 100.0 * max_context as f64
     }
 }

@@ -332,7 +332,9 @@ pub fn usage_from(u: &Value) -> Usage {
     let cache_read = as_u64(u.get("cache_read_input_tokens"));
     let cache_creation = as_u64(u.get("cache_creation_input_tokens"));
     Usage {
-        input: as_u64(u.get("input_tokens")) + cache_read + cache_creation,
+        input: as_u64(u.get("input_tokens"))
+            .saturating_add(cache_read)
+            .saturating_add(cache_creation),
         output: as_u64(u.get("output_tokens")),
         cache_read,
         cache_creation,
@@ -342,7 +344,8 @@ pub fn usage_from(u: &Value) -> Usage {
 
 pub fn usage_to(u: &Usage) -> Value {
     json!({
-        "input_tokens": u.input.saturating_sub(u.cache_read + u.cache_creation),
+        "input_tokens": u.input
+            .saturating_sub(u.cache_read.saturating_add(u.cache_creation)),
         "output_tokens": u.output,
         "cache_creation_input_tokens": u.cache_creation,
         "cache_read_input_tokens": u.cache_read,

@@ -208,7 +208,7 @@ pub fn usage_from(u: &Value) -> Usage {
     let thoughts = as_u64(u.get("thoughtsTokenCount"));
     Usage {
         input: as_u64(u.get("promptTokenCount")),
-        output: as_u64(u.get("candidatesTokenCount")) + thoughts,
+        output: as_u64(u.get("candidatesTokenCount")).saturating_add(thoughts),
         cache_read: as_u64(u.get("cachedContentTokenCount")),
         cache_creation: 0,
         reasoning: thoughts,

@@ -119,7 +119,7 @@ async fn context(st: &AppState, s: &Session, snap: &Snapshot) -> ApiResult<Value
     let gauge = gauge_of(st, &s.id, &stats);
     let eff = Effective::of(&st.config.compaction, &snap.settings);
     let with_reserved = if gauge.max_context > 0 {
-        (gauge.tokens + eff.reserved_tokens) as f64 * 100.0 / gauge.max_context as f64
+        gauge.tokens.saturating_add(eff.reserved_tokens) as f64 * 100.0 / gauge.max_context as f64
     } else {
         0.0
     };

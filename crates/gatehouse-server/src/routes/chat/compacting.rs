@@ -79,7 +79,7 @@ pub(super) async fn compaction(
                 consecutive,
                 first_time: true,
             }) => {
-                let pct = (tokens + eff.reserved_tokens) as f64 * 100.0 / window as f64;
+                let pct = tokens.saturating_add(eff.reserved_tokens) as f64 * 100.0 / window as f64;
                 tracing::warn!(session = %session, consecutive, "automatic compaction paused");
                 emit(&*st.bus, || Event::CompactionPaused {
                     session_id: session.clone(),
