@@ -476,6 +476,19 @@ async fn auto_models_score_their_candidates_and_say_why() {
         s["session"]["model_key"], "auto/coding",
         "the session keeps the virtual model"
     );
+    // An answer bigger than every window: no candidate, a clear error (and no overflow).
+    let r = app
+        .chat(json!({"model": "auto/coding", "max_tokens": u64::MAX, "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(r.status(), 502);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("window too small"),
+        "{e}"
+    );
     let models = app.get_json("/v1/models").await;
     assert!(
         models["data"]
