@@ -304,6 +304,66 @@ pub fn request_from_ir(r: &Request) -> Value {
     Value::Object(o)
 }
 
+/// An Anthropic request with some message texts replaced in place (`(old, new)` pairs, matched
+/// on the whole text of a message or of a tool result), everything else kept: `cache_control`
+/// markers, unknown fields, block order. Used to mask an Anthropic client's request bound for
+/// Anthropic without translating it. `None` when the body is not an Anthropic request.
+pub fn replace_texts(body: &[u8], replacements: &[(String, String)]) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    for m in v.get_mut("messages")?.as_array_mut()? {
+        let Some(content) = m.get_mut("content") else {
+            continue;
+        };
+        replace_in(content, replacements);
+        for b in content.as_array_mut().into_iter().flatten() {
+            if b.get("type").and_then(Value::as_str) == Some("tool_result")
+                && let Some(c) = b.get_mut("content")
+            {
+                replace_in(c, replacements);
+            }
+        }
+    }
+    serde_json::to_vec(&v).ok()
+}
+
+/// Replaces `content` (a string, or the text blocks of an array joined by newlines) when its
+/// text is one of the `old`s; the text blocks become one, keeping a `cache_control` they had.
+fn replace_in(content: &mut Value, replacements: &[(String, String)]) {
+    let text = match &*content {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+            .filter_map(|b| b.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => return,
+    };
+    let Some((_, new)) = replacements.iter().find(|(old, _)| *old == text) else {
+        return;
+    };
+    match content {
+        Value::String(s) => *s = new.clone(),
+        Value::Array(blocks) => {
+            let cache = blocks
+                .iter()
+                .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+                .find_map(|b| b.get("cache_control").cloned());
+            let at = blocks
+                .iter()
+                .position(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+                .unwrap_or(0);
+            blocks.retain(|b| b.get("type").and_then(Value::as_str) != Some("text"));
+            let mut block = json!({"type": "text", "text": new});
+            if let Some(c) = cache {
+                block["cache_control"] = c;
+            }
+            blocks.insert(at.min(blocks.len()), block);
+        }
+        _ => {}
+    }
+}
+
 // ---------- responses ----------
 
 pub fn finish_from(s: &str) -> FinishReason {
@@ -786,5 +846,42 @@ impl Encoder {
             out,
         );
         sse_named("message_stop", &json!({"type": "message_stop"}), out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_are_replaced_in_place_keeping_markers_and_other_blocks() {
+        let body = json!({"model": "m", "extra": true, "messages": [
+            {"role": "user", "content": "plain old"},
+            {"role": "user", "content": [
+                {"type": "image", "source": {"type": "url", "url": "u"}},
+                {"type": "text", "text": "a"},
+                {"type": "text", "text": "b", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "result old"}]},
+            {"role": "user", "content": "untouched"}]});
+        let out = replace_texts(
+            body.to_string().as_bytes(),
+            &[
+                ("plain old".into(), "plain new".into()),
+                ("a\nb".into(), "ab new".into()),
+                ("result old".into(), "result new".into()),
+            ],
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["extra"], true);
+        assert_eq!(v["messages"][0]["content"], "plain new");
+        assert_eq!(
+            v["messages"][1]["content"],
+            json!([{"type": "image", "source": {"type": "url", "url": "u"}},
+                   {"type": "text", "text": "ab new", "cache_control": {"type": "ephemeral"}}])
+        );
+        assert_eq!(v["messages"][2]["content"][0]["content"], "result new");
+        assert_eq!(v["messages"][3]["content"], "untouched");
+        assert!(replace_texts(b"not json", &[]).is_none());
     }
 }

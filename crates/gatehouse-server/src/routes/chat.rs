@@ -804,13 +804,41 @@ fn translate_request(openai_body: &[u8], to: Format) -> Result<Bytes, ApiError> 
 fn upstream_body(p: &Prepared, to: Format) -> Result<Bytes, ApiError> {
     match to {
         Format::OpenAi => Ok(p.upstream_body.clone()),
-        Format::Anthropic
-            if p.ingress == Format::Anthropic && p.masked.is_empty() && !p.compacted =>
-        {
-            Ok(splice_model(&p.client_body, &p.route.upstream_model))
-        }
+        Format::Anthropic => match anthropic_own(p, &p.route.upstream_model) {
+            Some(b) => Ok(b),
+            None => translate_request(&p.upstream_body, Format::Anthropic),
+        },
         other => translate_request(&p.upstream_body, other),
     }
+}
+
+/// An Anthropic client's own bytes for an Anthropic provider: as sent (model name aside) when
+/// nothing rewrote the conversation, or with the masked texts replaced in place when only
+/// masking did, so `cache_control` and unknown fields survive. `None` after compaction (the
+/// history changed shape) or for another client format: the request is translated then.
+fn anthropic_own(p: &Prepared, model: &str) -> Option<Bytes> {
+    if p.ingress != Format::Anthropic || p.compacted {
+        return None;
+    }
+    if p.masked.is_empty() {
+        return Some(splice_model(&p.client_body, model));
+    }
+    let before = ChatRequestView::parse(&p.redacted_original).ok()?;
+    let after = ChatRequestView::parse(&p.original).ok()?;
+    if before.messages.len() != after.messages.len() {
+        return None;
+    }
+    let replacements: Vec<(String, String)> = before
+        .messages
+        .iter()
+        .zip(&after.messages)
+        .filter_map(|(x, y)| {
+            let (old, new) = (x.text()?, y.text()?);
+            (old != new).then(|| (old.into_owned(), new.into_owned()))
+        })
+        .collect();
+    let body = translate::anthropic::replace_texts(&p.client_body, &replacements)?;
+    Some(splice_model(&Bytes::from(body), model))
 }
 
 /// The body for another route (a fallback): the prepared OpenAI-format body re-spliced for its
@@ -819,11 +847,9 @@ fn upstream_body(p: &Prepared, to: Format) -> Result<Bytes, ApiError> {
 fn body_for_route(st: &AppState, p: &Prepared, route: &Route) -> Result<(Bytes, bool), ApiError> {
     let format = provider_format(route);
     if format == Format::Anthropic
-        && p.ingress == Format::Anthropic
-        && p.masked.is_empty()
-        && !p.compacted
+        && let Some(b) = anthropic_own(p, &route.upstream_model)
     {
-        return Ok((splice_model(&p.client_body, &route.upstream_model), false));
+        return Ok((b, false));
     }
     let parts = {
         let view = parse(&p.original)?;

@@ -351,6 +351,36 @@ async fn anthropic_to_anthropic_passes_the_bytes_through() {
     assert_eq!(sent.body, expected, "cache_control and unknown fields kept");
     assert_eq!(sent.headers["anthropic-version"], "2023-06-01");
 
+    // Masking happens in place: the stand-in replaces the tool output, the cache markers and
+    // unknown fields stay.
+    let log: String = (0..170)
+        .map(|i| format!("tests/test_orders.py::test_case_{i} PASSED\n"))
+        .collect();
+    let body = json!({"model": "anth/claude", "max_tokens": 64, "x_custom": 1,
+        "system": [{"type": "text", "text": "Stable prefix", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": "Run the tests"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "run_tests", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                "content": [{"type": "text", "text": log, "cache_control": {"type": "ephemeral"}}]}]}]});
+    let r = messages(&app, body.clone()).await;
+    assert_eq!(r.status(), 200);
+    let sent = app.mock.captured().pop().unwrap().body;
+    let result = &sent["messages"][2]["content"][0];
+    assert_eq!(result["tool_use_id"], "toolu_1");
+    let text = result["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("[masked by Gatehouse: tool output"),
+        "{text}"
+    );
+    assert_eq!(
+        result["content"][0]["cache_control"],
+        json!({"type": "ephemeral"})
+    );
+    assert_eq!(sent["system"], body["system"]);
+    assert_eq!(sent["x_custom"], 1);
+    assert_eq!(sent["messages"][1], body["messages"][1]);
+
     // The provider's own error body comes back as it is.
     let r = messages(&app, json!({"model": "anth/busy", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]})).await;
     assert_eq!(r.status(), 429);
