@@ -6,7 +6,7 @@ use super::ir::{
     Choice, Event, FinishReason, Image, Message, Part, Request, Response, Role, Tool, ToolChoice,
     Usage,
 };
-use super::{TranslateError, as_u64, field_str, sse_named};
+use super::{TranslateError, as_u64, field_str, put, sse_named};
 
 /// The API version sent upstream when the client named none.
 pub const VERSION: &str = "2023-06-01";
@@ -252,19 +252,19 @@ pub fn request_from_ir(r: &Request) -> Value {
     if r.stream {
         o.insert("stream".into(), json!(true));
     }
-    if let Some(t) = r.temperature {
-        // OpenAI's range is 0-2, Anthropic's 0-1.
-        o.insert("temperature".into(), json!(t.clamp(0.0, 1.0)));
-    }
-    if let Some(p) = r.top_p {
-        o.insert("top_p".into(), json!(p));
-    }
-    if let Some(k) = r.top_k {
-        o.insert("top_k".into(), json!(k));
-    }
-    if !r.stop.is_empty() {
-        o.insert("stop_sequences".into(), json!(r.stop));
-    }
+    // OpenAI's temperature range is 0-2, Anthropic's 0-1.
+    put(
+        &mut o,
+        "temperature",
+        r.temperature.map(|t| t.clamp(0.0, 1.0)),
+    );
+    put(&mut o, "top_p", r.top_p);
+    put(&mut o, "top_k", r.top_k);
+    put(
+        &mut o,
+        "stop_sequences",
+        (!r.stop.is_empty()).then_some(&r.stop),
+    );
     if let Some(u) = &r.user {
         o.insert("metadata".into(), json!({"user_id": u}));
     }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use super::ir::{
     Choice, Event, FinishReason, Image, Part, Request, Response, Role, ToolChoice, Usage,
 };
-use super::{TranslateError, as_u64};
+use super::{TranslateError, as_u64, put};
 
 /// The URL path after `{base_url}/` for a model and a mode.
 pub fn path(model: &str, stream: bool) -> String {
@@ -147,21 +147,15 @@ pub fn request_from_ir(r: &Request) -> Value {
         o.insert("toolConfig".into(), json!({"functionCallingConfig": cfg}));
     }
     let mut g = Map::new();
-    if let Some(v) = r.max_tokens {
-        g.insert("maxOutputTokens".into(), json!(v));
-    }
-    if let Some(v) = r.temperature {
-        g.insert("temperature".into(), json!(v));
-    }
-    if let Some(v) = r.top_p {
-        g.insert("topP".into(), json!(v));
-    }
-    if let Some(v) = r.top_k {
-        g.insert("topK".into(), json!(v));
-    }
-    if !r.stop.is_empty() {
-        g.insert("stopSequences".into(), json!(r.stop));
-    }
+    put(&mut g, "maxOutputTokens", r.max_tokens);
+    put(&mut g, "temperature", r.temperature);
+    put(&mut g, "topP", r.top_p);
+    put(&mut g, "topK", r.top_k);
+    put(
+        &mut g,
+        "stopSequences",
+        (!r.stop.is_empty()).then_some(&r.stop),
+    );
     if let Some(n) = r.n.filter(|n| *n > 1) {
         g.insert("candidateCount".into(), json!(n));
     }

@@ -71,6 +71,13 @@ pub(crate) fn error_event(e: &Value) -> ir::Event {
     }
 }
 
+/// Sets `key` when there is a value: the optional sampling fields every format has.
+pub(crate) fn put<T: serde::Serialize>(o: &mut Map<String, Value>, key: &str, v: Option<T>) {
+    if let Some(v) = v.and_then(|v| serde_json::to_value(v).ok()) {
+        o.insert(key.to_owned(), v);
+    }
+}
+
 /// `data: {json}\n\n`.
 pub(crate) fn sse_data(v: &Value, out: &mut Vec<u8>) {
     out.extend_from_slice(b"data: ");

@@ -6,7 +6,7 @@
 use serde_json::{Map, Value, json};
 
 use super::ir::{Choice, Event, FinishReason, Image, Part, Request, Response, Role, Usage};
-use super::{TranslateError, as_u64};
+use super::{TranslateError, as_u64, put};
 
 pub const PATH: &str = "api/chat";
 
@@ -76,35 +76,14 @@ pub fn request_from_ir(r: &Request) -> Value {
     // Ollama streams unless told not to.
     o.insert("stream".into(), json!(r.stream));
     if !r.tools.is_empty() {
-        let tools: Vec<Value> = r
-            .tools
-            .iter()
-            .map(|t| {
-                let mut f = json!({"name": t.name, "parameters": t.parameters});
-                if let Some(d) = &t.description {
-                    f["description"] = json!(d);
-                }
-                json!({"type": "function", "function": f})
-            })
-            .collect();
-        o.insert("tools".into(), Value::Array(tools));
+        o.insert("tools".into(), super::openai::tools_json(&r.tools));
     }
     let mut opts = Map::new();
-    if let Some(v) = r.temperature {
-        opts.insert("temperature".into(), json!(v));
-    }
-    if let Some(v) = r.top_p {
-        opts.insert("top_p".into(), json!(v));
-    }
-    if let Some(v) = r.top_k {
-        opts.insert("top_k".into(), json!(v));
-    }
-    if let Some(v) = r.max_tokens {
-        opts.insert("num_predict".into(), json!(v));
-    }
-    if !r.stop.is_empty() {
-        opts.insert("stop".into(), json!(r.stop));
-    }
+    put(&mut opts, "temperature", r.temperature);
+    put(&mut opts, "top_p", r.top_p);
+    put(&mut opts, "top_k", r.top_k);
+    put(&mut opts, "num_predict", r.max_tokens);
+    put(&mut opts, "stop", (!r.stop.is_empty()).then_some(&r.stop));
     if !opts.is_empty() {
         o.insert("options".into(), Value::Object(opts));
     }

@@ -6,7 +6,7 @@ use super::ir::{
     Choice, Event, FinishReason, Image, Message, Part, Request, Response, Role, Tool, ToolChoice,
     Usage,
 };
-use super::{TranslateError, as_u64, field_str, sse_data};
+use super::{TranslateError, as_u64, field_str, put, sse_data};
 
 // ---------- requests ----------
 
@@ -266,37 +266,14 @@ pub fn request_from_ir(r: &Request) -> Value {
     if r.stream {
         o.insert("stream".into(), json!(true));
     }
-    if let Some(v) = r.max_tokens {
-        o.insert("max_tokens".into(), json!(v));
-    }
-    if let Some(v) = r.temperature {
-        o.insert("temperature".into(), json!(v));
-    }
-    if let Some(v) = r.top_p {
-        o.insert("top_p".into(), json!(v));
-    }
-    if !r.stop.is_empty() {
-        o.insert("stop".into(), json!(r.stop));
-    }
-    if let Some(n) = r.n {
-        o.insert("n".into(), json!(n));
-    }
-    if let Some(u) = &r.user {
-        o.insert("user".into(), json!(u));
-    }
+    put(&mut o, "max_tokens", r.max_tokens);
+    put(&mut o, "temperature", r.temperature);
+    put(&mut o, "top_p", r.top_p);
+    put(&mut o, "stop", (!r.stop.is_empty()).then_some(&r.stop));
+    put(&mut o, "n", r.n);
+    put(&mut o, "user", r.user.as_ref());
     if !r.tools.is_empty() {
-        let tools: Vec<Value> = r
-            .tools
-            .iter()
-            .map(|t| {
-                let mut f = json!({"name": t.name, "parameters": t.parameters});
-                if let Some(d) = &t.description {
-                    f["description"] = json!(d);
-                }
-                json!({"type": "function", "function": f})
-            })
-            .collect();
-        o.insert("tools".into(), Value::Array(tools));
+        o.insert("tools".into(), tools_json(&r.tools));
     }
     if let Some(c) = &r.tool_choice {
         o.insert(
@@ -309,10 +286,24 @@ pub fn request_from_ir(r: &Request) -> Value {
             },
         );
     }
-    if let Some(p) = r.parallel_tool_calls {
-        o.insert("parallel_tool_calls".into(), json!(p));
-    }
+    put(&mut o, "parallel_tool_calls", r.parallel_tool_calls);
     Value::Object(o)
+}
+
+/// Tool definitions in OpenAI's shape (Ollama's too).
+pub fn tools_json(tools: &[Tool]) -> Value {
+    Value::Array(
+        tools
+            .iter()
+            .map(|t| {
+                let mut f = json!({"name": t.name, "parameters": t.parameters});
+                if let Some(d) = &t.description {
+                    f["description"] = json!(d);
+                }
+                json!({"type": "function", "function": f})
+            })
+            .collect(),
+    )
 }
 
 fn write_message(m: &Message, out: &mut Vec<Value>) {
