@@ -2,16 +2,16 @@
 //! directives as the OpenAI one.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
 use crate::{
-    CACHED_TOKENS, PROMPT_TOKENS, Shared, json_response, piece, script, scripted_error, start,
+    CACHED_TOKENS, PROMPT_TOKENS, Shared, json_response, piece, script, scripted_error,
+    scripted_stream, start,
 };
 
 fn error(status: StatusCode, kind: &str, message: &str) -> Response {
@@ -120,8 +120,6 @@ pub(crate) async fn messages(
             }),
         );
     }
-    let silent = attempt <= s.silent;
-    let empty = attempt <= s.empty;
     let n = s.chunks;
     let mut events: Vec<Bytes> = vec![
         event(
@@ -152,35 +150,5 @@ pub(crate) async fn messages(
     ));
     events.push(event("message_delta", &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": n}})));
     events.push(event("message_stop", &json!({"type": "message_stop"})));
-    let (gap, delay, cut) = (s.gap, s.delay, s.cut);
-    let body = futures_util::stream::unfold(0usize, move |i| {
-        let ev = events.get(i).cloned();
-        async move {
-            if empty {
-                return None;
-            }
-            if silent {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                return None;
-            }
-            let ev = ev?;
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            if !gap.is_zero() && i > 0 {
-                tokio::time::sleep(gap).await;
-            }
-            // `cut:N` counts content events, after the two opening ones.
-            if cut.is_some_and(|c| i == c + 3) {
-                return Some((Err(std::io::Error::other("mock: scripted cut")), i + 1));
-            }
-            Some((Ok::<Bytes, std::io::Error>(ev), i + 1))
-        }
-    });
-    let mut r = Response::new(Body::from_stream(body));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/event-stream"),
-    );
-    r
+    scripted_stream(events, &s, attempt, "text/event-stream")
 }
