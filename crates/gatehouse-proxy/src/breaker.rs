@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gatehouse_config::CircuitBreaker;
@@ -46,6 +47,9 @@ pub struct Refused {
 pub struct Breakers {
     cfg: CircuitBreaker,
     entries: Mutex<HashMap<String, Entry>>,
+    /// Some provider has failures or an open breaker. While false (the usual state) a request
+    /// checks and reports with one atomic load, no lock.
+    dirty: AtomicBool,
 }
 
 impl Breakers {
@@ -53,6 +57,7 @@ impl Breakers {
         Self {
             cfg,
             entries: Mutex::new(HashMap::new()),
+            dirty: AtomicBool::new(false),
         }
     }
 
@@ -63,7 +68,7 @@ impl Breakers {
     /// Whether a request may go to `provider` now. Past the open period, the first caller
     /// becomes the probe and the others keep being refused until it reports.
     pub fn admit(&self, provider: &str, now: Instant) -> Result<(), Refused> {
-        if self.cfg.failures == 0 {
+        if self.cfg.failures == 0 || !self.dirty.load(Ordering::Acquire) {
             return Ok(());
         }
         let mut m = self.lock();
@@ -88,6 +93,9 @@ impl Breakers {
     /// A request to `provider` got an answer (a first byte, or a client error that is not the
     /// provider's fault).
     pub fn success(&self, provider: &str) {
+        if !self.dirty.load(Ordering::Acquire) {
+            return;
+        }
         let mut m = self.lock();
         if let Some(e) = m.get_mut(provider) {
             if e.open_until.is_some() {
@@ -97,6 +105,11 @@ impl Breakers {
             e.open_until = None;
             e.probing = false;
         }
+        if m.values()
+            .all(|e| e.failures == 0 && e.open_until.is_none())
+        {
+            self.dirty.store(false, Ordering::Release);
+        }
     }
 
     /// A request to `provider` failed after its retries.
@@ -105,6 +118,7 @@ impl Breakers {
             return;
         }
         let mut m = self.lock();
+        self.dirty.store(true, Ordering::Release);
         let e = m.entry(provider.to_owned()).or_default();
         e.failures += 1;
         let reopen = e.probing;

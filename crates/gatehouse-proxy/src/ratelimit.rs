@@ -106,12 +106,18 @@ impl RateLimits {
             w.waits += 1;
             w.waited += wait;
         }
-        let in_window = w.sends.iter().filter(|t| **t <= now).count();
-        let pct = in_window as f64 * 100.0 / f64::from(*rpm);
+        let pct = in_window(&w, now) as f64 * 100.0 / f64::from(*rpm);
         let level = Level::of(pct);
         let changed = (w.level != Some(level)).then_some(level);
         w.level = Some(level);
         Some(Turn { wait, changed, pct })
+    }
+
+    /// How full `provider`'s limit is now, in percent; `None` without a limit.
+    pub fn pct(&self, provider: &str, now: Instant) -> Option<f64> {
+        let (rpm, w) = self.limits.get(provider)?;
+        let w = w.lock().unwrap_or_else(|p| p.into_inner());
+        Some(in_window(&w, now) as f64 * 100.0 / f64::from(*rpm))
     }
 
     pub fn views(&self, now: Instant) -> Vec<LimitView> {
@@ -120,11 +126,7 @@ impl RateLimits {
             .iter()
             .map(|(k, (rpm, w))| {
                 let w = w.lock().unwrap_or_else(|p| p.into_inner());
-                let n = w
-                    .sends
-                    .iter()
-                    .filter(|t| **t <= now && now.duration_since(**t) < WINDOW)
-                    .count();
+                let n = in_window(&w, now);
                 let pct = n as f64 * 100.0 / f64::from(*rpm);
                 LimitView {
                     provider: k.clone(),
@@ -140,6 +142,14 @@ impl RateLimits {
         out.sort_by(|a, b| a.provider.cmp(&b.provider));
         out
     }
+}
+
+/// Sends already made in the minute before `now` (turns handed out for later not counted).
+fn in_window(w: &Window, now: Instant) -> usize {
+    w.sends
+        .iter()
+        .filter(|t| **t <= now && now.duration_since(**t) < WINDOW)
+        .count()
 }
 
 #[cfg(test)]

@@ -161,10 +161,8 @@ pub fn choose_auto(
             let latency = r.latency.ms().map_or(0.5, |ms| fastest / ms.max(0.001));
             let limit = upstream
                 .rate_limits
-                .views(now)
-                .into_iter()
-                .find(|v| v.provider == r.provider_key)
-                .map_or(1.0, |v| (1.0 - v.pct / 100.0).max(0.0));
+                .pct(&r.provider_key, now)
+                .map_or(1.0, |pct| (1.0 - pct / 100.0).max(0.0));
             let breaker = match upstream.breakers.view(&r.provider_key, now).state {
                 BreakerState::HalfOpen => 0.5,
                 _ => 1.0,

@@ -104,9 +104,9 @@ struct Prepared {
     compacted: bool,
     /// How the route was chosen, when there was a choice (balancing, smart routing).
     select_note: Option<String>,
-    /// The model the session is kept under: what the client asked for (`auto/coding`, the
-    /// primary of balanced deployments), not the deployment a request went to.
-    session_model: String,
+    /// The model the session is kept under when it is not the route's: what the client asked for
+    /// (`auto/coding`, the primary of balanced deployments), not where the request went.
+    session_model: Option<String>,
     /// Where the model name is spliced, when the provider's name differs.
     model_span: Option<std::ops::Range<usize>>,
     upstream_body: Bytes,
@@ -168,13 +168,17 @@ fn parse(body: &Bytes) -> Result<ChatRequestView<'_>, ApiError> {
     })
 }
 
+/// What `select_route` decided.
+struct Selected {
+    route: Arc<Route>,
+    note: Option<String>,
+    session_model: Option<String>,
+}
+
 /// The route of a request: a smart-routing choice for `auto/<name>`, a balanced deployment for a
-/// model that has several, or the model itself; with the account of the choice and the model
-/// key its session is kept under.
-fn select_route(
-    st: &AppState,
-    view: &ChatRequestView<'_>,
-) -> Result<(Arc<Route>, Option<String>, String), ApiError> {
+/// model that has several, or the model itself; with the account of the choice and, when it is
+/// not the route's own, the model key its session is kept under.
+fn select_route(st: &AppState, view: &ChatRequestView<'_>) -> Result<Selected, ApiError> {
     if let Some((name, auto)) = st.router.auto(&view.model) {
         // Count with the first candidate's vocabulary; candidates differ by a few percent.
         let enc = auto
@@ -191,23 +195,37 @@ fn select_route(
             tokens,
             view.max_tokens,
         )?;
-        return Ok((route, Some(note), view.model.to_string()));
+        return Ok(Selected {
+            route,
+            note: Some(note),
+            session_model: Some(view.model.to_string()),
+        });
     }
     let primary = st.router.resolve(&view.model)?;
+    if primary.deployments.is_empty() {
+        // The common case: no choice to make, nothing to allocate.
+        return Ok(Selected {
+            route: primary,
+            note: None,
+            session_model: None,
+        });
+    }
     let route =
         gatehouse_proxy::select::balance(&st.router, &st.upstream, &st.upstream.dice, &primary);
-    let note = (!primary.deployments.is_empty()).then(|| {
-        format!(
-            "balanced across {} deployments: `{}` ({})",
-            primary.deployments.len() + 1,
-            route.model_key,
-            route.latency.ms().map_or_else(
-                || "latency not measured yet".to_owned(),
-                |ms| format!("{ms:.0} ms EWMA")
-            )
+    let note = format!(
+        "balanced across {} deployments: `{}` ({})",
+        primary.deployments.len() + 1,
+        route.model_key,
+        route.latency.ms().map_or_else(
+            || "latency not measured yet".to_owned(),
+            |ms| format!("{ms:.0} ms EWMA")
         )
-    });
-    Ok((route, note, primary.model_key.clone()))
+    );
+    Ok(Selected {
+        note: Some(note),
+        session_model: Some(primary.model_key.clone()),
+        route,
+    })
 }
 
 fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, ApiError> {
@@ -223,7 +241,11 @@ fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, Api
         }
     };
     let first = parse(&redacted_body)?;
-    let (route, select_note, session_model) = select_route(st, &first)?;
+    let Selected {
+        route,
+        note: select_note,
+        session_model,
+    } = select_route(st, &first)?;
     // Masking rewrites whole messages; the rewritten body is parsed again (and only then).
     let masked_body;
     let (body, view, masked) = match mask(st, &redacted_body, &first, route.encoding) {
@@ -300,19 +322,28 @@ fn body_parts(st: &AppState, body: &Bytes, view: &ChatRequestView<'_>, route: &R
     }
 }
 
+/// [`body_parts`] of a body not parsed yet.
+fn parts_of(st: &AppState, body: &Bytes, route: &Route) -> Result<BodyParts, ApiError> {
+    let view = parse(body)?;
+    Ok(body_parts(st, body, &view, route))
+}
+
+impl Prepared {
+    fn set_parts(&mut self, parts: BodyParts) {
+        self.model_span = parts.model_span;
+        self.upstream_body = parts.upstream_body;
+        self.injected_usage = parts.injected_usage;
+        self.prompt_tokens = parts.prompt_tokens;
+        self.memory_tokens = parts.memory_tokens;
+    }
+}
+
 /// Replaces the body to send by `body` (a compacted history).
 fn use_body(st: &AppState, p: &mut Prepared, body: Bytes) -> Result<(), ApiError> {
-    let parts = {
-        let view = parse(&body)?;
-        body_parts(st, &body, &view, &p.route)
-    };
+    let parts = parts_of(st, &body, &p.route)?;
     p.original = body;
     p.compacted = true;
-    p.model_span = parts.model_span;
-    p.upstream_body = parts.upstream_body;
-    p.injected_usage = parts.injected_usage;
-    p.prompt_tokens = parts.prompt_tokens;
-    p.memory_tokens = parts.memory_tokens;
+    p.set_parts(parts);
     Ok(())
 }
 
@@ -362,7 +393,7 @@ pub(crate) async fn handle(
         .sessions
         .resolve(
             explicit,
-            &p.session_model,
+            p.session_model.as_deref().unwrap_or(&p.route.model_key),
             &p.route.provider_key,
             p.session_name.as_deref(),
         )
@@ -762,16 +793,9 @@ fn heavy_duty(st: &AppState, p: &mut Prepared) -> Result<Option<String>, ApiErro
         "heavy-duty: the prompt ({} tokens) is at {pct:.0} % of `{}`'s window; moved to `{}` ({}-token window)",
         p.prompt_tokens, p.route.model_key, next.model_key, next.max_context
     );
-    let parts = {
-        let view = parse(&p.original)?;
-        body_parts(st, &p.original, &view, &next)
-    };
+    let parts = parts_of(st, &p.original, &next)?;
     p.route = next;
-    p.model_span = parts.model_span;
-    p.upstream_body = parts.upstream_body;
-    p.injected_usage = parts.injected_usage;
-    p.prompt_tokens = parts.prompt_tokens;
-    p.memory_tokens = parts.memory_tokens;
+    p.set_parts(parts);
     Ok(Some(note))
 }
 
@@ -851,10 +875,7 @@ fn body_for_route(st: &AppState, p: &Prepared, route: &Route) -> Result<(Bytes, 
     {
         return Ok((b, false));
     }
-    let parts = {
-        let view = parse(&p.original)?;
-        body_parts(st, &p.original, &view, route)
-    };
+    let parts = parts_of(st, &p.original, route)?;
     match format {
         Format::OpenAi => Ok((parts.upstream_body, parts.injected_usage)),
         other => Ok((translate_request(&parts.upstream_body, other)?, false)),
