@@ -407,18 +407,25 @@ fn not_done(reason: &'static str, message: impl Into<String>) -> NotDone {
     }
 }
 
-/// The body with the session's point applied, its prompt tokens and message count; `None` when
-/// the request does not extend the history the point was made from.
-pub fn apply_point(st: &AppState, input: &Input, point: &Point) -> Option<(Bytes, u64, usize)> {
+/// The body with the session's point applied; `None` when the request does not extend the
+/// history the point was made from.
+pub fn apply_point(input: &Input, point: &Point) -> Option<Bytes> {
     let masked = ChatRequestView::parse(&input.masked).ok()?;
-    let same = same_bytes(&input.redacted, &input.masked);
-    let redacted_view;
-    let ids = if same {
-        &masked
-    } else {
-        redacted_view = ChatRequestView::parse(&input.redacted).ok()?;
-        &redacted_view
-    };
+    if same_bytes(&input.redacted, &input.masked) {
+        return splice_point(&input.masked, &masked, &masked, point);
+    }
+    let ids = ChatRequestView::parse(&input.redacted).ok()?;
+    splice_point(&input.masked, &masked, &ids, point)
+}
+
+/// [`apply_point`] on a request already read: `masked` is the body to send, `ids` the client's
+/// messages (whose JSON the point's hash covers; the same view when nothing was masked).
+fn splice_point(
+    body: &[u8],
+    masked: &ChatRequestView<'_>,
+    ids: &ChatRequestView<'_>,
+    point: &Point,
+) -> Option<Bytes> {
     if ids.messages.len() <= point.cut || ids.messages.len() != masked.messages.len() {
         return None;
     }
@@ -430,31 +437,16 @@ pub fn apply_point(st: &AppState, input: &Input, point: &Point) -> Option<(Bytes
     let system: Vec<usize> = (0..point.cut)
         .filter(|&i| masked.messages[i].role == "system")
         .collect();
-    let body = Bytes::from(compact::splice(
-        &input.masked,
-        &spans,
-        &system,
-        point.cut,
-        &point.summary_json,
-    )?);
-    let view = ChatRequestView::parse(&body).ok()?;
-    let tokens = st.counter.count_prompt(input.route.encoding, &view).tokens;
-    let n = view.messages.len();
-    drop(view);
-    Some((body, tokens, n))
+    compact::splice(body, &spans, &system, point.cut, &point.summary_json).map(Bytes::from)
 }
 
 /// [`apply_point`] on the blocking pool when the body is large.
-pub async fn apply_point_async(
-    st: &AppState,
-    input: &Input,
-    point: &Arc<Point>,
-) -> Option<(Bytes, u64, usize)> {
+pub async fn apply_point_async(input: &Input, point: &Arc<Point>) -> Option<Bytes> {
     if input.masked.len() <= BLOCKING_BYTES {
-        return apply_point(st, input, point);
+        return apply_point(input, point);
     }
-    let (st, input, point) = (st.clone(), input.clone(), point.clone());
-    tokio::task::spawn_blocking(move || apply_point(&st, &input, &point))
+    let (input, point) = (input.clone(), point.clone());
+    tokio::task::spawn_blocking(move || apply_point(&input, &point))
         .await
         .ok()
         .flatten()
@@ -492,23 +484,21 @@ fn analyse(
         redacted_view = ChatRequestView::parse(&input.redacted).map_err(bad)?;
         &redacted_view
     };
+    if ids.messages.len() != masked.messages.len() {
+        return Err(not_done(
+            "unreadable_request",
+            "the request's messages changed in number while being masked",
+        ));
+    }
     let enc = input.route.encoding;
     // The point counts only if this request extends the history it was made from.
-    let point = point.filter(|p| {
-        ids.messages.len() > p.cut
-            && ids.messages.len() == masked.messages.len()
-            && compact::prefix_hash(ids.messages[..p.cut].iter().map(|m| m.raw.get()))
-                == p.prefix_hash
-    });
-    let (tokens_before, messages_before) = match point {
-        Some(p) => apply_point(st, input, p)
-            .map(|(_, t, n)| (t, n))
-            .ok_or_else(|| {
-                not_done(
-                    "unreadable_request",
-                    "the compacted request cannot be built",
-                )
-            })?,
+    let applied = point.and_then(|p| Some((p, splice_point(&input.masked, &masked, ids, p)?)));
+    let point = applied.as_ref().map(|(p, _)| *p);
+    let (tokens_before, messages_before) = match &applied {
+        Some((_, body)) => {
+            let v = ChatRequestView::parse(body).map_err(bad)?;
+            (st.counter.count_prompt(enc, &v).tokens, v.messages.len())
+        }
         None => (
             st.counter.count_prompt(enc, &masked).tokens,
             masked.messages.len(),

@@ -21,6 +21,27 @@ impl IntoResponse for HttpError {
     }
 }
 
+/// A 400 `invalid_request_error` for a management-API body that is JSON but wrong.
+pub fn bad_request(message: impl Into<String>) -> HttpError {
+    HttpError(ApiError::new(ErrorKind::InvalidRequest, message))
+}
+
+/// A management-API JSON body (an empty body reads as `{}`); a malformed one is a 400 that
+/// says what `shape` was expected.
+pub fn json_body<T: serde::de::DeserializeOwned>(raw: &[u8], shape: &str) -> Result<T, HttpError> {
+    let raw: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        raw
+    };
+    serde_json::from_slice(raw).map_err(|e| {
+        HttpError(ApiError::new(
+            ErrorKind::InvalidJson,
+            format!("the body must be {shape}: {e}"),
+        ))
+    })
+}
+
 pub fn error_response(e: &ApiError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
     json_bytes_response(status, e.to_json_bytes())

@@ -15,11 +15,10 @@ use gatehouse_core::time::now_ms;
 use gatehouse_core::{ApiError, ErrorKind, SessionId};
 use gatehouse_store::WriteOp;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::compaction::{self, Ask, Done, Effective, Input, NotDone, Snapshot};
-use crate::error::HttpError;
+use crate::error::{HttpError, bad_request, json_body};
 use crate::origin::SameOrigin;
 use crate::routes::sessions::{gauge_of, store_error};
 use crate::state::AppState;
@@ -27,24 +26,6 @@ use crate::state::AppState;
 type ApiResult<T> = Result<T, HttpError>;
 
 const MAX_HISTORY: u32 = 500;
-
-fn bad(message: impl Into<String>) -> HttpError {
-    HttpError(ApiError::new(ErrorKind::InvalidRequest, message))
-}
-
-fn body<T: DeserializeOwned>(raw: &Bytes, shape: &str) -> ApiResult<T> {
-    let raw: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        raw
-    };
-    serde_json::from_slice(raw).map_err(|e| {
-        HttpError(ApiError::new(
-            ErrorKind::InvalidJson,
-            format!("the body must be {shape}: {e}"),
-        ))
-    })
-}
 
 fn session(st: &AppState, p: Result<Path<String>, PathRejection>) -> ApiResult<Session> {
     let Path(raw) = p?;
@@ -63,7 +44,7 @@ fn strategy(s: Option<&str>, default: CompactionStrategy) -> ApiResult<Compactio
         None => Ok(default),
         Some("heuristic") => Ok(CompactionStrategy::Heuristic),
         Some("llm") => Ok(CompactionStrategy::Llm),
-        Some(other) => Err(bad(format!(
+        Some(other) => Err(bad_request(format!(
             "unknown strategy `{other}`: use \"heuristic\" or \"llm\""
         ))),
     }
@@ -71,7 +52,7 @@ fn strategy(s: Option<&str>, default: CompactionStrategy) -> ApiResult<Compactio
 
 fn keep(k: Option<usize>, default: usize) -> ApiResult<usize> {
     match k {
-        Some(0) => Err(bad("`keep_exchanges` must be at least 1")),
+        Some(0) => Err(bad_request("`keep_exchanges` must be at least 1")),
         Some(n) => Ok(n),
         None => Ok(default),
     }
@@ -176,7 +157,7 @@ pub async fn compact(
     raw: Bytes,
 ) -> ApiResult<Json<Value>> {
     let s = session(&st, id)?;
-    let b: CompactBody = body(
+    let b: CompactBody = json_body(
         &raw,
         "{\"force\": bool, \"strategy\": \"heuristic\"|\"llm\", \"keep_exchanges\": n} (all optional)",
     )?;
@@ -292,7 +273,7 @@ pub async fn simulate(
     raw: Bytes,
 ) -> ApiResult<Json<Value>> {
     let s = session(&st, id)?;
-    let b: SimulateBody = body(
+    let b: SimulateBody = json_body(
         &raw,
         "{\"messages\": [...], \"model\": \"provider/model\", \"keep_exchanges\": n} (all optional)",
     )?;
@@ -304,16 +285,17 @@ pub async fn simulate(
     let (input, point) = match b.messages {
         Some(messages) => {
             if messages.is_empty() {
-                return Err(bad("`messages` is empty: nothing to simulate"));
+                return Err(bad_request("`messages` is empty: nothing to simulate"));
             }
             let model = b
                 .model
                 .or_else(|| s.model_key.clone())
-                .ok_or_else(|| bad("the session has no model yet: name one in `model`"))?;
+                .ok_or_else(|| bad_request("the session has no model yet: name one in `model`"))?;
             let route = st.router.resolve(&model).map_err(HttpError)?;
             let bytes = Bytes::from(json!({"model": model, "messages": messages}).to_string());
-            gatehouse_core::ChatRequestView::parse(&bytes)
-                .map_err(|e| bad(format!("`messages` is not a valid chat history: {e:?}")))?;
+            gatehouse_core::ChatRequestView::parse(&bytes).map_err(|e| {
+                bad_request(format!("`messages` is not a valid chat history: {e:?}"))
+            })?;
             (
                 Input {
                     redacted: bytes.clone(),
@@ -326,7 +308,7 @@ pub async fn simulate(
         None => match st.compaction.last(&s.id) {
             Some(i) => (i, snap.point.clone()),
             None => {
-                return Err(bad(
+                return Err(bad_request(
                     "send `messages` to simulate on: the gateway has not seen a request of this session since it started",
                 ));
             }
@@ -441,14 +423,16 @@ pub async fn toggle_auto(
     raw: Bytes,
 ) -> ApiResult<Json<Value>> {
     let s = session(&st, id)?;
-    let b: ToggleBody = body(
+    let b: ToggleBody = json_body(
         &raw,
         "{\"enabled\": bool, \"threshold_pct\": number|null} (all optional)",
     )?;
     if let Some(Some(t)) = b.threshold_pct
         && !(t.is_finite() && t > 0.0 && t <= 100.0)
     {
-        return Err(bad("`threshold_pct` must be above 0 and at most 100"));
+        return Err(bad_request(
+            "`threshold_pct` must be above 0 and at most 100",
+        ));
     }
     let cfg = &st.config.compaction;
     let flip_only = b.enabled.is_none() && b.threshold_pct.is_none();
@@ -489,11 +473,13 @@ pub async fn reserved(
 ) -> ApiResult<Json<Value>> {
     let s = session(&st, id)?;
     if raw.iter().all(u8::is_ascii_whitespace) {
-        return Err(bad("send {\"reserved_tokens\": n}"));
+        return Err(bad_request("send {\"reserved_tokens\": n}"));
     }
-    let b: ReservedBody = body(&raw, "{\"reserved_tokens\": n}")?;
+    let b: ReservedBody = json_body(&raw, "{\"reserved_tokens\": n}")?;
     if b.reserved_tokens > 10_000_000 {
-        return Err(bad("`reserved_tokens` is larger than any model's window"));
+        return Err(bad_request(
+            "`reserved_tokens` is larger than any model's window",
+        ));
     }
     let settings = st
         .compaction

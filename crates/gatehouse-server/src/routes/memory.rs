@@ -15,10 +15,9 @@ use gatehouse_core::time::now_ms;
 use gatehouse_core::{ApiError, Encoding, ErrorKind};
 use gatehouse_store::WriteOp;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::error::HttpError;
+use crate::error::{HttpError, bad_request, json_body};
 use crate::origin::SameOrigin;
 use crate::state::AppState;
 
@@ -32,29 +31,11 @@ fn lock(st: &AppState) -> MutexGuard<'_, Recall> {
     st.recall.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn bad(message: String) -> HttpError {
-    HttpError(ApiError::new(ErrorKind::InvalidRequest, message))
-}
-
-fn body<T: DeserializeOwned>(raw: &Bytes, shape: &str) -> ApiResult<T> {
-    let raw: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        raw
-    };
-    serde_json::from_slice(raw).map_err(|e| {
-        HttpError(ApiError::new(
-            ErrorKind::InvalidJson,
-            format!("the body must be {shape}: {e}"),
-        ))
-    })
-}
-
 fn kind_of(s: Option<&str>, default: MemoryKind) -> ApiResult<MemoryKind> {
     match s {
         None => Ok(default),
         Some(k) => MemoryKind::parse(k).ok_or_else(|| {
-            bad(format!(
+            bad_request(format!(
                 "unknown kind `{k}`: use frequent, episodic or semantic"
             ))
         }),
@@ -75,13 +56,13 @@ pub async fn store(
     State(st): State<AppState>,
     raw: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let b: StoreBody = body(
+    let b: StoreBody = json_body(
         &raw,
         r#"{"content": "...", "kind"?: "episodic", "session_id"?: "..."}"#,
     )?;
     let content = b.content.trim();
     if content.is_empty() || content.len() > MAX_CONTENT {
-        return Err(bad(format!(
+        return Err(bad_request(format!(
             "content must be 1 to {MAX_CONTENT} bytes of text"
         )));
     }
@@ -116,7 +97,7 @@ pub async fn similar(
     State(st): State<AppState>,
     q: Result<Query<SimilarQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|e| bad(format!("{}; use ?q=text&limit=5", e.body_text())))?;
+    let Query(q) = q.map_err(|e| bad_request(format!("{}; use ?q=text&limit=5", e.body_text())))?;
     let hits = lock(&st).similar(&q.q, q.limit.unwrap_or(5).clamp(1, 100), now_ms());
     for h in &hits {
         st.writer
@@ -137,7 +118,7 @@ pub async fn frequent(
     State(st): State<AppState>,
     q: Result<Query<Limit>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    let Query(q) = q.map_err(|e| bad_request(e.body_text()))?;
     let entries = lock(&st).frequent(q.limit.unwrap_or(20).clamp(1, 500));
     Ok(Json(json!({ "entries": entries })))
 }
@@ -155,7 +136,7 @@ pub async fn promote(
     State(st): State<AppState>,
     raw: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let b: PromoteBody = body(&raw, r#"{"id": "...", "kind"?: "semantic"}"#)?;
+    let b: PromoteBody = json_body(&raw, r#"{"id": "...", "kind"?: "semantic"}"#)?;
     let kind = kind_of(b.kind.as_deref(), MemoryKind::Semantic)?;
     let e = lock(&st).set_kind(&b.id, kind).ok_or_else(|| {
         HttpError(ApiError::new(
@@ -183,7 +164,7 @@ pub async fn cleanup(
     State(st): State<AppState>,
     raw: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let b: CleanupBody = body(&raw, r#"{"max_age_days"?: 30, "min_access"?: 2}"#)?;
+    let b: CleanupBody = json_body(&raw, r#"{"max_age_days"?: 30, "min_access"?: 2}"#)?;
     let days = i64::from(b.max_age_days.unwrap_or(30));
     let cutoff = now_ms() - days * DAY_MS;
     let gone = lock(&st).cleanup(cutoff, b.min_access.unwrap_or(2));

@@ -36,18 +36,17 @@ pub(super) async fn compaction(
         return Ok(());
     }
 
-    let mut body = None;
-    let mut tokens = p.prompt_tokens;
     if let Some(point) = &snap.point
-        && let Some((b, t, _)) = compaction::apply_point_async(st, &input, point).await
+        && let Some(b) = compaction::apply_point_async(&input, point).await
     {
+        let before = p.prompt_tokens;
+        use_body(st, p, b)?;
         st.compaction.applied.fetch_add(1, Ordering::Relaxed);
         st.compaction
             .applied_saved
-            .fetch_add(p.prompt_tokens.saturating_sub(t), Ordering::Relaxed);
-        body = Some(b);
-        tokens = t;
+            .fetch_add(before.saturating_sub(p.prompt_tokens), Ordering::Relaxed);
     }
+    let tokens = p.prompt_tokens;
 
     if !eff.reached(tokens, window) {
         st.compaction.under_threshold(session);
@@ -68,7 +67,7 @@ pub(super) async fn compaction(
                 match compaction::run(st, session, &input, snap.point.clone(), &ask).await {
                     Ok(done) => {
                         compaction::finish(st, claim, &done).await;
-                        body = Some(done.body);
+                        use_body(st, p, done.body)?;
                     }
                     Err(why) => {
                         tracing::debug!(session = %session, reason = why.reason, "automatic compaction skipped: {}", why.message);
@@ -94,9 +93,6 @@ pub(super) async fn compaction(
             }
             Err(_) => {}
         }
-    }
-    if let Some(b) = body {
-        use_body(st, p, b)?;
     }
     Ok(())
 }
