@@ -31,6 +31,9 @@ pub enum ServeError {
     RedactionRules,
 }
 
+/// How long cut requests get to write their rows before the writer closes.
+const CUT_WAIT: Duration = Duration::from_secs(2);
+
 /// The settings key of the sanitizer's switch.
 pub(crate) const SANITIZER_KEY: &str = "sanitizer_enabled";
 
@@ -110,6 +113,7 @@ pub async fn run_with(
         gauges: Gauges::new(),
         log_watch: std::sync::OnceLock::new(),
         shutdown: stop.clone(),
+        cut: CancellationToken::new(),
         ws: crate::state::WsStats::default(),
         demo: options.demo,
         started,
@@ -155,10 +159,19 @@ pub async fn run_with(
             stop.cancel();
             match tokio::time::timeout(grace, &mut server).await {
                 Ok(r) => r?,
-                Err(_) => tracing::warn!(
-                    in_flight = state.in_flight.load(Ordering::SeqCst),
-                    "grace period over; cutting the remaining requests"
-                ),
+                Err(_) => {
+                    tracing::warn!(
+                        in_flight = state.in_flight.load(Ordering::SeqCst),
+                        "grace period over; cutting the remaining requests"
+                    );
+                    state.cut.cancel();
+                    // The cut requests write their rows as they unwind; wait for that (briefly:
+                    // a cut is a select away from every await of the proxy path).
+                    let deadline = Instant::now() + CUT_WAIT;
+                    while state.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
             }
         }
     }

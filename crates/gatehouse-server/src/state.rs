@@ -42,11 +42,15 @@ pub struct Inner {
     pub log_watch: OnceLock<WatchStatus>,
     /// Cancelled when shutdown begins; long-lived connections (WebSockets) end on it.
     pub shutdown: CancellationToken,
+    /// Cancelled when shutdown's grace period is over: requests still running are cut (their
+    /// rows say `shutdown`) before the writer closes.
+    pub cut: CancellationToken,
     pub ws: WsStats,
     /// Models served by the built-in demo provider (`serve --demo`) are labelled as such.
     pub demo: bool,
     pub started: Instant,
-    /// Requests being proxied right now (streams count until their last byte).
+    /// Requests being proxied right now, from the moment they have a row in the making until
+    /// that row is queued (streams count until their last byte).
     pub in_flight: AtomicU64,
     /// Set when shutdown begins: readiness turns false so load balancers stop sending.
     pub shutting_down: AtomicBool,

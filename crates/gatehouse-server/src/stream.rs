@@ -1,6 +1,6 @@
 //! The body of a streamed answer: upstream chunks forwarded as they arrive, tapped on the side,
 //! and one accounting row written when the stream ends, whichever way it ends (complete, broken
-//! upstream, or client gone), because the row is written from `Drop`.
+//! upstream, cut at shutdown, or client gone), because the row is written from `Drop`.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -11,11 +11,11 @@ use gatehouse_proxy::tap::ClientTap;
 use gatehouse_proxy::translate::Format;
 use gatehouse_proxy::translate::stream::StreamTranslator;
 use gatehouse_proxy::upstream::{StreamFailure, UpstreamStream};
-use gatehouse_store::WriterHandle;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::routes::chat::{Draft, Finish};
-use crate::state::InFlight;
+use crate::state::AppState;
 
 enum End {
     /// Still running: if dropped now, the client went away.
@@ -30,20 +30,17 @@ enum End {
 pub(crate) struct RecorderParts {
     pub draft: Draft,
     pub tap: ClientTap,
-    pub writer: WriterHandle,
     pub t0: Instant,
     pub ttfb: Duration,
     pub overhead: Duration,
     pub attempts: u32,
     pub status: u16,
-    pub guard: InFlight,
 }
 
 /// Owns everything needed to write the row, and writes it when dropped.
 pub(crate) struct Recorder {
     draft: Option<Draft>,
     tap: Option<ClientTap>,
-    writer: WriterHandle,
     t0: Instant,
     ttfb: Duration,
     /// Gateway time before the first byte, plus tap time per chunk.
@@ -51,7 +48,6 @@ pub(crate) struct Recorder {
     attempts: u32,
     status: u16,
     end: End,
-    _guard: InFlight,
 }
 
 impl Recorder {
@@ -59,14 +55,12 @@ impl Recorder {
         Self {
             draft: Some(p.draft),
             tap: Some(p.tap),
-            writer: p.writer,
             t0: p.t0,
             ttfb: p.ttfb,
             overhead: p.overhead,
             attempts: p.attempts,
             status: p.status,
             end: End::Running,
-            _guard: p.guard,
         }
     }
 
@@ -102,7 +96,7 @@ impl Drop for Recorder {
                 None => None,
             },
         };
-        let record = draft.finish(Finish {
+        draft.write(Finish {
             status: self.status,
             summary: Some(summary),
             latency: self.t0.elapsed(),
@@ -111,9 +105,14 @@ impl Drop for Recorder {
             attempts: self.attempts,
             error,
         });
-        let op = self._guard.state().request_finished(record);
-        self.writer.record_now(op);
     }
+}
+
+/// Why a stream stops before its end.
+enum Stop {
+    Upstream(StreamFailure),
+    /// Shutdown's grace period is over.
+    Shutdown,
 }
 
 struct State {
@@ -124,9 +123,12 @@ struct State {
     translator: Option<StreamTranslator>,
     client: Format,
     done: bool,
+    /// Cancelled when shutdown's grace period is over: the stream is cut then.
+    cut: CancellationToken,
 }
 
 pub(crate) fn body(
+    st: &AppState,
     first: Bytes,
     rest: UpstreamStream,
     recorder: Recorder,
@@ -140,6 +142,7 @@ pub(crate) fn body(
         translator,
         client,
         done: false,
+        cut: st.cut.clone(),
     };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
         loop {
@@ -148,7 +151,10 @@ pub(crate) fn body(
             }
             let next = match s.first.take() {
                 Some(b) => Some(Ok(b)),
-                None => s.rest.next().await,
+                None => tokio::select! {
+                    next = s.rest.next() => next.map(|r| r.map_err(Stop::Upstream)),
+                    () = s.cut.cancelled() => Some(Err(Stop::Shutdown)),
+                },
             };
             match next {
                 Some(Ok(chunk)) => {
@@ -191,21 +197,28 @@ pub(crate) fn body(
                     }
                     return Some((Ok(held), s));
                 }
-                Some(Err(failure)) => {
+                Some(Err(stop)) => {
                     s.done = true;
-                    let message = match failure {
-                        StreamFailure::Idle(d) => format!(
-                            "upstream stream interrupted: no data for {:.1} s",
-                            d.as_secs_f64()
+                    let (code, message) = match stop {
+                        Stop::Upstream(StreamFailure::Idle(d)) => (
+                            "stream_interrupted",
+                            format!(
+                                "upstream stream interrupted: no data for {:.1} s",
+                                d.as_secs_f64()
+                            ),
                         ),
-                        StreamFailure::Broken(e) => format!("upstream stream interrupted: {e}"),
+                        Stop::Upstream(StreamFailure::Broken(e)) => (
+                            "stream_interrupted",
+                            format!("upstream stream interrupted: {e}"),
+                        ),
+                        Stop::Shutdown => (
+                            "shutdown",
+                            "the gateway shut down before the stream ended".to_owned(),
+                        ),
                     };
                     let mid_event = s.recorder.tap.as_ref().is_some_and(ClientTap::mid_event);
-                    let event = error_event(&message, mid_event, s.client);
-                    s.recorder.end = End::Failed {
-                        code: "stream_interrupted",
-                        message,
-                    };
+                    let event = error_event(&message, code, mid_event, s.client);
+                    s.recorder.end = End::Failed { code, message };
                     return Some((Ok(event), s));
                 }
             }
@@ -216,7 +229,7 @@ pub(crate) fn body(
 
 /// A final SSE error event in the client's format: OpenAI's shape then `[DONE]`, or Anthropic's
 /// `error` event, so every client ends cleanly.
-fn error_event(message: &str, mid_event: bool, client: Format) -> Bytes {
+fn error_event(message: &str, code: &str, mid_event: bool, client: Format) -> Bytes {
     // If the client holds half an event, end it first so the error parses on its own.
     let lead = if mid_event { "\n\n" } else { "" };
     if client == Format::Anthropic {
@@ -227,7 +240,7 @@ fn error_event(message: &str, mid_event: bool, client: Format) -> Bytes {
         "error": {
             "message": message,
             "type": "upstream_error",
-            "code": "stream_interrupted",
+            "code": code,
             "param": null,
         }
     });

@@ -49,6 +49,15 @@ impl std::fmt::Debug for WriterHandle {
     }
 }
 
+/// Room for one op in the queue, from [`WriterHandle::reserve`].
+pub struct Permit<'a>(mpsc::Permit<'a, Cmd>);
+
+impl Permit<'_> {
+    pub fn send(self, op: WriteOp) {
+        self.0.send(Cmd::Op(op));
+    }
+}
+
 /// The writer task and its handle.
 pub struct Writer;
 
@@ -105,6 +114,13 @@ impl WriterHandle {
                 tracing::error!("accounting writer is closed; a record was dropped");
             }
         }
+    }
+
+    /// Waits for room in the queue; the permit then queues one op without waiting. `None` when
+    /// the writer has closed (the op is then handed to [`WriterHandle::record_now`], which
+    /// counts it as rejected).
+    pub async fn reserve(&self) -> Option<Permit<'_>> {
+        self.tx.reserve().await.ok().map(Permit)
     }
 
     /// Waits until everything queued before this call is committed.

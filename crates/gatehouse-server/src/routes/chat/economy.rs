@@ -1,6 +1,10 @@
-//! What the features layer (`gatehouse-context`) does to a chat body before it is forwarded:
-//! secret redaction, masking (sanitizer and observation masking), and the memory measure.
-//! Each step leaves the client's bytes alone unless it acts.
+//! Phase 5, economy, and the features layer's steps on a chat body.
+//!
+//! [`apply`] runs once the session is known: it keeps the originals the sanitizer replaced,
+//! applies or triggers compaction, moves a prompt near its window to a larger model
+//! (heavy-duty) and refuses one that still does not fit (413). The steps that rewrite the body
+//! during `prepare` live here too: secret redaction, masking (sanitizer and observation
+//! masking), and the memory measure. Each step leaves the client's bytes alone unless it acts.
 
 use std::sync::atomic::Ordering;
 
@@ -10,9 +14,149 @@ use gatehouse_context::{Redactor, SecretKind, memory, observe, sanitize};
 use gatehouse_core::record::MaskedContent;
 use gatehouse_core::request::MessageView;
 use gatehouse_core::time::now_ms;
-use gatehouse_core::{ApiError, ChatRequestView, ErrorKind};
+use gatehouse_core::{ApiError, ChatRequestView, ErrorKind, RequestId, SessionId};
+use gatehouse_services::events::{Event, MaskedSummary, emit};
+use gatehouse_store::WriteOp;
 
+use super::{Prepared, compacting, parts_of};
 use crate::state::AppState;
+
+/// The economy phase; returns the routing notes so far (how the route was chosen, heavy-duty).
+pub(super) async fn apply(
+    st: &AppState,
+    p: &mut Prepared,
+    session: &SessionId,
+    request_id: &RequestId,
+) -> Result<Vec<String>, ApiError> {
+    if !p.masked.is_empty() {
+        record_masked(st, p, request_id, session).await;
+    }
+    if !p.redacted.is_empty() {
+        // Kinds and counts only: a secret never reaches a log line or an event.
+        tracing::info!(request_id = %request_id, redacted = ?p.redacted, "secrets replaced by placeholders before forwarding");
+        emit(&*st.bus, || Event::Redaction {
+            request_id: request_id.as_str().to_owned(),
+            session_id: session.clone(),
+            model: p.route.model_key.clone(),
+            found: p
+                .redacted
+                .iter()
+                .map(|(k, n)| gatehouse_services::events::RedactedKind {
+                    kind: k.as_str(),
+                    count: *n,
+                })
+                .collect(),
+        });
+    }
+    compacting::compaction(st, p, session, request_id).await?;
+    let heavy_duty = heavy_duty(st, p)?;
+    let notes: Vec<String> = p.select_note.take().into_iter().chain(heavy_duty).collect();
+    for note in &notes {
+        emit(&*st.bus, || Event::Routing {
+            request_id: request_id.as_str().to_owned(),
+            session_id: session.clone(),
+            model: p.route.model_key.clone(),
+            provider: p.route.provider_key.clone(),
+            attempts: 0,
+            reason: note.clone(),
+        });
+    }
+    // After compaction: a history over the window may fit once its point is applied.
+    if p.prompt_tokens > p.route.max_context {
+        return Err(ApiError::new(
+            ErrorKind::ContextLengthExceeded,
+            format!(
+                "the prompt has {} tokens, {} more than the {}-token window of `{}`; shorten the conversation or pick a model with a larger window",
+                p.prompt_tokens,
+                p.prompt_tokens - p.route.max_context,
+                p.route.max_context,
+                p.route.model_key
+            ),
+        )
+        .with_param("messages"));
+    }
+    Ok(notes)
+}
+
+/// Keeps the originals the sanitizer replaced (once per reference), counts what was saved,
+/// and tells the dashboard.
+async fn record_masked(st: &AppState, p: &Prepared, request_id: &RequestId, session: &SessionId) {
+    let saved: u64 = p.masked.iter().map(|m| m.tokens_saved).sum();
+    st.sanitizer
+        .masked
+        .fetch_add(p.masked.len() as u64, Ordering::Relaxed);
+    st.sanitizer
+        .tokens_saved
+        .fetch_add(saved, Ordering::Relaxed);
+    for m in &p.masked {
+        if st.sanitizer.stored.get(&m.hash).is_none() {
+            st.sanitizer.stored.insert(m.hash.clone(), ());
+            st.writer
+                .record(WriteOp::StoreMasked(Box::new(m.clone())))
+                .await;
+        }
+    }
+    emit(&*st.bus, || Event::SanitizerEvent {
+        request_id: request_id.as_str().to_owned(),
+        session_id: session.clone(),
+        model: p.route.model_key.clone(),
+        masked: p
+            .masked
+            .iter()
+            .map(|m| MaskedSummary {
+                reference: m.hash.clone(),
+                role: m.role.clone(),
+                tags: m.tags.clone(),
+                tokens: m.tokens,
+                tokens_saved: m.tokens_saved,
+            })
+            .collect(),
+        tokens_saved: saved,
+    });
+}
+
+/// The seed's heavy-duty fallback, after compaction had its chance: a prompt at the threshold of
+/// its model's window moves to the smallest model of the same provider that holds it. Returns
+/// what was done, for the row and the event; refuses (413) when configured to and there is no
+/// larger model.
+fn heavy_duty(st: &AppState, p: &mut Prepared) -> Result<Option<String>, ApiError> {
+    let hd = st.config.proxy.heavy_duty;
+    let window = p.route.max_context;
+    if !hd.enabled
+        || window == 0
+        || (p.prompt_tokens as f64) < hd.threshold_pct / 100.0 * window as f64
+    {
+        return Ok(None);
+    }
+    let pct = p.prompt_tokens as f64 * 100.0 / window as f64;
+    let Some(next) = st
+        .router
+        .larger(&p.route, p.prompt_tokens, hd.threshold_pct)
+    else {
+        if hd.when_none == gatehouse_config::WhenNone::Refuse && p.prompt_tokens <= window {
+            return Err(ApiError::new(
+                ErrorKind::ContextLengthExceeded,
+                format!(
+                    "the prompt ({} tokens) is at {pct:.0} % of `{}`'s {window}-token window and provider `{}` has no larger model ([proxy.heavy_duty] when_none = \"refuse\")",
+                    p.prompt_tokens, p.route.model_key, p.route.provider_key
+                ),
+            )
+            .with_param("messages"));
+        }
+        return Ok(Some(format!(
+            "heavy-duty: the prompt ({} tokens) is at {pct:.0} % of `{}`'s window and provider `{}` has no larger model",
+            p.prompt_tokens, p.route.model_key, p.route.provider_key
+        )));
+    };
+    let note = format!(
+        "heavy-duty: the prompt ({} tokens) is at {pct:.0} % of `{}`'s window; moved to `{}` ({}-token window)",
+        p.prompt_tokens, p.route.model_key, next.model_key, next.max_context
+    );
+    let parts = parts_of(st, &p.original, &next)?;
+    p.route = next;
+    p.set_parts(parts);
+    Ok(Some(note))
+}
 
 /// Tokens of the memory/MCP content in the prompt: stretches matching the seed's patterns, each
 /// counted when at least `MIN_MEMORY_TOKENS` long. One Aho-Corasick pass when there is none.

@@ -1,0 +1,266 @@
+//! Phase 3, prepare: one pass over the body. Redact → parse → route → mask → count, and the
+//! upstream bytes (model name spliced, stream usage asked for). Pure CPU work: a large body
+//! runs on the blocking pool.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gatehouse_context::SecretKind;
+use gatehouse_core::record::MaskedContent;
+use gatehouse_core::request::RequestParseError;
+use gatehouse_core::{ApiError, ChatRequestView, ErrorKind};
+use gatehouse_proxy::Route;
+use gatehouse_proxy::rewrite::{UsageAsk, rewrite};
+use gatehouse_proxy::translate::{self, Format};
+
+use super::economy::{mask, memory_tokens, redact};
+use crate::state::AppState;
+
+/// Bodies above this are parsed and counted on the blocking pool, so a huge prompt never stalls
+/// the async workers that serve everyone else.
+const BLOCKING_PREPARE_BYTES: usize = 256 * 1024;
+/// Preview lengths (the seed's figures).
+const PREVIEW_CHARS: usize = 200;
+const SESSION_NAME_CHARS: usize = gatehouse_services::sessions::NAME_CHARS;
+
+/// What one pass over the body yields; owned, so it can come back from the blocking pool.
+pub(crate) struct Prepared {
+    pub route: Arc<Route>,
+    pub stream: bool,
+    /// The bytes to send before the model rename (masked, compacted), kept (a reference count)
+    /// in case the body must be rebuilt.
+    pub original: Bytes,
+    /// The client's bytes after redaction only, in OpenAI's format (an Anthropic request is
+    /// translated first): the identity of its history for compaction.
+    pub redacted_original: Bytes,
+    /// The format the client speaks, and its own bytes after redaction (forwarded as they are
+    /// to a provider of the same format when no feature rewrote the conversation).
+    pub ingress: Format,
+    pub client_body: Bytes,
+    /// The client asked for usage in its OpenAI stream (`stream_options.include_usage`).
+    pub client_wants_usage: bool,
+    /// Compaction replaced the history.
+    pub compacted: bool,
+    /// How the route was chosen, when there was a choice (balancing, smart routing).
+    pub select_note: Option<String>,
+    /// The model the session is kept under when it is not the route's: what the client asked for
+    /// (`auto/coding`, the primary of balanced deployments), not where the request went.
+    pub session_model: Option<String>,
+    /// Where the model name is spliced, when the provider's name differs.
+    pub model_span: Option<std::ops::Range<usize>>,
+    pub upstream_body: Bytes,
+    pub injected_usage: bool,
+    pub prompt_tokens: u64,
+    pub session_name: Option<String>,
+    pub preview: String,
+    /// Secrets replaced by placeholders, by kind.
+    pub redacted: Vec<(SecretKind, u32)>,
+    /// Messages the sanitizer replaced by stand-ins.
+    pub masked: Vec<MaskedContent>,
+    /// Prompt tokens of memory/MCP content (what is sent, after masking).
+    pub memory_tokens: u64,
+}
+
+/// [`prepare`], on the blocking pool for a large body.
+pub(super) async fn run(st: &AppState, body: Bytes, ingress: Format) -> Result<Prepared, ApiError> {
+    if body.len() <= BLOCKING_PREPARE_BYTES {
+        return prepare(st, &body, ingress);
+    }
+    let st2 = st.clone();
+    tokio::task::spawn_blocking(move || prepare(&st2, &body, ingress))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ErrorKind::Internal,
+                format!("request preparation failed: {e}"),
+            )
+        })?
+}
+
+pub(super) fn parse(body: &Bytes) -> Result<ChatRequestView<'_>, ApiError> {
+    ChatRequestView::parse(body).map_err(|e| match e {
+        RequestParseError::Syntax(m) => ApiError::new(ErrorKind::InvalidJson, m),
+        RequestParseError::Field { param, message } => {
+            ApiError::new(ErrorKind::InvalidRequest, message).with_param(param)
+        }
+    })
+}
+
+/// What `select_route` decided.
+struct Selected {
+    route: Arc<Route>,
+    note: Option<String>,
+    session_model: Option<String>,
+}
+
+/// The route of a request: a smart-routing choice for `auto/<name>`, a balanced deployment for a
+/// model that has several, or the model itself; with the account of the choice and, when it is
+/// not the route's own, the model key its session is kept under.
+fn select_route(st: &AppState, view: &ChatRequestView<'_>) -> Result<Selected, ApiError> {
+    if let Some((name, auto)) = st.router.auto(&view.model) {
+        // Count with the first candidate's vocabulary; candidates differ by a few percent.
+        let enc = auto
+            .candidates
+            .first()
+            .and_then(|k| st.router.resolve(k).ok())
+            .map_or(gatehouse_core::Encoding::Cl100k, |r| r.encoding);
+        let tokens = st.counter.count_prompt(enc, view).tokens;
+        let (route, note) = gatehouse_proxy::select::choose_auto(
+            &st.router,
+            &st.upstream,
+            name,
+            auto,
+            tokens,
+            view.max_tokens,
+        )?;
+        return Ok(Selected {
+            route,
+            note: Some(note),
+            session_model: Some(view.model.to_string()),
+        });
+    }
+    let primary = st.router.resolve(&view.model)?;
+    if primary.deployments.is_empty() {
+        // The common case: no choice to make, nothing to allocate.
+        return Ok(Selected {
+            route: primary,
+            note: None,
+            session_model: None,
+        });
+    }
+    let route =
+        gatehouse_proxy::select::balance(&st.router, &st.upstream, &st.upstream.dice, &primary);
+    let note = format!(
+        "balanced across {} deployments: `{}` ({})",
+        primary.deployments.len() + 1,
+        route.model_key,
+        route.latency.ms().map_or_else(
+            || "latency not measured yet".to_owned(),
+            |ms| format!("{ms:.0} ms EWMA")
+        )
+    );
+    Ok(Selected {
+        note: Some(note),
+        session_model: Some(primary.model_key.clone()),
+        route,
+    })
+}
+
+fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, ApiError> {
+    let (client_body, redacted) = redact(st, body)?;
+    // Everything below works on OpenAI's format; an Anthropic request is translated once here.
+    let redacted_body = match ingress {
+        // Gemini is a provider format only.
+        Format::OpenAi | Format::Gemini | Format::Ollama => client_body.clone(),
+        Format::Anthropic => {
+            let ir = translate::anthropic::request_to_ir(&client_body)
+                .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.0))?;
+            Bytes::from(translate::openai::request_from_ir(&ir).to_string())
+        }
+    };
+    let first = parse(&redacted_body)?;
+    let Selected {
+        route,
+        note: select_note,
+        session_model,
+    } = select_route(st, &first)?;
+    // Masking rewrites whole messages; the rewritten body is parsed again (and only then).
+    let masked_body;
+    let (body, view, masked) = match mask(st, &redacted_body, &first, route.encoding) {
+        None => (&redacted_body, first, Vec::new()),
+        Some((b, m)) => {
+            masked_body = b;
+            (&masked_body, parse(&masked_body)?, m)
+        }
+    };
+    let parts = body_parts(st, body, &view, &route);
+    Ok(Prepared {
+        stream: view.stream,
+        original: body.clone(),
+        redacted_original: redacted_body.clone(),
+        ingress,
+        client_body,
+        client_wants_usage: view
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        compacted: false,
+        select_note,
+        session_model,
+        model_span: parts.model_span,
+        upstream_body: parts.upstream_body,
+        injected_usage: parts.injected_usage,
+        prompt_tokens: parts.prompt_tokens,
+        memory_tokens: parts.memory_tokens,
+        session_name: view.first_user_preview(SESSION_NAME_CHARS),
+        preview: view.last_user_preview(PREVIEW_CHARS).unwrap_or_default(),
+        route,
+        redacted,
+        masked,
+    })
+}
+
+/// What is derived from the body about to be sent: its count, and the upstream bytes (model
+/// name spliced, stream usage asked for).
+pub(super) struct BodyParts {
+    pub model_span: Option<std::ops::Range<usize>>,
+    pub upstream_body: Bytes,
+    pub injected_usage: bool,
+    pub prompt_tokens: u64,
+    pub memory_tokens: u64,
+}
+
+fn body_parts(st: &AppState, body: &Bytes, view: &ChatRequestView<'_>, route: &Route) -> BodyParts {
+    let prompt = st.counter.count_prompt(route.encoding, view);
+    let model_span = (view.model != route.upstream_model).then(|| view.model_span.clone());
+    let usage = if view.stream
+        && route.provider.kind.is_openai_compatible()
+        && st.upstream.asks_stream_usage(&route.provider_key)
+    {
+        UsageAsk::Yes {
+            client: view.stream_options.as_ref(),
+        }
+    } else {
+        UsageAsk::No
+    };
+    let (upstream_body, rewritten) = rewrite(
+        body,
+        model_span
+            .clone()
+            .map(|s| (s, route.upstream_model.as_str())),
+        usage,
+    );
+    BodyParts {
+        model_span,
+        upstream_body,
+        injected_usage: rewritten.injected_usage,
+        prompt_tokens: prompt.tokens,
+        memory_tokens: memory_tokens(st, body, view, route.encoding),
+    }
+}
+
+/// [`body_parts`] of a body not parsed yet.
+pub(super) fn parts_of(st: &AppState, body: &Bytes, route: &Route) -> Result<BodyParts, ApiError> {
+    let view = parse(body)?;
+    Ok(body_parts(st, body, &view, route))
+}
+
+impl Prepared {
+    pub(super) fn set_parts(&mut self, parts: BodyParts) {
+        self.model_span = parts.model_span;
+        self.upstream_body = parts.upstream_body;
+        self.injected_usage = parts.injected_usage;
+        self.prompt_tokens = parts.prompt_tokens;
+        self.memory_tokens = parts.memory_tokens;
+    }
+}
+
+/// Replaces the body to send by `body` (a compacted history).
+pub(super) fn use_body(st: &AppState, p: &mut Prepared, body: Bytes) -> Result<(), ApiError> {
+    let parts = parts_of(st, &body, &p.route)?;
+    p.original = body;
+    p.compacted = true;
+    p.set_parts(parts);
+    Ok(())
+}

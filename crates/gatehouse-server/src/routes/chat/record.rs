@@ -1,0 +1,255 @@
+//! Phase 8, record: the request row.
+//!
+//! A [`Draft`] is opened as soon as a request has its session, and becomes exactly one row
+//! whichever way the request ends: answered, refused by a later phase, failed upstream, cut at
+//! shutdown, or abandoned by its client while the provider was still working (the handler's
+//! future is dropped then, and so is the draft: its `Drop` writes the row). A stream's draft
+//! moves into the stream's [`Recorder`](crate::stream::Recorder), which finishes it when the
+//! stream ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gatehouse_core::record::{RequestRecord, UsageSource};
+use gatehouse_core::time::now_ms;
+use gatehouse_core::{ApiError, RequestId, SessionId};
+use gatehouse_proxy::{CompletionSummary, Route};
+
+use super::Prepared;
+use crate::state::{AppState, InFlight};
+
+/// The status of a row whose client left before the answer (nginx's "client closed request").
+pub(crate) const CLIENT_CLOSED: u16 = 499;
+
+/// The parts of a request row known before upstream answers.
+struct Parts {
+    /// What routing did, when it did more than one plain attempt.
+    routing: Option<String>,
+    id: String,
+    session_id: SessionId,
+    created_at: i64,
+    t0: Instant,
+    route: Arc<Route>,
+    stream: bool,
+    prompt_tokens_est: u64,
+    memory_tokens: u64,
+    preview: String,
+}
+
+/// A request row in the making; see the module doc.
+pub(crate) struct Draft {
+    /// `None` once the row is written.
+    parts: Option<Parts>,
+    /// Counts the request in flight until its row is queued, so shutdown can wait for it.
+    guard: InFlight,
+}
+
+/// The parts known once the exchange is over.
+pub(crate) struct Finish {
+    pub status: u16,
+    pub summary: Option<CompletionSummary>,
+    pub latency: Duration,
+    pub ttfb: Option<Duration>,
+    pub overhead: Duration,
+    pub attempts: u32,
+    pub error: Option<(String, String)>,
+}
+
+impl Draft {
+    pub(super) fn open(
+        st: &AppState,
+        request_id: &RequestId,
+        session: &SessionId,
+        t0: Instant,
+        p: &mut Prepared,
+    ) -> Self {
+        Self {
+            parts: Some(Parts {
+                routing: None,
+                id: request_id.as_str().to_owned(),
+                session_id: session.clone(),
+                created_at: now_ms(),
+                t0,
+                route: p.route.clone(),
+                stream: p.stream,
+                prompt_tokens_est: p.prompt_tokens,
+                memory_tokens: p.memory_tokens,
+                preview: std::mem::take(&mut p.preview),
+            }),
+            guard: InFlight::new(st),
+        }
+    }
+
+    /// What the economy phase changed: the route (heavy-duty) and the counts (compaction).
+    pub(super) fn update(&mut self, p: &Prepared) {
+        if let Some(d) = self.parts.as_mut() {
+            d.route = p.route.clone();
+            d.prompt_tokens_est = p.prompt_tokens;
+            d.memory_tokens = p.memory_tokens;
+        }
+    }
+
+    /// The route that answered (a fallback) and what routing did.
+    pub(super) fn routed(&mut self, route: Arc<Route>, routing: Option<String>) {
+        if let Some(d) = self.parts.as_mut() {
+            d.route = route;
+            d.routing = routing;
+        }
+    }
+
+    pub(crate) fn encoding(&self) -> gatehouse_core::Encoding {
+        self.parts
+            .as_ref()
+            .map_or(gatehouse_core::Encoding::Cl100k, |d| d.route.encoding)
+    }
+
+    pub(crate) fn t0(&self) -> Instant {
+        self.parts.as_ref().map_or_else(Instant::now, |d| d.t0)
+    }
+
+    /// Writes the row of a request a later phase refused (before anything went upstream), and
+    /// gives the error back.
+    pub(super) fn refuse(self, e: ApiError) -> ApiError {
+        let elapsed = self.t0().elapsed();
+        self.write(Finish {
+            status: e.status(),
+            summary: None,
+            latency: elapsed,
+            ttfb: None,
+            overhead: elapsed,
+            attempts: 0,
+            error: Some((e.kind.code().to_owned(), e.message.clone())),
+        });
+        e
+    }
+
+    /// Queues the row without waiting (the queue's overflow takes it when full): for `Drop`s
+    /// and rare paths.
+    pub(crate) fn write(mut self, f: Finish) {
+        if let Some(d) = self.parts.take() {
+            let op = self.guard.state().request_finished(d.finish(f));
+            self.guard.state().writer.record_now(op);
+        }
+    }
+
+    /// Queues the row once the queue has room (back-pressure). Room is reserved before the
+    /// row is taken, so a client that leaves meanwhile still leaves a row (through `Drop`).
+    pub(super) async fn finish(mut self, f: Finish) {
+        let st = self.guard.state().clone();
+        let permit = st.writer.reserve().await;
+        if let Some(d) = self.parts.take() {
+            let op = st.request_finished(d.finish(f));
+            match permit {
+                Some(permit) => permit.send(op),
+                None => st.writer.record_now(op),
+            }
+        }
+    }
+}
+
+impl Drop for Draft {
+    fn drop(&mut self) {
+        let Some(d) = self.parts.take() else {
+            return;
+        };
+        let st = self.guard.state();
+        // The handler's future was dropped: the client went away, or shutdown cut it.
+        let error = if st.cut.is_cancelled() {
+            (
+                "shutdown".to_owned(),
+                "the gateway shut down before the answer was complete".to_owned(),
+            )
+        } else {
+            (
+                "client_disconnected".to_owned(),
+                "the client closed the connection before the answer arrived".to_owned(),
+            )
+        };
+        let elapsed = d.t0.elapsed();
+        let record = d.finish(Finish {
+            status: CLIENT_CLOSED,
+            summary: None,
+            latency: elapsed,
+            ttfb: None,
+            overhead: Duration::ZERO,
+            attempts: 1,
+            error: Some(error),
+        });
+        let op = st.request_finished(record);
+        st.writer.record_now(op);
+    }
+}
+
+impl Parts {
+    fn finish(self, f: Finish) -> RequestRecord {
+        let usage = f.summary.as_ref().and_then(|s| s.usage);
+        let (prompt_tokens, completion_tokens, source) = match (usage, &f.summary) {
+            (Some(u), _) => (
+                Some(u.prompt_tokens),
+                Some(u.completion_tokens),
+                UsageSource::Upstream,
+            ),
+            (None, Some(s)) => (
+                None,
+                Some(s.counted_completion_tokens),
+                UsageSource::Estimated,
+            ),
+            (None, None) => (None, None, UsageSource::Estimated),
+        };
+        let prompt = prompt_tokens.unwrap_or(self.prompt_tokens_est);
+        // Failed exchanges are not billed by providers; streams cut short are, for what was sent.
+        let billed = (200..300).contains(&f.status);
+        let cost_usd = self.route.pricing.filter(|_| billed).map(|p| {
+            p.cost(
+                prompt,
+                completion_tokens.unwrap_or(0),
+                usage.and_then(|u| u.cached_tokens).unwrap_or(0),
+            )
+        });
+        let context_pct = if self.route.max_context > 0 {
+            prompt as f64 * 100.0 / self.route.max_context as f64
+        } else {
+            0.0
+        };
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (error_type, error_message) = match f.error {
+            Some((t, m)) => (Some(t), Some(m)),
+            None => (None, None),
+        };
+        RequestRecord {
+            id: self.id,
+            session_id: self.session_id,
+            created_at: self.created_at,
+            provider: self.route.provider_key.clone(),
+            model_key: self.route.model_key.clone(),
+            upstream_model: self.route.upstream_model.clone(),
+            stream: self.stream,
+            status: f.status,
+            prompt_tokens_est: self.prompt_tokens_est,
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens: usage.and_then(|u| u.cached_tokens),
+            reasoning_tokens: usage.and_then(|u| u.reasoning_tokens),
+            usage_source: source,
+            max_context: self.route.max_context,
+            context_pct,
+            preview: self.preview,
+            latency_ms: ms(f.latency),
+            ttfb_ms: f.ttfb.map(ms),
+            overhead_us: u64::try_from(f.overhead.as_micros()).unwrap_or(u64::MAX),
+            attempts: f.attempts,
+            finish_reason: f.summary.and_then(|s| s.finish_reason),
+            error_type,
+            error_message,
+            cost_usd,
+            memory_tokens: self.memory_tokens,
+            chat_tokens: self.prompt_tokens_est.saturating_sub(self.memory_tokens),
+            memory_ratio: if self.prompt_tokens_est > 0 {
+                self.memory_tokens as f64 / self.prompt_tokens_est as f64
+            } else {
+                0.0
+            },
+            routing: self.routing,
+        }
+    }
+}
