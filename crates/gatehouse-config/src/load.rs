@@ -247,6 +247,48 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 Some("the default is 30"),
             ));
         }
+        if !(s.header_read_timeout_secs.is_finite()
+            && (0.1..=86_400.0).contains(&s.header_read_timeout_secs))
+        {
+            issues.push(issue(
+                "server.header_read_timeout_secs",
+                "must be between 0.1 and 86400 seconds",
+                Some("the default is 30"),
+            ));
+        }
+        for (name, v) in [
+            ("max_connections", s.max_connections),
+            ("max_connections_per_ip", s.max_connections_per_ip),
+            ("max_streams", s.max_streams),
+            ("http2_max_streams", s.http2_max_streams as usize),
+        ] {
+            if v == 0 {
+                issues.push(issue(
+                    &format!("server.{name}"),
+                    "must be greater than 0",
+                    Some("leave it out to use the default"),
+                ));
+            }
+        }
+        for (i, h) in s.allowed_hosts.iter().enumerate() {
+            let ok = !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+            if !ok {
+                issues.push(issue(
+                    &format!("server.allowed_hosts[{i}]"),
+                    "must be a host name, optionally with `:port` (no scheme, no path)",
+                    Some("for example \"gatehouse.internal\" or \"gatehouse.internal:8000\""),
+                ));
+            }
+        }
+        if s.shutdown_grace_secs > 86_400.0 {
+            issues.push(issue(
+                "server.shutdown_grace_secs",
+                "must be at most 86400 seconds (a day)",
+                Some("the default is 30"),
+            ));
+        }
         if s.host.parse::<std::net::IpAddr>().is_err() && s.host != "localhost" {
             issues.push(issue(
                 "server.host",

@@ -78,6 +78,13 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
     pub shutdown_grace_secs: f64,
+    /// Host names answered besides localhost and IP literals (lower case, with or without port).
+    pub allowed_hosts: Vec<String>,
+    pub header_read_timeout_secs: f64,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_streams: usize,
+    pub http2_max_streams: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

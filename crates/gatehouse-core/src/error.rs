@@ -29,6 +29,8 @@ pub enum ErrorKind {
     SecretDetected,
     /// A browser page from another origin tried to use the dashboard's API or event stream.
     OriginNotAllowed,
+    /// The `Host` header names a host the gateway does not answer to (DNS rebinding).
+    HostNotAllowed,
     /// The request body is larger than `server.max_body_bytes`.
     BodyTooLarge,
     /// The prompt has more tokens than the model's window.
@@ -47,6 +49,10 @@ pub enum ErrorKind {
     UpstreamBadResponse,
     /// Upstream answered with an error status; that status is passed through.
     UpstreamError,
+    /// The provider's circuit breaker is open after repeated failures: nothing was sent.
+    CircuitOpen,
+    /// The gateway is at one of its bounds (connections, streams); try again shortly.
+    Overloaded,
     /// The gateway is shutting down and takes no new work.
     ShuttingDown,
     /// A bug or an unexpected failure inside the gateway.
@@ -62,6 +68,7 @@ impl ErrorKind {
             Self::ModelNotFound => "model_not_found",
             Self::NotFound => "not_found",
             Self::OriginNotAllowed => "origin_not_allowed",
+            Self::HostNotAllowed => "host_not_allowed",
             Self::SecretDetected => "secret_detected",
             Self::BodyTooLarge => "request_too_large",
             Self::ContextLengthExceeded => "context_length_exceeded",
@@ -72,6 +79,8 @@ impl ErrorKind {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamBadResponse => "upstream_bad_response",
             Self::UpstreamError => "upstream_error",
+            Self::CircuitOpen => "circuit_open",
+            Self::Overloaded => "overloaded",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal_error",
         }
@@ -89,13 +98,14 @@ impl ErrorKind {
             | Self::SecretDetected
             | Self::LoopDetected => "invalid_request_error",
             Self::ProviderKeyMissing => "authentication_error",
-            Self::OriginNotAllowed => "permission_error",
+            Self::OriginNotAllowed | Self::HostNotAllowed => "permission_error",
             Self::ProviderUnsupported => "not_implemented_error",
             Self::UpstreamTimeout => "timeout_error",
-            Self::UpstreamUnreachable | Self::UpstreamBadResponse | Self::UpstreamError => {
-                "upstream_error"
-            }
-            Self::ShuttingDown => "service_unavailable_error",
+            Self::UpstreamUnreachable
+            | Self::UpstreamBadResponse
+            | Self::UpstreamError
+            | Self::CircuitOpen => "upstream_error",
+            Self::ShuttingDown | Self::Overloaded => "service_unavailable_error",
             Self::Internal => "api_error",
         }
     }
@@ -106,13 +116,13 @@ impl ErrorKind {
             Self::InvalidJson | Self::InvalidRequest | Self::SecretDetected => 400,
             // 401 rather than 5xx: SDKs do not retry it, and the message says what to set.
             Self::ProviderKeyMissing => 401,
-            Self::OriginNotAllowed => 403,
+            Self::OriginNotAllowed | Self::HostNotAllowed => 403,
             Self::ModelNotFound | Self::NotFound => 404,
             Self::BodyTooLarge | Self::ContextLengthExceeded => 413,
             Self::Internal => 500,
             Self::ProviderUnsupported => 501,
             Self::UpstreamUnreachable | Self::UpstreamBadResponse | Self::UpstreamError => 502,
-            Self::ShuttingDown => 503,
+            Self::ShuttingDown | Self::CircuitOpen | Self::Overloaded => 503,
             Self::UpstreamTimeout => 504,
             Self::LoopDetected => 508,
         }
@@ -127,15 +137,18 @@ impl ErrorKind {
             | Self::BodyTooLarge
             | Self::ContextLengthExceeded
             | Self::OriginNotAllowed
+            | Self::HostNotAllowed
             | Self::SecretDetected
             | Self::LoopDetected => Fault::Client,
             Self::UpstreamUnreachable
             | Self::UpstreamTimeout
             | Self::UpstreamBadResponse
-            | Self::UpstreamError => Fault::Upstream,
+            | Self::UpstreamError
+            | Self::CircuitOpen => Fault::Upstream,
             Self::ProviderKeyMissing
             | Self::ProviderUnsupported
             | Self::ShuttingDown
+            | Self::Overloaded
             | Self::Internal => Fault::Gateway,
         }
     }
@@ -144,7 +157,11 @@ impl ErrorKind {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            Self::UpstreamUnreachable | Self::UpstreamTimeout | Self::ShuttingDown
+            Self::UpstreamUnreachable
+                | Self::UpstreamTimeout
+                | Self::ShuttingDown
+                | Self::CircuitOpen
+                | Self::Overloaded
         )
     }
 }
@@ -158,6 +175,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// Set when upstream answered with an error status that is passed through.
     pub upstream_status: Option<u16>,
+    /// Seconds a client should wait before trying again (`Retry-After`).
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -167,7 +186,13 @@ impl ApiError {
             message: message.into(),
             param: None,
             upstream_status: None,
+            retry_after_secs: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
@@ -182,6 +207,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             upstream_status: Some(status),
+            retry_after_secs: None,
         }
     }
 

@@ -44,7 +44,17 @@ pub fn json_body<T: serde::de::DeserializeOwned>(raw: &[u8], shape: &str) -> Res
 
 pub fn error_response(e: &ApiError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-    json_bytes_response(status, e.to_json_bytes())
+    let mut r = json_bytes_response(status, e.to_json_bytes());
+    set_retry_after(&mut r, e);
+    r
+}
+
+/// `Retry-After` from the error, when it says how long to wait.
+pub fn set_retry_after(r: &mut Response, e: &ApiError) {
+    if let Some(secs) = e.retry_after_secs {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
 }
 
 pub fn json_bytes_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {

@@ -9,6 +9,7 @@
 pub mod compaction;
 mod dashboard;
 pub mod error;
+pub mod guard;
 pub mod origin;
 pub mod routes;
 pub mod serve;

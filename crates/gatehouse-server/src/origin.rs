@@ -3,8 +3,9 @@
 //! Any local web page can make a browser send requests to `127.0.0.1:8000`; without this rule a
 //! site could read the event stream or spend the user's tokens. Requests without an `Origin`
 //! header (SDKs, curl, IDE plugins) are not browsers' cross-site requests and pass. A page counts
-//! as the gateway's own only when its origin matches the `Host` header *and* that host is
-//! `localhost` or an IP literal: a DNS-rebinding name pointed at 127.0.0.1 is not.
+//! as the gateway's own only when its origin matches the `Host` header *and* that host is one the
+//! gateway answers to (`localhost`, an IP literal, or `server.allowed_hosts`; see `guard.rs`): a
+//! DNS-rebinding name pointed at 127.0.0.1 is not.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -12,20 +13,11 @@ use axum::http::{HeaderMap, header};
 use gatehouse_core::{ApiError, ErrorKind};
 
 use crate::error::HttpError;
+use crate::guard::Policy;
 use crate::state::AppState;
 
-fn is_local_host(host: &str) -> bool {
-    let name = match host.rsplit_once(':') {
-        // `[::1]:8000`, `127.0.0.1:8000`, `localhost:8000`; a bare IPv6 has several colons.
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
-        _ => host,
-    };
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
-}
-
 /// Whether a request carrying `origin` may proceed.
-pub fn allowed(origin: &str, host: Option<&str>, extra: &[String]) -> bool {
+pub fn allowed(origin: &str, host: Option<&str>, extra: &[String], policy: &Policy) -> bool {
     if extra.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
         return true;
     }
@@ -33,7 +25,7 @@ pub fn allowed(origin: &str, host: Option<&str>, extra: &[String]) -> bool {
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"));
     match (authority, host) {
-        (Some(a), Some(h)) => a.eq_ignore_ascii_case(h) && is_local_host(h),
+        (Some(a), Some(h)) => a.eq_ignore_ascii_case(h) && policy.host_allowed(h),
         _ => false,
     }
 }
@@ -44,7 +36,12 @@ pub fn check(st: &AppState, headers: &HeaderMap) -> Result<(), HttpError> {
     };
     let origin = origin.to_str().unwrap_or("");
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    if allowed(origin, host, &st.config.dashboard.allowed_origins) {
+    if allowed(
+        origin,
+        host,
+        &st.config.dashboard.allowed_origins,
+        &st.guard,
+    ) {
         Ok(())
     } else {
         Err(HttpError(ApiError::new(
@@ -57,8 +54,8 @@ pub fn check(st: &AppState, headers: &HeaderMap) -> Result<(), HttpError> {
 }
 
 /// Taken by every state-changing handler: refuses requests from foreign pages. Reads need no
-/// guard: the browser's same-origin policy keeps their answers from foreign pages (no CORS
-/// headers are sent). An extractor rather than a middleware layer, so the proxy path pays one
+/// guard: the browser's same-origin policy keeps their answers from foreign pages (CORS headers
+/// go only to listed origins). An extractor rather than a middleware layer, so the proxy path pays one
 /// header lookup and no boxed future.
 #[derive(Debug, Clone, Copy)]
 pub struct SameOrigin;
@@ -78,6 +75,8 @@ mod tests {
     #[test]
     fn own_pages_and_listed_origins_only() {
         let none: Vec<String> = Vec::new();
+        let p = Policy::new(&[], &[]);
+        let allowed = |o: &str, h: Option<&str>, extra: &[String]| allowed(o, h, extra, &p);
         assert!(allowed(
             "http://127.0.0.1:8000",
             Some("127.0.0.1:8000"),

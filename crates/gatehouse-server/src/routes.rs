@@ -97,8 +97,10 @@ pub fn router(state: AppState) -> Router {
             .route("/assets/{name}", get(dashboard::asset))
             .route("/ws", get(ws::upgrade));
     }
+    let guard = crate::guard::GuardLayer::shared(state.guard.clone());
     app.fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(guard)
         .with_state(state)
 }

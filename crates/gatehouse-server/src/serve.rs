@@ -106,6 +106,10 @@ pub async fn run_with(
         compaction: crate::compaction::CompactionState::new(stored_compactions),
         recall: std::sync::Mutex::new(recall),
         listen,
+        guard: Arc::new(crate::guard::Policy::new(
+            &config.server.allowed_hosts,
+            &config.dashboard.allowed_origins,
+        )),
         sessions,
         store,
         writer: writer.clone(),

@@ -23,6 +23,8 @@ pub struct AppState(pub Arc<Inner>);
 pub struct Inner {
     pub config: Config,
     pub listen: SocketAddr,
+    /// The Host and CORS policy (`guard.rs`), shared with the origin check.
+    pub guard: Arc<crate::guard::Policy>,
     pub router: Router,
     pub upstream: Upstream,
     pub counter: TokenCounter,

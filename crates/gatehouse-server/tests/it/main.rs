@@ -11,6 +11,7 @@ mod compaction;
 mod errors;
 mod export;
 mod faults;
+mod guard;
 mod live;
 mod memory;
 mod proxy;

@@ -31,6 +31,10 @@ pub struct TestApp {
 pub struct Options {
     /// Appended to the config; `MOCK_BASE_URL` is replaced by the mock's base URL.
     pub extra_toml: String,
+    /// Added to the `[server]` section.
+    pub server_toml: String,
+    /// Added to the `[dashboard]` section.
+    pub dashboard_toml: String,
     pub retries: Option<u32>,
     pub grace_secs: Option<f64>,
     /// Seconds; 1 unless set (also bounds non-streamed answers' head).
@@ -60,10 +64,12 @@ impl TestApp {
 data_dir = "{data}"
 max_body_bytes = 65536
 shutdown_grace_secs = {grace}
+{server}
 
 [dashboard]
 event_buffer = {event_buffer}
 ping_secs = 5
+{dashboard}
 
 [log_watcher]
 paths = ["{data}/core.log"]
@@ -123,6 +129,8 @@ max_context_size = 4096
             base = mock.base_url(),
             event_buffer = opts.event_buffer.unwrap_or(1024),
             extra = opts.extra_toml.replace("MOCK_BASE_URL", &mock.base_url()),
+            server = opts.server_toml,
+            dashboard = opts.dashboard_toml,
         );
         let file = dir.path().join("config.toml");
         std::fs::write(&file, config_text).unwrap();
@@ -230,4 +238,21 @@ pub fn session_of(r: &reqwest::Response) -> String {
         .to_str()
         .unwrap()
         .to_owned()
+}
+
+/// Sends `request` (a whole HTTP/1.1 request, `Connection: close`) over a raw socket and returns
+/// the status code and the whole answer, for tests that need headers no HTTP client would send.
+pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
 }

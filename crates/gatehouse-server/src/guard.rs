@@ -1,0 +1,269 @@
+//! The router-wide guard that runs before any handler: the `Host` check and CORS.
+//!
+//! **Host.** A web page can make a browser send requests to `127.0.0.1:8000` under a name the
+//! page's owner controls (DNS rebinding: `rebind.attacker` first resolves to their server, then
+//! to 127.0.0.1), and the browser then treats the gateway's answers as that page's own, so the
+//! page could read every row. The browser always sends the name it used as `Host`, so every
+//! request whose `Host` is not `localhost` (or `*.localhost`, which browsers resolve to loopback
+//! themselves), an IP literal, or a name in `server.allowed_hosts` gets 403 here, on every route.
+//! A request without `Host` (HTTP/1.0 tools) does not come from a browser and passes.
+//!
+//! **CORS.** Pages of the origins in `dashboard.allowed_origins` may call the gateway from the
+//! browser: their preflight (`OPTIONS` with `Access-Control-Request-Method`) is answered here,
+//! and their requests' answers carry `Access-Control-Allow-Origin`. No other origin gets CORS
+//! headers, so the browser keeps their pages from reading answers; state-changing routes also
+//! refuse foreign origins outright (`origin.rs`).
+//!
+//! A hand-written tower service rather than `axum::middleware::from_fn`: the common case (a
+//! good `Host`, no `Origin`) costs two header lookups and no boxed future.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use futures_util::future::{BoxFuture, Either, Ready, ready};
+use gatehouse_core::{ApiError, ErrorKind};
+use gatehouse_proxy::translate;
+
+use crate::error::{error_response, json_bytes_response};
+
+/// What the guard allows; built once from the config.
+#[derive(Debug)]
+pub struct Policy {
+    /// `server.allowed_hosts`, lower case.
+    hosts: Vec<String>,
+    /// `dashboard.allowed_origins`, as header values.
+    origins: Vec<HeaderValue>,
+}
+
+impl Policy {
+    pub fn new(hosts: &[String], origins: &[String]) -> Self {
+        Self {
+            hosts: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            origins: origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect(),
+        }
+    }
+
+    /// Whether the gateway answers to `host` (a `Host` header's value).
+    pub fn host_allowed(&self, host: &str) -> bool {
+        let name = host_name(host);
+        if is_local_name(name) {
+            return true;
+        }
+        self.hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(name))
+    }
+
+    fn listed_origin(&self, origin: &HeaderValue) -> bool {
+        self.origins
+            .iter()
+            .any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+    }
+}
+
+/// `host` without its port: `[::1]:8000` → `::1`, `localhost:8000` → `localhost`.
+pub fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(h, _)| h);
+    }
+    match host.rsplit_once(':') {
+        // A bare IPv6 address has several colons and no brackets: it is all name.
+        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// `localhost`, `*.localhost` and IP literals: names a DNS-rebinding page cannot hold.
+pub fn is_local_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    let lower = name.len() >= 9 && {
+        let tail = name.get(name.len() - 9..).unwrap_or("");
+        tail.eq_ignore_ascii_case("localhost")
+            && (name.len() == 9 || name.as_bytes().get(name.len() - 10) == Some(&b'.'))
+    };
+    lower || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// The layer that puts [`Guard`] around the router.
+#[derive(Debug, Clone)]
+pub struct GuardLayer(Arc<Policy>);
+
+impl GuardLayer {
+    pub fn shared(policy: Arc<Policy>) -> Self {
+        Self(policy)
+    }
+}
+
+impl<S> tower_layer::Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            inner,
+            policy: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Guard<S> {
+    inner: S,
+    policy: Arc<Policy>,
+}
+
+type Refusal = Ready<Result<Response<Body>, std::convert::Infallible>>;
+
+impl<S> tower_service::Service<Request<Body>> for Guard<S>
+where
+    S: tower_service::Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Either<
+        Refusal,
+        Either<S::Future, BoxFuture<'static, Result<Response<Body>, std::convert::Infallible>>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        if let Some(host) = host
+            && !self.policy.host_allowed(host)
+        {
+            let e = ApiError::new(
+                ErrorKind::HostNotAllowed,
+                format!(
+                    "this gateway does not answer to the host name `{}`; if it is yours, add it to server.allowed_hosts",
+                    host_name(host)
+                ),
+            );
+            return Either::Left(ready(Ok(refusal(req.uri().path(), &e))));
+        }
+        let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
+            return Either::Right(Either::Left(self.inner.call(req)));
+        };
+        if !self.policy.listed_origin(&origin) {
+            return Either::Right(Either::Left(self.inner.call(req)));
+        }
+        if req.method() == Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            return Either::Left(ready(Ok(preflight(&origin, req.headers()))));
+        }
+        let fut = self.inner.call(req);
+        Either::Right(Either::Right(Box::pin(async move {
+            let mut r = fut.await?;
+            let h = r.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(EXPOSED),
+            );
+            h.append(header::VARY, HeaderValue::from_static("origin"));
+            Ok(r)
+        })))
+    }
+}
+
+/// Response headers a listed page may read besides the CORS-safelisted ones.
+const EXPOSED: &str =
+    "x-request-id, request-id, x-gatehouse-session, x-gatehouse-overhead-us, retry-after";
+
+/// The answer to a listed origin's preflight: the methods the API uses and whatever headers the
+/// page asked for (SDKs send `authorization`, `x-api-key`, `anthropic-version`…).
+fn preflight(origin: &HeaderValue, req: &HeaderMap) -> Response<Body> {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, PATCH, PUT, DELETE, OPTIONS"),
+    );
+    if let Some(asked) = req.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+    }
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("origin"));
+    r
+}
+
+/// A refusal in the shape the route's clients read: Anthropic's on `/v1/messages`.
+fn refusal(path: &str, e: &ApiError) -> Response<Body> {
+    if path.starts_with("/v1/messages") {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::FORBIDDEN);
+        return json_bytes_response(
+            status,
+            translate::anthropic::error_body(status.as_u16(), &e.message).to_string(),
+        );
+    }
+    error_response(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_names_ip_literals_and_listed_hosts_only() {
+        let p = Policy::new(&["gatehouse.internal".to_owned()], &[]);
+        for ok in [
+            "localhost",
+            "localhost:8000",
+            "LOCALHOST:8000",
+            "app.localhost:8000",
+            "127.0.0.1:8000",
+            "127.0.0.1",
+            "[::1]:8000",
+            "[::1]",
+            "::1",
+            "10.1.2.3:9000",
+            "gatehouse.internal",
+            "gatehouse.internal:8000",
+            "Gatehouse.Internal:8000",
+        ] {
+            assert!(p.host_allowed(ok), "{ok} should be allowed");
+        }
+        for bad in [
+            "rebind.attacker:8000",
+            "rebind.attacker",
+            "evillocalhost:8000",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io",
+            "gatehouse.internal.attacker",
+            "",
+        ] {
+            assert!(!p.host_allowed(bad), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn host_name_strips_the_port_only() {
+        assert_eq!(host_name("localhost:8000"), "localhost");
+        assert_eq!(host_name("[::1]:8000"), "::1");
+        assert_eq!(host_name("::1"), "::1");
+        assert_eq!(host_name("example"), "example");
+    }
+}
