@@ -19,6 +19,17 @@ pub enum RequestParseError {
     Field { param: String, message: String },
 }
 
+impl std::fmt::Display for RequestParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Syntax(m) => f.write_str(m),
+            Self::Field { param, message } => write!(f, "{param}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for RequestParseError {}
+
 impl RequestParseError {
     fn field(param: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Field {

@@ -472,7 +472,7 @@ fn analyse(
     let bad = |e: gatehouse_core::request::RequestParseError| {
         not_done(
             "unreadable_request",
-            format!("the request cannot be read: {e:?}"),
+            format!("the request cannot be read: {e}"),
         )
     };
     let masked = ChatRequestView::parse(&input.masked).map_err(bad)?;
@@ -735,7 +735,13 @@ async fn llm(
             .send(&route, body, &HeaderMap::new(), id.as_str(), false),
     )
     .await
-    .map_err(|_| format!("`{}` did not answer within {timeout:?}", route.model_key))?;
+    .map_err(|_| {
+        format!(
+            "`{}` did not answer within {:.0} s",
+            route.model_key,
+            timeout.as_secs_f64()
+        )
+    })?;
     let answer = match sent {
         Ok(Outcome::Complete { body, .. }) => body,
         Ok(Outcome::Stream { .. }) => {

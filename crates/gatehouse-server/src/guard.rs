@@ -35,6 +35,8 @@ pub struct Policy {
     hosts: Vec<String>,
     /// `dashboard.allowed_origins`, as header values.
     origins: Vec<HeaderValue>,
+    /// Requests refused for their `Host`, for `/health`.
+    pub refused: std::sync::atomic::AtomicU64,
 }
 
 impl Policy {
@@ -45,6 +47,7 @@ impl Policy {
                 .iter()
                 .filter_map(|o| HeaderValue::from_str(o).ok())
                 .collect(),
+            refused: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -147,6 +150,9 @@ where
         if let Some(host) = host
             && !self.policy.host_allowed(host)
         {
+            self.policy
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let e = ApiError::new(
                 ErrorKind::HostNotAllowed,
                 format!(

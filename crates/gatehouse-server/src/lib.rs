@@ -10,6 +10,7 @@ pub mod compaction;
 mod dashboard;
 pub mod error;
 pub mod guard;
+mod listen;
 pub mod origin;
 pub mod routes;
 pub mod serve;

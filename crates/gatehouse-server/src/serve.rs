@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
 use gatehouse_config::Config;
 use gatehouse_core::TokenCounter;
 use gatehouse_proxy::{Router, Upstream};
@@ -118,6 +117,9 @@ pub async fn run_with(
         log_watch: std::sync::OnceLock::new(),
         shutdown: stop.clone(),
         cut: CancellationToken::new(),
+        conns: Arc::new(crate::listen::ConnStats::default()),
+        streams_open: AtomicU64::new(0),
+        refusals: crate::state::Refusals::default(),
         ws: crate::state::WsStats::default(),
         demo: options.demo,
         started,
@@ -142,41 +144,42 @@ pub async fn run_with(
         .unwrap_or(Duration::from_secs(30));
     let mut watcher = start_log_watcher(&state);
     let app = routes::router(state.clone());
-    let server = axum::serve(
-        listener.tap_io(|tcp| {
-            // Small SSE chunks must leave at once, not wait for Nagle.
-            let _ = tcp.set_nodelay(true);
-        }),
+    let accepting = tokio::spawn(crate::listen::serve(
+        listener,
         app,
-    )
-    .with_graceful_shutdown(stop.clone().cancelled_owned());
-    let mut server = std::pin::pin!(server.into_future());
+        crate::listen::Bounds::of(&state.config.server),
+        state.conns.clone(),
+        stop.clone(),
+    ));
     tracing::info!(%listen, elapsed_ms = started.elapsed().as_millis() as u64, "gatehouse ready");
     on_ready(&state);
 
-    tokio::select! {
-        r = &mut server => r?,
-        () = shutdown => {
-            state.shutting_down.store(true, Ordering::SeqCst);
-            let in_flight = state.in_flight.load(Ordering::SeqCst);
-            tracing::info!(in_flight, grace_s = grace.as_secs_f64(), "shutting down: no new connections, finishing in-flight requests");
-            stop.cancel();
-            match tokio::time::timeout(grace, &mut server).await {
-                Ok(r) => r?,
-                Err(_) => {
-                    tracing::warn!(
-                        in_flight = state.in_flight.load(Ordering::SeqCst),
-                        "grace period over; cutting the remaining requests"
-                    );
-                    state.cut.cancel();
-                    // The cut requests write their rows as they unwind; wait for that (briefly:
-                    // a cut is a select away from every await of the proxy path).
-                    let deadline = Instant::now() + CUT_WAIT;
-                    while state.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                }
-            }
+    shutdown.await;
+    state.shutting_down.store(true, Ordering::SeqCst);
+    let in_flight = state.in_flight.load(Ordering::SeqCst);
+    tracing::info!(
+        in_flight,
+        grace_s = grace.as_secs_f64(),
+        "shutting down: no new connections, finishing in-flight requests"
+    );
+    stop.cancel();
+    let graceful = accepting
+        .await
+        .map_err(|e| std::io::Error::other(format!("the accept loop failed: {e}")))?;
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = state.in_flight.load(Ordering::SeqCst),
+            "grace period over; cutting the remaining requests"
+        );
+        state.cut.cancel();
+        // The cut requests write their rows as they unwind; wait for that (briefly: a cut is a
+        // select away from every await of the proxy path).
+        let deadline = Instant::now() + CUT_WAIT;
+        while state.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

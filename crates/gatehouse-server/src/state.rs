@@ -6,8 +6,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use gatehouse_config::Config;
-use gatehouse_core::TokenCounter;
 use gatehouse_core::record::RequestRecord;
+use gatehouse_core::{ApiError, TokenCounter};
 use gatehouse_proxy::{Router, Upstream};
 use gatehouse_services::events::{Event, EventBus, emit};
 use gatehouse_services::gauge::{AlertChange, GaugeView};
@@ -47,6 +47,12 @@ pub struct Inner {
     /// Cancelled when shutdown's grace period is over: requests still running are cut (their
     /// rows say `shutdown`) before the writer closes.
     pub cut: CancellationToken,
+    /// Streamed answers in flight (`server.max_streams`).
+    pub streams_open: AtomicU64,
+    /// Proxy requests refused before they had a row, by error code.
+    pub refusals: Refusals,
+    /// Client connections: open, refused past the bounds (`listen.rs`).
+    pub conns: Arc<crate::listen::ConnStats>,
     pub ws: WsStats,
     /// Models served by the built-in demo provider (`serve --demo`) are labelled as such.
     pub demo: bool,
@@ -78,6 +84,28 @@ impl SanitizerState {
             tokens_saved: AtomicU64::new(0),
             stored: quick_cache::sync::Cache::new(100_000),
         }
+    }
+}
+
+/// Proxy requests refused before they had a row (bad body, unknown model, over a bound…), by
+/// error code: what `/health` shows of a misbehaving client.
+#[derive(Debug, Default)]
+pub struct Refusals(std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>);
+
+impl Refusals {
+    /// Counts `e` and gives it back.
+    pub fn count(&self, e: ApiError) -> ApiError {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(e.kind.code()).or_insert(0) += 1;
+        e
+    }
+
+    pub fn view(&self) -> serde_json::Value {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::json!({
+            "total": m.values().sum::<u64>(),
+            "by_code": &*m,
+        })
     }
 }
 

@@ -68,10 +68,15 @@ pub fn request_to_ir(body: &[u8]) -> Result<Request, TranslateError> {
         let role = match m.get("role").and_then(Value::as_str) {
             Some("user") => Role::User,
             Some("assistant") => Role::Assistant,
-            other => {
+            Some(other) => {
                 return Err(TranslateError::shape(format!(
-                    "message role must be `user` or `assistant`, not {other:?}"
+                    "message role must be `user` or `assistant`, not `{other}`"
                 )));
+            }
+            None => {
+                return Err(TranslateError::shape(
+                    "every message needs a `role` (`user` or `assistant`)",
+                ));
             }
         };
         r.messages.push(Message {

@@ -3,11 +3,15 @@
 //!
 //! 1. `ingress`: decode (loop check, body limit, session header);
 //! 2. `prepare`: redact → parse → route → mask → count, one pass over the body;
-//! 3. session: the conversation the request belongs to (`Sessions::resolve`); from here on the
+//! 3. `admit`: whether the gateway takes the request now (the stream cap);
+//! 4. session: the conversation the request belongs to (`Sessions::resolve`); from here on the
 //!    request has a row (`record::Draft`), whichever way it ends;
-//! 4. `economy`: masked originals kept, compaction, heavy-duty, the window check (413);
-//! 5. `route`: the provider's format, the send with its retries, fallbacks;
-//! 6. `respond`: the client's answer (error, whole answer or stream) and the row.
+//! 5. `economy`: masked originals kept, compaction, heavy-duty, the window check (413);
+//! 6. `route`: the provider's format, the send with its retries, fallbacks;
+//! 7. `respond`: the client's answer (error, whole answer or stream) and the row.
+//!
+//! A request refused before it has a row (phases 1 to 3) is counted by error code in
+//! `/health` (`refused`), so a misbehaving client is visible.
 //!
 //! Nothing here waits for the database.
 
@@ -25,6 +29,7 @@ use crate::error::error_response;
 use crate::origin::SameOrigin;
 use crate::state::AppState;
 
+mod admit;
 mod compacting;
 mod economy;
 mod ingress;
@@ -89,8 +94,11 @@ async fn phases(
     t0: Instant,
     ingress: Format,
 ) -> Result<Response, ApiError> {
-    let req = ingress::decode(st, headers, body)?;
-    let mut p = prepare::run(st, req.body, ingress).await?;
+    let req = ingress::decode(st, headers, body).map_err(|e| st.refusals.count(e))?;
+    let mut p = prepare::run(st, req.body, ingress)
+        .await
+        .map_err(|e| st.refusals.count(e))?;
+    let admission = admit::admit(st, &p).map_err(|e| st.refusals.count(e))?;
     let session = st
         .sessions
         .resolve(
@@ -101,7 +109,7 @@ async fn phases(
         )
         .await
         .id;
-    let mut draft = Draft::open(st, request_id, &session, t0, &mut p);
+    let mut draft = Draft::open(st, request_id, &session, t0, &mut p, admission);
     let notes = match economy::apply(st, &mut p, &session, request_id).await {
         Ok(notes) => notes,
         Err(e) => return Err(draft.refuse(e)),

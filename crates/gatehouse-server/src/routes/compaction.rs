@@ -293,9 +293,8 @@ pub async fn simulate(
                 .ok_or_else(|| bad_request("the session has no model yet: name one in `model`"))?;
             let route = st.router.resolve(&model).map_err(HttpError)?;
             let bytes = Bytes::from(json!({"model": model, "messages": messages}).to_string());
-            gatehouse_core::ChatRequestView::parse(&bytes).map_err(|e| {
-                bad_request(format!("`messages` is not a valid chat history: {e:?}"))
-            })?;
+            gatehouse_core::ChatRequestView::parse(&bytes)
+                .map_err(|e| bad_request(format!("`messages` is not a valid chat history: {e}")))?;
             (
                 Input {
                     redacted: bytes.clone(),

@@ -23,6 +23,13 @@ pub async fn health(State(st): State<AppState>) -> Response {
         "listen": st.listen.to_string(),
         "shutting_down": st.shutting_down.load(Ordering::Relaxed),
         "in_flight": st.in_flight.load(Ordering::Relaxed),
+        "connections": st.conns.view(&crate::listen::Bounds::of(&st.config.server)),
+        "streams": {
+            "open": st.streams_open.load(Ordering::Relaxed),
+            "max": st.config.server.max_streams,
+        },
+        "refused": st.refusals.view(),
+        "refused_host": st.guard.refused.load(Ordering::Relaxed),
         "database": { "ok": db_ok, "engine": "sqlite" },
         "accounting": {
             "queued": st.writer.queued(),

@@ -15,7 +15,7 @@ use gatehouse_proxy::translate::{self, Format};
 use gatehouse_proxy::upstream::is_openai_error;
 use serde_json::json;
 
-use crate::error::{body_rejection, json_bytes_response};
+use crate::error::{body_rejection, json_bytes_response, set_retry_after};
 use crate::origin::SameOrigin;
 use crate::routes::chat;
 use crate::state::AppState;
@@ -26,10 +26,12 @@ const MAX_ERROR_BODY: usize = 256 * 1024;
 /// An error in Anthropic's shape.
 pub fn anthropic_error(e: &ApiError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-    json_bytes_response(
+    let mut r = json_bytes_response(
         status,
         translate::anthropic::error_body(status.as_u16(), &e.message).to_string(),
-    )
+    );
+    set_retry_after(&mut r, e);
+    r
 }
 
 pub async fn messages(
@@ -83,7 +85,7 @@ pub async fn count_tokens(
 ) -> Response {
     match count(&st, body) {
         Ok(n) => json_bytes_response(StatusCode::OK, json!({"input_tokens": n}).to_string()),
-        Err(e) => anthropic_error(&e),
+        Err(e) => anthropic_error(&st.refusals.count(e)),
     }
 }
 
@@ -93,7 +95,7 @@ fn count(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<u64, ApiE
         .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.0))?;
     let openai = Bytes::from(translate::openai::request_from_ir(&ir).to_string());
     let view = ChatRequestView::parse(&openai)
-        .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, format!("{e:?}")))?;
+        .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.to_string()))?;
     let route = st.router.resolve(&view.model)?;
     Ok(st.counter.count_prompt(route.encoding, &view).tokens)
 }

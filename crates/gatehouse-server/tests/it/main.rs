@@ -7,6 +7,7 @@
 
 mod support;
 
+mod bounds;
 mod compaction;
 mod errors;
 mod export;

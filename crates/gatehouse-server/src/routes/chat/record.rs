@@ -16,6 +16,7 @@ use gatehouse_core::{ApiError, RequestId, SessionId};
 use gatehouse_proxy::{CompletionSummary, Route};
 
 use super::Prepared;
+use super::admit::Admission;
 use crate::state::{AppState, InFlight};
 
 /// The status of a row whose client left before the answer (nginx's "client closed request").
@@ -42,6 +43,8 @@ pub(crate) struct Draft {
     parts: Option<Parts>,
     /// Counts the request in flight until its row is queued, so shutdown can wait for it.
     guard: InFlight,
+    /// What admission holds (a stream's place) until the row is written.
+    _admission: Admission,
 }
 
 /// The parts known once the exchange is over.
@@ -62,6 +65,7 @@ impl Draft {
         session: &SessionId,
         t0: Instant,
         p: &mut Prepared,
+        admission: Admission,
     ) -> Self {
         Self {
             parts: Some(Parts {
@@ -77,6 +81,7 @@ impl Draft {
                 preview: std::mem::take(&mut p.preview),
             }),
             guard: InFlight::new(st),
+            _admission: admission,
         }
     }
 
