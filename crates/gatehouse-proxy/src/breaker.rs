@@ -1,6 +1,10 @@
 //! A circuit breaker per provider: after `failures` failed requests in a row it opens and the
 //! provider is skipped (requests go to their fallbacks) for `open_secs`; then one request is let
 //! through as a probe (half-open), and its outcome closes or reopens the breaker.
+//!
+//! The probe is a [`Ticket`]: a probe whose request is dropped before it reports (its client
+//! left, a summary's timeout) gives its turn back when the ticket drops, so the next request
+//! probes instead of the provider being refused until restart.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -43,6 +47,34 @@ pub struct Refused {
     pub retry_in: Duration,
 }
 
+/// Leave to send a request, from [`Breakers::admit`]. Report the outcome with
+/// [`Breakers::success`] or [`Breakers::failure`], then call [`Ticket::reported`]; a probe's
+/// ticket dropped unreported hands the probe to the next request.
+#[derive(Debug)]
+#[must_use = "a probe's ticket must live until its outcome is reported"]
+pub struct Ticket<'a> {
+    probe: Option<(&'a Breakers, &'a str)>,
+}
+
+impl Ticket<'_> {
+    /// The outcome was reported: nothing to undo.
+    pub fn reported(mut self) {
+        self.probe = None;
+    }
+
+    pub fn is_probe(&self) -> bool {
+        self.probe.is_some()
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if let Some((b, provider)) = self.probe.take() {
+            b.abandon_probe(provider);
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Breakers {
     cfg: CircuitBreaker,
@@ -66,17 +98,19 @@ impl Breakers {
     }
 
     /// Whether a request may go to `provider` now. Past the open period, the first caller
-    /// becomes the probe and the others keep being refused until it reports.
-    pub fn admit(&self, provider: &str, now: Instant) -> Result<(), Refused> {
+    /// becomes the probe and the others keep being refused until it reports, or until its
+    /// ticket is dropped unreported.
+    pub fn admit<'a>(&'a self, provider: &'a str, now: Instant) -> Result<Ticket<'a>, Refused> {
+        let plain = Ticket { probe: None };
         if self.cfg.failures == 0 || !self.dirty.load(Ordering::Acquire) {
-            return Ok(());
+            return Ok(plain);
         }
         let mut m = self.lock();
         let Some(e) = m.get_mut(provider) else {
-            return Ok(());
+            return Ok(plain);
         };
         match e.open_until {
-            None => Ok(()),
+            None => Ok(plain),
             Some(until) if now < until => Err(Refused {
                 retry_in: until - now,
             }),
@@ -85,8 +119,24 @@ impl Breakers {
             }),
             Some(_) => {
                 e.probing = true;
-                Ok(())
+                Ok(Ticket {
+                    probe: Some((self, provider)),
+                })
             }
+        }
+    }
+
+    /// A probe that ended without a report: the next request may probe.
+    fn abandon_probe(&self, provider: &str) {
+        let mut m = self.lock();
+        if let Some(e) = m.get_mut(provider)
+            && e.probing
+        {
+            e.probing = false;
+            tracing::debug!(
+                provider,
+                "the circuit breaker's probe was abandoned; the next request probes"
+            );
         }
     }
 
@@ -191,9 +241,11 @@ mod tests {
         // Half-open: one probe, the others wait for it.
         let later = t + Duration::from_secs(11);
         assert_eq!(b.view("p", later).state, BreakerState::HalfOpen);
-        assert!(b.admit("p", later).is_ok());
+        let probe = b.admit("p", later).unwrap();
+        assert!(probe.is_probe());
         assert!(b.admit("p", later).is_err());
         b.failure("p", later);
+        probe.reported();
         assert_eq!(
             b.view("p", later).state,
             BreakerState::Open,
@@ -201,10 +253,30 @@ mod tests {
         );
         assert_eq!(b.view("p", later).opened_total, 2);
         let again = later + Duration::from_secs(11);
-        assert!(b.admit("p", again).is_ok());
+        let probe = b.admit("p", again).unwrap();
         b.success("p");
+        probe.reported();
         assert_eq!(b.view("p", again).state, BreakerState::Closed);
         assert!(b.admit("p", again).is_ok());
+    }
+
+    #[test]
+    fn an_abandoned_probe_hands_over_to_the_next_request() {
+        let b = Breakers::new(CircuitBreaker {
+            failures: 1,
+            open_secs: 10,
+        });
+        let t = Instant::now();
+        b.failure("p", t);
+        let later = t + Duration::from_secs(11);
+        let probe = b.admit("p", later).unwrap();
+        assert!(b.admit("p", later).is_err(), "one probe at a time");
+        drop(probe); // its request was cancelled before it reported
+        let next = b.admit("p", later).unwrap();
+        assert!(next.is_probe(), "the next request probes");
+        b.success("p");
+        next.reported();
+        assert_eq!(b.view("p", later).state, BreakerState::Closed);
     }
 
     #[test]

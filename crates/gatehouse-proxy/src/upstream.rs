@@ -235,22 +235,26 @@ impl Upstream {
                 upstream_wait: Duration::ZERO,
             });
         };
-        if let Err(r) = self.breakers.admit(&route.provider_key, started) {
-            return Err(Failure {
-                error: ApiError::new(
-                    ErrorKind::UpstreamUnreachable,
-                    format!(
-                        "provider `{}` is skipped: its circuit breaker is open after repeated failures (next probe in {:.0} s)",
-                        route.provider_key,
-                        r.retry_in.as_secs_f64().ceil()
-                    ),
-                ),
-                breaker_open: true,
-                body: None,
-                attempts: 0,
-                upstream_wait: Duration::ZERO,
-            });
-        }
+        let ticket = match self.breakers.admit(&route.provider_key, started) {
+            Ok(t) => t,
+            Err(r) => {
+                let secs = r.retry_in.as_secs_f64().ceil();
+                return Err(Failure {
+                    error: ApiError::new(
+                        ErrorKind::CircuitOpen,
+                        format!(
+                            "provider `{}` is skipped: its circuit breaker is open after repeated failures (next probe in {secs:.0} s)",
+                            route.provider_key,
+                        ),
+                    )
+                    .with_retry_after((secs as u64).max(1)),
+                    breaker_open: true,
+                    body: None,
+                    attempts: 0,
+                    upstream_wait: Duration::ZERO,
+                });
+            }
+        };
         let result = self
             .send_with_retries(
                 endpoint,
@@ -268,6 +272,7 @@ impl Upstream {
             }
             _ => self.breakers.success(&route.provider_key),
         }
+        ticket.reported();
         result
     }
 

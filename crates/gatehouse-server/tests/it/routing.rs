@@ -181,13 +181,16 @@ async fn the_breaker_opens_skips_the_provider_probes_and_closes() {
         "mock"
     );
 
-    // Open: the provider is skipped, straight to the fallback; without one, a clear 502.
+    // Open: the provider is skipped, straight to the fallback; without one, a clear 503 with
+    // its own code, and when to try again.
     let sent = app.mock.captured().len();
     assert_eq!(app.chat(user("mock/flaky", "x")).await.status(), 200);
     assert_eq!(upstream_models(&app)[sent..], ["chunks:2"]);
     let r = app.chat(user("mock/ok", "x")).await;
-    assert_eq!(r.status(), 502);
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
     let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "circuit_open", "{e}");
     assert!(
         e["error"]["message"]
             .as_str()
@@ -222,6 +225,58 @@ async fn the_breaker_opens_skips_the_provider_probes_and_closes() {
         .unwrap()["circuit_breaker"]
         .clone();
     assert_eq!(b["state"], "closed");
+}
+
+#[tokio::test]
+async fn a_probe_whose_client_leaves_hands_the_probe_to_the_next_request() {
+    let app = TestApp::spawn_with(Options {
+        extra_toml: r#"
+[proxy.circuit_breaker]
+failures = 1
+open_secs = 1
+
+[models."mock/down"]
+provider = "mock"
+model = "status:503"
+max_context_size = 4096
+
+[models."mock/slow"]
+provider = "mock"
+model = "delay:2500"
+max_context_size = 4096
+"#
+        .to_owned(),
+        retries: Some(0),
+        first_byte_secs: Some(5.0),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(app.chat(user("mock/down", "x")).await.status(), 503);
+    assert_eq!(app.chat(user("mock/echo", "x")).await.status(), 503, "open");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The probe: a slow answer whose client gives up before it arrives.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(app.url("/v1/chat/completions"))
+        .json(&user("mock/slow", "x"))
+        .send()
+        .await;
+    assert!(r.is_err(), "the client timed out");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The next request probes (and closes the breaker) instead of being refused forever.
+    let r = app.chat(user("mock/echo", "x")).await;
+    assert_eq!(r.status(), 200);
+    let b = &app.get_json("/api/providers").await["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == "mock")
+        .unwrap()["circuit_breaker"]
+        .clone();
+    assert_eq!(b["state"], "closed", "{b}");
 }
 
 #[tokio::test]
