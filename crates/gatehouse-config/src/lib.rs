@@ -7,6 +7,9 @@
 //!
 //! Architecture invariant: the process environment is read only by the binary, which hands a
 //! snapshot ([`Env`]) in; nothing here calls `std::env`, so tests never mutate global state.
+// Input (requests, provider answers, config, client logs) reaches this crate: an index out of
+// range must be an error, never a panic.
+#![deny(clippy::indexing_slicing)]
 
 mod load;
 mod schema;

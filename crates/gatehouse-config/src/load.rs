@@ -719,7 +719,9 @@ fn apply_env_overrides(root: &mut Table, env: &Env, issues: &mut Vec<Issue>) {
             continue;
         }
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        if path.iter().any(String::is_empty) || !SECTIONS.contains(&path[0].as_str()) {
+        if path.iter().any(String::is_empty)
+            || !path.first().is_some_and(|p| SECTIONS.contains(&p.as_str()))
+        {
             issues.push(Issue {
                 path: name.clone(),
                 line: None,
@@ -966,17 +968,20 @@ fn suggest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> String 
 
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
+    // One row of the Levenshtein table at a time: `prev[j]` is the distance between the first
+    // i characters of `a` and the first j of `b`.
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
+        let mut cur = Vec::with_capacity(b.len() + 1);
+        cur.push(i + 1);
+        for (j, (diag, up)) in prev.iter().zip(prev.iter().skip(1)).enumerate() {
+            let left = cur.last().copied().unwrap_or(0);
+            let same = b.get(j).is_some_and(|cb| *cb == ca);
+            cur.push((diag + usize::from(!same)).min(up + 1).min(left + 1));
         }
         prev = cur;
     }
-    prev[b.len()]
+    prev.last().copied().unwrap_or(0)
 }
 
 fn quote_key(k: &str) -> String {
@@ -995,8 +1000,9 @@ fn display_path(p: &[String]) -> String {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
+    text.as_bytes()
         .iter()
+        .take(offset)
         .filter(|&&b| b == b'\n')
         .count()
         + 1

@@ -46,7 +46,8 @@ pub fn plan(roles: &[&str], keep_exchanges: usize, from: usize) -> Option<Plan> 
     if cut <= from {
         return None;
     }
-    let (system, rest): (Vec<usize>, Vec<usize>) = (0..cut).partition(|&i| roles[i] == "system");
+    let (system, rest): (Vec<usize>, Vec<usize>) =
+        (0..cut).partition(|&i| roles.get(i) == Some(&"system"));
     let summarized: Vec<usize> = rest.into_iter().filter(|&i| i >= from).collect();
     if summarized.is_empty() {
         return None;
@@ -153,9 +154,10 @@ pub fn heuristic(items: &[Item<'_>], previous: Option<&str>, tokens: u64, b: Bud
                 break;
             }
             // An error line says so near its start; prose that merely mentions one does not.
-            let head = match line.trim_start().char_indices().nth(ERROR_HEAD) {
-                Some((i, _)) => &line.trim_start()[..i],
-                None => line.trim_start(),
+            let trimmed = line.trim_start();
+            let head = match trimmed.char_indices().nth(ERROR_HEAD) {
+                Some((i, _)) => trimmed.get(..i).unwrap_or(trimmed),
+                None => trimmed,
             };
             if observe::looks_like_error(head) {
                 let l = format!("- {}", clip(line.trim(), ERROR_LINE));
@@ -184,7 +186,7 @@ pub fn heuristic(items: &[Item<'_>], previous: Option<&str>, tokens: u64, b: Bud
                 .unwrap_or_default(),
             5,
         ),
-        Section::new("The user asked, in order:", users, 0),
+        Section::new("The user asked, in order:", users, 0).newest_first(),
         Section::new(
             "Tools called:",
             if tools.is_empty() {
@@ -210,18 +212,14 @@ pub fn heuristic(items: &[Item<'_>], previous: Option<&str>, tokens: u64, b: Bud
             1,
         ),
         Section::new("Errors seen:", errors, 3),
-        Section::new("The assistant said (latest last):", assistants, 4),
+        Section::new("The assistant said (latest last):", assistants, 4).newest_first(),
     ];
-    // The user's requests matter most; when they do not all fit, the newest are kept.
-    sections[1].newest_first = true;
-    sections[5].newest_first = true;
 
     // Tokens do not always add up across a newline; a little slack keeps the total under.
     let mut left = b.max_tokens.saturating_sub(b.encoding.count(&header) + 8);
-    let mut order: Vec<usize> = (0..sections.len()).collect();
-    order.sort_by_key(|&i| sections[i].priority);
-    for i in order {
-        let s = &mut sections[i];
+    let mut order: Vec<&mut Section> = sections.iter_mut().collect();
+    order.sort_by_key(|s| s.priority);
+    for s in order {
         if s.lines.is_empty() {
             continue;
         }
@@ -231,18 +229,28 @@ pub fn heuristic(items: &[Item<'_>], previous: Option<&str>, tokens: u64, b: Bud
             continue;
         }
         let mut used = title;
-        let idx: Vec<usize> = if s.newest_first {
-            (0..s.lines.len()).rev().collect()
-        } else {
-            (0..s.lines.len()).collect()
-        };
-        for j in idx {
-            let n = b.encoding.count(&s.lines[j]) + 1;
+        let mut take = |j: usize, line: &String| {
+            let n = b.encoding.count(line) + 1;
             if used + n > left {
-                break;
+                return false;
             }
             used += n;
             s.keep.push(j);
+            true
+        };
+        // When a section does not fit whole, `newest_first` keeps its latest lines.
+        if s.newest_first {
+            for (j, line) in s.lines.iter().enumerate().rev() {
+                if !take(j, line) {
+                    break;
+                }
+            }
+        } else {
+            for (j, line) in s.lines.iter().enumerate() {
+                if !take(j, line) {
+                    break;
+                }
+            }
         }
         if s.keep.is_empty() {
             continue;
@@ -264,9 +272,9 @@ pub fn heuristic(items: &[Item<'_>], previous: Option<&str>, tokens: u64, b: Bud
                 s.lines.len()
             ));
         }
-        for &j in &s.keep {
+        for line in s.keep.iter().filter_map(|&j| s.lines.get(j)) {
             out.push('\n');
-            out.push_str(&s.lines[j]);
+            out.push_str(line);
         }
     }
     out
@@ -289,6 +297,13 @@ impl Section {
             newest_first: false,
             keep: Vec::new(),
         }
+    }
+
+    /// When the section does not fit whole, keep its latest lines (the user's requests, the
+    /// assistant's conclusions).
+    fn newest_first(mut self) -> Self {
+        self.newest_first = true;
+        self
     }
 }
 

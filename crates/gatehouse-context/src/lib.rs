@@ -2,6 +2,9 @@
 //! the machine. Secret redaction, masking, compaction, memory.
 //!
 //! Depends on core only; nothing here does I/O.
+// Input (requests, provider answers, config, client logs) reaches this crate: an index out of
+// range must be an error, never a panic.
+#![deny(clippy::indexing_slicing)]
 
 pub mod compact;
 pub mod memory;

@@ -5,6 +5,12 @@
 //! literal hit (`sk-`, `AKIA`, `ghp_`, `-----BEGIN`, `://`, `password`…) runs one anchored regex
 //! at that spot. A finding never contains `"` or a partial escape sequence, so replacing it with
 //! an ASCII placeholder keeps the JSON valid.
+//!
+//! The provider reads decoded strings, not bytes: `\u0073k-proj-…` is `sk-proj-…` to it, and so
+//! is a key right after `\u201c` or a URL written `postgres:\/\/user:pass@host`. The same pass
+//! notices `\u` and `\/` escapes; when a body has any, each JSON string holding one is decoded
+//! (with a map from every decoded byte back to the raw bytes that made it) and scanned too, and
+//! a finding there replaces the whole escape sequences it covers.
 
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -242,11 +248,10 @@ fn is_word(b: u8) -> bool {
 /// Whether a token may start at `pos`: the byte before does not continue a word, or it is the
 /// letter of a JSON escape (`\n`, `\t`, `\"`…), which ends the previous word.
 fn left_boundary(text: &[u8], pos: usize) -> bool {
-    match pos {
-        0 => true,
-        1 => !is_word(text[0]),
-        _ => !is_word(text[pos - 1]) || text[pos - 2] == b'\\',
-    }
+    let Some(before) = pos.checked_sub(1).and_then(|i| text.get(i)) else {
+        return true;
+    };
+    !is_word(*before) || pos.checked_sub(2).and_then(|i| text.get(i)) == Some(&b'\\')
 }
 
 /// A value assigned to a secret-looking name is reported only when it looks like a secret:
@@ -306,8 +311,8 @@ fn resolve_overlaps(mut found: Vec<Finding>) -> Vec<Finding> {
 /// The compiled rules; build once and share.
 pub struct Redactor {
     prefilter: AhoCorasick,
-    /// Literal index → rule index.
-    literal_rule: Vec<usize>,
+    /// Literal index → rule index; `None` for the escape markers.
+    literal_rule: Vec<Option<usize>>,
     regexes: Vec<Regex>,
 }
 
@@ -333,8 +338,13 @@ impl Redactor {
         for (i, rule) in RULES.iter().enumerate() {
             for lit in rule.literals {
                 literals.push(*lit);
-                literal_rule.push(i);
+                literal_rule.push(Some(i));
             }
+        }
+        // Escapes that change what the provider reads: the same pass notices them.
+        for escape in ["\\u", "\\/"] {
+            literals.push(escape);
+            literal_rule.push(None);
         }
         let prefilter = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
@@ -353,14 +363,41 @@ impl Redactor {
         })
     }
 
-    /// Every secret in `text`, in order, without overlaps.
+    /// Every secret in `text`, in order, without overlaps; in JSON strings with `\u` or `\/`
+    /// escapes, also what their decoded text holds (see the module doc).
     pub fn scan(&self, text: &[u8]) -> Vec<Finding> {
+        let (mut found, escaped) = self.scan_raw(text);
+        if escaped {
+            for content in escaped_strings(text) {
+                let Some(raw) = text.get(content.clone()) else {
+                    continue;
+                };
+                let (decoded, map) = decode(raw, content.start);
+                for f in self.scan_raw(&decoded).0 {
+                    if let (Some(&a), Some(&b)) = (map.get(f.range.start), map.get(f.range.end)) {
+                        found.push(Finding {
+                            kind: f.kind,
+                            range: a..b,
+                        });
+                    }
+                }
+            }
+        }
+        resolve_overlaps(found)
+    }
+
+    /// The findings in `text` read as it is, and whether it holds a `\u` or `\/` escape.
+    fn scan_raw(&self, text: &[u8]) -> (Vec<Finding>, bool) {
         let mut found: Vec<Finding> = Vec::new();
+        let mut escaped = false;
         for m in self.prefilter.find_overlapping_iter(text) {
-            let Some(&ri) = self.literal_rule.get(m.pattern().as_usize()) else {
+            let Some(&slot) = self.literal_rule.get(m.pattern().as_usize()) else {
                 continue;
             };
-            let rule = &RULES[ri];
+            let Some((rule, re)) = slot.and_then(|i| RULES.get(i).zip(self.regexes.get(i))) else {
+                escaped = true;
+                continue;
+            };
             let start = match rule.start {
                 Start::Literal => {
                     if !left_boundary(text, m.start()) {
@@ -370,18 +407,23 @@ impl Redactor {
                 }
                 Start::AfterLiteral => m.end(),
                 Start::Identifier => {
-                    let mut s = m.start();
-                    while s > 0 && (text[s - 1].is_ascii_alphanumeric() || text[s - 1] == b'_') {
-                        s -= 1;
-                    }
+                    let word = text.get(..m.start()).unwrap_or_default();
+                    let back = word
+                        .iter()
+                        .rev()
+                        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+                        .count();
+                    let s = m.start() - back;
                     if !left_boundary(text, s) {
                         continue;
                     }
                     s
                 }
             };
-            let hay = &text[start..];
-            let Some(caps) = self.regexes[ri].captures(hay) else {
+            let Some(hay) = text.get(start..) else {
+                continue;
+            };
+            let Some(caps) = re.captures(hay) else {
                 continue;
             };
             let (Some(s), Some(whole)) = (caps.name("s"), caps.get(0)) else {
@@ -402,7 +444,7 @@ impl Redactor {
                 range: start + s.start()..start + s.end(),
             });
         }
-        resolve_overlaps(found)
+        (found, escaped)
     }
 
     /// `body` with each finding replaced by its placeholder. `findings` come from [`scan`] of
@@ -413,16 +455,114 @@ impl Redactor {
         let mut out = BytesMut::with_capacity(body.len());
         let mut at = 0;
         for f in findings {
-            if f.range.start < at || f.range.end > body.len() {
+            let Some(kept) = body
+                .get(at..f.range.start)
+                .filter(|_| f.range.end <= body.len())
+            else {
                 continue;
-            }
-            out.extend_from_slice(&body[at..f.range.start]);
+            };
+            out.extend_from_slice(kept);
             out.extend_from_slice(f.kind.placeholder().as_bytes());
             at = f.range.end;
         }
-        out.extend_from_slice(&body[at..]);
+        out.extend_from_slice(body.get(at..).unwrap_or_default());
         out.freeze()
     }
+}
+
+/// The contents (between the quotes) of the JSON strings in `text` that hold a `\u` or `\/`
+/// escape. A lexer of strings only: structure outside them is skipped, and text that is not
+/// JSON yields whatever quoted runs it has.
+fn escaped_strings(text: &[u8]) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(open) = text
+        .get(i..)
+        .and_then(|t| t.iter().position(|&b| b == b'"'))
+    {
+        let start = i + open + 1;
+        let mut j = start;
+        let mut has = false;
+        let mut closed = false;
+        while let Some(&b) = text.get(j) {
+            match b {
+                b'\\' => {
+                    has |= matches!(text.get(j + 1), Some(b'u' | b'/'));
+                    j += 2;
+                }
+                b'"' => {
+                    closed = true;
+                    break;
+                }
+                _ => j += 1,
+            }
+        }
+        let end = j.min(text.len());
+        if has {
+            out.push(start..end);
+        }
+        if !closed {
+            break;
+        }
+        i = end + 1;
+    }
+    out
+}
+
+/// The decoded bytes of a JSON string's raw contents, and for each decoded byte the offset
+/// (plus `base`) of the raw bytes that made it; one more entry maps the end.
+fn decode(raw: &[u8], base: usize) -> (Vec<u8>, Vec<usize>) {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut map = Vec::with_capacity(raw.len() + 1);
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        let at = base + i;
+        if b != b'\\' {
+            out.push(b);
+            map.push(at);
+            i += 1;
+            continue;
+        }
+        let (c, used) = match raw.get(i + 1) {
+            Some(b'n') => ('\n', 2),
+            Some(b't') => ('\t', 2),
+            Some(b'r') => ('\r', 2),
+            Some(b'b') => ('\u{8}', 2),
+            Some(b'f') => ('\u{c}', 2),
+            Some(b'u') => unicode_escape(raw, i),
+            Some(&other) => (char::from(other), 2),
+            None => ('\\', 1),
+        };
+        let mut buf = [0u8; 4];
+        for &byte in c.encode_utf8(&mut buf).as_bytes() {
+            out.push(byte);
+            map.push(at);
+        }
+        i += used;
+    }
+    map.push(base + raw.len());
+    (out, map)
+}
+
+/// The character of the `\uXXXX` escape at `raw[i]` (a surrogate pair when one follows), and
+/// how many raw bytes it took; a broken escape reads as U+FFFD.
+fn unicode_escape(raw: &[u8], i: usize) -> (char, usize) {
+    let hex = |at: usize| {
+        raw.get(at..at + 4)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+    };
+    let Some(hi) = hex(i + 2) else {
+        return (char::REPLACEMENT_CHARACTER, 2);
+    };
+    if (0xD800..0xDC00).contains(&hi)
+        && raw.get(i + 6..i + 8) == Some(b"\\u")
+        && let Some(lo) = hex(i + 8).filter(|lo| (0xDC00..0xE000).contains(lo))
+    {
+        let c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+        return (char::from_u32(c).unwrap_or(char::REPLACEMENT_CHARACTER), 12);
+    }
+    (char::from_u32(hi).unwrap_or(char::REPLACEMENT_CHARACTER), 6)
 }
 
 #[cfg(test)]
@@ -498,6 +638,145 @@ mod tests {
             assert_eq!(kinds(&text), [kind], "{text}");
             let out = redacted(&text);
             assert!(out.contains(kind.placeholder()), "{text} -> {out}");
+        }
+    }
+
+    /// `text` as a JSON string's contents, every character written by `escape`.
+    fn escaped_body(text: &str, escape: impl Fn(usize, char) -> String) -> String {
+        let content: String = text
+            .chars()
+            .enumerate()
+            .map(|(i, c)| escape(i, c))
+            .collect();
+        format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{content}"}}]}}"#)
+    }
+
+    /// A character as JSON writes it plainly.
+    fn plain(c: char) -> String {
+        serde_json::to_string(&c.to_string())
+            .unwrap()
+            .trim_matches('"')
+            .to_owned()
+    }
+
+    fn unicode(c: char) -> String {
+        let mut buf = [0u16; 2];
+        c.encode_utf16(&mut buf)
+            .iter()
+            .map(|u| format!("\\u{u:04x}"))
+            .collect()
+    }
+
+    #[test]
+    fn secrets_written_with_json_escapes_are_found_in_what_the_provider_reads() {
+        let r = Redactor::shared().unwrap();
+        let gh = format!("ghp_{}", "A1b2C3d4E5".repeat(4));
+        let secrets: Vec<(String, SecretKind)> = vec![
+            ("sk-proj-Abc123Def456Ghi789Jkl012Mno345".into(), SecretKind::OpenaiKey),
+            ("sk-ant-api03-Abc123Def456Ghi789Jkl012-Mno345".into(), SecretKind::AnthropicKey),
+            ("AIzaSyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q".into(), SecretKind::GoogleApiKey),
+            ("AKIAIOSFODNN7EXAMPLE".into(), SecretKind::AwsAccessKeyId),
+            (
+                "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
+                SecretKind::AwsSecretKey,
+            ),
+            (gh, SecretKind::GithubToken),
+            ("glpat-A1b2C3d4E5f6G7h8I9j0".into(), SecretKind::GitlabToken),
+            ("xoxb-123456789012-1234567890123-AbCdEfGhIjKl".into(), SecretKind::SlackToken),
+            (
+                "https://hooks.slack.com/services/T0001/B0002/AbCdEf123456".into(),
+                SecretKind::SlackWebhook,
+            ),
+            ("sk_live_A1b2C3d4E5f6G7h8I9j0".into(), SecretKind::StripeKey),
+            (
+                "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U".into(),
+                SecretKind::Jwt,
+            ),
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7bq0\nAbCd==\n-----END RSA PRIVATE KEY-----".into(),
+                SecretKind::PrivateKey,
+            ),
+            ("postgres://app:s3cretPass99@db.internal:5432/app".into(), SecretKind::UrlCredentials),
+            ("DB_PASSWORD=hunter2hunter2".into(), SecretKind::SecretAssignment),
+        ];
+        type Form = Box<dyn Fn(usize, char) -> String>;
+        let forms: Vec<(&str, Form)> = vec![
+            // `\u0073k-proj-…`: the first character escaped.
+            (
+                "first character as \\u",
+                Box::new(|i, c| if i == 0 { unicode(c) } else { plain(c) }),
+            ),
+            // Every character escaped.
+            ("every character as \\u", Box::new(|_, c| unicode(c))),
+            // `\/` for every slash (URLs, base64).
+            (
+                "slashes as \\/",
+                Box::new(|_, c| if c == '/' { "\\/".to_owned() } else { plain(c) }),
+            ),
+        ];
+        for (secret, kind) in &secrets {
+            for (name, form) in &forms {
+                let b = escaped_body(secret, form);
+                let found = r.scan(b.as_bytes());
+                if *name == "slashes as \\/" && !secret.contains('/') {
+                    continue;
+                }
+                assert!(
+                    found.iter().any(|f| f.kind == *kind),
+                    "{kind:?} written with {name} was missed: {b}"
+                );
+                let out = Redactor::redact(b.as_bytes(), &found);
+                let v: serde_json::Value = serde_json::from_slice(&out).expect("still valid JSON");
+                let content = v["messages"][0]["content"].as_str().unwrap();
+                assert!(content.contains(kind.placeholder()), "{name}: {content}");
+                let decoded_secret = secret.replace("\\n", "\n");
+                assert!(!content.contains(&decoded_secret), "{name}: {content}");
+            }
+            // Right after a typographic quote written as `\u201c`.
+            let b = format!(
+                r#"{{"messages":[{{"role":"user","content":"the key \u201c{}\u201d"}}]}}"#,
+                secret.replace('"', "\\\"")
+            );
+            let found = r.scan(b.as_bytes());
+            assert!(
+                found.iter().any(|f| f.kind == *kind),
+                "{kind:?} after \\u201c: {b}"
+            );
+            let out = Redactor::redact(b.as_bytes(), &found);
+            let v: serde_json::Value = serde_json::from_slice(&out).expect("still valid JSON");
+            assert!(
+                v["messages"][0]["content"]
+                    .as_str()
+                    .unwrap()
+                    .contains(kind.placeholder())
+            );
+        }
+        // Escapes alone are not secrets.
+        let b = r#"{"messages":[{"role":"user","content":"caf\u00e9 \u201cquoted\u201d a\/b \ud83d\ude00"}]}"#;
+        assert_eq!(r.scan(b.as_bytes()), []);
+    }
+
+    #[test]
+    fn decoding_maps_every_byte_back_to_its_escape() {
+        let raw = br#"a\u00e9\/\ud83d\ude00\n"#;
+        let (text, map) = decode(raw, 10);
+        assert_eq!(std::str::from_utf8(&text).unwrap(), "a\u{e9}/\u{1F600}\n");
+        assert_eq!(map.len(), text.len() + 1);
+        assert_eq!(map[0], 10);
+        assert_eq!(map[1], 11, "é starts at its escape");
+        assert_eq!(map[2], 11);
+        assert_eq!(map[3], 17, "the slash");
+        assert_eq!(*map.last().unwrap(), 10 + raw.len());
+        // Broken escapes never panic.
+        for bad in [
+            &br"\u12"[..],
+            br"\",
+            br"\ud800",
+            br"\ud800\u0041",
+            br"\uzzzz",
+        ] {
+            let (t, m) = decode(bad, 0);
+            assert_eq!(m.len(), t.len() + 1);
         }
     }
 

@@ -97,11 +97,11 @@ fn looks_like_json(text: &str) -> bool {
 
 /// The reference of a text: the first 16 hex characters of its SHA-256.
 pub fn reference(text: &str) -> String {
+    use std::fmt::Write;
     let digest = Sha256::digest(text.as_bytes());
     let mut out = String::with_capacity(16);
-    for b in &digest[..8] {
-        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    for b in digest.iter().take(8) {
+        let _ = write!(out, "{b:02x}");
     }
     out
 }

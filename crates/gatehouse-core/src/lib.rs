@@ -3,9 +3,13 @@
 //!
 //! Architecture invariant: `gatehouse-core` does no I/O and depends on no other Gatehouse crate.
 //! Everything here is plain data and pure functions, so it can be tested and fuzzed in isolation.
+// Input (requests, provider answers, config, client logs) reaches this crate: an index out of
+// range must be an error, never a panic.
+#![deny(clippy::indexing_slicing)]
 
 pub mod error;
 pub mod ids;
+pub mod json;
 pub mod record;
 pub mod request;
 pub mod time;

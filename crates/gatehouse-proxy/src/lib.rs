@@ -6,6 +6,9 @@
 //! record. When client and provider speak the same format, bodies are forwarded as the
 //! client's bytes with splices only (model name, `stream_options`); otherwise [`translate`]
 //! converts them through one internal representation.
+// Input (requests, provider answers, config, client logs) reaches this crate: an index out of
+// range must be an error, never a panic.
+#![deny(clippy::indexing_slicing)]
 
 pub mod breaker;
 pub mod headers;

@@ -74,11 +74,15 @@ pub fn rewrite(
     let mut out = BytesMut::with_capacity(body.len() + extra);
     let mut pos = 0;
     for (range, replacement) in splices {
-        out.extend_from_slice(&body[pos..range.start.max(pos)]);
+        // Spans come from the parser of these very bytes; one that does not fit is skipped.
+        let Some(kept) = body.get(pos..range.start.max(pos)) else {
+            continue;
+        };
+        out.extend_from_slice(kept);
         out.extend_from_slice(&replacement);
         pos = range.end.max(pos);
     }
-    out.extend_from_slice(&body[pos..]);
+    out.extend_from_slice(body.get(pos..).unwrap_or_default());
     (out.freeze(), Rewritten { injected_usage })
 }
 

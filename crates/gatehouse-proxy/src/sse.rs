@@ -41,8 +41,7 @@ impl Framer {
         }
         let mut event_start = 0;
         let mut i = 0;
-        while i < chunk.len() {
-            let b = chunk[i];
+        while let Some(&b) = chunk.get(i) {
             if self.after_cr {
                 self.after_cr = false;
                 if b == b'\n' {
@@ -62,10 +61,12 @@ impl Framer {
                         } else {
                             end
                         };
+                        // `event_start <= i < end <= chunk.len()`: the slice always exists.
+                        let event = chunk.get(event_start..end).unwrap_or_default();
                         if self.pending.is_empty() {
-                            on_event(&chunk[event_start..end]);
+                            on_event(event);
                         } else {
-                            self.pending.extend_from_slice(&chunk[event_start..end]);
+                            self.pending.extend_from_slice(event);
                             on_event(&self.pending);
                             self.pending.clear();
                         }
@@ -80,8 +81,8 @@ impl Framer {
             }
             i += 1;
         }
-        if event_start < chunk.len() {
-            self.pending.extend_from_slice(&chunk[event_start..]);
+        if let Some(rest) = chunk.get(event_start..).filter(|r| !r.is_empty()) {
+            self.pending.extend_from_slice(rest);
             if self.pending.len() > MAX_EVENT_BYTES {
                 self.overflowed = true;
                 self.pending = Vec::new();
@@ -102,13 +103,14 @@ pub fn parse_event(raw: &[u8]) -> (Option<&[u8]>, Vec<u8>) {
     let mut data: Vec<u8> = Vec::new();
     let mut first = true;
     for line in raw.split(|&b| b == b'\n' || b == b'\r') {
-        if line.is_empty() || line[0] == b':' {
+        if line.first().is_none_or(|&b| b == b':') {
             continue;
         }
         let (field, value) = match line.iter().position(|&b| b == b':') {
             Some(p) => {
-                let v = &line[p + 1..];
-                (&line[..p], v.strip_prefix(b" ").unwrap_or(v))
+                let (f, v) = line.split_at(p);
+                let v = v.get(1..).unwrap_or_default();
+                (f, v.strip_prefix(b" ").unwrap_or(v))
             }
             None => (line, &b""[..]),
         };

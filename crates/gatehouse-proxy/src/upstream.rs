@@ -569,7 +569,7 @@ async fn read_limited(response: reqwest::Response, limit: usize, within: Duratio
     let read = async {
         while let Some(Ok(chunk)) = stream.next().await {
             let room = limit.saturating_sub(out.len());
-            out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            out.extend_from_slice(chunk.get(..room).unwrap_or(&chunk));
             if out.len() >= limit {
                 break;
             }

@@ -158,3 +158,41 @@ fn translators_never_panic_on_any_input() {
         let _ = t.finish();
     }
 }
+
+/// Answers whose fields have the wrong JSON type, the shapes a random-byte fuzzer rarely
+/// builds: each translator must say the answer is unreadable, never panic.
+#[test]
+fn answers_with_wrong_types_per_field_are_errors_not_panics() {
+    use gatehouse_proxy::translate::{anthropic, gemini, ollama, openai};
+    let wrong = [
+        "null", "1", "-1", "1e400", "true", "\"x\"", "[]", "[1]", "{}", "[{}]",
+    ];
+    let shapes = [
+        r#"{"choices":[{"message":W,"finish_reason":"stop"}]}"#,
+        r#"{"choices":[{"message":{"role":W,"content":"x","tool_calls":[{"id":"a","function":{"name":"f","arguments":"{}"}}]}}]}"#,
+        r#"{"choices":[{"message":{"content":"x","tool_calls":W}}],"usage":W}"#,
+        r#"{"choices":[{"message":{"content":"x","tool_calls":[{"function":W}]}}]}"#,
+        r#"{"choices":W}"#,
+        r#"{"choices":[W]}"#,
+        r#"{"id":"m","content":W,"usage":{"input_tokens":W}}"#,
+        r#"{"id":"m","content":[{"type":"tool_use","id":"t","name":"f","input":W}]}"#,
+        r#"{"id":"m","content":[{"type":W,"text":W}],"stop_reason":W}"#,
+        r#"{"candidates":[{"content":{"parts":W}}],"usageMetadata":W}"#,
+        r#"{"candidates":[{"content":{"parts":[{"functionCall":W}]}}]}"#,
+        r#"{"candidates":W,"promptFeedback":W}"#,
+        r#"{"message":W,"done":true}"#,
+        r#"{"message":{"content":W,"tool_calls":[{"function":{"arguments":W}}]},"prompt_eval_count":W}"#,
+    ];
+    for shape in shapes {
+        for w in wrong {
+            let body = shape.replace('W', w);
+            let b = body.as_bytes();
+            let _ = openai::response_to_ir(b).map(|ir| anthropic::response_from_ir(&ir));
+            let _ = anthropic::response_to_ir(b).map(|ir| openai::response_from_ir(&ir, 0));
+            let _ = gemini::response_to_ir(b).map(|ir| openai::response_from_ir(&ir, 0));
+            let _ = ollama::response_to_ir(b).map(|ir| anthropic::response_from_ir(&ir));
+            let _ = openai::request_to_ir(b);
+            let _ = anthropic::request_to_ir(b);
+        }
+    }
+}

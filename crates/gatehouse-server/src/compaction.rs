@@ -429,13 +429,18 @@ fn splice_point(
     if ids.messages.len() <= point.cut || ids.messages.len() != masked.messages.len() {
         return None;
     }
-    let hash = compact::prefix_hash(ids.messages[..point.cut].iter().map(|m| m.raw.get()));
+    let hash = compact::prefix_hash(ids.messages.iter().take(point.cut).map(|m| m.raw.get()));
     if hash != point.prefix_hash {
         return None;
     }
     let spans: Vec<_> = masked.messages.iter().map(|m| m.span.clone()).collect();
-    let system: Vec<usize> = (0..point.cut)
-        .filter(|&i| masked.messages[i].role == "system")
+    let system: Vec<usize> = masked
+        .messages
+        .iter()
+        .take(point.cut)
+        .enumerate()
+        .filter(|(_, m)| m.role == "system")
+        .map(|(i, _)| i)
         .collect();
     compact::splice(body, &spans, &system, point.cut, &point.summary_json).map(Bytes::from)
 }
@@ -518,8 +523,11 @@ fn analyse(
     })?;
     let mut summarized_tokens = point.map_or(0, |p| enc.count(&p.summary));
     let mut items = Vec::with_capacity(plan.summarized.len());
-    for &i in &plan.summarized {
-        let m = &masked.messages[i];
+    for m in plan
+        .summarized
+        .iter()
+        .filter_map(|&i| masked.messages.get(i))
+    {
         summarized_tokens += st.counter.count_message(enc, m);
         items.push((
             m.role.to_string(),
@@ -527,7 +535,7 @@ fn analyse(
             m.tool_calls.iter().map(|c| c.name.to_string()).collect(),
         ));
     }
-    let prefix_hash = compact::prefix_hash(ids.messages[..plan.cut].iter().map(|m| m.raw.get()));
+    let prefix_hash = compact::prefix_hash(ids.messages.iter().take(plan.cut).map(|m| m.raw.get()));
     Ok(Analysis {
         plan,
         items,

@@ -14,6 +14,10 @@
 //! headers, so the browser keeps their pages from reading answers; state-changing routes also
 //! refuse foreign origins outright (`origin.rs`).
 //!
+//! **Panics.** A bug that panics while a handler runs answers that request with a 500 and is
+//! logged; the process, every other request in flight and the queued rows live on (release
+//! builds unwind, and a panic inside a streamed body ends only that connection's task).
+//!
 //! A hand-written tower service rather than `axum::middleware::from_fn`: the common case (a
 //! good `Host`, no `Origin`) costs two header lookups and no boxed future.
 
@@ -22,7 +26,8 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use futures_util::future::{BoxFuture, Either, Ready, ready};
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, CatchUnwind, Either, Map, Ready, ready};
 use gatehouse_core::{ApiError, ErrorKind};
 use gatehouse_proxy::translate;
 
@@ -119,6 +124,32 @@ pub struct Guard<S> {
 }
 
 type Refusal = Ready<Result<Response<Body>, std::convert::Infallible>>;
+type Answer = Result<Response<Body>, std::convert::Infallible>;
+type Unwound = Result<Answer, Box<dyn std::any::Any + Send>>;
+/// A handler's future, its panic turned into a 500.
+type Caught<F> = Map<CatchUnwind<std::panic::AssertUnwindSafe<F>>, fn(Unwound) -> Answer>;
+
+/// The answer to a request whose handler panicked.
+fn panicked(r: Unwound) -> Answer {
+    r.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(panic = %what, "a request handler panicked (a bug; please report it); the request got a 500");
+        Ok(error_response(&ApiError::new(
+            ErrorKind::Internal,
+            "the gateway hit an internal error on this request (a bug, logged); other requests are not affected",
+        )))
+    })
+}
+
+fn caught<F: std::future::Future<Output = Answer>>(f: F) -> Caught<F> {
+    std::panic::AssertUnwindSafe(f)
+        .catch_unwind()
+        .map(panicked as fn(Unwound) -> Answer)
+}
 
 impl<S> tower_service::Service<Request<Body>> for Guard<S>
 where
@@ -132,10 +163,7 @@ where
 {
     type Response = Response<Body>;
     type Error = std::convert::Infallible;
-    type Future = Either<
-        Refusal,
-        Either<S::Future, BoxFuture<'static, Result<Response<Body>, std::convert::Infallible>>>,
-    >;
+    type Future = Either<Refusal, Either<Caught<S::Future>, BoxFuture<'static, Answer>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -163,10 +191,10 @@ where
             return Either::Left(ready(Ok(refusal(req.uri().path(), &e))));
         }
         let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
-            return Either::Right(Either::Left(self.inner.call(req)));
+            return Either::Right(Either::Left(caught(self.inner.call(req))));
         };
         if !self.policy.listed_origin(&origin) {
-            return Either::Right(Either::Left(self.inner.call(req)));
+            return Either::Right(Either::Left(caught(self.inner.call(req))));
         }
         if req.method() == Method::OPTIONS
             && req
@@ -175,7 +203,7 @@ where
         {
             return Either::Left(ready(Ok(preflight(&origin, req.headers()))));
         }
-        let fut = self.inner.call(req);
+        let fut = caught(self.inner.call(req));
         Either::Right(Either::Right(Box::pin(async move {
             let mut r = fut.await?;
             let h = r.headers_mut();
@@ -263,6 +291,30 @@ mod tests {
         ] {
             assert!(!p.host_allowed(bad), "{bad} should be refused");
         }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_the_next_request_is_served() {
+        use tower_layer::Layer;
+        use tower_service::Service;
+        let inner = tower::service_fn(|req: Request<Body>| async move {
+            if req.uri().path() == "/boom" {
+                panic!("a bug");
+            }
+            Ok::<_, std::convert::Infallible>(Response::new(Body::from("fine")))
+        });
+        let mut svc = GuardLayer::shared(Arc::new(Policy::new(&[], &[]))).layer(inner);
+        let get = |path: &str| {
+            Request::builder()
+                .uri(path)
+                .header(header::HOST, "127.0.0.1:8000")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let r = svc.call(get("/boom")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let r = svc.call(get("/ok")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
     }
 
     #[test]

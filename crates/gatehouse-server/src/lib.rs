@@ -5,6 +5,9 @@
 //! responses in exactly one place ([`error`]).
 //!
 //! [`ApiError`]: gatehouse_core::ApiError
+// Input (requests, provider answers, config, client logs) reaches this crate: an index out of
+// range must be an error, never a panic.
+#![deny(clippy::indexing_slicing)]
 
 pub mod compaction;
 mod dashboard;

@@ -3,6 +3,9 @@
 //!
 //! Architecture invariant: services keep their hot state in memory behind short synchronous
 //! locks (never held across an `.await`) and persist through the store's writer queue.
+// Input (requests, provider answers, config, client logs) reaches this crate: an index out of
+// range must be an error, never a panic.
+#![deny(clippy::indexing_slicing)]
 
 pub mod events;
 pub mod export;

@@ -191,14 +191,14 @@ fn part_to_block(p: &Part) -> Value {
             let content: Vec<Value> = content.iter().map(part_to_block).collect();
             let mut b = json!({"type": "tool_result", "tool_use_id": id, "content": content});
             if *is_error {
-                b["is_error"] = json!(true);
+                gatehouse_core::json::set(&mut b, "is_error", json!(true));
             }
             b
         }
         Part::Thinking { text, signature } => {
             let mut b = json!({"type": "thinking", "thinking": text});
             if let Some(s) = signature {
-                b["signature"] = json!(s);
+                gatehouse_core::json::set(&mut b, "signature", json!(s));
             }
             b
         }
@@ -286,7 +286,7 @@ pub fn request_from_ir(r: &Request) -> Value {
             .map(|t| {
                 let mut v = json!({"name": t.name, "input_schema": t.parameters});
                 if let Some(d) = &t.description {
-                    v["description"] = json!(d);
+                    gatehouse_core::json::set(&mut v, "description", json!(d));
                 }
                 v
             })
@@ -301,7 +301,7 @@ pub fn request_from_ir(r: &Request) -> Value {
     });
     if r.parallel_tool_calls == Some(false) && !r.tools.is_empty() {
         let c = choice.get_or_insert_with(|| json!({"type": "auto"}));
-        c["disable_parallel_tool_use"] = json!(true);
+        gatehouse_core::json::set(c, "disable_parallel_tool_use", json!(true));
     }
     if let Some(c) = choice {
         o.insert("tool_choice".into(), c);
@@ -361,7 +361,7 @@ fn replace_in(content: &mut Value, replacements: &[(String, String)]) {
             blocks.retain(|b| b.get("type").and_then(Value::as_str) != Some("text"));
             let mut block = json!({"type": "text", "text": new});
             if let Some(c) = cache {
-                block["cache_control"] = c;
+                gatehouse_core::json::set(&mut block, "cache_control", c);
             }
             blocks.insert(at.min(blocks.len()), block);
         }

@@ -51,7 +51,7 @@ fn result_object(content: &[Part], is_error: bool) -> Value {
         _ => json!({"content": text}),
     };
     if is_error {
-        v["error"] = json!(true);
+        gatehouse_core::json::set(&mut v, "error", json!(true));
     }
     v
 }
@@ -130,7 +130,7 @@ pub fn request_from_ir(r: &Request) -> Value {
             .map(|t| {
                 let mut d = json!({"name": t.name, "parameters": clean_schema(&t.parameters)});
                 if let Some(desc) = &t.description {
-                    d["description"] = json!(desc);
+                    gatehouse_core::json::set(&mut d, "description", json!(desc));
                 }
                 d
             })

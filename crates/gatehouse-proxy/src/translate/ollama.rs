@@ -60,13 +60,13 @@ pub fn request_from_ir(r: &Request) -> Value {
         };
         let mut msg = json!({"role": role, "content": text});
         if !images.is_empty() {
-            msg["images"] = Value::Array(images);
+            gatehouse_core::json::set(&mut msg, "images", Value::Array(images));
         }
         if !calls.is_empty() {
-            msg["tool_calls"] = Value::Array(calls);
+            gatehouse_core::json::set(&mut msg, "tool_calls", Value::Array(calls));
         }
         if !thinking.is_empty() {
-            msg["thinking"] = json!(thinking);
+            gatehouse_core::json::set(&mut msg, "thinking", json!(thinking));
         }
         messages.push(msg);
     }

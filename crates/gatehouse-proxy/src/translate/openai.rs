@@ -298,7 +298,7 @@ pub fn tools_json(tools: &[Tool]) -> Value {
             .map(|t| {
                 let mut f = json!({"name": t.name, "parameters": t.parameters});
                 if let Some(d) = &t.description {
-                    f["description"] = json!(d);
+                    gatehouse_core::json::set(&mut f, "description", json!(d));
                 }
                 json!({"type": "function", "function": f})
             })
@@ -348,10 +348,10 @@ fn write_message(m: &Message, out: &mut Vec<Value>) {
             }
             let mut msg = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }});
             if !calls.is_empty() {
-                msg["tool_calls"] = Value::Array(calls);
+                gatehouse_core::json::set(&mut msg, "tool_calls", Value::Array(calls));
             }
             if !reasoning.is_empty() {
-                msg["reasoning_content"] = json!(reasoning);
+                gatehouse_core::json::set(&mut msg, "reasoning_content", json!(reasoning));
             }
             out.push(msg);
         }
@@ -459,7 +459,7 @@ pub fn response_to_ir(body: &[u8]) -> Result<Response, TranslateError> {
         let m = c.get("message").cloned().unwrap_or(Value::Null);
         let mut r = Request::default();
         let mut m2 = m.clone();
-        m2["role"] = json!("assistant");
+        gatehouse_core::json::set(&mut m2, "role", json!("assistant"));
         read_message(&m2, &mut r)?;
         choices.push(Choice {
             content: r.messages.pop().map(|m| m.content).unwrap_or_default(),
@@ -501,7 +501,7 @@ pub fn response_from_ir(r: &Response, created: i64) -> Value {
             if message.get("content").is_some_and(Value::is_null)
                 && message.get("tool_calls").is_none()
             {
-                message["content"] = json!("");
+                gatehouse_core::json::set(&mut message, "content", json!(""));
             }
             json!({
                 "index": i,
@@ -519,7 +519,7 @@ pub fn response_from_ir(r: &Response, created: i64) -> Value {
         "choices": choices,
     });
     if let Some(u) = &r.usage {
-        out["usage"] = usage_to(u);
+        gatehouse_core::json::set(&mut out, "usage", usage_to(u));
     }
     out
 }
@@ -679,7 +679,7 @@ impl Encoder {
     fn delta(&mut self, choice: u32, mut delta: Value, out: &mut Vec<u8>) {
         if !self.opened.contains(&choice) {
             self.opened.push(choice);
-            delta["role"] = json!("assistant");
+            gatehouse_core::json::set(&mut delta, "role", json!("assistant"));
         }
         self.chunk(
             json!([{"index": choice, "delta": delta, "logprobs": null, "finish_reason": null}]),

@@ -317,16 +317,20 @@ pub async fn simulate(
     Ok(Json(match r {
         Ok(done) => {
             let mut v = done_json(&done);
-            v["simulated"] = json!(true);
-            v["message"] = json!(format!(
-                "{} messages would be summarised: {} → {} tokens",
-                done.record.summarized, done.record.tokens_before, done.record.tokens_after
-            ));
+            gatehouse_core::json::set(&mut v, "simulated", json!(true));
+            gatehouse_core::json::set(
+                &mut v,
+                "message",
+                format!(
+                    "{} messages would be summarised: {} → {} tokens",
+                    done.record.summarized, done.record.tokens_before, done.record.tokens_after
+                ),
+            );
             v
         }
         Err(n) => {
             let mut v = not_done_json(&n);
-            v["simulated"] = json!(true);
+            gatehouse_core::json::set(&mut v, "simulated", json!(true));
             v
         }
     }))
@@ -491,7 +495,7 @@ pub async fn reserved(
         .await;
     let snap = st.compaction.snapshot(&s.id);
     let mut v = auto_status(&st, &s.id, &snap);
-    v["context"] = context(&st, &s, &snap).await?;
+    gatehouse_core::json::set(&mut v, "context", context(&st, &s, &snap).await?);
     Ok(Json(v))
 }
 

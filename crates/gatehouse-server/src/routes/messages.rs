@@ -67,7 +67,7 @@ async fn reshape_error(r: Response) -> Response {
     }
     let message = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .and_then(|v| v.get("error")?.get("message")?.as_str().map(str::to_owned))
         .unwrap_or_else(|| "upstream error".to_owned());
     let body = translate::anthropic::error_body(parts.status.as_u16(), &message).to_string();
     let mut out = Response::from_parts(parts, Body::from(body));

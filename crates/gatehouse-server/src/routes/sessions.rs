@@ -143,7 +143,7 @@ pub async fn active(State(st): State<AppState>) -> ApiResult<Json<Value>> {
         .await
         .map_err(store_error)?;
     let mut v = with_stats(&st, s).await?;
-    v["recent_requests"] = json!(recent);
+    gatehouse_core::json::set(&mut v, "recent_requests", json!(recent));
     Ok(Json(v))
 }
 
@@ -158,7 +158,11 @@ pub async fn get(
         .get(&id)
         .ok_or_else(|| service_error(SessionError::NotFound(id.clone())))?;
     let mut v = with_stats(&st, s).await?;
-    v["active"] = json!(st.sessions.active().is_some_and(|a| a.id == id));
+    gatehouse_core::json::set(
+        &mut v,
+        "active",
+        json!(st.sessions.active().is_some_and(|a| a.id == id)),
+    );
     Ok(Json(v))
 }
 

@@ -90,3 +90,43 @@ async fn off_mode_forwards_the_bytes_as_sent() {
             .contains(GITHUB)
     );
 }
+
+#[tokio::test]
+async fn secrets_written_with_json_escapes_are_replaced_in_openai_and_anthropic_bodies() {
+    let app = TestApp::spawn().await;
+    // What the provider would read: sk-proj-…, a key after a typographic quote, a URL password.
+    let content = r#"key \u0073k-proj-Abc123Def456Ghi789Jkl012Mno345 then \u201cAKIAIOSFODNN7EXAMPLE\u201d and postgres:\/\/app:s3cretPass99@db:5432\/app"#;
+    let openai =
+        format!(r#"{{"model":"mock/echo","messages":[{{"role":"user","content":"{content}"}}]}}"#);
+    let anthropic = format!(
+        r#"{{"model":"mock/echo","max_tokens":50,"messages":[{{"role":"user","content":[{{"type":"text","text":"{content}"}}]}}]}}"#
+    );
+    for (path, body) in [
+        ("/v1/chat/completions", openai),
+        ("/v1/messages", anthropic),
+    ] {
+        let r = app
+            .http
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let sent = app.mock.captured().pop().unwrap().body.to_string();
+        for secret in ["sk-proj-Abc123", "AKIAIOSFODNN7EXAMPLE", "s3cretPass99"] {
+            assert!(
+                !sent.contains(secret),
+                "{path}: {secret} reached the provider: {sent}"
+            );
+        }
+        for placeholder in [
+            "[REDACTED:openai_key]",
+            "[REDACTED:aws_access_key_id]",
+            "[REDACTED:url_credentials]",
+        ] {
+            assert!(sent.contains(placeholder), "{path}: {sent}");
+        }
+    }
+}

@@ -133,7 +133,7 @@ impl Tail {
         let mut rest = &buf[..];
         while let Some(i) = rest.iter().position(|&b| b == b'\n') {
             let (head, tail) = rest.split_at(i);
-            rest = &tail[1..];
+            rest = tail.get(1..).unwrap_or_default();
             if self.skipping_long_line {
                 self.skipping_long_line = false;
                 self.partial.clear();

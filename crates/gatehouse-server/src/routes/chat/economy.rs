@@ -269,11 +269,12 @@ pub(super) fn mask(
     let mut out = Vec::with_capacity(body.len());
     let mut at = 0;
     for (range, replacement) in &splices {
-        out.extend_from_slice(&body[at..range.start]);
+        // Spans are the parser's, of these very bytes, in order.
+        out.extend_from_slice(body.get(at..range.start)?);
         out.extend_from_slice(replacement.as_bytes());
         at = range.end;
     }
-    out.extend_from_slice(&body[at..]);
+    out.extend_from_slice(body.get(at..)?);
     Some((Bytes::from(out), masked))
 }
 
