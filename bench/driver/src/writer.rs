@@ -62,6 +62,9 @@ pub fn main(args: &[String]) -> Result<(), String> {
 
 fn row(session: &SessionId, i: u64) -> RequestRecord {
     RequestRecord {
+        row_id: String::new(),
+        requested_model: None,
+        purpose: None,
         id: format!("req-{i}"),
         session_id: session.clone(),
         created_at: gatehouse_core::time::now_ms(),

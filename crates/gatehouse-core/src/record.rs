@@ -46,6 +46,11 @@ impl UsageSource {
 /// One proxied request (the seed's `metrics` row).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestRecord {
+    /// The row's own id (UUID v7), chosen when the request is accepted, so a batch written twice
+    /// after a database error stores it once.
+    #[serde(default)]
+    pub row_id: String,
+    /// The request id (the client's `X-Request-ID`, or one the gateway made).
     pub id: String,
     pub session_id: SessionId,
     /// Epoch milliseconds when the request arrived.
@@ -92,6 +97,13 @@ pub struct RequestRecord {
     /// What routing did beyond one plain attempt: retries, fallbacks, a model change.
     #[serde(default)]
     pub routing: Option<String>,
+    /// The model key the client asked for, when another answered (`model_key`).
+    #[serde(default)]
+    pub requested_model: Option<String>,
+    /// `None` for a client's request; what the gateway itself called a model for otherwise
+    /// (`compaction_summary`).
+    #[serde(default)]
+    pub purpose: Option<String>,
 }
 
 impl RequestRecord {
@@ -102,6 +114,11 @@ impl RequestRecord {
 
     pub fn effective_completion_tokens(&self) -> u64 {
         self.completion_tokens.unwrap_or(0)
+    }
+
+    pub fn effective_total_tokens(&self) -> u64 {
+        self.effective_prompt_tokens()
+            .saturating_add(self.effective_completion_tokens())
     }
 }
 

@@ -2,6 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The largest token figure the gateway believes: no model's window is within a thousandth of
+/// it, so a provider that reports more is wrong, and clamping keeps every sum of figures far
+/// from overflowing (2^23 requests at the cap still fit in an `i64`).
+pub const MAX_TOKENS: u64 = 1 << 40;
+
 /// Usage figures of one completion. `cached` and `reasoning` are `None` when not reported.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -60,7 +65,17 @@ impl Usage {
     }
 
     pub fn total(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+
+    /// Every figure at most [`MAX_TOKENS`].
+    pub fn clamped(self) -> Self {
+        Self {
+            prompt_tokens: self.prompt_tokens.min(MAX_TOKENS),
+            completion_tokens: self.completion_tokens.min(MAX_TOKENS),
+            cached_tokens: self.cached_tokens.map(|t| t.min(MAX_TOKENS)),
+            reasoning_tokens: self.reasoning_tokens.map(|t| t.min(MAX_TOKENS)),
+        }
     }
 }
 

@@ -123,7 +123,7 @@ impl AppState {
     /// row to hand to the writer.
     pub(crate) fn request_finished(&self, record: RequestRecord) -> WriteOp {
         let gauge = if (200..300).contains(&record.status) && record.error_type.is_none() {
-            let tokens = record.effective_prompt_tokens() + record.effective_completion_tokens();
+            let tokens = record.effective_total_tokens();
             let (view, change) = self.gauges.on_proxy(
                 &record.session_id,
                 tokens,

@@ -1,7 +1,9 @@
 //! Export formats for request rows, written one row at a time so an export of any size runs in
 //! constant memory: CSV (RFC 4180: CRLF line ends, fields quoted when they hold a comma, quote,
 //! CR or LF, quotes doubled) and JSON (`{"exported_at", "session", "requests": [...]}`).
-//! Times are ISO 8601 (RFC 3339, UTC, milliseconds).
+//! Times are ISO 8601 (RFC 3339, UTC, milliseconds). A text cell that a spreadsheet would run
+//! as a formula (it starts with `=`, `+`, `-`, `@`, a tab or a carriage return: a prompt's
+//! preview is the client's text) is written with a leading `'`, OWASP's neutralisation.
 
 use std::fmt::Write as _;
 
@@ -67,13 +69,19 @@ pub const CSV_COLUMNS: &[&str] = &[
     "memory_tokens",
     "memory_ratio",
     "routing",
+    "requested_model",
+    "purpose",
     "preview",
 ];
 
-/// Appends one CSV field, quoted when it must be.
+/// Appends one CSV field, quoted when it must be, neutralised when a spreadsheet would run it.
 pub fn csv_field(out: &mut String, value: &str) {
-    if value.contains([',', '"', '\r', '\n']) {
+    let formula = value.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if formula || value.contains([',', '"', '\r', '\n']) {
         out.push('"');
+        if formula {
+            out.push('\'');
+        }
         for c in value.chars() {
             if c == '"' {
                 out.push('"');
@@ -144,6 +152,10 @@ pub fn csv_row(out: &mut String, r: &RequestRecord) {
     let _ = write!(out, ",{},{},", r.memory_tokens, r.memory_ratio);
     csv_field(out, r.routing.as_deref().unwrap_or(""));
     out.push(',');
+    csv_field(out, r.requested_model.as_deref().unwrap_or(""));
+    out.push(',');
+    csv_field(out, r.purpose.as_deref().unwrap_or(""));
+    out.push(',');
     csv_field(out, &r.preview);
     out.push_str("\r\n");
 }
@@ -201,6 +213,9 @@ mod tests {
 
     fn record(preview: &str) -> RequestRecord {
         RequestRecord {
+            row_id: String::new(),
+            requested_model: None,
+            purpose: None,
             id: "r1".into(),
             session_id: SessionId::parse_client("s1").unwrap(),
             created_at: 1_700_000_000_123,
@@ -247,6 +262,30 @@ mod tests {
     }
 
     #[test]
+    fn cells_a_spreadsheet_would_run_are_neutralised() {
+        for (text, cell) in [
+            (
+                "=HYPERLINK(\"http://x\")",
+                "\"'=HYPERLINK(\"\"http://x\"\")\"",
+            ),
+            ("+1+cmd", "\"'+1+cmd\""),
+            ("-2", "\"'-2\""),
+            ("@SUM(A1)", "\"'@SUM(A1)\""),
+            ("\tx", "\"'\tx\""),
+            ("a = b", "a = b"),
+            ("email@example.com", "email@example.com"),
+        ] {
+            let mut s = String::new();
+            csv_field(&mut s, text);
+            assert_eq!(s, cell, "{text}");
+        }
+        // In a whole row: the client's preview is text.
+        let mut row = String::new();
+        csv_row(&mut row, &record("=cmd|' /C calc'!A0"));
+        assert!(row.contains("\"'=cmd|' /C calc'!A0\""), "{row}");
+    }
+
+    #[test]
     fn a_csv_row_has_every_column_and_iso_times() {
         let mut s = String::new();
         csv_header(&mut s);
@@ -260,7 +299,7 @@ mod tests {
             "{row}"
         );
         assert!(
-            row.ends_with(",stop,,,,0,0,,\"hello, \"\"world\"\"\nbye\""),
+            row.ends_with(",stop,,,,0,0,,,,\"hello, \"\"world\"\"\nbye\""),
             "{row}"
         );
     }

@@ -67,6 +67,13 @@ pub enum WriteOp {
     },
 }
 
+/// What applying a batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Ops dropped because they broke a constraint on their own.
+    pub dropped: u64,
+}
+
 /// What the compaction state is rebuilt from at start.
 #[derive(Debug, Clone, Default)]
 pub struct StoredCompactions {
@@ -113,9 +120,11 @@ pub enum Scope {
 
 /// What the gateway persists and reads back. Implementations share `$N` SQL.
 pub trait Store: Send + Sync + 'static {
-    /// Applies a batch in one transaction. An op that fails alone is logged and skipped, so one
-    /// bad row never loses its neighbours.
-    fn apply<'a>(&'a self, ops: &'a [WriteOp]) -> BoxFuture<'a, StoreResult<()>>;
+    /// Applies a batch in one transaction. An op that breaks a constraint on its own is dropped
+    /// (and counted in [`Applied`]), so one bad row never loses its neighbours; any other error
+    /// (locked, read-only, full disk) fails the whole batch, which the caller retries: every op
+    /// is idempotent (rows carry their own ids), so a batch applied twice is stored once.
+    fn apply<'a>(&'a self, ops: &'a [WriteOp]) -> BoxFuture<'a, StoreResult<Applied>>;
     fn list_sessions(&self) -> BoxFuture<'_, StoreResult<Vec<SessionSummary>>>;
     fn get_session<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Session>>>;
     fn active_session(&self) -> BoxFuture<'_, StoreResult<Option<Session>>>;

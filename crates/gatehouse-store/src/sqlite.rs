@@ -18,7 +18,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::{
-    CompactionTotals, MaskedTotals, Scope, SessionSummary, Store, StoreError, StoreResult,
+    Applied, CompactionTotals, MaskedTotals, Scope, SessionSummary, Store, StoreError, StoreResult,
     StoredCompactions, WriteOp,
 };
 
@@ -58,6 +58,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "request_routing",
         include_str!("../migrations/sqlite/0007_request_routing.sql"),
+    ),
+    (
+        8,
+        "request_hardening",
+        include_str!("../migrations/sqlite/0008_request_hardening.sql"),
     ),
 ];
 
@@ -313,11 +318,17 @@ impl SqliteStore {
                         prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens,
                         usage_source, max_context, context_pct, preview, latency_ms, ttfb_ms,
                         overhead_us, attempts, finish_reason, error_type, error_message, cost_usd,
-                        memory_tokens, chat_tokens, memory_ratio, routing)
+                        memory_tokens, chat_tokens, memory_ratio, routing, requested_model, purpose)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                        $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)",
+                        $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30,
+                        $31, $32)
+                     ON CONFLICT (id) DO NOTHING",
                 )
-                .bind(uuid_v7())
+                .bind(if r.row_id.is_empty() {
+                    uuid_v7()
+                } else {
+                    r.row_id.clone()
+                })
                 .bind(&r.id)
                 .bind(r.session_id.as_str())
                 .bind(r.created_at)
@@ -347,6 +358,8 @@ impl SqliteStore {
                 .bind(to_i64(r.chat_tokens))
                 .bind(r.memory_ratio)
                 .bind(&r.routing)
+                .bind(&r.requested_model)
+                .bind(&r.purpose)
                 .execute(&mut **tx)
                 .await?;
             }
@@ -355,8 +368,32 @@ impl SqliteStore {
     }
 }
 
+/// An error of this one statement's data (a duplicate key, a missing value), as opposed to one
+/// of the database (locked, read-only, full, I/O) that any statement would hit.
+fn is_constraint(e: &sqlx::Error) -> bool {
+    use sqlx::error::ErrorKind;
+    matches!(e, sqlx::Error::Database(d) if matches!(
+        d.kind(),
+        ErrorKind::UniqueViolation
+            | ErrorKind::ForeignKeyViolation
+            | ErrorKind::NotNullViolation
+            | ErrorKind::CheckViolation
+    ))
+}
+
 fn uuid_v7() -> String {
     gatehouse_core::SessionId::generate().as_str().to_owned()
+}
+
+/// Token figures are clamped when summed (`gatehouse_core::usage::MAX_TOKENS`): a row written
+/// by an older version from a provider's absurd figure must not make every later `SUM` fail.
+const TOKEN_CAP: i64 = gatehouse_core::usage::MAX_TOKENS as i64;
+
+/// A `TOTAL(…)` column (a float, which never overflows) as a saturated count.
+fn sum(row: &SqliteRow, name: &str) -> sqlx::Result<u64> {
+    let v: f64 = row.try_get(name)?;
+    // `as` saturates: NaN becomes 0, anything past u64::MAX becomes u64::MAX.
+    Ok(v.max(0.0) as u64)
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -458,6 +495,9 @@ fn request_from_row(row: &SqliteRow) -> sqlx::Result<RequestRecord> {
         chat_tokens: to_u64(row.try_get("chat_tokens")?),
         memory_ratio: row.try_get("memory_ratio")?,
         routing: row.try_get("routing")?,
+        row_id: row.try_get("id")?,
+        requested_model: row.try_get("requested_model")?,
+        purpose: row.try_get("purpose")?,
     })
 }
 
@@ -465,16 +505,24 @@ fn request_from_row(row: &SqliteRow) -> sqlx::Result<RequestRecord> {
 // while a stream cut mid-way still answered 200 and is billed for what was sent.
 
 impl Store for SqliteStore {
-    fn apply<'a>(&'a self, ops: &'a [WriteOp]) -> BoxFuture<'a, StoreResult<()>> {
+    fn apply<'a>(&'a self, ops: &'a [WriteOp]) -> BoxFuture<'a, StoreResult<Applied>> {
         Box::pin(async move {
             let mut tx = self.pool.begin().await?;
+            let mut applied = Applied::default();
             for op in ops {
-                if let Err(e) = Self::apply_one(&mut tx, op).await {
-                    tracing::error!(error = %e, op = op_name(op), "dropping a write that failed on its own");
+                match Self::apply_one(&mut tx, op).await {
+                    Ok(()) => {}
+                    // SQLite undoes just that statement; the transaction goes on.
+                    Err(e) if is_constraint(&e) => {
+                        applied.dropped += 1;
+                        tracing::error!(error = %e, op = op_name(op), "dropping a write that breaks a constraint on its own");
+                    }
+                    // Dropping `tx` rolls the batch back; the writer retries it whole.
+                    Err(e) => return Err(e.into()),
                 }
             }
             tx.commit().await?;
-            Ok(())
+            Ok(applied)
         })
     }
 
@@ -482,18 +530,22 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let sql = "SELECT s.id, s.name, s.model_key, s.provider, s.created_at,
                     COUNT(r.id) AS request_count,
-                    COALESCE(SUM(CASE WHEN r.status >= 200 AND r.status < 300 THEN COALESCE(r.prompt_tokens, r.prompt_tokens_est)
-                        + COALESCE(r.completion_tokens, 0) ELSE 0 END), 0) AS total,
+                    TOTAL(CASE WHEN r.status >= 200 AND r.status < 300
+                        THEN MIN(COALESCE(r.prompt_tokens, r.prompt_tokens_est), $1)
+                        + MIN(COALESCE(r.completion_tokens, 0), $1) ELSE 0 END) AS total,
                     MAX(r.created_at) AS last_at
                  FROM sessions s LEFT JOIN requests r ON r.session_id = s.id
                  GROUP BY s.id ORDER BY s.created_at DESC, s.id DESC";
-            let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+            let rows = sqlx::query(sql)
+                .bind(TOKEN_CAP)
+                .fetch_all(&self.pool)
+                .await?;
             rows.iter()
                 .map(|row| {
                     Ok(SessionSummary {
                         session: session_from_row(row)?,
                         request_count: to_u64(row.try_get("request_count")?),
-                        cumulative_total_tokens: to_u64(row.try_get("total")?),
+                        cumulative_total_tokens: sum(row, "total")?,
                         last_request_at: row.try_get("last_at")?,
                     })
                 })
@@ -531,37 +583,41 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let totals = sqlx::query(
                 "SELECT COUNT(*) AS n,
-                    COALESCE(SUM(CASE WHEN status >= 200 AND status < 300 THEN COALESCE(prompt_tokens, prompt_tokens_est) ELSE 0 END), 0) AS input,
-                    COALESCE(SUM(CASE WHEN status >= 200 AND status < 300 THEN COALESCE(completion_tokens, 0) ELSE 0 END), 0) AS output,
+                    TOTAL(CASE WHEN status >= 200 AND status < 300 THEN MIN(COALESCE(prompt_tokens, prompt_tokens_est), $2) ELSE 0 END) AS input,
+                    TOTAL(CASE WHEN status >= 200 AND status < 300 THEN MIN(COALESCE(completion_tokens, 0), $2) ELSE 0 END) AS output,
                     SUM(cost_usd) AS cost
                  FROM requests WHERE session_id = $1",
             )
             .bind(id.as_str())
+            .bind(TOKEN_CAP)
             .fetch_one(&self.pool)
             .await?;
             let last = sqlx::query(
-                "SELECT COALESCE(prompt_tokens, prompt_tokens_est) AS input,
-                    COALESCE(completion_tokens, 0) AS output, max_context
+                "SELECT MIN(COALESCE(prompt_tokens, prompt_tokens_est), $2) AS input,
+                    MIN(COALESCE(completion_tokens, 0), $2) AS output, max_context
                  FROM requests WHERE session_id = $1 AND status >= 200 AND status < 300
                  ORDER BY created_at DESC, id DESC LIMIT 1",
             )
             .bind(id.as_str())
+            .bind(TOKEN_CAP)
             .fetch_optional(&self.pool)
             .await?;
             let mut stats = SessionStats {
                 request_count: to_u64(totals.try_get("n")?),
-                cumulative_input_tokens: to_u64(totals.try_get("input")?),
-                cumulative_output_tokens: to_u64(totals.try_get("output")?),
+                cumulative_input_tokens: sum(&totals, "input")?,
+                cumulative_output_tokens: sum(&totals, "output")?,
                 cost_usd: totals.try_get("cost")?,
                 ..SessionStats::default()
             };
-            stats.cumulative_total_tokens =
-                stats.cumulative_input_tokens + stats.cumulative_output_tokens;
+            stats.cumulative_total_tokens = stats
+                .cumulative_input_tokens
+                .saturating_add(stats.cumulative_output_tokens);
             if let Some(row) = last {
                 stats.current_input_tokens = to_u64(row.try_get("input")?);
                 stats.current_output_tokens = to_u64(row.try_get("output")?);
-                stats.current_total_tokens =
-                    stats.current_input_tokens + stats.current_output_tokens;
+                stats.current_total_tokens = stats
+                    .current_input_tokens
+                    .saturating_add(stats.current_output_tokens);
                 stats.max_context = to_u64(row.try_get("max_context")?);
                 if stats.max_context > 0 {
                     stats.current_pct =
@@ -691,15 +747,16 @@ impl Store for SqliteStore {
     fn masked_totals(&self) -> BoxFuture<'_, StoreResult<MaskedTotals>> {
         Box::pin(async move {
             let row = sqlx::query(
-                "SELECT COUNT(*) AS n, COALESCE(SUM(tokens), 0) AS t, COALESCE(SUM(tokens_saved), 0) AS s
+                "SELECT COUNT(*) AS n, TOTAL(MIN(tokens, $1)) AS t, TOTAL(MIN(tokens_saved, $1)) AS s
                  FROM masked_content",
             )
+            .bind(TOKEN_CAP)
             .fetch_one(&self.pool)
             .await?;
             Ok(MaskedTotals {
                 count: to_u64(row.try_get("n")?),
-                tokens: to_u64(row.try_get("t")?),
-                tokens_saved_per_request: to_u64(row.try_get("s")?),
+                tokens: sum(&row, "t")?,
+                tokens_saved_per_request: sum(&row, "s")?,
             })
         })
     }
@@ -771,11 +828,12 @@ impl Store for SqliteStore {
                     COALESCE(SUM(trigger = 'auto'), 0) AS auto,
                     COALESCE(SUM(trigger = 'manual'), 0) AS manual,
                     COALESCE(SUM(strategy = 'llm'), 0) AS llm,
-                    COALESCE(SUM(tokens_saved), 0) AS saved,
+                    TOTAL(MIN(tokens_saved, $2)) AS saved,
                     COUNT(DISTINCT session_id) AS sessions
                  FROM compactions WHERE ($1 IS NULL OR session_id = $1)",
             )
             .bind(session.map(SessionId::as_str))
+            .bind(TOKEN_CAP)
             .fetch_one(&self.pool)
             .await?;
             Ok(CompactionTotals {
@@ -783,7 +841,7 @@ impl Store for SqliteStore {
                 auto: to_u64(row.try_get("auto")?),
                 manual: to_u64(row.try_get("manual")?),
                 llm: to_u64(row.try_get("llm")?),
-                tokens_saved: to_u64(row.try_get("saved")?),
+                tokens_saved: sum(&row, "saved")?,
                 sessions: to_u64(row.try_get("sessions")?),
             })
         })
@@ -858,6 +916,9 @@ pub(crate) mod tests {
         completion: u64,
     ) -> RequestRecord {
         RequestRecord {
+            row_id: String::new(),
+            requested_model: None,
+            purpose: None,
             id: "req".into(),
             session_id: session.clone(),
             created_at: gatehouse_core::time::now_ms(),

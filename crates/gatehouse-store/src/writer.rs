@@ -4,10 +4,18 @@
 //! in batches, each applied in a single transaction, so throughput scales with batch size rather
 //! than with fsyncs. Readers that need their own writes call [`WriterHandle::flush`], which
 //! completes once everything queued before it is committed.
+//!
+//! A batch the database refuses (locked by another process, read-only, disk full) is kept and
+//! retried, with backoff, until it is written: rows wait in the queue meanwhile (and the proxy
+//! waits for room once the queue is full) and `writable` is false, which turns `/health/ready`
+//! false. Only an op that breaks a constraint on its own is dropped, and counted. Ops are
+//! idempotent, so a batch whose commit failed after all is stored once when retried. At
+//! shutdown the retries stop after [`CLOSE_RETRY`]; what is still unwritten then is counted
+//! as lost and logged.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -21,13 +29,54 @@ enum Cmd {
     Close,
 }
 
+/// How long a closing writer keeps retrying a batch the database refuses.
+pub const CLOSE_RETRY: Duration = Duration::from_secs(10);
+/// The longest pause between two attempts at a refused batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
 /// Counters the health endpoint reports.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WriterStats {
     pub written: AtomicU64,
+    /// Attempts at a batch that the database refused (each is retried).
     pub failed_batches: AtomicU64,
+    /// Ops dropped because they broke a constraint on their own.
+    pub dropped: AtomicU64,
+    /// Ops given up at shutdown because the database still refused them.
+    pub lost: AtomicU64,
     /// Ops that could not be queued because the writer had already closed.
     pub rejected: AtomicU64,
+    /// False from a refused batch until a batch is written again.
+    pub writable: AtomicBool,
+    /// What the database said last time it refused a batch.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        Self {
+            written: AtomicU64::new(0),
+            failed_batches: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            writable: AtomicBool::new(true),
+            last_error: Mutex::new(None),
+        }
+    }
+}
+
+impl WriterStats {
+    pub fn writable(&self) -> bool {
+        self.writable.load(Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// A cheap, cloneable handle for queueing writes.
@@ -185,12 +234,13 @@ async fn run(
             };
         }
         take_overflow(&overflow, &mut batch);
-        write(&*store, &mut batch, &stats).await;
+        write(&*store, &mut batch, &stats, None).await;
         for w in waiters.drain(..) {
             let _ = w.send(());
         }
     }
     // Closed: drain whatever was queued before the close took effect.
+    let give_up = Instant::now() + CLOSE_RETRY;
     while let Some(cmd) = rx.recv().await {
         match cmd {
             Cmd::Op(op) => batch.push(op),
@@ -198,11 +248,11 @@ async fn run(
             Cmd::Close => {}
         }
         if batch.len() >= batch_size {
-            write(&*store, &mut batch, &stats).await;
+            write(&*store, &mut batch, &stats, Some(give_up)).await;
         }
     }
     take_overflow(&overflow, &mut batch);
-    write(&*store, &mut batch, &stats).await;
+    write(&*store, &mut batch, &stats, Some(give_up)).await;
     for w in waiters.drain(..) {
         let _ = w.send(());
     }
@@ -220,34 +270,56 @@ fn take_overflow(overflow: &Mutex<Vec<WriteOp>>, batch: &mut Vec<WriteOp>) {
     batch.append(&mut o);
 }
 
-async fn write(store: &dyn Store, batch: &mut Vec<WriteOp>, stats: &WriterStats) {
+/// Writes `batch`, retrying while the database refuses it; past `give_up` (at shutdown) what is
+/// left is counted as lost.
+async fn write(
+    store: &dyn Store,
+    batch: &mut Vec<WriteOp>,
+    stats: &WriterStats,
+    give_up: Option<Instant>,
+) {
     if batch.is_empty() {
         return;
     }
-    // A whole-batch failure is a database problem (disk full, locked file): retry a few times
-    // before giving the rows up, and say so loudly.
     let mut delay = Duration::from_millis(50);
-    for attempt in 1..=5 {
+    let mut attempt = 0u64;
+    loop {
         match store.apply(batch).await {
-            Ok(()) => {
+            Ok(applied) => {
+                let n = batch.len() as u64;
                 stats
                     .written
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    .fetch_add(n.saturating_sub(applied.dropped), Ordering::Relaxed);
+                stats.dropped.fetch_add(applied.dropped, Ordering::Relaxed);
+                if !stats.writable.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        rows = n,
+                        "the database accepts writes again; the queued rows are written"
+                    );
+                }
                 batch.clear();
                 return;
             }
-            Err(e) if attempt < 5 => {
-                tracing::warn!(error = %e, attempt, rows = batch.len(), "write batch failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
             Err(e) => {
+                attempt += 1;
                 stats.failed_batches.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, rows = batch.len(), "write batch failed; rows lost");
+                stats.writable.store(false, Ordering::Relaxed);
+                *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                if give_up.is_some_and(|t| Instant::now() >= t) {
+                    stats.lost.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    tracing::error!(error = %e, rows = batch.len(), "shutting down and the database still refuses writes: these rows are lost");
+                    batch.clear();
+                    return;
+                }
+                // Loud once, then now and then: a full disk can last.
+                if attempt == 1 || attempt.is_power_of_two() {
+                    tracing::error!(error = %e, attempt, rows = batch.len(), "the database refused a write batch; keeping the rows and retrying");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_BACKOFF);
             }
         }
     }
-    batch.clear();
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Health: `/health` (details), `/health/live` (the process answers), `/health/ready` (the
-//! database answers and the gateway is not shutting down).
+//! database answers and accepts writes, and the gateway is not shutting down).
 
 use std::sync::atomic::Ordering;
 
@@ -12,8 +12,8 @@ use serde_json::json;
 use crate::state::AppState;
 
 pub async fn health(State(st): State<AppState>) -> Response {
-    let db_ok = st.store.ping().await.is_ok();
     let stats = st.writer.stats();
+    let db_ok = st.store.ping().await.is_ok() && stats.writable();
     let providers = &st.config.providers;
     let status = if db_ok { "ok" } else { "degraded" };
     let body = json!({
@@ -30,11 +30,18 @@ pub async fn health(State(st): State<AppState>) -> Response {
         },
         "refused": st.refusals.view(),
         "refused_host": st.guard.refused.load(Ordering::Relaxed),
-        "database": { "ok": db_ok, "engine": "sqlite" },
+        "database": {
+            "ok": db_ok,
+            "engine": "sqlite",
+            "writable": stats.writable(),
+            "last_error": stats.last_error(),
+        },
         "accounting": {
             "queued": st.writer.queued(),
             "written": stats.written.load(Ordering::Relaxed),
             "failed_batches": stats.failed_batches.load(Ordering::Relaxed),
+            "dropped": stats.dropped.load(Ordering::Relaxed),
+            "lost": stats.lost.load(Ordering::Relaxed),
             "rejected": stats.rejected.load(Ordering::Relaxed),
         },
         "sessions": st.sessions.count(),
@@ -76,12 +83,15 @@ pub async fn live() -> Json<serde_json::Value> {
 
 pub async fn ready(State(st): State<AppState>) -> Response {
     let shutting_down = st.shutting_down.load(Ordering::Relaxed);
-    let db_ok = st.store.ping().await.is_ok();
+    let writable = st.writer.stats().writable();
+    let db_ok = writable && st.store.ping().await.is_ok();
     if db_ok && !shutting_down {
         (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response()
     } else {
         let reason = if shutting_down {
             "shutting down"
+        } else if !writable {
+            "the database refuses writes; rows are kept in the queue and retried"
         } else {
             "database unavailable"
         };

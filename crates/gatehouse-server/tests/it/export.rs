@@ -48,6 +48,9 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
 
 fn record(session: &SessionId, n: usize, filler: &str) -> RequestRecord {
     RequestRecord {
+        row_id: String::new(),
+        requested_model: None,
+        purpose: None,
         id: format!("bulk-{n:06}"),
         session_id: session.clone(),
         created_at: 1_700_000_000_000 + n as i64,

@@ -9,6 +9,7 @@ mod support;
 
 mod bounds;
 mod compaction;
+mod durability;
 mod errors;
 mod export;
 mod faults;

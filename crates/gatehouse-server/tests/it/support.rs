@@ -199,6 +199,12 @@ max_context_size = 4096
         r.json().await.unwrap()
     }
 
+    /// The JSON of a GET whatever its status (`/health` answers 503 when degraded).
+    pub async fn get_json_any(&self, path: &str) -> Value {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        r.json().await.unwrap()
+    }
+
     /// Stops this gateway and starts another on the same data directory.
     pub async fn restart(mut self, mut opts: Options) -> Self {
         self.shutdown().await;

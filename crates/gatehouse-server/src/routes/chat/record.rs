@@ -26,7 +26,10 @@ pub(crate) const CLIENT_CLOSED: u16 = 499;
 struct Parts {
     /// What routing did, when it did more than one plain attempt.
     routing: Option<String>,
+    row_id: String,
     id: String,
+    /// The model key the client asked for (`auto/coding`, the primary of deployments).
+    requested: String,
     session_id: SessionId,
     created_at: i64,
     t0: Instant,
@@ -70,7 +73,12 @@ impl Draft {
         Self {
             parts: Some(Parts {
                 routing: None,
+                row_id: uuid::Uuid::now_v7().to_string(),
                 id: request_id.as_str().to_owned(),
+                requested: p
+                    .session_model
+                    .clone()
+                    .unwrap_or_else(|| p.route.model_key.clone()),
                 session_id: session.clone(),
                 created_at: now_ms(),
                 t0,
@@ -187,7 +195,12 @@ impl Drop for Draft {
 
 impl Parts {
     fn finish(self, f: Finish) -> RequestRecord {
-        let usage = f.summary.as_ref().and_then(|s| s.usage);
+        // A provider's figures are believed up to a bound (`MAX_TOKENS`), so no sum overflows.
+        let usage = f
+            .summary
+            .as_ref()
+            .and_then(|s| s.usage)
+            .map(gatehouse_core::Usage::clamped);
         let (prompt_tokens, completion_tokens, source) = match (usage, &f.summary) {
             (Some(u), _) => (
                 Some(u.prompt_tokens),
@@ -202,6 +215,7 @@ impl Parts {
             (None, None) => (None, None, UsageSource::Estimated),
         };
         let prompt = prompt_tokens.unwrap_or(self.prompt_tokens_est);
+        let completion_tokens = completion_tokens.map(|t| t.min(gatehouse_core::usage::MAX_TOKENS));
         // Failed exchanges are not billed by providers; streams cut short are, for what was sent.
         let billed = (200..300).contains(&f.status);
         let cost_usd = self.route.pricing.filter(|_| billed).map(|p| {
@@ -221,7 +235,9 @@ impl Parts {
             Some((t, m)) => (Some(t), Some(m)),
             None => (None, None),
         };
+        let requested_model = (self.requested != self.route.model_key).then_some(self.requested);
         RequestRecord {
+            row_id: self.row_id,
             id: self.id,
             session_id: self.session_id,
             created_at: self.created_at,
@@ -255,6 +271,8 @@ impl Parts {
                 0.0
             },
             routing: self.routing,
+            requested_model,
+            purpose: None,
         }
     }
 }
