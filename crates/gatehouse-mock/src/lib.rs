@@ -15,6 +15,7 @@
 //! | `empty:N` | streams: send the head and close at once, for the first N attempts |
 //! | `cut:N` | streams: break the connection after N chunks |
 //! | `nousage` | never report usage |
+//! | `hugeusage` | whole answers report usage near `u64::MAX` (a broken provider) |
 //! | `usagelast` | streams: put usage in the finish chunk, asked or not (Mistral's way) |
 //! | `nostreamopts` | answer 422 to a body with `stream_options` (Mistral's way) |
 //! | `tool` | call the request's first tool (`{"city": "Paris"}`), unless the last message is a tool result |
@@ -144,6 +145,7 @@ pub(crate) struct Script {
     empty: u32,
     cut: Option<usize>,
     nousage: bool,
+    huge_usage: bool,
     usage_last: bool,
     no_stream_opts: bool,
     tool: bool,
@@ -169,6 +171,7 @@ pub(crate) fn script(model: &str) -> Script {
             "empty" => s.empty = u32::try_from(n).unwrap_or(0),
             "cut" => s.cut = usize::try_from(n).ok(),
             "nousage" => s.nousage = true,
+            "hugeusage" => s.huge_usage = true,
             "usagelast" => s.usage_last = true,
             "nostreamopts" => s.no_stream_opts = true,
             "tool" => s.tool = true,
@@ -275,7 +278,9 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
             "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         });
-        if !s.nousage {
+        if s.huge_usage {
+            v["usage"] = json!({"prompt_tokens": u64::MAX - 1, "completion_tokens": u64::MAX - 1, "total_tokens": u64::MAX});
+        } else if !s.nousage {
             v["usage"] = usage(s.chunks);
         }
         json_response(StatusCode::OK, &v)

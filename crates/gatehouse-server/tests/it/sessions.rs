@@ -193,3 +193,101 @@ async fn failed_requests_are_recorded_but_not_billed() {
     assert_eq!(stats["request_count"], 1);
     assert_eq!(stats["cumulative_total_tokens"], 0);
 }
+
+/// A provider that reports usage near `u64::MAX` (and rows an older version stored with
+/// `i64::MAX`) must not make the session figures fail for good.
+#[tokio::test]
+async fn absurd_usage_figures_are_clamped_and_every_sum_saturates() {
+    let app = TestApp::spawn().await;
+    let r = app.chat(user("mock/hugeusage", "count me")).await;
+    assert_eq!(r.status(), 200);
+    let sid = session_of(&r);
+    app.state.writer.flush().await;
+    // Rows as an older version wrote them: every figure at i64::MAX.
+    let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite:{}",
+        app.db_path().display()
+    ))
+    .await
+    .unwrap();
+    for i in 0..3 {
+        sqlx::query(
+            "INSERT INTO requests (id, request_id, session_id, created_at, provider, model_key,
+                upstream_model, stream, status, prompt_tokens_est, prompt_tokens, completion_tokens,
+                usage_source, max_context, context_pct, preview, latency_ms, overhead_us, attempts,
+                memory_tokens, chat_tokens, memory_ratio)
+             VALUES ($1, $1, $2, 1, 'mock', 'mock/echo', 'echo', 0, 200, $3, $3, $3, 'upstream',
+                4096, 0, '', 1, 1, 1, 0, 0, 0)",
+        )
+        .bind(format!("old-{i}"))
+        .bind(&sid)
+        .bind(i64::MAX)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    }
+    for path in [
+        "/api/sessions".to_owned(),
+        format!("/api/sessions/{sid}"),
+        format!("/api/sessions/{sid}/requests"),
+        "/api/sessions/active".to_owned(),
+        "/api/export/json?all=1".to_owned(),
+    ] {
+        let r = app.http.get(app.url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}: {}", r.text().await.unwrap());
+    }
+    let s = app.get_json(&format!("/api/sessions/{sid}")).await;
+    let total = s["stats"]["cumulative_total_tokens"].as_u64().unwrap();
+    assert!(total > 0, "{s}");
+    // The row the gateway wrote itself holds the clamp, not the provider's figure.
+    let rows = rows(&app, &sid).await;
+    let ours = rows
+        .iter()
+        .find(|r| !r["id"].as_str().unwrap().starts_with("old-"))
+        .unwrap();
+    assert_eq!(ours["prompt_tokens"], 1u64 << 40, "{ours}");
+    // The live view's init message too.
+    let mut ws = crate::live::connect(&app).await;
+    let init = crate::live::next(&mut ws).await;
+    assert_eq!(init["type"], "init", "{init}");
+}
+
+/// A client that hangs up before the answer still leaves its row: the provider bills it.
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_leaves_a_row() {
+    let app = TestApp::spawn_with(crate::support::Options {
+        first_byte_secs: Some(10.0),
+        ..Default::default()
+    })
+    .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(400))
+        .build()
+        .unwrap();
+    for (label, body) in [
+        // A whole answer the provider is still generating.
+        ("plain", user("mock/delay:3000", "left while generating")),
+        // A stream whose first chunk has not come yet.
+        (
+            "stream",
+            json!({"model": "mock/first:3000", "stream": true,
+            "messages": [{"role": "user", "content": "left before the first chunk"}]}),
+        ),
+    ] {
+        let r = impatient
+            .post(app.url("/v1/chat/completions"))
+            .header("x-gatehouse-session", format!("gone-{label}"))
+            .json(&body)
+            .send()
+            .await;
+        assert!(r.is_err(), "{label}: the client gave up");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    app.state.writer.flush().await;
+    for label in ["plain", "stream"] {
+        let rows = rows(&app, &format!("gone-{label}")).await;
+        assert_eq!(rows.len(), 1, "{label}: {rows:?}");
+        assert_eq!(rows[0]["status"], 499, "{label}");
+        assert_eq!(rows[0]["error_type"], "client_disconnected", "{label}");
+    }
+}

@@ -66,3 +66,71 @@ async fn shutdown_under_load_loses_no_rows() {
         .unwrap();
     assert!(rows.iter().all(|r| r.error_type.is_none()), "{rows:?}");
 }
+
+#[tokio::test]
+async fn requests_still_running_when_the_grace_period_ends_are_cut_and_recorded() {
+    let mut app = TestApp::spawn_with(crate::support::Options {
+        first_byte_secs: Some(30.0),
+        grace_secs: Some(0.5),
+        ..Default::default()
+    })
+    .await;
+    let session = "cut-at-shutdown";
+    let http = app.http.clone();
+    let url = app.url("/v1/chat/completions");
+    // A stream that has started (one chunk every 3 s) and a whole answer 20 s away.
+    let stream = {
+        let (http, url) = (http.clone(), url.clone());
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .header("x-gatehouse-session", session)
+                .json(&streaming("mock/chunks:10+gap:3000", "long stream"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap_or_default()
+        })
+    };
+    let plain = tokio::spawn(async move {
+        let r = http
+            .post(url)
+            .header("x-gatehouse-session", session)
+            .json(&user("mock/delay:20000", "slow answer"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    });
+    for _ in 0..500 {
+        if app.get_json("/health").await["in_flight"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(app.get_json("/health").await["in_flight"], 2);
+    let t = std::time::Instant::now();
+    app.shutdown().await;
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "shutdown waited for the requests instead of cutting them"
+    );
+    let text = stream.await.unwrap();
+    assert!(text.contains("\"code\":\"shutdown\""), "{text}");
+    let (status, body) = plain.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("shutting_down"), "{body}");
+
+    let store = SqliteStore::open(&app.db_path()).await.unwrap();
+    let rows = store
+        .list_requests(&SessionId::new(session), 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.error_type.as_deref() == Some("shutdown")),
+        "{rows:?}"
+    );
+}
