@@ -20,6 +20,6 @@ pub use schema::{
     AutoRoute, AutoWeights, CircuitBreaker, CompactionAuto, CompactionConfig, CompactionStrategy,
     Config, DashboardConfig, Deployment, HeavyDuty, LogWatcherConfig, ModelConfig, ProviderConfig,
     ProviderType, ProxyConfig, RedactionConfig, RedactionMode, SanitizerConfig, ServerConfig,
-    SessionsConfig, StorageConfig, Timeouts, WhenNone,
+    SessionsConfig, StorageConfig, Timeouts, WhenNone, shown_url,
 };
 pub use secret::Secret;

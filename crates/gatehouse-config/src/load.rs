@@ -406,7 +406,10 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
             issues.push(issue(
                 &format!("{path}.base_url"),
-                &format!("`{}` is not an http(s) URL", raw.base_url),
+                &format!(
+                    "`{}` is not an http(s) URL",
+                    crate::schema::shown_url(&raw.base_url)
+                ),
                 Some("e.g. https://api.mistral.ai/v1"),
             ));
         }
@@ -421,6 +424,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             key.clone(),
             ProviderConfig {
                 kind: raw.kind,
+                shown_url: crate::schema::shown_url(&url),
                 base_url: url,
                 api_key,
                 api_key_env: key_envs.get(&key).cloned(),
@@ -488,6 +492,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 encoding,
                 pricing: raw.pricing,
                 fallbacks: raw.fallbacks,
+                fallback_on_timeout: raw.fallback_on_timeout,
                 deployments: raw.deployments,
                 weight: raw.weight.unwrap_or(1.0),
             },

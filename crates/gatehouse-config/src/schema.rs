@@ -343,6 +343,9 @@ pub struct ProviderConfig {
     pub kind: ProviderType,
     /// Without a trailing slash.
     pub base_url: String,
+    /// `base_url` as messages, rows, events and `/api/providers` show it: without a user, a
+    /// password or a query, where credentials can hide (`https://key@host/v1?key=…`).
+    pub shown_url: String,
     pub api_key: Option<Secret>,
     /// The variable `api_key` was read from (`MISTRAL_API_KEY`), for messages; set even when the
     /// variable is unset, which is how a missing key is told apart from a keyless provider.
@@ -356,6 +359,24 @@ pub struct ProviderConfig {
     pub stream_usage: bool,
     /// Requests per minute this gateway sends at most; past it, requests wait their turn.
     pub rpm: Option<u32>,
+}
+
+/// `url` without its user, password, query and fragment.
+pub fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string().trim_end_matches('/').to_owned()
+        }
+        // Not a URL: show the part after a possible `user:password@`, up to a `?`.
+        Err(_) => {
+            let tail = url.rsplit_once('@').map_or(url, |(_, t)| t);
+            tail.split(['?', '#']).next().unwrap_or("").to_owned()
+        }
+    }
 }
 
 impl ProviderConfig {
@@ -380,6 +401,8 @@ pub(crate) struct ModelRaw {
     #[serde(default)]
     pub fallbacks: Vec<String>,
     #[serde(default)]
+    pub fallback_on_timeout: bool,
+    #[serde(default)]
     pub deployments: Vec<Deployment>,
     #[serde(default)]
     pub weight: Option<f64>,
@@ -398,6 +421,9 @@ pub struct ModelConfig {
     pub pricing: Option<Pricing>,
     /// Model keys tried in order when this one fails before answering.
     pub fallbacks: Vec<String>,
+    /// A whole answer that timed out may still be generating (and be billed): it goes to the
+    /// fallbacks only when this says so.
+    pub fallback_on_timeout: bool,
     /// Other deployments of the same model; requests are balanced across all of them.
     pub deployments: Vec<Deployment>,
     /// This deployment's share in the balance (1 unless set).

@@ -79,8 +79,8 @@ pub(crate) async fn messages(
     }
     if attempt <= s.fail {
         let e = error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "api_error",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded_error",
             &format!("mock: scripted failure {attempt} of {}", s.fail),
         );
         return scripted_error(&s, e);

@@ -79,8 +79,8 @@ pub(crate) async fn generate(
         return scripted_error(
             &s,
             error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "INTERNAL",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
                 "mock: scripted failure",
             ),
         );

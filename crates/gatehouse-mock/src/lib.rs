@@ -8,7 +8,7 @@
 //! | `chunks:N` | N content pieces (default 3), streamed as N chunks |
 //! | `delay:MS` | wait MS before each stream chunk (or before a non-streamed answer) |
 //! | `gap:MS` | streams: wait MS before each chunk after the first |
-//! | `fail:N` | answer 500 to the first N attempts of a request (counted per `X-Request-ID`) |
+//! | `fail:N` | answer 503 (overloaded: safe to retry) to the first N attempts of a request (counted per `X-Request-ID`) |
 //! | `status:C` | always answer status C with an OpenAI error body |
 //! | `first:MS` | on the first attempt only, wait MS before the response head |
 //! | `silent:N` | streams: send the head, then nothing, for the first N attempts |
@@ -248,7 +248,7 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         return scripted_error(
             &s,
             json_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
+                StatusCode::SERVICE_UNAVAILABLE,
                 &json!({"error": {"message": format!("mock: scripted failure {attempt} of {}", s.fail), "type": "server_error", "code": null}}),
             ),
         );

@@ -36,7 +36,7 @@ pub(crate) async fn chat(
     }
     if attempt <= s.fail {
         let body = json!({"error": "mock: scripted failure"});
-        return scripted_error(&s, json_response(StatusCode::INTERNAL_SERVER_ERROR, &body));
+        return scripted_error(&s, json_response(StatusCode::SERVICE_UNAVAILABLE, &body));
     }
     let last_is_result = req["messages"]
         .as_array()

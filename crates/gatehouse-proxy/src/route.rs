@@ -23,6 +23,8 @@ pub struct Route {
     pub provider: Arc<ProviderConfig>,
     /// Model keys tried in order when this route fails before answering.
     pub fallbacks: Vec<String>,
+    /// A timed-out whole answer goes to the fallbacks too (it may still be generating).
+    pub fallback_on_timeout: bool,
     /// Other deployments of this model, with their weights; this one's is `weight`.
     pub deployments: Vec<(String, f64)>,
     pub weight: f64,
@@ -111,6 +113,7 @@ impl Router {
                         pricing: m.pricing,
                         provider,
                         fallbacks: m.fallbacks.clone(),
+                        fallback_on_timeout: m.fallback_on_timeout,
                         deployments: m
                             .deployments
                             .iter()
@@ -142,7 +145,7 @@ impl Router {
                 ErrorKind::LoopDetected,
                 format!(
                     "provider `{}` points at this gateway ({}); refusing to forward to myself",
-                    route.provider_key, route.provider.base_url
+                    route.provider_key, route.provider.shown_url
                 ),
             ));
         }
@@ -190,6 +193,7 @@ impl Router {
                 pricing: None,
                 provider: provider.clone(),
                 fallbacks: Vec::new(),
+                fallback_on_timeout: false,
                 deployments: Vec::new(),
                 weight: 1.0,
                 latency: LatencyEwma::default(),

@@ -1,8 +1,13 @@
 //! Sending a request upstream: pooled clients, timeouts, retries before the first byte.
 //!
-//! A request is retried (with exponential backoff) on connect errors, timeouts, 429 and 5xx,
-//! and, for streams, when upstream answers 200 but sends nothing within the first-byte timeout
-//! or closes without a byte. All of that happens before the client has received anything;
+//! A request is retried (with exponential backoff) only when the provider cannot have worked on
+//! it: a connection that could not be made, 429, 503, Anthropic's 529 (overloaded), or an error
+//! the provider marks retryable (`x-should-retry: true`; `false` forbids a retry). Anything else
+//! may already be generating, and billed, at the provider: a timeout, a connection broken after
+//! the request went out, a 500, a stream that stays silent or ends empty. Those are not sent
+//! again to the same provider; they may go to the model's fallbacks (`Failure::can_fall_back`),
+//! except a whole answer that timed out, which falls back only when the model says
+//! `fallback_on_timeout = true`. All of this happens before the client has received anything;
 //! once the first byte is forwarded the request is never retried.
 
 use std::collections::HashMap;
@@ -31,6 +36,8 @@ pub enum Outcome {
         headers: HeaderMap,
         body: Bytes,
         attempts: u32,
+        /// Why each earlier attempt was retried.
+        retried: Vec<String>,
         /// Time spent waiting on upstream, retries included.
         upstream_wait: Duration,
         /// Send to response head, last attempt.
@@ -42,9 +49,20 @@ pub enum Outcome {
         first: Bytes,
         rest: UpstreamStream,
         attempts: u32,
+        /// Why each earlier attempt was retried.
+        retried: Vec<String>,
         /// Time spent waiting on upstream up to the first chunk, retries included.
         upstream_wait: Duration,
     },
+}
+
+impl Outcome {
+    /// Why each earlier attempt was retried.
+    pub fn retried(&self) -> &[String] {
+        match self {
+            Self::Complete { retried, .. } | Self::Stream { retried, .. } => retried,
+        }
+    }
 }
 
 /// A failed exchange, after retries.
@@ -57,14 +75,33 @@ pub struct Failure {
     /// provider's format and it is a well-formed error of that format.
     pub body: Option<Bytes>,
     pub attempts: u32,
+    /// Why each earlier attempt was retried.
+    pub retried: Vec<String>,
     pub upstream_wait: Duration,
+    /// A whole answer timed out: the provider may still be generating it.
+    pub uncertain: bool,
 }
 
 impl Failure {
     /// The provider failed (unreachable, timeout, bad answer, 429, 5xx) or was skipped by its
-    /// breaker: another provider may do better. A 4xx other than 429 is the request's fault.
-    pub fn can_fall_back(&self) -> bool {
-        self.breaker_open || provider_fault(&self.error)
+    /// breaker: another provider may do better. A 4xx other than 429 is the request's fault. A
+    /// whole answer that timed out goes elsewhere only with `fallback_on_timeout`: it may be
+    /// generating, and billed, where it is.
+    pub fn can_fall_back(&self, fallback_on_timeout: bool) -> bool {
+        self.breaker_open
+            || (provider_fault(&self.error) && (!self.uncertain || fallback_on_timeout))
+    }
+
+    fn new(error: ApiError, attempts: u32, upstream_wait: Duration) -> Self {
+        Self {
+            error,
+            breaker_open: false,
+            body: None,
+            attempts,
+            retried: Vec::new(),
+            upstream_wait,
+            uncertain: false,
+        }
     }
 }
 
@@ -102,7 +139,9 @@ impl UpstreamStream {
             match tokio::time::timeout(self.idle, self.inner.next()).await {
                 Err(_) => return Some(Err(StreamFailure::Idle(self.idle))),
                 Ok(None) => return None,
-                Ok(Some(Err(e))) => return Some(Err(StreamFailure::Broken(error_chain(&e)))),
+                Ok(Some(Err(e))) => {
+                    return Some(Err(StreamFailure::Broken(error_chain(&e.without_url()))));
+                }
                 Ok(Some(Ok(b))) if b.is_empty() => continue,
                 Ok(Some(Ok(b))) => return Some(Ok(b)),
             }
@@ -221,26 +260,24 @@ impl Upstream {
         let started = Instant::now();
         let provider = &*route.provider;
         let Some(endpoint) = self.endpoints.get(&route.provider_key) else {
-            return Err(Failure {
-                breaker_open: false,
-                error: ApiError::new(
+            return Err(Failure::new(
+                ApiError::new(
                     ErrorKind::Internal,
                     format!(
                         "provider `{}` has no usable base URL ({})",
-                        route.provider_key, provider.base_url
+                        route.provider_key, provider.shown_url
                     ),
                 ),
-                body: None,
-                attempts: 0,
-                upstream_wait: Duration::ZERO,
-            });
+                0,
+                Duration::ZERO,
+            ));
         };
         let ticket = match self.breakers.admit(&route.provider_key, started) {
             Ok(t) => t,
             Err(r) => {
                 let secs = r.retry_in.as_secs_f64().ceil();
-                return Err(Failure {
-                    error: ApiError::new(
+                let mut f = Failure::new(
+                    ApiError::new(
                         ErrorKind::CircuitOpen,
                         format!(
                             "provider `{}` is skipped: its circuit breaker is open after repeated failures (next probe in {secs:.0} s)",
@@ -248,11 +285,11 @@ impl Upstream {
                         ),
                     )
                     .with_retry_after((secs as u64).max(1)),
-                    breaker_open: true,
-                    body: None,
-                    attempts: 0,
-                    upstream_wait: Duration::ZERO,
-                });
+                    0,
+                    Duration::ZERO,
+                );
+                f.breaker_open = true;
+                return Err(f);
             }
         };
         let result = self
@@ -295,17 +332,18 @@ impl Upstream {
         // Gemini puts the model and the mode in the path.
         let url = if provider.kind == gatehouse_config::ProviderType::Gemini {
             let path = crate::translate::gemini::path(&route.upstream_model, stream);
-            reqwest::Url::parse(&format!("{}/{path}", provider.base_url)).map_err(|e| Failure {
-                error: ApiError::new(ErrorKind::Internal, format!("bad Gemini URL: {e}")),
-                breaker_open: false,
-                body: None,
-                attempts: 0,
-                upstream_wait: Duration::ZERO,
+            reqwest::Url::parse(&format!("{}/{path}", provider.base_url)).map_err(|e| {
+                Failure::new(
+                    ApiError::new(ErrorKind::Internal, format!("bad Gemini URL: {e}")),
+                    0,
+                    Duration::ZERO,
+                )
             })?
         } else {
             endpoint.chat_url.clone()
         };
         let mut attempt = 0u32;
+        let mut retried: Vec<String> = Vec::new();
         loop {
             attempt += 1;
             if let Some(turn) = self.rate_limits.turn(&route.provider_key, Instant::now()) {
@@ -335,10 +373,25 @@ impl Upstream {
                 )
                 .await;
             match result {
-                Attempt::Done(o) => return Ok(o),
-                Attempt::Fail(f) => return Err(f),
-                Attempt::Retry(f, _) if attempt > self.retries => return Err(f),
+                Attempt::Done(mut o) => {
+                    match &mut o {
+                        Outcome::Complete { retried: r, .. }
+                        | Outcome::Stream { retried: r, .. } => {
+                            *r = retried;
+                        }
+                    }
+                    return Ok(o);
+                }
+                Attempt::Fail(mut f) => {
+                    f.retried = retried;
+                    return Err(f);
+                }
+                Attempt::Retry(mut f, _) if attempt > self.retries => {
+                    f.retried = retried;
+                    return Err(f);
+                }
                 Attempt::Retry(f, retry_after) => {
+                    retried.push(f.error.message.clone());
                     // Checked: a huge configured backoff must not overflow into a panic.
                     let backoff = self
                         .backoff
@@ -377,11 +430,8 @@ impl Upstream {
         let t = provider.timeouts;
         let sent = Instant::now();
         let fail = |error: ApiError, body: Option<Bytes>| Failure {
-            error,
-            breaker_open: false,
             body,
-            attempts: attempt,
-            upstream_wait: started.elapsed(),
+            ..Failure::new(error, attempt, started.elapsed())
         };
         let request = client.post(url.clone()).headers(headers.clone()).body(body);
         let head_timeout = if stream {
@@ -391,13 +441,23 @@ impl Upstream {
         };
         let response = match tokio::time::timeout(head_timeout, request.send()).await {
             Err(_) => {
-                return Attempt::Retry(
-                    fail(timeout_error(route, "a response", head_timeout), None),
-                    None,
-                );
+                // The provider has the request and may be working on it: not sent again. A
+                // stream that has not started is safe to try elsewhere; a whole answer only if
+                // the model says so.
+                return Attempt::Fail(Failure {
+                    uncertain: !stream,
+                    ..fail(timeout_error(route, "a response", head_timeout), None)
+                });
+            }
+            // Never connected: the provider cannot have seen it.
+            Ok(Err(e)) if e.is_connect() => {
+                return Attempt::Retry(fail(send_error(route, e), None), None);
             }
             Ok(Err(e)) => {
-                return Attempt::Retry(fail(send_error(route, &e), None), None);
+                return Attempt::Fail(Failure {
+                    uncertain: !stream && e.is_timeout(),
+                    ..fail(send_error(route, e), None)
+                });
             }
             Ok(Ok(r)) => r,
         };
@@ -405,7 +465,11 @@ impl Upstream {
         let status = response.status();
         if !status.is_success() {
             let retry_after = retry_after(response.headers());
-            let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+            let retryable = match should_retry(response.headers()) {
+                Some(said) => said,
+                // 429, 503 and 529 (Anthropic's "overloaded") mean the work was not started.
+                None => matches!(status.as_u16(), 429 | 503 | 529),
+            };
             let body = read_limited(response, MAX_ERROR_BODY, t.first_byte).await;
             let f = fail(
                 upstream_status_error(route, status, &body),
@@ -424,45 +488,38 @@ impl Upstream {
                 idle: t.idle,
             };
             let remaining = t.first_byte.saturating_sub(ttfb);
+            // Silent, empty or broken before its first chunk: the provider had the request, so
+            // it is not sent to it again; nothing reached the client, so a fallback may answer.
             let first = match tokio::time::timeout(remaining, rest.next()).await {
                 Err(_) | Ok(Some(Err(StreamFailure::Idle(_)))) => {
-                    return Attempt::Retry(
-                        fail(
-                            timeout_error(route, "the first stream chunk", t.first_byte),
-                            None,
-                        ),
+                    return Attempt::Fail(fail(
+                        timeout_error(route, "the first stream chunk", t.first_byte),
                         None,
-                    );
+                    ));
                 }
                 Ok(None) => {
-                    return Attempt::Retry(
-                        fail(
-                            ApiError::new(
-                                ErrorKind::UpstreamBadResponse,
-                                format!(
-                                    "provider `{}` closed the stream without sending anything",
-                                    route.provider_key
-                                ),
+                    return Attempt::Fail(fail(
+                        ApiError::new(
+                            ErrorKind::UpstreamBadResponse,
+                            format!(
+                                "provider `{}` closed the stream without sending anything",
+                                route.provider_key
                             ),
-                            None,
                         ),
                         None,
-                    );
+                    ));
                 }
                 Ok(Some(Err(StreamFailure::Broken(e)))) => {
-                    return Attempt::Retry(
-                        fail(
-                            ApiError::new(
-                                ErrorKind::UpstreamUnreachable,
-                                format!(
-                                    "provider `{}` broke the stream before the first chunk: {e}",
-                                    route.provider_key
-                                ),
+                    return Attempt::Fail(fail(
+                        ApiError::new(
+                            ErrorKind::UpstreamUnreachable,
+                            format!(
+                                "provider `{}` broke the stream before the first chunk: {e}",
+                                route.provider_key
                             ),
-                            None,
                         ),
                         None,
-                    );
+                    ));
                 }
                 Ok(Some(Ok(b))) => b,
             };
@@ -472,21 +529,23 @@ impl Upstream {
                 first,
                 rest,
                 attempts: attempt,
+                retried: Vec::new(),
                 upstream_wait: started.elapsed(),
             });
         }
         let remaining = t.total.saturating_sub(ttfb);
         match tokio::time::timeout(remaining, response.bytes()).await {
-            Err(_) => Attempt::Retry(
-                fail(timeout_error(route, "the whole response", t.total), None),
-                None,
-            ),
-            Ok(Err(e)) => Attempt::Retry(fail(send_error(route, &e), None), None),
+            Err(_) => Attempt::Fail(Failure {
+                uncertain: true,
+                ..fail(timeout_error(route, "the whole response", t.total), None)
+            }),
+            Ok(Err(e)) => Attempt::Fail(fail(send_error(route, e), None)),
             Ok(Ok(body)) => Attempt::Done(Outcome::Complete {
                 status,
                 headers,
                 body,
                 attempts: attempt,
+                retried: Vec::new(),
                 upstream_wait: started.elapsed(),
                 ttfb,
             }),
@@ -515,7 +574,9 @@ fn timeout_error(route: &Route, what: &str, after: Duration) -> ApiError {
     )
 }
 
-fn send_error(route: &Route, e: &reqwest::Error) -> ApiError {
+/// The error of a send, with the provider's shown URL (never the full one, which may hold
+/// credentials; reqwest's own message would name it).
+fn send_error(route: &Route, e: reqwest::Error) -> ApiError {
     let kind = if e.is_timeout() {
         ErrorKind::UpstreamTimeout
     } else {
@@ -526,8 +587,8 @@ fn send_error(route: &Route, e: &reqwest::Error) -> ApiError {
         format!(
             "cannot reach provider `{}` at {}: {}",
             route.provider_key,
-            route.provider.base_url,
-            error_chain(e)
+            route.provider.shown_url,
+            error_chain(&e.without_url())
         ),
     )
 }
@@ -553,6 +614,16 @@ pub fn is_openai_error(body: &[u8]) -> bool {
         error: &'a serde_json::value::RawValue,
     }
     serde_json::from_slice::<E<'_>>(body).is_ok_and(|e| e.error.get().starts_with('{'))
+}
+
+/// The provider's own word on retrying (`x-should-retry`, which OpenAI's and Anthropic's SDKs
+/// obey).
+fn should_retry(h: &HeaderMap) -> Option<bool> {
+    match h.get("x-should-retry")?.to_str().ok()? {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
 }
 
 fn retry_after(h: &HeaderMap) -> Option<Duration> {

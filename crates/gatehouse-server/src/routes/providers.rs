@@ -23,7 +23,7 @@ pub async fn list(State(st): State<AppState>) -> Json<Value> {
             json!({
                 "key": key,
                 "type": p.kind.as_str(),
-                "base_url": p.base_url,
+                "base_url": p.shown_url,
                 "served": p.kind.is_served(),
                 "demo": st.demo && key == "demo",
                 "key_configured": !p.key_missing(),

@@ -128,7 +128,7 @@ async fn stream_without_usage_is_counted_from_text() {
 }
 
 #[tokio::test]
-async fn retries_5xx_before_the_first_byte() {
+async fn retries_what_the_provider_cannot_have_processed_before_the_first_byte() {
     let app = TestApp::spawn().await;
     let r = app
         .chat_with(
@@ -141,6 +141,17 @@ async fn retries_5xx_before_the_first_byte() {
     assert_eq!(app.mock.attempts("flaky-1"), 3);
     assert_eq!(rows(&app, &session).await[0]["attempts"], 3);
 
+    // Every attempt is on the row.
+    let routing = rows(&app, &session).await[0]["routing"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        routing.contains("`mock/fail:2` attempt 1 retried: provider `mock` answered 503")
+            && routing.contains("attempt 2 retried"),
+        "{routing}"
+    );
+
     // Past the retry budget the upstream status and body come through.
     let r = app
         .chat_with(
@@ -148,7 +159,7 @@ async fn retries_5xx_before_the_first_byte() {
             user("mock/fail:9", "give up"),
         )
         .await;
-    assert_eq!(r.status(), 500);
+    assert_eq!(r.status(), 503);
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(
         body["error"]["message"]
@@ -157,6 +168,16 @@ async fn retries_5xx_before_the_first_byte() {
             .contains("scripted failure 3")
     );
     assert_eq!(app.mock.attempts("flaky-2"), 3);
+
+    // A 500 may come after the provider did the work: not sent again.
+    let r = app
+        .chat_with(
+            &[("x-request-id", "five-hundred")],
+            user("mock/status:500", "once"),
+        )
+        .await;
+    assert_eq!(r.status(), 500);
+    assert_eq!(app.mock.attempts("five-hundred"), 1);
 
     // 4xx is the client's problem: no retry, status passed through.
     let r = app
@@ -172,42 +193,110 @@ async fn retries_5xx_before_the_first_byte() {
     assert_eq!(row["error_type"], "upstream_error");
 }
 
-#[tokio::test]
-async fn silent_and_empty_streams_are_retried() {
-    let app = TestApp::spawn().await;
-    for (model, id) in [("mock/silent:1", "silent-1"), ("mock/empty:2", "empty-1")] {
-        let r = app
-            .chat_with(&[("x-request-id", id)], streaming(model, "hello"))
-            .await;
-        assert_eq!(r.status(), 200, "{model}");
-        let text = r.text().await.unwrap();
-        assert!(text.ends_with("data: [DONE]\n\n"), "{model}: {text}");
-        assert!(text.contains("Hello"));
-        assert!(app.mock.attempts(id) > 1);
+fn with_fallbacks() -> crate::support::Options {
+    crate::support::Options {
+        first_byte_secs: Some(1.0),
+        extra_toml: r#"
+[models."mock/silent"]
+provider = "mock"
+model = "silent:9"
+max_context_size = 4096
+fallbacks = ["mock/echo"]
+
+[models."mock/empty"]
+provider = "mock"
+model = "empty:9"
+max_context_size = 4096
+fallbacks = ["mock/echo"]
+
+[models."mock/slow"]
+provider = "mock"
+model = "first:3000"
+max_context_size = 4096
+fallbacks = ["mock/echo"]
+
+[models."mock/slow-may-fall-back"]
+provider = "mock"
+model = "first:3000"
+max_context_size = 4096
+fallbacks = ["mock/echo"]
+fallback_on_timeout = true
+"#
+        .to_owned(),
+        ..Default::default()
     }
 }
 
 #[tokio::test]
-async fn slow_head_times_out_and_is_retried_then_504() {
-    let app = TestApp::spawn().await;
+async fn silent_and_empty_streams_are_not_resent_but_fall_back() {
+    let app = TestApp::spawn_with(with_fallbacks()).await;
+    for (model, id) in [("mock/silent", "silent-1"), ("mock/empty", "empty-1")] {
+        let r = app
+            .chat_with(&[("x-request-id", id)], streaming(model, "hello"))
+            .await;
+        assert_eq!(r.status(), 200, "{model}");
+        let session = session_of(&r);
+        let text = r.text().await.unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"), "{model}: {text}");
+        assert!(text.contains("Hello"));
+        let models: Vec<_> = app
+            .mock
+            .captured()
+            .iter()
+            .filter(|c| c.headers["x-request-id"] == id)
+            .map(|c| c.body["model"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(models[0].ends_with(":9"), "{models:?}");
+        assert_eq!(
+            models.len(),
+            2,
+            "{model}: once to the silent provider, then the fallback"
+        );
+        let row = &rows(&app, &session).await[0];
+        assert_eq!(row["model_key"], "mock/echo");
+        assert_eq!(row["requested_model"], model, "{row}");
+    }
+    // Without a fallback: one attempt, then the error.
     let r = app
         .chat_with(
-            &[("x-request-id", "slow-1")],
-            user("mock/first:1500", "slow"),
+            &[("x-request-id", "silent-2")],
+            streaming("mock/silent:9", "x"),
         )
         .await;
-    assert_eq!(r.status(), 200, "the second attempt is fast");
-    assert_eq!(app.mock.attempts("slow-1"), 2);
+    assert_eq!(r.status(), 504);
+    assert_eq!(app.mock.attempts("silent-2"), 1);
+}
 
-    let app = TestApp::spawn_with(crate::support::Options {
-        retries: Some(0),
-        ..Default::default()
-    })
-    .await;
-    let r = app.chat(user("mock/first:1500", "slow")).await;
+#[tokio::test]
+async fn a_whole_answer_that_times_out_is_not_resent_nor_falls_back_unless_configured() {
+    let app = TestApp::spawn_with(with_fallbacks()).await;
+    // Not sent again (it may be generating, and billed), not sent elsewhere either.
+    let r = app
+        .chat_with(&[("x-request-id", "slow-1")], user("mock/slow", "slow"))
+        .await;
     assert_eq!(r.status(), 504);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "upstream_timeout");
+    assert_eq!(app.mock.attempts("slow-1"), 1);
+    assert_eq!(
+        app.mock
+            .captured()
+            .iter()
+            .filter(|c| c.headers["x-request-id"] == "slow-1")
+            .count(),
+        1
+    );
+    // A model that says so goes to its fallback.
+    let r = app
+        .chat_with(
+            &[("x-request-id", "slow-2")],
+            user("mock/slow-may-fall-back", "slow"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let row = &rows(&app, &session_of(&r)).await[0];
+    assert_eq!(row["model_key"], "mock/echo");
+    assert_eq!(row["attempts"], 2);
 }
 
 #[tokio::test]

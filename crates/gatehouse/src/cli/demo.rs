@@ -72,6 +72,7 @@ pub fn add_to_config(config: &mut Config, base_url: &str) {
         ProviderConfig {
             kind: ProviderType::Openai,
             base_url: base_url.to_owned(),
+            shown_url: base_url.to_owned(),
             api_key: None,
             api_key_env: None,
             headers: BTreeMap::new(),
@@ -95,6 +96,7 @@ pub fn add_to_config(config: &mut Config, base_url: &str) {
                     cached_input: None,
                 }),
                 fallbacks: Vec::new(),
+                fallback_on_timeout: false,
                 deployments: Vec::new(),
                 weight: 1.0,
             },

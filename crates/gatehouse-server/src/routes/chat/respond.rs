@@ -65,6 +65,7 @@ pub(super) async fn respond(
             attempts,
             upstream_wait,
             ttfb,
+            ..
         }) => {
             // Only 2xx answers come back as `Complete`; errors are `Failure`s.
             let body = if provider_format == p.ingress {
@@ -122,6 +123,7 @@ pub(super) async fn respond(
             rest,
             attempts,
             upstream_wait,
+            ..
         }) => {
             let overhead = t0.elapsed().saturating_sub(upstream_wait + prior_wait);
             let tap = match p.ingress {

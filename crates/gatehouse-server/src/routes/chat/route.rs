@@ -107,9 +107,20 @@ pub(super) async fn send(
         ));
     }
 
+    // Every attempt goes on the row: the retried ones' reasons first.
+    let retried_notes = |o: &Result<Outcome, Failure>, model: &str, notes: &mut Vec<String>| {
+        let retried = match o {
+            Ok(o) => o.retried(),
+            Err(f) => &f.retried,
+        };
+        for (i, why) in retried.iter().enumerate() {
+            notes.push(format!("`{model}` attempt {} retried: {why}", i + 1));
+        }
+    };
+    retried_notes(&outcome, &p.route.model_key, &mut notes);
     let mut route = p.route.clone();
     if let Err(first) = &outcome
-        && first.can_fall_back()
+        && first.can_fall_back(p.route.fallback_on_timeout)
     {
         let mut why = first.error.message.clone();
         for key in &p.route.fallbacks {
@@ -154,9 +165,12 @@ pub(super) async fn send(
                 .send(&next, body, headers, request_id.as_str(), p.stream)
                 .await;
             injected_usage = usage;
+            retried_notes(&outcome, &next.model_key, &mut notes);
             route = next;
             match &outcome {
-                Err(f) if f.can_fall_back() => why = f.error.message.clone(),
+                Err(f) if f.can_fall_back(p.route.fallback_on_timeout) => {
+                    why = f.error.message.clone();
+                }
                 _ => break,
             }
         }
@@ -177,7 +191,6 @@ pub(super) async fn send(
     };
     let attempts = sent.attempts();
     if attempts > 1 && !explained {
-        notes.push(format!("{} retries before the first byte", attempts - 1));
         emit(&*st.bus, || Event::Routing {
             request_id: request_id.as_str().to_owned(),
             session_id: session.clone(),
