@@ -16,7 +16,7 @@ use gatehouse_config::{CompactionConfig, CompactionStrategy};
 use gatehouse_context::compact::{self, Item, Plan};
 use gatehouse_core::record::{CompactionRecord, CompactionSettings};
 use gatehouse_core::time::now_ms;
-use gatehouse_core::{ChatRequestView, RequestId, SessionId};
+use gatehouse_core::{ChatRequestView, SessionId};
 use gatehouse_proxy::{Outcome, Route};
 use gatehouse_services::events::{Event, emit};
 use gatehouse_store::WriteOp;
@@ -605,6 +605,7 @@ pub async fn run(
     {
         match llm(
             st,
+            session,
             input,
             &items,
             a.previous.as_deref(),
@@ -710,14 +711,20 @@ pub async fn finish(st: &AppState, claim: Claim<'_>, done: &Done) {
 }
 
 /// The `llm` strategy: a summary written by the configured model (or the session's), through
-/// the normal upstream client. Any failure is a reason to fall back, returned as text.
+/// the normal upstream client, in that provider's format. The call is a request row of the
+/// session (`purpose = compaction_summary`), so its tokens and cost count. Any failure is a
+/// reason to fall back, returned as text.
 async fn llm(
     st: &AppState,
+    session: &SessionId,
     input: &Input,
     items: &[Item<'_>],
     previous: Option<&str>,
     tokens: u64,
 ) -> Result<(String, String), String> {
+    use crate::routes::chat::{Draft, Finish};
+    use gatehouse_proxy::translate::{self, Format};
+
     let cfg = &st.config.compaction;
     let route = if cfg.summary_model.is_empty() {
         input.route.clone()
@@ -726,37 +733,101 @@ async fn llm(
             .resolve(&cfg.summary_model)
             .map_err(|e| e.message.clone())?
     };
-    let body = compact::llm_request(
-        &route.upstream_model,
-        items,
-        previous,
-        cfg.summary_max_tokens,
-        cfg.summary_temperature,
+    let openai = Bytes::from(
+        compact::llm_request(
+            &route.upstream_model,
+            items,
+            previous,
+            cfg.summary_max_tokens,
+            cfg.summary_temperature,
+        )
+        .to_string(),
     );
-    let body = Bytes::from(body.to_string());
-    let id = RequestId::generate();
+    let prompt = ChatRequestView::parse(&openai)
+        .map(|v| st.counter.count_prompt(route.encoding, &v).tokens)
+        .unwrap_or(0);
+    let format = Format::of_provider(route.provider.kind);
+    let body = match format {
+        Format::OpenAi => openai,
+        other => translate::request_from_openai(&openai, other).map_err(|e| {
+            format!(
+                "the summary request cannot be written for `{}`: {e}",
+                route.model_key
+            )
+        })?,
+    };
+    let draft = Draft::for_gateway(st, session, route.clone(), "compaction_summary", prompt);
+    let request_id = draft.request_id().to_owned();
+    let t0 = std::time::Instant::now();
     let timeout =
         Duration::try_from_secs_f64(cfg.summary_timeout_secs).unwrap_or(Duration::from_secs(30));
+    let failed = |draft: Draft, status: u16, code: &str, why: String| {
+        draft.write(Finish {
+            status,
+            summary: None,
+            latency: t0.elapsed(),
+            ttfb: None,
+            overhead: Duration::ZERO,
+            attempts: 1,
+            error: Some((code.to_owned(), why.clone())),
+        });
+        why
+    };
     let sent = tokio::time::timeout(
         timeout,
         st.upstream
-            .send(&route, body, &HeaderMap::new(), id.as_str(), false),
+            .send(&route, body, &HeaderMap::new(), &request_id, false),
     )
-    .await
-    .map_err(|_| {
-        format!(
-            "`{}` did not answer within {:.0} s",
-            route.model_key,
-            timeout.as_secs_f64()
-        )
-    })?;
-    let answer = match sent {
-        Ok(Outcome::Complete { body, .. }) => body,
-        Ok(Outcome::Stream { .. }) => {
-            return Err(format!("`{}` answered with a stream", route.model_key));
+    .await;
+    let (answer, status, ttfb, attempts, upstream_wait) = match sent {
+        Err(_) => {
+            let why = format!(
+                "`{}` did not answer within {:.0} s",
+                route.model_key,
+                timeout.as_secs_f64()
+            );
+            return Err(failed(draft, 504, "upstream_timeout", why));
         }
-        Err(f) => return Err(format!("`{}`: {}", route.model_key, f.error.message)),
+        Ok(Err(f)) => {
+            let why = format!("`{}`: {}", route.model_key, f.error.message);
+            return Err(failed(draft, f.error.status(), f.error.kind.code(), why));
+        }
+        Ok(Ok(Outcome::Stream { .. })) => {
+            let why = format!("`{}` answered with a stream", route.model_key);
+            return Err(failed(draft, 502, "upstream_bad_response", why));
+        }
+        Ok(Ok(Outcome::Complete {
+            body,
+            status,
+            ttfb,
+            attempts,
+            upstream_wait,
+            ..
+        })) => (body, status, ttfb, attempts, upstream_wait),
     };
+    let answer = match format {
+        Format::OpenAi => answer,
+        other => match translate::response_between(&answer, other, Format::OpenAi, now_ms() / 1000)
+        {
+            Ok(b) => b,
+            Err(e) => {
+                let why = format!("`{}` answered something unreadable: {e}", route.model_key);
+                return Err(failed(draft, 502, "upstream_bad_response", why));
+            }
+        },
+    };
+    draft.write(Finish {
+        status: status.as_u16(),
+        summary: Some(gatehouse_proxy::tap::summarize_response(
+            &answer,
+            route.encoding,
+        )),
+        latency: t0.elapsed(),
+        ttfb: Some(ttfb),
+        overhead: t0.elapsed().saturating_sub(upstream_wait),
+        attempts,
+        error: None,
+    });
     #[derive(serde::Deserialize)]
     struct Completion {
         choices: Vec<Choice>,

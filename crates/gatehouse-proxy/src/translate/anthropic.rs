@@ -313,6 +313,90 @@ pub fn request_from_ir(r: &Request) -> Value {
 /// on the whole text of a message or of a tool result), everything else kept: `cache_control`
 /// markers, unknown fields, block order. Used to mask an Anthropic client's request bound for
 /// Anthropic without translating it. `None` when the body is not an Anthropic request.
+/// How many leading Anthropic messages of `body` become the first `openai_cut` messages of its
+/// OpenAI translation (system blocks first, then each message's share); `None` when the cut
+/// falls inside a message.
+pub fn messages_before(body: &[u8], openai_cut: usize) -> Option<usize> {
+    let ir = request_to_ir(body).ok()?;
+    let mut at = ir.system.len();
+    for (k, m) in ir.messages.iter().enumerate() {
+        if at == openai_cut {
+            return Some(k);
+        }
+        at += super::openai::message_count(m);
+        if at > openai_cut {
+            return None;
+        }
+    }
+    (at == openai_cut).then_some(ir.messages.len())
+}
+
+/// A compaction spliced into the client's own Anthropic bytes: its first `drop` messages are
+/// removed, and `summary` becomes a last `system` text block. Every other byte is the client's:
+/// top-level fields (`thinking`, `top_k`, `metadata`, unknown ones), the kept messages with
+/// their signed thinking blocks, documents, images and `cache_control` markers.
+pub fn splice_compaction(body: &[u8], drop: usize, summary: &str) -> Option<Vec<u8>> {
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow)]
+        messages: Vec<&'a RawValue>,
+        #[serde(borrow, default)]
+        system: Option<&'a RawValue>,
+    }
+    let top: Top<'_> = serde_json::from_slice(body).ok()?;
+    let offset = |raw: &RawValue| (raw.get().as_ptr() as usize).checked_sub(body.as_ptr() as usize);
+    let block = json!({"type": "text", "text": summary}).to_string();
+    // Edits as (range, replacement), applied back to front.
+    let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    if drop > 0 {
+        let first = offset(top.messages.first()?)?;
+        let keep = match top.messages.get(drop) {
+            Some(m) => offset(m)?,
+            // Everything summarised: the messages array is left empty.
+            None => {
+                let last = top.messages.last()?;
+                offset(last)? + last.get().len()
+            }
+        };
+        edits.push((first..keep, String::new()));
+    }
+    match top.system {
+        Some(raw) => {
+            let start = offset(raw)?;
+            let text = raw.get();
+            if text.starts_with('[') {
+                let end = start + text.trim_end().len() - 1;
+                let empty = text.trim_start_matches('[').trim().starts_with(']');
+                let insert = if empty { block } else { format!(",{block}") };
+                edits.push((end..end, insert));
+            } else if text.starts_with('"') {
+                let own =
+                    json!({"type": "text", "text": serde_json::from_str::<String>(text).ok()?});
+                edits.push((start..start + text.len(), format!("[{own},{block}]")));
+            } else {
+                edits.push((start..start + text.len(), format!("[{block}]")));
+            }
+        }
+        None => {
+            let open = body.iter().position(|&b| b == b'{')?;
+            edits.push((open + 1..open + 1, format!("\"system\":[{block}],")));
+        }
+    }
+    edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
+    let mut out = body.to_vec();
+    for (range, with) in edits {
+        if range.end > out.len() || range.start > range.end {
+            return None;
+        }
+        out.splice(range, with.into_bytes());
+    }
+    // The removed range runs from the first message to the first kept one, commas included,
+    // so what is left is still JSON; checked anyway before it is sent.
+    serde_json::from_slice::<serde::de::IgnoredAny>(&out).ok()?;
+    Some(out)
+}
+
 pub fn replace_texts(body: &[u8], replacements: &[(String, String)]) -> Option<Vec<u8>> {
     let mut v: Value = serde_json::from_slice(body).ok()?;
     for m in v.get_mut("messages")?.as_array_mut()? {
@@ -888,5 +972,65 @@ mod tests {
         assert_eq!(v["messages"][2]["content"][0]["content"], "result new");
         assert_eq!(v["messages"][3]["content"], "untouched");
         assert!(replace_texts(b"not json", &[]).is_none());
+    }
+
+    #[test]
+    fn a_compaction_splices_into_the_clients_own_bytes() {
+        let body = r#"{"model":"claude","max_tokens":64,"top_k":5,"thinking":{"type":"enabled","budget_tokens":1024},"x-unknown":1,
+"system":[{"type":"text","text":"You are Claude Code.","cache_control":{"type":"ephemeral"}}],
+"messages":[
+ {"role":"user","content":"first task"},
+ {"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"read","input":{}}]},
+ {"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"file"}]},
+ {"role":"assistant","content":"ok"},
+ {"role":"user","content":[{"type":"text","text":"next","cache_control":{"type":"ephemeral"}}]},
+ {"role":"assistant","content":[{"type":"thinking","thinking":"hmm","signature":"c2lnbmVk"},{"type":"text","text":"done"}]},
+ {"role":"user","content":"last"}]}"#;
+        // OpenAI layout: 1 system, then 1, 1, 1 (the tool result), 1, 1, 1, 1.
+        assert_eq!(messages_before(body.as_bytes(), 1), Some(0));
+        assert_eq!(messages_before(body.as_bytes(), 5), Some(4));
+        assert_eq!(messages_before(body.as_bytes(), 8), Some(7));
+        assert_eq!(messages_before(body.as_bytes(), 9), None);
+        let out = splice_compaction(body.as_bytes(), 4, "SUMMARY").unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["top_k"], 5);
+        assert_eq!(v["thinking"]["budget_tokens"], 1024);
+        assert_eq!(v["x-unknown"], 1);
+        assert_eq!(v["system"][0]["cache_control"]["type"], "ephemeral");
+        assert_eq!(v["system"][1]["text"], "SUMMARY");
+        let m = v["messages"].as_array().unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0]["content"][0]["cache_control"]["type"], "ephemeral");
+        assert_eq!(m[1]["content"][0]["signature"], "c2lnbmVk");
+        // The kept messages are the client's bytes.
+        let tail = &body[body
+            .find(r#"{"role":"user","content":[{"type":"text","text":"next""#)
+            .unwrap()..];
+        assert!(String::from_utf8_lossy(&out).ends_with(tail));
+        // A string system, no system at all, and everything summarised.
+        let s = splice_compaction(
+            br#"{"system":"be brief","messages":[{"role":"user","content":"a"}]}"#,
+            0,
+            "S",
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&s).unwrap();
+        assert_eq!(v["system"][0]["text"], "be brief");
+        assert_eq!(v["system"][1]["text"], "S");
+        let s = splice_compaction(
+            br#"{"messages":[{"role":"user","content":"a"},{"role":"user","content":"b"}]}"#,
+            2,
+            "S",
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&s).unwrap();
+        assert_eq!(v["system"][0]["text"], "S");
+        assert_eq!(v["messages"], json!([]));
+        let s = splice_compaction(br#"{"system":[],"messages":[]}"#, 0, "S").unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&s).unwrap()["system"][0]["text"],
+            "S"
+        );
+        assert!(splice_compaction(b"[]", 0, "S").is_none());
     }
 }

@@ -24,6 +24,52 @@ pub enum Format {
     Ollama,
 }
 
+impl Format {
+    /// The format a provider of this type speaks.
+    pub fn of_provider(kind: gatehouse_config::ProviderType) -> Self {
+        match kind {
+            gatehouse_config::ProviderType::Anthropic => Self::Anthropic,
+            gatehouse_config::ProviderType::Gemini => Self::Gemini,
+            gatehouse_config::ProviderType::Ollama => Self::Ollama,
+            gatehouse_config::ProviderType::Openai | gatehouse_config::ProviderType::Kimi => {
+                Self::OpenAi
+            }
+        }
+    }
+}
+
+/// An OpenAI-format request body in another format.
+pub fn request_from_openai(body: &[u8], to: Format) -> Result<bytes::Bytes, TranslateError> {
+    let ir = openai::request_to_ir(body)?;
+    let v = match to {
+        Format::Anthropic => anthropic::request_from_ir(&ir),
+        Format::Gemini => gemini::request_from_ir(&ir),
+        Format::Ollama => ollama::request_from_ir(&ir),
+        Format::OpenAi => openai::request_from_ir(&ir),
+    };
+    Ok(bytes::Bytes::from(v.to_string()))
+}
+
+/// A whole answer from one format into another (Gemini and Ollama clients read OpenAI's).
+pub fn response_between(
+    body: &[u8],
+    from: Format,
+    to: Format,
+    created: i64,
+) -> Result<bytes::Bytes, TranslateError> {
+    let ir = match from {
+        Format::OpenAi => openai::response_to_ir(body)?,
+        Format::Anthropic => anthropic::response_to_ir(body)?,
+        Format::Gemini => gemini::response_to_ir(body)?,
+        Format::Ollama => ollama::response_to_ir(body)?,
+    };
+    let v = match to {
+        Format::OpenAi | Format::Gemini | Format::Ollama => openai::response_from_ir(&ir, created),
+        Format::Anthropic => anthropic::response_from_ir(&ir),
+    };
+    Ok(bytes::Bytes::from(v.to_string()))
+}
+
 /// A body that cannot be translated: always the client's fault or the provider's, never a
 /// panic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -306,6 +306,13 @@ pub fn tools_json(tools: &[Tool]) -> Value {
     )
 }
 
+/// How many OpenAI messages `m` becomes (a user turn with tool results becomes several).
+pub fn message_count(m: &Message) -> usize {
+    let mut out = Vec::new();
+    write_message(m, &mut out);
+    out.len()
+}
+
 fn write_message(m: &Message, out: &mut Vec<Value>) {
     match m.role {
         Role::User => {

@@ -471,3 +471,154 @@ async fn manual_compaction_preview_simulate_switches_and_persistence() {
         0
     );
 }
+
+/// An Anthropic client's compacted request to an Anthropic provider keeps its own bytes: the
+/// summarised turns are removed and the summary becomes a last `system` block, while
+/// `thinking`, `top_k`, signed thinking blocks and `cache_control` markers survive.
+#[tokio::test]
+async fn an_anthropic_session_keeps_its_fields_once_compacted() {
+    let app = TestApp::spawn_with(options(&format!(
+        r#"{NO_HEAVY_DUTY}
+[providers.anth]
+type = "anthropic"
+base_url = "MOCK_BASE_URL"
+api_key = "${{MOCK_KEY}}"
+
+[models."anth/small"]
+provider = "anth"
+model = "claude-x"
+max_context_size = 2000
+"#
+    )))
+    .await;
+    let body = |turns: usize| {
+        let mut messages = Vec::new();
+        for k in 0..turns {
+            messages.push(json!({"role": "user", "content": [
+                {"type": "text", "text": text(k, 100), "cache_control": {"type": "ephemeral"}}]}));
+            messages.push(json!({"role": "assistant", "content": [
+                {"type": "thinking", "thinking": format!("thinking about turn {k}"), "signature": format!("sig-{k}")},
+                {"type": "text", "text": format!("Done with turn {k}.")}]}));
+        }
+        messages.push(json!({"role": "user", "content": text(turns, 100)}));
+        json!({
+            "model": "anth/small", "max_tokens": 64, "top_k": 7,
+            "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "metadata": {"user_id": "u-1"},
+            "system": [{"type": "text", "text": "You are a careful coding agent.", "cache_control": {"type": "ephemeral"}}],
+            "messages": messages,
+        })
+    };
+    let mut turns = 0;
+    let sent = loop {
+        let r = app
+            .http
+            .post(app.url("/v1/messages"))
+            .json(&body(turns))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let sent = app.mock.captured().pop().unwrap().body;
+        let systems = sent["system"].as_array().unwrap();
+        if systems.len() > 1 {
+            break sent;
+        }
+        assert!(turns < 30, "never compacted");
+        turns += 1;
+    };
+    let system = sent["system"].as_array().unwrap();
+    assert_eq!(system[0]["cache_control"]["type"], "ephemeral", "{sent}");
+    assert!(
+        system[1]["text"].as_str().unwrap().starts_with(SUMMARY),
+        "{sent}"
+    );
+    assert_eq!(sent["top_k"], 7);
+    assert_eq!(sent["thinking"]["budget_tokens"], 1024);
+    assert_eq!(sent["metadata"]["user_id"], "u-1");
+    let messages = sent["messages"].as_array().unwrap();
+    assert!(
+        messages.len() < 2 * turns + 1,
+        "turns were summarised: {sent}"
+    );
+    assert_eq!(messages[0]["role"], "user");
+    // The kept turns are the client's: signatures and cache markers intact.
+    let kept_thinking: Vec<_> = messages
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| m["content"][0].clone())
+        .collect();
+    assert!(!kept_thinking.is_empty());
+    for t in &kept_thinking {
+        assert_eq!(t["type"], "thinking");
+        assert!(t["signature"].as_str().unwrap().starts_with("sig-"), "{t}");
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["content"][0]["cache_control"]["type"] == "ephemeral"),
+        "{sent}"
+    );
+    // The next turn reuses the point: the same summary block, byte for byte.
+    let r = app
+        .http
+        .post(app.url("/v1/messages"))
+        .json(&body(turns + 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let next = app.mock.captured().pop().unwrap().body;
+    assert_eq!(next["system"][1], sent["system"][1]);
+}
+
+/// An `llm` summary through a provider of another format (Anthropic here), recorded as a row of
+/// the session marked as the gateway's own, with its tokens and cost.
+#[tokio::test]
+async fn llm_summaries_work_towards_any_provider_and_are_recorded() {
+    let app = TestApp::spawn_with(options(
+        r#"[compaction]
+strategy = "llm"
+summary_model = "anth/writer"
+
+[providers.anth]
+type = "anthropic"
+base_url = "MOCK_BASE_URL"
+api_key = "${MOCK_KEY}"
+
+[models."anth/writer"]
+provider = "anth"
+model = "claude-writer"
+max_context_size = 100000
+pricing = { input = 3.0, output = 15.0 }
+"#,
+    ))
+    .await;
+    let (sid, sent) = send(&app, &history(12, 100)).await;
+    let captured = app.mock.captured();
+    let ask = captured
+        .iter()
+        .find(|c| c.body["model"] == "claude-writer")
+        .expect("the summary request reached the Anthropic endpoint");
+    // Anthropic's shape: a top-level system, max_tokens, no OpenAI system message.
+    assert_eq!(ask.body["max_tokens"], 500, "{}", ask.body);
+    assert!(ask.headers.contains_key("x-api-key"));
+    assert!(ask.body["messages"][0]["role"] == "user", "{}", ask.body);
+    let summary = sent["messages"][1]["content"].as_str().unwrap();
+    assert!(
+        summary.starts_with(&format!("{SUMMARY} by anth/writer")),
+        "{summary}"
+    );
+    app.state.writer.flush().await;
+    let rows = crate::support::rows(&app, &sid).await;
+    let own = rows
+        .iter()
+        .find(|r| r["purpose"] == "compaction_summary")
+        .expect("a row for the summary call");
+    assert_eq!(own["model_key"], "anth/writer");
+    assert_eq!(own["status"], 200);
+    assert!(own["completion_tokens"].as_u64().unwrap() > 0, "{own}");
+    assert!(own["cost_usd"].as_f64().unwrap() > 0.0, "{own}");
+    let client = rows.iter().filter(|r| r["purpose"].is_null()).count();
+    assert_eq!(client, 1, "the client's own request has its row too");
+}

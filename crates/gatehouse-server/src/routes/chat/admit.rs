@@ -14,6 +14,13 @@ pub(crate) struct Admission {
     _stream: Option<StreamSlot>,
 }
 
+impl Admission {
+    /// Nothing held (the gateway's own calls).
+    pub(crate) fn none() -> Self {
+        Self { _stream: None }
+    }
+}
+
 /// A place among `server.max_streams`; freed when the stream's row is written.
 struct StreamSlot(AppState);
 

@@ -41,6 +41,7 @@ pub(super) async fn compaction(
     {
         let before = p.prompt_tokens;
         use_body(st, p, b)?;
+        p.spliced = Some((point.cut, point.summary.clone()));
         st.compaction.applied.fetch_add(1, Ordering::Relaxed);
         st.compaction
             .applied_saved
@@ -67,6 +68,8 @@ pub(super) async fn compaction(
                 match compaction::run(st, session, &input, snap.point.clone(), &ask).await {
                     Ok(done) => {
                         compaction::finish(st, claim, &done).await;
+                        let cut = usize::try_from(done.record.cut).unwrap_or(usize::MAX);
+                        p.spliced = Some((cut, done.record.summary.clone()));
                         use_body(st, p, done.body)?;
                     }
                     Err(why) => {

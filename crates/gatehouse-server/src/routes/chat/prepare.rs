@@ -41,6 +41,11 @@ pub(crate) struct Prepared {
     pub client_wants_usage: bool,
     /// Compaction replaced the history.
     pub compacted: bool,
+    /// The compaction in the body: how many leading OpenAI-format messages its summary replaces,
+    /// and the summary, so it can be spliced into an Anthropic client's own bytes too.
+    pub spliced: Option<(usize, String)>,
+    /// The OpenAI-format body after masking and before compaction.
+    pub masked_body: Bytes,
     /// How the route was chosen, when there was a choice (balancing, smart routing).
     pub select_note: Option<String>,
     /// The model the session is kept under when it is not the route's: what the client asked for
@@ -186,6 +191,8 @@ fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, Api
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
         compacted: false,
+        spliced: None,
+        masked_body: body.clone(),
         select_note,
         session_model,
         model_span: parts.model_span,

@@ -30,6 +30,8 @@ struct Parts {
     id: String,
     /// The model key the client asked for (`auto/coding`, the primary of deployments).
     requested: String,
+    /// `None` for a client's request; what the gateway called a model for otherwise.
+    purpose: Option<&'static str>,
     session_id: SessionId,
     created_at: i64,
     t0: Instant,
@@ -79,6 +81,7 @@ impl Draft {
                     .session_model
                     .clone()
                     .unwrap_or_else(|| p.route.model_key.clone()),
+                purpose: None,
                 session_id: session.clone(),
                 created_at: now_ms(),
                 t0,
@@ -91,6 +94,40 @@ impl Draft {
             guard: InFlight::new(st),
             _admission: admission,
         }
+    }
+
+    /// The row of a call the gateway makes itself (an `llm` compaction summary), so spend
+    /// totals include it.
+    pub(crate) fn for_gateway(
+        st: &AppState,
+        session: &SessionId,
+        route: Arc<Route>,
+        purpose: &'static str,
+        prompt_tokens_est: u64,
+    ) -> Self {
+        Self {
+            parts: Some(Parts {
+                routing: None,
+                row_id: uuid::Uuid::now_v7().to_string(),
+                id: RequestId::generate().as_str().to_owned(),
+                requested: route.model_key.clone(),
+                purpose: Some(purpose),
+                session_id: session.clone(),
+                created_at: now_ms(),
+                t0: Instant::now(),
+                stream: false,
+                prompt_tokens_est,
+                memory_tokens: 0,
+                preview: String::new(),
+                route,
+            }),
+            guard: InFlight::new(st),
+            _admission: Admission::none(),
+        }
+    }
+
+    pub(crate) fn request_id(&self) -> &str {
+        self.parts.as_ref().map_or("", |d| d.id.as_str())
     }
 
     /// What the economy phase changed: the route (heavy-duty) and the counts (compaction).
@@ -272,7 +309,7 @@ impl Parts {
             },
             routing: self.routing,
             requested_model,
-            purpose: None,
+            purpose: self.purpose.map(str::to_owned),
         }
     }
 }

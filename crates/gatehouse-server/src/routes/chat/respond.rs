@@ -71,21 +71,22 @@ pub(super) async fn respond(
             let body = if provider_format == p.ingress {
                 Ok(body)
             } else {
-                translate_response(&body, provider_format, p.ingress).map_err(|e| {
-                    if e.0.starts_with("Gemini blocked") {
-                        return ApiError::new(
-                            ErrorKind::InvalidRequest,
-                            format!("{}: the provider's safety filter refused the prompt", e.0),
-                        );
-                    }
-                    ApiError::new(
-                        ErrorKind::UpstreamBadResponse,
-                        format!(
-                            "provider `{}` answered something that cannot be read: {e}",
-                            route.provider_key
-                        ),
-                    )
-                })
+                translate::response_between(&body, provider_format, p.ingress, now_ms() / 1000)
+                    .map_err(|e| {
+                        if e.0.starts_with("Gemini blocked") {
+                            return ApiError::new(
+                                ErrorKind::InvalidRequest,
+                                format!("{}: the provider's safety filter refused the prompt", e.0),
+                            );
+                        }
+                        ApiError::new(
+                            ErrorKind::UpstreamBadResponse,
+                            format!(
+                                "provider `{}` answered something that cannot be read: {e}",
+                                route.provider_key
+                            ),
+                        )
+                    })
             };
             let body = match body {
                 Ok(b) => b,
@@ -243,27 +244,6 @@ fn is_anthropic_error(b: &[u8]) -> bool {
         v.get("type").and_then(serde_json::Value::as_str) == Some("error")
             && v.get("error").is_some_and(serde_json::Value::is_object)
     })
-}
-
-/// A complete response from the provider's format into the client's.
-fn translate_response(
-    body: &[u8],
-    from: Format,
-    to: Format,
-) -> Result<Bytes, translate::TranslateError> {
-    let ir = match from {
-        Format::OpenAi => translate::openai::response_to_ir(body)?,
-        Format::Anthropic => translate::anthropic::response_to_ir(body)?,
-        Format::Gemini => translate::gemini::response_to_ir(body)?,
-        Format::Ollama => translate::ollama::response_to_ir(body)?,
-    };
-    let v = match to {
-        Format::OpenAi | Format::Gemini | Format::Ollama => {
-            translate::openai::response_from_ir(&ir, now_ms() / 1000)
-        }
-        Format::Anthropic => translate::anthropic::response_from_ir(&ir),
-    };
-    Ok(Bytes::from(v.to_string()))
 }
 
 fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {

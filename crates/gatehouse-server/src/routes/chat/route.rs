@@ -206,25 +206,13 @@ pub(super) async fn send(
 
 /// The format a provider speaks.
 pub(super) fn provider_format(route: &Route) -> Format {
-    match route.provider.kind {
-        gatehouse_config::ProviderType::Anthropic => Format::Anthropic,
-        gatehouse_config::ProviderType::Gemini => Format::Gemini,
-        gatehouse_config::ProviderType::Ollama => Format::Ollama,
-        _ => Format::OpenAi,
-    }
+    Format::of_provider(route.provider.kind)
 }
 
 /// An OpenAI-format body (the upstream model name already in it) in a provider's format.
 fn translate_request(openai_body: &[u8], to: Format) -> Result<Bytes, ApiError> {
-    let ir = translate::openai::request_to_ir(openai_body)
-        .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.0))?;
-    let v = match to {
-        Format::Anthropic => translate::anthropic::request_from_ir(&ir),
-        Format::Gemini => translate::gemini::request_from_ir(&ir),
-        Format::Ollama => translate::ollama::request_from_ir(&ir),
-        Format::OpenAi => translate::openai::request_from_ir(&ir),
-    };
-    Ok(Bytes::from(v.to_string()))
+    translate::request_from_openai(openai_body, to)
+        .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.0))
 }
 
 /// The body in the provider's format. Same format: the prepared bytes. An Anthropic client to an
@@ -241,33 +229,44 @@ fn upstream_body(p: &Prepared, to: Format) -> Result<Bytes, ApiError> {
     }
 }
 
-/// An Anthropic client's own bytes for an Anthropic provider: as sent (model name aside) when
-/// nothing rewrote the conversation, or with the masked texts replaced in place when only
-/// masking did, so `cache_control` and unknown fields survive. `None` after compaction (the
-/// history changed shape) or for another client format: the request is translated then.
+/// An Anthropic client's own bytes for an Anthropic provider: as sent (model name aside), with
+/// a compaction spliced in (the summarised messages removed, the summary a last `system`
+/// block) and the masked texts replaced in place, so `thinking`, signatures, `cache_control`,
+/// documents and unknown fields survive. `None` for another client format, or when the
+/// compaction's cut falls inside one of its messages: the request is translated then.
 fn anthropic_own(p: &Prepared, model: &str) -> Option<Bytes> {
-    if p.ingress != Format::Anthropic || p.compacted {
+    if p.ingress != Format::Anthropic {
         return None;
     }
-    if p.masked.is_empty() {
-        return Some(splice_model(&p.client_body, model));
+    let mut body = p.client_body.clone();
+    match &p.spliced {
+        Some((cut, summary)) => {
+            let drop = translate::anthropic::messages_before(&body, *cut)?;
+            body = Bytes::from(translate::anthropic::splice_compaction(
+                &body, drop, summary,
+            )?);
+        }
+        None if p.compacted => return None,
+        None => {}
     }
-    let before = ChatRequestView::parse(&p.redacted_original).ok()?;
-    let after = ChatRequestView::parse(&p.original).ok()?;
-    if before.messages.len() != after.messages.len() {
-        return None;
+    if !p.masked.is_empty() {
+        let before = ChatRequestView::parse(&p.redacted_original).ok()?;
+        let after = ChatRequestView::parse(&p.masked_body).ok()?;
+        if before.messages.len() != after.messages.len() {
+            return None;
+        }
+        let replacements: Vec<(String, String)> = before
+            .messages
+            .iter()
+            .zip(&after.messages)
+            .filter_map(|(x, y)| {
+                let (old, new) = (x.text()?, y.text()?);
+                (old != new).then(|| (old.into_owned(), new.into_owned()))
+            })
+            .collect();
+        body = Bytes::from(translate::anthropic::replace_texts(&body, &replacements)?);
     }
-    let replacements: Vec<(String, String)> = before
-        .messages
-        .iter()
-        .zip(&after.messages)
-        .filter_map(|(x, y)| {
-            let (old, new) = (x.text()?, y.text()?);
-            (old != new).then(|| (old.into_owned(), new.into_owned()))
-        })
-        .collect();
-    let body = translate::anthropic::replace_texts(&p.client_body, &replacements)?;
-    Some(splice_model(&Bytes::from(body), model))
+    Some(splice_model(&body, model))
 }
 
 /// The body for another route (a fallback): the prepared OpenAI-format body re-spliced for its
