@@ -330,6 +330,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 Some("the default is 1024"),
             ));
         }
+        check_duration("dashboard.ping_secs", d.ping_secs, 1, &mut issues);
         if d.ping_secs == 0 {
             issues.push(issue(
                 "dashboard.ping_secs",
@@ -349,6 +350,48 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 ));
             }
         }
+    }
+    if let Some(w) = &log_watcher {
+        check_duration("log_watcher.poll_ms", w.poll_ms, 1000, &mut issues);
+    }
+    if let Some(s) = &storage {
+        check_duration(
+            "storage.max_commit_delay_ms",
+            s.max_commit_delay_ms,
+            1000,
+            &mut issues,
+        );
+    }
+    if let Some(c) = &compaction {
+        check_duration(
+            "compaction.auto.cooldown_secs",
+            c.auto.cooldown_secs,
+            1,
+            &mut issues,
+        );
+        if !(c.summary_timeout_secs.is_finite()
+            && (0.0..=MAX_DURATION.as_secs_f64()).contains(&c.summary_timeout_secs))
+        {
+            issues.push(issue(
+                "compaction.summary_timeout_secs",
+                "must be a number of seconds, at most 86400 (a day)",
+                Some("the default is 30"),
+            ));
+        }
+    }
+    if let Some(p) = &proxy {
+        check_duration(
+            "proxy.circuit_breaker.open_secs",
+            p.circuit_breaker.open_secs,
+            1,
+            &mut issues,
+        );
+        check_duration(
+            "proxy.retry_backoff_ms",
+            p.retry_backoff_ms,
+            1000,
+            &mut issues,
+        );
     }
     if let Some(w) = &log_watcher
         && w.poll_ms < 10
@@ -667,6 +710,30 @@ fn issue(path: &str, message: &str, hint: Option<&str>) -> Issue {
     }
 }
 
+/// The longest duration any setting may hold: a day. Deadlines are `now + duration`, and one
+/// past what an `Instant` holds would be a panic (`open_secs = 9223372036854775807`).
+const MAX_DURATION: Duration = Duration::from_secs(86_400);
+
+/// An issue for `path` when `value` (in `unit`s: 1 for seconds, 1000 for milliseconds) is over
+/// [`MAX_DURATION`].
+fn check_duration(path: &str, value: u64, per_sec: u64, issues: &mut Vec<Issue>) {
+    if value / per_sec.max(1) > MAX_DURATION.as_secs() {
+        let unit = if per_sec == 1 {
+            "seconds"
+        } else {
+            "milliseconds"
+        };
+        issues.push(issue(
+            path,
+            &format!(
+                "must be at most {} {unit} (a day)",
+                MAX_DURATION.as_secs() * per_sec
+            ),
+            Some("leave it out to use the default"),
+        ));
+    }
+}
+
 fn resolve_timeouts(
     path: &str,
     o: &TimeoutOverrides,
@@ -676,13 +743,14 @@ fn resolve_timeouts(
     let mut ok = true;
     let mut get = |name: &str, v: Option<f64>, fallback: Option<Duration>| -> Duration {
         match v {
+            // A day at most: a deadline `now + timeout` must stay representable.
             Some(secs) => match Duration::try_from_secs_f64(secs) {
-                Ok(d) if !d.is_zero() => d,
+                Ok(d) if !d.is_zero() && d <= MAX_DURATION => d,
                 _ => {
                     ok = false;
                     issues.push(issue(
                         &format!("{path}.{name}"),
-                        "must be a positive number of seconds",
+                        "must be a positive number of seconds, at most 86400 (a day)",
                         Some("e.g. 10, or 0.5 for half a second"),
                     ));
                     Duration::ZERO
@@ -1124,6 +1192,51 @@ mod tests {
         assert_eq!(
             c.models["siliconflow/deepseek-v3.2"].max_context_size,
             164_000
+        );
+    }
+
+    #[test]
+    fn durations_past_a_day_are_refused_not_a_panic_later() {
+        let issues = build_err(
+            "[proxy.circuit_breaker]\nopen_secs = 9223372036854775807\n[dashboard]\nping_secs = 9223372036854775807\n[proxy.timeouts]\nfirst_byte = 1e300\n[proxy]\nretry_backoff_ms = 9223372036854775807\n[compaction.auto]\ncooldown_secs = 9223372036854775807\n[storage]\nmax_commit_delay_ms = 9223372036854775807\n",
+        );
+        for path in [
+            "proxy.circuit_breaker.open_secs",
+            "dashboard.ping_secs",
+            "proxy.timeouts.first_byte",
+            "proxy.retry_backoff_ms",
+            "compaction.auto.cooldown_secs",
+            "storage.max_commit_delay_ms",
+        ] {
+            assert!(
+                issues
+                    .iter()
+                    .any(|i| i.path == path && i.message.contains("a day")),
+                "{path}: {issues:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_provider_url_is_shown_without_its_credentials() {
+        assert_eq!(
+            crate::shown_url("https://user:pa55@api.example.com/v1?key=secret#x"),
+            "https://api.example.com/v1"
+        );
+        assert_eq!(
+            crate::shown_url("http://127.0.0.1:9/v1"),
+            "http://127.0.0.1:9/v1"
+        );
+        assert_eq!(crate::shown_url("//user:pw@host/v1?k=s"), "host/v1");
+        let c = build(
+            Some("[providers.x]\ntype = \"openai\"\nbase_url = \"https://k3y:s3cret@api.example.com/v1?api_key=s3cret\"\n"),
+            &Env::default(),
+        )
+        .unwrap();
+        assert_eq!(c.providers["x"].shown_url, "https://api.example.com/v1");
+        assert!(
+            c.providers["x"].base_url.contains("s3cret"),
+            "still used to send"
         );
     }
 

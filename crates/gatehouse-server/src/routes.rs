@@ -52,7 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sanitizer/stats", get(mask::stats))
         .route("/api/sanitizer/toggle", post(mask::toggle))
         .route("/api/memory/store", post(memory::store))
-        .route("/api/memory/similar", get(memory::similar))
+        .route("/api/memory/similar", post(memory::similar))
         .route("/api/memory/frequent", get(memory::frequent))
         .route("/api/memory/promote", post(memory::promote))
         .route("/api/memory/cleanup", post(memory::cleanup))

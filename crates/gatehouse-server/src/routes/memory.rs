@@ -1,6 +1,9 @@
 //! `/api/memory/*`: the memory store (store, similar, frequent, promote, cleanup, stats).
 //! The index lives in process (`gatehouse_context::recall`); every change is persisted through
-//! the writer, and the index is rebuilt from the database at start.
+//! the writer, and the index is rebuilt from the database at start. Content is redacted like a
+//! request before it is stored (`redaction.mode`: placeholders, refused, or as is), and every
+//! route that changes state (`similar` counts accesses and promotes) is a POST behind the
+//! origin check.
 
 use std::sync::MutexGuard;
 
@@ -67,12 +70,13 @@ pub async fn store(
         )));
     }
     let kind = kind_of(b.kind.as_deref(), MemoryKind::Episodic)?;
+    let (content, redacted) = redact(&st, content)?;
     let now = now_ms();
     let entry = MemoryRecord {
-        id: sanitize::reference(content),
+        id: sanitize::reference(&content),
         kind,
-        content: content.to_owned(),
-        tokens: Encoding::Cl100k.count(content),
+        tokens: Encoding::Cl100k.count(&content),
+        content,
         session_id: b.session_id,
         access_count: 0,
         created_at: now,
@@ -82,7 +86,38 @@ pub async fn store(
     st.writer
         .record(WriteOp::UpsertMemory(Box::new(stored.clone())))
         .await;
-    Ok(Json(json!({ "entry": stored, "duplicate": !new })))
+    Ok(Json(
+        json!({ "entry": stored, "duplicate": !new, "redacted": redacted }),
+    ))
+}
+
+/// `text` with its secrets handled as `redaction.mode` says, and the kinds replaced.
+fn redact(st: &AppState, text: &str) -> ApiResult<(String, Vec<&'static str>)> {
+    let mode = st.config.redaction.mode;
+    if mode == gatehouse_config::RedactionMode::Off {
+        return Ok((text.to_owned(), Vec::new()));
+    }
+    let found = st.redactor.scan(text.as_bytes());
+    let Some(first) = found.first() else {
+        return Ok((text.to_owned(), Vec::new()));
+    };
+    if mode == gatehouse_config::RedactionMode::Block {
+        return Err(HttpError(
+            ApiError::new(
+                ErrorKind::SecretDetected,
+                format!(
+                    "the content holds {} ({}); remove it, or set redaction.mode = \"redact\" to store a placeholder instead",
+                    first.kind.describe(),
+                    first.kind.as_str()
+                ),
+            )
+            .with_param("content"),
+        ));
+    }
+    let out = gatehouse_context::Redactor::redact(text.as_bytes(), &found);
+    let mut kinds: Vec<&'static str> = found.iter().map(|f| f.kind.as_str()).collect();
+    kinds.dedup();
+    Ok((String::from_utf8_lossy(&out).into_owned(), kinds))
 }
 
 #[derive(Deserialize)]
@@ -92,12 +127,14 @@ pub struct SimilarQuery {
     limit: Option<usize>,
 }
 
-/// `GET /api/memory/similar?q=...&limit=5`: BM25 best matches; each counts as an access.
+/// `POST /api/memory/similar` (`{"q", "limit"?: 5}`): BM25 best matches; each counts as an
+/// access (and may promote its entry), so it changes state and is not a GET.
 pub async fn similar(
+    _: SameOrigin,
     State(st): State<AppState>,
-    q: Result<Query<SimilarQuery>, QueryRejection>,
+    raw: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let Query(q) = q.map_err(|e| bad_request(format!("{}; use ?q=text&limit=5", e.body_text())))?;
+    let q: SimilarQuery = json_body(&raw, r#"{"q": "text", "limit"?: 5}"#)?;
     let hits = lock(&st).similar(&q.q, q.limit.unwrap_or(5).clamp(1, 100), now_ms());
     for h in &hits {
         st.writer

@@ -53,9 +53,12 @@ async fn memory_round_trips() {
     assert_eq!(again["entry"]["id"], tabs_id.as_str());
     assert_eq!(again["entry"]["access_count"], 1);
 
-    let hits = app
-        .get_json("/api/memory/similar?q=which%20database%20storage%3F%20sqlite&limit=2")
-        .await;
+    let (_, hits) = post(
+        &app,
+        "/api/memory/similar",
+        json!({"q": "which database storage? sqlite", "limit": 2}),
+    )
+    .await;
     assert_eq!(
         hits["results"][0]["content"],
         "The project stores data in SQLite, WAL mode"
@@ -63,8 +66,8 @@ async fn memory_round_trips() {
     assert!(hits["results"][0]["score"].as_f64().unwrap() > 0.0);
 
     // Two more accesses make three: the episodic entry is promoted to frequent.
-    app.get_json("/api/memory/similar?q=tabs%20spaces").await;
-    let hits = app.get_json("/api/memory/similar?q=tabs").await;
+    post(&app, "/api/memory/similar", json!({"q": "tabs spaces"})).await;
+    let (_, hits) = post(&app, "/api/memory/similar", json!({"q": "tabs"})).await;
     assert_eq!(hits["results"][0]["kind"], "frequent");
     let frequent = app.get_json("/api/memory/frequent").await;
     assert_eq!(frequent["entries"][0]["id"], tabs_id.as_str());
@@ -112,11 +115,43 @@ async fn memory_round_trips() {
     )
     .await;
     assert_eq!(s, 400);
+    let (s, _) = post(&app, "/api/memory/similar", json!({})).await;
+    assert_eq!(s, 400);
+    // Searching changes state (accesses, promotion): not a GET, and not for foreign pages.
     let r = app
         .http
-        .get(app.url("/api/memory/similar"))
+        .get(app.url("/api/memory/similar?q=tabs"))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(r.status(), 405);
+    let r = app
+        .http
+        .post(app.url("/api/memory/similar"))
+        .header("origin", "http://evil.example")
+        .json(&json!({"q": "tabs"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+#[tokio::test]
+async fn memory_content_is_redacted_like_a_request() {
+    let app = TestApp::spawn().await;
+    let key = "sk-proj-Abc123Def456Ghi789Jkl012Mno345";
+    let (s, v) = post(
+        &app,
+        "/api/memory/store",
+        json!({"content": format!("deploy with OPENAI key {key} from CI")}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let content = v["entry"]["content"].as_str().unwrap();
+    assert!(!content.contains(key), "{content}");
+    assert!(content.contains("[REDACTED:openai_key]"), "{content}");
+    assert_eq!(v["redacted"][0], "openai_key");
+    app.state.writer.flush().await;
+    let stored = app.state.store.load_memory().await.unwrap();
+    assert!(stored.iter().all(|r| !r.content.contains(key)));
 }
