@@ -19,7 +19,7 @@ pub use load::{CATALOGUE_TOML, ConfigError, Env, Issue, Overrides, check_file, l
 pub use schema::{
     AutoRoute, AutoWeights, CircuitBreaker, CompactionAuto, CompactionConfig, CompactionStrategy,
     Config, DashboardConfig, Deployment, HeavyDuty, LogWatcherConfig, ModelConfig, ProviderConfig,
-    ProviderType, ProxyConfig, RedactionConfig, RedactionMode, SanitizerConfig, ServerConfig,
-    SessionsConfig, StorageConfig, Timeouts, WhenNone, shown_url,
+    ProviderType, ProxyConfig, RedactionConfig, RedactionMode, RetentionConfig, SanitizerConfig,
+    ServerConfig, SessionsConfig, StorageConfig, Timeouts, WhenNone, shown_url,
 };
 pub use secret::Secret;

@@ -11,8 +11,8 @@ use toml::{Table, Value};
 
 use crate::schema::{
     AutoRoute, CompactionConfig, Config, DashboardConfig, LogWatcherConfig, ModelConfig, ModelRaw,
-    ProviderConfig, ProviderRaw, ProxyConfig, ProxyRaw, RedactionConfig, SanitizerConfig,
-    ServerConfig, SessionsConfig, StorageConfig, TimeoutOverrides, Timeouts,
+    ProviderConfig, ProviderRaw, ProxyConfig, ProxyRaw, RedactionConfig, RetentionConfig,
+    SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig, TimeoutOverrides, Timeouts,
 };
 use crate::secret::Secret;
 
@@ -22,6 +22,7 @@ pub const CATALOGUE_TOML: &str = include_str!("catalogue.toml");
 const SECTIONS: &[&str] = &[
     "server",
     "storage",
+    "retention",
     "sessions",
     "dashboard",
     "log_watcher",
@@ -209,6 +210,17 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
 
     let server: Option<ServerConfig> = section(&root, "server", &mut issues);
     let storage: Option<StorageConfig> = section(&root, "storage", &mut issues);
+    let retention: Option<RetentionConfig> = section(&root, "retention", &mut issues);
+    if let Some(r) = &retention {
+        check_duration("retention.interval_secs", r.interval_secs, 1, &mut issues);
+        if r.interval_secs == 0 || r.batch_rows == 0 {
+            issues.push(issue(
+                "retention",
+                "interval_secs and batch_rows must be greater than 0",
+                Some("leave them out to use the defaults (300 and 1000)"),
+            ));
+        }
+    }
     let sessions: Option<SessionsConfig> = section(&root, "sessions", &mut issues);
     let dashboard: Option<DashboardConfig> = section(&root, "dashboard", &mut issues);
     let log_watcher: Option<LogWatcherConfig> = section(&root, "log_watcher", &mut issues);
@@ -608,6 +620,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
     match (
         server,
         storage,
+        retention,
         sessions,
         dashboard,
         log_watcher,
@@ -619,6 +632,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
         (
             Some(server),
             Some(storage),
+            Some(retention),
             Some(sessions),
             Some(dashboard),
             Some(log_watcher),
@@ -629,6 +643,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
         ) if issues.is_empty() => Ok(Config {
             server,
             storage,
+            retention,
             sessions,
             dashboard,
             log_watcher,

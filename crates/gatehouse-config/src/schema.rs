@@ -14,6 +14,7 @@ use crate::secret::Secret;
 pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
+    pub retention: RetentionConfig,
     pub sessions: SessionsConfig,
     pub dashboard: DashboardConfig,
     pub log_watcher: LogWatcherConfig,
@@ -95,6 +96,22 @@ pub struct StorageConfig {
     pub batch_size: usize,
     /// Longest a row waits for others to share its write transaction, in milliseconds.
     pub max_commit_delay_ms: u64,
+}
+
+/// What the pruner keeps (`[retention]`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Request rows older than this many days are deleted; 0 keeps them.
+    pub requests_days: u32,
+    /// Masked originals not seen for this many days are deleted; 0 keeps them.
+    pub masked_days: u32,
+    /// Above 0: the oldest request rows go until the database holds less than this.
+    pub max_db_mb: u64,
+    /// Sessions idle this long leave memory (their data stays in the database).
+    pub session_idle_hours: u32,
+    pub interval_secs: u64,
+    pub batch_rows: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -265,6 +265,27 @@ impl CompactionState {
         e.settings.clone()
     }
 
+    /// An idle session leaves memory: its last request (kept for manual compaction) and its
+    /// automatic-trigger run go; its point and settings, small and needed by its next request,
+    /// stay.
+    pub fn evict(&self, session: &SessionId) {
+        let mut m = self.lock();
+        let Some(e) = m.sessions.get_mut(session) else {
+            return;
+        };
+        if e.busy {
+            return;
+        }
+        let freed = e.last.take().map_or(0, |(i, _)| held(&i));
+        e.consecutive = 0;
+        e.paused_reported = false;
+        let empty = e.point.is_none() && e.settings == CompactionSettings::default();
+        m.last_bytes = m.last_bytes.saturating_sub(freed);
+        if empty {
+            m.sessions.remove(session);
+        }
+    }
+
     pub fn forget(&self, session: &SessionId) {
         let mut m = self.lock();
         if let Some(e) = m.sessions.remove(session) {

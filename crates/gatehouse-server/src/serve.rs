@@ -118,6 +118,7 @@ pub async fn run_with(
         shutdown: stop.clone(),
         cut: CancellationToken::new(),
         conns: Arc::new(crate::listen::ConnStats::default()),
+        retention: std::sync::Mutex::new(None),
         streams_open: AtomicU64::new(0),
         refusals: crate::state::Refusals::default(),
         ws: crate::state::WsStats::default(),
@@ -140,6 +141,7 @@ pub async fn run_with(
     encodings.dedup();
     tokio::task::spawn_blocking(move || TokenCounter::warm(&encodings));
 
+    let pruner = tokio::spawn(retention_loop(state.clone(), stop.clone()));
     let grace = Duration::try_from_secs_f64(state.config.server.shutdown_grace_secs)
         .unwrap_or(Duration::from_secs(30));
     let mut watcher = start_log_watcher(&state);
@@ -186,6 +188,8 @@ pub async fn run_with(
     if let Some(w) = watcher.as_mut() {
         w.stop();
     }
+    // The pruner stops between two batches once `stop` is cancelled.
+    let _ = pruner.await;
     writer.close().await;
     let _ = writer_task.await;
     let stats = writer.stats();
@@ -195,6 +199,65 @@ pub async fn run_with(
         "accounting drained; bye"
     );
     Ok(())
+}
+
+/// The first pruning run comes this soon after start, so a database that grew while the
+/// gateway was stopped is brought back within bounds early.
+const FIRST_PRUNE: Duration = Duration::from_secs(10);
+
+/// Retention, every `[retention] interval_secs`: old rows and originals pruned in small batches,
+/// then idle sessions out of memory (their gauges, last requests and trigger state too).
+async fn retention_loop(st: AppState, stop: CancellationToken) {
+    let cfg = st.config.retention;
+    let mut wait = FIRST_PRUNE.min(Duration::from_secs(cfg.interval_secs));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = Duration::from_secs(cfg.interval_secs);
+        let go_on = || !stop.is_cancelled();
+        match gatehouse_services::retention::prune(
+            &*st.store,
+            &cfg,
+            gatehouse_core::time::now_ms(),
+            &go_on,
+        )
+        .await
+        {
+            Ok(p) => {
+                if p.masked > 0 {
+                    // Originals still in use are stored again on their next turn.
+                    st.sanitizer.stored.clear();
+                }
+                if p.requests + p.masked + p.over_size > 0 {
+                    tracing::info!(
+                        requests = p.requests,
+                        masked = p.masked,
+                        over_size = p.over_size,
+                        live_mb = p.size.live_bytes >> 20,
+                        "retention pruned old data"
+                    );
+                }
+                *st.retention.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((gatehouse_core::time::now_ms(), p));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention could not prune; it tries again next time")
+            }
+        }
+        let idle_ms = i64::from(cfg.session_idle_hours).saturating_mul(3_600_000);
+        let idle = st
+            .sessions
+            .evict_idle(gatehouse_core::time::now_ms().saturating_sub(idle_ms));
+        for id in &idle {
+            st.gauges.forget(id);
+            st.compaction.evict(id);
+        }
+        if !idle.is_empty() {
+            tracing::debug!(sessions = idle.len(), "idle sessions left memory");
+        }
+    }
 }
 
 /// Follows the configured client logs; each figure goes to the active session's gauge and out as

@@ -47,6 +47,8 @@ pub struct Inner {
     /// Cancelled when shutdown's grace period is over: requests still running are cut (their
     /// rows say `shutdown`) before the writer closes.
     pub cut: CancellationToken,
+    /// When the pruner last ran, and what it did.
+    pub retention: std::sync::Mutex<Option<(i64, gatehouse_services::retention::Pruned)>>,
     /// Streamed answers in flight (`server.max_streams`).
     pub streams_open: AtomicU64,
     /// Proxy requests refused before they had a row, by error code.

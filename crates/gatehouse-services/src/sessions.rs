@@ -4,8 +4,13 @@
 //! joins the active session; a new session is opened, and made active, on the first request and
 //! when a request asks for another model than the active session's. A new session is named after
 //! the first user prompt (50 characters).
+//!
+//! Memory is bounded: sessions idle longer than `[retention] session_idle_hours` leave memory
+//! ([`Sessions::evict_idle`]); their rows stay in the database, and a request that names one
+//! again brings it back (the name and model are reloaded in the background, never awaited on
+//! the proxy path).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use gatehouse_core::SessionId;
@@ -38,11 +43,18 @@ pub struct Resolved {
 struct State {
     active: Option<SessionId>,
     sessions: HashMap<SessionId, Session>,
+    /// When each session in memory last had a request (epoch ms).
+    last_used: HashMap<SessionId, i64>,
+    /// Sessions that left memory; a request naming one brings it back.
+    evicted: HashSet<SessionId>,
 }
 
 /// Live session state, loaded from the store at start and persisted through the writer.
 pub struct Sessions {
-    state: Mutex<State>,
+    /// Shared with the background reload of an evicted session.
+    state: Arc<Mutex<State>>,
+    /// Read only to bring an evicted session back, off the request path.
+    store: Arc<dyn Store>,
     writer: WriterHandle,
     bus: Arc<dyn EventBus>,
     new_on_model_change: bool,
@@ -63,11 +75,14 @@ impl Sessions {
     ) -> StoreResult<Self> {
         let mut state = State::default();
         for s in store.list_sessions().await? {
+            let used = s.last_request_at.unwrap_or(s.session.created_at);
+            state.last_used.insert(s.session.id.clone(), used);
             state.sessions.insert(s.session.id.clone(), s.session);
         }
         state.active = store.active_session().await?.map(|s| s.id);
         Ok(Self {
-            state: Mutex::new(state),
+            state: Arc::new(Mutex::new(state)),
+            store: store.clone(),
             writer,
             bus,
             new_on_model_change,
@@ -90,9 +105,18 @@ impl Sessions {
     ) -> Resolved {
         let mut ops = Vec::new();
         let mut opened = None;
+        let mut reload = None;
         let resolved = {
             let mut st = self.lock();
-            match explicit {
+            let resolved = match explicit {
+                Some(id) if st.evicted.remove(&id) => {
+                    // Back from the database: a stand-in until the reload lands.
+                    let mut s = new_session(id.clone(), model_key, provider, first_user_text);
+                    s.created_at = 0;
+                    st.sessions.insert(id.clone(), s);
+                    reload = Some(id.clone());
+                    Resolved { id, created: false }
+                }
                 Some(id) => match st.sessions.get_mut(&id) {
                     Some(s) => {
                         if s.model_key.is_none() {
@@ -152,8 +176,19 @@ impl Sessions {
                         }
                     }
                 }
+            };
+            let now = now_ms();
+            match st.last_used.get_mut(&resolved.id) {
+                Some(t) => *t = now,
+                None => {
+                    st.last_used.insert(resolved.id.clone(), now);
+                }
             }
+            resolved
         };
+        if let Some(id) = reload {
+            self.reload(id);
+        }
         for op in ops {
             self.writer.record(op).await;
         }
@@ -161,6 +196,55 @@ impl Sessions {
             emit(&*self.bus, || Event::NewSession { session, active });
         }
         resolved
+    }
+
+    /// Takes the sessions idle since before `before_ms` out of memory (never the active one);
+    /// returns them, so their gauges and compaction state can go too.
+    pub fn evict_idle(&self, before_ms: i64) -> Vec<SessionId> {
+        let mut st = self.lock();
+        let active = st.active.clone();
+        let idle: Vec<SessionId> = st
+            .last_used
+            .iter()
+            .filter(|(id, t)| **t < before_ms && active.as_ref() != Some(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &idle {
+            st.last_used.remove(id);
+            st.sessions.remove(id);
+            st.evicted.insert(id.clone());
+        }
+        idle
+    }
+
+    /// A session, from memory or, once it has left memory, from the database (brought back
+    /// then): for the management API, never the proxy path.
+    pub async fn find(&self, id: &SessionId) -> Option<Session> {
+        if let Some(s) = self.get(id) {
+            return Some(s);
+        }
+        let stored = self.store.get_session(id).await.ok().flatten()?;
+        let mut st = self.lock();
+        st.evicted.remove(id);
+        st.last_used.entry(id.clone()).or_insert(stored.created_at);
+        Some(st.sessions.entry(id.clone()).or_insert(stored).clone())
+    }
+
+    /// Replaces the stand-in of a session brought back by a request with its stored record, in
+    /// the background.
+    fn reload(&self, id: SessionId) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, state) = (self.store.clone(), self.state.clone());
+        handle.spawn(async move {
+            if let Ok(Some(stored)) = store.get_session(&id).await {
+                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(s) = st.sessions.get_mut(&id) {
+                    *s = stored;
+                }
+            }
+        });
     }
 
     /// Opens a session from the API and makes it active.
@@ -187,6 +271,7 @@ impl Sessions {
         {
             let mut st = self.lock();
             st.sessions.insert(s.id.clone(), s.clone());
+            st.last_used.insert(s.id.clone(), s.created_at);
             st.active = Some(s.id.clone());
         }
         self.writer.record(WriteOp::CreateSession(s.clone())).await;
@@ -201,6 +286,7 @@ impl Sessions {
     }
 
     pub async fn activate(&self, id: &SessionId) -> Result<Session, SessionError> {
+        self.find(id).await;
         let s = {
             let mut st = self.lock();
             let s = st
@@ -221,6 +307,7 @@ impl Sessions {
     }
 
     pub async fn rename(&self, id: &SessionId, name: &str) -> Result<Session, SessionError> {
+        self.find(id).await;
         let name = valid_name(name)?;
         let s = {
             let mut st = self.lock();
@@ -243,11 +330,13 @@ impl Sessions {
 
     /// Deletes a session and its request rows.
     pub async fn delete(&self, id: &SessionId) -> Result<(), SessionError> {
+        self.find(id).await;
         {
             let mut st = self.lock();
             if st.sessions.remove(id).is_none() {
                 return Err(SessionError::NotFound(id.clone()));
             }
+            st.last_used.remove(id);
             if st.active.as_ref() == Some(id) {
                 st.active = None;
             }

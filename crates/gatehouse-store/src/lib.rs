@@ -74,6 +74,15 @@ pub struct Applied {
     pub dropped: u64,
 }
 
+/// How big the database is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StoreSize {
+    /// Bytes of pages in use.
+    pub live_bytes: u64,
+    /// Bytes of the file, free pages included.
+    pub file_bytes: u64,
+}
+
 /// What the compaction state is rebuilt from at start.
 #[derive(Debug, Clone, Default)]
 pub struct StoredCompactions {
@@ -126,6 +135,16 @@ pub trait Store: Send + Sync + 'static {
     /// is idempotent (rows carry their own ids), so a batch applied twice is stored once.
     fn apply<'a>(&'a self, ops: &'a [WriteOp]) -> BoxFuture<'a, StoreResult<Applied>>;
     fn list_sessions(&self) -> BoxFuture<'_, StoreResult<Vec<SessionSummary>>>;
+    /// Deletes up to `limit` request rows created before `before_ms`, oldest first, in one
+    /// short transaction; returns how many went.
+    fn prune_requests(&self, before_ms: i64, limit: u32) -> BoxFuture<'_, StoreResult<u64>>;
+    /// Deletes up to `limit` masked originals last stored before `before_ms`.
+    fn prune_masked(&self, before_ms: i64, limit: u32) -> BoxFuture<'_, StoreResult<u64>>;
+    /// Deletes the `limit` oldest request rows, whatever their age (the size cap).
+    fn prune_oldest_requests(&self, limit: u32) -> BoxFuture<'_, StoreResult<u64>>;
+    fn size(&self) -> BoxFuture<'_, StoreResult<StoreSize>>;
+    /// Gives some free pages (about a MiB) back to the file system.
+    fn reclaim(&self) -> BoxFuture<'_, StoreResult<()>>;
     fn get_session<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Session>>>;
     fn active_session(&self) -> BoxFuture<'_, StoreResult<Option<Session>>>;
     fn session_stats<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, StoreResult<SessionStats>>;

@@ -19,7 +19,7 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use crate::{
     Applied, CompactionTotals, MaskedTotals, Scope, SessionSummary, Store, StoreError, StoreResult,
-    StoredCompactions, WriteOp,
+    StoreSize, StoredCompactions, WriteOp,
 };
 
 /// Versioned migrations, embedded so the binary needs no files beside it.
@@ -89,6 +89,9 @@ impl SqliteStore {
             // NORMAL is durable across process crashes in WAL mode; only power loss can drop the
             // last commits, which is the usual trade for a local metrics store.
             .synchronous(SqliteSynchronous::Normal)
+            // A new database can give pages freed by retention back to the file system; an
+            // older one reuses them (switching needs a full VACUUM).
+            .auto_vacuum(sqlx::sqlite::SqliteAutoVacuum::Incremental)
             .busy_timeout(Duration::from_secs(5));
         // Migrations run on a connection of their own, closed before the working pool opens:
         // a pooled connection opened during a migration keeps the old schema until it next
@@ -217,7 +220,8 @@ impl SqliteStore {
             WriteOp::StoreMasked(m) => {
                 sqlx::query(
                     "INSERT INTO masked_content (hash, role, tags, tokens, tokens_saved, content, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (hash) DO NOTHING",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (hash) DO UPDATE SET created_at = excluded.created_at",
                 )
                 .bind(&m.hash)
                 .bind(&m.role)
@@ -523,6 +527,75 @@ impl Store for SqliteStore {
             }
             tx.commit().await?;
             Ok(applied)
+        })
+    }
+
+    fn prune_requests(&self, before_ms: i64, limit: u32) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move {
+            let r = sqlx::query(
+                "DELETE FROM requests WHERE id IN
+                    (SELECT id FROM requests WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
+            )
+            .bind(before_ms)
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+            Ok(r.rows_affected())
+        })
+    }
+
+    fn prune_masked(&self, before_ms: i64, limit: u32) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move {
+            let r = sqlx::query(
+                "DELETE FROM masked_content WHERE hash IN
+                    (SELECT hash FROM masked_content WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
+            )
+            .bind(before_ms)
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+            Ok(r.rows_affected())
+        })
+    }
+
+    fn prune_oldest_requests(&self, limit: u32) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move {
+            let r = sqlx::query(
+                "DELETE FROM requests WHERE id IN
+                    (SELECT id FROM requests ORDER BY created_at LIMIT $1)",
+            )
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+            Ok(r.rows_affected())
+        })
+    }
+
+    fn size(&self) -> BoxFuture<'_, StoreResult<StoreSize>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT page_count, freelist_count, page_size
+                 FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            let pages = to_u64(row.try_get("page_count")?);
+            let free = to_u64(row.try_get("freelist_count")?);
+            let size = to_u64(row.try_get("page_size")?);
+            Ok(StoreSize {
+                live_bytes: pages.saturating_sub(free).saturating_mul(size),
+                file_bytes: pages.saturating_mul(size),
+            })
+        })
+    }
+
+    fn reclaim(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            // 256 pages (1 MiB at the default page size) a call, so the writer waits briefly.
+            sqlx::raw_sql("PRAGMA incremental_vacuum(256)")
+                .execute(&self.pool)
+                .await?;
+            Ok(())
         })
     }
 

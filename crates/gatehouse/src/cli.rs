@@ -1,9 +1,10 @@
-//! Command-line interface: `serve`, `init`, `check`, `export`, `version`.
+//! Command-line interface: `serve`, `init`, `check`, `export`, `prune`, `version`.
 
 mod check;
 mod demo;
 mod export;
 mod init;
+mod prune;
 mod serve;
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ enum Command {
     },
     /// Export recorded requests to CSV or JSON.
     Export(export::ExportArgs),
+    /// Delete old rows now, as the server's retention does every few minutes.
+    Prune(prune::PruneArgs),
     /// Print the version.
     Version,
 }
@@ -50,6 +53,7 @@ pub fn main() -> ExitCode {
         Command::Init { out, force } => init::run(&out, force),
         Command::Check { config } => check::run(&config),
         Command::Export(args) => export::run(args),
+        Command::Prune(args) => prune::run(args),
         Command::Version => {
             println!("gatehouse {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

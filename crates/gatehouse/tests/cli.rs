@@ -296,4 +296,25 @@ fn demo_mode_serves_simulated_models_and_traffic_then_export_reads_it() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+
+    // Retention by hand: recent rows are kept.
+    let out = gatehouse()
+        .args(["prune", "--requests-days", "30", "--data-dir"])
+        .arg(dir.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("pruned 0 request rows past 30 days"),
+        "{said}"
+    );
+    let out = gatehouse()
+        .args(["prune", "--data-dir"])
+        .arg(dir.path().join("nowhere"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database"));
 }

@@ -27,16 +27,16 @@ type ApiResult<T> = Result<T, HttpError>;
 
 const MAX_HISTORY: u32 = 500;
 
-fn session(st: &AppState, p: Result<Path<String>, PathRejection>) -> ApiResult<Session> {
+async fn session(st: &AppState, p: Result<Path<String>, PathRejection>) -> ApiResult<Session> {
     let Path(raw) = p?;
-    SessionId::parse_client(&raw)
-        .and_then(|id| st.sessions.get(&id))
-        .ok_or_else(|| {
-            HttpError(ApiError::new(
-                ErrorKind::NotFound,
-                format!("session `{raw}` does not exist"),
-            ))
-        })
+    let missing = || {
+        HttpError(ApiError::new(
+            ErrorKind::NotFound,
+            format!("session `{raw}` does not exist"),
+        ))
+    };
+    let id = SessionId::parse_client(&raw).ok_or_else(missing)?;
+    st.sessions.find(&id).await.ok_or_else(missing)
 }
 
 fn strategy(s: Option<&str>, default: CompactionStrategy) -> ApiResult<CompactionStrategy> {
@@ -156,7 +156,7 @@ pub async fn compact(
     id: Result<Path<String>, PathRejection>,
     raw: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let s = session(&st, id)?;
+    let s = session(&st, id).await?;
     let b: CompactBody = json_body(
         &raw,
         "{\"force\": bool, \"strategy\": \"heuristic\"|\"llm\", \"keep_exchanges\": n} (all optional)",
@@ -199,7 +199,7 @@ pub async fn preview(
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
-    let s = session(&st, id)?;
+    let s = session(&st, id).await?;
     let snap = st.compaction.snapshot(&s.id);
     let ctx = context(&st, &s, &snap).await?;
     let Some(input) = st.compaction.last(&s.id) else {
@@ -272,7 +272,7 @@ pub async fn simulate(
     id: Result<Path<String>, PathRejection>,
     raw: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let s = session(&st, id)?;
+    let s = session(&st, id).await?;
     let b: SimulateBody = json_body(
         &raw,
         "{\"messages\": [...], \"model\": \"provider/model\", \"keep_exchanges\": n} (all optional)",
@@ -341,7 +341,7 @@ pub async fn session_stats(
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
-    let s = session(&st, id)?;
+    let s = session(&st, id).await?;
     let snap = st.compaction.snapshot(&s.id);
     let ctx = context(&st, &s, &snap).await?;
     let totals = st
@@ -376,7 +376,7 @@ pub async fn history(
     id: Result<Path<String>, PathRejection>,
     q: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let s = session(&st, id)?;
+    let s = session(&st, id).await?;
     let Query(q) = q?;
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_HISTORY);
     st.writer.flush().await;
@@ -399,7 +399,7 @@ pub async fn auto(
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
-    let s = session(&st, id)?;
+    let s = session(&st, id).await?;
     let snap = st.compaction.snapshot(&s.id);
     Ok(Json(auto_status(&st, &s.id, &snap)))
 }
@@ -425,7 +425,7 @@ pub async fn toggle_auto(
     id: Result<Path<String>, PathRejection>,
     raw: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let s = session(&st, id)?;
+    let s = session(&st, id).await?;
     let b: ToggleBody = json_body(
         &raw,
         "{\"enabled\": bool, \"threshold_pct\": number|null} (all optional)",
@@ -474,7 +474,7 @@ pub async fn reserved(
     id: Result<Path<String>, PathRejection>,
     raw: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let s = session(&st, id)?;
+    let s = session(&st, id).await?;
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(bad_request("send {\"reserved_tokens\": n}"));
     }

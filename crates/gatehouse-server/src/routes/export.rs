@@ -75,9 +75,8 @@ async fn export(
         }
         (_, true) => (Scope::All, None),
         (Some(raw), false) => {
-            let s = SessionId::parse_client(&raw)
-                .and_then(|id| st.sessions.get(&id))
-                .ok_or_else(|| not_found(&raw))?;
+            let id = SessionId::parse_client(&raw).ok_or_else(|| not_found(&raw))?;
+            let s = st.sessions.find(&id).await.ok_or_else(|| not_found(&raw))?;
             (Scope::Session(s.id.clone()), Some(s))
         }
         (None, false) => {

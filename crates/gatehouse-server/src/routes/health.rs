@@ -29,6 +29,10 @@ pub async fn health(State(st): State<AppState>) -> Response {
             "max": st.config.server.max_streams,
         },
         "refused": st.refusals.view(),
+        "retention": st.retention.lock().ok().and_then(|r| *r).map(|(at, p)| json!({
+            "last_run_at": at,
+            "pruned": p,
+        })),
         "refused_host": st.guard.refused.load(Ordering::Relaxed),
         "database": {
             "ok": db_ok,

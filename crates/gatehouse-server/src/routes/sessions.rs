@@ -155,7 +155,8 @@ pub async fn get(
     st.writer.flush().await;
     let s = st
         .sessions
-        .get(&id)
+        .find(&id)
+        .await
         .ok_or_else(|| service_error(SessionError::NotFound(id.clone())))?;
     let mut v = with_stats(&st, s).await?;
     gatehouse_core::json::set(
@@ -225,7 +226,7 @@ pub async fn requests(
 ) -> ApiResult<Json<Value>> {
     let id = session_id(id)?;
     let Query(page) = page?;
-    if st.sessions.get(&id).is_none() {
+    if st.sessions.find(&id).await.is_none() {
         return Err(service_error(SessionError::NotFound(id)));
     }
     let limit = page.limit.unwrap_or(50).clamp(1, MAX_PAGE);

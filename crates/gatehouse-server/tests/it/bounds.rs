@@ -225,3 +225,79 @@ async fn refusals_before_a_row_are_counted_by_code() {
     assert_eq!(h["refused"]["by_code"]["request_too_large"], 1, "{h}");
     assert_eq!(h["refused"]["total"], 3, "{h}");
 }
+
+/// Old rows (written here as an older gateway would have left them) are pruned by the
+/// background task, recent ones stay, and idle sessions leave memory but come back when named.
+#[tokio::test]
+async fn retention_prunes_old_rows_and_idle_sessions_leave_memory() {
+    let app = TestApp::spawn_with(Options {
+        extra_toml: "[retention]\nrequests_days = 1\ninterval_secs = 1\nsession_idle_hours = 0\nbatch_rows = 7\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let r = app
+        .chat_with(
+            &[("x-gatehouse-session", "kept")],
+            user("mock/echo", "recent"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    app.state.writer.flush().await;
+    let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite:{}",
+        app.db_path().display()
+    ))
+    .await
+    .unwrap();
+    let old = gatehouse_core::time::now_ms() - 3 * 86_400_000;
+    for i in 0..50 {
+        sqlx::query(
+            "INSERT INTO requests (id, request_id, session_id, created_at, provider, model_key,
+                upstream_model, stream, status, prompt_tokens_est, usage_source, max_context,
+                context_pct, preview, latency_ms, overhead_us, attempts, memory_tokens,
+                chat_tokens, memory_ratio)
+             VALUES ($1, $1, 'kept', $2, 'mock', 'mock/echo', 'echo', 0, 200, 1, 'estimated',
+                4096, 0, 'old', 1, 1, 1, 0, 0, 0)",
+        )
+        .bind(format!("old-{i}"))
+        .bind(old + i)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    }
+    // Idle for more than 0 hours: out of memory (the active session aside), still listed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let h = app.get_json("/health").await;
+        if h["retention"]["pruned"]["requests"].as_u64() == Some(50) && h["sessions"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never pruned: {h}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Named again by a request, it comes back without a second `new_session`.
+    let mut ws = crate::live::connect(&app).await;
+    let _init = crate::live::next(&mut ws).await;
+    let r = app
+        .chat_with(
+            &[("x-gatehouse-session", "kept")],
+            user("mock/echo", "again"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let seen = crate::live::until(&mut ws, "metric").await;
+    assert!(!seen.iter().any(|e| e["type"] == "new_session"), "{seen:?}");
+    // Its rows: the recent one kept, the new one added, the old ones gone; its stored name too.
+    let rows = crate::support::rows(&app, "kept").await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|r| r["preview"] != "old"));
+    let listed = app.get_json("/api/sessions").await;
+    let kept = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "kept")
+        .unwrap()
+        .clone();
+    assert_eq!(kept["name"], "recent", "{kept}");
+}

@@ -53,7 +53,8 @@ fn record(session: &SessionId, n: usize, filler: &str) -> RequestRecord {
         purpose: None,
         id: format!("bulk-{n:06}"),
         session_id: session.clone(),
-        created_at: 1_700_000_000_000 + n as i64,
+        // Recent: retention would prune rows older than 30 days while the test runs.
+        created_at: gatehouse_core::time::now_ms() - 200_000 + n as i64,
         provider: "mock".into(),
         model_key: "mock/echo".into(),
         upstream_model: "echo".into(),
