@@ -15,7 +15,7 @@ mod load;
 mod schema;
 mod secret;
 
-pub use load::{CATALOGUE_TOML, ConfigError, Env, Issue, Overrides, check_file, load};
+pub use load::{CATALOGUE_TOML, ConfigError, Env, Issue, Overrides, check_file, load, load_text};
 pub use schema::{
     AutoRoute, AutoWeights, CircuitBreaker, CompactionAuto, CompactionConfig, CompactionStrategy,
     Config, DashboardConfig, Deployment, HeavyDuty, LogWatcherConfig, ModelConfig, ProviderConfig,

@@ -154,6 +154,12 @@ pub fn load(file: Option<&Path>, env: &Env, overrides: &Overrides) -> Result<Con
     Ok(config)
 }
 
+/// Loads configuration text (what a file would hold) with no overrides: for tests and the
+/// fuzzer, which feed it text that never touches the disk.
+pub fn load_text(text: &str, env: &Env) -> Result<Config, ConfigError> {
+    build(Some(text), env).map_err(|issues| ConfigError::Invalid { file: None, issues })
+}
+
 /// Validates a file the way `serve` would load it, returning every issue found.
 pub fn check_file(path: &Path, env: &Env) -> Result<Vec<Issue>, ConfigError> {
     match load(Some(path), env, &Overrides::default()) {
