@@ -46,8 +46,8 @@ impl UsageSource {
 /// One proxied request (the seed's `metrics` row).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestRecord {
-    /// The row's own id (UUID v7), chosen when the request is accepted, so a batch written twice
-    /// after a database error stores it once.
+    /// The row's own id (UUID v7), given by the writer before the first attempt to store it,
+    /// so a batch written twice after a database error stores it once. Empty until then.
     #[serde(default)]
     pub row_id: String,
     /// The request id (the client's `X-Request-ID`, or one the gateway made).

@@ -7,7 +7,10 @@
 //! closed unanswered), a header-read timeout that also closes idle keep-alive connections
 //! (hyper's one timer covers both: it runs whenever the connection waits for a request's
 //! head), and a cap on concurrent requests per HTTP/2 connection. Shutdown is graceful: the
-//! loop stops accepting and every connection finishes its request in flight, then closes.
+//! loop stops accepting and every connection finishes its request in flight, then closes; past
+//! the grace period [`Connections::cut`] aborts the ones still open (their requests' rows say
+//! `shutdown`). Aborting connections, rather than every request selecting on a shutdown
+//! signal, keeps the cut off the request path: one registry entry per connection.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -17,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
 use gatehouse_core::{ApiError, ErrorKind};
 use hyper::body::Incoming;
@@ -156,16 +158,45 @@ impl Drop for Slot {
     }
 }
 
+/// The connections being served, so shutdown can abort those still open after its grace.
+#[derive(Debug, Clone, Default)]
+pub struct Connections(Arc<Mutex<HashMap<u64, tokio::task::AbortHandle>>>);
+
+impl Connections {
+    /// Aborts every connection still open: their handlers' futures are dropped, which writes
+    /// the rows of their requests.
+    pub fn cut(&self) -> usize {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for h in m.values() {
+            h.abort();
+        }
+        m.len()
+    }
+
+    fn add(&self, id: u64, h: tokio::task::AbortHandle) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, h);
+    }
+
+    fn remove(&self, id: u64) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+}
+
 /// Accepts connections on `listener` and serves `router` on each until `stop` is cancelled;
-/// returns the handle that shuts the open connections down gracefully.
+/// returns the handle that shuts the open connections down gracefully. `open` lists them.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     bounds: Bounds,
     stats: Arc<ConnStats>,
+    open: Connections,
     stop: CancellationToken,
 ) -> GracefulShutdown {
     let graceful = GracefulShutdown::new();
+    let mut next_id = 0u64;
     let tracker = Arc::new(Tracker {
         bounds,
         stats: stats.clone(),
@@ -208,21 +239,23 @@ pub async fn serve(
         stats.accepted_total.fetch_add(1, Ordering::Relaxed);
         let router = router.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let mut req = req.map(Body::new);
-            req.extensions_mut().insert(ConnectInfo(peer));
             let mut router = router.clone();
-            tower_service::Service::call(&mut router, req)
+            tower_service::Service::call(&mut router, req.map(Body::new))
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(tcp), service)
             .into_owned();
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        next_id += 1;
+        let (id, registry) = (next_id, open.clone());
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
             }
+            registry.remove(id);
             drop(slot);
         });
+        open.add(id, task.abort_handle());
     }
     graceful
 }

@@ -146,11 +146,13 @@ pub async fn run_with(
         .unwrap_or(Duration::from_secs(30));
     let mut watcher = start_log_watcher(&state);
     let app = routes::router(state.clone());
+    let open = crate::listen::Connections::default();
     let accepting = tokio::spawn(crate::listen::serve(
         listener,
         app,
         crate::listen::Bounds::of(&state.config.server),
         state.conns.clone(),
+        open.clone(),
         stop.clone(),
     ));
     tracing::info!(%listen, elapsed_ms = started.elapsed().as_millis() as u64, "gatehouse ready");
@@ -177,8 +179,9 @@ pub async fn run_with(
             "grace period over; cutting the remaining requests"
         );
         state.cut.cancel();
-        // The cut requests write their rows as they unwind; wait for that (briefly: a cut is a
-        // select away from every await of the proxy path).
+        let cut = open.cut();
+        tracing::info!(connections = cut, "connections still open were cut");
+        // The cut requests write their rows as their futures are dropped; wait for that.
         let deadline = Instant::now() + CUT_WAIT;
         while state.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;

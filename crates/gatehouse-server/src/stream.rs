@@ -1,6 +1,7 @@
 //! The body of a streamed answer: upstream chunks forwarded as they arrive, tapped on the side,
 //! and one accounting row written when the stream ends, whichever way it ends (complete, broken
-//! upstream, cut at shutdown, or client gone), because the row is written from `Drop`.
+//! upstream, cut at shutdown (the connection aborted), or client gone), because the row is
+//! written from `Drop`.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -12,10 +13,8 @@ use gatehouse_proxy::translate::Format;
 use gatehouse_proxy::translate::stream::StreamTranslator;
 use gatehouse_proxy::upstream::{StreamFailure, UpstreamStream};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use crate::routes::chat::{Draft, Finish};
-use crate::state::AppState;
 
 enum End {
     /// Still running: if dropped now, the client went away.
@@ -82,6 +81,11 @@ impl Drop for Recorder {
         };
         let summary = tap.summary(draft.encoding());
         let error = match std::mem::replace(&mut self.end, End::Running) {
+            // Dropped mid-stream: shutdown's cut aborted the connection, or the client left.
+            End::Running if draft.cut() => Some((
+                "shutdown".to_owned(),
+                "the gateway shut down before the stream ended".to_owned(),
+            )),
             End::Running => Some((
                 "client_disconnected".to_owned(),
                 "the client closed the connection before the stream ended".to_owned(),
@@ -108,13 +112,6 @@ impl Drop for Recorder {
     }
 }
 
-/// Why a stream stops before its end.
-enum Stop {
-    Upstream(StreamFailure),
-    /// Shutdown's grace period is over.
-    Shutdown,
-}
-
 struct State {
     first: Option<Bytes>,
     rest: UpstreamStream,
@@ -123,12 +120,9 @@ struct State {
     translator: Option<StreamTranslator>,
     client: Format,
     done: bool,
-    /// Cancelled when shutdown's grace period is over: the stream is cut then.
-    cut: CancellationToken,
 }
 
 pub(crate) fn body(
-    st: &AppState,
     first: Bytes,
     rest: UpstreamStream,
     recorder: Recorder,
@@ -142,7 +136,6 @@ pub(crate) fn body(
         translator,
         client,
         done: false,
-        cut: st.cut.clone(),
     };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
         loop {
@@ -151,10 +144,7 @@ pub(crate) fn body(
             }
             let next = match s.first.take() {
                 Some(b) => Some(Ok(b)),
-                None => tokio::select! {
-                    next = s.rest.next() => next.map(|r| r.map_err(Stop::Upstream)),
-                    () = s.cut.cancelled() => Some(Err(Stop::Shutdown)),
-                },
+                None => s.rest.next().await,
             };
             match next {
                 Some(Ok(chunk)) => {
@@ -197,23 +187,19 @@ pub(crate) fn body(
                     }
                     return Some((Ok(held), s));
                 }
-                Some(Err(stop)) => {
+                Some(Err(failure)) => {
                     s.done = true;
-                    let (code, message) = match stop {
-                        Stop::Upstream(StreamFailure::Idle(d)) => (
+                    let (code, message) = match failure {
+                        StreamFailure::Idle(d) => (
                             "stream_interrupted",
                             format!(
                                 "upstream stream interrupted: no data for {:.1} s",
                                 d.as_secs_f64()
                             ),
                         ),
-                        Stop::Upstream(StreamFailure::Broken(e)) => (
+                        StreamFailure::Broken(e) => (
                             "stream_interrupted",
                             format!("upstream stream interrupted: {e}"),
-                        ),
-                        Stop::Shutdown => (
-                            "shutdown",
-                            "the gateway shut down before the stream ended".to_owned(),
                         ),
                     };
                     let mid_event = s.recorder.tap.as_ref().is_some_and(ClientTap::mid_event);

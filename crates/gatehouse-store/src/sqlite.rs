@@ -328,6 +328,7 @@ impl SqliteStore {
                         $31, $32)
                      ON CONFLICT (id) DO NOTHING",
                 )
+                // The writer gives every row its id; one applied directly (tests) gets a new one.
                 .bind(if r.row_id.is_empty() {
                     uuid_v7()
                 } else {

@@ -281,6 +281,15 @@ async fn write(
     if batch.is_empty() {
         return;
     }
+    // A row gets its id here, once, off the request path: a batch retried after a refused
+    // commit writes the same ids again, and `ON CONFLICT (id) DO NOTHING` stores each once.
+    for op in batch.iter_mut() {
+        if let WriteOp::InsertRequest(r) = op
+            && r.row_id.is_empty()
+        {
+            r.row_id = uuid::Uuid::now_v7().to_string();
+        }
+    }
     let mut delay = Duration::from_millis(50);
     let mut attempt = 0u64;
     loop {

@@ -22,7 +22,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
 use bytes::Bytes;
-use gatehouse_core::{ApiError, ErrorKind, RequestId, SessionId};
+use gatehouse_core::{ApiError, RequestId, SessionId};
 use gatehouse_proxy::translate::Format;
 
 use crate::error::error_response;
@@ -66,27 +66,10 @@ pub async fn completions(
     response
 }
 
-/// The proxy path, cut when shutdown's grace period is over: the request's row, dropped with
-/// the phases' future, then says `shutdown`.
+/// The proxy path, phase by phase (see the module doc). When shutdown's grace period is over,
+/// the connections still open are aborted (`listen.rs`): this future is dropped with its
+/// `Draft`, whose row then says `shutdown`.
 pub(crate) async fn handle(
-    st: &AppState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    request_id: &RequestId,
-    t0: Instant,
-    ingress: Format,
-) -> Result<Response, ApiError> {
-    tokio::select! {
-        r = phases(st, headers, body, request_id, t0, ingress) => r,
-        () = st.cut.cancelled() => Err(ApiError::new(
-            ErrorKind::ShuttingDown,
-            "the gateway shut down before the answer arrived; send the request again",
-        )),
-    }
-}
-
-/// The proxy path, phase by phase (see the module doc).
-async fn phases(
     st: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -119,7 +102,7 @@ async fn phases(
         Ok(sent) => sent,
         Err(e) => return Err(draft.refuse(e)),
     };
-    respond::respond(st, p, sent, draft, request_id, &session, t0).await
+    respond::respond(p, sent, draft, request_id, &session, t0).await
 }
 
 /// The client's `X-Request-ID`, or a new one.

@@ -90,18 +90,16 @@ async fn requests_still_running_when_the_grace_period_ends_are_cut_and_recorded(
                 .await
                 .unwrap();
             assert_eq!(r.status(), 200);
-            r.text().await.unwrap_or_default()
+            r.text().await.is_ok()
         })
     };
     let plain = tokio::spawn(async move {
-        let r = http
-            .post(url)
+        http.post(url)
             .header("x-gatehouse-session", session)
             .json(&user("mock/delay:20000", "slow answer"))
             .send()
             .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap_or_default())
+            .is_ok()
     });
     for _ in 0..500 {
         if app.get_json("/health").await["in_flight"] == 2 {
@@ -116,11 +114,12 @@ async fn requests_still_running_when_the_grace_period_ends_are_cut_and_recorded(
         t.elapsed() < Duration::from_secs(8),
         "shutdown waited for the requests instead of cutting them"
     );
-    let text = stream.await.unwrap();
-    assert!(text.contains("\"code\":\"shutdown\""), "{text}");
-    let (status, body) = plain.await.unwrap();
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("shutting_down"), "{body}");
+    // Their connections were aborted: neither client got a whole answer.
+    assert!(!stream.await.unwrap(), "the stream's body was cut");
+    assert!(
+        !plain.await.unwrap(),
+        "the waiting request's connection was cut"
+    );
 
     let store = SqliteStore::open(&app.db_path()).await.unwrap();
     let rows = store

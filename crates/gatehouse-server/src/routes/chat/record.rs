@@ -26,10 +26,11 @@ pub(crate) const CLIENT_CLOSED: u16 = 499;
 struct Parts {
     /// What routing did, when it did more than one plain attempt.
     routing: Option<String>,
-    row_id: String,
     id: String,
-    /// The model key the client asked for (`auto/coding`, the primary of deployments).
-    requested: String,
+    /// What the client asked for: the route it named, or the model its session is kept under
+    /// (`auto/coding`, the primary of deployments).
+    requested: Arc<Route>,
+    session_model: Option<String>,
     /// `None` for a client's request; what the gateway called a model for otherwise.
     purpose: Option<&'static str>,
     session_id: SessionId,
@@ -75,12 +76,9 @@ impl Draft {
         Self {
             parts: Some(Parts {
                 routing: None,
-                row_id: uuid::Uuid::now_v7().to_string(),
                 id: request_id.as_str().to_owned(),
-                requested: p
-                    .session_model
-                    .clone()
-                    .unwrap_or_else(|| p.route.model_key.clone()),
+                requested: p.route.clone(),
+                session_model: p.session_model.clone(),
                 purpose: None,
                 session_id: session.clone(),
                 created_at: now_ms(),
@@ -108,9 +106,9 @@ impl Draft {
         Self {
             parts: Some(Parts {
                 routing: None,
-                row_id: uuid::Uuid::now_v7().to_string(),
                 id: RequestId::generate().as_str().to_owned(),
-                requested: route.model_key.clone(),
+                requested: route.clone(),
+                session_model: None,
                 purpose: Some(purpose),
                 session_id: session.clone(),
                 created_at: now_ms(),
@@ -124,6 +122,11 @@ impl Draft {
             guard: InFlight::new(st),
             _admission: Admission::none(),
         }
+    }
+
+    /// Shutdown's cut happened: a row written now says `shutdown`.
+    pub(crate) fn cut(&self) -> bool {
+        self.guard.state().cut.is_cancelled()
     }
 
     pub(crate) fn request_id(&self) -> &str {
@@ -203,7 +206,8 @@ impl Drop for Draft {
             return;
         };
         let st = self.guard.state();
-        // The handler's future was dropped: the client went away, or shutdown cut it.
+        // The handler's future was dropped: the client went away, or shutdown cut its
+        // connection.
         let error = if st.cut.is_cancelled() {
             (
                 "shutdown".to_owned(),
@@ -272,9 +276,12 @@ impl Parts {
             Some((t, m)) => (Some(t), Some(m)),
             None => (None, None),
         };
-        let requested_model = (self.requested != self.route.model_key).then_some(self.requested);
+        let requested_model = self.session_model.or_else(|| {
+            (self.requested.model_key != self.route.model_key)
+                .then(|| self.requested.model_key.clone())
+        });
         RequestRecord {
-            row_id: self.row_id,
+            row_id: String::new(),
             id: self.id,
             session_id: self.session_id,
             created_at: self.created_at,

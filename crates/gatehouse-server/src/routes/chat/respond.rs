@@ -21,11 +21,9 @@ use gatehouse_proxy::{Outcome, StreamTap};
 use super::route::{Sent, provider_format};
 use super::{Draft, Finish, Prepared, set_overhead_header, set_session_header};
 use crate::error::{error_response, json_bytes_response};
-use crate::state::AppState;
 use crate::stream;
 
 pub(super) async fn respond(
-    st: &AppState,
     p: Prepared,
     sent: Sent,
     mut draft: Draft,
@@ -158,9 +156,7 @@ pub(super) async fn respond(
                 attempts: attempts + prior_attempts,
                 status: status.as_u16(),
             });
-            let mut r = Response::new(stream::body(
-                st, first, rest, recorder, translator, p.ingress,
-            ));
+            let mut r = Response::new(stream::body(first, rest, recorder, translator, p.ingress));
             *r.status_mut() = status;
             copy_response_headers(&up, r.headers_mut());
             let h = r.headers_mut();
