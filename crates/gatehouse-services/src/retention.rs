@@ -111,9 +111,18 @@ mod tests {
 
     use super::*;
 
+    /// A row as the writer stores it: its id is a UUID v7 of (about) its creation time.
     fn row(session: &SessionId, created_at: i64, preview: &str) -> WriteOp {
+        let ms = u64::try_from(created_at).unwrap();
+        let row_id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix_time(
+            ms / 1000,
+            u32::try_from((ms % 1000) * 1_000_000).unwrap(),
+            0,
+            0,
+        ))
+        .to_string();
         WriteOp::InsertRequest(Box::new(RequestRecord {
-            row_id: uuid(),
+            row_id,
             id: uuid(),
             session_id: session.clone(),
             created_at,

@@ -373,6 +373,17 @@ impl SqliteStore {
     }
 }
 
+/// The smallest UUID v7 of millisecond `ms`, as text: every row id made before `ms` sorts
+/// below it.
+fn uuid_v7_floor(ms: i64) -> String {
+    let ms = u64::try_from(ms).unwrap_or(0) & 0xFFFF_FFFF_FFFF;
+    format!(
+        "{:08x}-{:04x}-7000-8000-000000000000",
+        ms >> 16,
+        ms & 0xFFFF
+    )
+}
+
 /// An error of this one statement's data (a duplicate key, a missing value), as opposed to one
 /// of the database (locked, read-only, full, I/O) that any statement would hit.
 fn is_constraint(e: &sqlx::Error) -> bool {
@@ -533,11 +544,13 @@ impl Store for SqliteStore {
 
     fn prune_requests(&self, before_ms: i64, limit: u32) -> BoxFuture<'_, StoreResult<u64>> {
         Box::pin(async move {
+            // Row ids are UUID v7 text: they sort by their creation time, so the primary key
+            // finds the old rows (`created_at` has no index; every insert would pay for one).
             let r = sqlx::query(
                 "DELETE FROM requests WHERE id IN
-                    (SELECT id FROM requests WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
+                    (SELECT id FROM requests WHERE id < $1 ORDER BY id LIMIT $2)",
             )
-            .bind(before_ms)
+            .bind(uuid_v7_floor(before_ms))
             .bind(i64::from(limit))
             .execute(&self.pool)
             .await?;
@@ -562,8 +575,7 @@ impl Store for SqliteStore {
     fn prune_oldest_requests(&self, limit: u32) -> BoxFuture<'_, StoreResult<u64>> {
         Box::pin(async move {
             let r = sqlx::query(
-                "DELETE FROM requests WHERE id IN
-                    (SELECT id FROM requests ORDER BY created_at LIMIT $1)",
+                "DELETE FROM requests WHERE id IN (SELECT id FROM requests ORDER BY id LIMIT $1)",
             )
             .bind(i64::from(limit))
             .execute(&self.pool)
@@ -1226,6 +1238,24 @@ pub(crate) mod tests {
         } = store.load_compaction_state().await.unwrap();
         assert_eq!(points.len(), 1);
         assert!(loaded.is_empty());
+    }
+
+    #[test]
+    fn the_v7_floor_sorts_below_every_later_id_and_above_every_earlier_one() {
+        let at = 1_796_000_000_000_i64;
+        let floor = uuid_v7_floor(at);
+        let id_at = |ms: u64| {
+            uuid::Uuid::new_v7(uuid::Timestamp::from_unix_time(
+                ms / 1000,
+                ((ms % 1000) * 1_000_000) as u32,
+                0,
+                0,
+            ))
+            .to_string()
+        };
+        assert!(id_at(at as u64 - 1) < floor);
+        assert!(id_at(at as u64) >= floor);
+        assert!(id_at(at as u64 + 86_400_000) > floor);
     }
 
     #[tokio::test]

@@ -102,7 +102,7 @@ pub(crate) async fn handle(
         Ok(sent) => sent,
         Err(e) => return Err(draft.refuse(e)),
     };
-    respond::respond(p, sent, draft, request_id, &session, t0).await
+    respond::respond(&p, sent, draft, request_id, &session, t0).await
 }
 
 /// The client's `X-Request-ID`, or a new one.

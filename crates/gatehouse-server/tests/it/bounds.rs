@@ -250,6 +250,17 @@ async fn retention_prunes_old_rows_and_idle_sessions_leave_memory() {
     .await
     .unwrap();
     let old = gatehouse_core::time::now_ms() - 3 * 86_400_000;
+    // Row ids are UUID v7 of the time the row was written, as the writer makes them.
+    let id_at = |ms: i64| {
+        let ms = u64::try_from(ms).unwrap();
+        uuid::Uuid::new_v7(uuid::Timestamp::from_unix_time(
+            ms / 1000,
+            u32::try_from((ms % 1000) * 1_000_000).unwrap(),
+            0,
+            0,
+        ))
+        .to_string()
+    };
     for i in 0..50 {
         sqlx::query(
             "INSERT INTO requests (id, request_id, session_id, created_at, provider, model_key,
@@ -259,7 +270,7 @@ async fn retention_prunes_old_rows_and_idle_sessions_leave_memory() {
              VALUES ($1, $1, 'kept', $2, 'mock', 'mock/echo', 'echo', 0, 200, 1, 'estimated',
                 4096, 0, 'old', 1, 1, 1, 0, 0, 0)",
         )
-        .bind(format!("old-{i}"))
+        .bind(id_at(old + i))
         .bind(old + i)
         .execute(&mut c)
         .await

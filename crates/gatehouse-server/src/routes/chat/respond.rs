@@ -24,7 +24,7 @@ use crate::error::{error_response, json_bytes_response};
 use crate::stream;
 
 pub(super) async fn respond(
-    p: Prepared,
+    p: &Prepared,
     sent: Sent,
     mut draft: Draft,
     request_id: &RequestId,
