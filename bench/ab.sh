@@ -5,6 +5,9 @@
 #
 #   bench/ab.sh OLD_GATEHOUSE_BIN NEW_GATEHOUSE_BIN [ROUNDS]
 #
+# AB_NEW_SERVER adds lines to the new side's [server] section (one binary, two settings:
+# AB_NEW_SERVER='header_read_timeout_secs = 0' bench/ab.sh BIN BIN).
+#
 # Build the old side from another checkout, e.g.
 #   git worktree add /tmp/old <rev> && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release --bin gatehouse)
 set -euo pipefail
@@ -38,6 +41,7 @@ run_side() { # name bin -> appends "name c rps p50 p99" lines
   cat > "$WORK/$name/config.toml" <<TOML
 [server]
 data_dir = "$WORK/$name"
+$( [ "$name" = new ] && printf '%b' "${AB_NEW_SERVER:-}" )
 [providers.mock]
 type = "openai"
 base_url = "http://127.0.0.1:$MOCK_PORT/v1"

@@ -266,11 +266,12 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             ));
         }
         if !(s.header_read_timeout_secs.is_finite()
-            && (0.1..=86_400.0).contains(&s.header_read_timeout_secs))
+            && (s.header_read_timeout_secs == 0.0
+                || (0.1..=86_400.0).contains(&s.header_read_timeout_secs)))
         {
             issues.push(issue(
                 "server.header_read_timeout_secs",
-                "must be between 0.1 and 86400 seconds",
+                "must be between 0.1 and 86400 seconds (or 0: no timeout)",
                 Some("the default is 30"),
             ));
         }

@@ -42,7 +42,8 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Bounds {
     pub max_connections: usize,
     pub max_per_ip: usize,
-    pub header_read_timeout: Duration,
+    /// `None`: no timeout (`header_read_timeout_secs = 0`).
+    pub header_read_timeout: Option<Duration>,
     pub http2_max_streams: u32,
 }
 
@@ -51,8 +52,10 @@ impl Bounds {
         Self {
             max_connections: s.max_connections,
             max_per_ip: s.max_connections_per_ip,
-            header_read_timeout: Duration::try_from_secs_f64(s.header_read_timeout_secs)
-                .unwrap_or(Duration::from_secs(30)),
+            header_read_timeout: (s.header_read_timeout_secs > 0.0).then(|| {
+                Duration::try_from_secs_f64(s.header_read_timeout_secs)
+                    .unwrap_or(Duration::from_secs(30))
+            }),
             http2_max_streams: s.http2_max_streams,
         }
     }
