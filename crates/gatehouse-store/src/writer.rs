@@ -23,7 +23,8 @@ use tokio::task::JoinHandle;
 use crate::{Store, WriteOp};
 
 enum Cmd {
-    Op(WriteOp),
+    /// An op, and when it was queued.
+    Op(WriteOp, tokio::time::Instant),
     Flush(oneshot::Sender<()>),
     /// Ends the writer once everything queued before it is written.
     Close,
@@ -103,7 +104,7 @@ pub struct Permit<'a>(mpsc::Permit<'a, Cmd>);
 
 impl Permit<'_> {
     pub fn send(self, op: WriteOp) {
-        self.0.send(Cmd::Op(op));
+        self.0.send(Cmd::Op(op, tokio::time::Instant::now()));
     }
 }
 
@@ -143,7 +144,12 @@ impl Writer {
 impl WriterHandle {
     /// Queues an op, waiting for room when the queue is full: back-pressure rather than loss.
     pub async fn record(&self, op: WriteOp) {
-        if self.tx.send(Cmd::Op(op)).await.is_err() {
+        if self
+            .tx
+            .send(Cmd::Op(op, tokio::time::Instant::now()))
+            .await
+            .is_err()
+        {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::error!("accounting writer is closed; a record was dropped");
         }
@@ -152,9 +158,9 @@ impl WriterHandle {
     /// Queues an op from synchronous code (a `Drop`) without waiting; when the queue is full the
     /// op goes to the overflow list, which the writer drains with the queue.
     pub fn record_now(&self, op: WriteOp) {
-        match self.tx.try_send(Cmd::Op(op)) {
+        match self.tx.try_send(Cmd::Op(op, tokio::time::Instant::now())) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(Cmd::Op(op))) => match self.overflow.lock() {
+            Err(mpsc::error::TrySendError::Full(Cmd::Op(op, _))) => match self.overflow.lock() {
                 Ok(mut o) => o.push(op),
                 Err(poisoned) => poisoned.into_inner().push(op),
             },
@@ -208,13 +214,19 @@ async fn run(
     let mut closing = false;
     while !closing {
         let Some(first) = rx.recv().await else { break };
+        // Gather until the first op has waited `linger`: under load the batch fills at once; at
+        // a trickle, rows share one transaction instead of paying a commit each. Counted from
+        // when it was queued, not from now: an op that waited while the last batch was being
+        // written does not wait another `linger`, so at most about `linger` of rows is ever
+        // unwritten (what a `kill -9` can lose). A flush or close cuts it short.
+        let deadline = match &first {
+            Cmd::Op(_, queued) => *queued + linger,
+            _ => tokio::time::Instant::now(),
+        };
         let mut next = Some(first);
-        // Gather for at most `linger`: under load the batch fills at once; at a trickle, rows
-        // share one transaction instead of paying a commit each. A flush or close cuts it short.
-        let deadline = tokio::time::Instant::now() + linger;
         while let Some(cmd) = next.take() {
             match cmd {
-                Cmd::Op(op) => batch.push(op),
+                Cmd::Op(op, _) => batch.push(op),
                 Cmd::Flush(w) => waiters.push(w),
                 Cmd::Close => {
                     closing = true;
@@ -243,7 +255,7 @@ async fn run(
     let give_up = Instant::now() + CLOSE_RETRY;
     while let Some(cmd) = rx.recv().await {
         match cmd {
-            Cmd::Op(op) => batch.push(op),
+            Cmd::Op(op, _) => batch.push(op),
             Cmd::Flush(w) => waiters.push(w),
             Cmd::Close => {}
         }
