@@ -13,10 +13,10 @@ use gatehouse_core::record::{
     Session, SessionStats, UsageSource,
 };
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Connection, Row, Sqlite};
 
 use crate::{
     Applied, CompactionTotals, MaskedTotals, Scope, SessionSummary, Store, StoreError, StoreResult,
@@ -145,7 +145,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    async fn apply_one(tx: &mut Transaction<'static, Sqlite>, op: &WriteOp) -> sqlx::Result<()> {
+    async fn apply_one(tx: &mut SqliteConnection, op: &WriteOp) -> sqlx::Result<()> {
         match op {
             WriteOp::CreateSession(s) => {
                 sqlx::query(
@@ -157,14 +157,14 @@ impl SqliteStore {
                 .bind(&s.model_key)
                 .bind(&s.provider)
                 .bind(s.created_at)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             }
             WriteOp::RenameSession { id, name } => {
                 sqlx::query("UPDATE sessions SET name = $1 WHERE id = $2")
                     .bind(name)
                     .bind(id.as_str())
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
             }
             WriteOp::SetSessionModel {
@@ -176,7 +176,7 @@ impl SqliteStore {
                     .bind(model_key)
                     .bind(provider)
                     .bind(id.as_str())
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
             }
             WriteOp::DeleteSession(id) => {
@@ -185,19 +185,16 @@ impl SqliteStore {
                     "DELETE FROM compactions WHERE session_id = $1",
                     "DELETE FROM compaction_settings WHERE session_id = $1",
                 ] {
-                    sqlx::query(sql)
-                        .bind(id.as_str())
-                        .execute(&mut **tx)
-                        .await?;
+                    sqlx::query(sql).bind(id.as_str()).execute(&mut *tx).await?;
                 }
                 sqlx::query("DELETE FROM sessions WHERE id = $1")
                     .bind(id.as_str())
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
                 sqlx::query("DELETE FROM settings WHERE key = $1 AND value = $2")
                     .bind(ACTIVE_KEY)
                     .bind(id.as_str())
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
             }
             WriteOp::SetActiveSession(id) => match id {
@@ -208,13 +205,13 @@ impl SqliteStore {
                     )
                     .bind(ACTIVE_KEY)
                     .bind(id.as_str())
-                    .execute(&mut **tx)
+                    .execute(&mut *tx)
                     .await?;
                 }
                 None => {
                     sqlx::query("DELETE FROM settings WHERE key = $1")
                         .bind(ACTIVE_KEY)
-                        .execute(&mut **tx)
+                        .execute(&mut *tx)
                         .await?;
                 }
             },
@@ -231,7 +228,7 @@ impl SqliteStore {
                 .bind(to_i64(m.tokens_saved))
                 .bind(m.content.as_deref().unwrap_or(""))
                 .bind(m.created_at)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             }
             WriteOp::UpsertMemory(m) => {
@@ -249,14 +246,14 @@ impl SqliteStore {
                 .bind(to_i64(m.access_count))
                 .bind(m.created_at)
                 .bind(m.last_access_at)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             }
             WriteOp::DeleteMemory(ids) => {
                 for id in ids {
                     sqlx::query("DELETE FROM memory_entries WHERE id = $1")
                         .bind(id)
-                        .execute(&mut **tx)
+                        .execute(&mut *tx)
                         .await?;
                 }
             }
@@ -289,7 +286,7 @@ impl SqliteStore {
                 .bind(&c.prefix_hash)
                 .bind(&c.summary)
                 .bind(to_i64(c.summary_tokens))
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             }
             WriteOp::SetCompactionSettings { session, settings } => {
@@ -303,7 +300,7 @@ impl SqliteStore {
                 .bind(settings.auto_enabled)
                 .bind(settings.threshold_pct)
                 .bind(to_i64(settings.reserved_tokens))
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             }
             WriteOp::SetSetting { key, value } => {
@@ -313,7 +310,7 @@ impl SqliteStore {
                 )
                 .bind(key)
                 .bind(value)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
             }
             // Request rows go through `insert_requests` from `apply`.
@@ -360,10 +357,7 @@ fn insert_sql(n: usize) -> Arc<str> {
 /// Inserts request rows, `ROWS_PER_INSERT` to a statement; returns how many were refused. A
 /// statement that breaks a constraint is retried row by row, so only the rows at fault are
 /// refused; any other error fails the whole batch.
-async fn insert_requests(
-    tx: &mut Transaction<'static, Sqlite>,
-    rows: &[&RequestRecord],
-) -> sqlx::Result<u64> {
+async fn insert_requests(tx: &mut SqliteConnection, rows: &[&RequestRecord]) -> sqlx::Result<u64> {
     let mut dropped = 0;
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let sql = sqlx::AssertSqlSafe(insert_sql(chunk.len()));
@@ -371,12 +365,12 @@ async fn insert_requests(
         for r in chunk {
             q = bind_request(q, r);
         }
-        match q.execute(&mut **tx).await {
+        match q.execute(&mut *tx).await {
             Ok(_) => {}
             Err(e) if is_constraint(&e) => {
                 for r in chunk {
                     let one = bind_request(sqlx::query(sqlx::AssertSqlSafe(insert_sql(1))), r);
-                    match one.execute(&mut **tx).await {
+                    match one.execute(&mut *tx).await {
                         Ok(_) => {}
                         Err(e) if is_constraint(&e) => {
                             dropped += 1;
@@ -581,41 +575,54 @@ fn request_from_row(row: &SqliteRow) -> sqlx::Result<RequestRecord> {
 // Token totals count answered requests only (`status` 2xx): a failed request is not billed,
 // while a stream cut mid-way still answered 200 and is billed for what was sent.
 
+/// One batch in one transaction: runs of request rows in multi-row statements, the rest op by op.
+async fn apply_batch(conn: &mut SqliteConnection, ops: &[WriteOp]) -> sqlx::Result<Applied> {
+    let mut tx = conn.begin().await?;
+    let mut applied = Applied::default();
+    // Runs of request rows (most of every batch) go in multi-row statements.
+    let mut i = 0;
+    while let Some(op) = ops.get(i) {
+        let run: Vec<&RequestRecord> = ops
+            .iter()
+            .skip(i)
+            .map_while(|o| match o {
+                WriteOp::InsertRequest(r) => Some(&**r),
+                _ => None,
+            })
+            .collect();
+        if !run.is_empty() {
+            i += run.len();
+            applied.dropped += insert_requests(&mut tx, &run).await?;
+            continue;
+        }
+        i += 1;
+        match SqliteStore::apply_one(&mut tx, op).await {
+            Ok(()) => {}
+            // SQLite undoes just that statement; the transaction goes on.
+            Err(e) if is_constraint(&e) => {
+                applied.dropped += 1;
+                tracing::error!(error = %e, op = op_name(op), "dropping a write that breaks a constraint on its own");
+            }
+            // Dropping `tx` rolls the batch back; the writer retries it whole.
+            Err(e) => return Err(e),
+        }
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
+
 impl Store for SqliteStore {
     fn apply<'a>(&'a self, ops: &'a [WriteOp]) -> BoxFuture<'a, StoreResult<Applied>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await?;
-            let mut applied = Applied::default();
-            // Runs of request rows (most of every batch) go in multi-row statements.
-            let mut i = 0;
-            while let Some(op) = ops.get(i) {
-                let run: Vec<&RequestRecord> = ops
-                    .iter()
-                    .skip(i)
-                    .map_while(|o| match o {
-                        WriteOp::InsertRequest(r) => Some(&**r),
-                        _ => None,
-                    })
-                    .collect();
-                if !run.is_empty() {
-                    i += run.len();
-                    applied.dropped += insert_requests(&mut tx, &run).await?;
-                    continue;
-                }
-                i += 1;
-                match Self::apply_one(&mut tx, op).await {
-                    Ok(()) => {}
-                    // SQLite undoes just that statement; the transaction goes on.
-                    Err(e) if is_constraint(&e) => {
-                        applied.dropped += 1;
-                        tracing::error!(error = %e, op = op_name(op), "dropping a write that breaks a constraint on its own");
-                    }
-                    // Dropping `tx` rolls the batch back; the writer retries it whole.
-                    Err(e) => return Err(e.into()),
-                }
+            let mut conn = self.pool.acquire().await?;
+            let applied = apply_batch(&mut conn, ops).await;
+            // A failed COMMIT or ROLLBACK (a full disk) can leave SQLite inside a transaction
+            // that sqlx no longer tracks: pooled again, that connection would nest every later
+            // batch in a savepoint that never commits, and hold the write lock for good.
+            if applied.is_err() {
+                conn.close_on_drop();
             }
-            tx.commit().await?;
-            Ok(applied)
+            Ok(applied?)
         })
     }
 

@@ -209,3 +209,37 @@ async fn a_full_disk_delays_rows_and_loses_none_once_space_is_back() {
     assert_eq!(h["accounting"]["lost"], 0, "{h}");
     drop(app);
 }
+
+/// The campaign's case: a new database whose disk is already full, then many clients at once.
+/// Here the COMMIT itself fails; a connection left inside a transaction it no longer tracked
+/// once nested every later batch in a savepoint that never committed and held the write lock.
+#[tokio::test]
+async fn a_disk_full_from_the_start_under_concurrent_load_loses_no_row() {
+    let fs = TinyFs::mount("8m");
+    let dir = tempfile::tempdir_in(fs.0.path()).unwrap();
+    let app = TestApp::spawn_with(Options {
+        dir: Some(dir),
+        ..Options::default()
+    })
+    .await;
+    let db = app.db_path();
+    let filler = fill(fs.0.path());
+    let mut sent = 0;
+    for round in 0..40 {
+        let answers = futures_util::future::join_all(
+            (0..32).map(|i| app.chat(user("mock/echo", &format!("round {round} client {i}")))),
+        )
+        .await;
+        for r in answers {
+            assert_eq!(r.status(), 200, "the proxy keeps answering");
+            sent += 1;
+        }
+    }
+    std::fs::remove_file(&filler).unwrap();
+    wait_ready(&app, true, Duration::from_secs(15)).await;
+    app.state.writer.flush().await;
+    assert_eq!(count_rows(&db).await, (sent as i64, sent as i64));
+    let h = app.get_json_any("/health").await;
+    assert_eq!(h["accounting"]["lost"], 0, "{h}");
+    drop(app);
+}
