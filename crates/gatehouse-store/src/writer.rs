@@ -212,15 +212,17 @@ async fn run(
     let mut batch: Vec<WriteOp> = Vec::with_capacity(batch_size);
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     let mut closing = false;
+    // How long the last batch took to write: the gather leaves room for it.
+    let mut last_write = Duration::ZERO;
     while !closing {
         let Some(first) = rx.recv().await else { break };
-        // Gather until the first op has waited `linger`: under load the batch fills at once; at
-        // a trickle, rows share one transaction instead of paying a commit each. Counted from
-        // when it was queued, not from now: an op that waited while the last batch was being
-        // written does not wait another `linger`, so at most about `linger` of rows is ever
-        // unwritten (what a `kill -9` can lose). A flush or close cuts it short.
+        // Gather until the first op is due: under load the batch fills at once; at a trickle,
+        // rows share one transaction instead of paying a commit each. Due `linger` after it was
+        // queued (not after now: it may have waited while the last batch was written), less the
+        // time a write takes, so no row stays unwritten much longer than `linger` and a
+        // `kill -9` loses about `linger` of rows at most. A flush or close cuts it short.
         let deadline = match &first {
-            Cmd::Op(_, queued) => *queued + linger,
+            Cmd::Op(_, queued) => *queued + linger.saturating_sub(last_write),
             _ => tokio::time::Instant::now(),
         };
         let mut next = Some(first);
@@ -246,7 +248,10 @@ async fn run(
             };
         }
         take_overflow(&overflow, &mut batch);
+        let started = Instant::now();
         write(&*store, &mut batch, &stats, None).await;
+        // A write that had to wait for the database (retries) says nothing about the next one.
+        last_write = started.elapsed().min(linger / 2);
         for w in waiters.drain(..) {
             let _ = w.send(());
         }
