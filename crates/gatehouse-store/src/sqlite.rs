@@ -329,14 +329,15 @@ const REQUEST_COLUMNS: &str = "id, request_id, session_id, created_at, provider,
     ttfb_ms, overhead_us, attempts, finish_reason, error_type, error_message, cost_usd,
     memory_tokens, chat_tokens, memory_ratio, routing, requested_model, purpose";
 const REQUEST_PARAMS: usize = 32;
-/// Rows per multi-row INSERT: 64 × 32 parameters stay far under SQLite's limit (32,766), and
-/// one statement per 64 rows instead of per row is most of the writer's speed.
-const ROWS_PER_INSERT: usize = 64;
+/// Rows per multi-row INSERT. Measured on two cores (bench/RESULTS.md): 1 row a statement
+/// wrote ~26k rows/s, 16 ~73k, 64 ~100k; but a 64-row statement is one long burst on the
+/// SQLite thread that shows in the c=1 tail of requests sharing the cores, with no gain at c=64.
+const ROWS_PER_INSERT: usize = 16;
 
 /// `INSERT INTO requests … VALUES (…), (…)` for `n` rows, built once per `n`. Anonymous `?`
 /// placeholders, not the `$N` of the rest of the SQL: sqlx looks each named parameter up in
 /// SQLite's list of names, a linear scan, which made a 2,048-parameter statement quadratic (80 %
-/// of the writer's time). This statement is SQLite's own; PostgreSQL will batch its own way.
+/// of the writer's time in a profile). This statement is SQLite's own; PostgreSQL will batch its own way.
 fn insert_sql(n: usize) -> Arc<str> {
     static CACHE: OnceLock<Vec<Arc<str>>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| {
