@@ -122,14 +122,32 @@ impl Writer {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let stats = Arc::new(WriterStats::default());
         let overflow = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(run(
+        let work = run(
             store,
             rx,
             overflow.clone(),
             batch_size.max(1),
             linger,
             stats.clone(),
-        ));
+        );
+        // A thread and a runtime of its own: on the request runtime, under full load, the
+        // writer waited behind every request task at each of its awaits, its rows aged past
+        // `linger` and a `kill -9` lost more than one window; and its statement building took
+        // turns from requests. The runtime has timers only: the database is sqlx's threads.
+        let handle = tokio::runtime::Handle::current();
+        let task = tokio::task::spawn_blocking(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .thread_name("gatehouse-writer")
+                .build()
+            {
+                Ok(rt) => rt.block_on(work),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no runtime of its own for the writer; it shares the main one");
+                    handle.block_on(work)
+                }
+            }
+        });
         (
             WriterHandle {
                 tx,
@@ -212,17 +230,18 @@ async fn run(
     let mut batch: Vec<WriteOp> = Vec::with_capacity(batch_size);
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     let mut closing = false;
-    // How long the last batch took to write: the gather leaves room for it.
+    // How long a batch takes to write: the gather leaves room for it.
     let mut last_write = Duration::ZERO;
     while !closing {
         let Some(first) = rx.recv().await else { break };
         // Gather until the first op is due: under load the batch fills at once; at a trickle,
         // rows share one transaction instead of paying a commit each. Due `linger` after it was
         // queued (not after now: it may have waited while the last batch was written), less the
-        // time a write takes, so no row stays unwritten much longer than `linger` and a
-        // `kill -9` loses about `linger` of rows at most. A flush or close cuts it short.
+        // time a write takes and an eighth for the writer's thread waiting for a core, so no row
+        // stays unwritten longer than about `linger` and a `kill -9` loses at most about
+        // `linger` of rows. A flush or close cuts it short.
         let deadline = match &first {
-            Cmd::Op(_, queued) => *queued + linger.saturating_sub(last_write),
+            Cmd::Op(_, queued) => *queued + linger.saturating_sub(last_write + linger / 8),
             _ => tokio::time::Instant::now(),
         };
         let mut next = Some(first);
@@ -250,8 +269,13 @@ async fn run(
         take_overflow(&overflow, &mut batch);
         let started = Instant::now();
         write(&*store, &mut batch, &stats, None).await;
-        // A write that had to wait for the database (retries) says nothing about the next one.
-        last_write = started.elapsed().min(linger / 2);
+        // The slowest recent write, decaying: one slow write (waiting for a core) is likely
+        // followed by another, while a write that had to wait for the database (retries) says
+        // nothing about the next one, hence the cap.
+        last_write = started
+            .elapsed()
+            .min(linger / 2)
+            .max(last_write.mul_f32(0.875));
         for w in waiters.drain(..) {
             let _ = w.send(());
         }
