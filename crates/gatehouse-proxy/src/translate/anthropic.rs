@@ -68,9 +68,21 @@ pub fn request_to_ir(body: &[u8]) -> Result<Request, TranslateError> {
         let role = match m.get("role").and_then(Value::as_str) {
             Some("user") => Role::User,
             Some("assistant") => Role::Assistant,
+            // Claude Code sends one mid-conversation (its reminders). Elsewhere there is one
+            // system prompt, so its text joins the top-level one, in order.
+            Some("system") => {
+                r.system
+                    .extend(blocks_to_parts(m.get("content")).into_iter().filter_map(
+                        |p| match p {
+                            Part::Text(t) if !t.is_empty() => Some(t),
+                            _ => None,
+                        },
+                    ));
+                continue;
+            }
             Some(other) => {
                 return Err(TranslateError::shape(format!(
-                    "message role must be `user` or `assistant`, not `{other}`"
+                    "message role must be `user`, `assistant` or `system`, not `{other}`"
                 )));
             }
             None => {
@@ -120,6 +132,50 @@ pub fn request_to_ir(body: &[u8]) -> Result<Request, TranslateError> {
         }
     }
     Ok(r)
+}
+
+/// What a translation of this Anthropic request to another format leaves out: top-level fields
+/// with no equivalent (`context_management`, `output_config`, unknown ones), a `thinking` form
+/// other than a budget, and server tools. For the row's notes; an unreadable body gives none.
+pub fn untranslated_fields(body: &[u8]) -> Vec<String> {
+    const MAPPED: &[&str] = &[
+        "model",
+        "stream",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "metadata",
+        "system",
+        "stop_sequences",
+        "messages",
+        "tools",
+        "tool_choice",
+        "thinking",
+    ];
+    let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = o
+        .keys()
+        .filter(|k| !MAPPED.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    if let Some(kind) = o
+        .get("thinking")
+        .and_then(|t| t.get("type"))
+        .and_then(Value::as_str)
+        .filter(|k| !matches!(*k, "enabled" | "disabled"))
+    {
+        out.push(format!("thinking ({kind})"));
+    }
+    let server_tools = o.get("tools").and_then(Value::as_array).map_or(0, |t| {
+        t.iter().filter(|t| t.get("input_schema").is_none()).count()
+    });
+    if server_tools > 0 {
+        out.push(format!("{server_tools} server tool(s)"));
+    }
+    out
 }
 
 fn blocks_to_parts(c: Option<&Value>) -> Vec<Part> {
@@ -314,21 +370,30 @@ pub fn request_from_ir(r: &Request) -> Value {
 /// markers, unknown fields, block order. Used to mask an Anthropic client's request bound for
 /// Anthropic without translating it. `None` when the body is not an Anthropic request.
 /// How many leading Anthropic messages of `body` become the first `openai_cut` messages of its
-/// OpenAI translation (system blocks first, then each message's share); `None` when the cut
-/// falls inside a message.
+/// OpenAI translation (one system message first, then each message's share); `None` when the
+/// cut falls inside a message.
 pub fn messages_before(body: &[u8], openai_cut: usize) -> Option<usize> {
     let ir = request_to_ir(body).ok()?;
-    let mut at = ir.system.len();
-    for (k, m) in ir.messages.iter().enumerate() {
+    let raw: Value = serde_json::from_slice(body).ok()?;
+    let raw = raw.get("messages")?.as_array()?;
+    // The OpenAI view has one system message for all the system text, and none in place of a
+    // `system` message inside `messages`: those count for nothing here (and stay, when the cut
+    // falls next to one).
+    let mut at = usize::from(!ir.system.is_empty());
+    let mut translated = ir.messages.iter();
+    for (k, m) in raw.iter().enumerate() {
         if at == openai_cut {
             return Some(k);
         }
-        at += super::openai::message_count(m);
+        if m.get("role").and_then(Value::as_str) == Some("system") {
+            continue;
+        }
+        at += super::openai::message_count(translated.next()?);
         if at > openai_cut {
             return None;
         }
     }
-    (at == openai_cut).then_some(ir.messages.len())
+    (at == openai_cut).then_some(raw.len())
 }
 
 /// A compaction spliced into the client's own Anthropic bytes: its first `drop` messages are
@@ -972,6 +1037,35 @@ mod tests {
         assert_eq!(v["messages"][2]["content"][0]["content"], "result new");
         assert_eq!(v["messages"][3]["content"], "untouched");
         assert!(replace_texts(b"not json", &[]).is_none());
+    }
+
+    #[test]
+    fn system_messages_inside_messages_join_the_system_prompt() {
+        let body = r#"{"model":"c","max_tokens":8,
+"system":[{"type":"text","text":"one"},{"type":"text","text":"two"}],
+"messages":[
+ {"role":"user","content":"task"},
+ {"role":"system","content":[{"type":"text","text":"reminder","cache_control":{"type":"ephemeral"}}]},
+ {"role":"assistant","content":"ok"},
+ {"role":"user","content":"more"}]}"#;
+        let ir = request_to_ir(body.as_bytes()).unwrap();
+        assert_eq!(ir.system, ["one", "two", "reminder"]);
+        assert_eq!(ir.messages.len(), 3);
+        // OpenAI layout: 1 system, then task, ok, more; the raw system message counts nothing.
+        assert_eq!(messages_before(body.as_bytes(), 1), Some(0));
+        assert_eq!(
+            messages_before(body.as_bytes(), 2),
+            Some(1),
+            "the reminder stays"
+        );
+        assert_eq!(messages_before(body.as_bytes(), 3), Some(3));
+        assert_eq!(messages_before(body.as_bytes(), 4), Some(4));
+        assert_eq!(messages_before(body.as_bytes(), 5), None);
+        let err = request_to_ir(br#"{"messages":[{"role":"tool","content":"x"}]}"#).unwrap_err();
+        assert_eq!(
+            err.0,
+            "message role must be `user`, `assistant` or `system`, not `tool`"
+        );
     }
 
     #[test]

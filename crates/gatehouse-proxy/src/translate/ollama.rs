@@ -14,8 +14,8 @@ pub const PATH: &str = "api/chat";
 
 pub fn request_from_ir(r: &Request) -> Value {
     let mut messages = Vec::new();
-    for s in &r.system {
-        messages.push(json!({"role": "system", "content": s}));
+    if !r.system.is_empty() {
+        messages.push(json!({"role": "system", "content": r.system.join("\n\n")}));
     }
     // Call id → function name, for the results.
     let mut names: Vec<(&str, &str)> = Vec::new();

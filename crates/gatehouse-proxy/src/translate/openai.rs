@@ -254,8 +254,9 @@ pub fn image_url(i: &Image) -> String {
 /// The representation as an OpenAI chat request.
 pub fn request_from_ir(r: &Request) -> Value {
     let mut messages = Vec::new();
-    for s in &r.system {
-        messages.push(json!({"role": "system", "content": s}));
+    // One system message: several OpenAI-compatible backends refuse a second one.
+    if !r.system.is_empty() {
+        messages.push(json!({"role": "system", "content": r.system.join("\n\n")}));
     }
     for m in &r.messages {
         write_message(m, &mut messages);

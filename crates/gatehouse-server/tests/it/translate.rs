@@ -667,3 +667,85 @@ async fn ollama_native_chat_and_ndjson_streams() {
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["message"], "mock: scripted status 404");
 }
+
+/// What Claude Code 2.1 sends (`../shared/clients`): three `system` blocks, a `system` message
+/// inside `messages`, adaptive thinking and fields Gatehouse has no use for.
+fn claude_code_body(model: &str) -> Value {
+    json!({
+        "model": model,
+        "max_tokens": 32000,
+        "stream": false,
+        "metadata": {"user_id": "user_abc"},
+        "thinking": {"type": "adaptive", "display": "omitted"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "output_config": {"effort": "high"},
+        "system": [
+            {"type": "text", "text": "You are Claude Code."},
+            {"type": "text", "text": "Be careful.", "cache_control": {"type": "ephemeral"}},
+            {"type": "text", "text": "Environment: linux.", "cache_control": {"type": "ephemeral"}}
+        ],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Say hello"}]},
+            {"role": "system", "content": [{"type": "text", "text": "Reminder: be brief.", "cache_control": {"type": "ephemeral"}}]}
+        ],
+        "tools": [{"name": "Read", "description": "Read a file", "defer_loading": true,
+                   "input_schema": {"type": "object", "properties": {"file_path": {"type": "string"}}}}]
+    })
+}
+
+#[tokio::test]
+async fn claude_code_requests_go_through_to_anthropic_untouched() {
+    let app = TestApp::spawn_with(options()).await;
+    let body = claude_code_body("anth/claude");
+    let r = app
+        .http
+        .post(app.url("/v1/messages?beta=true"))
+        .header("anthropic-version", "2023-06-01")
+        .header(
+            "anthropic-beta",
+            "claude-code-20250219,context-management-2025-06-27",
+        )
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    let sent = app.mock.captured().pop().unwrap();
+    let mut want = body.clone();
+    want["model"] = json!("claude-x");
+    assert_eq!(
+        sent.body, want,
+        "every field and role as the client sent it"
+    );
+    assert_eq!(
+        sent.headers["anthropic-beta"],
+        "claude-code-20250219,context-management-2025-06-27"
+    );
+}
+
+#[tokio::test]
+async fn claude_code_requests_translate_to_one_system_message() {
+    let app = TestApp::spawn_with(options()).await;
+    let r = messages(&app, claude_code_body("mock/echo")).await;
+    let status = r.status();
+    let sid = session_of(&r);
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    let sent = app.mock.captured().pop().unwrap().body;
+    let roles: Vec<&str> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "user"], "{sent}");
+    assert_eq!(
+        sent["messages"][0]["content"],
+        "You are Claude Code.\n\nBe careful.\n\nEnvironment: linux.\n\nReminder: be brief."
+    );
+    let row = &rows(&app, &sid).await[0];
+    let notes = row["routing"].to_string();
+    assert!(notes.contains("context_management"), "{row}");
+}

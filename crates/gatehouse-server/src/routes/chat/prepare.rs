@@ -166,9 +166,20 @@ fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, Api
     let first = parse(&redacted_body)?;
     let Selected {
         route,
-        note: select_note,
+        note: mut select_note,
         session_model,
     } = select_route(st, &first)?;
+    if ingress == Format::Anthropic && Format::of_provider(route.provider.kind) != Format::Anthropic
+    {
+        let left = translate::anthropic::untranslated_fields(&client_body);
+        if !left.is_empty() {
+            let note = format!("not translated: {}", left.join(", "));
+            select_note = Some(match select_note {
+                Some(n) => format!("{n}; {note}"),
+                None => note,
+            });
+        }
+    }
     // Masking rewrites whole messages; the rewritten body is parsed again (and only then).
     let masked_body;
     let (body, view, masked) = match mask(st, &redacted_body, &first, route.encoding) {
