@@ -56,7 +56,7 @@ function setView(id, stats, gauge, recent) {
   state.stats = stats ? { ...stats } : null;
   state.gauge = gauge;
   state.counted = new Set(recent.map((r) => r.id));
-  state.rows = recent.map((r) => ({ kind: "request", ...r, note: state.notes.get(r.id) }));
+  state.rows = recent.map((r) => ({ kind: "request", ...r, note: state.notes.get(r.id) ?? r.routing ?? undefined }));
   const level = alertLevelOf(gauge?.pct ?? 0);
   state.alertLevel = level;
   if (level) showAlert(level, `Context at ${pct(gauge.pct)} of the window`);
@@ -230,7 +230,7 @@ function onMetric(m) {
     }
     if (m.gauge) state.gauge = m.gauge;
     const i = state.rows.findIndex((x) => x.id === r.id);
-    const row = { kind: "request", fresh: true, ...r, note: (i >= 0 ? state.rows[i].note : undefined) ?? state.notes.get(r.id) };
+    const row = { kind: "request", fresh: true, ...r, note: (i >= 0 ? state.rows[i].note : undefined) ?? state.notes.get(r.id) ?? r.routing ?? undefined };
     if (i >= 0) state.rows[i] = row;
     else state.rows.unshift(row);
     trimRows();

@@ -659,6 +659,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             compaction,
             proxy: ProxyConfig {
                 retries: proxy.retries,
+                repair_tool_calls: proxy.repair_tool_calls,
                 retry_backoff: Duration::from_millis(proxy.retry_backoff_ms),
                 token_cache_entries: proxy.token_cache_entries,
                 circuit_breaker: proxy.circuit_breaker,

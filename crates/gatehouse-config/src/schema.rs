@@ -221,6 +221,7 @@ pub struct LogWatcherConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProxyRaw {
     pub retries: u32,
+    pub repair_tool_calls: bool,
     pub retry_backoff_ms: u64,
     pub token_cache_entries: usize,
     pub circuit_breaker: CircuitBreaker,
@@ -252,6 +253,8 @@ pub(crate) struct TimeoutOverrides {
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub retries: u32,
+    /// Tool calls without ids or with almost-JSON arguments are repaired before they leave.
+    pub repair_tool_calls: bool,
     pub retry_backoff: Duration,
     pub token_cache_entries: usize,
     pub circuit_breaker: CircuitBreaker,

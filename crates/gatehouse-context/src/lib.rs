@@ -11,6 +11,7 @@ pub mod memory;
 pub mod observe;
 pub mod recall;
 pub mod redact;
+pub mod repair;
 pub mod sanitize;
 
 pub use redact::{Finding, Redactor, SecretKind};

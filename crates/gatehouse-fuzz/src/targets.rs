@@ -103,6 +103,11 @@ pub const ALL: &[Target] = &[
         run: redaction,
     },
     Target {
+        name: "tool_repair",
+        generate: tool_repair_input,
+        run: tool_repair,
+    },
+    Target {
         name: "config_loader",
         generate: config_input,
         run: config_loader,
@@ -457,6 +462,47 @@ fn redaction(b: &[u8], _: &mut Rng) {
         assert!(
             serde_json::from_slice::<serde::de::IgnoredAny>(&out).is_ok(),
             "redaction broke the JSON"
+        );
+    }
+}
+
+/// OpenAI requests with a tool-call history whose ids go missing and whose arguments are
+/// almost JSON, then mutated like every other input.
+fn tool_repair_input(rng: &mut Rng) -> Vec<u8> {
+    const ARGS: &[&str] = &[
+        "{'city': 'Paris',}",
+        "{city: \"Paris\", n: [1, 2,]}",
+        "\"{\\\"a\\\": 1}\"",
+        "{'ok': True, 'x': None}",
+        "{'unterminated: 1",
+        "{a: b}",
+        "",
+    ];
+    let arguments = rng.pick(ARGS).copied().unwrap_or("");
+    let id = match rng.below(3) {
+        0 => serde_json::Value::Null,
+        1 => serde_json::json!(""),
+        _ => serde_json::json!("call_1"),
+    };
+    let body = serde_json::json!({"model": "m", "messages": [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": id, "type": "function", "function": {"name": "f", "arguments": arguments}}]},
+        {"role": "tool", "content": "done"}]});
+    json_from(&[serde_json::to_vec(&body).unwrap_or_default()], rng)
+}
+
+fn tool_repair(b: &[u8], _: &mut Rng) {
+    if let Some((out, r)) = gatehouse_context::repair::repair_tool_calls(b) {
+        assert!(r.any(), "a repair that changed nothing");
+        assert!(
+            serde_json::from_slice::<serde::de::IgnoredAny>(&out).is_ok(),
+            "repair made invalid JSON"
+        );
+        // Repairing a repaired body finds nothing left to do.
+        assert!(
+            gatehouse_context::repair::repair_tool_calls(&out).is_none(),
+            "repair is not idempotent"
         );
     }
 }

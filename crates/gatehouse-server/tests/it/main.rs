@@ -18,6 +18,7 @@ mod live;
 mod memory;
 mod proxy;
 mod redaction;
+mod repair;
 mod routing;
 mod sanitizer;
 mod sessions;

@@ -35,6 +35,8 @@ pub struct Options {
     pub server_toml: String,
     /// Added to the `[dashboard]` section.
     pub dashboard_toml: String,
+    /// Added to the `[proxy]` section.
+    pub proxy_toml: String,
     pub retries: Option<u32>,
     pub grace_secs: Option<f64>,
     /// Seconds; 1 unless set (also bounds non-streamed answers' head).
@@ -78,6 +80,7 @@ poll_ms = 20
 [proxy]
 retries = {retries}
 retry_backoff_ms = 10
+{proxy}
 
 [proxy.timeouts]
 connect = 1
@@ -131,6 +134,7 @@ max_context_size = 4096
             extra = opts.extra_toml.replace("MOCK_BASE_URL", &mock.base_url()),
             server = opts.server_toml,
             dashboard = opts.dashboard_toml,
+            proxy = opts.proxy_toml,
         );
         let file = dir.path().join("config.toml");
         std::fs::write(&file, config_text).unwrap();

@@ -153,6 +153,7 @@ fn select_route(st: &AppState, view: &ChatRequestView<'_>) -> Result<Selected, A
 
 fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, ApiError> {
     let (client_body, redacted) = redact(st, body)?;
+    let (client_body, repaired) = repair(st, client_body, ingress);
     // Everything below works on OpenAI's format; an Anthropic request is translated once here.
     let redacted_body = match ingress {
         // Gemini is a provider format only.
@@ -173,12 +174,14 @@ fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, Api
     {
         let left = translate::anthropic::untranslated_fields(&client_body);
         if !left.is_empty() {
-            let note = format!("not translated: {}", left.join(", "));
-            select_note = Some(match select_note {
-                Some(n) => format!("{n}; {note}"),
-                None => note,
-            });
+            add_note(
+                &mut select_note,
+                format!("not translated: {}", left.join(", ")),
+            );
         }
+    }
+    if let Some(r) = repaired {
+        add_note(&mut select_note, r.describe());
     }
     // Masking rewrites whole messages; the rewritten body is parsed again (and only then).
     let masked_body;
@@ -281,4 +284,28 @@ pub(super) fn use_body(st: &AppState, p: &mut Prepared, body: Bytes) -> Result<(
     p.compacted = true;
     p.set_parts(parts);
     Ok(())
+}
+
+/// Tool-call repair (`proxy.repair_tool_calls`) on an OpenAI client's request: the repaired
+/// bytes replace the client's, and what changed goes on the row. An Anthropic request needs
+/// none: its `tool_use` blocks carry ids and object inputs by construction.
+fn repair(
+    st: &AppState,
+    body: Bytes,
+    ingress: Format,
+) -> (Bytes, Option<gatehouse_context::repair::Repairs>) {
+    if !st.config.proxy.repair_tool_calls || ingress != Format::OpenAi {
+        return (body, None);
+    }
+    match gatehouse_context::repair::repair_tool_calls(&body) {
+        Some((fixed, r)) => (Bytes::from(fixed), Some(r)),
+        None => (body, None),
+    }
+}
+
+fn add_note(notes: &mut Option<String>, note: String) {
+    *notes = Some(match notes.take() {
+        Some(n) => format!("{n}; {note}"),
+        None => note,
+    });
 }
