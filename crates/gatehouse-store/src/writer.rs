@@ -134,20 +134,7 @@ impl Writer {
         // writer waited behind every request task at each of its awaits, its rows aged past
         // `linger` and a `kill -9` lost more than one window; and its statement building took
         // turns from requests. The runtime has timers only: the database is sqlx's threads.
-        let handle = tokio::runtime::Handle::current();
-        let task = tokio::task::spawn_blocking(move || {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .thread_name("gatehouse-writer")
-                .build()
-            {
-                Ok(rt) => rt.block_on(work),
-                Err(e) => {
-                    tracing::warn!(error = %e, "no runtime of its own for the writer; it shares the main one");
-                    handle.block_on(work)
-                }
-            }
-        });
+        let task = on_own_thread(work);
         (
             WriterHandle {
                 tx,
@@ -217,6 +204,43 @@ impl WriterHandle {
     pub fn stats(&self) -> &WriterStats {
         &self.stats
     }
+}
+
+/// Runs the writer on a thread of its own; the handle finishes when the writer does. A plain
+/// thread, not `spawn_blocking`: a runtime waits for its blocking threads when it is dropped,
+/// and a writer retrying a database that is gone would then hold it forever. If the runtime
+/// that spawned it goes away without closing it (a test's, an aborted process), the writer
+/// stops too, as a task of that runtime would.
+fn on_own_thread(work: impl Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!(error = %e, "no runtime of its own for the writer; it shares the main one");
+            return tokio::spawn(work);
+        }
+    };
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    // Never sent: its sender is dropped with the task below, when that runtime goes away.
+    let (alive_tx, alive_rx) = oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("gatehouse-writer".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let work = std::pin::pin!(work);
+                futures_util::future::select(work, alive_rx).await;
+            });
+            let _ = done_tx.send(());
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the accounting writer's thread; rows will be rejected");
+    }
+    tokio::spawn(async move {
+        let _alive = alive_tx;
+        let _ = done_rx.await;
+    })
 }
 
 async fn run(
