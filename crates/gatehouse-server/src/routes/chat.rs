@@ -10,8 +10,9 @@
 //! 6. `route`: the provider's format, the send with its retries, fallbacks;
 //! 7. `respond`: the client's answer (error, whole answer or stream) and the row.
 //!
-//! A request refused before it has a row (phases 1 to 3) is counted by error code in
-//! `/health` (`refused`), so a misbehaving client is visible.
+//! A request refused before it has a session (phases 1 to 3) is counted by error code in
+//! `/health` (`refused`) and gets a row of its own (`record::refused`), so a misbehaving or
+//! failing client is visible.
 //!
 //! Nothing here waits for the database.
 
@@ -77,11 +78,12 @@ pub(crate) async fn handle(
     t0: Instant,
     ingress: Format,
 ) -> Result<Response, ApiError> {
-    let req = ingress::decode(st, headers, body).map_err(|e| st.refusals.count(e))?;
-    let mut p = prepare::run(st, req.body, ingress)
-        .await
-        .map_err(|e| st.refusals.count(e))?;
-    let admission = admit::admit(st, &p).map_err(|e| st.refusals.count(e))?;
+    let req = ingress::decode(st, headers, body)
+        .map_err(|e| record::refused(st, request_id, t0, None, None, e))?;
+    let (body, named) = (req.body.clone(), req.explicit_session.clone());
+    let refused = |e| record::refused(st, request_id, t0, named.as_ref(), Some(&body), e);
+    let mut p = prepare::run(st, req.body, ingress).await.map_err(refused)?;
+    let admission = admit::admit(st, &p).map_err(refused)?;
     let session = st
         .sessions
         .resolve(

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::support::{Options, TestApp, raw_http, streaming, user};
+use crate::support::{Options, TestApp, raw_http, rows, session_of, streaming, user};
 
 fn tight(server: &str) -> Options {
     Options {
@@ -200,8 +200,19 @@ async fn past_max_streams_a_stream_gets_503_before_anything_goes_upstream() {
 }
 
 #[tokio::test]
-async fn refusals_before_a_row_are_counted_by_code() {
+async fn refusals_before_routing_are_counted_by_code_and_leave_rows() {
     let app = TestApp::spawn().await;
+    // A gateway that has seen no request has no session to put a refusal in: counted only.
+    let r = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .body("not json either")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let ok = app.chat(user("mock/echo", "hello")).await;
+    let sid = session_of(&ok);
     let r = app
         .http
         .post(app.url("/v1/chat/completions"))
@@ -220,10 +231,41 @@ async fn refusals_before_a_row_are_counted_by_code() {
         .unwrap();
     assert_eq!(r.status(), 413);
     let h = app.get_json("/health").await;
-    assert_eq!(h["refused"]["by_code"]["invalid_json"], 1, "{h}");
+    assert_eq!(h["refused"]["by_code"]["invalid_json"], 2, "{h}");
     assert_eq!(h["refused"]["by_code"]["model_not_found"], 1, "{h}");
     assert_eq!(h["refused"]["by_code"]["request_too_large"], 1, "{h}");
-    assert_eq!(h["refused"]["total"], 3, "{h}");
+    assert_eq!(h["refused"]["total"], 4, "{h}");
+    // The three after it are rows of the active session, saying why.
+    let rows = rows(&app, &sid).await;
+    let mut refused: Vec<(u64, &str, &str)> = rows
+        .iter()
+        .filter(|r| r["status"] != 200)
+        .map(|r| {
+            (
+                r["status"].as_u64().unwrap(),
+                r["error_type"].as_str().unwrap(),
+                r["model_key"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    refused.sort();
+    assert_eq!(
+        refused,
+        [
+            (400, "invalid_json", ""),
+            (404, "model_not_found", "nope/none"),
+            (413, "request_too_large", "")
+        ],
+        "{rows:?}"
+    );
+    let unknown = rows.iter().find(|r| r["status"] == 404).unwrap();
+    assert!(
+        unknown["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("nope/none"),
+        "{unknown}"
+    );
 }
 
 /// Old rows (written here as an older gateway would have left them) are pruned by the

@@ -320,3 +320,74 @@ impl Parts {
         }
     }
 }
+
+/// A request refused before it had its session and route (phases 1 to 3: an unreadable body, an
+/// unknown model, a secret in block mode, the stream cap): counted by code in `/health`, and a
+/// row in the session it named or else the active one, so a user whose client fails sees why
+/// on the dashboard. With neither (a gateway that has seen no request yet) it is counted only.
+pub(super) fn refused(
+    st: &AppState,
+    request_id: &RequestId,
+    t0: Instant,
+    session: Option<&SessionId>,
+    body: Option<&[u8]>,
+    e: ApiError,
+) -> ApiError {
+    let e = st.refusals.count(e);
+    let Some(session_id) = session
+        .cloned()
+        .or_else(|| st.sessions.active().map(|s| s.id))
+    else {
+        return e;
+    };
+    #[derive(serde::Deserialize)]
+    struct Asked<'a> {
+        #[serde(borrow, default)]
+        model: Option<std::borrow::Cow<'a, str>>,
+        #[serde(default)]
+        stream: Option<bool>,
+    }
+    let asked = body.and_then(|b| serde_json::from_slice::<Asked<'_>>(b).ok());
+    let model = asked
+        .as_ref()
+        .and_then(|a| a.model.as_deref())
+        .unwrap_or_default()
+        .to_owned();
+    let record = RequestRecord {
+        row_id: String::new(),
+        id: request_id.as_str().to_owned(),
+        session_id,
+        created_at: now_ms(),
+        provider: String::new(),
+        requested_model: (!model.is_empty()).then(|| model.clone()),
+        model_key: model,
+        upstream_model: String::new(),
+        stream: asked.and_then(|a| a.stream).unwrap_or(false),
+        status: e.status(),
+        prompt_tokens_est: 0,
+        prompt_tokens: None,
+        completion_tokens: None,
+        cached_tokens: None,
+        reasoning_tokens: None,
+        usage_source: UsageSource::Estimated,
+        max_context: 0,
+        context_pct: 0.0,
+        preview: String::new(),
+        latency_ms: u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
+        ttfb_ms: None,
+        overhead_us: u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX),
+        attempts: 0,
+        finish_reason: None,
+        error_type: Some(e.kind.code().to_owned()),
+        error_message: Some(e.message.clone()),
+        cost_usd: None,
+        memory_tokens: 0,
+        chat_tokens: 0,
+        memory_ratio: 0.0,
+        routing: Some("refused before routing".to_owned()),
+        purpose: None,
+    };
+    let op = st.request_finished(record);
+    st.writer.record_now(op);
+    e
+}
