@@ -198,6 +198,39 @@ impl Sessions {
         resolved
     }
 
+    /// The session of a conversation the client names itself (Claude Code's
+    /// `X-Claude-Code-Session-Id`): one session for the whole conversation whatever model each
+    /// request asks for (side requests to a small model included), and, unlike an id chosen
+    /// through `X-Gatehouse-Session`, it becomes the active session: it is what the user is
+    /// doing now.
+    pub async fn resolve_conversation(
+        &self,
+        id: SessionId,
+        model_key: &str,
+        provider: &str,
+        first_user_text: Option<&str>,
+    ) -> Resolved {
+        let resolved = self
+            .resolve(Some(id), model_key, provider, first_user_text)
+            .await;
+        let activated = {
+            let mut st = self.lock();
+            if st.active.as_ref() == Some(&resolved.id) {
+                None
+            } else {
+                st.active = Some(resolved.id.clone());
+                st.sessions.get(&resolved.id).cloned()
+            }
+        };
+        if let Some(session) = activated {
+            self.writer
+                .record(WriteOp::SetActiveSession(Some(resolved.id.clone())))
+                .await;
+            emit(&*self.bus, || Event::SessionActivated { session });
+        }
+        resolved
+    }
+
     /// Takes the sessions idle since before `before_ms` out of memory (never the active one);
     /// returns them, so their gauges and compaction state can go too.
     pub fn evict_idle(&self, before_ms: i64) -> Vec<SessionId> {

@@ -80,20 +80,25 @@ pub(crate) async fn handle(
 ) -> Result<Response, ApiError> {
     let req = ingress::decode(st, headers, body)
         .map_err(|e| record::refused(st, request_id, t0, None, None, e))?;
-    let (body, named) = (req.body.clone(), req.explicit_session.clone());
+    let body = req.body.clone();
+    let named = req
+        .explicit_session
+        .clone()
+        .or_else(|| req.conversation.clone());
     let refused = |e| record::refused(st, request_id, t0, named.as_ref(), Some(&body), e);
     let mut p = prepare::run(st, req.body, ingress).await.map_err(refused)?;
     let admission = admit::admit(st, &p).map_err(refused)?;
-    let session = st
-        .sessions
-        .resolve(
-            req.explicit_session,
-            p.session_model.as_deref().unwrap_or(&p.route.model_key),
-            &p.route.provider_key,
-            p.session_name.as_deref(),
-        )
-        .await
-        .id;
+    let model = p.session_model.as_deref().unwrap_or(&p.route.model_key);
+    let (provider, name) = (&p.route.provider_key, p.session_name.as_deref());
+    let session = match (req.explicit_session, req.conversation) {
+        (None, Some(conversation)) => {
+            st.sessions
+                .resolve_conversation(conversation, model, provider, name)
+                .await
+        }
+        (explicit, _) => st.sessions.resolve(explicit, model, provider, name).await,
+    }
+    .id;
     let mut draft = Draft::open(st, request_id, &session, t0, &mut p, admission);
     let notes = match economy::apply(st, &mut p, &session, request_id).await {
         Ok(notes) => notes,

@@ -749,3 +749,46 @@ async fn claude_code_requests_translate_to_one_system_message() {
     let notes = row["routing"].to_string();
     assert!(notes.contains("context_management"), "{row}");
 }
+
+/// Claude Code names its conversation (`X-Claude-Code-Session-Id`): every request of it, the
+/// side requests to its small model included, lands in one session, which becomes active.
+#[tokio::test]
+async fn a_claude_code_conversation_is_one_session_whatever_the_model() {
+    let app = TestApp::spawn_with(options()).await;
+    let send = |model: &'static str, conversation: &'static str| {
+        let app = &app;
+        async move {
+            let r = app
+                .http
+                .post(app.url("/v1/messages?beta=true"))
+                .header("anthropic-version", "2023-06-01")
+                .header("x-claude-code-session-id", conversation)
+                .json(&claude_code_body(model))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            session_of(&r)
+        }
+    };
+    let first = "5f0c2b1e-8a47-4c1d-9a3e-2b7d1c0e9f11";
+    let a = send("anth/claude", first).await;
+    assert_eq!(a, format!("claude-code:{first}"));
+    assert_eq!(
+        send("mock/echo", first).await,
+        a,
+        "a side request to another model"
+    );
+    assert_eq!(send("anth/claude", first).await, a);
+    let active = app.get_json("/api/sessions").await;
+    assert_eq!(active["active_id"], a, "{active}");
+    assert_eq!(rows(&app, &a).await.len(), 3);
+
+    // Another conversation (a second terminal) opens its own session and is active while used.
+    let second = "0d9e8f7a-6b5c-4d3e-8f2a-1b0c9d8e7f60";
+    let b = send("anth/claude", second).await;
+    assert_ne!(a, b);
+    assert_eq!(app.get_json("/api/sessions").await["active_id"], b);
+    assert_eq!(send("anth/claude", first).await, a);
+    assert_eq!(app.get_json("/api/sessions").await["active_id"], a);
+}

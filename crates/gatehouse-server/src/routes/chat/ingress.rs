@@ -8,6 +8,9 @@ use gatehouse_core::{ApiError, ErrorKind, SessionId};
 use gatehouse_proxy::HOP_HEADER;
 
 use super::SESSION_HEADER;
+
+/// Claude Code's id for the conversation, sent with every request of it.
+const CLAUDE_CODE_SESSION: &str = "x-claude-code-session-id";
 use crate::error::body_rejection;
 use crate::state::AppState;
 
@@ -16,6 +19,8 @@ pub(super) struct Decoded {
     pub body: Bytes,
     /// The session the client named (`X-Gatehouse-Session`).
     pub explicit_session: Option<SessionId>,
+    /// The conversation the client names itself (Claude Code's session id), as a session id.
+    pub conversation: Option<SessionId>,
 }
 
 pub(super) fn decode(
@@ -43,8 +48,14 @@ pub(super) fn decode(
             .with_param("X-Gatehouse-Session")
         })?),
     };
+    // Not ours to validate: an id we cannot use is ignored, never refused.
+    let conversation = headers
+        .get(CLAUDE_CODE_SESSION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|id| SessionId::parse_client(&format!("claude-code:{id}")));
     Ok(Decoded {
         body,
         explicit_session,
+        conversation,
     })
 }

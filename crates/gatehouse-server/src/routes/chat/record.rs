@@ -334,7 +334,9 @@ pub(super) fn refused(
     e: ApiError,
 ) -> ApiError {
     let e = st.refusals.count(e);
+    // A session the request named but that does not exist yet is not opened for a refusal.
     let Some(session_id) = session
+        .filter(|id| st.sessions.get(id).is_some())
         .cloned()
         .or_else(|| st.sessions.active().map(|s| s.id))
     else {
