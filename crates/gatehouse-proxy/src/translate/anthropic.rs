@@ -16,10 +16,20 @@ pub const DEFAULT_MAX_TOKENS: u64 = 8192;
 // ---------- requests ----------
 
 pub fn request_to_ir(body: &[u8]) -> Result<Request, TranslateError> {
+    Ok(request_to_ir_noting(body)?.0)
+}
+
+/// The representation, and what a translation of it to another format leaves out (see
+/// [`untranslated_fields`]), from one parse of the body.
+pub fn request_to_ir_noting(body: &[u8]) -> Result<(Request, Vec<String>), TranslateError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| TranslateError::json(&e))?;
     let o = v
         .as_object()
         .ok_or_else(|| TranslateError::shape("the body must be a JSON object"))?;
+    Ok((ir_of(o)?, untranslated_fields(o)))
+}
+
+fn ir_of(o: &Map<String, Value>) -> Result<Request, TranslateError> {
     let mut r = Request {
         model: field_str(o, "model").unwrap_or_default().to_owned(),
         stream: o.get("stream").and_then(Value::as_bool).unwrap_or(false),
@@ -136,8 +146,8 @@ pub fn request_to_ir(body: &[u8]) -> Result<Request, TranslateError> {
 
 /// What a translation of this Anthropic request to another format leaves out: top-level fields
 /// with no equivalent (`context_management`, `output_config`, unknown ones), a `thinking` form
-/// other than a budget, and server tools. For the row's notes; an unreadable body gives none.
-pub fn untranslated_fields(body: &[u8]) -> Vec<String> {
+/// other than a budget, and server tools. For the row's notes.
+fn untranslated_fields(o: &Map<String, Value>) -> Vec<String> {
     const MAPPED: &[&str] = &[
         "model",
         "stream",
@@ -153,9 +163,6 @@ pub fn untranslated_fields(body: &[u8]) -> Vec<String> {
         "tool_choice",
         "thinking",
     ];
-    let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body) else {
-        return Vec::new();
-    };
     let mut out: Vec<String> = o
         .keys()
         .filter(|k| !MAPPED.contains(&k.as_str()))

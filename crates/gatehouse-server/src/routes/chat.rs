@@ -80,12 +80,11 @@ pub(crate) async fn handle(
 ) -> Result<Response, ApiError> {
     let req = ingress::decode(st, headers, body)
         .map_err(|e| record::refused(st, request_id, t0, None, None, e))?;
+    // A refusal's row needs the body and the named session; both stay with `req` (the body's
+    // clone shares its bytes).
     let body = req.body.clone();
-    let named = req
-        .explicit_session
-        .clone()
-        .or_else(|| req.conversation.clone());
-    let refused = |e| record::refused(st, request_id, t0, named.as_ref(), Some(&body), e);
+    let named = req.explicit_session.as_ref().or(req.conversation.as_ref());
+    let refused = |e| record::refused(st, request_id, t0, named, Some(&body), e);
     let mut p = prepare::run(st, req.body, ingress).await.map_err(refused)?;
     let admission = admit::admit(st, &p).map_err(refused)?;
     let model = p.session_model.as_deref().unwrap_or(&p.route.model_key);

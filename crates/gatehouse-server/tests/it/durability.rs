@@ -176,8 +176,8 @@ fn fill(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-#[tokio::test]
-async fn a_full_disk_delays_rows_and_loses_none_once_space_is_back() {
+/// A gateway whose data directory is on a small tmpfs of its own (the app drops first).
+async fn app_on_tiny_fs() -> (TinyFs, TestApp) {
     let fs = TinyFs::mount("8m");
     let dir = tempfile::tempdir_in(fs.0.path()).unwrap();
     let app = TestApp::spawn_with(Options {
@@ -185,6 +185,23 @@ async fn a_full_disk_delays_rows_and_loses_none_once_space_is_back() {
         ..Options::default()
     })
     .await;
+    (fs, app)
+}
+
+/// Frees the space `filler` took; then every one of the `sent` rows is written, once.
+async fn space_back_and_every_row_written(app: TestApp, filler: &Path, db: &Path, sent: usize) {
+    std::fs::remove_file(filler).unwrap();
+    wait_ready(&app, true, Duration::from_secs(15)).await;
+    app.state.writer.flush().await;
+    assert_eq!(count_rows(db).await, (sent as i64, sent as i64));
+    let h = app.get_json_any("/health").await;
+    assert_eq!(h["accounting"]["lost"], 0, "{h}");
+    drop(app);
+}
+
+#[tokio::test]
+async fn a_full_disk_delays_rows_and_loses_none_once_space_is_back() {
+    let (fs, app) = app_on_tiny_fs().await;
     let db = app.db_path();
     let mut sent = send(&app, 2).await;
     app.state.writer.flush().await;
@@ -201,13 +218,7 @@ async fn a_full_disk_delays_rows_and_loses_none_once_space_is_back() {
     sent += send(&app, 5).await;
     let h = app.get_json_any("/health").await;
     assert_eq!(h["database"]["writable"], false, "{h}");
-    std::fs::remove_file(&filler).unwrap();
-    wait_ready(&app, true, Duration::from_secs(15)).await;
-    app.state.writer.flush().await;
-    assert_eq!(count_rows(&db).await, (sent as i64, sent as i64));
-    let h = app.get_json_any("/health").await;
-    assert_eq!(h["accounting"]["lost"], 0, "{h}");
-    drop(app);
+    space_back_and_every_row_written(app, &filler, &db, sent).await;
 }
 
 /// The campaign's case: a new database whose disk is already full, then many clients at once.
@@ -215,13 +226,7 @@ async fn a_full_disk_delays_rows_and_loses_none_once_space_is_back() {
 /// once nested every later batch in a savepoint that never committed and held the write lock.
 #[tokio::test]
 async fn a_disk_full_from_the_start_under_concurrent_load_loses_no_row() {
-    let fs = TinyFs::mount("8m");
-    let dir = tempfile::tempdir_in(fs.0.path()).unwrap();
-    let app = TestApp::spawn_with(Options {
-        dir: Some(dir),
-        ..Options::default()
-    })
-    .await;
+    let (fs, app) = app_on_tiny_fs().await;
     let db = app.db_path();
     let filler = fill(fs.0.path());
     let mut sent = 0;
@@ -235,11 +240,5 @@ async fn a_disk_full_from_the_start_under_concurrent_load_loses_no_row() {
             sent += 1;
         }
     }
-    std::fs::remove_file(&filler).unwrap();
-    wait_ready(&app, true, Duration::from_secs(15)).await;
-    app.state.writer.flush().await;
-    assert_eq!(count_rows(&db).await, (sent as i64, sent as i64));
-    let h = app.get_json_any("/health").await;
-    assert_eq!(h["accounting"]["lost"], 0, "{h}");
-    drop(app);
+    space_back_and_every_row_written(app, &filler, &db, sent).await;
 }

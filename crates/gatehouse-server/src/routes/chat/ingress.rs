@@ -8,11 +8,11 @@ use gatehouse_core::{ApiError, ErrorKind, SessionId};
 use gatehouse_proxy::HOP_HEADER;
 
 use super::SESSION_HEADER;
+use crate::error::body_rejection;
+use crate::state::AppState;
 
 /// Claude Code's id for the conversation, sent with every request of it.
 const CLAUDE_CODE_SESSION: &str = "x-claude-code-session-id";
-use crate::error::body_rejection;
-use crate::state::AppState;
 
 /// A request the gateway will work on.
 pub(super) struct Decoded {

@@ -155,12 +155,14 @@ fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, Api
     let (client_body, redacted) = redact(st, body)?;
     let (client_body, repaired) = repair(st, client_body, ingress);
     // Everything below works on OpenAI's format; an Anthropic request is translated once here.
+    let mut left_out = Vec::new();
     let redacted_body = match ingress {
         // Gemini is a provider format only.
         Format::OpenAi | Format::Gemini | Format::Ollama => client_body.clone(),
         Format::Anthropic => {
-            let ir = translate::anthropic::request_to_ir(&client_body)
+            let (ir, left) = translate::anthropic::request_to_ir_noting(&client_body)
                 .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.0))?;
+            left_out = left;
             Bytes::from(translate::openai::request_from_ir(&ir).to_string())
         }
     };
@@ -170,15 +172,12 @@ fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, Api
         note: mut select_note,
         session_model,
     } = select_route(st, &first)?;
-    if ingress == Format::Anthropic && Format::of_provider(route.provider.kind) != Format::Anthropic
-    {
-        let left = translate::anthropic::untranslated_fields(&client_body);
-        if !left.is_empty() {
-            add_note(
-                &mut select_note,
-                format!("not translated: {}", left.join(", ")),
-            );
-        }
+    // Only an Anthropic request has `left_out`; it matters when it goes to another format.
+    if !left_out.is_empty() && Format::of_provider(route.provider.kind) != Format::Anthropic {
+        add_note(
+            &mut select_note,
+            format!("not translated: {}", left_out.join(", ")),
+        );
     }
     if let Some(r) = repaired {
         add_note(&mut select_note, r.describe());

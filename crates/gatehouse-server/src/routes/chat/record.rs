@@ -355,6 +355,7 @@ pub(super) fn refused(
         .and_then(|a| a.model.as_deref())
         .unwrap_or_default()
         .to_owned();
+    let elapsed = t0.elapsed();
     let record = RequestRecord {
         row_id: String::new(),
         id: request_id.as_str().to_owned(),
@@ -375,9 +376,9 @@ pub(super) fn refused(
         max_context: 0,
         context_pct: 0.0,
         preview: String::new(),
-        latency_ms: u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
+        latency_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
         ttfb_ms: None,
-        overhead_us: u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX),
+        overhead_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         attempts: 0,
         finish_reason: None,
         error_type: Some(e.kind.code().to_owned()),
