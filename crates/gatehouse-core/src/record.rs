@@ -201,6 +201,21 @@ pub struct MaskedContent {
     pub created_at: i64,
 }
 
+/// A Responses API response the gateway keeps (`store`), so a later request can continue from it
+/// (`previous_response_id`) and a client can read it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    /// `resp_…`.
+    pub id: String,
+    pub session_id: SessionId,
+    /// Epoch milliseconds.
+    pub created_at: i64,
+    /// The whole input the response answered, as a JSON array of items (history included).
+    pub input: String,
+    /// The Response object, as JSON.
+    pub response: String,
+}
+
 /// One compaction of a session's history: what it replaced, with what, and what it saved.
 /// The latest of a session is also its compaction point, reloaded at start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

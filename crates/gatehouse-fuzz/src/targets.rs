@@ -8,9 +8,11 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use gatehouse_core::{ChatRequestView, Encoding, TokenCounter};
-use gatehouse_proxy::tap::{AnthropicTap, summarize_anthropic, summarize_response};
+use gatehouse_proxy::tap::{
+    AnthropicTap, ResponsesTap, summarize_anthropic, summarize_response, summarize_responses,
+};
 use gatehouse_proxy::translate::stream::StreamTranslator;
-use gatehouse_proxy::translate::{Format, anthropic, gemini, ollama, openai};
+use gatehouse_proxy::translate::{Format, anthropic, gemini, ollama, openai, responses};
 use gatehouse_proxy::{StreamTap, sse};
 use serde_json::Value;
 
@@ -46,6 +48,11 @@ pub const ALL: &[Target] = &[
         name: "anthropic_request",
         generate: |r| json_from(&seeds().anthropic_requests, r),
         run: anthropic_request,
+    },
+    Target {
+        name: "responses_request",
+        generate: |r| json_from(&seeds().responses_requests, r),
+        run: responses_request,
     },
     Target {
         name: "openai_response",
@@ -118,6 +125,7 @@ pub const ALL: &[Target] = &[
 struct Seeds {
     openai_requests: Vec<Vec<u8>>,
     anthropic_requests: Vec<Vec<u8>>,
+    responses_requests: Vec<Vec<u8>>,
     responses: [Vec<Vec<u8>>; 4],
     streams: [Vec<Vec<u8>>; 4],
     errors: Vec<Vec<u8>>,
@@ -130,6 +138,7 @@ fn seeds() -> &'static Seeds {
         let mut s = Seeds {
             openai_requests: Vec::new(),
             anthropic_requests: Vec::new(),
+            responses_requests: Vec::new(),
             responses: Default::default(),
             streams: Default::default(),
             errors: Vec::new(),
@@ -163,6 +172,7 @@ fn seeds() -> &'static Seeds {
                     match (kind, format, index(format)) {
                         ("request", "openai", _) => s.openai_requests.push(bytes),
                         ("request", "anthropic", _) => s.anthropic_requests.push(bytes),
+                        ("request", "responses", _) => s.responses_requests.push(bytes),
                         ("response", _, Some(i)) => {
                             if let Some(v) = s.responses.get_mut(i) {
                                 v.push(bytes);
@@ -193,6 +203,7 @@ fn seeds() -> &'static Seeds {
             &mut s.anthropic_requests,
             r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#,
         );
+        fallback(&mut s.responses_requests, r#"{"model":"m","input":"hi"}"#);
         fallback(&mut s.errors, r#"{"error":{"message":"x","type":"y"}}"#);
         for v in s.responses.iter_mut().chain(s.streams.iter_mut()) {
             fallback(v, r#"{"choices":[{"message":{"content":"x"}}]}"#);
@@ -345,26 +356,39 @@ fn anthropic_request(b: &[u8], rng: &mut Rng) {
     let _ = anthropic::replace_texts(b, &[("hi".to_owned(), "[masked]".to_owned())]);
 }
 
+fn responses_request(b: &[u8], _: &mut Rng) {
+    if let Ok((ir, _)) = responses::request_to_ir_noting(b) {
+        let v = openai::request_from_ir(&ir);
+        let _ = openai::request_to_ir(v.to_string().as_bytes());
+        let _ = responses::request_from_ir(&ir);
+    }
+    let _ = responses::Meta::of_request(b, "resp_x".to_owned(), 0);
+}
+
+fn meta() -> responses::Meta {
+    responses::Meta::of_request(b"{}", "resp_x".to_owned(), 0)
+}
+
 fn response(b: &[u8], from: Format) {
-    let ir = match from {
-        Format::OpenAi => openai::response_to_ir(b),
-        Format::Anthropic => anthropic::response_to_ir(b),
-        Format::Gemini => gemini::response_to_ir(b),
-        Format::Ollama => ollama::response_to_ir(b),
-    };
-    if let Ok(ir) = ir {
+    if let Ok(ir) = gatehouse_proxy::translate::response_to_ir(b, from) {
         let _ = (
             openai::response_from_ir(&ir, 0),
             anthropic::response_from_ir(&ir),
+            responses::response_from_ir(&ir, &meta()),
         );
     }
+    let _ = summarize_responses(b, Encoding::Cl100k);
     let _ = summarize_response(b, Encoding::Cl100k);
     let _ = summarize_anthropic(b, Encoding::Cl100k);
 }
 
 fn stream(b: &[u8], from: Format, rng: &mut Rng) {
-    for to in [Format::OpenAi, Format::Anthropic] {
-        let mut t = StreamTranslator::new(from, to, "m", 10, 0);
+    for to in [Format::OpenAi, Format::Anthropic, Format::Responses] {
+        let mut t = if to == Format::Responses {
+            StreamTranslator::to_responses(from, meta(), 0)
+        } else {
+            StreamTranslator::new(from, to, "m", 10, 0)
+        };
         let mut out = Vec::new();
         for c in chunks(b, rng) {
             out.extend_from_slice(&t.push(&c));
@@ -373,7 +397,15 @@ fn stream(b: &[u8], from: Format, rng: &mut Rng) {
             out.extend_from_slice(&t.finish());
         }
         // What the client receives is tapped too.
+        let _ = t.completed_response();
         match to {
+            Format::Responses => {
+                let mut tap = ResponsesTap::new();
+                for c in chunks(&out, rng) {
+                    let _ = tap.process(c);
+                }
+                let _ = tap.summary(Encoding::Cl100k);
+            }
             Format::Anthropic => {
                 let mut tap = AnthropicTap::new();
                 for c in chunks(&out, rng) {

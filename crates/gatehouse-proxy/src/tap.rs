@@ -375,11 +375,164 @@ pub fn summarize_anthropic(body: &[u8], enc: Encoding) -> CompletionSummary {
     }
 }
 
+/// What a Responses event stream says about itself, read as it is forwarded.
+#[derive(Debug, Default)]
+pub struct ResponsesTap {
+    framer: Framer,
+    text: String,
+    called: bool,
+    usage: Option<crate::translate::ir::Usage>,
+    status: Option<String>,
+    upstream_error: Option<String>,
+}
+
+impl ResponsesTap {
+    pub fn new() -> Self {
+        Self {
+            framer: Framer::new(),
+            ..Self::default()
+        }
+    }
+
+    /// Reads a chunk; the bytes go to the client unchanged.
+    pub fn process(&mut self, chunk: Bytes) -> Bytes {
+        let (text, called, usage, status, error) = (
+            &mut self.text,
+            &mut self.called,
+            &mut self.usage,
+            &mut self.status,
+            &mut self.upstream_error,
+        );
+        self.framer.feed(&chunk, |raw| {
+            let (_, data) = parse_event(raw);
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&data) else {
+                return;
+            };
+            let str_of = |k: &str| v.get(k).and_then(serde_json::Value::as_str);
+            match str_of("type") {
+                Some(
+                    "response.output_text.delta"
+                    | "response.function_call_arguments.delta"
+                    | "response.reasoning_summary_text.delta",
+                ) => text.push_str(str_of("delta").unwrap_or("")),
+                Some("response.output_item.added") => {
+                    if let Some(item) = v.get("item")
+                        && item.get("type").and_then(serde_json::Value::as_str)
+                            == Some("function_call")
+                    {
+                        *called = true;
+                        text.push_str(
+                            item.get("name")
+                                .and_then(serde_json::Value::as_str)
+                                .unwrap_or(""),
+                        );
+                    }
+                }
+                Some(kind @ ("response.completed" | "response.incomplete" | "response.failed")) => {
+                    let r = v.get("response");
+                    if let Some(u) = r.and_then(|r| r.get("usage")).filter(|u| u.is_object()) {
+                        *usage = Some(crate::translate::responses::usage_from(u));
+                    }
+                    *status = Some(kind.trim_start_matches("response.").to_owned());
+                    if kind == "response.failed" {
+                        *error = Some(
+                            r.and_then(|r| r.get("error"))
+                                .map_or_else(
+                                    || "the response failed".to_owned(),
+                                    ToString::to_string,
+                                )
+                                .chars()
+                                .take(500)
+                                .collect(),
+                        );
+                    }
+                }
+                Some("error") => {
+                    *error = Some(
+                        str_of("message")
+                            .unwrap_or("stream error")
+                            .chars()
+                            .take(500)
+                            .collect(),
+                    );
+                }
+                _ => {}
+            }
+        });
+        chunk
+    }
+
+    pub fn mid_event(&self) -> bool {
+        self.framer.has_pending()
+    }
+
+    pub fn summary(self, enc: Encoding) -> CompletionSummary {
+        let finish_reason = match self.status.as_deref() {
+            Some("incomplete") => Some("length".to_owned()),
+            Some("completed") if self.called => Some("tool_calls".to_owned()),
+            Some("completed") => Some("stop".to_owned()),
+            _ => None,
+        };
+        CompletionSummary {
+            usage: self.usage.map(|u| Usage {
+                prompt_tokens: u.input,
+                completion_tokens: u.output,
+                cached_tokens: Some(u.cache_read),
+                reasoning_tokens: Some(u.reasoning),
+            }),
+            counted_completion_tokens: enc.count(&self.text),
+            finish_reason,
+            upstream_error: self.upstream_error,
+            saw_done: self.status.is_some(),
+        }
+    }
+}
+
+/// Reads a complete Responses API response.
+pub fn summarize_responses(body: &[u8], enc: Encoding) -> CompletionSummary {
+    let mut tap = ResponsesTap::new();
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        for item in v
+            .get("output")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if item.get("type").and_then(serde_json::Value::as_str) == Some("function_call") {
+                tap.called = true;
+            }
+        }
+        if let Ok(r) = crate::translate::responses::response_to_ir(body) {
+            for p in r.choices.iter().flat_map(|c| &c.content) {
+                match p {
+                    crate::translate::ir::Part::Text(t)
+                    | crate::translate::ir::Part::Thinking { text: t, .. } => tap.text.push_str(t),
+                    crate::translate::ir::Part::ToolUse { name, input, .. } => {
+                        tap.text.push_str(name);
+                        tap.text.push_str(&input.to_string());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        tap.usage = v
+            .get("usage")
+            .filter(|u| u.is_object())
+            .map(crate::translate::responses::usage_from);
+        tap.status = v
+            .get("status")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned);
+    }
+    tap.summary(enc)
+}
+
 /// The tap on what the client receives, in the client's format.
 #[derive(Debug)]
 pub enum ClientTap {
     OpenAi(StreamTap),
     Anthropic(AnthropicTap),
+    Responses(Box<ResponsesTap>),
 }
 
 impl ClientTap {
@@ -387,13 +540,14 @@ impl ClientTap {
         match self {
             Self::OpenAi(t) => t.process(chunk),
             Self::Anthropic(t) => t.process(chunk),
+            Self::Responses(t) => t.process(chunk),
         }
     }
 
     pub fn take_pending(&mut self) -> Bytes {
         match self {
             Self::OpenAi(t) => t.take_pending(),
-            Self::Anthropic(_) => Bytes::new(),
+            Self::Anthropic(_) | Self::Responses(_) => Bytes::new(),
         }
     }
 
@@ -401,6 +555,7 @@ impl ClientTap {
         match self {
             Self::OpenAi(t) => t.mid_event(),
             Self::Anthropic(t) => t.mid_event(),
+            Self::Responses(t) => t.mid_event(),
         }
     }
 
@@ -408,6 +563,7 @@ impl ClientTap {
         match self {
             Self::OpenAi(t) => t.summary(enc),
             Self::Anthropic(t) => t.summary(enc),
+            Self::Responses(t) => t.summary(enc),
         }
     }
 }

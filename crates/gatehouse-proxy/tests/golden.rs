@@ -13,9 +13,12 @@
 use std::path::{Path, PathBuf};
 
 use gatehouse_core::Encoding;
-use gatehouse_proxy::tap::{AnthropicTap, StreamTap, summarize_anthropic, summarize_response};
+use gatehouse_proxy::tap::{
+    AnthropicTap, ResponsesTap, StreamTap, summarize_anthropic, summarize_response,
+    summarize_responses,
+};
 use gatehouse_proxy::translate::stream::StreamTranslator;
-use gatehouse_proxy::translate::{Format, anthropic, gemini, ollama, openai};
+use gatehouse_proxy::translate::{Format, anthropic, gemini, ollama, openai, responses};
 use serde_json::{Value, json};
 
 const CREATED: i64 = 1_700_000_000;
@@ -111,6 +114,54 @@ fn responses_openai_to_anthropic() {
     each_json("response", "openai-to-anthropic", |_, b| {
         anthropic::response_from_ir(&openai::response_to_ir(b).unwrap())
     });
+}
+
+/// A Responses request as chat completions, with what the translation leaves out.
+#[test]
+fn requests_responses_to_openai() {
+    each_json("request", "responses-to-openai", |_, b| {
+        let (ir, left) = responses::request_to_ir_noting(b).unwrap();
+        json!({"openai": openai::request_from_ir(&ir), "not_translated": left})
+    });
+}
+
+fn meta() -> responses::Meta {
+    responses::Meta::of_request(
+        br#"{"model": "gpt-5", "store": false}"#,
+        "resp_test".to_owned(),
+        CREATED,
+    )
+}
+
+#[test]
+fn responses_openai_to_responses() {
+    each_json("response", "openai-to-responses", |_, b| {
+        responses::response_from_ir(&openai::response_to_ir(b).unwrap(), &meta())
+    });
+}
+
+#[test]
+fn streams_openai_to_responses() {
+    let d = dir("stream", "openai-to-responses");
+    for (case, path) in cases(&d, "sse") {
+        let input = std::fs::read(&path).unwrap();
+        let run = |size: usize| {
+            let mut t = StreamTranslator::to_responses(Format::OpenAi, meta(), CREATED);
+            let mut out = Vec::new();
+            for c in input.chunks(size) {
+                out.extend_from_slice(&t.push(c));
+            }
+            if t.finished() {
+                out.extend_from_slice(&t.finish());
+            }
+            String::from_utf8(out).unwrap()
+        };
+        let whole = run(input.len());
+        for size in [1, 7, 64] {
+            assert_eq!(run(size), whole, "{case}: chunking changes the translation");
+        }
+        check(&d, &case, "sse", &whole);
+    }
 }
 
 /// The status is in the case name: `rate_limit.429`.
@@ -241,6 +292,23 @@ fn streams_and_whole_answers_account_alike() {
     }
     for case in ["text", "parallel_tools"] {
         let sse =
+            std::fs::read(dir("stream", "openai-to-responses").join(format!("{case}.out.sse")))
+                .unwrap();
+        let mut tap = ResponsesTap::new();
+        tap.process(bytes::Bytes::from(sse));
+        let streamed = tap.summary(enc);
+        let body =
+            std::fs::read(dir("response", "openai-to-responses").join(format!("{case}.out.json")))
+                .unwrap();
+        let whole = summarize_responses(&body, enc);
+        assert_eq!(streamed.usage, whole.usage, "responses {case}");
+        assert_eq!(
+            streamed.finish_reason, whole.finish_reason,
+            "responses {case}"
+        );
+    }
+    for case in ["text", "parallel_tools"] {
+        let sse =
             std::fs::read(dir("stream", "openai-to-anthropic").join(format!("{case}.out.sse")))
                 .unwrap();
         let mut tap = AnthropicTap::new();
@@ -356,6 +424,20 @@ fn openai_requests_survive_a_round_trip_through_anthropic() {
         let back = openai::request_from_ir(
             &anthropic::request_to_ir(there.to_string().as_bytes()).unwrap(),
         );
+        assert_eq!(content(&back), content(&original), "case {i}: {body}");
+    }
+}
+
+#[test]
+fn openai_requests_survive_a_round_trip_through_responses() {
+    let mut g = Gen(0x0dd_ba11_5eed_f00d);
+    for i in 0..500 {
+        let original = request(&mut g);
+        let body = original.to_string();
+        let there = responses::request_from_ir(&openai::request_to_ir(body.as_bytes()).unwrap());
+        let (ir, left) = responses::request_to_ir_noting(there.to_string().as_bytes()).unwrap();
+        assert!(left.is_empty(), "case {i}: {left:?}");
+        let back = openai::request_from_ir(&ir);
         assert_eq!(content(&back), content(&original), "case {i}: {body}");
     }
 }

@@ -10,6 +10,7 @@ mod messages;
 mod models;
 mod providers;
 mod ratelimit;
+mod responses;
 pub(crate) mod sessions;
 
 use axum::Router;
@@ -26,6 +27,16 @@ pub fn router(state: AppState) -> Router {
         .route("/chat/completions", post(chat::completions))
         .route("/v1/messages", post(messages::messages))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
+        .route("/v1/responses", post(responses::create))
+        .route("/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get).delete(responses::delete),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::input_items),
+        )
         .route("/v1/models", get(models::list))
         .route("/models", get(models::list))
         .route("/models/all", get(models::all))

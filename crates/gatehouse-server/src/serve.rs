@@ -110,6 +110,11 @@ pub async fn run_with(
             &config.dashboard.allowed_origins,
         )),
         sessions,
+        responses: gatehouse_services::responses::Responses::new(
+            store.clone(),
+            writer.clone(),
+            gatehouse_services::responses::MEMORY_BYTES,
+        ),
         store,
         writer: writer.clone(),
         bus,

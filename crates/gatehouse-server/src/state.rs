@@ -36,6 +36,8 @@ pub struct Inner {
     /// The memory store's index; changes are persisted through the writer.
     pub recall: std::sync::Mutex<gatehouse_context::recall::Recall>,
     pub sessions: Sessions,
+    /// Responses API responses kept for `previous_response_id`.
+    pub responses: gatehouse_services::responses::Responses,
     pub store: Arc<dyn Store>,
     pub writer: WriterHandle,
     pub bus: Arc<dyn EventBus>,

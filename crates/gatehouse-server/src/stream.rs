@@ -26,6 +26,9 @@ enum End {
     },
 }
 
+/// Keeps a Responses stream's closing Response (`store`), before the client sees it.
+pub(crate) type Keep = Box<dyn FnOnce(&serde_json::Value) + Send>;
+
 pub(crate) struct RecorderParts {
     pub draft: Draft,
     pub tap: ClientTap,
@@ -34,6 +37,7 @@ pub(crate) struct RecorderParts {
     pub overhead: Duration,
     pub attempts: u32,
     pub status: u16,
+    pub keep: Option<Keep>,
 }
 
 /// Owns everything needed to write the row, and writes it when dropped.
@@ -47,6 +51,7 @@ pub(crate) struct Recorder {
     attempts: u32,
     status: u16,
     end: End,
+    keep: Option<Keep>,
 }
 
 impl Recorder {
@@ -60,6 +65,7 @@ impl Recorder {
             attempts: p.attempts,
             status: p.status,
             end: End::Running,
+            keep: p.keep,
         }
     }
 
@@ -170,6 +176,11 @@ pub(crate) fn body(
                         && t.finished()
                     {
                         let tail = t.finish();
+                        if let (Some(r), Some(keep)) =
+                            (t.completed_response(), s.recorder.keep.take())
+                        {
+                            keep(&r);
+                        }
                         let mut out = s.recorder.process(tail).to_vec();
                         if let Some(tap) = s.recorder.tap.as_mut() {
                             out.extend_from_slice(&tap.take_pending());
@@ -220,6 +231,10 @@ fn error_event(message: &str, code: &str, mid_event: bool, client: Format) -> By
     let lead = if mid_event { "\n\n" } else { "" };
     if client == Format::Anthropic {
         let payload = json!({"type": "error", "error": {"type": "api_error", "message": message}});
+        return Bytes::from(format!("{lead}event: error\ndata: {payload}\n\n"));
+    }
+    if client == Format::Responses {
+        let payload = json!({"type": "error", "code": code, "message": message, "param": null});
         return Bytes::from(format!("{lead}event: error\ndata: {payload}\n\n"));
     }
     let payload = json!({

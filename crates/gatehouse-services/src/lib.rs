@@ -11,6 +11,7 @@ pub mod events;
 pub mod export;
 pub mod gauge;
 pub mod logwatch;
+pub mod responses;
 pub mod retention;
 pub mod sessions;
 

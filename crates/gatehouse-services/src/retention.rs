@@ -28,6 +28,8 @@ pub struct Pruned {
     /// Request rows past their age.
     pub requests: u64,
     pub masked: u64,
+    /// Stored Responses API responses removed by age (with the requests').
+    pub responses: u64,
     /// Request rows removed to bring the database under `max_db_mb`.
     pub over_size: u64,
     pub size: StoreSize,
@@ -45,6 +47,7 @@ pub async fn prune(
     if cfg.requests_days > 0 {
         let before = now_ms.saturating_sub(i64::from(cfg.requests_days) * DAY_MS);
         out.requests = batches(|| store.prune_requests(before, batch), go_on).await?;
+        out.responses = batches(|| store.prune_responses(before, batch), go_on).await?;
     }
     if cfg.masked_days > 0 {
         let before = now_ms.saturating_sub(i64::from(cfg.masked_days) * DAY_MS);
@@ -63,7 +66,7 @@ pub async fn prune(
             out.size = store.size().await?;
         }
     }
-    if out.requests + out.masked + out.over_size > 0 {
+    if out.requests + out.masked + out.responses + out.over_size > 0 {
         for _ in 0..MAX_RECLAIMS {
             if !go_on() || out.size.file_bytes.saturating_sub(out.size.live_bytes) < SLACK_BYTES {
                 break;

@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use gatehouse_core::SessionId;
 use gatehouse_core::record::{
     CompactionRecord, CompactionSettings, MaskedContent, MemoryRecord, RequestRecord, Session,
-    SessionStats,
+    SessionStats, StoredResponse,
 };
 use serde::Serialize;
 
@@ -65,6 +65,9 @@ pub enum WriteOp {
         session: SessionId,
         settings: CompactionSettings,
     },
+    /// A Responses API response kept for `previous_response_id`.
+    StoreResponse(Box<StoredResponse>),
+    DeleteResponse(String),
 }
 
 /// What applying a batch did.
@@ -141,6 +144,12 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes up to `limit` masked originals last stored before `before_ms`.
     fn prune_masked(&self, before_ms: i64, limit: u32) -> BoxFuture<'_, StoreResult<u64>>;
     /// Deletes the `limit` oldest request rows, whatever their age (the size cap).
+    /// Deletes up to `limit` stored responses older than `before_ms`; how many went.
+    fn prune_responses(&self, before_ms: i64, limit: u32) -> BoxFuture<'_, StoreResult<u64>>;
+    fn get_response<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<StoredResponse>>>;
     fn prune_oldest_requests(&self, limit: u32) -> BoxFuture<'_, StoreResult<u64>>;
     fn size(&self) -> BoxFuture<'_, StoreResult<StoreSize>>;
     /// Gives some free pages (about a MiB) back to the file system.

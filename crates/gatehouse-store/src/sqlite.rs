@@ -10,7 +10,7 @@ use futures_util::future::BoxFuture;
 use gatehouse_core::SessionId;
 use gatehouse_core::record::{
     CompactionRecord, CompactionSettings, MaskedContent, MemoryKind, MemoryRecord, RequestRecord,
-    Session, SessionStats, UsageSource,
+    Session, SessionStats, StoredResponse, UsageSource,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -64,6 +64,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         8,
         "request_hardening",
         include_str!("../migrations/sqlite/0008_request_hardening.sql"),
+    ),
+    (
+        9,
+        "responses",
+        include_str!("../migrations/sqlite/0009_responses.sql"),
     ),
 ];
 
@@ -184,6 +189,7 @@ impl SqliteStore {
                     "DELETE FROM requests WHERE session_id = $1",
                     "DELETE FROM compactions WHERE session_id = $1",
                     "DELETE FROM compaction_settings WHERE session_id = $1",
+                    "DELETE FROM responses WHERE session_id = $1",
                 ] {
                     sqlx::query(sql).bind(id.as_str()).execute(&mut *tx).await?;
                 }
@@ -312,6 +318,25 @@ impl SqliteStore {
                 .bind(value)
                 .execute(&mut *tx)
                 .await?;
+            }
+            WriteOp::StoreResponse(r) => {
+                sqlx::query(
+                    "INSERT INTO responses (id, session_id, created_at, input, response)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&r.id)
+                .bind(r.session_id.as_str())
+                .bind(r.created_at)
+                .bind(&r.input)
+                .bind(&r.response)
+                .execute(&mut *tx)
+                .await?;
+            }
+            WriteOp::DeleteResponse(id) => {
+                sqlx::query("DELETE FROM responses WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
             }
             // Request rows go through `insert_requests` from `apply`.
             WriteOp::InsertRequest(r) => {
@@ -654,6 +679,42 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
             Ok(r.rows_affected())
+        })
+    }
+
+    fn prune_responses(&self, before_ms: i64, limit: u32) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move {
+            let r = sqlx::query(
+                "DELETE FROM responses WHERE id IN
+                    (SELECT id FROM responses WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
+            )
+            .bind(before_ms)
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+            Ok(r.rows_affected())
+        })
+    }
+
+    fn get_response<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<StoredResponse>>> {
+        Box::pin(async move {
+            let Some(row) = sqlx::query("SELECT * FROM responses WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+            else {
+                return Ok(None);
+            };
+            Ok(Some(StoredResponse {
+                id: row.try_get("id")?,
+                session_id: SessionId::new(row.try_get::<String, _>("session_id")?),
+                created_at: row.try_get("created_at")?,
+                input: row.try_get("input")?,
+                response: row.try_get("response")?,
+            }))
         })
     }
 
@@ -1073,6 +1134,8 @@ fn op_name(op: &WriteOp) -> &'static str {
         WriteOp::DeleteMemory(_) => "delete_memory",
         WriteOp::InsertCompaction(_) => "insert_compaction",
         WriteOp::SetCompactionSettings { .. } => "set_compaction_settings",
+        WriteOp::StoreResponse(_) => "store_response",
+        WriteOp::DeleteResponse(_) => "delete_response",
     }
 }
 

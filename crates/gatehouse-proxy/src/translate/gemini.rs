@@ -165,6 +165,12 @@ pub fn request_from_ir(r: &Request) -> Value {
             json!({"thinkingBudget": b, "includeThoughts": true}),
         );
     }
+    if let Some(f) = &r.response_format {
+        g.insert("responseMimeType".into(), json!("application/json"));
+        if let Some(schema) = f.get("json_schema").and_then(|s| s.get("schema")) {
+            g.insert("responseSchema".into(), clean_schema(schema));
+        }
+    }
     if !g.is_empty() {
         o.insert("generationConfig".into(), Value::Object(g));
     }

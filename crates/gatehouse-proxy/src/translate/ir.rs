@@ -27,6 +27,10 @@ pub struct Request {
     /// Extended thinking budget, in tokens.
     pub thinking_budget: Option<u64>,
     pub parallel_tool_calls: Option<bool>,
+    /// Structured output, in chat completions' `response_format` shape.
+    pub response_format: Option<Value>,
+    /// `low` / `medium` / `high` (OpenAI's reasoning effort).
+    pub reasoning_effort: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,7 @@ pub mod gemini;
 pub mod ir;
 pub mod ollama;
 pub mod openai;
+pub mod responses;
 pub mod stream;
 
 use serde_json::{Map, Value};
@@ -22,6 +23,8 @@ pub enum Format {
     Gemini,
     /// Ollama's native API; provider side only.
     Ollama,
+    /// OpenAI's Responses API; client side only.
+    Responses,
 }
 
 impl Format {
@@ -46,6 +49,7 @@ pub fn request_from_openai(body: &[u8], to: Format) -> Result<bytes::Bytes, Tran
         Format::Gemini => gemini::request_from_ir(&ir),
         Format::Ollama => ollama::request_from_ir(&ir),
         Format::OpenAi => openai::request_from_ir(&ir),
+        Format::Responses => responses::request_from_ir(&ir),
     };
     Ok(bytes::Bytes::from(v.to_string()))
 }
@@ -57,17 +61,27 @@ pub fn response_between(
     to: Format,
     created: i64,
 ) -> Result<bytes::Bytes, TranslateError> {
-    let ir = match from {
-        Format::OpenAi => openai::response_to_ir(body)?,
-        Format::Anthropic => anthropic::response_to_ir(body)?,
-        Format::Gemini => gemini::response_to_ir(body)?,
-        Format::Ollama => ollama::response_to_ir(body)?,
-    };
+    let ir = response_to_ir(body, from)?;
     let v = match to {
         Format::OpenAi | Format::Gemini | Format::Ollama => openai::response_from_ir(&ir, created),
         Format::Anthropic => anthropic::response_from_ir(&ir),
+        Format::Responses => {
+            let meta = responses::Meta::of_request(b"{}", format!("resp_{}", ir.id), created);
+            responses::response_from_ir(&ir, &meta)
+        }
     };
     Ok(bytes::Bytes::from(v.to_string()))
+}
+
+/// A whole answer in `from`'s format, read into the representation.
+pub fn response_to_ir(body: &[u8], from: Format) -> Result<ir::Response, TranslateError> {
+    match from {
+        Format::OpenAi => openai::response_to_ir(body),
+        Format::Anthropic => anthropic::response_to_ir(body),
+        Format::Gemini => gemini::response_to_ir(body),
+        Format::Ollama => ollama::response_to_ir(body),
+        Format::Responses => responses::response_to_ir(body),
+    }
 }
 
 /// A body that cannot be translated: always the client's fault or the provider's, never a

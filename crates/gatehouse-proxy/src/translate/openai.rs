@@ -30,6 +30,11 @@ pub fn request_to_ir(body: &[u8]) -> Result<Request, TranslateError> {
             .and_then(|n| u32::try_from(n).ok()),
         user: field_str(o, "user").map(str::to_owned),
         parallel_tool_calls: o.get("parallel_tool_calls").and_then(Value::as_bool),
+        response_format: o
+            .get("response_format")
+            .filter(|f| f.get("type").and_then(Value::as_str) != Some("text"))
+            .cloned(),
+        reasoning_effort: field_str(o, "reasoning_effort").map(str::to_owned),
         ..Request::default()
     };
     match o.get("stop") {
@@ -288,6 +293,8 @@ pub fn request_from_ir(r: &Request) -> Value {
         );
     }
     put(&mut o, "parallel_tool_calls", r.parallel_tool_calls);
+    put(&mut o, "response_format", r.response_format.as_ref());
+    put(&mut o, "reasoning_effort", r.reasoning_effort.as_ref());
     Value::Object(o)
 }
 

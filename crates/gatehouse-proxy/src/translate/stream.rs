@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::ir::Event;
-use super::{Format, anthropic, gemini, ollama, openai};
+use super::{Format, anthropic, gemini, ollama, openai, responses};
 use crate::sse::{Framer, MAX_EVENT_BYTES, parse_event};
 
 enum Decoder {
@@ -17,6 +17,7 @@ enum Decoder {
 enum Encoder {
     OpenAi(openai::Encoder),
     Anthropic(anthropic::Encoder),
+    Responses(Box<responses::Encoder>),
 }
 
 /// Translates one stream from `from` (the provider's format) to `to` (the client's).
@@ -45,7 +46,8 @@ impl StreamTranslator {
             framer: Framer::new(),
             line: Vec::new(),
             decoder: match from {
-                Format::OpenAi => Decoder::OpenAi(openai::Decoder::default()),
+                // Responses is never a provider format.
+                Format::OpenAi | Format::Responses => Decoder::OpenAi(openai::Decoder::default()),
                 Format::Anthropic => Decoder::Anthropic(anthropic::Decoder::default()),
                 Format::Gemini => Decoder::Gemini(gemini::Decoder::default()),
                 Format::Ollama => Decoder::Ollama(ollama::Decoder::default()),
@@ -54,13 +56,29 @@ impl StreamTranslator {
                 Format::Anthropic => {
                     Encoder::Anthropic(anthropic::Encoder::new(model, input_estimate))
                 }
-                // Gemini and Ollama are never client formats; OpenAI's stands in.
-                Format::OpenAi | Format::Gemini | Format::Ollama => {
+                // A Responses client's stream is made by [`Self::to_responses`], which has the
+                // Response's id and settings; Gemini and Ollama are never client formats.
+                Format::OpenAi | Format::Gemini | Format::Ollama | Format::Responses => {
                     Encoder::OpenAi(openai::Encoder::new(model, created))
                 }
             },
             events: Vec::new(),
             finished: false,
+        }
+    }
+
+    /// A stream from `from` to a Responses client, as the Response `meta` describes.
+    pub fn to_responses(from: Format, meta: responses::Meta, created: i64) -> Self {
+        let mut t = Self::new(from, Format::OpenAi, "", 0, created);
+        t.encoder = Encoder::Responses(Box::new(responses::Encoder::new(meta)));
+        t
+    }
+
+    /// The closing Response of a Responses stream, once [`finish`](Self::finish) wrote it.
+    pub fn completed_response(&mut self) -> Option<serde_json::Value> {
+        match &mut self.encoder {
+            Encoder::Responses(enc) => enc.completed(),
+            _ => None,
         }
     }
 
@@ -122,6 +140,7 @@ impl StreamTranslator {
             match &mut self.encoder {
                 Encoder::OpenAi(enc) => enc.event(&e, &mut out),
                 Encoder::Anthropic(enc) => enc.event(&e, &mut out),
+                Encoder::Responses(enc) => enc.event(&e, &mut out),
             }
         }
         Bytes::from(out)
@@ -138,6 +157,7 @@ impl StreamTranslator {
         match &mut self.encoder {
             Encoder::OpenAi(enc) => enc.finish(&mut out),
             Encoder::Anthropic(enc) => enc.finish(&mut out),
+            Encoder::Responses(enc) => enc.finish(&mut out),
         }
         Bytes::from(out)
     }

@@ -10,6 +10,9 @@
 //! 6. `route`: the provider's format, the send with its retries, fallbacks;
 //! 7. `respond`: the client's answer (error, whole answer or stream) and the row.
 //!
+//! The ingresses (`/v1/chat/completions` here, `messages.rs`, `responses.rs`) differ only in
+//! their [`Ingress`]: the format, and what the route learnt before the path began.
+//!
 //! A request refused before it has a session (phases 1 to 3) is counted by error code in
 //! `/health` (`refused`) and gets a row of its own (`record::refused`), so a misbehaving or
 //! failing client is visible.
@@ -44,6 +47,35 @@ use prepare::{parts_of, use_body};
 pub(crate) use record::{Draft, Finish};
 
 pub const SESSION_HEADER: &str = "x-gatehouse-session";
+
+/// The ingress a request came in by: its format, and what that ingress knows beyond the body.
+pub(crate) struct Ingress {
+    pub format: Format,
+    /// The conversation the ingress named (a Responses request continuing a stored response, or
+    /// its `prompt_cache_key`), when the client sent no session header.
+    pub conversation: Option<SessionId>,
+    /// A Responses request: what its Response says and whether it is kept.
+    pub responses: Option<Box<ResponsesCtx>>,
+}
+
+impl From<Format> for Ingress {
+    fn from(format: Format) -> Self {
+        Self {
+            format,
+            conversation: None,
+            responses: None,
+        }
+    }
+}
+
+/// What a Responses request's answer needs besides the provider's answer.
+pub(crate) struct ResponsesCtx {
+    pub meta: gatehouse_proxy::translate::responses::Meta,
+    /// The whole input (history included), kept with the response.
+    pub input: serde_json::Value,
+    /// `store` (OpenAI's default: true).
+    pub store: bool,
+}
 pub const OVERHEAD_HEADER: &str = "x-gatehouse-overhead-us";
 
 pub async fn completions(
@@ -54,7 +86,8 @@ pub async fn completions(
 ) -> Response {
     let t0 = Instant::now();
     let request_id = request_id_of(&headers);
-    let mut response = match handle(&st, &headers, body, &request_id, t0, Format::OpenAi).await {
+    let ingress = Ingress::from(Format::OpenAi);
+    let mut response = match handle(&st, &headers, body, &request_id, t0, ingress).await {
         Ok(r) => r,
         Err(e) => {
             if e.kind.fault() == gatehouse_core::Fault::Client {
@@ -76,16 +109,20 @@ pub(crate) async fn handle(
     body: Result<Bytes, BytesRejection>,
     request_id: &RequestId,
     t0: Instant,
-    ingress: Format,
+    ingress: Ingress,
 ) -> Result<Response, ApiError> {
-    let req = ingress::decode(st, headers, body)
+    let mut req = ingress::decode(st, headers, body)
         .map_err(|e| record::refused(st, request_id, t0, None, None, e))?;
+    req.conversation = req.conversation.or(ingress.conversation);
     // A refusal's row needs the body and the named session; both stay with `req` (the body's
     // clone shares its bytes).
     let body = req.body.clone();
     let named = req.explicit_session.as_ref().or(req.conversation.as_ref());
     let refused = |e| record::refused(st, request_id, t0, named, Some(&body), e);
-    let mut p = prepare::run(st, req.body, ingress).await.map_err(refused)?;
+    let mut p = prepare::run(st, req.body, ingress.format)
+        .await
+        .map_err(refused)?;
+    p.responses = ingress.responses;
     let admission = admit::admit(st, &p).map_err(refused)?;
     let model = p.session_model.as_deref().unwrap_or(&p.route.model_key);
     let (provider, name) = (&p.route.provider_key, p.session_name.as_deref());
@@ -108,7 +145,13 @@ pub(crate) async fn handle(
         Ok(sent) => sent,
         Err(e) => return Err(draft.refuse(e)),
     };
-    respond::respond(&p, sent, draft, request_id, &session, t0).await
+    respond::respond(st, &p, sent, draft, request_id, &session, t0).await
+}
+
+/// A request an ingress refused before the path began: counted, and a row in the active
+/// session.
+pub(crate) fn refuse(st: &AppState, request_id: &RequestId, t0: Instant, e: ApiError) -> ApiError {
+    record::refused(st, request_id, t0, None, None, e)
 }
 
 /// The client's `X-Request-ID`, or a new one.

@@ -42,12 +42,20 @@ pub async fn messages(
 ) -> Response {
     let t0 = Instant::now();
     let request_id = chat::request_id_of(&headers);
-    let mut response =
-        match chat::handle(&st, &headers, body, &request_id, t0, Format::Anthropic).await {
-            Ok(r) if r.status().is_success() => r,
-            Ok(r) => reshape_error(r).await,
-            Err(e) => anthropic_error(&e),
-        };
+    let mut response = match chat::handle(
+        &st,
+        &headers,
+        body,
+        &request_id,
+        t0,
+        Format::Anthropic.into(),
+    )
+    .await
+    {
+        Ok(r) if r.status().is_success() => r,
+        Ok(r) => reshape_error(r).await,
+        Err(e) => anthropic_error(&e),
+    };
     // Anthropic's clients read `request-id`.
     for name in ["request-id", "x-request-id"] {
         chat::set_request_id(response.headers_mut(), &request_id, name);

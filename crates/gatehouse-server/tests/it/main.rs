@@ -19,6 +19,7 @@ mod memory;
 mod proxy;
 mod redaction;
 mod repair;
+mod responses;
 mod routing;
 mod sanitizer;
 mod sessions;

@@ -64,6 +64,8 @@ pub(crate) struct Prepared {
     pub masked: Vec<MaskedContent>,
     /// Prompt tokens of memory/MCP content (what is sent, after masking).
     pub memory_tokens: u64,
+    /// A Responses request's context (set by `handle` from its ingress).
+    pub responses: Option<Box<super::ResponsesCtx>>,
 }
 
 /// [`prepare`], on the blocking pool for a large body.
@@ -154,14 +156,18 @@ fn select_route(st: &AppState, view: &ChatRequestView<'_>) -> Result<Selected, A
 fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, ApiError> {
     let (client_body, redacted) = redact(st, body)?;
     let (client_body, repaired) = repair(st, client_body, ingress);
-    // Everything below works on OpenAI's format; an Anthropic request is translated once here.
+    // Everything below works on OpenAI's format; another client format is translated once here.
     let mut left_out = Vec::new();
     let redacted_body = match ingress {
         // Gemini is a provider format only.
         Format::OpenAi | Format::Gemini | Format::Ollama => client_body.clone(),
-        Format::Anthropic => {
-            let (ir, left) = translate::anthropic::request_to_ir_noting(&client_body)
-                .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.0))?;
+        Format::Anthropic | Format::Responses => {
+            let (ir, left) = if ingress == Format::Anthropic {
+                translate::anthropic::request_to_ir_noting(&client_body)
+            } else {
+                translate::responses::request_to_ir_noting(&client_body)
+            }
+            .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.0))?;
             left_out = left;
             Bytes::from(translate::openai::request_from_ir(&ir).to_string())
         }
@@ -172,8 +178,8 @@ fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, Api
         note: mut select_note,
         session_model,
     } = select_route(st, &first)?;
-    // Only an Anthropic request has `left_out`; it matters when it goes to another format.
-    if !left_out.is_empty() && Format::of_provider(route.provider.kind) != Format::Anthropic {
+    // Only a translated request has `left_out`; it matters when it goes to another format.
+    if !left_out.is_empty() && Format::of_provider(route.provider.kind) != ingress {
         add_note(
             &mut select_note,
             format!("not translated: {}", left_out.join(", ")),
@@ -218,6 +224,7 @@ fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, Api
         route,
         redacted,
         masked,
+        responses: None,
     })
 }
 

@@ -9,10 +9,14 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
+use gatehouse_core::record::StoredResponse;
 use gatehouse_core::time::now_ms;
 use gatehouse_core::{ApiError, ErrorKind, RequestId, SessionId};
 use gatehouse_proxy::headers::dropped_response_header;
-use gatehouse_proxy::tap::{AnthropicTap, ClientTap, summarize_anthropic, summarize_response};
+use gatehouse_proxy::tap::{
+    AnthropicTap, ClientTap, ResponsesTap, summarize_anthropic, summarize_response,
+    summarize_responses,
+};
 use gatehouse_proxy::translate::stream::StreamTranslator;
 use gatehouse_proxy::translate::{self, Format};
 use gatehouse_proxy::upstream::{Failure, is_openai_error};
@@ -21,9 +25,11 @@ use gatehouse_proxy::{Outcome, StreamTap};
 use super::route::{Sent, provider_format};
 use super::{Draft, Finish, Prepared, set_overhead_header, set_session_header};
 use crate::error::{error_response, json_bytes_response};
+use crate::state::AppState;
 use crate::stream;
 
 pub(super) async fn respond(
+    st: &AppState,
     p: &Prepared,
     sent: Sent,
     mut draft: Draft,
@@ -69,22 +75,21 @@ pub(super) async fn respond(
             let body = if provider_format == p.ingress {
                 Ok(body)
             } else {
-                translate::response_between(&body, provider_format, p.ingress, now_ms() / 1000)
-                    .map_err(|e| {
-                        if e.0.starts_with("Gemini blocked") {
-                            return ApiError::new(
-                                ErrorKind::InvalidRequest,
-                                format!("{}: the provider's safety filter refused the prompt", e.0),
-                            );
-                        }
-                        ApiError::new(
-                            ErrorKind::UpstreamBadResponse,
-                            format!(
-                                "provider `{}` answered something that cannot be read: {e}",
-                                route.provider_key
-                            ),
-                        )
-                    })
+                answer_for_client(st, p, &body, provider_format, session).map_err(|e| {
+                    if e.0.starts_with("Gemini blocked") {
+                        return ApiError::new(
+                            ErrorKind::InvalidRequest,
+                            format!("{}: the provider's safety filter refused the prompt", e.0),
+                        );
+                    }
+                    ApiError::new(
+                        ErrorKind::UpstreamBadResponse,
+                        format!(
+                            "provider `{}` answered something that cannot be read: {e}",
+                            route.provider_key
+                        ),
+                    )
+                })
             };
             let body = match body {
                 Ok(b) => b,
@@ -95,6 +100,7 @@ pub(super) async fn respond(
                     summarize_response(&body, route.encoding)
                 }
                 Format::Anthropic => summarize_anthropic(&body, route.encoding),
+                Format::Responses => summarize_responses(&body, route.encoding),
             });
             let overhead = t0.elapsed().saturating_sub(upstream_wait + prior_wait);
             draft
@@ -136,16 +142,23 @@ pub(super) async fn respond(
                     }))
                 }
                 Format::Anthropic => ClientTap::Anthropic(AnthropicTap::new()),
+                Format::Responses => ClientTap::Responses(Box::new(ResponsesTap::new())),
             };
-            let translator = (provider_format != p.ingress).then(|| {
-                StreamTranslator::new(
+            let translator = (provider_format != p.ingress).then(|| match &p.responses {
+                Some(ctx) => StreamTranslator::to_responses(
+                    provider_format,
+                    ctx.meta.clone(),
+                    now_ms() / 1000,
+                ),
+                None => StreamTranslator::new(
                     provider_format,
                     p.ingress,
                     "",
                     p.prompt_tokens,
                     now_ms() / 1000,
-                )
+                ),
             });
+            let keep = keeper(st, p, session);
             let recorder = stream::Recorder::new(stream::RecorderParts {
                 draft,
                 tap,
@@ -155,6 +168,7 @@ pub(super) async fn respond(
                 overhead,
                 attempts: attempts + prior_attempts,
                 status: status.as_u16(),
+                keep,
             });
             let mut r = Response::new(stream::body(first, rest, recorder, translator, p.ingress));
             *r.status_mut() = status;
@@ -204,9 +218,9 @@ async fn failure(
     // Across formats, the provider's error is translated (same message and status).
     let status = f.error.status();
     let own = f.body.and_then(|b| match (ingress, provider_format) {
-        (Format::OpenAi, Format::OpenAi) => is_openai_error(&b).then_some(b),
+        (Format::OpenAi | Format::Responses, Format::OpenAi) => is_openai_error(&b).then_some(b),
         (Format::Anthropic, Format::Anthropic) => is_anthropic_error(&b).then_some(b),
-        (Format::OpenAi, Format::Anthropic) => {
+        (Format::OpenAi | Format::Responses, Format::Anthropic) => {
             translate::anthropic::error_to_openai(&b).map(|v| Bytes::from(v.to_string()))
         }
         (Format::Anthropic, Format::OpenAi | Format::Gemini) => {
@@ -221,7 +235,8 @@ async fn failure(
         (_, Format::Ollama) => {
             translate::ollama::error_to_openai(&b).map(|v| Bytes::from(v.to_string()))
         }
-        (Format::Gemini | Format::Ollama, _) => None,
+        // Never provider formats.
+        (Format::Gemini | Format::Ollama, _) | (_, Format::Responses) => None,
     });
     let mut r = match own {
         Some(b) => json_bytes_response(
@@ -232,6 +247,46 @@ async fn failure(
     };
     set_session_header(r.headers_mut(), session);
     Ok(r)
+}
+
+/// A whole answer from the provider's format in the client's; a Responses answer is kept
+/// (`store`) before the client has it, so it can be continued at once.
+fn answer_for_client(
+    st: &AppState,
+    p: &Prepared,
+    body: &[u8],
+    from: Format,
+    session: &SessionId,
+) -> Result<Bytes, translate::TranslateError> {
+    let Some(ctx) = &p.responses else {
+        return translate::response_between(body, from, p.ingress, now_ms() / 1000);
+    };
+    let ir = translate::response_to_ir(body, from)?;
+    let v = translate::responses::response_from_ir(&ir, &ctx.meta);
+    if let Some(keep) = keeper(st, p, session) {
+        keep(&v);
+    }
+    Ok(Bytes::from(v.to_string()))
+}
+
+/// What keeps a Responses request's answer, when it asked to be kept.
+fn keeper(st: &AppState, p: &Prepared, session: &SessionId) -> Option<stream::Keep> {
+    let ctx = p.responses.as_ref().filter(|c| c.store)?;
+    let (st, session, id, input) = (
+        st.clone(),
+        session.clone(),
+        ctx.meta.id.clone(),
+        ctx.input.to_string(),
+    );
+    Some(Box::new(move |response: &serde_json::Value| {
+        st.responses.put(StoredResponse {
+            id,
+            session_id: session,
+            created_at: now_ms(),
+            input,
+            response: response.to_string(),
+        });
+    }))
 }
 
 /// `{"type": "error", "error": {...}}`: an Anthropic error body.
