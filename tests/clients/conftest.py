@@ -36,9 +36,24 @@ def wait_ready(url, deadline=20.0):
 
 
 @pytest.fixture(scope="session")
-def gateway():
-    mock = subprocess.Popen([str(BIN / "gatehouse-mock")], stdout=subprocess.PIPE, text=True)
-    mock_url = mock.stdout.readline().strip()
+def mock():
+    """The mock upstream's base URL (`http://127.0.0.1:PORT/v1`), capturing what it receives."""
+    proc = subprocess.Popen([str(BIN / "gatehouse-mock"), "--capture"], stdout=subprocess.PIPE, text=True)
+    try:
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def captured(mock_url):
+    """The request bodies the mock received, oldest first."""
+    return get_json(mock_url.removesuffix("/v1") + "/mock/captured")
+
+
+@pytest.fixture(scope="session")
+def gateway(mock):
+    mock_url = mock
     port = free_port()
     with tempfile.TemporaryDirectory() as data:
         config = pathlib.Path(data) / "config.toml"
@@ -59,6 +74,11 @@ provider = "mock"
 model = "tool"
 max_context_size = 8192
 
+[models."mock/shell"]
+provider = "mock"
+model = "shell"
+max_context_size = 200000
+
 [providers.anth]
 type = "anthropic"
 base_url = "{mock_url}"
@@ -72,6 +92,11 @@ max_context_size = 200000
 [models."anth/tool"]
 provider = "anth"
 model = "tool"
+max_context_size = 200000
+
+[models."anth/shell"]
+provider = "anth"
+model = "shell"
 max_context_size = 200000
 
 [providers.gem]
@@ -103,8 +128,6 @@ max_context_size = 1000000
         finally:
             server.terminate()
             assert server.wait(timeout=20) == 0, "gatehouse did not shut down cleanly"
-            mock.kill()
-            mock.wait()
 
 
 def get_json(url):

@@ -85,31 +85,39 @@ pub(crate) async fn messages(
         );
         return scripted_error(&s, e);
     }
-    // `tool`: call the request's first tool, unless the conversation already holds a result.
-    let last_is_result = req["messages"]
-        .as_array()
-        .and_then(|m| m.last())
+    // `tool`: call the request's first tool, unless the conversation already holds a result;
+    // `shell`: call its shell tool, then say what the tool said.
+    let last = req["messages"].as_array().and_then(|m| m.last());
+    let result = last
         .and_then(|m| m["content"].as_array())
-        .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"));
-    let tool = (s.tool && !last_is_result).then(|| {
-        req["tools"][0]["name"]
-            .as_str()
-            .unwrap_or("get_weather")
-            .to_owned()
-    });
+        .and_then(|c| c.iter().find(|b| b["type"] == "tool_result"));
+    let names = req["tools"].as_array().into_iter().flatten();
+    let (tool, text) = match result {
+        Some(r) if s.shell => (None, crate::tool_said(&result_text(&r["content"]))),
+        Some(_) => (None, (0..s.chunks).map(piece).collect()),
+        None if s.shell => match crate::shell_call(names.filter_map(|t| t["name"].as_str())) {
+            Some(call) => (Some(call), String::new()),
+            None => (None, (0..s.chunks).map(piece).collect()),
+        },
+        None if s.tool => {
+            let name = req["tools"][0]["name"].as_str().unwrap_or("get_weather");
+            (
+                Some((name.to_owned(), json!({"city": "Paris"}))),
+                String::new(),
+            )
+        }
+        None => (None, (0..s.chunks).map(piece).collect()),
+    };
     if !stream {
         if !s.delay.is_zero() {
             tokio::time::sleep(s.delay).await;
         }
         let (content, stop) = match &tool {
-            Some(name) => (
-                json!([{"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {"city": "Paris"}}]),
+            Some((name, input)) => (
+                json!([{"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": input}]),
                 "tool_use",
             ),
-            None => (
-                json!([{"type": "text", "text": (0..s.chunks).map(piece).collect::<String>()}]),
-                "end_turn",
-            ),
+            None => (json!([{"type": "text", "text": text}]), "end_turn"),
         };
         return json_response(
             StatusCode::OK,
@@ -129,17 +137,29 @@ pub(crate) async fn messages(
         event("ping", &json!({"type": "ping"})),
     ];
     let stop = match &tool {
-        Some(name) => {
+        Some((name, input)) => {
             events.push(event("content_block_start", &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {}}})));
-            for part in ["{\"city\"", ": \"Par", "is\"}"] {
+            // The `tool` directive's text, as a provider would space it.
+            let text = if s.shell {
+                input.to_string()
+            } else {
+                "{\"city\": \"Paris\"}".to_owned()
+            };
+            let args: Vec<char> = text.chars().collect();
+            for part in args.chunks(args.len().div_ceil(3).max(1)) {
+                let part: String = part.iter().collect();
                 events.push(event("content_block_delta", &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": part}})));
             }
             "tool_use"
         }
         None => {
             events.push(event("content_block_start", &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
-            for i in 0..n {
-                events.push(event("content_block_delta", &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece(i)}})));
+            if s.shell {
+                events.push(event("content_block_delta", &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})));
+            } else {
+                for i in 0..n {
+                    events.push(event("content_block_delta", &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece(i)}})));
+                }
             }
             "end_turn"
         }
@@ -151,4 +171,17 @@ pub(crate) async fn messages(
     events.push(event("message_delta", &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": n}})));
     events.push(event("message_stop", &json!({"type": "message_stop"})));
     scripted_stream(events, &s, attempt, "text/event-stream")
+}
+
+/// The text of a `tool_result` block's content (a string or text blocks).
+fn result_text(c: &Value) -> String {
+    match c {
+        Value::String(s) => s.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter_map(|b| b["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
 }

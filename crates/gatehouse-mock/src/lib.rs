@@ -20,6 +20,10 @@
 //! | `nostreamopts` | answer 422 to a body with `stream_options` (Mistral's way) |
 //! | `tool` | call the request's first tool (`{"city": "Paris"}`), unless the last message is a tool result |
 //! | `retryafter:S` | error answers carry `Retry-After: S` |
+//! | `shell` | call the request's shell tool (Codex `exec_command`/`shell`, Claude Code `Bash`, Gemini CLI `run_shell_command`) to run `echo gatehouse-tool-ok`; once its result is back, answer `Tool said: <result>` |
+//!
+//! `GET /mock/captured` lists the requests received (path and body) when the mock runs with
+//! `--capture` (the real-client tests read it).
 //!
 //! `POST /v1/messages` answers in Anthropic's format with the same directives (errors in its
 //! shape, `x-api-key` required, `max_tokens` required); `POST /v1/models/{m}:generateContent`
@@ -113,9 +117,53 @@ impl Mock {
     }
 }
 
-/// Serves a non-capturing mock on `listener` (the `gatehouse-mock` binary, benchmarks).
-pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    axum::serve(listener, app(Arc::new(Shared::default()))).await
+/// Serves a mock on `listener` (the `gatehouse-mock` binary): capturing only when asked, since
+/// benchmarks must not grow memory.
+pub async fn serve(listener: tokio::net::TcpListener, capture: bool) -> std::io::Result<()> {
+    let shared = Shared {
+        capture,
+        ..Shared::default()
+    };
+    axum::serve(listener, app(Arc::new(shared))).await
+}
+
+/// The command the `shell` directive asks a client to run.
+pub const SHELL_MARKER: &str = "gatehouse-tool-ok";
+
+/// The shell tool among `names` and the arguments that run `echo SHELL_MARKER` with it.
+pub(crate) fn shell_call<'a>(names: impl Iterator<Item = &'a str>) -> Option<(String, Value)> {
+    let cmd = format!("echo {SHELL_MARKER}");
+    for n in names {
+        let args = match n {
+            "exec_command" => json!({"cmd": cmd}),
+            "shell" => json!({"command": ["bash", "-lc", cmd]}),
+            "Bash" => json!({"command": cmd, "description": "Print a marker"}),
+            "run_shell_command" => json!({"command": cmd, "description": "Print a marker"}),
+            _ => continue,
+        };
+        return Some((n.to_owned(), args));
+    }
+    None
+}
+
+/// The answer to a tool result: what the tool said, so a test sees the round trip.
+pub(crate) fn tool_said(result: &str) -> String {
+    let line = result
+        .lines()
+        .find(|l| l.contains(SHELL_MARKER))
+        .unwrap_or(result);
+    format!(
+        "Tool said: {}",
+        line.trim().chars().take(200).collect::<String>()
+    )
+}
+
+async fn captured(State(shared): State<Arc<Shared>>) -> Response {
+    let list: Vec<Value> = lock(&shared.captured)
+        .iter()
+        .map(|c| c.body.clone())
+        .collect();
+    json_response(StatusCode::OK, &Value::Array(list))
 }
 
 fn app(shared: Arc<Shared>) -> Router {
@@ -126,6 +174,7 @@ fn app(shared: Arc<Shared>) -> Router {
         .route("/api/chat", post(ollama::chat))
         .route("/v1/api/chat", post(ollama::chat))
         .route("/v1/models", get(models))
+        .route("/mock/captured", get(captured))
         .with_state(shared)
 }
 
@@ -149,6 +198,7 @@ pub(crate) struct Script {
     usage_last: bool,
     no_stream_opts: bool,
     tool: bool,
+    shell: bool,
     retry_after: Option<u64>,
 }
 
@@ -175,6 +225,7 @@ pub(crate) fn script(model: &str) -> Script {
             "usagelast" => s.usage_last = true,
             "nostreamopts" => s.no_stream_opts = true,
             "tool" => s.tool = true,
+            "shell" => s.shell = true,
             "retryafter" => s.retry_after = Some(n),
             _ => {}
         }
@@ -257,6 +308,21 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         .as_array()
         .and_then(|m| m.last())
         .is_some_and(|m| m["role"] == "tool");
+    if s.shell {
+        let tools = req["tools"].as_array().cloned().unwrap_or_default();
+        let names = tools.iter().filter_map(|t| t["function"]["name"].as_str());
+        if last_is_result {
+            let result = req["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .map(|m| text_of(&m["content"]))
+                .unwrap_or_default();
+            return text_answer(&model, &tool_said(&result), stream, include_usage);
+        }
+        if let Some((name, args)) = shell_call(names) {
+            return call(&model, &name, &args.to_string(), stream, include_usage);
+        }
+    }
     if s.tool && !last_is_result {
         let name = req["tools"][0]["function"]["name"]
             .as_str()
@@ -289,13 +355,18 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
 
 /// A call of tool `name`, whole or streamed with its arguments in pieces.
 fn tool_call(model: &str, name: &str, stream: bool, include_usage: bool) -> Response {
+    call(model, name, "{\"city\": \"Paris\"}", stream, include_usage)
+}
+
+/// A call of `name` with `args` (JSON text), whole or streamed in three pieces.
+fn call(model: &str, name: &str, args: &str, stream: bool, include_usage: bool) -> Response {
     if !stream {
         return json_response(
             StatusCode::OK,
             &json!({
                 "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
-                    {"id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": "{\"city\": \"Paris\"}"}}]},
+                    {"id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": args}}]},
                     "finish_reason": "tool_calls"}],
                 "usage": usage(7),
             }),
@@ -303,16 +374,46 @@ fn tool_call(model: &str, name: &str, stream: bool, include_usage: bool) -> Resp
     }
     let mut out = Vec::new();
     out.push(chunk(model, &json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": ""}}]}), None));
-    for part in ["{\"city\"", ": \"Par", "is\"}"] {
+    let chars: Vec<char> = args.chars().collect();
+    let third = chars.len().div_ceil(3).max(1);
+    for part in chars.chunks(third) {
         out.push(chunk(
             model,
-            &json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
+            &json!({"tool_calls": [{"index": 0, "function": {"arguments": part.iter().collect::<String>()}}]}),
             None,
         ));
     }
     out.push(chunk(model, &json!({}), Some("tool_calls")));
+    finish_stream(model, out, include_usage, 7)
+}
+
+/// A text answer, whole or streamed as one chunk.
+fn text_answer(model: &str, text: &str, stream: bool, include_usage: bool) -> Response {
+    if !stream {
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": usage(5),
+            }),
+        );
+    }
+    let out = vec![
+        chunk(model, &json!({"role": "assistant", "content": text}), None),
+        chunk(model, &json!({}), Some("stop")),
+    ];
+    finish_stream(model, out, include_usage, 5)
+}
+
+fn finish_stream(
+    model: &str,
+    mut out: Vec<Bytes>,
+    include_usage: bool,
+    completion: usize,
+) -> Response {
     if include_usage {
-        let v = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage(7)});
+        let v = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": usage(completion)});
         out.push(Bytes::from(format!("data: {v}\n\n")));
     }
     out.push(Bytes::from_static(b"data: [DONE]\n\n"));
@@ -323,6 +424,19 @@ fn tool_call(model: &str, name: &str, stream: bool, include_usage: bool) -> Resp
         header::HeaderValue::from_static("text/event-stream"),
     );
     r
+}
+
+/// The text of an OpenAI message's content (a string or text parts).
+fn text_of(c: &Value) -> String {
+    match c {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
 }
 
 /// An error answer with `Retry-After` when the script asks for it.
