@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use gatehouse_core::{ChatRequestView, Encoding, TokenCounter};
 use gatehouse_proxy::tap::{
-    AnthropicTap, ResponsesTap, summarize_anthropic, summarize_response, summarize_responses,
+    AnthropicTap, GeminiTap, ResponsesTap, summarize_anthropic, summarize_response,
+    summarize_responses,
 };
 use gatehouse_proxy::translate::stream::StreamTranslator;
 use gatehouse_proxy::translate::{Format, anthropic, gemini, ollama, openai, responses};
@@ -53,6 +54,11 @@ pub const ALL: &[Target] = &[
         name: "responses_request",
         generate: |r| json_from(&seeds().responses_requests, r),
         run: responses_request,
+    },
+    Target {
+        name: "gemini_request",
+        generate: |r| json_from(&seeds().gemini_requests, r),
+        run: gemini_request,
     },
     Target {
         name: "openai_response",
@@ -126,6 +132,7 @@ struct Seeds {
     openai_requests: Vec<Vec<u8>>,
     anthropic_requests: Vec<Vec<u8>>,
     responses_requests: Vec<Vec<u8>>,
+    gemini_requests: Vec<Vec<u8>>,
     responses: [Vec<Vec<u8>>; 4],
     streams: [Vec<Vec<u8>>; 4],
     errors: Vec<Vec<u8>>,
@@ -139,6 +146,7 @@ fn seeds() -> &'static Seeds {
             openai_requests: Vec::new(),
             anthropic_requests: Vec::new(),
             responses_requests: Vec::new(),
+            gemini_requests: Vec::new(),
             responses: Default::default(),
             streams: Default::default(),
             errors: Vec::new(),
@@ -173,6 +181,8 @@ fn seeds() -> &'static Seeds {
                         ("request", "openai", _) => s.openai_requests.push(bytes),
                         ("request", "anthropic", _) => s.anthropic_requests.push(bytes),
                         ("request", "responses", _) => s.responses_requests.push(bytes),
+                        // A Gemini client's requests (`gemini-to-*` inputs).
+                        ("request", "gemini", _) => s.gemini_requests.push(bytes),
                         ("response", _, Some(i)) => {
                             if let Some(v) = s.responses.get_mut(i) {
                                 v.push(bytes);
@@ -202,6 +212,10 @@ fn seeds() -> &'static Seeds {
         fallback(
             &mut s.anthropic_requests,
             r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        fallback(
+            &mut s.gemini_requests,
+            r#"{"model":"m","contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#,
         );
         fallback(&mut s.responses_requests, r#"{"model":"m","input":"hi"}"#);
         fallback(&mut s.errors, r#"{"error":{"message":"x","type":"y"}}"#);
@@ -365,6 +379,13 @@ fn responses_request(b: &[u8], _: &mut Rng) {
     let _ = responses::Meta::of_request(b, "resp_x".to_owned(), 0);
 }
 
+fn gemini_request(b: &[u8], _: &mut Rng) {
+    if let Ok((ir, _)) = gemini::client_request_to_ir(b) {
+        let v = openai::request_from_ir(&ir);
+        let _ = openai::request_to_ir(v.to_string().as_bytes());
+    }
+}
+
 fn meta() -> responses::Meta {
     responses::Meta::of_request(b"{}", "resp_x".to_owned(), 0)
 }
@@ -375,6 +396,7 @@ fn response(b: &[u8], from: Format) {
             openai::response_from_ir(&ir, 0),
             anthropic::response_from_ir(&ir),
             responses::response_from_ir(&ir, &meta()),
+            gemini::response_from_ir(&ir, "m"),
         );
     }
     let _ = summarize_responses(b, Encoding::Cl100k);
@@ -383,7 +405,12 @@ fn response(b: &[u8], from: Format) {
 }
 
 fn stream(b: &[u8], from: Format, rng: &mut Rng) {
-    for to in [Format::OpenAi, Format::Anthropic, Format::Responses] {
+    for to in [
+        Format::OpenAi,
+        Format::Anthropic,
+        Format::Responses,
+        Format::Gemini,
+    ] {
         let mut t = if to == Format::Responses {
             StreamTranslator::to_responses(from, meta(), 0)
         } else {
@@ -399,6 +426,13 @@ fn stream(b: &[u8], from: Format, rng: &mut Rng) {
         // What the client receives is tapped too.
         let _ = t.completed_response();
         match to {
+            Format::Gemini => {
+                let mut tap = GeminiTap::new();
+                for c in chunks(&out, rng) {
+                    let _ = tap.process(c);
+                }
+                let _ = tap.summary(Encoding::Cl100k);
+            }
             Format::Responses => {
                 let mut tap = ResponsesTap::new();
                 for c in chunks(&out, rng) {

@@ -488,6 +488,102 @@ impl ResponsesTap {
     }
 }
 
+/// What a Gemini `streamGenerateContent` stream says about itself, read as it is forwarded
+/// (through the provider-side decoder, which already reads every Gemini chunk).
+#[derive(Debug, Default)]
+pub struct GeminiTap {
+    framer: Framer,
+    decoder: crate::translate::gemini::Decoder,
+    events: Vec<crate::translate::ir::Event>,
+    text: String,
+    usage: Option<crate::translate::ir::Usage>,
+    finish_reason: Option<String>,
+    upstream_error: Option<String>,
+}
+
+impl GeminiTap {
+    pub fn new() -> Self {
+        Self {
+            framer: Framer::new(),
+            ..Self::default()
+        }
+    }
+
+    pub fn process(&mut self, chunk: Bytes) -> Bytes {
+        let (decoder, events) = (&mut self.decoder, &mut self.events);
+        self.framer.feed(&chunk, |raw| {
+            let (_, data) = parse_event(raw);
+            decoder.event(&data, events);
+        });
+        for e in self.events.drain(..) {
+            use crate::translate::ir::Event;
+            match e {
+                Event::Text { text, .. } | Event::Thinking { text, .. } => {
+                    self.text.push_str(&text)
+                }
+                Event::ToolStart { name, .. } => self.text.push_str(&name),
+                Event::ToolArgs { json, .. } => self.text.push_str(&json),
+                Event::Finish { reason, .. } => {
+                    self.finish_reason =
+                        Some(crate::translate::openai::finish_to(&reason).to_owned());
+                }
+                Event::Usage(u) => self.usage = Some(u),
+                Event::Error { message, .. } => {
+                    self.upstream_error = Some(message.chars().take(500).collect());
+                }
+                _ => {}
+            }
+        }
+        chunk
+    }
+
+    pub fn mid_event(&self) -> bool {
+        self.framer.has_pending()
+    }
+
+    pub fn summary(self, enc: Encoding) -> CompletionSummary {
+        CompletionSummary {
+            usage: self.usage.map(|u| Usage {
+                prompt_tokens: u.input,
+                completion_tokens: u.output,
+                cached_tokens: Some(u.cache_read),
+                reasoning_tokens: Some(u.reasoning),
+            }),
+            counted_completion_tokens: enc.count(&self.text),
+            // Gemini streams have no end marker: the finish reason is the end.
+            saw_done: self.finish_reason.is_some(),
+            finish_reason: self.finish_reason,
+            upstream_error: self.upstream_error,
+        }
+    }
+}
+
+/// Reads a complete Gemini `generateContent` response.
+pub fn summarize_gemini(body: &[u8], enc: Encoding) -> CompletionSummary {
+    let mut tap = GeminiTap::new();
+    if let Ok(r) = crate::translate::gemini::response_to_ir(body) {
+        for c in r.choices.iter().take(1) {
+            for p in &c.content {
+                match p {
+                    crate::translate::ir::Part::Text(t)
+                    | crate::translate::ir::Part::Thinking { text: t, .. } => tap.text.push_str(t),
+                    crate::translate::ir::Part::ToolUse { name, input, .. } => {
+                        tap.text.push_str(name);
+                        tap.text.push_str(&input.to_string());
+                    }
+                    _ => {}
+                }
+            }
+            tap.finish_reason = c
+                .finish
+                .as_ref()
+                .map(|f| crate::translate::openai::finish_to(f).to_owned());
+        }
+        tap.usage = r.usage;
+    }
+    tap.summary(enc)
+}
+
 /// Reads a complete Responses API response.
 pub fn summarize_responses(body: &[u8], enc: Encoding) -> CompletionSummary {
     let mut tap = ResponsesTap::new();
@@ -533,6 +629,7 @@ pub enum ClientTap {
     OpenAi(StreamTap),
     Anthropic(AnthropicTap),
     Responses(Box<ResponsesTap>),
+    Gemini(Box<GeminiTap>),
 }
 
 impl ClientTap {
@@ -541,13 +638,14 @@ impl ClientTap {
             Self::OpenAi(t) => t.process(chunk),
             Self::Anthropic(t) => t.process(chunk),
             Self::Responses(t) => t.process(chunk),
+            Self::Gemini(t) => t.process(chunk),
         }
     }
 
     pub fn take_pending(&mut self) -> Bytes {
         match self {
             Self::OpenAi(t) => t.take_pending(),
-            Self::Anthropic(_) | Self::Responses(_) => Bytes::new(),
+            Self::Anthropic(_) | Self::Responses(_) | Self::Gemini(_) => Bytes::new(),
         }
     }
 
@@ -556,6 +654,7 @@ impl ClientTap {
             Self::OpenAi(t) => t.mid_event(),
             Self::Anthropic(t) => t.mid_event(),
             Self::Responses(t) => t.mid_event(),
+            Self::Gemini(t) => t.mid_event(),
         }
     }
 
@@ -564,6 +663,7 @@ impl ClientTap {
             Self::OpenAi(t) => t.summary(enc),
             Self::Anthropic(t) => t.summary(enc),
             Self::Responses(t) => t.summary(enc),
+            Self::Gemini(t) => t.summary(enc),
         }
     }
 }

@@ -125,6 +125,27 @@ fn requests_responses_to_openai() {
     });
 }
 
+/// A Gemini client's request as chat completions, with what the translation leaves out.
+#[test]
+fn requests_gemini_to_openai() {
+    each_json("request", "gemini-to-openai", |_, b| {
+        let (ir, left) = gemini::client_request_to_ir(b).unwrap();
+        json!({"openai": openai::request_from_ir(&ir), "not_translated": left})
+    });
+}
+
+#[test]
+fn responses_openai_to_gemini() {
+    each_json("response", "openai-to-gemini", |_, b| {
+        gemini::response_from_ir(&openai::response_to_ir(b).unwrap(), "gemini-2.5-pro")
+    });
+}
+
+#[test]
+fn streams_openai_to_gemini() {
+    each_stream("openai-to-gemini", Format::OpenAi, Format::Gemini);
+}
+
 fn meta() -> responses::Meta {
     responses::Meta::of_request(
         br#"{"model": "gpt-5", "store": false}"#,

@@ -3,6 +3,7 @@
 pub(crate) mod chat;
 mod compaction;
 mod export;
+mod gemini;
 mod health;
 mod mask;
 mod memory;
@@ -27,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .route("/chat/completions", post(chat::completions))
         .route("/v1/messages", post(messages::messages))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
+        .route("/v1beta/models/{*rest}", post(gemini::models))
         .route("/v1/responses", post(responses::create))
         .route("/responses", post(responses::create))
         .route(

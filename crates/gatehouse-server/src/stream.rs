@@ -233,6 +233,10 @@ fn error_event(message: &str, code: &str, mid_event: bool, client: Format) -> By
         let payload = json!({"type": "error", "error": {"type": "api_error", "message": message}});
         return Bytes::from(format!("{lead}event: error\ndata: {payload}\n\n"));
     }
+    if client == Format::Gemini {
+        let payload = gatehouse_proxy::translate::gemini::error_body(502, message);
+        return Bytes::from(format!("{lead}data: {payload}\n\n"));
+    }
     if client == Format::Responses {
         let payload = json!({"type": "error", "code": code, "message": message, "param": null});
         return Bytes::from(format!("{lead}event: error\ndata: {payload}\n\n"));

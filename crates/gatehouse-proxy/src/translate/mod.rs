@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 pub enum Format {
     OpenAi,
     Anthropic,
-    /// Provider side only.
+    /// Gemini's `generateContent`.
     Gemini,
     /// Ollama's native API; provider side only.
     Ollama,
@@ -54,7 +54,8 @@ pub fn request_from_openai(body: &[u8], to: Format) -> Result<bytes::Bytes, Tran
     Ok(bytes::Bytes::from(v.to_string()))
 }
 
-/// A whole answer from one format into another (Gemini and Ollama clients read OpenAI's).
+/// A whole answer from one format into another (Ollama is never a client format: OpenAI's
+/// stands in).
 pub fn response_between(
     body: &[u8],
     from: Format,
@@ -63,7 +64,8 @@ pub fn response_between(
 ) -> Result<bytes::Bytes, TranslateError> {
     let ir = response_to_ir(body, from)?;
     let v = match to {
-        Format::OpenAi | Format::Gemini | Format::Ollama => openai::response_from_ir(&ir, created),
+        Format::OpenAi | Format::Ollama => openai::response_from_ir(&ir, created),
+        Format::Gemini => gemini::response_from_ir(&ir, &ir.model),
         Format::Anthropic => anthropic::response_from_ir(&ir),
         Format::Responses => {
             let meta = responses::Meta::of_request(b"{}", format!("resp_{}", ir.id), created);

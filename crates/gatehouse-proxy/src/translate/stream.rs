@@ -18,6 +18,7 @@ enum Encoder {
     OpenAi(openai::Encoder),
     Anthropic(anthropic::Encoder),
     Responses(Box<responses::Encoder>),
+    Gemini(gemini::Encoder),
 }
 
 /// Translates one stream from `from` (the provider's format) to `to` (the client's).
@@ -56,9 +57,10 @@ impl StreamTranslator {
                 Format::Anthropic => {
                     Encoder::Anthropic(anthropic::Encoder::new(model, input_estimate))
                 }
+                Format::Gemini => Encoder::Gemini(gemini::Encoder::new(model)),
                 // A Responses client's stream is made by [`Self::to_responses`], which has the
-                // Response's id and settings; Gemini and Ollama are never client formats.
-                Format::OpenAi | Format::Gemini | Format::Ollama | Format::Responses => {
+                // Response's id and settings; Ollama is never a client format.
+                Format::OpenAi | Format::Ollama | Format::Responses => {
                     Encoder::OpenAi(openai::Encoder::new(model, created))
                 }
             },
@@ -141,6 +143,7 @@ impl StreamTranslator {
                 Encoder::OpenAi(enc) => enc.event(&e, &mut out),
                 Encoder::Anthropic(enc) => enc.event(&e, &mut out),
                 Encoder::Responses(enc) => enc.event(&e, &mut out),
+                Encoder::Gemini(enc) => enc.event(&e, &mut out),
             }
         }
         Bytes::from(out)
@@ -158,6 +161,7 @@ impl StreamTranslator {
             Encoder::OpenAi(enc) => enc.finish(&mut out),
             Encoder::Anthropic(enc) => enc.finish(&mut out),
             Encoder::Responses(enc) => enc.finish(&mut out),
+            Encoder::Gemini(enc) => enc.finish(&mut out),
         }
         Bytes::from(out)
     }

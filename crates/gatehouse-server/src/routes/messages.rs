@@ -53,7 +53,7 @@ pub async fn messages(
     .await
     {
         Ok(r) if r.status().is_success() => r,
-        Ok(r) => reshape_error(r).await,
+        Ok(r) => reshape_error(r, translate::anthropic::error_body).await,
         Err(e) => anthropic_error(&e),
     };
     // Anthropic's clients read `request-id`.
@@ -63,9 +63,13 @@ pub async fn messages(
     response
 }
 
-/// An error response of the proxy path in OpenAI's shape becomes Anthropic's; an Anthropic
-/// provider's own error body is already in the right shape and is left alone.
-async fn reshape_error(r: Response) -> Response {
+/// An error response of the proxy path in OpenAI's shape becomes the client's (`shape` makes
+/// its body from the status and the message); a provider's own error body in the client's
+/// format is already in the right shape and is left alone.
+pub(crate) async fn reshape_error(
+    r: Response,
+    shape: fn(u16, &str) -> serde_json::Value,
+) -> Response {
     let (parts, body) = r.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_ERROR_BODY).await else {
         return Response::from_parts(parts, Body::empty());
@@ -77,7 +81,7 @@ async fn reshape_error(r: Response) -> Response {
         .ok()
         .and_then(|v| v.get("error")?.get("message")?.as_str().map(str::to_owned))
         .unwrap_or_else(|| "upstream error".to_owned());
-    let body = translate::anthropic::error_body(parts.status.as_u16(), &message).to_string();
+    let body = shape(parts.status.as_u16(), &message).to_string();
     let mut out = Response::from_parts(parts, Body::from(body));
     out.headers_mut().remove(axum::http::header::CONTENT_LENGTH);
     out

@@ -13,6 +13,7 @@ mod durability;
 mod errors;
 mod export;
 mod faults;
+mod gemini;
 mod guard;
 mod live;
 mod memory;

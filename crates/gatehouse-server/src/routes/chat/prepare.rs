@@ -159,13 +159,13 @@ fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, Api
     // Everything below works on OpenAI's format; another client format is translated once here.
     let mut left_out = Vec::new();
     let redacted_body = match ingress {
-        // Gemini is a provider format only.
-        Format::OpenAi | Format::Gemini | Format::Ollama => client_body.clone(),
-        Format::Anthropic | Format::Responses => {
-            let (ir, left) = if ingress == Format::Anthropic {
-                translate::anthropic::request_to_ir_noting(&client_body)
-            } else {
-                translate::responses::request_to_ir_noting(&client_body)
+        // Ollama is a provider format only.
+        Format::OpenAi | Format::Ollama => client_body.clone(),
+        Format::Anthropic | Format::Responses | Format::Gemini => {
+            let (ir, left) = match ingress {
+                Format::Anthropic => translate::anthropic::request_to_ir_noting(&client_body),
+                Format::Gemini => translate::gemini::client_request_to_ir(&client_body),
+                _ => translate::responses::request_to_ir_noting(&client_body),
             }
             .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, e.0))?;
             left_out = left;

@@ -14,8 +14,8 @@ use gatehouse_core::time::now_ms;
 use gatehouse_core::{ApiError, ErrorKind, RequestId, SessionId};
 use gatehouse_proxy::headers::dropped_response_header;
 use gatehouse_proxy::tap::{
-    AnthropicTap, ClientTap, ResponsesTap, summarize_anthropic, summarize_response,
-    summarize_responses,
+    AnthropicTap, ClientTap, GeminiTap, ResponsesTap, summarize_anthropic, summarize_gemini,
+    summarize_response, summarize_responses,
 };
 use gatehouse_proxy::translate::stream::StreamTranslator;
 use gatehouse_proxy::translate::{self, Format};
@@ -96,9 +96,8 @@ pub(super) async fn respond(
                 Err(e) => return Err(draft.refuse(e)),
             };
             let summary = Some(match p.ingress {
-                Format::OpenAi | Format::Gemini | Format::Ollama => {
-                    summarize_response(&body, route.encoding)
-                }
+                Format::Gemini => summarize_gemini(&body, route.encoding),
+                Format::OpenAi | Format::Ollama => summarize_response(&body, route.encoding),
                 Format::Anthropic => summarize_anthropic(&body, route.encoding),
                 Format::Responses => summarize_responses(&body, route.encoding),
             });
@@ -134,7 +133,8 @@ pub(super) async fn respond(
             let tap = match p.ingress {
                 // A translated stream always ends with a usage chunk; a client that did not
                 // ask for one does not get it.
-                Format::OpenAi | Format::Gemini | Format::Ollama => {
+                Format::Gemini => ClientTap::Gemini(Box::new(GeminiTap::new())),
+                Format::OpenAi | Format::Ollama => {
                     ClientTap::OpenAi(StreamTap::new(if provider_format == Format::OpenAi {
                         injected_usage
                     } else {
@@ -218,6 +218,11 @@ async fn failure(
     // Across formats, the provider's error is translated (same message and status).
     let status = f.error.status();
     let own = f.body.and_then(|b| match (ingress, provider_format) {
+        (Format::Gemini, Format::Gemini) => translate::gemini::error_to_openai(&b)
+            .is_some()
+            .then_some(b),
+        // Another provider's error reaches a Gemini client reshaped by its route.
+        (Format::Gemini, _) => None,
         (Format::OpenAi | Format::Responses, Format::OpenAi) => is_openai_error(&b).then_some(b),
         (Format::Anthropic, Format::Anthropic) => is_anthropic_error(&b).then_some(b),
         (Format::OpenAi | Format::Responses, Format::Anthropic) => {
@@ -236,7 +241,7 @@ async fn failure(
             translate::ollama::error_to_openai(&b).map(|v| Bytes::from(v.to_string()))
         }
         // Never provider formats.
-        (Format::Gemini | Format::Ollama, _) | (_, Format::Responses) => None,
+        (Format::Ollama, _) | (_, Format::Responses) => None,
     });
     let mut r = match own {
         Some(b) => json_bytes_response(
