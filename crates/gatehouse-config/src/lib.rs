@@ -11,11 +11,15 @@
 // range must be an error, never a panic.
 #![deny(clippy::indexing_slicing)]
 
+mod compat;
 mod load;
 mod schema;
 mod secret;
 
-pub use load::{CATALOGUE_TOML, ConfigError, Env, Issue, Overrides, check_file, load, load_text};
+pub use compat::SeedKey;
+pub use load::{
+    CATALOGUE_TOML, ConfigError, Env, Issue, Overrides, check_file, load, load_text, seed_keys_of,
+};
 pub use schema::{
     AutoRoute, AutoWeights, CircuitBreaker, CompactionAuto, CompactionConfig, CompactionStrategy,
     Config, DashboardConfig, Deployment, HeavyDuty, LogWatcherConfig, ModelConfig, ProviderConfig,

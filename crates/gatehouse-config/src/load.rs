@@ -169,6 +169,13 @@ pub fn check_file(path: &Path, env: &Env) -> Result<Vec<Issue>, ConfigError> {
     }
 }
 
+/// The Kimi Proxy keys of a file and what each becomes, whether or not the file is valid.
+pub fn seed_keys_of(text: &str) -> Vec<crate::SeedKey> {
+    toml::from_str::<Table>(text)
+        .map(|mut t| crate::compat::from_kimi_proxy(&mut t))
+        .unwrap_or_default()
+}
+
 fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
     let mut issues = Vec::new();
     let mut root: Table = match toml::from_str(CATALOGUE_TOML) {
@@ -184,9 +191,11 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
     };
 
     let spans = file_text.map(LineIndex::new);
+    let mut seed_keys = Vec::new();
     if let Some(text) = file_text {
         match toml::from_str::<Table>(text) {
-            Ok(user) => {
+            Ok(mut user) => {
+                seed_keys = crate::compat::from_kimi_proxy(&mut user);
                 for key in user.keys() {
                     if !SECTIONS.contains(&key.as_str()) {
                         issues.push(Issue {
@@ -424,6 +433,11 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
 
     let mut timeouts_default = None;
     let mut timeout_overrides = BTreeMap::new();
+    if proxy.is_none() {
+        // The section's own issue is reported; providers still get the built-in timeouts, so
+        // that one mistake does not make every provider (and model) vanish.
+        timeouts_default = builtin_timeouts();
+    }
     if let Some(p) = &proxy {
         let t = p.heavy_duty.threshold_pct;
         if !(t.is_finite() && t > 0.0 && t <= 100.0) {
@@ -560,6 +574,19 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             },
         );
     }
+    if let Some(p) = &proxy
+        && !p.default_model.is_empty()
+        && !models.contains_key(&p.default_model)
+    {
+        issues.push(issue(
+            "proxy.default_model",
+            &format!("`{}` is not a configured model", p.default_model),
+            Some(&suggest(
+                &p.default_model,
+                models.keys().map(String::as_str),
+            )),
+        ));
+    }
     let mut auto = BTreeMap::new();
     for (name, value) in entries(&root, "auto", &mut issues) {
         let path = format!("auto.{}", quote_key(&name));
@@ -658,6 +685,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             sanitizer,
             compaction,
             proxy: ProxyConfig {
+                default_model: Some(proxy.default_model).filter(|m| !m.is_empty()),
                 retries: proxy.retries,
                 repair_tool_calls: proxy.repair_tool_calls,
                 retry_backoff: Duration::from_millis(proxy.retry_backoff_ms),
@@ -668,6 +696,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             providers,
             models,
             auto,
+            seed_keys,
         }),
         _ => Err(issues),
     }
@@ -955,6 +984,24 @@ fn expand(s: &str, env: &Env) -> Result<String, String> {
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The built-in `[proxy.timeouts]`, resolved.
+fn builtin_timeouts() -> Option<Timeouts> {
+    let root: Table = toml::from_str(CATALOGUE_TOML).ok()?;
+    let t: crate::schema::TimeoutsRaw = root
+        .get("proxy")?
+        .get("timeouts")?
+        .clone()
+        .try_into()
+        .ok()?;
+    let base = TimeoutOverrides {
+        connect: Some(t.connect),
+        first_byte: Some(t.first_byte),
+        idle: Some(t.idle),
+        total: Some(t.total),
+    };
+    resolve_timeouts("proxy.timeouts", &base, None, &mut Vec::new())
 }
 
 fn section<T: DeserializeOwned>(root: &Table, name: &str, issues: &mut Vec<Issue>) -> Option<T> {

@@ -26,6 +26,8 @@ pub struct Config {
     pub models: BTreeMap<String, ModelConfig>,
     /// Smart-routing virtual models, by name: `auto/<name>`.
     pub auto: BTreeMap<String, AutoRoute>,
+    /// Kimi Proxy keys the file used, and what each became (`gatehouse check` prints them).
+    pub seed_keys: Vec<crate::SeedKey>,
 }
 
 /// A virtual model `auto/<name>`: each request goes to the best-scoring candidate.
@@ -190,6 +192,9 @@ pub struct CompactionConfig {
     pub summary_timeout_secs: f64,
     /// A manual compaction without `force` needs at least this many tokens to summarise.
     pub min_tokens: u64,
+    /// Tokens kept free for the answer, counted with the prompt against the threshold (a
+    /// session's own non-zero value wins).
+    pub reserved_tokens: u64,
     pub auto: CompactionAuto,
 }
 
@@ -220,6 +225,7 @@ pub struct LogWatcherConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProxyRaw {
+    pub default_model: String,
     pub retries: u32,
     pub repair_tool_calls: bool,
     pub retry_backoff_ms: u64,
@@ -252,6 +258,8 @@ pub(crate) struct TimeoutOverrides {
 /// Proxy behaviour shared by every provider.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
+    /// The model of a request that names none (`model` missing or empty).
+    pub default_model: Option<String>,
     pub retries: u32,
     /// Tool calls without ids or with almost-JSON arguments are repaired before they leave.
     pub repair_tool_calls: bool,

@@ -67,7 +67,7 @@ pub fn classify(rules: &Rules, role: &str, text: &str, tokens: u64) -> Vec<Tag> 
     if tokens <= rules.threshold_tokens {
         return tags;
     }
-    if role == "tool" || role == "function" {
+    if role == "tool" || role == "function" || text.contains("@tool") {
         tags.push(Tag::Tool);
     }
     if text.contains("@file") {

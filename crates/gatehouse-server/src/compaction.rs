@@ -379,7 +379,11 @@ impl Effective {
         Self {
             auto_enabled: s.auto_enabled.unwrap_or(cfg.auto.enabled),
             threshold_pct: s.threshold_pct.unwrap_or(cfg.auto.threshold_pct),
-            reserved_tokens: s.reserved_tokens,
+            reserved_tokens: if s.reserved_tokens > 0 {
+                s.reserved_tokens
+            } else {
+                cfg.reserved_tokens
+            },
         }
     }
 

@@ -318,3 +318,46 @@ fn demo_mode_serves_simulated_models_and_traffic_then_export_reads_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no database"));
 }
+
+/// The seed project's own file (Kimi Proxy's `config.toml`), unchanged: `check` accepts it and
+/// prints what each of its settings became; `serve` starts with it and serves its models.
+#[test]
+fn the_kimi_proxy_config_checks_and_serves_unchanged() {
+    let seed = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../gatehouse-config/tests/fixtures/kimi_proxy_config.toml"
+    );
+    let out = gatehouse()
+        .args(["check", "--config", seed])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Kimi Proxy settings:"), "{stdout}");
+    assert!(
+        stdout.contains("proxy.default_model = \"kimi-code/kimi-for-coding\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("compaction.auto.cooldown_secs = 300"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("is valid"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (child, port) = serve(dir.path(), &["--config", seed]);
+    let (status, body) = http(port, "GET", "/v1/models", "");
+    assert_eq!(status, 200);
+    for m in [
+        "kimi-code/kimi-for-coding",
+        "nvidia/kimi-k2.5",
+        "cerebras/glm-4.7",
+    ] {
+        assert!(body.contains(m), "{m} not served: {body}");
+    }
+    stop(child);
+}

@@ -559,3 +559,23 @@ async fn auto_models_score_their_candidates_and_say_why() {
         "an undefined auto model is an unknown model"
     );
 }
+
+/// `proxy.default_model` (the seed's `default_model`): a request that names no model goes there.
+#[tokio::test]
+async fn a_request_without_a_model_goes_to_the_default_model() {
+    let app = crate::support::TestApp::spawn_with(crate::support::Options {
+        proxy_toml: "default_model = \"mock/echo\"".to_owned(),
+        ..crate::support::Options::default()
+    })
+    .await;
+    for body in [
+        serde_json::json!({"messages": [{"role": "user", "content": "hi"}]}),
+        serde_json::json!({"model": "", "messages": [{"role": "user", "content": "hi"}]}),
+    ] {
+        let r = app.chat(body).await;
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], " Hello from the");
+    }
+    assert_eq!(app.mock.captured().pop().unwrap().body["model"], "echo");
+}

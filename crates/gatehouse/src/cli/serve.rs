@@ -50,6 +50,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         data_dir: args.data_dir.clone(),
     };
     let mut config = load(file.as_deref(), &env, &overrides)?;
+    // A Kimi Proxy file: what Gatehouse does instead of each key it does not apply.
+    for k in config.seed_keys.iter().filter(|k| !k.mapped) {
+        tracing::warn!(key = %k.seed, "Kimi Proxy setting accepted without effect: {}", k.gatehouse);
+    }
     let ip: IpAddr = if config.server.host == "localhost" {
         IpAddr::from([127, 0, 0, 1])
     } else {

@@ -172,6 +172,7 @@ fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, Api
             Bytes::from(translate::openai::request_from_ir(&ir).to_string())
         }
     };
+    let redacted_body = with_default_model(st, redacted_body);
     let first = parse(&redacted_body)?;
     let Selected {
         route,
@@ -306,6 +307,33 @@ fn repair(
     match gatehouse_context::repair::repair_tool_calls(&body) {
         Some((fixed, r)) => (Bytes::from(fixed), Some(r)),
         None => (body, None),
+    }
+}
+
+/// A body that names no model (`model` missing or empty) gets `proxy.default_model`, when one
+/// is set; any other body is returned as it is, unparsed.
+fn with_default_model(st: &AppState, body: Bytes) -> Bytes {
+    let Some(default) = st.config.proxy.default_model.as_deref() else {
+        return body;
+    };
+    #[derive(serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow, default)]
+        model: Option<std::borrow::Cow<'a, str>>,
+    }
+    match serde_json::from_slice::<Top<'_>>(&body) {
+        Ok(Top { model: Some(m) }) if !m.is_empty() => body,
+        Ok(_) => match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(serde_json::Value::Object(mut o)) => {
+                o.insert(
+                    "model".to_owned(),
+                    serde_json::Value::String(default.to_owned()),
+                );
+                Bytes::from(serde_json::Value::Object(o).to_string())
+            }
+            _ => body,
+        },
+        Err(_) => body,
     }
 }
 
