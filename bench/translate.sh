@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What translation costs: the same 1 KB prompt sent as OpenAI to an OpenAI-compatible provider
 # (bytes through), as Anthropic to an Anthropic provider (bytes through), and across formats
-# (Anthropic client → OpenAI provider, OpenAI client → Anthropic / Gemini / Ollama provider),
+# (Anthropic client → OpenAI provider, OpenAI client → Anthropic / Gemini / Ollama provider,
+# Responses client → OpenAI (store false, and kept) and Anthropic, Gemini client → OpenAI),
 # all against the local mock, non-streaming, c=1 and c=64. Prints RPS and latency per path (the
 # mock's own cost differs per format), then the gateway's own time per request (median of
 # `overhead_us` over the path's rows), which is what translation adds.
@@ -67,6 +68,22 @@ max_context_size = 131072
 provider = "anth"
 model = "bench"
 max_context_size = 131072
+[models."mock/bench-r"]
+provider = "mock"
+model = "bench"
+max_context_size = 131072
+[models."mock/bench-rs"]
+provider = "mock"
+model = "bench"
+max_context_size = 131072
+[models."anth/bench-r"]
+provider = "anth"
+model = "bench"
+max_context_size = 131072
+[models."mock/bench-g"]
+provider = "mock"
+model = "bench"
+max_context_size = 131072
 TOML
 GATEHOUSE_LOG=warn HOME="$WORK" "$BIN/gatehouse" serve --config "$WORK/config.toml" --port "$PORT" > "$WORK/log" 2>&1 &
 PIDS+=($!)
@@ -78,12 +95,16 @@ for name, model in [("openai", "mock/bench"), ("to-anthropic", "anth/bench"), ("
     json.dump({"model": model, "messages": [{"role": "system", "content": "You are a helpful coding assistant."}, {"role": "user", "content": text}]}, open(f"{sys.argv[1]}/{name}.json", "w"))
 for name, model in [("anthropic-to-openai", "mock/bench-a"), ("anthropic", "anth/bench-a")]:
     json.dump({"model": model, "max_tokens": 256, "system": "You are a helpful coding assistant.", "messages": [{"role": "user", "content": text}]}, open(f"{sys.argv[1]}/{name}.json", "w"))
+# Responses: Codex's way (store false), the API's default (kept), and to Anthropic.
+for name, model, store in [("responses-to-openai", "mock/bench-r", False), ("responses-stored", "mock/bench-rs", True), ("responses-to-anthropic", "anth/bench-r", False)]:
+    json.dump({"model": model, "store": store, "instructions": "You are a helpful coding assistant.", "input": [{"role": "user", "content": [{"type": "input_text", "text": text}]}]}, open(f"{sys.argv[1]}/{name}.json", "w"))
+json.dump({"systemInstruction": {"parts": [{"text": "You are a helpful coding assistant."}]}, "contents": [{"role": "user", "parts": [{"text": text}]}]}, open(f"{sys.argv[1]}/gemini-to-openai.json", "w"))
 PY
 printf '%-22s %4s %8s %8s %8s\n' path c rps "p50 µs" "p99 µs"
-for spec in "openai:chat/completions" "anthropic:messages" "anthropic-to-openai:messages" "to-anthropic:chat/completions" "to-gemini:chat/completions" "to-ollama:chat/completions"; do
+for spec in "openai:v1/chat/completions" "anthropic:v1/messages" "anthropic-to-openai:v1/messages" "to-anthropic:v1/chat/completions" "to-gemini:v1/chat/completions" "to-ollama:v1/chat/completions" "responses-to-openai:v1/responses" "responses-stored:v1/responses" "responses-to-anthropic:v1/responses" "gemini-to-openai:v1beta/models/mock/bench-g:generateContent"; do
   name=${spec%%:*} route=${spec#*:}
   for c in 1 64; do
-    "$BIN/gatehouse-bench" load --label "$name" --url "http://127.0.0.1:$PORT/v1/$route" \
+    "$BIN/gatehouse-bench" load --label "$name" --url "http://127.0.0.1:$PORT/$route" \
       --body "$WORK/$name.json" --concurrency "$c" --duration "$DUR" |
       python3 -c "import json,sys; r=json.load(sys.stdin); print(f\"{'$name':22} {$c:>4} {round(r['rps']):>8} {r['latency_us']['p50']:>8} {r['latency_us']['p99']:>8}  errors={r.get('errors', 0)}\")"
   done
@@ -93,7 +114,9 @@ curl -s "http://127.0.0.1:$PORT/api/export/csv?all=1" -o "$WORK/rows.csv"
 python3 - "$WORK/rows.csv" <<'PY'
 import csv, statistics, sys
 paths = {"mock/bench": "openai", "anth/bench-a": "anthropic", "mock/bench-a": "anthropic-to-openai",
-         "anth/bench": "to-anthropic", "gem/bench": "to-gemini", "ol/bench": "to-ollama"}
+         "anth/bench": "to-anthropic", "gem/bench": "to-gemini", "ol/bench": "to-ollama",
+         "mock/bench-r": "responses-to-openai", "mock/bench-rs": "responses-stored",
+         "anth/bench-r": "responses-to-anthropic", "mock/bench-g": "gemini-to-openai"}
 by = {}
 for r in csv.DictReader(open(sys.argv[1])):
     by.setdefault(r["model"], []).append(int(r["overhead_us"]))
