@@ -22,8 +22,9 @@ pub use load::{
 };
 pub use schema::{
     AutoRoute, AutoWeights, CircuitBreaker, CompactionAuto, CompactionConfig, CompactionStrategy,
-    Config, DashboardConfig, Deployment, HeavyDuty, LogWatcherConfig, ModelConfig, ProviderConfig,
-    ProviderType, ProxyConfig, RedactionConfig, RedactionMode, RetentionConfig, SanitizerConfig,
-    ServerConfig, SessionsConfig, StorageConfig, Timeouts, WhenNone, shown_url,
+    Config, DashboardConfig, Deployment, HeavyDuty, LogWatcherConfig, ModelConfig,
+    PassthroughConfig, ProviderConfig, ProviderType, ProxyConfig, RedactionConfig, RedactionMode,
+    RetentionConfig, SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig, Timeouts,
+    WhenNone, shown_url,
 };
 pub use secret::Secret;

@@ -11,8 +11,9 @@ use toml::{Table, Value};
 
 use crate::schema::{
     AutoRoute, CompactionConfig, Config, DashboardConfig, LogWatcherConfig, ModelConfig, ModelRaw,
-    ProviderConfig, ProviderRaw, ProxyConfig, ProxyRaw, RedactionConfig, RetentionConfig,
-    SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig, TimeoutOverrides, Timeouts,
+    PassthroughConfig, ProviderConfig, ProviderRaw, ProxyConfig, ProxyRaw, RedactionConfig,
+    RetentionConfig, SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig,
+    TimeoutOverrides, Timeouts,
 };
 use crate::secret::Secret;
 
@@ -30,6 +31,7 @@ const SECTIONS: &[&str] = &[
     "sanitizer",
     "compaction",
     "proxy",
+    "passthrough",
     "providers",
     "models",
     "auto",
@@ -243,6 +245,10 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
     let sanitizer: Option<SanitizerConfig> = section(&root, "sanitizer", &mut issues);
     let compaction: Option<CompactionConfig> = section(&root, "compaction", &mut issues);
     let proxy: Option<ProxyRaw> = section(&root, "proxy", &mut issues);
+    let passthrough: Option<PassthroughConfig> = section(&root, "passthrough", &mut issues);
+    if let Some(p) = &passthrough {
+        check_passthrough(p, &mut issues);
+    }
 
     let mut providers_raw = BTreeMap::new();
     for (key, value) in entries(&root, "providers", &mut issues) {
@@ -662,6 +668,8 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
         sanitizer,
         compaction,
         proxy,
+        passthrough,
+        timeouts_default,
     ) {
         (
             Some(server),
@@ -674,6 +682,8 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             Some(sanitizer),
             Some(compaction),
             Some(proxy),
+            Some(passthrough),
+            Some(timeouts),
         ) if issues.is_empty() => Ok(Config {
             server,
             storage,
@@ -692,13 +702,35 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 token_cache_entries: proxy.token_cache_entries,
                 circuit_breaker: proxy.circuit_breaker,
                 heavy_duty: proxy.heavy_duty,
+                timeouts,
             },
+            passthrough,
             providers,
             models,
             auto,
             seed_keys,
         }),
         _ => Err(issues),
+    }
+}
+
+/// Each entry a bare host: no scheme, port, path or wildcard other than a leading `*.`.
+fn check_passthrough(p: &PassthroughConfig, issues: &mut Vec<Issue>) {
+    for (i, host) in p.allowed_hosts.iter().enumerate() {
+        let name = host.strip_prefix("*.").unwrap_or(host);
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        let ok = !bare.is_empty()
+            && (bare.parse::<std::net::IpAddr>().is_ok()
+                || bare
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
+        if !ok {
+            issues.push(issue(
+                &format!("passthrough.allowed_hosts[{i}]"),
+                &format!("`{host}` is not a host name, `*.suffix` or IP address"),
+                Some("list hosts without scheme, port or path: \"api.openai.com\", \"*.openai.azure.com\", \"10.0.0.5\""),
+            ));
+        }
     }
 }
 

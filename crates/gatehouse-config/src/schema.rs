@@ -22,6 +22,7 @@ pub struct Config {
     pub sanitizer: SanitizerConfig,
     pub compaction: CompactionConfig,
     pub proxy: ProxyConfig,
+    pub passthrough: PassthroughConfig,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: BTreeMap<String, ModelConfig>,
     /// Smart-routing virtual models, by name: `auto/<name>`.
@@ -267,6 +268,18 @@ pub struct ProxyConfig {
     pub token_cache_entries: usize,
     pub circuit_breaker: CircuitBreaker,
     pub heavy_duty: HeavyDuty,
+    /// `[proxy.timeouts]` without the per-provider overrides: what a passthrough target gets.
+    pub timeouts: Timeouts,
+}
+
+/// Session-less passthrough: `X-Target-Base-URL` names where a request goes, with the client's
+/// own key. Only to the hosts listed; an empty list turns it off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassthroughConfig {
+    /// Host names (`api.openai.com`), `*.`-prefixed suffixes (`*.openai.azure.com`) or IP
+    /// addresses; a private or loopback address is reached only when listed as an address.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// The seed's heavy-duty fallback: a prompt at `threshold_pct` of its model's window moves to

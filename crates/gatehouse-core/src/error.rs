@@ -31,6 +31,9 @@ pub enum ErrorKind {
     OriginNotAllowed,
     /// The `Host` header names a host the gateway does not answer to (DNS rebinding).
     HostNotAllowed,
+    /// `X-Target-Base-URL` names a host `[passthrough] allowed_hosts` does not list, or one that
+    /// resolves to a private address.
+    PassthroughNotAllowed,
     /// The request body is larger than `server.max_body_bytes`.
     BodyTooLarge,
     /// The prompt has more tokens than the model's window.
@@ -69,6 +72,7 @@ impl ErrorKind {
             Self::NotFound => "not_found",
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::HostNotAllowed => "host_not_allowed",
+            Self::PassthroughNotAllowed => "passthrough_not_allowed",
             Self::SecretDetected => "secret_detected",
             Self::BodyTooLarge => "request_too_large",
             Self::ContextLengthExceeded => "context_length_exceeded",
@@ -98,7 +102,9 @@ impl ErrorKind {
             | Self::SecretDetected
             | Self::LoopDetected => "invalid_request_error",
             Self::ProviderKeyMissing => "authentication_error",
-            Self::OriginNotAllowed | Self::HostNotAllowed => "permission_error",
+            Self::OriginNotAllowed | Self::HostNotAllowed | Self::PassthroughNotAllowed => {
+                "permission_error"
+            }
             Self::ProviderUnsupported => "not_implemented_error",
             Self::UpstreamTimeout => "timeout_error",
             Self::UpstreamUnreachable
@@ -116,7 +122,7 @@ impl ErrorKind {
             Self::InvalidJson | Self::InvalidRequest | Self::SecretDetected => 400,
             // 401 rather than 5xx: SDKs do not retry it, and the message says what to set.
             Self::ProviderKeyMissing => 401,
-            Self::OriginNotAllowed | Self::HostNotAllowed => 403,
+            Self::OriginNotAllowed | Self::HostNotAllowed | Self::PassthroughNotAllowed => 403,
             Self::ModelNotFound | Self::NotFound => 404,
             Self::BodyTooLarge | Self::ContextLengthExceeded => 413,
             Self::Internal => 500,
@@ -138,6 +144,7 @@ impl ErrorKind {
             | Self::ContextLengthExceeded
             | Self::OriginNotAllowed
             | Self::HostNotAllowed
+            | Self::PassthroughNotAllowed
             | Self::SecretDetected
             | Self::LoopDetected => Fault::Client,
             Self::UpstreamUnreachable

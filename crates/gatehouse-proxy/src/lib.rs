@@ -12,6 +12,7 @@
 
 pub mod breaker;
 pub mod headers;
+pub mod passthrough;
 pub mod ratelimit;
 pub mod rewrite;
 pub mod route;

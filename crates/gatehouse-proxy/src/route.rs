@@ -60,6 +60,14 @@ impl LatencyEwma {
     }
 }
 
+impl Route {
+    /// A passthrough route: the client's target, not a configured provider.
+    pub fn is_passthrough(&self) -> bool {
+        self.provider_key
+            .starts_with(crate::passthrough::PROVIDER_PREFIX)
+    }
+}
+
 impl Clone for LatencyEwma {
     fn clone(&self) -> Self {
         Self(std::sync::atomic::AtomicU64::new(
@@ -174,6 +182,29 @@ impl Router {
             ));
         }
         Ok(route)
+    }
+
+    /// The route of a passthrough request: the client's model at the client's target. The
+    /// catalogue's knowledge of the model (window, vocabulary, prices) is used when it has it.
+    pub fn passthrough(&self, target: &crate::passthrough::Target, model: &str) -> Arc<Route> {
+        let known = self
+            .models
+            .values()
+            .find(|r| r.upstream_model == model || r.model_key == model);
+        Arc::new(Route {
+            model_key: model.to_owned(),
+            provider_key: target.provider_key.clone(),
+            upstream_model: model.to_owned(),
+            max_context: known.map_or(UNLISTED_MODEL_WINDOW, |r| r.max_context),
+            encoding: known.map_or_else(|| Encoding::for_model(model), |r| r.encoding),
+            pricing: known.and_then(|r| r.pricing),
+            provider: target.provider.clone(),
+            fallbacks: Vec::new(),
+            fallback_on_timeout: false,
+            deployments: Vec::new(),
+            weight: 1.0,
+            latency: LatencyEwma::default(),
+        })
     }
 
     /// `provider/upstream-model` for a configured provider.

@@ -166,6 +166,7 @@ pub struct Upstream {
     pub breakers: crate::breaker::Breakers,
     pub rate_limits: crate::ratelimit::RateLimits,
     pub dice: crate::select::Dice,
+    pub passthrough: crate::passthrough::Passthrough,
     retries: u32,
     backoff: Duration,
     hop_id: HeaderValue,
@@ -194,11 +195,7 @@ impl Upstream {
         for (key, p) in &config.providers {
             // Config validation guarantees an http(s) URL; one that still fails to parse is
             // left out and its requests get a clear error.
-            let path = match p.kind {
-                gatehouse_config::ProviderType::Anthropic => "messages",
-                gatehouse_config::ProviderType::Ollama => crate::translate::ollama::PATH,
-                _ => "chat/completions",
-            };
+            let path = endpoint_path(p.kind);
             if let Ok(chat_url) = reqwest::Url::parse(&format!("{}/{path}", p.base_url)) {
                 endpoints.insert(
                     key.clone(),
@@ -213,6 +210,10 @@ impl Upstream {
         }
         Ok(Self {
             endpoints,
+            passthrough: crate::passthrough::Passthrough::new(
+                &config.passthrough,
+                config.proxy.timeouts,
+            )?,
             breakers: crate::breaker::Breakers::new(config.proxy.circuit_breaker),
             dice: crate::select::Dice::default(),
             rate_limits: crate::ratelimit::RateLimits::new(
@@ -225,6 +226,27 @@ impl Upstream {
             backoff: config.proxy.retry_backoff,
             hop_id: HeaderValue::from_str(&format!("gatehouse/{instance_id}"))
                 .unwrap_or_else(|_| HeaderValue::from_static("gatehouse")),
+        })
+    }
+
+    /// A passthrough target's endpoint, built per request on the shared passthrough client.
+    fn passthrough_endpoint(&self, route: &Route) -> Result<Endpoint, ApiError> {
+        let p = &*route.provider;
+        let chat_url = reqwest::Url::parse(&format!("{}/{}", p.base_url, endpoint_path(p.kind)))
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorKind::PassthroughNotAllowed,
+                    format!(
+                        "X-Target-Base-URL `{}` does not make a URL: {e}",
+                        p.shown_url
+                    ),
+                )
+            })?;
+        Ok(Endpoint {
+            client: self.passthrough.client().clone(),
+            chat_url,
+            headers: ProviderHeaders::new(p),
+            stream_usage: AtomicBool::new(p.stream_usage),
         })
     }
 
@@ -259,18 +281,28 @@ impl Upstream {
     ) -> Result<Outcome, Failure> {
         let started = Instant::now();
         let provider = &*route.provider;
-        let Some(endpoint) = self.endpoints.get(&route.provider_key) else {
-            return Err(Failure::new(
-                ApiError::new(
-                    ErrorKind::Internal,
-                    format!(
-                        "provider `{}` has no usable base URL ({})",
-                        route.provider_key, provider.shown_url
+        let passthrough;
+        let endpoint = match self.endpoints.get(&route.provider_key) {
+            Some(e) => e,
+            None if route.is_passthrough() => {
+                passthrough = self
+                    .passthrough_endpoint(route)
+                    .map_err(|e| Failure::new(e, 0, Duration::ZERO))?;
+                &passthrough
+            }
+            None => {
+                return Err(Failure::new(
+                    ApiError::new(
+                        ErrorKind::Internal,
+                        format!(
+                            "provider `{}` has no usable base URL ({})",
+                            route.provider_key, provider.shown_url
+                        ),
                     ),
-                ),
-                0,
-                Duration::ZERO,
-            ));
+                    0,
+                    Duration::ZERO,
+                ));
+            }
         };
         let ticket = match self.breakers.admit(&route.provider_key, started) {
             Ok(t) => t,
@@ -550,6 +582,15 @@ impl Upstream {
                 ttfb,
             }),
         }
+    }
+}
+
+/// The path of a provider's chat endpoint under its base URL (Gemini's is per model).
+fn endpoint_path(kind: gatehouse_config::ProviderType) -> &'static str {
+    match kind {
+        gatehouse_config::ProviderType::Anthropic => "messages",
+        gatehouse_config::ProviderType::Ollama => crate::translate::ollama::PATH,
+        _ => "chat/completions",
     }
 }
 

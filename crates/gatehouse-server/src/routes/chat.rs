@@ -119,14 +119,25 @@ pub(crate) async fn handle(
     let body = req.body.clone();
     let named = req.explicit_session.as_ref().or(req.conversation.as_ref());
     let refused = |e| record::refused(st, request_id, t0, named, Some(&body), e);
-    let mut p = prepare::run(st, req.body, ingress.format)
+    let target = st
+        .upstream
+        .passthrough
+        .target(headers, passthrough_kind(ingress.format))
+        .await
+        .map_err(refused)?;
+    // Session-less: a passthrough request goes in its target's own session, never in the
+    // user's active one.
+    let target_session = target
+        .as_ref()
+        .and_then(|t| SessionId::parse_client(&t.provider_key));
+    let mut p = prepare::run(st, req.body, ingress.format, target)
         .await
         .map_err(refused)?;
     p.responses = ingress.responses;
     let admission = admit::admit(st, &p).map_err(refused)?;
     let model = p.session_model.as_deref().unwrap_or(&p.route.model_key);
     let (provider, name) = (&p.route.provider_key, p.session_name.as_deref());
-    let session = match (req.explicit_session, req.conversation) {
+    let session = match (req.explicit_session.or(target_session), req.conversation) {
         (None, Some(conversation)) => {
             st.sessions
                 .resolve_conversation(conversation, model, provider, name)
@@ -146,6 +157,16 @@ pub(crate) async fn handle(
         Err(e) => return Err(draft.refuse(e)),
     };
     respond::respond(st, &p, sent, draft, request_id, &session, t0).await
+}
+
+/// The provider type a passthrough target is spoken to in: the client's own API.
+fn passthrough_kind(format: Format) -> gatehouse_config::ProviderType {
+    use gatehouse_config::ProviderType;
+    match format {
+        Format::Anthropic => ProviderType::Anthropic,
+        Format::Gemini => ProviderType::Gemini,
+        Format::OpenAi | Format::Responses | Format::Ollama => ProviderType::Openai,
+    }
 }
 
 /// A request an ingress refused before the path began: counted, and a row in the active

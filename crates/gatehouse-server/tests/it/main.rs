@@ -17,6 +17,7 @@ mod gemini;
 mod guard;
 mod live;
 mod memory;
+mod passthrough;
 mod proxy;
 mod redaction;
 mod repair;

@@ -48,8 +48,14 @@ pub(super) async fn apply(
                 .collect(),
         });
     }
-    compacting::compaction(st, p, session, request_id).await?;
-    let heavy_duty = heavy_duty(st, p)?;
+    // A passthrough target is the client's: its window and its models are not ours to manage.
+    let passthrough = p.route.is_passthrough();
+    let heavy_duty = if passthrough {
+        None
+    } else {
+        compacting::compaction(st, p, session, request_id).await?;
+        heavy_duty(st, p)?
+    };
     let notes: Vec<String> = p.select_note.take().into_iter().chain(heavy_duty).collect();
     for note in &notes {
         emit(&*st.bus, || Event::Routing {
@@ -62,7 +68,7 @@ pub(super) async fn apply(
         });
     }
     // After compaction: a history over the window may fit once its point is applied.
-    if p.prompt_tokens > p.route.max_context {
+    if !passthrough && p.prompt_tokens > p.route.max_context {
         return Err(ApiError::new(
             ErrorKind::ContextLengthExceeded,
             format!(

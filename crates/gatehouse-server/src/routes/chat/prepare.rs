@@ -10,6 +10,7 @@ use gatehouse_core::record::MaskedContent;
 use gatehouse_core::request::RequestParseError;
 use gatehouse_core::{ApiError, ChatRequestView, ErrorKind};
 use gatehouse_proxy::Route;
+use gatehouse_proxy::passthrough::Target;
 use gatehouse_proxy::rewrite::{UsageAsk, rewrite};
 use gatehouse_proxy::translate::{self, Format};
 
@@ -69,12 +70,17 @@ pub(crate) struct Prepared {
 }
 
 /// [`prepare`], on the blocking pool for a large body.
-pub(super) async fn run(st: &AppState, body: Bytes, ingress: Format) -> Result<Prepared, ApiError> {
+pub(super) async fn run(
+    st: &AppState,
+    body: Bytes,
+    ingress: Format,
+    target: Option<Target>,
+) -> Result<Prepared, ApiError> {
     if body.len() <= BLOCKING_PREPARE_BYTES {
-        return prepare(st, &body, ingress);
+        return prepare(st, &body, ingress, target.as_ref());
     }
     let st2 = st.clone();
-    tokio::task::spawn_blocking(move || prepare(&st2, &body, ingress))
+    tokio::task::spawn_blocking(move || prepare(&st2, &body, ingress, target.as_ref()))
         .await
         .map_err(|e| {
             ApiError::new(
@@ -103,7 +109,18 @@ struct Selected {
 /// The route of a request: a smart-routing choice for `auto/<name>`, a balanced deployment for a
 /// model that has several, or the model itself; with the account of the choice and, when it is
 /// not the route's own, the model key its session is kept under.
-fn select_route(st: &AppState, view: &ChatRequestView<'_>) -> Result<Selected, ApiError> {
+fn select_route(
+    st: &AppState,
+    view: &ChatRequestView<'_>,
+    target: Option<&Target>,
+) -> Result<Selected, ApiError> {
+    if let Some(t) = target {
+        return Ok(Selected {
+            route: st.router.passthrough(t, &view.model),
+            note: Some(format!("passthrough to {}", t.provider.shown_url)),
+            session_model: None,
+        });
+    }
     if let Some((name, auto)) = st.router.auto(&view.model) {
         // Count with the first candidate's vocabulary; candidates differ by a few percent.
         let enc = auto
@@ -153,7 +170,12 @@ fn select_route(st: &AppState, view: &ChatRequestView<'_>) -> Result<Selected, A
     })
 }
 
-fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, ApiError> {
+fn prepare(
+    st: &AppState,
+    body: &Bytes,
+    ingress: Format,
+    target: Option<&Target>,
+) -> Result<Prepared, ApiError> {
     let (client_body, redacted) = redact(st, body)?;
     let (client_body, repaired) = repair(st, client_body, ingress);
     // Everything below works on OpenAI's format; another client format is translated once here.
@@ -178,7 +200,7 @@ fn prepare(st: &AppState, body: &Bytes, ingress: Format) -> Result<Prepared, Api
         route,
         note: mut select_note,
         session_model,
-    } = select_route(st, &first)?;
+    } = select_route(st, &first, target)?;
     // Only a translated request has `left_out`; it matters when it goes to another format.
     if !left_out.is_empty() && Format::of_provider(route.provider.kind) != ingress {
         add_note(

@@ -1,0 +1,329 @@
+//! Session-less passthrough: a request whose `X-Target-Base-URL` names a listed host goes there,
+//! with the client's own key, instead of to a configured provider.
+//!
+//! Never an open relay. The host must be listed in `[passthrough] allowed_hosts`; a host name
+//! is resolved before the request is admitted, and again, through a guarded resolver, when the
+//! connection is made (so a name that changes its address in between, DNS rebinding, gains
+//! nothing): an address that is private, loopback, link-local or otherwise not public is
+//! reached only when that address itself is listed.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_config::{PassthroughConfig, ProviderConfig, ProviderType, Secret, Timeouts};
+use gatehouse_core::{ApiError, ErrorKind};
+use http::{HeaderMap, header};
+
+/// The header naming the base URL.
+pub const TARGET_HEADER: &str = "x-target-base-url";
+/// Provider keys of passthrough routes start with this; the rest is the host.
+pub const PROVIDER_PREFIX: &str = "passthrough:";
+
+/// The allow-list and the one client every passthrough request shares.
+pub struct Passthrough {
+    hosts: Vec<String>,
+    addresses: Arc<Vec<IpAddr>>,
+    timeouts: Timeouts,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Passthrough {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Passthrough")
+            .field("hosts", &self.hosts)
+            .finish()
+    }
+}
+
+/// Where one passthrough request goes: a provider of its own, keyed `passthrough:<host>`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub provider_key: String,
+    pub provider: Arc<ProviderConfig>,
+}
+
+impl Passthrough {
+    pub fn new(config: &PassthroughConfig, timeouts: Timeouts) -> Result<Self, reqwest::Error> {
+        let hosts: Vec<String> = config
+            .allowed_hosts
+            .iter()
+            .map(|h| {
+                h.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_ascii_lowercase()
+            })
+            .collect();
+        let addresses: Arc<Vec<IpAddr>> =
+            Arc::new(hosts.iter().filter_map(|h| h.parse().ok()).collect());
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(GuardedResolver {
+                addresses: addresses.clone(),
+            }))
+            .build()?;
+        Ok(Self {
+            hosts,
+            addresses,
+            timeouts,
+            client,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.hosts.is_empty()
+    }
+
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// The target of a request, `None` without the header. `format` is the provider type the
+    /// client speaks (its key is in that API's header). Refused (403) unless the host is listed
+    /// and every address it resolves to may be reached.
+    pub async fn target(
+        &self,
+        headers: &HeaderMap,
+        kind: ProviderType,
+    ) -> Result<Option<Target>, ApiError> {
+        let Some(value) = headers.get(TARGET_HEADER) else {
+            return Ok(None);
+        };
+        let refuse = |why: String| Err(ApiError::new(ErrorKind::PassthroughNotAllowed, why));
+        let Some(raw) = value.to_str().ok().map(str::trim) else {
+            return refuse("X-Target-Base-URL is not a readable URL".into());
+        };
+        let Ok(url) = url::Url::parse(raw) else {
+            return refuse(format!(
+                "X-Target-Base-URL `{}` is not a URL (e.g. https://api.openai.com/v1)",
+                gatehouse_config::shown_url(raw)
+            ));
+        };
+        if !matches!(url.scheme(), "http" | "https") {
+            return refuse("X-Target-Base-URL must be an http or https URL".into());
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return refuse(
+                "X-Target-Base-URL must not carry credentials; send your key in Authorization"
+                    .into(),
+            );
+        }
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) => d.to_ascii_lowercase(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            None => return refuse("X-Target-Base-URL has no host".into()),
+        };
+        if !self.listed(&host) {
+            return refuse(if self.hosts.is_empty() {
+                "passthrough is off: no host is listed in [passthrough] allowed_hosts".into()
+            } else {
+                format!("host `{host}` is not listed in [passthrough] allowed_hosts")
+            });
+        }
+        // A host name is checked now, for a clear 403; the resolver checks again on connect.
+        if host.parse::<IpAddr>().is_err() {
+            let port = url.port_or_known_default().unwrap_or(443);
+            let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host.as_str(), port)).await
+            {
+                Ok(a) => a.collect(),
+                Err(e) => {
+                    return Err(ApiError::new(
+                        ErrorKind::UpstreamUnreachable,
+                        format!("passthrough host `{host}` could not be resolved: {e}"),
+                    ));
+                }
+            };
+            if let Some(a) = addrs.iter().find(|a| !reachable(a.ip(), &self.addresses)) {
+                return refuse(format!(
+                    "host `{host}` resolves to {}, a private or loopback address; list that address in [passthrough] allowed_hosts to allow it",
+                    a.ip()
+                ));
+            }
+        }
+        let Some(key) = client_key(headers, kind) else {
+            return Err(ApiError::new(
+                ErrorKind::ProviderKeyMissing,
+                "a passthrough request carries your own provider key: send it in Authorization: Bearer (or x-api-key)",
+            ));
+        };
+        let base_url = url.as_str().trim_end_matches('/').to_owned();
+        Ok(Some(Target {
+            provider_key: format!("{PROVIDER_PREFIX}{host}"),
+            provider: Arc::new(ProviderConfig {
+                kind,
+                shown_url: gatehouse_config::shown_url(&base_url),
+                base_url,
+                api_key: Some(key),
+                api_key_env: None,
+                headers: Default::default(),
+                timeouts: self.timeouts,
+                // The target is unknown: usage comes from whatever its stream carries.
+                stream_usage: false,
+                rpm: None,
+            }),
+        }))
+    }
+
+    fn listed(&self, host: &str) -> bool {
+        self.hosts.iter().any(|h| match h.strip_prefix("*.") {
+            Some(suffix) => host
+                .strip_suffix(suffix)
+                .is_some_and(|head| head.ends_with('.') && head.len() > 1),
+            None => h == host,
+        })
+    }
+}
+
+/// The client's key for the API it speaks: that API's own header first, then the other one.
+fn client_key(headers: &HeaderMap, kind: ProviderType) -> Option<Secret> {
+    let bearer = || {
+        headers
+            .get(header::AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+    };
+    let named = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
+    let key = match kind {
+        ProviderType::Anthropic => named("x-api-key").or_else(bearer),
+        ProviderType::Gemini => named("x-goog-api-key").or_else(bearer),
+        _ => bearer().or_else(|| named("x-api-key")),
+    }?;
+    (!key.is_empty()).then(|| Secret::new(key.to_owned()))
+}
+
+/// Whether an address may be reached: a public one, or one listed itself.
+fn reachable(ip: IpAddr, listed: &[IpAddr]) -> bool {
+    listed.contains(&ip) || is_public(ip)
+}
+
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let [x, y, ..] = a.octets();
+            !(a.is_private()
+                || a.is_loopback()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || a.is_documentation()
+                // shared address space (RFC 6598) and 0.0.0.0/8
+                || (x == 100 && (64..128).contains(&y))
+                || x == 0)
+        }
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                let first = a.segments().first().copied().unwrap_or(0);
+                !(a.is_loopback()
+                    || a.is_unspecified()
+                    || a.is_multicast()
+                    // unique local fc00::/7 and link-local fe80::/10
+                    || (first & 0xfe00) == 0xfc00
+                    || (first & 0xffc0) == 0xfe80)
+            }
+        },
+    }
+}
+
+/// Resolves with the system resolver and keeps only the addresses passthrough may reach.
+struct GuardedResolver {
+    addresses: Arc<Vec<IpAddr>>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let listed = self.addresses.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let ok: Vec<SocketAddr> = all
+                .into_iter()
+                .filter(|a| reachable(a.ip(), &listed))
+                .collect();
+            if ok.is_empty() {
+                return Err(format!(
+                    "`{host}` resolves only to private or loopback addresses, which passthrough does not reach unless they are listed"
+                )
+                .into());
+            }
+            Ok(Box::new(ok.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pt(hosts: &[&str]) -> Passthrough {
+        let t = Duration::from_secs(5);
+        Passthrough::new(
+            &PassthroughConfig {
+                allowed_hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            },
+            Timeouts {
+                connect: t,
+                first_byte: t,
+                idle: t,
+                total: t,
+            },
+        )
+        .expect("client")
+    }
+
+    #[test]
+    fn hosts_match_exactly_or_by_suffix() {
+        let p = pt(&["api.openai.com", "*.openai.azure.com", "10.0.0.5"]);
+        assert!(p.listed("api.openai.com"));
+        assert!(!p.listed("evil-api.openai.com"));
+        assert!(!p.listed("api.openai.com.evil.net"));
+        assert!(p.listed("team.openai.azure.com"));
+        assert!(!p.listed("openai.azure.com"));
+        assert!(!p.listed("x.evilopenai.azure.com.net"));
+        assert!(p.listed("10.0.0.5"));
+    }
+
+    #[test]
+    fn private_addresses_need_listing() {
+        let none: &[IpAddr] = &[];
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+        ] {
+            let ip: IpAddr = private.parse().unwrap();
+            assert!(!reachable(ip, none), "{private}");
+            assert!(reachable(ip, &[ip]), "{private} listed");
+        }
+        assert!(reachable("104.18.7.192".parse().unwrap(), none));
+        assert!(reachable("2606:4700::1".parse().unwrap(), none));
+    }
+
+    #[test]
+    fn the_key_comes_from_the_clients_own_header() {
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", "sk-ant".parse().unwrap());
+        h.insert(header::AUTHORIZATION, "Bearer sk-oai".parse().unwrap());
+        let key = |k| client_key(&h, k).map(|s| s.expose().to_owned());
+        assert_eq!(key(ProviderType::Anthropic).as_deref(), Some("sk-ant"));
+        assert_eq!(key(ProviderType::Openai).as_deref(), Some("sk-oai"));
+        assert_eq!(
+            client_key(&HeaderMap::new(), ProviderType::Openai).map(|_| ()),
+            None
+        );
+    }
+}
