@@ -87,7 +87,12 @@ pub(crate) async fn messages(
     }
     // `tool`: call the request's first tool, unless the conversation already holds a result;
     // `shell`: call its shell tool, then say what the tool said.
-    let last = req["messages"].as_array().and_then(|m| m.last());
+    // A client may append a system message after the turn (Claude Code does on a model
+    // switch): the turn is the last message of the conversation itself.
+    let last = req["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] != "system"));
+    let call_id = format!("toolu_mock_{}", crate::turn_of(&req));
     let result = last
         .and_then(|m| m["content"].as_array())
         .and_then(|c| c.iter().find(|b| b["type"] == "tool_result"));
@@ -114,7 +119,7 @@ pub(crate) async fn messages(
         }
         let (content, stop) = match &tool {
             Some((name, input)) => (
-                json!([{"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": input}]),
+                json!([{"type": "tool_use", "id": call_id, "name": name, "input": input}]),
                 "tool_use",
             ),
             None => (json!([{"type": "text", "text": text}]), "end_turn"),
@@ -138,7 +143,7 @@ pub(crate) async fn messages(
     ];
     let stop = match &tool {
         Some((name, input)) => {
-            events.push(event("content_block_start", &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {}}})));
+            events.push(event("content_block_start", &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": call_id, "name": name, "input": {}}})));
             // The `tool` directive's text, as a provider would space it.
             let text = if s.shell {
                 input.to_string()

@@ -304,23 +304,27 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
             ),
         );
     }
-    let last_is_result = req["messages"]
+    let last = req["messages"]
         .as_array()
-        .and_then(|m| m.last())
-        .is_some_and(|m| m["role"] == "tool");
+        .and_then(|m| m.iter().rev().find(|m| m["role"] != "system"));
+    let last_is_result = last.is_some_and(|m| m["role"] == "tool");
+    let call_id = format!("call_mock_{}", turn_of(&req));
     if s.shell {
         let tools = req["tools"].as_array().cloned().unwrap_or_default();
         let names = tools.iter().filter_map(|t| t["function"]["name"].as_str());
         if last_is_result {
-            let result = req["messages"]
-                .as_array()
-                .and_then(|m| m.last())
-                .map(|m| text_of(&m["content"]))
-                .unwrap_or_default();
+            let result = last.map(|m| text_of(&m["content"])).unwrap_or_default();
             return text_answer(&model, &tool_said(&result), stream, include_usage);
         }
         if let Some((name, args)) = shell_call(names) {
-            return call(&model, &name, &args.to_string(), stream, include_usage);
+            return call(
+                &model,
+                &call_id,
+                &name,
+                &args.to_string(),
+                stream,
+                include_usage,
+            );
         }
     }
     if s.tool && !last_is_result {
@@ -328,7 +332,7 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
             .as_str()
             .unwrap_or("get_weather")
             .to_owned();
-        return tool_call(&model, &name, stream, include_usage);
+        return tool_call(&model, &call_id, &name, stream, include_usage);
     }
     if stream {
         stream_response(model, s, attempt, include_usage)
@@ -354,26 +358,49 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
 }
 
 /// A call of tool `name`, whole or streamed with its arguments in pieces.
-fn tool_call(model: &str, name: &str, stream: bool, include_usage: bool) -> Response {
-    call(model, name, "{\"city\": \"Paris\"}", stream, include_usage)
+fn tool_call(model: &str, id: &str, name: &str, stream: bool, include_usage: bool) -> Response {
+    call(
+        model,
+        id,
+        name,
+        "{\"city\": \"Paris\"}",
+        stream,
+        include_usage,
+    )
+}
+
+/// Which answer of the conversation this is (1 for the first): tool call ids differ from turn
+/// to turn, as a provider's do, so a client that checks them for repeats accepts each.
+pub(crate) fn turn_of(req: &Value) -> usize {
+    req["messages"]
+        .as_array()
+        .map_or(0, |m| m.iter().filter(|m| m["role"] == "assistant").count())
+        + 1
 }
 
 /// A call of `name` with `args` (JSON text), whole or streamed in three pieces.
-fn call(model: &str, name: &str, args: &str, stream: bool, include_usage: bool) -> Response {
+fn call(
+    model: &str,
+    id: &str,
+    name: &str,
+    args: &str,
+    stream: bool,
+    include_usage: bool,
+) -> Response {
     if !stream {
         return json_response(
             StatusCode::OK,
             &json!({
                 "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
-                    {"id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": args}}]},
+                    {"id": id, "type": "function", "function": {"name": name, "arguments": args}}]},
                     "finish_reason": "tool_calls"}],
                 "usage": usage(7),
             }),
         );
     }
     let mut out = Vec::new();
-    out.push(chunk(model, &json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": ""}}]}), None));
+    out.push(chunk(model, &json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}), None));
     let chars: Vec<char> = args.chars().collect();
     let third = chars.len().div_ceil(3).max(1);
     for part in chars.chunks(third) {
