@@ -100,8 +100,9 @@ pub struct RequestRecord {
     /// The model key the client asked for, when another answered (`model_key`).
     #[serde(default)]
     pub requested_model: Option<String>,
-    /// `None` for a client's request; what the gateway itself called a model for otherwise
-    /// (`compaction_summary`).
+    /// `None` for a turn of a client's conversation; `aside` for a client's side request (a
+    /// title, a probe) kept in the session of another model; what the gateway itself called a
+    /// model for otherwise (`compaction_summary`).
     #[serde(default)]
     pub purpose: Option<String>,
 }

@@ -147,6 +147,10 @@ struct FunctionRaw<'a> {
     arguments: Option<Cow<'a, str>>,
 }
 
+/// The longest answer a side request asks for ([`ChatRequestView::is_aside`]): titles and
+/// summaries of a line or two, well under what a turn of real work asks for.
+pub const ASIDE_MAX_TOKENS: u64 = 1024;
+
 impl<'a> ChatRequestView<'a> {
     /// Parses a request body. Unknown fields are ignored here and preserved in the bytes.
     pub fn parse(body: &'a [u8]) -> Result<Self, RequestParseError> {
@@ -240,6 +244,37 @@ impl<'a> ChatRequestView<'a> {
         })
     }
 
+    /// Identity of the conversation this request continues: a hash of its leading system
+    /// messages and its first user message (their text, so a `cache_control` marker that moves
+    /// from turn to turn changes nothing). Every turn of one conversation shares it, whatever
+    /// its model. `None` without a user message.
+    pub fn conversation_fingerprint(&self) -> Option<u64> {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for m in &self.messages {
+            h.update(m.role.as_bytes());
+            h.update(&[0]);
+            m.hash_text(&mut h);
+            match m.role.as_ref() {
+                "system" | "developer" => {}
+                "user" => return Some(h.digest()),
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// A side request: one that continues no conversation (no answer or tool result in it),
+    /// offers no tools and asks for a short answer, such as a client's title or topic request
+    /// or its `max_tokens: 1` probe.
+    pub fn is_aside(&self) -> bool {
+        self.tools.is_none()
+            && self.max_tokens.is_some_and(|m| m <= ASIDE_MAX_TOKENS)
+            && self
+                .messages
+                .iter()
+                .all(|m| matches!(m.role.as_ref(), "system" | "developer" | "user"))
+    }
+
     /// The text of the first user message, for naming a new session.
     pub fn first_user_text(&self) -> Option<String> {
         self.messages
@@ -267,6 +302,25 @@ impl<'a> ChatRequestView<'a> {
 }
 
 impl MessageView<'_> {
+    fn hash_text(&self, h: &mut xxhash_rust::xxh3::Xxh3) {
+        match &self.content {
+            Content::None => {}
+            // A string and a single text part are the same content.
+            Content::Text(t) => {
+                h.update(&(t.len() as u64).to_le_bytes());
+                h.update(t.as_bytes());
+            }
+            Content::Parts(parts) => {
+                for p in parts {
+                    if let Part::Text(t) = p {
+                        h.update(&(t.len() as u64).to_le_bytes());
+                        h.update(t.as_bytes());
+                    }
+                }
+            }
+        }
+    }
+
     /// Up to `max` characters of the message's text, whitespace collapsed.
     pub fn preview(&self, max: usize) -> String {
         match &self.content {
@@ -495,6 +549,49 @@ mod tests {
                 ChatRequestView::parse(body.as_bytes()),
                 Err(RequestParseError::Syntax(_))
             ));
+        }
+    }
+
+    fn view(body: &str) -> ChatRequestView<'_> {
+        ChatRequestView::parse(body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn every_turn_of_a_conversation_shares_its_fingerprint() {
+        let first = r#"{"model":"a","messages":[{"role":"system","content":"be brief"},
+            {"role":"user","content":"fix the bug"}]}"#;
+        let later = r#"{"model":"b","messages":[{"role":"system","content":"be brief"},
+            {"role":"user","content":[{"type":"text","text":"fix the bug","cache_control":{"type":"ephemeral"}}]},
+            {"role":"assistant","content":"done"},{"role":"user","content":"thanks"}]}"#;
+        let other = r#"{"model":"a","messages":[{"role":"system","content":"be brief"},
+            {"role":"user","content":"fix the other bug"}]}"#;
+        let other_system = r#"{"model":"a","messages":[{"role":"system","content":"be long"},
+            {"role":"user","content":"fix the bug"}]}"#;
+        let fp = view(first).conversation_fingerprint();
+        assert!(fp.is_some());
+        assert_eq!(fp, view(later).conversation_fingerprint());
+        assert_ne!(fp, view(other).conversation_fingerprint());
+        assert_ne!(fp, view(other_system).conversation_fingerprint());
+        let no_user = r#"{"model":"a","messages":[{"role":"system","content":"x"}]}"#;
+        assert_eq!(view(no_user).conversation_fingerprint(), None);
+    }
+
+    #[test]
+    fn side_requests_are_short_single_turns_without_tools() {
+        let probe =
+            r#"{"model":"a","max_tokens":1,"messages":[{"role":"user","content":"quota"}]}"#;
+        let title = r#"{"model":"a","max_tokens":512,"messages":[{"role":"system","content":"a title"},
+            {"role":"user","content":"fix the bug"}]}"#;
+        assert!(view(probe).is_aside());
+        assert!(view(title).is_aside());
+        for turn in [
+            r#"{"model":"a","messages":[{"role":"user","content":"fix the bug"}]}"#,
+            r#"{"model":"a","max_tokens":32000,"messages":[{"role":"user","content":"fix"}]}"#,
+            r#"{"model":"a","max_tokens":1,"tools":[],"messages":[{"role":"user","content":"x"}]}"#,
+            r#"{"model":"a","max_tokens":1,"messages":[{"role":"user","content":"x"},
+                {"role":"assistant","content":"y"},{"role":"user","content":"z"}]}"#,
+        ] {
+            assert!(!view(turn).is_aside(), "{turn}");
         }
     }
 }

@@ -126,7 +126,11 @@ impl AppState {
     /// What a finished request means for the live view (gauge, alerts, events); returns the
     /// row to hand to the writer.
     pub(crate) fn request_finished(&self, record: RequestRecord) -> WriteOp {
-        let gauge = if (200..300).contains(&record.status) && record.error_type.is_none() {
+        // A side request's or the gateway's own prompt is not the conversation's context.
+        let gauge = if (200..300).contains(&record.status)
+            && record.error_type.is_none()
+            && record.purpose.is_none()
+        {
             let tokens = record.effective_total_tokens();
             let (view, change) = self.gauges.on_proxy(
                 &record.session_id,

@@ -1,16 +1,21 @@
 //! Sessions: which conversation a request belongs to.
 //!
-//! The rules (DESIGN.md §5): a request names its session with `X-Gatehouse-Session`; otherwise it
-//! joins the active session; a new session is opened, and made active, on the first request and
-//! when a request asks for another model than the active session's. A new session is named after
-//! the first user prompt (50 characters).
+//! The rules (DESIGN.md §5): a request names its session with `X-Gatehouse-Session`, or its
+//! client names the conversation (Claude Code's session id, Codex's `prompt_cache_key`);
+//! otherwise a request that continues a conversation already seen (the same leading messages,
+//! [`Shape::conversation`]) joins that conversation's session whatever its model, and makes it
+//! active; a side request (a title, a probe: [`Shape::aside`]) for another model than the active
+//! session's is kept in the active session without changing it; any other request joins the
+//! active session, and a new session is opened, and made active, on the first request and when
+//! a request asks for another model than the active session's. A new session is named after the
+//! first user prompt (50 characters).
 //!
 //! Memory is bounded: sessions idle longer than `[retention] session_idle_hours` leave memory
 //! ([`Sessions::evict_idle`]); their rows stay in the database, and a request that names one
 //! again brings it back (the name and model are reloaded in the background, never awaited on
 //! the proxy path).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use gatehouse_core::SessionId;
@@ -37,7 +42,23 @@ pub struct Resolved {
     pub id: SessionId,
     /// A session was opened for this request.
     pub created: bool,
+    /// A side request kept in a session of another model: its row is marked, and its small
+    /// prompt does not move the session's gauge.
+    pub aside: bool,
 }
+
+/// What a request that names no session says about where it belongs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shape {
+    /// The identity of the conversation it continues (its leading messages).
+    pub conversation: Option<u64>,
+    /// It continues nothing and asks for a short answer without tools.
+    pub aside: bool,
+}
+
+/// Fingerprints remembered per session: a client whose first messages change from turn to turn
+/// adds one per request, and only the latest can match again.
+const FINGERPRINTS_PER_SESSION: usize = 8;
 
 #[derive(Default)]
 struct State {
@@ -47,6 +68,43 @@ struct State {
     last_used: HashMap<SessionId, i64>,
     /// Sessions that left memory; a request naming one brings it back.
     evicted: HashSet<SessionId>,
+    /// Conversation fingerprint → its session, and each session's fingerprints, oldest first
+    /// (the bound).
+    conversations: HashMap<u64, SessionId>,
+    fingerprints: HashMap<SessionId, VecDeque<u64>>,
+}
+
+impl State {
+    fn remember(&mut self, fingerprint: u64, id: &SessionId) {
+        if self.conversations.get(&fingerprint) == Some(id) {
+            return;
+        }
+        if let Some(previous) = self.conversations.insert(fingerprint, id.clone())
+            && let Some(fps) = self.fingerprints.get_mut(&previous)
+        {
+            fps.retain(|f| *f != fingerprint);
+        }
+        let fps = self.fingerprints.entry(id.clone()).or_default();
+        fps.push_back(fingerprint);
+        if fps.len() > FINGERPRINTS_PER_SESSION
+            && let Some(old) = fps.pop_front()
+        {
+            self.conversations.remove(&old);
+        }
+    }
+
+    /// A session chosen by hand is where the user wants the next requests, even those of a
+    /// conversation seen before.
+    fn forget_all_conversations(&mut self) {
+        self.conversations.clear();
+        self.fingerprints.clear();
+    }
+
+    fn forget_conversations_of(&mut self, id: &SessionId) {
+        for fp in self.fingerprints.remove(id).unwrap_or_default() {
+            self.conversations.remove(&fp);
+        }
+    }
 }
 
 /// Live session state, loaded from the store at start and persisted through the writer.
@@ -115,7 +173,11 @@ impl Sessions {
                     s.created_at = 0;
                     st.sessions.insert(id.clone(), s);
                     reload = Some(id.clone());
-                    Resolved { id, created: false }
+                    Resolved {
+                        id,
+                        created: false,
+                        aside: false,
+                    }
                 }
                 Some(id) => match st.sessions.get_mut(&id) {
                     Some(s) => {
@@ -124,7 +186,11 @@ impl Sessions {
                             s.provider = Some(provider.to_owned());
                             ops.push(set_model(&id, model_key, provider));
                         }
-                        Resolved { id, created: false }
+                        Resolved {
+                            id,
+                            created: false,
+                            aside: false,
+                        }
                     }
                     None => {
                         // A client-chosen id opens its session on first use; it does not change
@@ -133,7 +199,11 @@ impl Sessions {
                         st.sessions.insert(id.clone(), s.clone());
                         opened = Some((s.clone(), false));
                         ops.push(WriteOp::CreateSession(s));
-                        Resolved { id, created: true }
+                        Resolved {
+                            id,
+                            created: true,
+                            aside: false,
+                        }
                     }
                 },
                 None => {
@@ -148,6 +218,7 @@ impl Sessions {
                             Resolved {
                                 id: s.id.clone(),
                                 created: false,
+                                aside: false,
                             }
                         }
                         Some(s)
@@ -157,6 +228,7 @@ impl Sessions {
                             Resolved {
                                 id: s.id.clone(),
                                 created: false,
+                                aside: false,
                             }
                         }
                         _ => {
@@ -172,7 +244,11 @@ impl Sessions {
                             opened = Some((s.clone(), true));
                             ops.push(WriteOp::CreateSession(s));
                             ops.push(WriteOp::SetActiveSession(Some(id.clone())));
-                            Resolved { id, created: true }
+                            Resolved {
+                                id,
+                                created: true,
+                                aside: false,
+                            }
                         }
                     }
                 }
@@ -202,19 +278,26 @@ impl Sessions {
     /// `X-Claude-Code-Session-Id`): one session for the whole conversation whatever model each
     /// request asks for (side requests to a small model included), and, unlike an id chosen
     /// through `X-Gatehouse-Session`, it becomes the active session: it is what the user is
-    /// doing now.
+    /// doing now. `aside`: the request is a side request ([`Shape::aside`]).
     pub async fn resolve_conversation(
         &self,
         id: SessionId,
+        aside: bool,
         model_key: &str,
         provider: &str,
         first_user_text: Option<&str>,
     ) -> Resolved {
-        let resolved = self
+        let mut resolved = self
             .resolve(Some(id), model_key, provider, first_user_text)
             .await;
         let activated = {
             let mut st = self.lock();
+            resolved.aside = aside
+                && st
+                    .sessions
+                    .get(&resolved.id)
+                    .and_then(|s| s.model_key.as_deref())
+                    .is_some_and(|m| m != model_key);
             if st.active.as_ref() == Some(&resolved.id) {
                 None
             } else {
@@ -227,6 +310,52 @@ impl Sessions {
                 .record(WriteOp::SetActiveSession(Some(resolved.id.clone())))
                 .await;
             emit(&*self.bus, || Event::SessionActivated { session });
+        }
+        resolved
+    }
+
+    /// The session of a request that names none, from its [`Shape`] (the module doc's rules).
+    pub async fn resolve_implicit(
+        &self,
+        shape: Shape,
+        model_key: &str,
+        provider: &str,
+        first_user_text: Option<&str>,
+    ) -> Resolved {
+        let known = shape.conversation.and_then(|fp| {
+            let st = self.lock();
+            st.conversations
+                .get(&fp)
+                .filter(|id| st.sessions.contains_key(*id))
+                .cloned()
+        });
+        if let Some(id) = known {
+            return self
+                .resolve_conversation(id, shape.aside, model_key, provider, first_user_text)
+                .await;
+        }
+        if shape.aside {
+            let mut st = self.lock();
+            let active = st.active.clone().filter(|id| {
+                st.sessions
+                    .get(id)
+                    .and_then(|s| s.model_key.as_deref())
+                    .is_some_and(|m| m != model_key)
+            });
+            if let Some(id) = active {
+                st.last_used.insert(id.clone(), now_ms());
+                return Resolved {
+                    id,
+                    created: false,
+                    aside: true,
+                };
+            }
+        }
+        let resolved = self
+            .resolve(None, model_key, provider, first_user_text)
+            .await;
+        if let Some(fp) = shape.conversation {
+            self.lock().remember(fp, &resolved.id);
         }
         resolved
     }
@@ -245,6 +374,7 @@ impl Sessions {
         for id in &idle {
             st.last_used.remove(id);
             st.sessions.remove(id);
+            st.forget_conversations_of(id);
             st.evicted.insert(id.clone());
         }
         idle
@@ -306,6 +436,7 @@ impl Sessions {
             st.sessions.insert(s.id.clone(), s.clone());
             st.last_used.insert(s.id.clone(), s.created_at);
             st.active = Some(s.id.clone());
+            st.forget_all_conversations();
         }
         self.writer.record(WriteOp::CreateSession(s.clone())).await;
         self.writer
@@ -328,6 +459,7 @@ impl Sessions {
                 .cloned()
                 .ok_or_else(|| SessionError::NotFound(id.clone()))?;
             st.active = Some(id.clone());
+            st.forget_all_conversations();
             s
         };
         self.writer
@@ -370,6 +502,7 @@ impl Sessions {
                 return Err(SessionError::NotFound(id.clone()));
             }
             st.last_used.remove(id);
+            st.forget_conversations_of(id);
             if st.active.as_ref() == Some(id) {
                 st.active = None;
             }
@@ -480,6 +613,84 @@ mod tests {
         assert_eq!(reloaded.active().unwrap().id, b.id);
         assert_eq!(reloaded.count(), 3);
         assert!(reloaded.get(&mine).unwrap().name.starts_with("Session "));
+    }
+
+    fn turn(conversation: u64) -> Shape {
+        Shape {
+            conversation: Some(conversation),
+            aside: false,
+        }
+    }
+
+    const ASIDE: Shape = Shape {
+        conversation: Some(999),
+        aside: true,
+    };
+
+    #[tokio::test]
+    async fn a_conversation_keeps_its_session_across_models_and_side_requests() {
+        let (_d, _store, _w, s) = setup().await;
+        let a = s
+            .resolve_implicit(turn(1), "p/big", "p", Some("fix it"))
+            .await;
+        assert!(a.created);
+        // A title request to the small model: kept in the active session, which stays.
+        let title = s
+            .resolve_implicit(ASIDE, "p/small", "p", Some("title"))
+            .await;
+        assert_eq!(
+            (title.id.clone(), title.created, title.aside),
+            (a.id.clone(), false, true)
+        );
+        assert_eq!(s.active().unwrap().model_key.as_deref(), Some("p/big"));
+        // The next turn, after a `/model` switch: the same conversation, the same session.
+        let switched = s.resolve_implicit(turn(1), "p/other", "p", None).await;
+        assert_eq!((switched.id.clone(), switched.aside), (a.id.clone(), false));
+        // Another conversation on another model opens its own session and becomes active...
+        let b = s
+            .resolve_implicit(turn(2), "p/other", "p", Some("new task"))
+            .await;
+        assert!(b.created);
+        assert_eq!(s.active().unwrap().id, b.id);
+        // ...and going back to the first conversation makes that one active again.
+        let back = s.resolve_implicit(turn(1), "p/big", "p", None).await;
+        assert_eq!(back.id, a.id);
+        assert_eq!(s.active().unwrap().id, a.id);
+        // A short request for the active session's own model is an ordinary request.
+        let same = s.resolve_implicit(ASIDE, "p/big", "p", None).await;
+        assert_eq!((same.id, same.aside), (a.id.clone(), false));
+    }
+
+    #[tokio::test]
+    async fn a_session_chosen_by_hand_wins_over_a_known_conversation() {
+        let (_d, _store, _w, s) = setup().await;
+        let a = s.resolve_implicit(turn(1), "p/m", "p", Some("task")).await;
+        let fresh = s.create(Some("fresh start".into()), None).await.unwrap();
+        let next = s.resolve_implicit(turn(1), "p/m", "p", None).await;
+        assert_eq!(next.id, fresh.id);
+        assert_ne!(next.id, a.id);
+        s.activate(&a.id).await.unwrap();
+        assert_eq!(s.resolve_implicit(turn(1), "p/m", "p", None).await.id, a.id);
+        // A deleted session's conversations are forgotten with it.
+        s.delete(&a.id).await.unwrap();
+        let after = s.resolve_implicit(turn(1), "p/m", "p", None).await;
+        assert_ne!(after.id, a.id);
+    }
+
+    #[tokio::test]
+    async fn fingerprints_are_bounded_per_session() {
+        let (_d, _store, _w, s) = setup().await;
+        let a = s.resolve_implicit(turn(0), "p/m", "p", None).await;
+        for fp in 1..100 {
+            assert_eq!(
+                s.resolve_implicit(turn(fp), "p/m", "p", None).await.id,
+                a.id
+            );
+        }
+        let st = s.lock();
+        assert_eq!(st.conversations.len(), FINGERPRINTS_PER_SESSION);
+        assert!(st.conversations.contains_key(&99));
+        assert!(!st.conversations.contains_key(&0));
     }
 
     #[tokio::test]

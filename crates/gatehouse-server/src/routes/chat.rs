@@ -4,8 +4,8 @@
 //! 1. `ingress`: decode (loop check, body limit, session header);
 //! 2. `prepare`: redact → parse → route → mask → count, one pass over the body;
 //! 3. `admit`: whether the gateway takes the request now (the stream cap);
-//! 4. session: the conversation the request belongs to (`Sessions::resolve`); from here on the
-//!    request has a row (`record::Draft`), whichever way it ends;
+//! 4. `session`: the conversation the request belongs to (the rules are `Sessions`'); from here
+//!    on the request has a row (`record::Draft`), whichever way it ends;
 //! 5. `economy`: masked originals kept, compaction, heavy-duty, the window check (413);
 //! 6. `route`: the provider's format, the send with its retries, fallbacks;
 //! 7. `respond`: the client's answer (error, whole answer or stream) and the row.
@@ -41,6 +41,7 @@ mod prepare;
 mod record;
 mod respond;
 mod route;
+mod session;
 
 pub(crate) use prepare::Prepared;
 use prepare::{parts_of, use_body};
@@ -135,18 +136,18 @@ pub(crate) async fn handle(
         .map_err(refused)?;
     p.responses = ingress.responses;
     let admission = admit::admit(st, &p).map_err(refused)?;
-    let model = p.session_model.as_deref().unwrap_or(&p.route.model_key);
-    let (provider, name) = (&p.route.provider_key, p.session_name.as_deref());
-    let session = match (req.explicit_session.or(target_session), req.conversation) {
-        (None, Some(conversation)) => {
-            st.sessions
-                .resolve_conversation(conversation, model, provider, name)
-                .await
-        }
-        (explicit, _) => st.sessions.resolve(explicit, model, provider, name).await,
-    }
-    .id;
-    let mut draft = Draft::open(st, request_id, &session, t0, &mut p, admission);
+    let explicit = req.explicit_session.or(target_session);
+    let resolved = session::resolve(st, explicit, req.conversation, &p).await;
+    let session = resolved.id;
+    let mut draft = Draft::open(
+        st,
+        request_id,
+        &session,
+        t0,
+        &mut p,
+        admission,
+        resolved.aside,
+    );
     let notes = match economy::apply(st, &mut p, &session, request_id).await {
         Ok(notes) => notes,
         Err(e) => return Err(draft.refuse(e)),

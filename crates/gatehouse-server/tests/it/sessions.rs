@@ -291,3 +291,74 @@ async fn a_client_that_leaves_before_the_answer_leaves_a_row() {
         assert_eq!(rows[0]["error_type"], "client_disconnected", "{label}");
     }
 }
+
+/// An agent's conversation, the way Cline or an SDK loop sends it: the whole history each turn,
+/// side requests to a small model between turns, a model switch half-way.
+#[tokio::test]
+async fn a_conversation_is_one_session_whatever_its_models_and_side_requests() {
+    let app = TestApp::spawn().await;
+    let system = json!({"role": "system", "content": "You are a coding agent."});
+    let mut history = vec![
+        system.clone(),
+        json!({"role": "user", "content": "Add retries to the HTTP client in src/net.rs"}),
+    ];
+    let mut sessions = std::collections::BTreeSet::new();
+    let mut gauge_after_turn = json!(null);
+    for turn in 0..15 {
+        // The user switches models (`/model`) from turn 8 on.
+        let model = if turn < 8 {
+            "mock/echo"
+        } else {
+            "mock/echo-big"
+        };
+        let r = app
+            .chat(json!({"model": model, "messages": history, "max_tokens": 4096}))
+            .await;
+        assert_eq!(r.status(), 200);
+        sessions.insert(session_of(&r));
+        let body: serde_json::Value = r.json().await.unwrap();
+        let answer = body["choices"][0]["message"]["content"].clone();
+        gauge_after_turn = app.get_json("/api/sessions/active").await["gauge"].clone();
+
+        // Between turns: a title request and a one-token probe to the small model.
+        for side in [
+            json!({"model": "mock/small", "max_tokens": 64, "messages": [
+                {"role": "system", "content": "Write a 5-word title for this task."},
+                {"role": "user", "content": "Add retries to the HTTP client in src/net.rs"}]}),
+            json!({"model": "mock/small", "max_tokens": 1,
+                "messages": [{"role": "user", "content": "quota"}]}),
+        ] {
+            let r = app.chat(side).await;
+            assert_eq!(r.status(), 200);
+            sessions.insert(session_of(&r));
+            r.bytes().await.unwrap();
+        }
+        let active = app.get_json("/api/sessions/active").await;
+        assert_eq!(
+            active["gauge"], gauge_after_turn,
+            "side requests leave the gauge alone"
+        );
+        history.push(json!({"role": "assistant", "content": answer}));
+        history.push(json!({"role": "user", "content": format!("next step {turn}")}));
+    }
+    assert_eq!(sessions.len(), 1, "one session: {sessions:?}");
+    let sid = sessions.pop_first().unwrap();
+    let active = app.get_json("/api/sessions/active").await;
+    assert_eq!(active["session"]["id"], sid.as_str());
+    assert_eq!(active["stats"]["request_count"], 45);
+    let rows = rows(&app, &sid).await;
+    let asides = rows.iter().filter(|r| r["purpose"] == "aside").count();
+    assert_eq!(asides, 30, "side requests are marked");
+    assert!(
+        rows.iter()
+            .filter(|r| r["purpose"] != "aside")
+            .all(|r| r["model_key"] != "mock/small")
+    );
+
+    // A new conversation on another model is a session of its own.
+    let r = app
+        .chat(json!({"model": "mock/other", "messages": [system,
+            {"role": "user", "content": "Write the changelog"}]}))
+        .await;
+    assert_ne!(session_of(&r), sid);
+}

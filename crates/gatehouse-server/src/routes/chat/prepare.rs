@@ -13,6 +13,7 @@ use gatehouse_proxy::Route;
 use gatehouse_proxy::passthrough::Target;
 use gatehouse_proxy::rewrite::{UsageAsk, rewrite};
 use gatehouse_proxy::translate::{self, Format};
+use gatehouse_services::sessions::Shape;
 
 use super::economy::{mask, memory_tokens, redact};
 use crate::state::AppState;
@@ -67,6 +68,9 @@ pub(crate) struct Prepared {
     pub memory_tokens: u64,
     /// A Responses request's context (set by `handle` from its ingress).
     pub responses: Option<Box<super::ResponsesCtx>>,
+    /// Where the request belongs when it names no session: the conversation it continues,
+    /// whether it is a side request.
+    pub shape: Shape,
 }
 
 /// [`prepare`], on the blocking pool for a large body.
@@ -211,6 +215,11 @@ fn prepare(
     if let Some(r) = repaired {
         add_note(&mut select_note, r.describe());
     }
+    // From the client's messages, before masking rewrites any.
+    let shape = Shape {
+        conversation: first.conversation_fingerprint(),
+        aside: first.is_aside(),
+    };
     // Masking rewrites whole messages; the rewritten body is parsed again (and only then).
     let masked_body;
     let (body, view, masked) = match mask(st, &redacted_body, &first, route.encoding) {
@@ -248,6 +257,7 @@ fn prepare(
         redacted,
         masked,
         responses: None,
+        shape,
     })
 }
 

@@ -21,6 +21,8 @@ use crate::state::{AppState, InFlight};
 
 /// The status of a row whose client left before the answer (nginx's "client closed request").
 pub(crate) const CLIENT_CLOSED: u16 = 499;
+/// The purpose of a client's side request (a title, a probe) kept in another model's session.
+pub(crate) const ASIDE: &str = "aside";
 
 /// The parts of a request row known before upstream answers.
 struct Parts {
@@ -31,7 +33,8 @@ struct Parts {
     /// (`auto/coding`, the primary of deployments).
     requested: Arc<Route>,
     session_model: Option<String>,
-    /// `None` for a client's request; what the gateway called a model for otherwise.
+    /// `None` for a turn of the client's conversation; [`ASIDE`] for its side request; what
+    /// the gateway called a model for otherwise.
     purpose: Option<&'static str>,
     session_id: SessionId,
     created_at: i64,
@@ -72,6 +75,7 @@ impl Draft {
         t0: Instant,
         p: &mut Prepared,
         admission: Admission,
+        aside: bool,
     ) -> Self {
         Self {
             parts: Some(Parts {
@@ -79,7 +83,7 @@ impl Draft {
                 id: request_id.as_str().to_owned(),
                 requested: p.route.clone(),
                 session_model: p.session_model.clone(),
-                purpose: None,
+                purpose: aside.then_some(ASIDE),
                 session_id: session.clone(),
                 created_at: now_ms(),
                 t0,
