@@ -514,6 +514,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 timeouts,
                 stream_usage: raw.stream_usage,
                 rpm: raw.rpm.filter(|&r| r > 0),
+                bearer: false,
             },
         );
     }

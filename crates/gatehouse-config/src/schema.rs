@@ -400,6 +400,9 @@ pub struct ProviderConfig {
     pub stream_usage: bool,
     /// Requests per minute this gateway sends at most; past it, requests wait their turn.
     pub rpm: Option<u32>,
+    /// Send the key as `Authorization: Bearer` whatever the type: a passthrough client's
+    /// Anthropic or Gemini OAuth token goes the way the client sent it.
+    pub bearer: bool,
 }
 
 /// `url` without its user, password, query and fragment.

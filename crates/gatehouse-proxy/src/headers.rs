@@ -54,6 +54,7 @@ impl ProviderHeaders {
     pub fn new(provider: &ProviderConfig) -> Self {
         let auth = provider.api_key.as_ref().and_then(|key| {
             let (name, value) = match provider.kind {
+                _ if provider.bearer => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
                 ProviderType::Anthropic => (
                     HeaderName::from_static("x-api-key"),
                     key.expose().to_owned(),

@@ -144,7 +144,7 @@ impl Passthrough {
                 ));
             }
         }
-        let Some(key) = client_key(headers, kind) else {
+        let Some((key, bearer)) = client_key(headers, kind) else {
             return Err(ApiError::new(
                 ErrorKind::ProviderKeyMissing,
                 "a passthrough request carries your own provider key: send it in Authorization: Bearer (or x-api-key)",
@@ -164,6 +164,7 @@ impl Passthrough {
                 // The target is unknown: usage comes from whatever its stream carries.
                 stream_usage: false,
                 rpm: None,
+                bearer,
             }),
         }))
     }
@@ -178,8 +179,9 @@ impl Passthrough {
     }
 }
 
-/// The client's key for the API it speaks: that API's own header first, then the other one.
-fn client_key(headers: &HeaderMap, kind: ProviderType) -> Option<Secret> {
+/// The client's key for the API it speaks: that API's own header first, then the other one;
+/// and whether it came as `Authorization: Bearer` (an OAuth token stays in that header).
+fn client_key(headers: &HeaderMap, kind: ProviderType) -> Option<(Secret, bool)> {
     let bearer = || {
         headers
             .get(header::AUTHORIZATION)?
@@ -189,12 +191,19 @@ fn client_key(headers: &HeaderMap, kind: ProviderType) -> Option<Secret> {
             .map(str::trim)
     };
     let named = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
-    let key = match kind {
-        ProviderType::Anthropic => named("x-api-key").or_else(bearer),
-        ProviderType::Gemini => named("x-goog-api-key").or_else(bearer),
-        _ => bearer().or_else(|| named("x-api-key")),
-    }?;
-    (!key.is_empty()).then(|| Secret::new(key.to_owned()))
+    let own = match kind {
+        ProviderType::Anthropic => named("x-api-key"),
+        ProviderType::Gemini => named("x-goog-api-key"),
+        _ => None,
+    };
+    let (key, as_bearer) = match own {
+        Some(k) => (k, false),
+        None => match bearer() {
+            Some(k) => (k, true),
+            None => (named("x-api-key")?, false),
+        },
+    };
+    (!key.is_empty()).then(|| (Secret::new(key.to_owned()), as_bearer))
 }
 
 /// Whether an address may be reached: a public one, or one listed itself.
@@ -318,9 +327,18 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-api-key", "sk-ant".parse().unwrap());
         h.insert(header::AUTHORIZATION, "Bearer sk-oai".parse().unwrap());
-        let key = |k| client_key(&h, k).map(|s| s.expose().to_owned());
-        assert_eq!(key(ProviderType::Anthropic).as_deref(), Some("sk-ant"));
-        assert_eq!(key(ProviderType::Openai).as_deref(), Some("sk-oai"));
+        let key = |h: &HeaderMap, k| client_key(h, k).map(|(s, b)| (s.expose().to_owned(), b));
+        assert_eq!(
+            key(&h, ProviderType::Anthropic),
+            Some(("sk-ant".into(), false))
+        );
+        assert_eq!(key(&h, ProviderType::Openai), Some(("sk-oai".into(), true)));
+        // An OAuth token sent as Bearer to an Anthropic target stays a Bearer token.
+        h.remove("x-api-key");
+        assert_eq!(
+            key(&h, ProviderType::Anthropic),
+            Some(("sk-oai".into(), true))
+        );
         assert_eq!(
             client_key(&HeaderMap::new(), ProviderType::Openai).map(|_| ()),
             None

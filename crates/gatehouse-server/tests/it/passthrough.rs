@@ -103,6 +103,33 @@ async fn an_anthropic_client_passes_through_with_its_x_api_key() {
     assert_eq!(got.body["model"], "claude-echo");
 }
 
+/// Claude Code signed in with a subscription sends an OAuth token as a Bearer token, never
+/// `x-api-key`; Anthropic wants it back in the same header.
+#[tokio::test]
+async fn an_oauth_token_stays_a_bearer_token() {
+    let app = app_allowing(r#""127.0.0.1""#).await;
+    let r = app
+        .http
+        .post(app.url("/v1/messages"))
+        .header("x-target-base-url", app.mock.base_url())
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .header("anthropic-beta", "oauth-2025-04-20")
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "claude-echo", "max_tokens": 64,
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = app.mock.captured().pop().unwrap();
+    assert_eq!(
+        got.headers["authorization"],
+        format!("Bearer {CLIENT_KEY}").as_str()
+    );
+    assert!(!got.headers.contains_key("x-api-key"), "{:?}", got.headers);
+    assert_eq!(got.headers["anthropic-beta"], "oauth-2025-04-20");
+}
+
 #[tokio::test]
 async fn anything_not_listed_is_refused() {
     let app = app_allowing(r#""api.example.com", "localhost""#).await;
