@@ -99,6 +99,23 @@ provider = "anth"
 model = "shell"
 max_context_size = 200000
 
+# A provider that serves the Responses API itself (OpenAI's case): Responses clients' bytes go through.
+[providers.oai]
+type = "openai"
+base_url = "{mock_url}"
+api_key = "sk-upstream-test"
+responses_api = true
+
+[models."oai/shell"]
+provider = "oai"
+model = "shell"
+max_context_size = 200000
+
+[models."oai/text"]
+provider = "oai"
+model = "chunks:4"
+max_context_size = 200000
+
 [providers.gem]
 type = "gemini"
 base_url = "{mock_url}"

@@ -92,3 +92,26 @@ def test_structured_output(gateway, mock):
         "type": "json_schema",
         "json_schema": {"name": "num", "schema": schema, "strict": True},
     }
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_to_a_provider_that_serves_responses_the_bytes_go_through(gateway, mock, stream):
+    """The SDK's request reaches the provider's /responses as sent, and its Response (id,
+    reasoning item, usage) comes back as the provider sent it."""
+    c = client(gateway)
+    kw = dict(model="oai/text", input="Say hello", include=["reasoning.encrypted_content"],
+              reasoning={"effort": "low"}, store=False)
+    if stream:
+        with c.responses.stream(**kw) as s:
+            deltas = [e.delta for e in s if e.type == "response.output_text.delta"]
+            r = s.get_final_response()
+        assert "".join(deltas) == " Hello from the mock"
+    else:
+        r = c.responses.create(**kw)
+    assert r.id == "resp_mock_1"
+    assert r.output_text == " Hello from the mock"
+    assert r.output[0].type == "reasoning" and r.output[0].encrypted_content == "gAAAA-mock-encrypted-1"
+    assert r.usage.input_tokens == 11 and r.usage.output_tokens == 4
+    sent = captured(mock)[-1]
+    assert sent["model"] == "chunks:4" and sent["input"] == "Say hello" and sent["store"] is False
+    assert sent["include"] == ["reasoning.encrypted_content"] and sent["reasoning"] == {"effort": "low"}

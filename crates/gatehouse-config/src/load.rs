@@ -495,6 +495,16 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 Some("e.g. https://api.mistral.ai/v1"),
             ));
         }
+        if raw.responses_api && raw.kind != crate::ProviderType::Openai {
+            issues.push(issue(
+                &format!("{path}.responses_api"),
+                &format!(
+                    "applies to `type = \"openai\"` providers only, not `{}`",
+                    raw.kind.as_str()
+                ),
+                Some("OpenAI's Responses API is served at {base_url}/responses by OpenAI-type providers"),
+            ));
+        }
         let timeouts = match (&timeouts_default, timeout_overrides.get(&key)) {
             (Some(d), Some((opath, o))) => resolve_timeouts(opath, o, Some(d), &mut issues),
             (Some(d), None) => Some(*d),
@@ -514,6 +524,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 timeouts,
                 stream_usage: raw.stream_usage,
                 rpm: raw.rpm.filter(|&r| r > 0),
+                responses_api: raw.responses_api,
                 bearer: false,
             },
         );
@@ -1318,6 +1329,22 @@ mod tests {
                 "{path}: {issues:?}"
             );
         }
+    }
+
+    #[test]
+    fn responses_api_is_for_openai_providers_and_on_for_openai_itself() {
+        let issues = build_err(
+            "[providers.a]\ntype = \"anthropic\"\nbase_url = \"https://api.anthropic.com/v1\"\nresponses_api = true\n",
+        );
+        assert!(
+            issues
+                .iter()
+                .any(|i| i.path == "providers.a.responses_api" && i.message.contains("`anthropic`")),
+            "{issues:?}"
+        );
+        let c = load(None, &Env::default(), &Overrides::default()).unwrap();
+        assert!(c.providers["openai"].responses_api);
+        assert!(!c.providers["groq"].responses_api);
     }
 
     #[test]

@@ -372,6 +372,8 @@ pub(crate) struct ProviderRaw {
     pub stream_usage: bool,
     #[serde(default)]
     pub rpm: Option<u32>,
+    #[serde(default)]
+    pub responses_api: bool,
 }
 
 fn yes() -> bool {
@@ -400,6 +402,9 @@ pub struct ProviderConfig {
     pub stream_usage: bool,
     /// Requests per minute this gateway sends at most; past it, requests wait their turn.
     pub rpm: Option<u32>,
+    /// It also serves OpenAI's Responses API at `{base_url}/responses`: a Responses client's
+    /// own bytes go there (OpenAI's `reasoning` items and encrypted content included).
+    pub responses_api: bool,
     /// Send the key as `Authorization: Bearer` whatever the type: a passthrough client's
     /// Anthropic or Gemini OAuth token goes the way the client sent it.
     pub bearer: bool,

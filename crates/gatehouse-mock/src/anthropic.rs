@@ -98,7 +98,7 @@ pub(crate) async fn messages(
         .and_then(|c| c.iter().find(|b| b["type"] == "tool_result"));
     let names = req["tools"].as_array().into_iter().flatten();
     let (tool, text) = match result {
-        Some(r) if s.shell => (None, crate::tool_said(&result_text(&r["content"]))),
+        Some(r) if s.shell => (None, crate::tool_said(&crate::text_of(&r["content"]))),
         Some(_) => (None, (0..s.chunks).map(piece).collect()),
         None if s.shell => match crate::shell_call(names.filter_map(|t| t["name"].as_str())) {
             Some(call) => (Some(call), String::new()),
@@ -176,17 +176,4 @@ pub(crate) async fn messages(
     events.push(event("message_delta", &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": n}})));
     events.push(event("message_stop", &json!({"type": "message_stop"})));
     scripted_stream(events, &s, attempt, "text/event-stream")
-}
-
-/// The text of a `tool_result` block's content (a string or text blocks).
-fn result_text(c: &Value) -> String {
-    match c {
-        Value::String(s) => s.clone(),
-        Value::Array(blocks) => blocks
-            .iter()
-            .filter_map(|b| b["text"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
 }

@@ -28,7 +28,9 @@
 //! `POST /v1/messages` answers in Anthropic's format with the same directives (errors in its
 //! shape, `x-api-key` required, `max_tokens` required); `POST /v1/models/{m}:generateContent`
 //! and `:streamGenerateContent` in Gemini's (`x-goog-api-key` required; `safety` blocks);
-//! `POST /api/chat` in Ollama's (NDJSON streams).
+//! `POST /api/chat` in Ollama's (NDJSON streams); `POST /v1/responses` in OpenAI's Responses API
+//! (a Response object or its event stream; a `reasoning` item with encrypted content when the
+//! request asks to `include` it).
 //!
 //! Responses are deterministic (fixed id and timestamp), so a test can compare the bytes a client
 //! gets through the gateway with the bytes the mock sends directly.
@@ -36,6 +38,7 @@
 mod anthropic;
 mod gemini;
 mod ollama;
+mod responses;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -170,6 +173,7 @@ fn app(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/responses", post(responses::create))
         .route("/v1/models/{*rest}", post(gemini::generate))
         .route("/api/chat", post(ollama::chat))
         .route("/v1/api/chat", post(ollama::chat))
@@ -453,8 +457,9 @@ fn finish_stream(
     r
 }
 
-/// The text of an OpenAI message's content (a string or text parts).
-fn text_of(c: &Value) -> String {
+/// The text of a content value: a string, or its text parts joined (an OpenAI message's
+/// content, an Anthropic `tool_result`'s, a Responses function call output).
+pub(crate) fn text_of(c: &Value) -> String {
     match c {
         Value::String(s) => s.clone(),
         Value::Array(parts) => parts

@@ -164,6 +164,7 @@ impl Passthrough {
                 // The target is unknown: usage comes from whatever its stream carries.
                 stream_usage: false,
                 rpm: None,
+                responses_api: false,
                 bearer,
             }),
         }))

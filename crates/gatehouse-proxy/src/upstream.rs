@@ -154,6 +154,8 @@ struct Endpoint {
     client: reqwest::Client,
     /// `{base_url}/chat/completions` (`/messages` for Anthropic), built once.
     chat_url: reqwest::Url,
+    /// `{base_url}/responses`, for a provider that serves OpenAI's Responses API.
+    responses_url: Option<reqwest::Url>,
     headers: ProviderHeaders,
     /// Ask for usage in streams; starts from config, turned off for good when the provider
     /// rejects `stream_options`.
@@ -202,6 +204,7 @@ impl Upstream {
                     Endpoint {
                         client: build_client(p)?,
                         chat_url,
+                        responses_url: responses_url(p),
                         headers: ProviderHeaders::new(p),
                         stream_usage: AtomicBool::new(p.stream_usage),
                     },
@@ -245,6 +248,7 @@ impl Upstream {
         Ok(Endpoint {
             client: self.passthrough.client().clone(),
             chat_url,
+            responses_url: None,
             headers: ProviderHeaders::new(p),
             stream_usage: AtomicBool::new(p.stream_usage),
         })
@@ -270,10 +274,25 @@ impl Upstream {
         }
     }
 
-    /// Sends a chat-completions request, retrying while nothing has reached the client.
+    /// Sends a request to the provider's own API (chat completions, messages, …), retrying
+    /// while nothing has reached the client.
     pub async fn send(
         &self,
         route: &Route,
+        body: Bytes,
+        client_headers: &HeaderMap,
+        request_id: &str,
+        stream: bool,
+    ) -> Result<Outcome, Failure> {
+        self.send_via(route, Api::Native, body, client_headers, request_id, stream)
+            .await
+    }
+
+    /// [`send`](Self::send) to one of the provider's APIs.
+    pub async fn send_via(
+        &self,
+        route: &Route,
+        api: Api,
         body: Bytes,
         client_headers: &HeaderMap,
         request_id: &str,
@@ -328,6 +347,7 @@ impl Upstream {
             .send_with_retries(
                 endpoint,
                 route,
+                api,
                 body,
                 client_headers,
                 request_id,
@@ -353,6 +373,7 @@ impl Upstream {
         &self,
         endpoint: &Endpoint,
         route: &Route,
+        api: Api,
         body: Bytes,
         client_headers: &HeaderMap,
         request_id: &str,
@@ -362,7 +383,21 @@ impl Upstream {
         let provider = &*route.provider;
         let headers = upstream_headers(client_headers, &endpoint.headers, request_id, &self.hop_id);
         // Gemini puts the model and the mode in the path.
-        let url = if provider.kind == gatehouse_config::ProviderType::Gemini {
+        let url = if api == Api::Responses {
+            endpoint.responses_url.clone().ok_or_else(|| {
+                Failure::new(
+                    ApiError::new(
+                        ErrorKind::Internal,
+                        format!(
+                            "provider `{}` does not serve the Responses API",
+                            route.provider_key
+                        ),
+                    ),
+                    0,
+                    Duration::ZERO,
+                )
+            })?
+        } else if provider.kind == gatehouse_config::ProviderType::Gemini {
             let path = crate::translate::gemini::path(&route.upstream_model, stream);
             reqwest::Url::parse(&format!("{}/{path}", provider.base_url)).map_err(|e| {
                 Failure::new(
@@ -586,6 +621,21 @@ impl Upstream {
 }
 
 /// The path of a provider's chat endpoint under its base URL (Gemini's is per model).
+/// Which of a provider's APIs a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// Its own: chat completions, messages, generateContent, Ollama's chat.
+    Native,
+    /// OpenAI's Responses API (`responses_api = true`).
+    Responses,
+}
+
+fn responses_url(p: &ProviderConfig) -> Option<reqwest::Url> {
+    p.responses_api
+        .then(|| reqwest::Url::parse(&format!("{}/responses", p.base_url)).ok())
+        .flatten()
+}
+
 fn endpoint_path(kind: gatehouse_config::ProviderType) -> &'static str {
     match kind {
         gatehouse_config::ProviderType::Anthropic => "messages",

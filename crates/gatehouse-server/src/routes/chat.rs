@@ -76,6 +76,11 @@ pub(crate) struct ResponsesCtx {
     pub input: serde_json::Value,
     /// `store` (OpenAI's default: true).
     pub store: bool,
+    /// The input holds a history the gateway kept (`previous_response_id` was one of its own).
+    pub expanded: bool,
+    /// A `previous_response_id` the gateway does not know: the provider's own, when the
+    /// request goes through to a provider that serves Responses; refused otherwise.
+    pub foreign_previous: Option<String>,
 }
 pub const OVERHEAD_HEADER: &str = "x-gatehouse-overhead-us";
 
@@ -135,6 +140,7 @@ pub(crate) async fn handle(
         .await
         .map_err(refused)?;
     p.responses = ingress.responses;
+    route::admissible(&p).map_err(refused)?;
     let admission = admit::admit(st, &p).map_err(refused)?;
     let explicit = req.explicit_session.or(target_session);
     let resolved = session::resolve(st, explicit, req.conversation, &p).await;

@@ -4,7 +4,9 @@
 //!
 //! A request that continues a stored response (`previous_response_id`) has the stored history
 //! (its input, then its output) put before its own input here, so the rest of the path sees one
-//! self-contained request: counted, masked, compacted and routed like any other.
+//! self-contained request: counted, masked, compacted and routed like any other. A
+//! `previous_response_id` the gateway never gave out is the provider's: such a request can only
+//! go through to a provider that serves Responses (`chat::route::provider_format`).
 
 use std::time::Instant;
 
@@ -71,19 +73,21 @@ async fn continue_from(st: &AppState, body: Bytes) -> Result<(Bytes, Ingress), A
     };
     let mut conversation = None;
     let mut body = body;
-    if let Some(prev) = o.get("previous_response_id").and_then(Value::as_str) {
-        let stored = st
+    let mut foreign_previous = None;
+    let previous = o.get("previous_response_id").and_then(Value::as_str);
+    let stored = match previous {
+        Some(prev) => st
             .responses
             .get(prev)
             .await
-            .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorKind::InvalidRequest,
-                    format!("Previous response with id '{prev}' not found."),
-                )
-                .with_param("previous_response_id")
-            })?;
+            .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?,
+        None => None,
+    };
+    if stored.is_none() {
+        foreign_previous = previous.map(str::to_owned);
+    }
+    let expanded = stored.is_some();
+    if let Some(stored) = stored {
         let mut history: Vec<Value> = serde_json::from_str(&stored.input).unwrap_or_default();
         let output = serde_json::from_str::<Value>(&stored.response)
             .ok()
@@ -94,7 +98,11 @@ async fn continue_from(st: &AppState, body: Bytes) -> Result<(Bytes, Ingress), A
         input = history;
         conversation = Some(stored.session_id.clone());
         o.insert("input".to_owned(), Value::Array(input.clone()));
-        body = Bytes::from(Value::Object(o.clone()).to_string());
+        // The history is in the input now; the provider never saw the gateway's id (the
+        // Response still names it).
+        let mut sent = o.clone();
+        sent.remove("previous_response_id");
+        body = Bytes::from(Value::Object(sent).to_string());
     }
     let conversation = conversation.or_else(|| {
         o.get("prompt_cache_key")
@@ -119,6 +127,8 @@ async fn continue_from(st: &AppState, body: Bytes) -> Result<(Bytes, Ingress), A
                 meta,
                 input: Value::Array(input),
                 store,
+                expanded,
+                foreign_previous,
             })),
         },
     ))

@@ -22,6 +22,7 @@ mod proxy;
 mod redaction;
 mod repair;
 mod responses;
+mod responses_through;
 mod routing;
 mod sanitizer;
 mod sessions;

@@ -79,6 +79,7 @@ pub fn add_to_config(config: &mut Config, base_url: &str) {
             timeouts,
             stream_usage: true,
             rpm: None,
+            responses_api: false,
             bearer: false,
         },
     );

@@ -45,7 +45,7 @@ pub(super) async fn respond(
         prior_wait,
         prior_attempts,
     } = sent;
-    let provider_format = provider_format(&route);
+    let provider_format = provider_format(p, &route);
     draft.routed(route.clone(), routing);
     match outcome {
         Err(f) => {
@@ -223,7 +223,8 @@ async fn failure(
             .then_some(b),
         // Another provider's error reaches a Gemini client reshaped by its route.
         (Format::Gemini, _) => None,
-        (Format::OpenAi | Format::Responses, Format::OpenAi) => is_openai_error(&b).then_some(b),
+        (Format::OpenAi | Format::Responses, Format::OpenAi)
+        | (Format::Responses, Format::Responses) => is_openai_error(&b).then_some(b),
         (Format::Anthropic, Format::Anthropic) => is_anthropic_error(&b).then_some(b),
         (Format::OpenAi | Format::Responses, Format::Anthropic) => {
             translate::anthropic::error_to_openai(&b).map(|v| Bytes::from(v.to_string()))

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use gatehouse_core::{ApiError, ChatRequestView, ErrorKind, RequestId, SessionId};
 use gatehouse_proxy::rewrite::{UsageAsk, rewrite};
 use gatehouse_proxy::translate::{self, Format};
-use gatehouse_proxy::upstream::Failure;
+use gatehouse_proxy::upstream::{Api, Failure};
 use gatehouse_proxy::{Outcome, Route};
 use gatehouse_services::events::{Event, emit};
 
@@ -52,7 +52,8 @@ pub(super) async fn send(
     session: &SessionId,
     mut notes: Vec<String>,
 ) -> Result<Sent, ApiError> {
-    let upstream_body = upstream_body(p, provider_format(&p.route))?;
+    let format = provider_format(p, &p.route);
+    let upstream_body = upstream_body(p, format)?;
     emit(&*st.bus, || Event::RequestStarted {
         request_id: request_id.as_str().to_owned(),
         session_id: session.clone(),
@@ -63,13 +64,15 @@ pub(super) async fn send(
         prompt_tokens_est: p.prompt_tokens,
         max_context: p.route.max_context,
     });
-    let mut injected_usage = p.injected_usage;
+    // A body that goes through as the client sent it asked for nothing on its behalf.
+    let mut injected_usage = p.injected_usage && format != Format::Responses;
     let mut prior_wait = Duration::ZERO;
     let mut prior_attempts = 0;
     let mut outcome = st
         .upstream
-        .send(
+        .send_via(
             &p.route,
+            api_of(format),
             upstream_body,
             headers,
             request_id.as_str(),
@@ -138,7 +141,7 @@ pub(super) async fn send(
                 ));
                 continue;
             }
-            let (body, usage) = match body_for_route(st, p, &next) {
+            let (body, usage, api) = match body_for_route(st, p, &next) {
                 Ok(b) => b,
                 Err(e) => {
                     notes.push(format!("fallback `{key}` skipped: {}", e.message));
@@ -162,7 +165,7 @@ pub(super) async fn send(
             explained = true;
             outcome = st
                 .upstream
-                .send(&next, body, headers, request_id.as_str(), p.stream)
+                .send_via(&next, api, body, headers, request_id.as_str(), p.stream)
                 .await;
             injected_usage = usage;
             retried_notes(&outcome, &next.model_key, &mut notes);
@@ -204,9 +207,51 @@ pub(super) async fn send(
     Ok(sent)
 }
 
-/// The format a provider speaks.
-pub(super) fn provider_format(route: &Route) -> Format {
-    Format::of_provider(route.provider.kind)
+/// The format a request goes to its provider in: the provider's own, or the Responses API
+/// when a Responses client's own bytes can go through (the provider serves it, and neither the
+/// gateway's kept history, masking nor compaction rewrote the conversation), so OpenAI's
+/// `reasoning` items, encrypted content and every field it knows arrive as the client sent them.
+pub(super) fn provider_format(p: &Prepared, route: &Route) -> Format {
+    let through = route.provider.responses_api
+        && p.responses.as_ref().is_some_and(|c| !c.expanded)
+        && !p.compacted
+        && p.masked.is_empty();
+    if through {
+        Format::Responses
+    } else {
+        Format::of_provider(route.provider.kind)
+    }
+}
+
+fn api_of(format: Format) -> Api {
+    if format == Format::Responses {
+        Api::Responses
+    } else {
+        Api::Native
+    }
+}
+
+/// Whether the request can go to its route at all, checked before it has a session (so a
+/// refusal is counted with the others); compaction can still change the answer later.
+pub(super) fn admissible(p: &Prepared) -> Result<(), ApiError> {
+    check_foreign_previous(p, provider_format(p, &p.route))
+}
+
+/// A `previous_response_id` only the provider knows cannot be translated: refused unless the
+/// request goes through.
+fn check_foreign_previous(p: &Prepared, to: Format) -> Result<(), ApiError> {
+    match p
+        .responses
+        .as_ref()
+        .and_then(|c| c.foreign_previous.as_ref())
+    {
+        Some(prev) if to != Format::Responses => Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("Previous response with id '{prev}' not found."),
+        )
+        .with_param("previous_response_id")),
+        _ => Ok(()),
+    }
 }
 
 /// An OpenAI-format body (the upstream model name already in it) in a provider's format.
@@ -219,8 +264,10 @@ fn translate_request(openai_body: &[u8], to: Format) -> Result<Bytes, ApiError> 
 /// Anthropic provider gets its own bytes through (model name aside) unless masking or compaction
 /// rewrote the conversation; otherwise the OpenAI-format body is translated.
 fn upstream_body(p: &Prepared, to: Format) -> Result<Bytes, ApiError> {
+    check_foreign_previous(p, to)?;
     match to {
         Format::OpenAi => Ok(p.upstream_body.clone()),
+        Format::Responses => Ok(splice_model(&p.client_body, &p.route.upstream_model)),
         Format::Anthropic => match anthropic_own(p, &p.route.upstream_model) {
             Some(b) => Ok(b),
             None => translate_request(&p.upstream_body, Format::Anthropic),
@@ -271,18 +318,34 @@ fn anthropic_own(p: &Prepared, model: &str) -> Option<Bytes> {
 
 /// The body for another route (a fallback): the prepared OpenAI-format body re-spliced for its
 /// model and provider, or translated; with whether stream usage was asked for on the client's
-/// behalf.
-fn body_for_route(st: &AppState, p: &Prepared, route: &Route) -> Result<(Bytes, bool), ApiError> {
-    let format = provider_format(route);
-    if format == Format::Anthropic
-        && let Some(b) = anthropic_own(p, &route.upstream_model)
-    {
-        return Ok((b, false));
+/// behalf, and the API it goes to.
+fn body_for_route(
+    st: &AppState,
+    p: &Prepared,
+    route: &Route,
+) -> Result<(Bytes, bool, Api), ApiError> {
+    let format = provider_format(p, route);
+    check_foreign_previous(p, format)?;
+    let api = api_of(format);
+    match format {
+        Format::Responses => {
+            return Ok((
+                splice_model(&p.client_body, &route.upstream_model),
+                false,
+                api,
+            ));
+        }
+        Format::Anthropic => {
+            if let Some(b) = anthropic_own(p, &route.upstream_model) {
+                return Ok((b, false, api));
+            }
+        }
+        _ => {}
     }
     let parts = parts_of(st, &p.original, route)?;
     match format {
-        Format::OpenAi => Ok((parts.upstream_body, parts.injected_usage)),
-        other => Ok((translate_request(&parts.upstream_body, other)?, false)),
+        Format::OpenAi => Ok((parts.upstream_body, parts.injected_usage, api)),
+        other => Ok((translate_request(&parts.upstream_body, other)?, false, api)),
     }
 }
 
