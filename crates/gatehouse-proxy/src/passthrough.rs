@@ -15,6 +15,8 @@ use gatehouse_config::{PassthroughConfig, ProviderConfig, ProviderType, Secret, 
 use gatehouse_core::{ApiError, ErrorKind};
 use http::{HeaderMap, header};
 
+use crate::translate::Format;
+
 /// The header naming the base URL.
 pub const TARGET_HEADER: &str = "x-target-base-url";
 /// Provider keys of passthrough routes start with this; the rest is the host.
@@ -73,21 +75,17 @@ impl Passthrough {
         })
     }
 
-    pub fn enabled(&self) -> bool {
-        !self.hosts.is_empty()
-    }
-
     pub(crate) fn client(&self) -> &reqwest::Client {
         &self.client
     }
 
-    /// The target of a request, `None` without the header. `format` is the provider type the
-    /// client speaks (its key is in that API's header). Refused (403) unless the host is listed
-    /// and every address it resolves to may be reached.
+    /// The target of a request, `None` without the header. `client` is the format the client
+    /// speaks: the target is spoken to in it, and the key is in that API's header. Refused (403)
+    /// unless the host is listed and every address it resolves to may be reached.
     pub async fn target(
         &self,
         headers: &HeaderMap,
-        kind: ProviderType,
+        client: Format,
     ) -> Result<Option<Target>, ApiError> {
         let Some(value) = headers.get(TARGET_HEADER) else {
             return Ok(None);
@@ -144,18 +142,27 @@ impl Passthrough {
                 ));
             }
         }
+        let kind = match client {
+            Format::Anthropic => ProviderType::Anthropic,
+            Format::Gemini => ProviderType::Gemini,
+            Format::OpenAi | Format::Responses | Format::Ollama => ProviderType::Openai,
+        };
         let Some((key, bearer)) = client_key(headers, kind) else {
             return Err(ApiError::new(
                 ErrorKind::ProviderKeyMissing,
                 "a passthrough request carries your own provider key: send it in Authorization: Bearer (or x-api-key)",
             ));
         };
+        // The endpoint's path goes after the base URL: a query or fragment there would swallow it.
+        let mut url = url;
+        url.set_query(None);
+        url.set_fragment(None);
         let base_url = url.as_str().trim_end_matches('/').to_owned();
         Ok(Some(Target {
             provider_key: format!("{PROVIDER_PREFIX}{host}"),
             provider: Arc::new(ProviderConfig {
                 kind,
-                shown_url: gatehouse_config::shown_url(&base_url),
+                shown_url: base_url.clone(),
                 base_url,
                 api_key: Some(key),
                 api_key_env: None,

@@ -620,7 +620,6 @@ impl Upstream {
     }
 }
 
-/// The path of a provider's chat endpoint under its base URL (Gemini's is per model).
 /// Which of a provider's APIs a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
@@ -636,6 +635,7 @@ fn responses_url(p: &ProviderConfig) -> Option<reqwest::Url> {
         .flatten()
 }
 
+/// The path of a provider's chat endpoint under its base URL (Gemini's is per model).
 fn endpoint_path(kind: gatehouse_config::ProviderType) -> &'static str {
     match kind {
         gatehouse_config::ProviderType::Anthropic => "messages",

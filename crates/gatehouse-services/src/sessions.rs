@@ -47,6 +47,16 @@ pub struct Resolved {
     pub aside: bool,
 }
 
+impl Resolved {
+    fn plain(id: SessionId, created: bool) -> Self {
+        Self {
+            id,
+            created,
+            aside: false,
+        }
+    }
+}
+
 /// What a request that names no session says about where it belongs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Shape {
@@ -98,6 +108,14 @@ impl State {
     fn forget_all_conversations(&mut self) {
         self.conversations.clear();
         self.fingerprints.clear();
+    }
+
+    /// Whether session `id` is kept under a model other than `model_key` (one it has).
+    fn of_other_model(&self, id: &SessionId, model_key: &str) -> bool {
+        self.sessions
+            .get(id)
+            .and_then(|s| s.model_key.as_deref())
+            .is_some_and(|m| m != model_key)
     }
 
     fn forget_conversations_of(&mut self, id: &SessionId) {
@@ -173,11 +191,7 @@ impl Sessions {
                     s.created_at = 0;
                     st.sessions.insert(id.clone(), s);
                     reload = Some(id.clone());
-                    Resolved {
-                        id,
-                        created: false,
-                        aside: false,
-                    }
+                    Resolved::plain(id, false)
                 }
                 Some(id) => match st.sessions.get_mut(&id) {
                     Some(s) => {
@@ -186,11 +200,7 @@ impl Sessions {
                             s.provider = Some(provider.to_owned());
                             ops.push(set_model(&id, model_key, provider));
                         }
-                        Resolved {
-                            id,
-                            created: false,
-                            aside: false,
-                        }
+                        Resolved::plain(id, false)
                     }
                     None => {
                         // A client-chosen id opens its session on first use; it does not change
@@ -199,11 +209,7 @@ impl Sessions {
                         st.sessions.insert(id.clone(), s.clone());
                         opened = Some((s.clone(), false));
                         ops.push(WriteOp::CreateSession(s));
-                        Resolved {
-                            id,
-                            created: true,
-                            aside: false,
-                        }
+                        Resolved::plain(id, true)
                     }
                 },
                 None => {
@@ -215,21 +221,13 @@ impl Sessions {
                             s.model_key = Some(model_key.to_owned());
                             s.provider = Some(provider.to_owned());
                             ops.push(set_model(&s.id, model_key, provider));
-                            Resolved {
-                                id: s.id.clone(),
-                                created: false,
-                                aside: false,
-                            }
+                            Resolved::plain(s.id.clone(), false)
                         }
                         Some(s)
                             if !self.new_on_model_change
                                 || s.model_key.as_deref() == Some(model_key) =>
                         {
-                            Resolved {
-                                id: s.id.clone(),
-                                created: false,
-                                aside: false,
-                            }
+                            Resolved::plain(s.id.clone(), false)
                         }
                         _ => {
                             let s = new_session(
@@ -244,11 +242,7 @@ impl Sessions {
                             opened = Some((s.clone(), true));
                             ops.push(WriteOp::CreateSession(s));
                             ops.push(WriteOp::SetActiveSession(Some(id.clone())));
-                            Resolved {
-                                id,
-                                created: true,
-                                aside: false,
-                            }
+                            Resolved::plain(id, true)
                         }
                     }
                 }
@@ -292,12 +286,7 @@ impl Sessions {
             .await;
         let activated = {
             let mut st = self.lock();
-            resolved.aside = aside
-                && st
-                    .sessions
-                    .get(&resolved.id)
-                    .and_then(|s| s.model_key.as_deref())
-                    .is_some_and(|m| m != model_key);
+            resolved.aside = aside && st.of_other_model(&resolved.id, model_key);
             if st.active.as_ref() == Some(&resolved.id) {
                 None
             } else {
@@ -336,12 +325,10 @@ impl Sessions {
         }
         if shape.aside {
             let mut st = self.lock();
-            let active = st.active.clone().filter(|id| {
-                st.sessions
-                    .get(id)
-                    .and_then(|s| s.model_key.as_deref())
-                    .is_some_and(|m| m != model_key)
-            });
+            let active = st
+                .active
+                .clone()
+                .filter(|id| st.of_other_model(id, model_key));
             if let Some(id) = active {
                 st.last_used.insert(id.clone(), now_ms());
                 return Resolved {

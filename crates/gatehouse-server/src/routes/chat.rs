@@ -125,35 +125,17 @@ pub(crate) async fn handle(
     let body = req.body.clone();
     let named = req.explicit_session.as_ref().or(req.conversation.as_ref());
     let refused = |e| record::refused(st, request_id, t0, named, Some(&body), e);
-    let target = st
-        .upstream
-        .passthrough
-        .target(headers, passthrough_kind(ingress.format))
-        .await
-        .map_err(refused)?;
-    // Session-less: a passthrough request goes in its target's own session, never in the
-    // user's active one.
-    let target_session = target
-        .as_ref()
-        .and_then(|t| SessionId::parse_client(&t.provider_key));
+    let target = st.upstream.passthrough.target(headers, ingress.format);
+    let target = target.await.map_err(refused)?;
     let mut p = prepare::run(st, req.body, ingress.format, target)
         .await
         .map_err(refused)?;
     p.responses = ingress.responses;
     route::admissible(&p).map_err(refused)?;
     let admission = admit::admit(st, &p).map_err(refused)?;
-    let explicit = req.explicit_session.or(target_session);
-    let resolved = session::resolve(st, explicit, req.conversation, &p).await;
+    let resolved = session::resolve(st, req.explicit_session, req.conversation, &p).await;
+    let mut draft = Draft::open(st, request_id, &resolved, t0, &mut p, admission);
     let session = resolved.id;
-    let mut draft = Draft::open(
-        st,
-        request_id,
-        &session,
-        t0,
-        &mut p,
-        admission,
-        resolved.aside,
-    );
     let notes = match economy::apply(st, &mut p, &session, request_id).await {
         Ok(notes) => notes,
         Err(e) => return Err(draft.refuse(e)),
@@ -164,16 +146,6 @@ pub(crate) async fn handle(
         Err(e) => return Err(draft.refuse(e)),
     };
     respond::respond(st, &p, sent, draft, request_id, &session, t0).await
-}
-
-/// The provider type a passthrough target is spoken to in: the client's own API.
-fn passthrough_kind(format: Format) -> gatehouse_config::ProviderType {
-    use gatehouse_config::ProviderType;
-    match format {
-        Format::Anthropic => ProviderType::Anthropic,
-        Format::Gemini => ProviderType::Gemini,
-        Format::OpenAi | Format::Responses | Format::Ollama => ProviderType::Openai,
-    }
 }
 
 /// A request an ingress refused before the path began: counted, and a row in the active

@@ -73,7 +73,6 @@ async fn continue_from(st: &AppState, body: Bytes) -> Result<(Bytes, Ingress), A
     };
     let mut conversation = None;
     let mut body = body;
-    let mut foreign_previous = None;
     let previous = o.get("previous_response_id").and_then(Value::as_str);
     let stored = match previous {
         Some(prev) => st
@@ -83,10 +82,8 @@ async fn continue_from(st: &AppState, body: Bytes) -> Result<(Bytes, Ingress), A
             .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?,
         None => None,
     };
-    if stored.is_none() {
-        foreign_previous = previous.map(str::to_owned);
-    }
     let expanded = stored.is_some();
+    let foreign_previous = previous.filter(|_| !expanded).map(str::to_owned);
     if let Some(stored) = stored {
         let mut history: Vec<Value> = serde_json::from_str(&stored.input).unwrap_or_default();
         let output = serde_json::from_str::<Value>(&stored.response)

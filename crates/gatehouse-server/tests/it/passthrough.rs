@@ -195,3 +195,20 @@ async fn passthrough_is_off_by_default_and_needs_the_clients_key() {
     let e: serde_json::Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "provider_key_missing", "{e}");
 }
+
+/// The gateway puts the endpoint's path after the base URL; a query there is not kept.
+#[tokio::test]
+async fn a_query_on_the_target_does_not_swallow_the_path() {
+    let app = app_allowing(r#""127.0.0.1""#).await;
+    let target = format!("{}/?trace=1#x", app.mock.base_url());
+    let r = app
+        .chat_with(
+            &[
+                ("x-target-base-url", &target),
+                ("authorization", &format!("Bearer {CLIENT_KEY}")),
+            ],
+            user("echo", "hi"),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}

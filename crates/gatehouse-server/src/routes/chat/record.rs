@@ -14,6 +14,7 @@ use gatehouse_core::record::{RequestRecord, UsageSource};
 use gatehouse_core::time::now_ms;
 use gatehouse_core::{ApiError, RequestId, SessionId};
 use gatehouse_proxy::{CompletionSummary, Route};
+use gatehouse_services::sessions::Resolved;
 
 use super::Prepared;
 use super::admit::Admission;
@@ -71,11 +72,10 @@ impl Draft {
     pub(super) fn open(
         st: &AppState,
         request_id: &RequestId,
-        session: &SessionId,
+        session: &Resolved,
         t0: Instant,
         p: &mut Prepared,
         admission: Admission,
-        aside: bool,
     ) -> Self {
         Self {
             parts: Some(Parts {
@@ -83,8 +83,8 @@ impl Draft {
                 id: request_id.as_str().to_owned(),
                 requested: p.route.clone(),
                 session_model: p.session_model.clone(),
-                purpose: aside.then_some(ASIDE),
-                session_id: session.clone(),
+                purpose: session.aside.then_some(ASIDE),
+                session_id: session.id.clone(),
                 created_at: now_ms(),
                 t0,
                 route: p.route.clone(),

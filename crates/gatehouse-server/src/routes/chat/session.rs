@@ -7,8 +7,8 @@ use gatehouse_services::sessions::Resolved;
 use super::Prepared;
 use crate::state::AppState;
 
-/// `explicit`: the session the client named (`X-Gatehouse-Session`, or a passthrough target's);
-/// `conversation`: the conversation its client names (Claude Code's id, a Responses chain).
+/// `explicit`: the session the client named (`X-Gatehouse-Session`); `conversation`: the
+/// conversation its client names (Claude Code's id, a Responses chain).
 pub(super) async fn resolve(
     st: &AppState,
     explicit: Option<SessionId>,
@@ -17,6 +17,14 @@ pub(super) async fn resolve(
 ) -> Resolved {
     let model = p.session_model.as_deref().unwrap_or(&p.route.model_key);
     let (provider, name) = (&p.route.provider_key, p.session_name.as_deref());
+    // Session-less: a passthrough request goes in its target's own session
+    // (`passthrough:<host>`), never in the user's active one.
+    let explicit = explicit.or_else(|| {
+        p.route
+            .is_passthrough()
+            .then(|| SessionId::parse_client(provider))
+            .flatten()
+    });
     match (explicit, conversation) {
         (Some(id), _) => st.sessions.resolve(Some(id), model, provider, name).await,
         (None, Some(c)) => {
