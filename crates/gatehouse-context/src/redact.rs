@@ -33,6 +33,8 @@ pub enum SecretKind {
     SlackToken,
     SlackWebhook,
     StripeKey,
+    SendgridKey,
+    TwilioKey,
     Jwt,
     PrivateKey,
     UrlCredentials,
@@ -52,6 +54,8 @@ impl SecretKind {
             Self::SlackToken => "slack_token",
             Self::SlackWebhook => "slack_webhook",
             Self::StripeKey => "stripe_key",
+            Self::SendgridKey => "sendgrid_key",
+            Self::TwilioKey => "twilio_key",
             Self::Jwt => "jwt",
             Self::PrivateKey => "private_key",
             Self::UrlCredentials => "url_credentials",
@@ -72,6 +76,8 @@ impl SecretKind {
             Self::SlackToken => "a Slack token",
             Self::SlackWebhook => "a Slack webhook URL",
             Self::StripeKey => "a Stripe key",
+            Self::SendgridKey => "a SendGrid API key",
+            Self::TwilioKey => "a Twilio API key",
             Self::Jwt => "a JSON Web Token",
             Self::PrivateKey => "a private key",
             Self::UrlCredentials => "a password in a URL",
@@ -92,6 +98,8 @@ impl SecretKind {
             Self::SlackToken => "[REDACTED:slack_token]",
             Self::SlackWebhook => "[REDACTED:slack_webhook]",
             Self::StripeKey => "[REDACTED:stripe_key]",
+            Self::SendgridKey => "[REDACTED:sendgrid_key]",
+            Self::TwilioKey => "[REDACTED:twilio_key]",
             Self::Jwt => "[REDACTED:jwt]",
             Self::PrivateKey => "[REDACTED:private_key]",
             Self::UrlCredentials => "[REDACTED:url_credentials]",
@@ -200,6 +208,20 @@ const RULES: &[Rule] = &[
         right_boundary: false,
     },
     Rule {
+        kind: SecretKind::SendgridKey,
+        literals: &["SG."],
+        start: Start::Literal,
+        pattern: r"^(?P<s>SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43})",
+        right_boundary: true,
+    },
+    Rule {
+        kind: SecretKind::TwilioKey,
+        literals: &["SK"],
+        start: Start::Literal,
+        pattern: r"^(?P<s>SK[0-9a-fA-F]{32})",
+        right_boundary: true,
+    },
+    Rule {
         kind: SecretKind::Jwt,
         literals: &["eyJ"],
         start: Start::Literal,
@@ -236,7 +258,7 @@ const RULES: &[Rule] = &[
             "credential",
         ],
         start: Start::Identifier,
-        pattern: r#"(?i)^[A-Za-z0-9_]*(?:secret|password|passwd|token|api_?key|access_?key|private_?key|credentials?)[A-Za-z0-9_]*(?:\\?["'])?[ \t]*[:=][ \t]*(?:\\?["'])?(?P<s>[^\s"'\\,;(){}\[\]<>$`|:=][^\s"'\\,;(){}\[\]<>$`|]{7,255})"#,
+        pattern: r#"(?i)^[A-Za-z0-9_]*(?:secret|password|passwd|token|api_?key|access_?key|private_?key|credentials?)[A-Za-z0-9_]*(?:\\?["'])?(?P<sp>[ \t]*)[:=][ \t]*(?P<q>\\?["'])?(?P<s>[^\s"'\\,;(){}\[\]<>$`|:=][^\s"'\\,;(){}\[\]<>`|]{7,255})"#,
         right_boundary: false,
     },
 ];
@@ -254,11 +276,69 @@ fn left_boundary(text: &[u8], pos: usize) -> bool {
     !is_word(*before) || pos.checked_sub(2).and_then(|i| text.get(i)) == Some(&b'\\')
 }
 
-/// A value assigned to a secret-looking name is reported only when it looks like a secret:
-/// not a number, not a word of code, not a placeholder.
-fn plausible_value(v: &[u8], followed_by: Option<u8>) -> bool {
-    if followed_by == Some(b'(') || followed_by == Some(b'.') {
-        return false; // a call or an attribute: code, not a credential
+/// How a value was written after a secret-looking name (`NAME=value`, `name: "value"`).
+#[derive(Debug, Clone, Copy)]
+struct Assignment<'a> {
+    value: &'a [u8],
+    /// The bytes right after the value.
+    after: &'a [u8],
+    /// The value opens with a quote: a string literal.
+    quoted: bool,
+    /// `NAME=value` as `.env` files and shells write it: `=` with no space around it and a
+    /// bare value. There a bare value is a literal, not an identifier.
+    env_style: bool,
+}
+
+/// Whether `after` (the bytes after a value) ends the line: a newline, raw or as a JSON
+/// escape, the end of the string, or the end of the text. YAML and INI values end the line;
+/// code goes on with `,`, `;`, `)` or an operator.
+fn ends_line(after: &[u8]) -> bool {
+    match after {
+        [] | [b'\n' | b'\r' | b'"', ..] => true,
+        [b'\\', b'n' | b'r', ..] => true,
+        [b' ' | b'\t', rest @ ..] => ends_line(rest),
+        _ => false,
+    }
+}
+
+/// A value assigned to a secret-looking name is reported only when it is a literal that looks
+/// like a secret. Code names secrets far more often than it holds them (`apiKey:
+/// z.ZodOptional<…>`, `api_key = process.env.API_KEY`, `token: Option<String>`), so a bare
+/// value outside `.env` style must look random, and any value must be long, varied and not a
+/// URL, a path, a template or a placeholder.
+fn plausible_value(a: Assignment<'_>) -> bool {
+    let v = a.value;
+    let next = a.after.first().copied();
+    if a.quoted {
+        // The whole string literal, not its first word nor an expression inside it. In a JSON
+        // body the closing quote may be escaped (`\"`); `\n` is not a quote.
+        let closes = match next {
+            Some(b'"' | b'\'') => true,
+            Some(b'\\') => matches!(a.after.get(1), Some(b'"' | b'\'')),
+            _ => false,
+        };
+        if !closes {
+            return false;
+        }
+        // `"tuple.0.0".parse()`: a literal a method is called on is data, not a secret.
+        let rest = a.after.get(if next == Some(b'\\') { 2 } else { 1 }..);
+        if let Some([b'.', c, ..]) = rest
+            && c.is_ascii_alphabetic()
+        {
+            return false;
+        }
+    } else if a.env_style {
+        if matches!(next, Some(b'(' | b'<' | b'[' | b'{' | b',' | b')')) {
+            return false; // a call, a generic, a keyword argument: code, not a credential
+        }
+    } else if !ends_line(a.after) || matches!(v.first(), Some(b'&' | b'*' | b'!')) {
+        // `name: value` or `name = value` inside code (`token: &str,`, `key = cfg.key;`)
+        // names a type or a variable; only a YAML- or INI-style value ending its line is a
+        // literal.
+        return false;
+    }
+    if v.windows(2).any(|w| w == b"::" || w == b"->") {
+        return false; // a path or a pointer access
     }
     let digits = v.iter().filter(|b| b.is_ascii_digit()).count();
     let letters = v.iter().filter(|b| b.is_ascii_alphabetic()).count();
@@ -268,23 +348,174 @@ fn plausible_value(v: &[u8], followed_by: Option<u8>) -> bool {
     if digits == v.len() || letters == 0 {
         return false;
     }
+    if not_a_credential(v) || entropy(v) < 2.5 {
+        return false;
+    }
+    let literal = a.quoted || a.env_style;
+    let wordy = wordy(v);
+    if !literal && wordy && !symbols {
+        return false; // an identifier or a member path: `process.env.GEMINI_API_KEY`
+    }
+    (digits > 0 && letters > 0) || symbols || (upper && lower && v.len() >= 12 && !wordy)
+}
+
+/// `user:password` in a URL is a credential when the password could be one: not a template
+/// (`${PASS}`, `{password}`, `<pass>`, `%s`), not a stand-in (`password`, `pass`, `secret`),
+/// not the user name again (`postgres:postgres`), and at least six characters with a digit,
+/// a symbol or both cases. Documentation writes `user:pass@`, `a:b@` and `root:password@`.
+fn plausible_url_password(userinfo: &[u8], host: &[u8]) -> bool {
+    // Hosts reserved for documentation (RFC 2606) hold no real account.
+    let host = host
+        .split(|b| matches!(b, b'/' | b':' | b'"' | b'\\' | b' '))
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if host.starts_with(b"example.")
+        || host.ends_with(b".example")
+        || host.ends_with(b".invalid")
+        || host.windows(9).any(|w| w == b".example.")
+    {
+        return false;
+    }
+    let Some(colon) = userinfo.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let (user, password) = (
+        userinfo.get(..colon).unwrap_or_default(),
+        userinfo.get(colon + 1..).unwrap_or_default(),
+    );
+    let templated = |p: &[u8]| {
+        p.iter()
+            .any(|b| matches!(b, b'$' | b'{' | b'}' | b'<' | b'>' | b'%'))
+    };
+    let user_like = user
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || b"._~+-".contains(b));
+    // A comma separates hosts (`h1:123,user:pass@h2`): no userinfo has one.
+    if !user_like || templated(password) || password.contains(&b',') {
+        return false;
+    }
+    if password.len() < 6 || password == user {
+        return false;
+    }
+    if not_a_credential(password) || password.eq_ignore_ascii_case(b"pass") {
+        return false;
+    }
+    let digit = password.iter().any(u8::is_ascii_digit);
+    let upper = password.iter().any(u8::is_ascii_uppercase);
+    let lower = password.iter().any(u8::is_ascii_lowercase);
+    let symbol = password.iter().any(|b| !b.is_ascii_alphanumeric());
+    digit || symbol || (upper && lower)
+}
+
+/// A `-----BEGIN … PRIVATE KEY-----` header alone (a constant in a parser, a line of docs)
+/// holds nothing; a key has a run of base64 after it.
+fn holds_key_material(block: &[u8]) -> bool {
+    let mut run = 0;
+    for &b in block.iter().skip(b"-----BEGIN".len()) {
+        if b.is_ascii_alphanumeric() || b == b'+' || b == b'/' {
+            run += 1;
+            if run >= 40 {
+                return true;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    false
+}
+
+/// URLs, paths, templates and placeholders: values that name where a secret is, or stand in
+/// for one.
+fn not_a_credential(v: &[u8]) -> bool {
+    let contains = |needle: &[u8]| v.windows(needle.len()).any(|w| w == needle);
+    if contains(b"://") || contains(b"{{") || contains(b"${") || contains(b"%(") {
+        return true;
+    }
+    // Percent-encoded data (URL test vectors, form bodies), not a value someone typed.
+    let percent = v
+        .windows(3)
+        .filter(|w| matches!(w, [b'%', a, b] if a.is_ascii_hexdigit() && b.is_ascii_hexdigit()))
+        .count();
+    if percent >= 2 {
+        return true;
+    }
+    // `a=1&token=B`: the rest of a query string.
+    if let Some(amp) = v.iter().position(|&b| b == b'&')
+        && v.get(amp..).is_some_and(|r| r.contains(&b'='))
+    {
+        return true;
+    }
+    if v.starts_with(b"/") || v.starts_with(b"./") || v.starts_with(b"../") || v.starts_with(b"~") {
+        return true;
+    }
     let lowered = v.to_ascii_lowercase();
-    for placeholder in [
+    [
         &b"changeme"[..],
         b"example",
         b"your_",
+        b"your-",
         b"yourkey",
         b"xxxxxxxx",
+        b"********",
         b"redacted",
         b"placeholder",
         b"password",
         b"secret",
-    ] {
-        if lowered.windows(placeholder.len()).any(|w| w == placeholder) {
-            return false;
+        b"dummy",
+        b"insert",
+        b"replace",
+        b"...",
+    ]
+    .iter()
+    .any(|p| lowered.windows(p.len()).any(|w| w == *p))
+}
+
+/// Shannon entropy of the bytes, in bits per byte.
+fn entropy(v: &[u8]) -> f64 {
+    let mut counts = [0u32; 256];
+    for &b in v {
+        if let Some(c) = counts.get_mut(usize::from(b)) {
+            *c += 1;
         }
     }
-    (digits > 0 && letters > 0) || (upper && lower && v.len() >= 12) || symbols
+    let n = v.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// Whether a value reads as words (an identifier, a member path, a kebab name) rather than
+/// random characters: split at `_ . - $`, at letter/digit changes and before an upper-case
+/// letter that follows a lower-case one, its pieces average three characters or more.
+/// `GEMINI_API_KEY`, `z.ZodOptional` and `base64Encoded` are wordy; `q8Zt3LmW9vX2` and a hex
+/// digest are not.
+fn wordy(v: &[u8]) -> bool {
+    let mut pieces = 0usize;
+    let mut chars = 0usize;
+    let mut prev: Option<u8> = None;
+    for &b in v {
+        if matches!(b, b'_' | b'.' | b'-' | b'$') {
+            prev = None;
+            continue;
+        }
+        let starts = match prev {
+            None => true,
+            Some(p) => {
+                p.is_ascii_digit() != b.is_ascii_digit()
+                    || (p.is_ascii_lowercase() && b.is_ascii_uppercase())
+            }
+        };
+        pieces += usize::from(starts);
+        chars += 1;
+        prev = Some(b);
+    }
+    pieces > 0 && chars >= 3 * pieces
 }
 
 /// Orders findings and removes overlaps (the same secret reached through two literals). Where
@@ -433,11 +664,30 @@ impl Redactor {
             if rule.right_boundary && after.is_some_and(|b| b.is_ascii_alphanumeric()) {
                 continue;
             }
+            if rule.kind == SecretKind::UrlCredentials
+                && !plausible_url_password(s.as_bytes(), hay.get(whole.end()..).unwrap_or_default())
+            {
+                continue;
+            }
+            if rule.kind == SecretKind::PrivateKey && !holds_key_material(s.as_bytes()) {
+                continue;
+            }
             if rule.kind == SecretKind::OpenaiKey && s.as_bytes().starts_with(b"sk-ant-") {
                 continue;
             }
-            if rule.kind == SecretKind::SecretAssignment && !plausible_value(s.as_bytes(), after) {
-                continue;
+            if rule.kind == SecretKind::SecretAssignment {
+                let spaced = caps.name("sp").is_some_and(|m| !m.is_empty());
+                let quoted = caps.name("q").is_some();
+                let sep = hay.get(s.start().saturating_sub(1)).copied();
+                let assignment = Assignment {
+                    value: s.as_bytes(),
+                    after: hay.get(whole.end()..).unwrap_or_default(),
+                    quoted,
+                    env_style: !quoted && !spaced && sep == Some(b'='),
+                };
+                if !plausible_value(assignment) {
+                    continue;
+                }
             }
             found.push(Finding {
                 kind: rule.kind,
@@ -623,7 +873,7 @@ mod tests {
                 SecretKind::Jwt,
             ),
             (
-                "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7bq0\nAbCd==\n-----END RSA PRIVATE KEY-----\nafter".into(),
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7bq0x9Lk2mQ8vR3tY6wZ1nC4fH7jK0pS5uV8yB2eG6iN9oT3\nAbCd==\n-----END RSA PRIVATE KEY-----\nafter".into(),
                 SecretKind::PrivateKey,
             ),
             (
@@ -693,7 +943,7 @@ mod tests {
                 SecretKind::Jwt,
             ),
             (
-                "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7bq0\nAbCd==\n-----END RSA PRIVATE KEY-----".into(),
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7bq0x9Lk2mQ8vR3tY6wZ1nC4fH7jK0pS5uV8yB2eG6iN9oT3\nAbCd==\n-----END RSA PRIVATE KEY-----".into(),
                 SecretKind::PrivateKey,
             ),
             ("postgres://app:s3cretPass99@db.internal:5432/app".into(), SecretKind::UrlCredentials),
@@ -787,16 +1037,20 @@ mod tests {
             "DB_PASSWORD=[REDACTED:secret]\nDEBUG=1"
         );
         assert_eq!(
-            redacted("url https://bob:pa55word@example.com/x"),
-            "url https://[REDACTED:url_credentials]@example.com/x"
+            redacted("url https://bob:pa55word@git.acme.io/x"),
+            "url https://[REDACTED:url_credentials]@git.acme.io/x"
         );
         assert_eq!(
-            redacted("-----BEGIN PRIVATE KEY-----\nAbC=\n-----END PRIVATE KEY-----\nafter"),
+            redacted(
+                "-----BEGIN PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7bq0x9Lk2mQ8vR3tY6wZ1nC4fH7jK0pS5uV8yB2eG6iN9oT3\nAbC=\n-----END PRIVATE KEY-----\nafter"
+            ),
             "[REDACTED:private_key]\nafter"
         );
         // A truncated key is still removed.
         assert_eq!(
-            redacted("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEA\nAAAA"),
+            redacted(
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAAB\nAAAA"
+            ),
             "[REDACTED:private_key]"
         );
         // A specific kind beats the generic NAME=value reading of the same secret.
@@ -852,6 +1106,90 @@ mod tests {
         for c in clean {
             assert_eq!(kinds(c), [], "flagged: {c}");
         }
+    }
+
+    /// Issue 13: code read by an agent (search results, files) names secrets all the time
+    /// without holding one; rewriting it breaks the agent's search-and-replace edits.
+    #[test]
+    fn code_that_names_secrets_is_never_rewritten() {
+        let code = [
+            // The two cases found in a real Cline session.
+            "apiKey: z.ZodOptional<z.ZodString>;",
+            "const apiKey = process.env.GEMINI_API_KEY;",
+            // TypeScript / JavaScript.
+            "  token?: string;\n  password: string;\n  apiKey: string | undefined;",
+            "const token = await getAccessToken(client);",
+            "const secret = config.auth.clientSecret;",
+            "export const API_KEY_ENV = \"GEMINI_API_KEY\";",
+            "headers: { 'X-Api-Key': apiKey, Authorization: `Bearer ${token}` }",
+            "const TOKEN_URL = \"https://oauth2.googleapis.com/token\";",
+            "accessToken: PropTypes.string.isRequired,",
+            "password: yup.string().min(8).required(),",
+            // Python.
+            "api_key = os.environ[\"OPENAI_API_KEY\"]",
+            "api_key = os.getenv(\"OPENAI_API_KEY\")",
+            "token = self.config.github_token",
+            "client = OpenAI(api_key=api_key, base_url=base_url)",
+            "password_hash = base64Encoded",
+            "secret_key: Optional[str] = None",
+            "token = request.headers[\"Authorization\"]",
+            "self.access_token = response.json()[\"access_token\"]",
+            "db_password = settings.DATABASES[\"default\"][\"PASSWORD\"]",
+            // Go.
+            "password := os.Getenv(\"DB_PASSWORD\")",
+            "Token: cfg.GitHubToken,",
+            "APIKey string `json:\"api_key\"`",
+            // Rust.
+            "pub api_key: Option<String>,",
+            "let token: &str = &args.token;",
+            "access_key_id: aws_sdk_s3::config::Credentials,",
+            "let api_key = std::env::var(\"ANTHROPIC_API_KEY\")?;",
+            // YAML, CI, shell, templates.
+            "password: ${DB_PASSWORD}",
+            "token: ${{ secrets.GITHUB_TOKEN }}",
+            "apiKey: {{ .Values.apiKey }}",
+            "export TOKEN=$(cat ~/.config/token)",
+            "token_path: ~/.config/gh/hosts.yml",
+            "SECRET_KEY_FILE=/run/secrets/django_key",
+            "conn = \"host=%(host)s password=%(password)s\"",
+            // Placeholders and words.
+            "api_key: \"your-api-key-here\"",
+            "OPENAI_API_KEY=sk-...",
+            "TOKEN_HEADER = \"X-Auth-Token-Header\"",
+            "\"passwordHint\": \"At least 8 characters\"",
+        ];
+        for c in code {
+            assert_eq!(kinds(c), [], "flagged: {c}");
+            assert_eq!(redacted(c), c);
+        }
+    }
+
+    #[test]
+    fn literal_secrets_in_every_language_are_still_caught() {
+        let cases = [
+            ".env: DB_PASSWORD=q8Zt3LmW9vX2",
+            "TWILIO_AUTH_TOKEN=4f9c2a7e81b04d6f9a3c5e7b1d2f8a60",
+            "SECRET_KEY = 'django-insecure-8k#p2@x!v$zq^7m&w9r'",
+            "const apiKey = \"Zx9Qw8Er7Ty6Ui5Op4\";",
+            "password: \"Tr0ub4dor&3xQ\"",
+            "Token: \"f3a9c27e5b1d48e6a0c2\",",
+            "let secret = \"a8F3kL9qZ2mX7vB1\";",
+            "client_secret: q8Zt3LmW9vX2pR5s",
+            "export API_TOKEN=ab12cd34ef56gh78",
+            r#"{"password": "h7Gk2pQ9xZ4w"}"#,
+        ];
+        for c in cases {
+            assert_eq!(kinds(c), [SecretKind::SecretAssignment], "missed: {c}");
+        }
+        let sg = format!(
+            "SENDGRID_API_KEY=SG.{}.{}",
+            "aB3dE5fG7hJ9kL1mN2pQ4r", "sT6vW8xY0zA2bC4dE6fG8hJ0kL2mN4pQ6rS8tU0vW2x"
+        );
+        assert_eq!(kinds(&sg), [SecretKind::SendgridKey]);
+        assert_eq!(
+            kinds("twilio key SK0123456789abcdef0123456789abcdef"),
+            [SecretKind::TwilioKey]
+        );
     }
 
     #[test]

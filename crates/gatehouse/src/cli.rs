@@ -1,10 +1,11 @@
-//! Command-line interface: `serve`, `init`, `check`, `export`, `prune`, `version`.
+//! Command-line interface: `serve`, `init`, `check`, `export`, `prune`, `scan`, `version`.
 
 mod check;
 mod demo;
 mod export;
 mod init;
 mod prune;
+mod scan;
 mod serve;
 
 use std::path::PathBuf;
@@ -42,6 +43,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Delete old rows now, as the server's retention does every few minutes.
     Prune(prune::PruneArgs),
+    /// Show what redaction would replace in files (places and kinds, never the secrets).
+    Scan(scan::ScanArgs),
     /// Print the version.
     Version,
 }
@@ -54,6 +57,7 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check::run(&config),
         Command::Export(args) => export::run(args),
         Command::Prune(args) => prune::run(args),
+        Command::Scan(args) => scan::run(args),
         Command::Version => {
             println!("gatehouse {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
