@@ -189,6 +189,9 @@ pub struct CompactionConfig {
     pub summary_model: String,
     pub keep_exchanges: usize,
     pub summary_max_tokens: u64,
+    /// The conversation's first request (its task) is kept verbatim in every summary, within
+    /// this budget of its own.
+    pub task_max_tokens: u64,
     pub summary_temperature: f64,
     pub summary_timeout_secs: f64,
     /// A manual compaction without `force` needs at least this many tokens to summarise.

@@ -103,7 +103,163 @@ pub fn splice(
 #[derive(Debug, Clone, Copy)]
 pub struct Budget {
     pub max_tokens: u64,
+    /// The task's own budget, on top of `max_tokens`: it is never cut to make room for the rest.
+    pub task_max_tokens: u64,
     pub encoding: Encoding,
+}
+
+/// Opens the task block of a summary; the block ends with [`TASK_END`].
+pub const TASK_TITLE: &str = "The task (the conversation's first request, verbatim):";
+pub const TASK_END: &str = "[end of the task]";
+
+/// Tags that clients wrap around context they resend on every turn.
+const KNOWN_BOILERPLATE: &[&str] = &["environment_details", "system-reminder", "editor_state"];
+
+/// The blocks (`<name>…</name>`) a conversation's user messages repeat: the known ones, and
+/// any other that opens in at least three user messages and in half of them. An agent resends
+/// its environment, open files and reminders on every turn; a summary lists them once.
+pub fn boilerplate_tags(items: &[Item<'_>]) -> Vec<String> {
+    let users: Vec<&str> = items
+        .iter()
+        .filter(|m| m.role == "user")
+        .map(|m| m.text)
+        .collect();
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for text in &users {
+        let mut seen: Vec<&str> = Vec::new();
+        for name in block_names(text) {
+            if !seen.contains(&name) {
+                seen.push(name);
+                match counts.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, c)) => *c += 1,
+                    None => counts.push((name.to_owned(), 1)),
+                }
+            }
+        }
+    }
+    counts
+        .into_iter()
+        .filter(|(n, c)| {
+            KNOWN_BOILERPLATE.contains(&n.as_str()) || (*c >= 3 && *c * 2 >= users.len())
+        })
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// Names of the closed `<name>…</name>` blocks in `text`.
+fn block_names(text: &str) -> impl Iterator<Item = &str> {
+    text.match_indices('<').filter_map(move |(i, _)| {
+        let rest = text.get(i + 1..)?;
+        let end = rest.find('>')?;
+        let name = rest.get(..end)?;
+        let valid = !name.is_empty()
+            && name.len() <= 40
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        (valid && rest.contains(&format!("</{name}>"))).then_some(name)
+    })
+}
+
+/// `text` without its `<name>…</name>` blocks for every name in `tags`.
+pub fn strip_blocks(text: &str, tags: &[String]) -> String {
+    let mut out = text.to_owned();
+    for tag in tags {
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        while let Some(a) = out.find(&open) {
+            let Some(b) = out.get(a..).and_then(|r| r.find(&close)) else {
+                break;
+            };
+            out.replace_range(a..a + b + close.len(), "");
+        }
+    }
+    out
+}
+
+/// The conversation's task, for the summary's task block: the previous summary's task block
+/// when there is one (a later compaction never loses it), otherwise the first user message
+/// without its boilerplate, whole when it fits `task_max_tokens`, else its head.
+pub fn task(
+    items: &[Item<'_>],
+    previous: Option<&str>,
+    boilerplate: &[String],
+    b: Budget,
+) -> Option<String> {
+    // Past the first compaction the items start mid-conversation: the task is the one the
+    // earlier summary carries, if any.
+    if let Some(p) = previous {
+        return task_in_summary(p).map(str::to_owned);
+    }
+    let first = items
+        .iter()
+        .find(|m| m.role == "user" && !m.text.trim().is_empty())?;
+    let text = strip_blocks(first.text, boilerplate);
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    if b.encoding.count(text) <= b.task_max_tokens {
+        return Some(text.to_owned());
+    }
+    // Characters are at least a token's worth of text each: a first cut by characters,
+    // then lines off the end until it fits.
+    let mut cut = clip(
+        text,
+        usize::try_from(b.task_max_tokens.saturating_mul(4)).unwrap_or(usize::MAX),
+    );
+    while b.encoding.count(&cut) > b.task_max_tokens.saturating_sub(16) {
+        match cut.trim_end_matches('…').rfind(char::is_whitespace) {
+            Some(i) if i > 0 => cut.truncate(i),
+            _ => break,
+        }
+    }
+    let left = text.chars().count().saturating_sub(cut.chars().count());
+    Some(format!(
+        "{} … [{left} more characters of the task left out]",
+        cut.trim_end()
+    ))
+}
+
+/// The task block of an earlier summary, when it has one.
+pub fn task_in_summary(summary: &str) -> Option<&str> {
+    let start = summary.find(TASK_TITLE)? + TASK_TITLE.len();
+    let rest = summary.get(start..)?;
+    let end = rest.find(TASK_END)?;
+    Some(rest.get(..end)?.trim_matches('\n'))
+}
+
+/// The task block as it is written into a summary.
+pub fn task_block(task: &str) -> String {
+    format!("{TASK_TITLE}\n{task}\n{TASK_END}")
+}
+
+/// A summary without its task block (what a later summary folds in as "earlier summary").
+fn without_task(summary: &str) -> String {
+    match (summary.find(TASK_TITLE), summary.find(TASK_END)) {
+        (Some(a), Some(b)) if b > a => {
+            let mut s = summary.get(..a).unwrap_or_default().to_owned();
+            s.push_str(summary.get(b + TASK_END.len()..).unwrap_or_default());
+            s
+        }
+        _ => summary.to_owned(),
+    }
+}
+
+/// Whether a user message is a tool's report rather than the user's words: agents that have
+/// no tool role put their tools' output in user messages (Cline's `[read_file for 'a.rs']
+/// Result:`, SWE-agent's `OBSERVATION:`, mini-swe-agent's `<returncode>`).
+pub fn is_tool_report(text: &str) -> bool {
+    let t = text.trim_start();
+    if t.starts_with("OBSERVATION:")
+        || t.starts_with("<returncode>")
+        || t.starts_with("Observation:")
+    {
+        return true;
+    }
+    t.starts_with('[')
+        && t.split('\n')
+            .next()
+            .is_some_and(|l| l.contains("] Result:") || l.ends_with("] Result"))
 }
 
 const USER_LINE: usize = 240;
@@ -119,32 +275,73 @@ const ERROR_HEAD: usize = 24;
 /// conclusions, and what an earlier summary said. Deterministic: the same history gives the
 /// same bytes. `tokens` is the size of the history it replaces.
 pub fn heuristic(items: &[Item<'_>], previous: Option<&str>, tokens: u64, b: Budget) -> String {
-    let users: Vec<String> = items
+    let boilerplate = boilerplate_tags(items);
+    let task = task(items, previous, &boilerplate, b);
+    let first_user = items
         .iter()
-        .filter(|m| m.role == "user" && !m.text.trim().is_empty())
-        .map(|m| format!("- {}", first_line(m.text, USER_LINE)))
-        .collect();
-    let assistants: Vec<String> = items
+        .position(|m| m.role == "user" && !m.text.trim().is_empty());
+    // The user's own requests after the task, without what is resent on every turn and
+    // without tool reports; a request repeated word for word is listed once.
+    let folded = previous.map(fold).unwrap_or_default();
+    let mut users: Vec<String> = folded.users;
+    for (i, m) in items.iter().enumerate() {
+        if m.role != "user"
+            || (previous.is_none() && Some(i) == first_user)
+            || is_tool_report(m.text)
+        {
+            continue;
+        }
+        let text = strip_blocks(m.text, &boilerplate);
+        let line = first_line(&text, USER_LINE);
+        if line.is_empty() {
+            continue;
+        }
+        let line = format!("- {line}");
+        if !users.contains(&line) {
+            users.push(line);
+        }
+    }
+    let mut recurring_counts = folded.recurring;
+    for tag in &boilerplate {
+        let n = items
+            .iter()
+            .filter(|m| m.role == "user" && m.text.contains(&format!("<{tag}>")))
+            .count();
+        match recurring_counts.iter_mut().find(|(t, _)| t == tag) {
+            Some((_, c)) => *c += n,
+            None => recurring_counts.push((tag.clone(), n)),
+        }
+    }
+    let recurring: Vec<String> = recurring_counts
         .iter()
-        .filter(|m| m.role == "assistant" && !m.text.trim().is_empty())
-        .map(|m| format!("- {}", first_line(m.text, ASSISTANT_LINE)))
+        .map(|(tag, n)| {
+            format!("- <{tag}> in {n} messages (the latest copy is in the exchanges below)")
+        })
         .collect();
-    let mut tools: Vec<(&str, usize)> = Vec::new();
+    let mut assistants: Vec<String> = folded.assistants;
+    assistants.extend(
+        items
+            .iter()
+            .filter(|m| m.role == "assistant" && !m.text.trim().is_empty())
+            .map(|m| format!("- {}", first_line(m.text, ASSISTANT_LINE))),
+    );
+    let mut tools: Vec<(String, usize)> = folded.tools;
     for t in items.iter().flat_map(|m| m.tools.iter()) {
         match tools.iter_mut().find(|(n, _)| n == t) {
             Some((_, c)) => *c += 1,
-            None => tools.push((t, 1)),
+            None => tools.push(((*t).to_owned(), 1)),
         }
     }
-    let mut files: Vec<&str> = Vec::new();
+    let mut files: Vec<String> = folded.files;
     for m in items {
         for f in paths(m.text) {
-            if files.len() < MAX_FILES && !files.contains(&f) {
-                files.push(f);
+            if files.len() < MAX_FILES && !files.iter().any(|x| x == f) {
+                files.push(f.to_owned());
             }
         }
     }
-    let mut errors: Vec<String> = Vec::new();
+    let mut errors: Vec<String> = folded.errors;
+    errors.truncate(MAX_ERRORS / 2);
     for m in items
         .iter()
         .filter(|m| m.role == "tool" || m.role == "user")
@@ -174,21 +371,11 @@ pub fn heuristic(items: &[Item<'_>], previous: Option<&str>, tokens: u64, b: Bud
     );
     // Sections in the order they are written; filled in order of importance.
     let mut sections: Vec<Section> = vec![
+        Section::new(EARLIER, folded.other, 5),
+        Section::new(RECURRING, recurring, 1),
+        Section::new(USERS, users, 0).newest_first(),
         Section::new(
-            "Earlier summary:",
-            previous
-                .map(|p| {
-                    p.lines()
-                        .filter(|l| !l.starts_with(SUMMARY_HEADER))
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
-            5,
-        ),
-        Section::new("The user asked, in order:", users, 0).newest_first(),
-        Section::new(
-            "Tools called:",
+            TOOLS,
             if tools.is_empty() {
                 Vec::new()
             } else {
@@ -203,16 +390,16 @@ pub fn heuristic(items: &[Item<'_>], previous: Option<&str>, tokens: u64, b: Bud
             2,
         ),
         Section::new(
-            "Files mentioned:",
+            FILES,
             if files.is_empty() {
                 Vec::new()
             } else {
                 vec![files.join(", ")]
             },
-            1,
+            2,
         ),
-        Section::new("Errors seen:", errors, 3),
-        Section::new("The assistant said (latest last):", assistants, 4).newest_first(),
+        Section::new(ERRORS, errors, 3),
+        Section::new(ASSISTANT, assistants, 4).newest_first(),
     ];
 
     // Tokens do not always add up across a newline; a little slack keeps the total under.
@@ -259,6 +446,10 @@ pub fn heuristic(items: &[Item<'_>], previous: Option<&str>, tokens: u64, b: Bud
         left -= used;
     }
     let mut out = header;
+    if let Some(t) = &task {
+        out.push('\n');
+        out.push_str(&task_block(t));
+    }
     for s in &sections {
         if s.keep.is_empty() {
             continue;
@@ -278,6 +469,73 @@ pub fn heuristic(items: &[Item<'_>], previous: Option<&str>, tokens: u64, b: Bud
         }
     }
     out
+}
+
+const EARLIER: &str = "Earlier summary:";
+const RECURRING: &str = "Resent with every turn, listed once:";
+const USERS: &str = "The user asked, in order:";
+const TOOLS: &str = "Tools called:";
+const FILES: &str = "Files mentioned:";
+const ERRORS: &str = "Errors seen:";
+const ASSISTANT: &str = "The assistant said (latest last):";
+
+/// An earlier summary read back into its sections, so a later one merges them (counts added,
+/// lists extended) instead of nesting the whole text; what is not a heuristic section (an
+/// `llm` summary's prose) stays as "earlier summary".
+#[derive(Default)]
+struct Folded {
+    users: Vec<String>,
+    tools: Vec<(String, usize)>,
+    files: Vec<String>,
+    errors: Vec<String>,
+    assistants: Vec<String>,
+    recurring: Vec<(String, usize)>,
+    other: Vec<String>,
+}
+
+fn fold(previous: &str) -> Folded {
+    let mut f = Folded::default();
+    let mut section: Option<&str> = None;
+    for line in without_task(previous).lines() {
+        if line.starts_with(SUMMARY_HEADER) || line.trim().is_empty() {
+            continue;
+        }
+        if let Some(title) = [EARLIER, RECURRING, USERS, TOOLS, FILES, ERRORS, ASSISTANT]
+            .into_iter()
+            .find(|t| line.starts_with(t))
+        {
+            section = Some(title);
+            continue;
+        }
+        let item = line.to_owned();
+        match section {
+            Some(USERS) => f.users.push(item),
+            Some(ERRORS) => f.errors.push(item),
+            Some(ASSISTANT) => f.assistants.push(item),
+            Some(TOOLS) => {
+                for part in line.split(", ") {
+                    if let Some((name, n)) = part.rsplit_once(" ×") {
+                        f.tools.push((name.to_owned(), n.parse().unwrap_or(1)));
+                    }
+                }
+            }
+            Some(FILES) => f.files.extend(line.split(", ").map(str::to_owned)),
+            Some(RECURRING) => {
+                let tag = line.strip_prefix("- <").and_then(|r| r.split_once('>'));
+                if let Some((tag, rest)) = tag {
+                    let n = rest
+                        .trim_start()
+                        .strip_prefix("in ")
+                        .and_then(|r| r.split(' ').next())
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    f.recurring.push((tag.to_owned(), n));
+                }
+            }
+            _ => f.other.push(item),
+        }
+    }
+    f
 }
 
 struct Section {
@@ -309,10 +567,12 @@ impl Section {
 
 /// The first non-empty line, at most `max` characters.
 fn first_line(text: &str, max: usize) -> String {
+    // A line that is only a tag (`<task>`, `<feedback>`) says nothing by itself.
+    let only_tag = |l: &str| l.starts_with('<') && l.ends_with('>') && !l[1..].contains('<');
     let line = text
         .lines()
         .map(str::trim)
-        .find(|l| !l.is_empty())
+        .find(|l| !l.is_empty() && !only_tag(l))
         .unwrap_or("");
     let more = text.trim().len() > line.len();
     let mut s = clip(line, max);
@@ -414,10 +674,20 @@ pub fn llm_request(
     })
 }
 
-/// The summary message text around a model's answer.
-pub fn llm_summary(answer: &str, model: &str, messages: usize, tokens: u64) -> String {
+/// The summary message text around a model's answer. The task goes in verbatim: a model's
+/// summary may paraphrase it, and the agent must still have it word for word.
+pub fn llm_summary(
+    answer: &str,
+    task: Option<&str>,
+    model: &str,
+    messages: usize,
+    tokens: u64,
+) -> String {
+    let task = task
+        .map(|t| format!("{}\n", task_block(t)))
+        .unwrap_or_default();
     format!(
-        "{SUMMARY_HEADER} by {model} to save tokens: {messages} messages, {tokens} tokens, replaced; the latest exchanges follow in full.]\n{}",
+        "{SUMMARY_HEADER} by {model} to save tokens: {messages} messages, {tokens} tokens, replaced; the latest exchanges follow in full.]\n{task}{}",
         answer.trim()
     )
 }
@@ -505,14 +775,15 @@ mod tests {
         ];
         let b = Budget {
             max_tokens: 500,
+            task_max_tokens: 2000,
             encoding: Encoding::Cl100k,
         };
         let s = heuristic(&items, None, 12_345, b);
         assert!(s.starts_with(SUMMARY_HEADER), "{s}");
         assert!(s.contains("5 messages, 12345 tokens"), "{s}");
         assert!(
-            s.contains("- Fix the failing test in src/orders.rs please. …"),
-            "{s}"
+            s.contains(&task_block(items[0].text)),
+            "the first request is the task, kept verbatim: {s}"
         );
         assert!(s.contains("- Now update README.md too."), "{s}");
         assert!(s.contains("read_file ×2, run_tests ×1"), "{s}");

@@ -620,6 +620,7 @@ pub async fn run(
                 max_tokens: cfg
                     .summary_max_tokens
                     .min((a.summarized_tokens / 2).max(60)),
+                task_max_tokens: cfg.task_max_tokens,
                 encoding: enc,
             },
         )
@@ -751,6 +752,16 @@ async fn llm(
     use gatehouse_proxy::translate::{self, Format};
 
     let cfg = &st.config.compaction;
+    let task = compact::task(
+        items,
+        previous,
+        &compact::boilerplate_tags(items),
+        compact::Budget {
+            max_tokens: cfg.summary_max_tokens,
+            task_max_tokens: cfg.task_max_tokens,
+            encoding: input.route.encoding,
+        },
+    );
     let route = if cfg.summary_model.is_empty() {
         input.route.clone()
     } else {
@@ -876,7 +887,7 @@ async fn llm(
         .ok_or_else(|| format!("`{}` answered an empty summary", route.model_key))?;
     let n = items.len();
     Ok((
-        compact::llm_summary(&text, &route.model_key, n, tokens),
+        compact::llm_summary(&text, task.as_deref(), &route.model_key, n, tokens),
         route.model_key.clone(),
     ))
 }

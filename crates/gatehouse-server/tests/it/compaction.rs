@@ -63,11 +63,19 @@ fn text(k: usize, words: usize) -> String {
     s
 }
 
+const TASK: &str = "Refactor the modules under src/ one by one.";
+
 /// System prompt, then `turns` user/assistant exchanges and a last user message.
 fn history(turns: usize, user_words: usize) -> Vec<Value> {
     let mut m = vec![json!({"role": "system", "content": "You are a careful coding agent."})];
     for k in 0..turns {
-        m.push(json!({"role": "user", "content": text(k, user_words)}));
+        // The first request is the task, kept whole by every summary: short, as most are.
+        let user = if k == 0 {
+            TASK.to_owned()
+        } else {
+            text(k, user_words)
+        };
+        m.push(json!({"role": "user", "content": user}));
         m.push(json!({"role": "assistant", "content": format!("Done with turn {k}; I changed src/module_{k}.rs.")}));
     }
     m.push(json!({"role": "user", "content": text(turns, user_words)}));
@@ -142,10 +150,7 @@ async fn auto_compaction_fires_at_the_threshold_and_the_point_holds_on_later_req
     assert_eq!(msgs[0]["content"], "You are a careful coding agent.");
     assert!(is_summary(&msgs[1]), "{}", msgs[1]);
     let summary = msgs[1]["content"].as_str().unwrap().to_owned();
-    assert!(
-        summary.contains("Turn 0: please refactor src/module_0.rs"),
-        "{summary}"
-    );
+    assert!(summary.contains(&compact_task_block()), "{summary}");
     assert!(summary.contains("src/module_0.rs"), "{summary}");
     assert_eq!(msgs.len(), 2 + 3, "system, summary, user, assistant, user");
     assert_eq!(msgs[2]["content"], text(turns - 1, 100));
@@ -212,23 +217,24 @@ fn stubborn(extra: &str) -> Options {
 #[tokio::test]
 async fn cooldown_holds_back_a_second_compaction() {
     let app = TestApp::spawn_with(stubborn("")).await;
-    let (sid, first) = send(&app, &history(0, 400)).await;
+    // The task alone (the first request, kept whole by a summary) is not worth compacting.
+    let (sid, first) = send(&app, &history(1, 400)).await;
     assert_eq!(
         first["messages"].as_array().unwrap().len(),
-        2,
+        4,
         "nothing to summarise yet"
     );
-    let seen = send(&app, &history(1, 400)).await.1;
+    let seen = send(&app, &history(2, 400)).await.1;
     assert!(is_summary(&seen["messages"][1]));
-    for turns in 2..4 {
+    for turns in 3..5 {
         let seen = send(&app, &history(turns, 400)).await.1;
         // The point still applies, but no new compaction within the 5-minute cooldown.
         let m = seen["messages"].as_array().unwrap();
         assert!(is_summary(&m[1]));
         assert_eq!(
             m.len(),
-            1 + 2 * turns,
-            "only the first two turns are summarised"
+            2 * turns - 1,
+            "only the first three turns are summarised"
         );
     }
     assert_eq!(history_of(&app, &sid).await.len(), 1);
@@ -252,13 +258,11 @@ async fn at_most_three_in_a_row_then_paused_until_under_the_threshold() {
     }
     let rows = history_of(&app, &sid).await;
     assert_eq!(rows.len(), 3, "turns 1, 2 and 3 compacted; 4 and 5 held");
-    // Each compaction builds on the previous summary.
-    assert!(
-        rows[0]["summary"]
-            .as_str()
-            .unwrap()
-            .contains("Earlier summary:")
-    );
+    // Each compaction builds on the previous summary: its sections merged, the task kept.
+    let last = rows[0]["summary"].as_str().unwrap();
+    assert!(last.contains(&compact_task_block()), "{last}");
+    assert!(last.contains("Turn 1: please refactor"), "{last}");
+    assert!(!last.contains("Earlier summary:"), "{last}");
     let auto = app
         .get_json(&format!("/api/compaction/{sid}/auto-status"))
         .await;
@@ -290,7 +294,7 @@ async fn at_most_three_in_a_row_then_paused_until_under_the_threshold() {
 async fn llm_strategy_asks_the_model_with_the_seed_settings_and_falls_back() {
     let app = TestApp::spawn_with(options("[compaction]\nstrategy = \"llm\"")).await;
     let (sid, _) = send(&app, &history(0, 100)).await;
-    let r = app.chat(chat(&history(12, 100))).await;
+    let r = app.chat(chat(&history(14, 100))).await;
     assert_eq!(r.status(), 200);
     r.bytes().await.unwrap();
     let captured = app.mock.captured();
@@ -304,7 +308,7 @@ async fn llm_strategy_asks_the_model_with_the_seed_settings_and_falls_back() {
         prompt.starts_with("Summarize the following conversation"),
         "{prompt}"
     );
-    assert!(prompt.contains("USER: Turn 0: please refactor"), "{prompt}");
+    assert!(prompt.contains(&format!("USER: {TASK}")), "{prompt}");
     let sent = &captured[n - 1].body;
     let summary = sent["messages"][1]["content"].as_str().unwrap();
     assert!(
@@ -324,7 +328,7 @@ async fn llm_strategy_asks_the_model_with_the_seed_settings_and_falls_back() {
         "[compaction]\nstrategy = \"llm\"\nsummary_model = \"mock/broken\"",
     ))
     .await;
-    let (sid, seen) = send(&app, &history(12, 100)).await;
+    let (sid, seen) = send(&app, &history(14, 100)).await;
     assert!(is_summary(&seen["messages"][1]));
     assert!(
         seen["messages"][1]["content"]
@@ -594,7 +598,7 @@ pricing = { input = 3.0, output = 15.0 }
 "#,
     ))
     .await;
-    let (sid, sent) = send(&app, &history(12, 100)).await;
+    let (sid, sent) = send(&app, &history(14, 100)).await;
     let captured = app.mock.captured();
     let ask = captured
         .iter()
@@ -621,4 +625,83 @@ pricing = { input = 3.0, output = 15.0 }
     assert!(own["cost_usd"].as_f64().unwrap() > 0.0, "{own}");
     let client = rows.iter().filter(|r| r["purpose"].is_null()).count();
     assert_eq!(client, 1, "the client's own request has its row too");
+}
+
+/// Cline's classic format, as in the long real session of issue 13: the task and the
+/// environment in the first user message, every later user message a tool result followed by
+/// the environment again.
+fn cline_history(turns: usize) -> Vec<Value> {
+    let env = |k: usize| {
+        format!(
+            "<environment_details>\n# VSCode Visible Files\nsrc/auth/middleware.ts\n\n# VSCode Open Tabs\nsrc/auth/middleware.ts\nsrc/server.ts\n\n# Current Time\n12/5/2026, 10:{k:02}:00 AM (UTC)\n\n# Current Mode\nACT MODE\n</environment_details>"
+        )
+    };
+    let mut m = vec![
+        json!({"role": "system", "content": "You are Cline, a highly skilled software engineer."}),
+        json!({"role": "user", "content": format!("<task>\n{CLINE_TASK}\n</task>\n{}", env(0))}),
+    ];
+    for k in 0..turns {
+        m.push(json!({"role": "assistant", "content": format!("<read_file>\n<path>src/auth/part_{k}.ts</path>\n</read_file>")}));
+        m.push(json!({"role": "user", "content": format!("[read_file for 'src/auth/part_{k}.ts'] Result:\n{}\n{}", text(k, 90), env(k + 1))}));
+    }
+    m
+}
+
+const CLINE_TASK: &str = "Refactor the auth middleware in src/auth/middleware.ts so that expired JWTs return 401 with a JSON body {\"error\": \"token_expired\"} instead of 500.\nKeep the existing tests passing and add one for the expired case.\nDo not touch src/server.ts.";
+
+#[tokio::test]
+async fn every_compaction_keeps_the_task_whole_and_lists_the_environment_once() {
+    let app = TestApp::spawn_with(options(
+        "[compaction.auto]\nenabled = true\nthreshold_pct = 85\ncooldown_secs = 0\nmax_consecutive = 100\n",
+    ))
+    .await;
+    let mut compacted = 0;
+    for turns in 1..40 {
+        let r = app
+            .chat(json!({"model": "mock/small", "messages": cline_history(turns)}))
+            .await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        r.bytes().await.unwrap();
+        let body = app.mock.captured().pop().unwrap().body;
+        let msgs = body["messages"].as_array().unwrap();
+        let Some(summary) = msgs.iter().find(|m| is_summary(m)) else {
+            continue;
+        };
+        compacted += 1;
+        let summary = summary["content"].as_str().unwrap();
+        assert!(
+            summary.contains(CLINE_TASK),
+            "turn {turns}: the task is not in the summary whole: {summary}"
+        );
+        assert!(
+            !summary.contains("# VSCode Open Tabs"),
+            "turn {turns}: the environment is repeated in the summary: {summary}"
+        );
+        assert_eq!(
+            summary.matches("<environment_details>").count(),
+            1,
+            "turn {turns}: listed once: {summary}"
+        );
+        assert!(
+            !summary.contains("- [read_file for"),
+            "turn {turns}: tool results are not the user's requests: {summary}"
+        );
+    }
+    let sid = {
+        let r = app
+            .chat(json!({"model": "mock/small", "messages": cline_history(1)}))
+            .await;
+        session_of(&r)
+    };
+    let history = history_of(&app, &sid).await;
+    assert!(
+        history.len() >= 2,
+        "compacted more than once, so the task survived a re-summary: {}",
+        history.len()
+    );
+    assert!(compacted >= 10, "{compacted} compacted requests");
+}
+
+fn compact_task_block() -> String {
+    format!("The task (the conversation's first request, verbatim):\n{TASK}\n[end of the task]")
 }
