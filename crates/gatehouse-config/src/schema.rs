@@ -161,6 +161,11 @@ pub struct SanitizerConfig {
     pub preview_length: usize,
     pub observation_masking: bool,
     pub observation_keep_turns: usize,
+    /// Old tool results this small stay: hiding them saves less than the cache miss costs.
+    pub observation_min_tokens: u64,
+    /// Old tool results are hidden in batches of at least this many tokens, so the prefix the
+    /// provider caches changes once per batch rather than on every turn.
+    pub observation_batch_tokens: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -24,6 +24,26 @@ pub fn cutoff(roles: &[&str], keep_turns: usize) -> usize {
     0
 }
 
+/// How many of the leading `candidates` (the token sizes of the old tool results that may be
+/// hidden, in conversation order) to hide. A provider caches the prefix it has seen, so hiding
+/// one more result on every turn would change the prefix, and miss the cache, on every turn.
+/// Candidates are taken in batches instead: a batch closes once it holds `batch_tokens`, and
+/// only closed batches are hidden. Results only ever join the end of the list (they age past
+/// the cutoff in order), so a closed batch never changes: what is hidden stays hidden,
+/// byte-identical, and the prefix changes once per batch.
+pub fn batch_to_hide(candidates: &[u64], batch_tokens: u64) -> usize {
+    let mut hidden = 0;
+    let mut sum = 0u64;
+    for (i, t) in candidates.iter().enumerate() {
+        sum = sum.saturating_add(*t);
+        if sum >= batch_tokens.max(1) {
+            hidden = i + 1;
+            sum = 0;
+        }
+    }
+    hidden
+}
+
 /// How far into a result an error must show to count.
 const ERROR_HEAD: usize = 300;
 
@@ -87,6 +107,23 @@ mod tests {
             "fewer turns than kept: nothing is old"
         );
         assert_eq!(cutoff(&roles, 0), roles.len(), "0 keeps no turn");
+    }
+
+    #[test]
+    fn results_are_hidden_in_closed_batches_only() {
+        assert_eq!(batch_to_hide(&[], 1000), 0);
+        assert_eq!(batch_to_hide(&[400, 400], 1000), 0, "an open batch stays");
+        assert_eq!(batch_to_hide(&[400, 400, 400], 1000), 3);
+        assert_eq!(batch_to_hide(&[400, 400, 400, 900], 1000), 3);
+        assert_eq!(batch_to_hide(&[400, 400, 400, 900, 200], 1000), 5);
+        // A longer history never un-hides what a shorter one hid.
+        let sizes = [700, 120, 3000, 50, 800, 800, 90, 2500, 10, 10];
+        let mut last = 0;
+        for n in 0..=sizes.len() {
+            let h = batch_to_hide(&sizes[..n], 2000);
+            assert!(h >= last, "{n}: {h} < {last}");
+            last = h;
+        }
     }
 
     #[test]

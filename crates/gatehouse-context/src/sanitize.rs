@@ -95,6 +95,88 @@ fn looks_like_json(text: &str) -> bool {
         && serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok()
 }
 
+/// The stretches of a user message that are a tool's output, not the user's words. Agents
+/// without a tool role send their tools' output as user messages: SWE-agent's `OBSERVATION:`,
+/// mini-swe-agent's `<output>…</output>`, Cline's `[read_file for 'a.rs'] Result:` blocks
+/// (up to the next block, the user's `<feedback>` or the `<environment_details>` Cline appends);
+/// and anyone pastes code,
+/// logs or JSON in fenced blocks. Byte ranges of `text`, in order, not overlapping, trimmed.
+pub fn tool_parts(text: &str) -> Vec<std::ops::Range<usize>> {
+    let mut parts: Vec<std::ops::Range<usize>> = Vec::new();
+    let lead = text.len() - text.trim_start().len();
+    if let Some(rest) = text.get(lead..)
+        && (rest.starts_with("OBSERVATION:") || rest.starts_with("Observation:"))
+    {
+        let body = lead + rest.find('\n').map_or(rest.len(), |n| n + 1);
+        push_trimmed(text, body..text.len(), &mut parts);
+        return parts;
+    }
+    let mut from = 0;
+    while let Some(open) = text.get(from..).and_then(|t| t.find("<output>")) {
+        let start = from + open + "<output>".len();
+        let Some(close) = text.get(start..).and_then(|t| t.find("</output>")) else {
+            break;
+        };
+        push_trimmed(text, start..start + close, &mut parts);
+        from = start + close;
+    }
+    if !parts.is_empty() {
+        return parts;
+    }
+    // Cline: a header line ending in "] Result:", its output until the next header.
+    let headers: Vec<(usize, usize)> = line_starts(text)
+        .filter_map(|at| {
+            let line = text.get(at..)?.split('\n').next()?;
+            (line.starts_with('[') && line.trim_end().ends_with("] Result:"))
+                .then(|| (at, at + line.len()))
+        })
+        .collect();
+    for (k, &(_, header_end)) in headers.iter().enumerate() {
+        let next = headers.get(k + 1).map_or(text.len(), |&(at, _)| at);
+        // The user's feedback and the environment Cline appends are not the tool's output.
+        let block = text.get(header_end..next).unwrap_or_default();
+        let end = ["<feedback>", "<environment_details>"]
+            .iter()
+            .filter_map(|tag| block.find(tag))
+            .min()
+            .map_or(next, |e| header_end + e);
+        push_trimmed(text, header_end..end, &mut parts);
+    }
+    if !parts.is_empty() {
+        return parts;
+    }
+    // Fenced blocks: the lines between ``` fences.
+    let mut open: Option<usize> = None;
+    for at in line_starts(text) {
+        let line = text
+            .get(at..)
+            .and_then(|t| t.split('\n').next())
+            .unwrap_or("");
+        if line.trim_start().starts_with("```") {
+            match open.take() {
+                Some(start) => push_trimmed(text, start..at, &mut parts),
+                None => open = Some(at + line.len()),
+            }
+        }
+    }
+    parts
+}
+
+fn line_starts(text: &str) -> impl Iterator<Item = usize> + '_ {
+    std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1))
+}
+
+fn push_trimmed(text: &str, r: std::ops::Range<usize>, out: &mut Vec<std::ops::Range<usize>>) {
+    let Some(s) = text.get(r.clone()) else {
+        return;
+    };
+    let start = r.start + (s.len() - s.trim_start().len());
+    let end = r.start + s.trim_end().len();
+    if end > start {
+        out.push(start..end);
+    }
+}
+
 /// The reference of a text: the first 16 hex characters of its SHA-256.
 pub fn reference(text: &str) -> String {
     use std::fmt::Write;
@@ -143,6 +225,36 @@ pub fn stand_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parts_of(text: &str) -> Vec<&str> {
+        tool_parts(text).into_iter().map(|r| &text[r]).collect()
+    }
+
+    #[test]
+    fn tool_output_is_found_inside_user_messages() {
+        assert_eq!(
+            parts_of("OBSERVATION:\nfile.py:1: def f():\n    pass\n"),
+            ["file.py:1: def f():\n    pass"]
+        );
+        assert_eq!(
+            parts_of("<returncode>0</returncode>\n<output>\nline 1\nline 2\n</output>"),
+            ["line 1\nline 2"]
+        );
+        assert_eq!(
+            parts_of(
+                "[read_file for 'src/a.ts'] Result:\nconst a = 1;\n\n[execute_command for 'ls'] Result:\nsrc\n\n<environment_details>\n# Open Tabs\n</environment_details>"
+            ),
+            ["const a = 1;", "src"]
+        );
+        assert_eq!(
+            parts_of("Here is my log, what is wrong?\n```\nE   assert 1 == 2\n```\nThanks"),
+            ["E   assert 1 == 2"]
+        );
+        assert_eq!(
+            parts_of("Please fix the bug in orders.rs."),
+            Vec::<&str>::new()
+        );
+    }
 
     const RULES: Rules = Rules {
         threshold_tokens: 1000,

@@ -143,6 +143,21 @@ impl TokenCounter {
         n
     }
 
+    /// Tokens of a stretch of text (a tool's output inside a message), cached like messages.
+    pub fn count_text(&self, enc: Encoding, text: &str) -> u64 {
+        let mut h = Xxh3::new();
+        h.update(enc.name().as_bytes());
+        h.update(&[1]);
+        h.update(text.as_bytes());
+        let key = h.digest128();
+        if let Some(n) = self.cache.get(&key) {
+            return n;
+        }
+        let n = enc.count(text);
+        self.cache.insert(key, n);
+        n
+    }
+
     /// Counts a whole chat prompt: messages, tool definitions and the reply primer.
     pub fn count_prompt(&self, enc: Encoding, req: &ChatRequestView<'_>) -> PromptCount {
         let mut out = PromptCount {

@@ -193,7 +193,8 @@ async fn small_or_plain_messages_pass_unchanged_and_the_switch_works() {
 #[tokio::test]
 async fn observation_masking_hides_old_tool_results_but_keeps_errors() {
     let app = TestApp::spawn_with(crate::support::Options {
-        extra_toml: "[sanitizer]\nobservation_masking = true\nobservation_keep_turns = 2\n".into(),
+        // Every old result at once, whatever its size: the rules of what is hidden and kept.
+        extra_toml: "[sanitizer]\nobservation_masking = true\nobservation_keep_turns = 2\nobservation_min_tokens = 0\nobservation_batch_tokens = 1\n".into(),
         ..crate::support::Options::default()
     })
     .await;
@@ -269,4 +270,161 @@ async fn memory_content_is_measured_per_request() {
     let row = rows(&app, &session_of(&r)).await.remove(0);
     assert_eq!(row["memory_tokens"], 0);
     assert_eq!(row["memory_ratio"], 0.0);
+}
+
+/// An agent loop of `turns` tool calls, each answered by a result of about `tokens` tokens.
+fn agent_loop(turns: usize, tokens: usize) -> Value {
+    let mut m = vec![
+        json!({"role": "system", "content": "You are a coding agent."}),
+        json!({"role": "user", "content": "Fix the failing test."}),
+    ];
+    for k in 0..turns {
+        let id = format!("call_{k}");
+        m.push(json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": id, "type": "function", "function": {"name": "read_file", "arguments": "{}"}}]}));
+        let body: String = (0..tokens / 6)
+            .map(|i| format!("fn f{k}_{i}() {{}}\n"))
+            .collect();
+        m.push(json!({"role": "tool", "tool_call_id": id, "content": body}));
+        m.push(json!({"role": "user", "content": format!("Go on ({k}).")}));
+    }
+    json!({"model": "mock/echo", "messages": m})
+}
+
+/// Issue 13: hiding one more result on every turn changed the cached prefix on most turns and
+/// made masking cost more than it saved. Results are hidden in batches; between batches the
+/// prefix the provider saw is sent again byte for byte, and a hidden result never changes.
+#[tokio::test]
+async fn observation_masking_hides_in_batches_and_keeps_the_prefix_stable() {
+    let app = TestApp::spawn_with(crate::support::Options {
+        extra_toml: "[sanitizer]\nobservation_masking = true\nobservation_keep_turns = 2\nobservation_min_tokens = 100\nobservation_batch_tokens = 2400\n\n[models.\"mock/big\"]\nprovider = \"mock\"\nmodel = \"echo\"\nmax_context_size = 1000000\n".into(),
+        ..crate::support::Options::default()
+    })
+    .await;
+    let mut previous: Option<Vec<Value>> = None;
+    let (mut stable, mut changed) = (0, 0);
+    let mut hidden_before: Vec<String> = Vec::new();
+    for turns in 1..30 {
+        let mut body = agent_loop(turns, 400);
+        body["model"] = json!("mock/big");
+        let r = app.chat(body).await;
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+        let sent = app.mock.captured().pop().unwrap().body;
+        let msgs = sent["messages"].as_array().unwrap().clone();
+        let hidden: Vec<String> = msgs
+            .iter()
+            .filter_map(|m| m["content"].as_str())
+            .filter(|c| c.starts_with("[old tool result hidden"))
+            .map(str::to_owned)
+            .collect();
+        // What was hidden stays hidden, with the same bytes.
+        assert!(hidden.starts_with(&hidden_before), "turn {turns}");
+        if let Some(prev) = &previous {
+            if msgs.starts_with(prev) {
+                stable += 1;
+            } else {
+                changed += 1;
+                assert!(
+                    hidden.len() > hidden_before.len(),
+                    "only a new batch changes the prefix"
+                );
+            }
+        }
+        hidden_before = hidden;
+        previous = Some(msgs);
+    }
+    assert!(!hidden_before.is_empty(), "old results were hidden");
+    assert!(changed >= 2, "batches closed: {changed}");
+    assert!(
+        stable >= 4 * changed,
+        "the prefix is stable on most turns: {stable} stable, {changed} changed"
+    );
+}
+
+#[tokio::test]
+async fn small_old_results_are_never_hidden_with_the_defaults() {
+    let app = TestApp::spawn_with(crate::support::Options {
+        extra_toml: "[sanitizer]\nobservation_masking = true\nobservation_keep_turns = 1\n".into(),
+        ..crate::support::Options::default()
+    })
+    .await;
+    // 40 old results of ~60 tokens: under observation_min_tokens, all kept.
+    let r = app.chat(agent_loop(40, 60)).await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let sent = app.mock.captured().pop().unwrap().body;
+    assert!(
+        !sent.to_string().contains("[old tool result hidden"),
+        "{sent}"
+    );
+}
+
+/// Issue 13: SWE-agent sends observations as user messages and Cline puts `[tool] Result:`
+/// blocks in them; the tool output is masked there too, the user's own words kept.
+#[tokio::test]
+async fn tool_output_inside_user_messages_is_masked_and_the_words_kept() {
+    let app = TestApp::spawn().await;
+    let log = test_log();
+    let cline = format!(
+        "[execute_command for 'pytest'] Result:\n{log}\n\n<feedback>\nPlease look at test_case_3 first.\n</feedback>\n<environment_details>\n# Current Mode\nACT MODE\n</environment_details>"
+    );
+    let swe = format!("OBSERVATION:\n{log}");
+    let body = json!({"model": "mock/echo", "messages": [
+        {"role": "system", "content": "You are a coding agent."},
+        {"role": "user", "content": "Fix the failing test."},
+        {"role": "assistant", "content": "Running the tests."},
+        {"role": "user", "content": cline},
+        {"role": "assistant", "content": "Looking again."},
+        {"role": "user", "content": swe},
+    ]});
+    let r = app.chat(body).await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let sent = app.mock.captured().pop().unwrap().body;
+    let c = sent["messages"][3]["content"].as_str().unwrap();
+    assert!(
+        c.starts_with(
+            "[execute_command for 'pytest'] Result:\n[masked by Gatehouse: tool output, "
+        ),
+        "{c}"
+    );
+    assert!(c.contains("Please look at test_case_3 first."), "{c}");
+    assert!(c.contains("<environment_details>\n# Current Mode"), "{c}");
+    assert!(c.len() < 1000, "{} bytes", c.len());
+    let s = sent["messages"][5]["content"].as_str().unwrap();
+    assert!(
+        s.starts_with("OBSERVATION:\n[masked by Gatehouse: tool output, "),
+        "{s}"
+    );
+    // The same log, the same reference, retrievable whole.
+    let reference = reference_in(c);
+    assert_eq!(reference, reference_in(s));
+    let original = app.get_json(&format!("/api/mask/{reference}")).await;
+    assert_eq!(original["content"], log.trim());
+}
+
+/// Issue 13: a request masked and then refused (413) saved nothing upstream.
+#[tokio::test]
+async fn savings_count_only_requests_that_were_forwarded() {
+    let app = TestApp::spawn_with(crate::support::Options {
+        extra_toml: "[proxy.heavy_duty]\nenabled = false\nthreshold_pct = 90\nwhen_none = \"forward\"\n[models.\"mock/w300\"]\nprovider = \"mock\"\nmodel = \"echo\"\nmax_context_size = 300\n".into(),
+        ..crate::support::Options::default()
+    })
+    .await;
+    let mut body = conversation(&test_log(), false);
+    body["model"] = json!("mock/w300");
+    body["messages"][4]["content"] = json!("Summarise. ".repeat(400));
+    let r = app.chat(body).await;
+    assert_eq!(r.status(), 413, "{}", r.text().await.unwrap());
+    let stats = app.get_json("/api/sanitizer/stats").await;
+    assert_eq!(stats["since_start"]["tokens_saved"], 0, "{stats}");
+    assert_eq!(stats["since_start"]["masked_messages"], 0, "{stats}");
+    let r = app.chat(conversation(&test_log(), false)).await;
+    assert_eq!(r.status(), 200);
+    let stats = app.get_json("/api/sanitizer/stats").await;
+    assert!(
+        stats["since_start"]["tokens_saved"].as_u64().unwrap() > 1000,
+        "{stats}"
+    );
 }

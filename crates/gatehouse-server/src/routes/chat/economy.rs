@@ -29,7 +29,7 @@ pub(super) async fn apply(
     request_id: &RequestId,
 ) -> Result<Vec<String>, ApiError> {
     if !p.masked.is_empty() {
-        record_masked(st, p, request_id, session).await;
+        store_masked(st, p).await;
     }
     if !p.redacted.is_empty() {
         // Kinds and counts only: a secret never reaches a log line or an event.
@@ -81,19 +81,16 @@ pub(super) async fn apply(
         )
         .with_param("messages"));
     }
+    // Counted only now: a request refused above (413) saved nothing upstream.
+    if !p.masked.is_empty() {
+        count_masked(st, p, request_id, session);
+    }
     Ok(notes)
 }
 
-/// Keeps the originals the sanitizer replaced (once per reference), counts what was saved,
-/// and tells the dashboard.
-async fn record_masked(st: &AppState, p: &Prepared, request_id: &RequestId, session: &SessionId) {
-    let saved: u64 = p.masked.iter().map(|m| m.tokens_saved).sum();
-    st.sanitizer
-        .masked
-        .fetch_add(p.masked.len() as u64, Ordering::Relaxed);
-    st.sanitizer
-        .tokens_saved
-        .fetch_add(saved, Ordering::Relaxed);
+/// Keeps the originals the sanitizer replaced, once per reference, whatever happens next: a
+/// stand-in the client saw (in an error, a log) always resolves.
+async fn store_masked(st: &AppState, p: &Prepared) {
     for m in &p.masked {
         if st.sanitizer.stored.get(&m.hash).is_none() {
             st.sanitizer.stored.insert(m.hash.clone(), ());
@@ -102,6 +99,17 @@ async fn record_masked(st: &AppState, p: &Prepared, request_id: &RequestId, sess
                 .await;
         }
     }
+}
+
+/// Counts what masking saved on a request that goes upstream, and tells the dashboard.
+fn count_masked(st: &AppState, p: &Prepared, request_id: &RequestId, session: &SessionId) {
+    let saved: u64 = p.masked.iter().map(|m| m.tokens_saved).sum();
+    st.sanitizer
+        .masked
+        .fetch_add(p.masked.len() as u64, Ordering::Relaxed);
+    st.sanitizer
+        .tokens_saved
+        .fetch_add(saved, Ordering::Relaxed);
     emit(&*st.bus, || Event::SanitizerEvent {
         request_id: request_id.as_str().to_owned(),
         session_id: session.clone(),
@@ -211,48 +219,65 @@ pub(super) fn mask(
     }
     let mut splices: Vec<(std::ops::Range<usize>, String)> = Vec::new();
     let mut masked = Vec::new();
-    let old = if cfg.observation_masking {
-        let roles: Vec<&str> = view.messages.iter().map(|m| m.role.as_ref()).collect();
-        observe::cutoff(&roles, cfg.observation_keep_turns)
+    let texts: Vec<Option<std::borrow::Cow<'_, str>>> =
+        view.messages.iter().map(MessageView::text).collect();
+    let hidden = if cfg.observation_masking {
+        observation_hidden(st, view, &texts, enc)
     } else {
-        0
+        Hidden::default()
     };
     // Tool names by call id, from the assistant messages that made the calls.
     let mut calls: Vec<(String, String)> = Vec::new();
-    for (i, m) in view.messages.iter().enumerate() {
-        if i < old && m.role == "assistant" && !m.tool_calls.is_empty() {
+    if !hidden.whole.is_empty() {
+        for m in view.messages.iter().filter(|m| !m.tool_calls.is_empty()) {
             calls.extend(tool_call_ids(m.raw.get()));
         }
     }
     for (i, m) in view.messages.iter().enumerate() {
-        let Some(text) = m.text() else {
+        let Some(Some(text)) = texts.get(i) else {
             continue;
         };
-        // Observation masking first (old tool results, whatever their size), then the
-        // sanitizer's rules; each yields the new text and its tags.
-        let tokens;
-        let reference;
-        let (new_text, tags) = if i < old && m.role == "tool" && !observe::looks_like_error(&text) {
-            tokens = st.counter.count_message(enc, m);
-            reference = sanitize::reference(&text);
+        let new_text;
+        let (tokens, reference, tags, original) = if hidden.whole.contains(&i) {
+            // An old tool result, hidden by observation masking.
+            let tokens = st.counter.count_message(enc, m);
+            let reference = sanitize::reference(text);
             let call_id = tool_call_id(m.raw.get());
             let tool = call_id
                 .as_deref()
                 .and_then(|id| calls.iter().find(|(c, _)| c == id).map(|(_, n)| n.as_str()));
-            let line = observe::placeholder(tool, call_id.as_deref(), &text, tokens, &reference);
-            (line, vec!["observation".to_owned()])
+            new_text = observe::placeholder(tool, call_id.as_deref(), text, tokens, &reference);
+            (
+                tokens,
+                reference,
+                vec!["observation".to_owned()],
+                text.to_string(),
+            )
+        } else if m.role == "user"
+            && let Some(parts) = user_parts(st, &rules, i, text, &hidden, enc)
+        {
+            // Tool output inside a user message: those stretches, the user's words kept.
+            new_text = parts.text;
+            for part in parts.masked {
+                masked.push(part);
+            }
+            if let Some(replacement) = replace_content(m.raw.get(), &new_text) {
+                splices.push((m.span.clone(), replacement));
+            }
+            continue;
         } else {
             if text.len() as u64 <= rules.threshold_tokens {
                 continue;
             }
-            tokens = st.counter.count_message(enc, m);
-            let tags = sanitize::classify(&rules, &m.role, &text, tokens);
+            let tokens = st.counter.count_message(enc, m);
+            let tags = sanitize::classify(&rules, &m.role, text, tokens);
             if tags.is_empty() {
                 continue;
             }
-            reference = sanitize::reference(&text);
-            let stand = sanitize::stand_in(&text, &tags, tokens, &reference, rules.preview_length);
-            (stand, tags.iter().map(|t| t.as_str().to_owned()).collect())
+            let reference = sanitize::reference(text);
+            new_text = sanitize::stand_in(text, &tags, tokens, &reference, rules.preview_length);
+            let tags = tags.iter().map(|t| t.as_str().to_owned()).collect();
+            (tokens, reference, tags, text.to_string())
         };
         let Some(replacement) = replace_content(m.raw.get(), &new_text) else {
             continue;
@@ -265,7 +290,7 @@ pub(super) fn mask(
             tags,
             tokens,
             tokens_saved: tokens.saturating_sub(kept),
-            content: Some(text.into_owned()),
+            content: Some(original),
             created_at: now_ms(),
         });
     }
@@ -282,6 +307,121 @@ pub(super) fn mask(
     }
     out.extend_from_slice(body.get(at..)?);
     Some((Bytes::from(out), masked))
+}
+
+/// What observation masking hides in this request: whole tool messages, and stretches of tool
+/// output inside user messages (by message index and byte range of its text).
+#[derive(Default)]
+struct Hidden {
+    whole: Vec<usize>,
+    parts: Vec<(usize, std::ops::Range<usize>)>,
+}
+
+/// Old tool output worth hiding (older than the kept turns, not an error, at least
+/// `observation_min_tokens`), hidden in closed batches only ([`observe::batch_to_hide`]).
+fn observation_hidden(
+    st: &AppState,
+    view: &ChatRequestView<'_>,
+    texts: &[Option<std::borrow::Cow<'_, str>>],
+    enc: gatehouse_core::Encoding,
+) -> Hidden {
+    let cfg = &st.config.sanitizer;
+    let roles: Vec<&str> = view.messages.iter().map(|m| m.role.as_ref()).collect();
+    let old = observe::cutoff(&roles, cfg.observation_keep_turns);
+    // Candidates in conversation order: (message, part of its text or the whole, tokens).
+    let mut candidates: Vec<(usize, Option<std::ops::Range<usize>>, u64)> = Vec::new();
+    for (i, m) in view.messages.iter().enumerate().take(old) {
+        let Some(Some(text)) = texts.get(i) else {
+            continue;
+        };
+        if m.role == "tool" {
+            let tokens = st.counter.count_message(enc, m);
+            if tokens >= cfg.observation_min_tokens && !observe::looks_like_error(text) {
+                candidates.push((i, None, tokens));
+            }
+        } else if m.role == "user" {
+            for r in sanitize::tool_parts(text) {
+                let Some(part) = text.get(r.clone()) else {
+                    continue;
+                };
+                let tokens = st.counter.count_text(enc, part);
+                if tokens >= cfg.observation_min_tokens && !observe::looks_like_error(part) {
+                    candidates.push((i, Some(r), tokens));
+                }
+            }
+        }
+    }
+    let sizes: Vec<u64> = candidates.iter().map(|c| c.2).collect();
+    let n = observe::batch_to_hide(&sizes, cfg.observation_batch_tokens);
+    let mut hidden = Hidden::default();
+    for (i, part, _) in candidates.into_iter().take(n) {
+        match part {
+            None => hidden.whole.push(i),
+            Some(r) => hidden.parts.push((i, r)),
+        }
+    }
+    hidden
+}
+
+/// A user message with its tool output replaced: hidden stretches by the observation
+/// placeholder, large ones by the sanitizer's stand-in. `None` when nothing changes.
+struct UserParts {
+    text: String,
+    masked: Vec<MaskedContent>,
+}
+
+fn user_parts(
+    st: &AppState,
+    rules: &sanitize::Rules,
+    i: usize,
+    text: &str,
+    hidden: &Hidden,
+    enc: gatehouse_core::Encoding,
+) -> Option<UserParts> {
+    let parts = sanitize::tool_parts(text);
+    if parts.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut masked = Vec::new();
+    let mut at = 0;
+    for r in parts {
+        let part = text.get(r.clone())?;
+        let is_hidden = hidden.parts.iter().any(|(m, h)| *m == i && *h == r);
+        if !is_hidden && part.len() as u64 <= rules.threshold_tokens {
+            continue;
+        }
+        let tokens = st.counter.count_text(enc, part);
+        if !is_hidden && tokens <= rules.threshold_tokens {
+            continue;
+        }
+        let reference = sanitize::reference(part);
+        let (stand, tags) = if is_hidden {
+            let line = observe::placeholder(None, None, part, tokens, &reference);
+            (line, vec!["observation".to_owned()])
+        } else {
+            let tags = [sanitize::Tag::Tool];
+            let stand = sanitize::stand_in(part, &tags, tokens, &reference, rules.preview_length);
+            (stand, vec![sanitize::Tag::Tool.as_str().to_owned()])
+        };
+        out.push_str(text.get(at..r.start)?);
+        out.push_str(&stand);
+        at = r.end;
+        masked.push(MaskedContent {
+            hash: reference,
+            role: "user".to_owned(),
+            tags,
+            tokens,
+            tokens_saved: tokens.saturating_sub(enc.count(&stand)),
+            content: Some(part.to_owned()),
+            created_at: now_ms(),
+        });
+    }
+    if masked.is_empty() {
+        return None;
+    }
+    out.push_str(text.get(at..)?);
+    Some(UserParts { text: out, masked })
 }
 
 /// `tool_call_id` of a tool message.
