@@ -177,8 +177,9 @@ pub fn strip_blocks(text: &str, tags: &[String]) -> String {
 }
 
 /// The conversation's task, for the summary's task block: the previous summary's task block
-/// when there is one (a later compaction never loses it), otherwise the first user message
-/// without its boilerplate, whole when it fits `task_max_tokens`, else its head.
+/// when there is one (a later compaction never loses it), otherwise the opening user
+/// messages (those before the first answer) without their boilerplate, within
+/// `task_max_tokens`, the last of them whole when it fits.
 pub fn task(
     items: &[Item<'_>],
     previous: Option<&str>,
@@ -190,34 +191,50 @@ pub fn task(
     if let Some(p) = previous {
         return task_in_summary(p).map(str::to_owned);
     }
-    let first = items
+    // The opening request may span several user messages before the first answer
+    // (SWE-agent sends a demonstration, then the issue): the last is the instruction itself,
+    // kept whole first; the earlier ones share what budget is left, in order.
+    let lead: Vec<String> = items
         .iter()
-        .find(|m| m.role == "user" && !m.text.trim().is_empty())?;
-    let text = strip_blocks(first.text, boilerplate);
-    let text = text.trim();
-    if text.is_empty() {
-        return None;
-    }
-    if b.encoding.count(text) <= b.task_max_tokens {
-        return Some(text.to_owned());
-    }
-    // Characters are at least a token's worth of text each: a first cut by characters,
-    // then lines off the end until it fits.
-    let mut cut = clip(
-        text,
-        usize::try_from(b.task_max_tokens.saturating_mul(4)).unwrap_or(usize::MAX),
-    );
-    while b.encoding.count(&cut) > b.task_max_tokens.saturating_sub(16) {
-        match cut.trim_end_matches('…').rfind(char::is_whitespace) {
-            Some(i) if i > 0 => cut.truncate(i),
-            _ => break,
+        .take_while(|m| m.role != "assistant")
+        .filter(|m| m.role == "user")
+        .map(|m| strip_blocks(m.text, boilerplate).trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let (last, earlier) = lead.split_last()?;
+    let last = fit(last, b.task_max_tokens, b.encoding);
+    let mut left = b.task_max_tokens.saturating_sub(b.encoding.count(&last));
+    let mut parts = Vec::with_capacity(lead.len());
+    for t in earlier {
+        if left < 32 {
+            break;
         }
+        let kept = fit(t, left, b.encoding);
+        left = left.saturating_sub(b.encoding.count(&kept) + 2);
+        parts.push(kept);
     }
-    let left = text.chars().count().saturating_sub(cut.chars().count());
-    Some(format!(
-        "{} … [{left} more characters of the task left out]",
-        cut.trim_end()
-    ))
+    parts.push(last);
+    Some(parts.join("\n\n"))
+}
+
+/// `text` whole when it has at most `budget` tokens, else its head with a note of what is
+/// left out, within the budget.
+fn fit(text: &str, budget: u64, enc: Encoding) -> String {
+    let tokens = enc.count(text);
+    if tokens <= budget {
+        return text.to_owned();
+    }
+    let chars = text.chars().count();
+    // Cut in proportion, then a little more until it fits: a few counts, not one per word.
+    let mut keep = (chars as u64 * budget.saturating_sub(24) / tokens.max(1)) as usize;
+    loop {
+        let head: String = text.chars().take(keep).collect();
+        if enc.count(&head) + 24 <= budget || keep == 0 {
+            let left = chars - keep;
+            return format!("{} … [{left} more characters left out]", head.trim_end());
+        }
+        keep = keep * 9 / 10;
+    }
 }
 
 /// The task block of an earlier summary, when it has one.
@@ -277,18 +294,17 @@ const ERROR_HEAD: usize = 24;
 pub fn heuristic(items: &[Item<'_>], previous: Option<&str>, tokens: u64, b: Budget) -> String {
     let boilerplate = boilerplate_tags(items);
     let task = task(items, previous, &boilerplate, b);
-    let first_user = items
+    // The user messages before the first answer are the task.
+    let first_answer = items
         .iter()
-        .position(|m| m.role == "user" && !m.text.trim().is_empty());
+        .position(|m| m.role == "assistant")
+        .unwrap_or(items.len());
     // The user's own requests after the task, without what is resent on every turn and
     // without tool reports; a request repeated word for word is listed once.
     let folded = previous.map(fold).unwrap_or_default();
     let mut users: Vec<String> = folded.users;
     for (i, m) in items.iter().enumerate() {
-        if m.role != "user"
-            || (previous.is_none() && Some(i) == first_user)
-            || is_tool_report(m.text)
-        {
+        if m.role != "user" || (previous.is_none() && i < first_answer) || is_tool_report(m.text) {
             continue;
         }
         let text = strip_blocks(m.text, &boilerplate);
@@ -806,6 +822,42 @@ mod tests {
         assert!(s.contains("request number 199 "), "{s}");
         assert!(!s.contains("request number 0 "), "{s}");
         assert!(s.contains("of 200, the rest left out"), "{s}");
+    }
+
+    #[test]
+    fn a_long_opening_keeps_its_instruction_whole() {
+        // SWE-agent: a long demonstration, then the issue to solve, before the first answer.
+        let demo = "Here is a demonstration of how to correctly accomplish this task.\n".to_owned()
+            + &"ls -la\nfile.py\n".repeat(3000);
+        let issue =
+            "We're currently solving the following issue: TimeDelta serialization loses precision.";
+        let items = vec![
+            item("user", &demo),
+            item("user", issue),
+            item("assistant", "Let me look."),
+            item("user", "OBSERVATION:\nfile.py"),
+        ];
+        let b = Budget {
+            max_tokens: 500,
+            task_max_tokens: 1000,
+            encoding: Encoding::Cl100k,
+        };
+        let t = task(&items, None, &[], b).unwrap();
+        assert!(t.ends_with(issue), "{t}");
+        assert!(t.starts_with("Here is a demonstration"), "{t}");
+        assert!(t.contains("more characters left out"), "{t}");
+        assert!(Encoding::Cl100k.count(&t) <= 1000);
+        let s = heuristic(&items, None, 9000, b);
+        assert!(
+            !s.contains("- We're currently solving"),
+            "the task is not a request: {s}"
+        );
+        assert!(!s.contains("- OBSERVATION"), "nor a tool report: {s}");
+        // A later summary carries the same task.
+        assert_eq!(
+            task(&items[2..], Some(&s), &[], b).as_deref(),
+            Some(t.as_str())
+        );
     }
 
     #[test]
