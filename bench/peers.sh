@@ -45,7 +45,8 @@ providers:
     api_key: "sk-bench"
     base_url: "$MOCK"
     endpoint_access: "private_network"   # its SSRF guard refuses loopback otherwise
-    models: ["bench"]
+    # A name its price table knows: an unpriced model takes its fallback-pricing path.
+    models: ["gpt-4o-mini"]
     max_concurrent_requests: 10000
     rpm: 100000000
     tpm: 4000000000
@@ -86,9 +87,9 @@ YAML
     port=$(free_port)
     cat > "$DIR/litellm.yaml" <<YAML
 model_list:
-  - model_name: "bench"
+  - model_name: "gpt-4o-mini"
     litellm_params:
-      model: "openai/bench"
+      model: "openai/gpt-4o-mini"
       api_base: "$MOCK"
       api_key: "sk-bench"
 litellm_settings:

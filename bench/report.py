@@ -23,16 +23,56 @@ def us(r, key="latency_us", q="p50"):
 print(f"{'run':32} {'rps':>10} {'p50 µs':>8} {'p90':>8} {'p99':>8} {'p99.9':>8} {'err':>5}")
 for r in runs:
     lat = r["latency_us"] or {}
+    lat.setdefault("p999", lat.get("max", 0))
     print(f"{r['label']:32} {r['rps']:>10.0f} {lat.get('p50', 0):>8} {lat.get('p90', 0):>8} "
           f"{lat.get('p99', 0):>8} {lat.get('p999', 0):>8} {r['errors']:>5}")
 
+# Driver and wrk, side by side: each non-streaming point measured by both tools in the same run.
+# More than NOISE apart is reported as a disagreement, to be explained in RESULTS.md.
+NOISE = 0.15
+cross = []
+for r in runs:
+    if r.get("tool") == "wrk":
+        continue
+    w = find(f"wrk {r['label']}")
+    if not w:
+        continue
+    gap = (w["rps"] - r["rps"]) / r["rps"] if r["rps"] else None
+    cross.append({"label": r["label"], "driver_rps": round(r["rps"]), "wrk_rps": round(w["rps"]),
+                  "driver_p50_us": us(r), "wrk_p50_us": us(w),
+                  "driver_p99_us": us(r, q="p99"), "wrk_p99_us": us(w, q="p99"),
+                  "wrk_vs_driver": round(gap, 3) if gap is not None else None,
+                  "disagree": gap is not None and abs(gap) > NOISE})
+if cross:
+    print()
+    print(f"{'cross-check':24} {'driver rps':>11} {'wrk rps':>9} {'wrk/drv':>8} {'drv p50':>8} {'wrk p50':>8}")
+    for c in cross:
+        flag = "  DISAGREE" if c["disagree"] else ""
+        print(f"{c['label']:24} {c['driver_rps']:>11} {c['wrk_rps']:>9} {1 + (c['wrk_vs_driver'] or 0):>8.2f} "
+              f"{c['driver_p50_us'] or 0:>8} {c['wrk_p50_us'] or 0:>8}{flag}")
+
 summary = {}
+if cross:
+    summary["cross_check"] = cross
+    wd1, wg1 = find("wrk direct c=1"), find("wrk gatehouse c=1")
+    if wd1 and wg1:
+        summary["wrk_added_latency_c1_us"] = {q: us(wg1, q=q) - us(wd1, q=q) for q in ["p50", "p99"]}
+    wd64, wg64 = find("wrk direct c=64"), find("wrk gatehouse c=64")
+    if wd64 and wg64 and wd64["rps"]:
+        summary["wrk_gatehouse_share_of_direct_c64"] = wg64["rps"] / wd64["rps"]
+    for peer in ["litellm-rs", "litellm"]:
+        p = find(f"wrk {peer} c=64")
+        if wg64 and p and p["rps"] > 0:
+            summary[f"wrk_ratio_vs_{peer}_c64"] = wg64["rps"] / p["rps"]
 d1, g1 = find("direct c=1"), find("gatehouse c=1")
 if d1 and g1:
     summary["added_latency_c1_us"] = {q: us(g1, q=q) - us(d1, q=q) for q in ["p50", "p99"]}
 g64 = find("gatehouse c=64")
+d64 = find("direct c=64")
 if g64:
     summary["gatehouse_rps_c64"] = g64["rps"]
+    if d64 and d64["rps"]:
+        summary["gatehouse_share_of_direct_c64"] = g64["rps"] / d64["rps"]
     for peer in ["litellm-rs", "litellm"]:
         p = find(f"{peer} c=64")
         if p and p["rps"] > 0:

@@ -60,6 +60,8 @@ api_key = "sk-bench"
 provider = "mock"
 model = "bench"
 max_context_size = 131072
+# Priced like the peers' model: every request's cost is computed.
+pricing = { input = 0.15, output = 0.6 }
 [models."mock/stream"]
 provider = "mock"
 model = "chunks:20+delay:5"
@@ -89,7 +91,7 @@ def body(model, stream=False):
 for name, model, stream in [("gw", "mock/bench", False), ("direct", "bench", False),
                             ("gw-stream", "mock/stream", True), ("direct-stream", "chunks:20+delay:5", True),
                             ("gw-long", "mock/long", True), ("direct-long", "chunks:10+delay:100", True),
-                            ("peer", "bench", False)]:
+                            ("peer", "gpt-4o-mini", False)]:
     open(f"{work}/{name}.json", "w").write(body(model, stream))
 PY
 
@@ -99,12 +101,22 @@ load() { # label url body concurrency [extra...]
   "$BIN/gatehouse-bench" load --label "$label" --url "$url/chat/completions" --body "$WORK/$body.json" \
     --concurrency "$c" --duration "$DUR" "$@" | tee -a "$RESULTS"
 }
+# The same non-streaming load from wrk (Debian's, one thread, one connection per client), so
+# every headline figure has an independent second measure: labels "wrk <label>".
+WRK=$(command -v wrk || true)
+[ -z "$WRK" ] && echo "wrk not installed (apt-get install wrk): no cross-check this run" >&2
+xload() { # label url body concurrency [bearer]
+  load "$1" "$2" "$3" "$4" ${5:+--auth "$5"}
+  [ -z "$WRK" ] && return 0
+  WRK_LABEL="wrk $1" "$WRK" -t1 -c"$4" -d"${DUR}s" --latency -s bench/wrk/post.lua \
+    "$2/chat/completions" -- "$WORK/$3.json" "${5:-}" | grep '^{' | tee -a "$RESULTS"
+}
 
 CPU0=$(cpu_ticks $GW_PID)
 REQ0=$(curl -fs "http://127.0.0.1:$GW_PORT/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["accounting"]["written"])')
 for c in $CONCURRENCY; do
-  load "direct c=$c" "$MOCK" direct "$c"
-  load "gatehouse c=$c" "$GW" gw "$c"
+  xload "direct c=$c" "$MOCK" direct "$c"
+  xload "gatehouse c=$c" "$GW" gw "$c"
 done
 load "direct stream c=16" "$MOCK" direct-stream 16 --stream
 load "gatehouse stream c=16" "$GW" gw-stream 16 --stream
@@ -131,8 +143,8 @@ if [ "$PEERS" = 1 ]; then
   # shellcheck disable=SC1091
   . "$WORK/peers.env"
   for c in $CONCURRENCY; do
-    [ -n "${LITELLM_RS_URL:-}" ] && load "litellm-rs c=$c" "$LITELLM_RS_URL" peer "$c"
-    [ -n "${LITELLM_URL:-}" ] && load "litellm c=$c" "$LITELLM_URL" peer "$c" --auth "$LITELLM_KEY"
+    [ -n "${LITELLM_RS_URL:-}" ] && xload "litellm-rs c=$c" "$LITELLM_RS_URL" peer "$c"
+    [ -n "${LITELLM_URL:-}" ] && xload "litellm c=$c" "$LITELLM_URL" peer "$c" "$LITELLM_KEY"
   done
   for p in ${PEER_PIDS:-}; do PIDS+=("$p"); done
 fi
