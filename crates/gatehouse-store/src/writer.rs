@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::{Store, WriteOp};
@@ -88,6 +88,11 @@ pub struct WriterHandle {
     /// the channel is full, so the writer is always awake to drain it; it is bounded in practice
     /// by the number of requests in flight, since only their `Drop`s use it.
     overflow: Arc<Mutex<Vec<WriteOp>>>,
+    /// Wakes a gathering writer before its deadline: a full batch, a flush, a close. Ops alone
+    /// don't wake it; it collects them when the batch is due. Waking the writer's thread for
+    /// each op cost a context switch per request under load.
+    wake: Arc<Notify>,
+    batch_size: usize,
     stats: Arc<WriterStats>,
 }
 
@@ -100,11 +105,12 @@ impl std::fmt::Debug for WriterHandle {
 }
 
 /// Room for one op in the queue, from [`WriterHandle::reserve`].
-pub struct Permit<'a>(mpsc::Permit<'a, Cmd>);
+pub struct Permit<'a>(mpsc::Permit<'a, Cmd>, &'a WriterHandle);
 
 impl Permit<'_> {
     pub fn send(self, op: WriteOp) {
         self.0.send(Cmd::Op(op, tokio::time::Instant::now()));
+        self.1.wake_if_full();
     }
 }
 
@@ -122,11 +128,14 @@ impl Writer {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let stats = Arc::new(WriterStats::default());
         let overflow = Arc::new(Mutex::new(Vec::new()));
+        let wake = Arc::new(Notify::new());
+        let batch_size = batch_size.max(1);
         let work = run(
             store,
             rx,
             overflow.clone(),
-            batch_size.max(1),
+            wake.clone(),
+            batch_size,
             linger,
             stats.clone(),
         );
@@ -139,6 +148,8 @@ impl Writer {
             WriterHandle {
                 tx,
                 overflow,
+                wake,
+                batch_size,
                 stats,
             },
             task,
@@ -158,17 +169,21 @@ impl WriterHandle {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::error!("accounting writer is closed; a record was dropped");
         }
+        self.wake_if_full();
     }
 
     /// Queues an op from synchronous code (a `Drop`) without waiting; when the queue is full the
     /// op goes to the overflow list, which the writer drains with the queue.
     pub fn record_now(&self, op: WriteOp) {
         match self.tx.try_send(Cmd::Op(op, tokio::time::Instant::now())) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(Cmd::Op(op, _))) => match self.overflow.lock() {
-                Ok(mut o) => o.push(op),
-                Err(poisoned) => poisoned.into_inner().push(op),
-            },
+            Ok(()) => self.wake_if_full(),
+            Err(mpsc::error::TrySendError::Full(Cmd::Op(op, _))) => {
+                match self.overflow.lock() {
+                    Ok(mut o) => o.push(op),
+                    Err(poisoned) => poisoned.into_inner().push(op),
+                }
+                self.wake.notify_one();
+            }
             Err(_) => {
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("accounting writer is closed; a record was dropped");
@@ -180,20 +195,29 @@ impl WriterHandle {
     /// the writer has closed (the op is then handed to [`WriterHandle::record_now`], which
     /// counts it as rejected).
     pub async fn reserve(&self) -> Option<Permit<'_>> {
-        self.tx.reserve().await.ok().map(Permit)
+        self.tx.reserve().await.ok().map(|p| Permit(p, self))
     }
 
     /// Waits until everything queued before this call is committed.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Cmd::Flush(tx)).await.is_ok() {
+            self.wake.notify_one();
             let _ = rx.await;
         }
     }
 
     /// Asks the writer to finish: everything queued before this is written, then it stops.
     pub async fn close(&self) {
-        let _ = self.tx.send(Cmd::Close).await;
+        if self.tx.send(Cmd::Close).await.is_ok() {
+            self.wake.notify_one();
+        }
+    }
+
+    fn wake_if_full(&self) {
+        if self.queued() >= self.batch_size {
+            self.wake.notify_one();
+        }
     }
 
     /// Ops waiting in the queue.
@@ -247,6 +271,7 @@ async fn run(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<Cmd>,
     overflow: Arc<Mutex<Vec<WriteOp>>>,
+    wake: Arc<Notify>,
     batch_size: usize,
     linger: Duration,
     stats: Arc<WriterStats>,
@@ -269,26 +294,34 @@ async fn run(
             _ => tokio::time::Instant::now(),
         };
         let mut next = Some(first);
-        while let Some(cmd) = next.take() {
-            match cmd {
-                Cmd::Op(op, _) => batch.push(op),
-                Cmd::Flush(w) => waiters.push(w),
-                Cmd::Close => {
-                    closing = true;
-                    rx.close();
+        loop {
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Cmd::Op(op, _) => batch.push(op),
+                    Cmd::Flush(w) => waiters.push(w),
+                    Cmd::Close => {
+                        closing = true;
+                        rx.close();
+                    }
                 }
+                if batch.len() >= batch_size {
+                    break;
+                }
+                next = rx.try_recv().ok();
             }
-            if batch.len() >= batch_size {
+            if batch.len() >= batch_size
+                || closing
+                || !waiters.is_empty()
+                || tokio::time::Instant::now() >= deadline
+            {
                 break;
             }
-            next = match rx.try_recv() {
-                Ok(cmd) => Some(cmd),
-                Err(_) if closing || !waiters.is_empty() => None,
-                Err(_) => tokio::time::timeout_at(deadline, rx.recv())
-                    .await
-                    .ok()
-                    .flatten(),
-            };
+            // Not polling the queue meanwhile: a sender finds no waiting receiver to wake.
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                () = wake.notified() => {}
+            }
+            next = rx.try_recv().ok();
         }
         take_overflow(&overflow, &mut batch);
         let started = Instant::now();
