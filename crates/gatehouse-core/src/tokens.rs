@@ -123,7 +123,7 @@ impl TokenCounter {
         }
     }
 
-    /// Loads these vocabularies now, so the first request does not pay for it. Each costs
+    /// Loads these vocabularies now (the token bench, so it times counting, not loading). Each costs
     /// memory (about 12 MiB for cl100k, 17 MiB for o200k), so load only those in use; any other
     /// loads on first use.
     pub fn warm(encodings: &[Encoding]) {

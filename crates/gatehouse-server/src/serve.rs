@@ -133,18 +133,9 @@ pub async fn run_with(
         shutting_down: AtomicBool::new(false),
         config,
     }));
-    // Load the vocabularies of the models that can actually be served (provider served, key
-    // set), beside serving so readiness is not delayed; the others load on first use. Each one
-    // is tens of MiB, so an unused one is not worth its memory.
-    let mut encodings: Vec<_> = state
-        .router
-        .models()
-        .filter(|r| r.provider.kind.is_served() && !r.provider.key_missing())
-        .map(|r| r.encoding)
-        .collect();
-    encodings.sort_by_key(|e| e.name());
-    encodings.dedup();
-    tokio::task::spawn_blocking(move || TokenCounter::warm(&encodings));
+    // No vocabulary is loaded here: each is tens of MiB once decoded, and most instances serve
+    // one or two encodings, so each loads on the first request that counts with it (idle RSS
+    // stays within DESIGN §10's 20 MiB; that first request pays the load once).
 
     let pruner = tokio::spawn(retention_loop(state.clone(), stop.clone()));
     let grace = Duration::try_from_secs_f64(state.config.server.shutdown_grace_secs)
