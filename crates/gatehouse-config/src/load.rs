@@ -505,6 +505,20 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 Some("OpenAI's Responses API is served at {base_url}/responses by OpenAI-type providers"),
             ));
         }
+        if !(1..=64).contains(&raw.connections) {
+            issues.push(issue(
+                &format!("{path}.connections"),
+                "must be between 1 and 64",
+                Some("the default, 4, carries about a thousand concurrent streams"),
+            ));
+        }
+        if raw.http2 && url.starts_with("https://") {
+            issues.push(issue(
+                &format!("{path}.http2"),
+                "applies to plain http:// base URLs only",
+                Some("an https:// provider negotiates HTTP/2 by itself; leave `http2` out"),
+            ));
+        }
         let timeouts = match (&timeouts_default, timeout_overrides.get(&key)) {
             (Some(d), Some((opath, o))) => resolve_timeouts(opath, o, Some(d), &mut issues),
             (Some(d), None) => Some(*d),
@@ -526,6 +540,8 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 rpm: raw.rpm.filter(|&r| r > 0),
                 responses_api: raw.responses_api,
                 bearer: false,
+                http2: raw.http2,
+                connections: raw.connections.clamp(1, 64) as usize,
             },
         );
     }
@@ -1345,6 +1361,19 @@ mod tests {
         let c = load(None, &Env::default(), &Overrides::default()).unwrap();
         assert!(c.providers["openai"].responses_api);
         assert!(!c.providers["groq"].responses_api);
+    }
+
+    #[test]
+    fn http2_connections_are_bounded_and_prior_knowledge_is_for_plain_http() {
+        let issues = build_err(
+            "[providers.a]\ntype = \"openai\"\nbase_url = \"https://api.example.com/v1\"\nhttp2 = true\nconnections = 0\n",
+        );
+        for path in ["providers.a.http2", "providers.a.connections"] {
+            assert!(issues.iter().any(|i| i.path == path), "{path}: {issues:?}");
+        }
+        let c = load(None, &Env::default(), &Overrides::default()).unwrap();
+        assert_eq!(c.providers["openai"].connections, 4);
+        assert!(!c.providers["openai"].http2);
     }
 
     #[test]

@@ -382,6 +382,14 @@ pub(crate) struct ProviderRaw {
     pub rpm: Option<u32>,
     #[serde(default)]
     pub responses_api: bool,
+    #[serde(default)]
+    pub http2: bool,
+    #[serde(default = "default_connections")]
+    pub connections: u32,
+}
+
+fn default_connections() -> u32 {
+    4
 }
 
 fn yes() -> bool {
@@ -416,6 +424,13 @@ pub struct ProviderConfig {
     /// Send the key as `Authorization: Bearer` whatever the type: a passthrough client's
     /// Anthropic or Gemini OAuth token goes the way the client sent it.
     pub bearer: bool,
+    /// Speak HTTP/2 to a plain `http://` base URL (prior knowledge, as vLLM or a local h2c
+    /// server take it). `https://` negotiates HTTP/2 by ALPN whatever this says.
+    pub http2: bool,
+    /// HTTP/2 connections kept to this provider, requests spread over them in turn: one
+    /// connection carries only as many concurrent streams as the provider allows (often
+    /// 100–256), and the client does not open a second one by itself.
+    pub connections: usize,
 }
 
 /// `url` without its user, password, query and fragment.

@@ -20,10 +20,13 @@
 //! | `nostreamopts` | answer 422 to a body with `stream_options` (Mistral's way) |
 //! | `tool` | call the request's first tool (`{"city": "Paris"}`), unless the last message is a tool result |
 //! | `retryafter:S` | error answers carry `Retry-After: S` |
+//! | `hold:N` | wait before answering until N requests are open at the mock at once (at most 10 s; in-process mocks only) |
 //! | `shell` | call the request's shell tool (Codex `exec_command`/`shell`, Claude Code `Bash`, Gemini CLI `run_shell_command`) to run `echo gatehouse-tool-ok`; once its result is back, answer `Tool said: <result>` |
 //!
 //! `GET /mock/captured` lists the requests received (path and body) when the mock runs with
-//! `--capture` (the real-client tests read it).
+//! `--capture` (the real-client tests read it). `GET /mock/stats` says how an in-process mock
+//! (`Mock::spawn`, the tests') was reached: the most requests open at once, the HTTP/2
+//! requests, the connections seen.
 //!
 //! `POST /v1/messages` answers in Anthropic's format with the same directives (errors in its
 //! shape, `x-api-key` required, `max_tokens` required); `POST /v1/models/{m}:generateContent`
@@ -40,14 +43,15 @@ mod gemini;
 mod ollama;
 mod responses;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -71,6 +75,79 @@ pub(crate) struct Shared {
     captured: Mutex<Vec<Captured>>,
     /// Keep a log only when asked: benchmarks must not grow memory.
     capture: bool,
+    /// How the mock is reached, kept by in-process mocks only: benchmarks must not pay for it.
+    tracked: bool,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct Stats {
+    open: AtomicUsize,
+    max_open: AtomicUsize,
+    http2: AtomicU64,
+    peers: Mutex<HashSet<SocketAddr>>,
+    /// Woken whenever a request opens, for `hold:N`.
+    opened: tokio::sync::Notify,
+}
+
+/// Counts a request open until its response body is gone.
+struct OpenGuard(Arc<Shared>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.stats.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn track(
+    State(shared): State<Arc<Shared>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let st = &shared.stats;
+    if req.version() == axum::http::Version::HTTP_2 {
+        st.http2.fetch_add(1, Ordering::SeqCst);
+    }
+    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        lock(&st.peers).insert(*peer);
+    }
+    let now = st.open.fetch_add(1, Ordering::SeqCst) + 1;
+    st.max_open.fetch_max(now, Ordering::SeqCst);
+    st.opened.notify_waiters();
+    let guard = OpenGuard(shared.clone());
+    let (parts, body) = next.run(req).await.into_parts();
+    let body = futures_util::StreamExt::map(body.into_data_stream(), move |chunk| {
+        let _open = &guard;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(body))
+}
+
+/// `hold:N`: until N requests have been open at once, or 10 s. The most ever open, not the
+/// number open now: the first released may finish before the last wakes.
+async fn hold(shared: &Shared, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let opened = shared.stats.opened.notified();
+        if shared.stats.max_open.load(Ordering::SeqCst) >= n {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, opened).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    let st = &shared.stats;
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "max_open": st.max_open.load(Ordering::SeqCst),
+            "http2_requests": st.http2.load(Ordering::SeqCst),
+            "connections": lock(&st.peers).len(),
+        }),
+    )
 }
 
 /// A running mock, for tests.
@@ -93,9 +170,12 @@ impl Mock {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             capture: true,
+            tracked: true,
             ..Shared::default()
         });
-        let app = app(shared.clone());
+        let app = app(shared.clone())
+            .layer(axum::middleware::from_fn_with_state(shared.clone(), track))
+            .into_make_service_with_connect_info::<SocketAddr>();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -179,6 +259,7 @@ fn app(shared: Arc<Shared>) -> Router {
         .route("/v1/api/chat", post(ollama::chat))
         .route("/v1/models", get(models))
         .route("/mock/captured", get(captured))
+        .route("/mock/stats", get(stats))
         .with_state(shared)
 }
 
@@ -204,6 +285,7 @@ pub(crate) struct Script {
     tool: bool,
     shell: bool,
     retry_after: Option<u64>,
+    hold: usize,
 }
 
 pub(crate) fn script(model: &str) -> Script {
@@ -231,6 +313,7 @@ pub(crate) fn script(model: &str) -> Script {
             "tool" => s.tool = true,
             "shell" => s.shell = true,
             "retryafter" => s.retry_after = Some(n),
+            "hold" => s.hold = usize::try_from(n).unwrap_or(0),
             _ => {}
         }
     }
@@ -262,6 +345,9 @@ pub(crate) async fn start(shared: &Shared, headers: &HeaderMap, req: &Value, s: 
             headers: headers.clone(),
             body: req.clone(),
         });
+    }
+    if shared.tracked && s.hold > 0 {
+        hold(shared, s.hold).await;
     }
     if attempt == 1 && !s.first.is_zero() {
         tokio::time::sleep(s.first).await;

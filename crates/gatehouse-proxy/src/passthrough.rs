@@ -173,6 +173,9 @@ impl Passthrough {
                 rpm: None,
                 responses_api: false,
                 bearer,
+                // The shared passthrough client carries it.
+                http2: false,
+                connections: 1,
             }),
         }))
     }

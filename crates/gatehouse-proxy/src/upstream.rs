@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -149,9 +149,9 @@ impl UpstreamStream {
     }
 }
 
-/// One provider's pooled client and what every request to it reuses.
+/// One provider's pooled clients and what every request to it reuses.
 struct Endpoint {
-    client: reqwest::Client,
+    clients: Clients,
     /// `{base_url}/chat/completions` (`/messages` for Anthropic), built once.
     chat_url: reqwest::Url,
     /// `{base_url}/responses`, for a provider that serves OpenAI's Responses API.
@@ -202,7 +202,7 @@ impl Upstream {
                 endpoints.insert(
                     key.clone(),
                     Endpoint {
-                        client: build_client(p)?,
+                        clients: Clients::new(p)?,
                         chat_url,
                         responses_url: responses_url(p),
                         headers: ProviderHeaders::new(p),
@@ -246,7 +246,7 @@ impl Upstream {
                 )
             })?;
         Ok(Endpoint {
-            client: self.passthrough.client().clone(),
+            clients: Clients::one(self.passthrough.client().clone()),
             chat_url,
             responses_url: None,
             headers: ProviderHeaders::new(p),
@@ -428,7 +428,7 @@ impl Upstream {
             }
             let result = self
                 .attempt(
-                    &endpoint.client,
+                    endpoint.clients.pick(),
                     &url,
                     &headers,
                     body.clone(),
@@ -644,13 +644,67 @@ fn endpoint_path(kind: gatehouse_config::ProviderType) -> &'static str {
     }
 }
 
+/// A provider's clients, taken in turn. Over HTTP/1.1 one is enough: its pool opens as many
+/// connections as there are requests in flight. Over HTTP/2 a client keeps one connection per
+/// host and never opens a second, so that connection's stream limit (the provider's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`, often 100–256) would cap the concurrent requests and
+/// queue the rest behind long streams; `connections` clients lift the cap that many times.
+struct Clients {
+    first: reqwest::Client,
+    /// The other `connections - 1`.
+    more: Box<[reqwest::Client]>,
+    next: AtomicUsize,
+}
+
+impl Clients {
+    fn new(p: &ProviderConfig) -> Result<Self, reqwest::Error> {
+        // https may negotiate HTTP/2 by ALPN; plain http only speaks it when told to.
+        let maybe_h2 = p.http2 || p.base_url.starts_with("https://");
+        let more = if maybe_h2 {
+            p.connections.max(1) - 1
+        } else {
+            0
+        };
+        Ok(Self {
+            first: build_client(p)?,
+            more: (0..more)
+                .map(|_| build_client(p))
+                .collect::<Result<Box<[_]>, _>>()?,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn one(first: reqwest::Client) -> Self {
+        Self {
+            first,
+            more: Box::default(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn pick(&self) -> &reqwest::Client {
+        // One client, the common case, costs no shared write.
+        if self.more.is_empty() {
+            return &self.first;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed) % (self.more.len() + 1);
+        n.checked_sub(1)
+            .and_then(|i| self.more.get(i))
+            .unwrap_or(&self.first)
+    }
+}
+
 fn build_client(p: &ProviderConfig) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .connect_timeout(p.timeouts.connect)
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(90))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
+        .redirect(reqwest::redirect::Policy::none());
+    if p.http2 && p.base_url.starts_with("http://") {
+        builder.http2_prior_knowledge().build()
+    } else {
+        builder.build()
+    }
 }
 
 fn timeout_error(route: &Route, what: &str, after: Duration) -> ApiError {

@@ -15,6 +15,7 @@ mod export;
 mod faults;
 mod gemini;
 mod guard;
+mod http2;
 mod live;
 mod memory;
 mod passthrough;

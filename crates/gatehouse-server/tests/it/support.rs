@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 pub const UPSTREAM_KEY: &str = "sk-mock-upstream-secret";
 
-/// Tests that measure this process's memory hold it, so two of them never overlap (tests run in
+/// Tests that measure this process's memory, or load it heavily, hold it, so they never overlap (tests run in
 /// parallel threads of one process).
 pub static MEMORY_MEASURED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 

@@ -81,6 +81,8 @@ pub fn add_to_config(config: &mut Config, base_url: &str) {
             rpm: None,
             responses_api: false,
             bearer: false,
+            http2: false,
+            connections: 1,
         },
     );
     for (key, upstream, window, input, output) in MODELS {
