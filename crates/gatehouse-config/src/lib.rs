@@ -21,10 +21,10 @@ pub use load::{
     CATALOGUE_TOML, ConfigError, Env, Issue, Overrides, check_file, load, load_text, seed_keys_of,
 };
 pub use schema::{
-    AutoRoute, AutoWeights, CircuitBreaker, CompactionAuto, CompactionConfig, CompactionStrategy,
-    Config, DashboardConfig, Deployment, HeavyDuty, LogWatcherConfig, ModelConfig,
-    PassthroughConfig, ProviderConfig, ProviderType, ProxyConfig, RedactionConfig, RedactionMode,
-    RetentionConfig, SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig, Timeouts,
-    WhenNone, shown_url,
+    AuthConfig, AuthMode, AutoRoute, AutoWeights, CircuitBreaker, CompactionAuto, CompactionConfig,
+    CompactionStrategy, Config, DashboardConfig, Deployment, HeavyDuty, LogWatcherConfig,
+    ModelConfig, PassthroughConfig, ProviderConfig, ProviderType, ProxyConfig, RedactionConfig,
+    RedactionMode, RetentionConfig, SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig,
+    Timeouts, WhenNone, shown_url,
 };
 pub use secret::Secret;

@@ -10,9 +10,9 @@ use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
 use crate::schema::{
-    AutoRoute, CompactionConfig, Config, DashboardConfig, LogWatcherConfig, ModelConfig, ModelRaw,
-    PassthroughConfig, ProviderConfig, ProviderRaw, ProxyConfig, ProxyRaw, RedactionConfig,
-    RetentionConfig, SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig,
+    AuthConfig, AutoRoute, CompactionConfig, Config, DashboardConfig, LogWatcherConfig,
+    ModelConfig, ModelRaw, PassthroughConfig, ProviderConfig, ProviderRaw, ProxyConfig, ProxyRaw,
+    RedactionConfig, RetentionConfig, SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig,
     TimeoutOverrides, Timeouts,
 };
 use crate::secret::Secret;
@@ -22,6 +22,7 @@ pub const CATALOGUE_TOML: &str = include_str!("catalogue.toml");
 
 const SECTIONS: &[&str] = &[
     "server",
+    "auth",
     "storage",
     "retention",
     "sessions",
@@ -239,6 +240,17 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
         }
     }
     let sessions: Option<SessionsConfig> = section(&root, "sessions", &mut issues);
+    let auth: Option<AuthConfig> = section(&root, "auth", &mut issues);
+    if let Some(a) = &auth {
+        check_duration("auth.sync_secs", a.sync_secs, 1, &mut issues);
+        if a.sync_secs == 0 || a.default_max_tokens == 0 {
+            issues.push(issue(
+                "auth",
+                "sync_secs and default_max_tokens must be greater than 0",
+                Some("leave them out to use the defaults (2 and 4096)"),
+            ));
+        }
+    }
     let dashboard: Option<DashboardConfig> = section(&root, "dashboard", &mut issues);
     let log_watcher: Option<LogWatcherConfig> = section(&root, "log_watcher", &mut issues);
     let redaction: Option<RedactionConfig> = section(&root, "redaction", &mut issues);
@@ -686,7 +698,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
 
     issues.sort_by(|a, b| (a.line, &a.path).cmp(&(b.line, &b.path)));
     match (
-        server,
+        (server, auth),
         storage,
         retention,
         sessions,
@@ -700,7 +712,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
         timeouts_default,
     ) {
         (
-            Some(server),
+            (Some(server), Some(auth)),
             Some(storage),
             Some(retention),
             Some(sessions),
@@ -714,6 +726,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             Some(timeouts),
         ) if issues.is_empty() => Ok(Config {
             server,
+            auth,
             storage,
             retention,
             sessions,

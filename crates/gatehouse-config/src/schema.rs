@@ -13,6 +13,7 @@ use crate::secret::Secret;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    pub auth: AuthConfig,
     pub storage: StorageConfig,
     pub retention: RetentionConfig,
     pub sessions: SessionsConfig,
@@ -89,6 +90,32 @@ pub struct ServerConfig {
     pub max_connections_per_ip: usize,
     pub max_streams: usize,
     pub http2_max_streams: u32,
+}
+
+/// Who may use the gateway (`[auth]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// The completion a reservation assumes for a request without `max_tokens`.
+    pub default_max_tokens: u64,
+    pub sync_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    None,
+    Keys,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Keys => "keys",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

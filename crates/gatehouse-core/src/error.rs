@@ -60,6 +60,20 @@ pub enum ErrorKind {
     ShuttingDown,
     /// A bug or an unexpected failure inside the gateway.
     Internal,
+    /// `[auth] mode = "keys"` and the request has no virtual key, or one the gateway does not know.
+    InvalidApiKey,
+    /// The virtual key is past its `expires_at` (or its rotation grace).
+    KeyExpired,
+    /// The virtual key is blocked.
+    KeyBlocked,
+    /// The virtual key may not use this model.
+    ModelNotAllowed,
+    /// The virtual key is over its `rpm` or `tpm`.
+    RateLimitExceeded,
+    /// The virtual key has `max_parallel_requests` in flight already.
+    TooManyConcurrentRequests,
+    /// The virtual key's budget would be exceeded by this request.
+    BudgetExceeded,
 }
 
 impl ErrorKind {
@@ -87,6 +101,13 @@ impl ErrorKind {
             Self::Overloaded => "overloaded",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal_error",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::KeyExpired => "key_expired",
+            Self::KeyBlocked => "key_blocked",
+            Self::ModelNotAllowed => "model_not_allowed",
+            Self::RateLimitExceeded => "rate_limit_exceeded",
+            Self::TooManyConcurrentRequests => "too_many_concurrent_requests",
+            Self::BudgetExceeded => "budget_exceeded",
         }
     }
 
@@ -101,9 +122,16 @@ impl ErrorKind {
             | Self::ContextLengthExceeded
             | Self::SecretDetected
             | Self::LoopDetected => "invalid_request_error",
-            Self::ProviderKeyMissing => "authentication_error",
-            Self::OriginNotAllowed | Self::HostNotAllowed | Self::PassthroughNotAllowed => {
-                "permission_error"
+            Self::ProviderKeyMissing
+            | Self::InvalidApiKey
+            | Self::KeyExpired
+            | Self::KeyBlocked => "authentication_error",
+            Self::OriginNotAllowed
+            | Self::HostNotAllowed
+            | Self::PassthroughNotAllowed
+            | Self::ModelNotAllowed => "permission_error",
+            Self::RateLimitExceeded | Self::TooManyConcurrentRequests | Self::BudgetExceeded => {
+                "rate_limit_error"
             }
             Self::ProviderUnsupported => "not_implemented_error",
             Self::UpstreamTimeout => "timeout_error",
@@ -121,8 +149,15 @@ impl ErrorKind {
         match self {
             Self::InvalidJson | Self::InvalidRequest | Self::SecretDetected => 400,
             // 401 rather than 5xx: SDKs do not retry it, and the message says what to set.
-            Self::ProviderKeyMissing => 401,
-            Self::OriginNotAllowed | Self::HostNotAllowed | Self::PassthroughNotAllowed => 403,
+            Self::ProviderKeyMissing
+            | Self::InvalidApiKey
+            | Self::KeyExpired
+            | Self::KeyBlocked => 401,
+            Self::OriginNotAllowed
+            | Self::HostNotAllowed
+            | Self::PassthroughNotAllowed
+            | Self::ModelNotAllowed => 403,
+            Self::RateLimitExceeded | Self::TooManyConcurrentRequests | Self::BudgetExceeded => 429,
             Self::ModelNotFound | Self::NotFound => 404,
             Self::BodyTooLarge | Self::ContextLengthExceeded => 413,
             Self::Internal => 500,
@@ -146,7 +181,14 @@ impl ErrorKind {
             | Self::HostNotAllowed
             | Self::PassthroughNotAllowed
             | Self::SecretDetected
-            | Self::LoopDetected => Fault::Client,
+            | Self::LoopDetected
+            | Self::InvalidApiKey
+            | Self::KeyExpired
+            | Self::KeyBlocked
+            | Self::ModelNotAllowed
+            | Self::RateLimitExceeded
+            | Self::TooManyConcurrentRequests
+            | Self::BudgetExceeded => Fault::Client,
             Self::UpstreamUnreachable
             | Self::UpstreamTimeout
             | Self::UpstreamBadResponse
@@ -169,6 +211,8 @@ impl ErrorKind {
                 | Self::ShuttingDown
                 | Self::CircuitOpen
                 | Self::Overloaded
+                | Self::RateLimitExceeded
+                | Self::TooManyConcurrentRequests
         )
     }
 }

@@ -105,6 +105,9 @@ pub struct RequestRecord {
     /// model for otherwise (`compaction_summary`).
     #[serde(default)]
     pub purpose: Option<String>,
+    /// The virtual key the request came with (`[auth] mode = "keys"`): its id, never the key.
+    #[serde(default)]
+    pub key_id: Option<String>,
 }
 
 impl RequestRecord {
@@ -297,4 +300,48 @@ mod tests {
         assert_eq!(preview("日本語のテキスト", 3), "日本語");
         assert_eq!(preview("", 10), "");
     }
+}
+
+/// A virtual key as stored: its limits, never the key itself (`digest` is SHA-256 of it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: String,
+    pub name: String,
+    /// Hex SHA-256 of the key.
+    #[serde(skip_serializing)]
+    pub digest: String,
+    /// The key's first characters and last four, so a person can tell keys apart.
+    pub prefix: String,
+    pub last4: String,
+    pub owner: Option<String>,
+    /// Model keys (globs: `groq/*`) the key may use; empty: every model.
+    pub models: Vec<String>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_parallel_requests: Option<u64>,
+    pub max_budget_usd: Option<f64>,
+    /// How often spend starts again from zero, in seconds (`30d` in the CLI); `None`: never.
+    pub budget_period_secs: Option<u64>,
+    pub soft_budget_usd: Option<f64>,
+    /// Epoch milliseconds.
+    pub expires_at: Option<i64>,
+    pub blocked: bool,
+    /// Free-form tags and notes (a JSON object).
+    pub metadata: serde_json::Value,
+    /// The key this one replaced (`rotate`), still accepted until `previous_expires_at`.
+    #[serde(skip_serializing)]
+    pub previous_digest: Option<String>,
+    pub previous_expires_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Set when deleted: the row stays so spend totals and other instances see the deletion.
+    pub deleted_at: Option<i64>,
+}
+
+/// A key's spend in its current budget period (written by the gateway, not by edits).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KeySpend {
+    pub spend_usd: f64,
+    /// Epoch milliseconds when spend starts again from zero.
+    pub budget_reset_at: Option<i64>,
 }

@@ -51,6 +51,7 @@ pub fn balance(
     upstream: &Upstream,
     dice: &Dice,
     route: &Arc<Route>,
+    allowed: &dyn Fn(&str) -> bool,
 ) -> Arc<Route> {
     if route.deployments.is_empty() {
         return route.clone();
@@ -61,7 +62,8 @@ pub fn balance(
         pool.push((route.clone(), route.weight));
     }
     for (key, w) in &route.deployments {
-        if let Ok(r) = router.resolve(key)
+        if allowed(key)
+            && let Ok(r) = router.resolve(key)
             && usable(upstream, &r, now)
         {
             pool.push((r, *w));
@@ -113,11 +115,16 @@ pub fn choose_auto(
     auto: &AutoRoute,
     tokens: u64,
     max_tokens: Option<u64>,
+    allowed: &dyn Fn(&str) -> bool,
 ) -> Result<(Arc<Route>, String), ApiError> {
     let now = Instant::now();
     let mut skipped = Vec::new();
     let mut ok: Vec<Arc<Route>> = Vec::new();
     for key in &auto.candidates {
+        if !allowed(key) {
+            skipped.push(format!("{key}: not allowed for this key"));
+            continue;
+        }
         match router.resolve(key) {
             Err(e) => skipped.push(format!("{key}: {}", e.kind.code())),
             Ok(r) if !usable(upstream, &r, now) => skipped.push(format!("{key}: breaker open")),

@@ -42,6 +42,23 @@ pub struct Policy {
     origins: Vec<HeaderValue>,
     /// Requests refused for their `Host`, for `/health`.
     pub refused: std::sync::atomic::AtomicU64,
+    /// Whether clients beyond loopback may use the management API and the dashboard.
+    remote_admin: bool,
+}
+
+/// Set on the requests of a connection from beyond loopback (`listen.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct RemotePeer;
+
+/// The routes a virtual key opens (`[auth] mode = "keys"`), and the liveness probes; every
+/// other route is the management API or the dashboard.
+pub fn is_proxy_path(path: &str) -> bool {
+    path.starts_with("/v1/")
+        || path.starts_with("/v1beta/")
+        || matches!(
+            path,
+            "/chat/completions" | "/responses" | "/models" | "/health/live" | "/health/ready"
+        )
 }
 
 impl Policy {
@@ -53,7 +70,15 @@ impl Policy {
                 .filter_map(|o| HeaderValue::from_str(o).ok())
                 .collect(),
             refused: std::sync::atomic::AtomicU64::new(0),
+            remote_admin: true,
         }
+    }
+
+    /// With `false`, a client beyond loopback reaches only the proxy routes: the management
+    /// API and the dashboard have no login yet.
+    pub fn remote_admin(mut self, allowed: bool) -> Self {
+        self.remote_admin = allowed;
+        self
     }
 
     /// Whether the gateway answers to `host` (a `Host` header's value).
@@ -190,6 +215,16 @@ where
             );
             return Either::Left(ready(Ok(refusal(req.uri().path(), &e))));
         }
+        if !self.policy.remote_admin
+            && req.extensions().get::<RemotePeer>().is_some()
+            && !is_proxy_path(req.uri().path())
+        {
+            let e = ApiError::new(
+                ErrorKind::OriginNotAllowed,
+                "the management API and the dashboard answer clients on this machine only (loopback); the proxy routes take virtual keys from anywhere",
+            );
+            return Either::Left(ready(Ok(refusal(req.uri().path(), &e))));
+        }
         let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
             return Either::Right(Either::Left(caught(self.inner.call(req))));
         };
@@ -315,6 +350,45 @@ mod tests {
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let r = svc.call(get("/ok")).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
+    }
+
+    /// With `[auth] mode = "keys"` a client beyond loopback reaches the proxy routes (which
+    /// want its key) and nothing else.
+    #[tokio::test]
+    async fn remote_clients_reach_only_the_proxy_routes_when_admin_is_local() {
+        use tower_layer::Layer;
+        use tower_service::Service;
+        let inner = tower::service_fn(|_req: Request<Body>| async move {
+            Ok::<_, std::convert::Infallible>(Response::new(Body::from("fine")))
+        });
+        let policy = Policy::new(&[], &[]).remote_admin(false);
+        let mut svc = GuardLayer::shared(Arc::new(policy)).layer(inner);
+        let get = |path: &str, remote: bool| {
+            let mut r = Request::builder()
+                .uri(path)
+                .header(header::HOST, "10.0.0.5:8000")
+                .body(Body::empty())
+                .unwrap();
+            if remote {
+                r.extensions_mut().insert(RemotePeer);
+            }
+            r
+        };
+        for path in [
+            "/v1/chat/completions",
+            "/v1/messages",
+            "/v1beta/models/x",
+            "/health/ready",
+        ] {
+            let r = svc.call(get(path, true)).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{path}");
+        }
+        for path in ["/api/keys", "/", "/ws", "/api/export/csv", "/health"] {
+            let r = svc.call(get(path, true)).await.unwrap();
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+            let r = svc.call(get(path, false)).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{path} from loopback");
+        }
     }
 
     #[test]

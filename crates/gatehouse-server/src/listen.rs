@@ -241,9 +241,15 @@ pub async fn serve(
         };
         stats.accepted_total.fetch_add(1, Ordering::Relaxed);
         let router = router.clone();
+        // Only a connection from beyond loopback pays for the mark (an extension allocates).
+        let remote = !peer.ip().to_canonical().is_loopback();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let mut router = router.clone();
-            tower_service::Service::call(&mut router, req.map(Body::new))
+            let mut req = req.map(Body::new);
+            if remote {
+                req.extensions_mut().insert(crate::guard::RemotePeer);
+            }
+            tower_service::Service::call(&mut router, req)
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(tcp), service)

@@ -5,6 +5,7 @@ mod compaction;
 mod export;
 mod gemini;
 mod health;
+mod keys;
 mod mask;
 mod memory;
 mod messages;
@@ -47,6 +48,15 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/api/providers", get(providers::list))
+        .route("/api/keys", get(keys::list).post(keys::create))
+        .route(
+            "/api/keys/{id}",
+            get(keys::show).patch(keys::update).delete(keys::delete),
+        )
+        .route("/api/keys/{id}/block", post(keys::block))
+        .route("/api/keys/{id}/unblock", post(keys::unblock))
+        .route("/api/keys/{id}/rotate", post(keys::rotate))
+        .route("/api/keys/{id}/spend", get(keys::spend))
         .route("/api/rate-limit", get(ratelimit::status))
         .route("/api/sessions", get(sessions::list).post(sessions::create))
         .route("/api/sessions/active", get(sessions::active))

@@ -94,6 +94,12 @@ pub async fn run_with(
         _ => config.sanitizer.enabled,
     };
     let stored_compactions = store.load_compaction_state().await?;
+    let keys = gatehouse_services::Keys::new();
+    let mut keys_since = 0;
+    for (k, spend) in store.load_keys(0).await? {
+        keys_since = keys_since.max(k.updated_at);
+        keys.apply(k, Some(spend));
+    }
     let instance_id = uuid::Uuid::now_v7().to_string();
     let state = AppState(Arc::new(Inner {
         router: Router::new(&config, Some(listen)),
@@ -105,11 +111,15 @@ pub async fn run_with(
         compaction: crate::compaction::CompactionState::new(stored_compactions),
         recall: std::sync::Mutex::new(recall),
         listen,
-        guard: Arc::new(crate::guard::Policy::new(
-            &config.server.allowed_hosts,
-            &config.dashboard.allowed_origins,
-        )),
+        guard: Arc::new(
+            crate::guard::Policy::new(
+                &config.server.allowed_hosts,
+                &config.dashboard.allowed_origins,
+            )
+            .remote_admin(config.auth.mode == gatehouse_config::AuthMode::None),
+        ),
         sessions,
+        keys,
         responses: gatehouse_services::responses::Responses::new(
             store.clone(),
             writer.clone(),
@@ -138,6 +148,8 @@ pub async fn run_with(
     // stays within DESIGN §10's 20 MiB; that first request pays the load once).
 
     let pruner = tokio::spawn(retention_loop(state.clone(), stop.clone()));
+    let key_sync = (state.config.auth.mode == gatehouse_config::AuthMode::Keys)
+        .then(|| tokio::spawn(key_sync_loop(state.clone(), keys_since, stop.clone())));
     let grace = Duration::try_from_secs_f64(state.config.server.shutdown_grace_secs)
         .unwrap_or(Duration::from_secs(30));
     let mut watcher = start_log_watcher(&state);
@@ -189,6 +201,9 @@ pub async fn run_with(
     }
     // The pruner stops between two batches once `stop` is cancelled.
     let _ = pruner.await;
+    if let Some(k) = key_sync {
+        let _ = k.await;
+    }
     writer.close().await;
     let _ = writer_task.await;
     let stats = writer.stats();
@@ -295,6 +310,29 @@ fn start_log_watcher(state: &AppState) -> Option<LogWatcher> {
         Err(e) => {
             tracing::warn!(error = %e, "cannot start the log watcher");
             None
+        }
+    }
+}
+
+/// Reads back the keys changed outside this process (the CLI, another instance) every
+/// `auth.sync_secs`: edits, blocks, rotations and deletions apply within that time.
+async fn key_sync_loop(st: AppState, mut since: i64, stop: CancellationToken) {
+    let every = Duration::from_secs(st.config.auth.sync_secs.max(1));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stop.cancelled() => return,
+        }
+        match st.store.load_keys(since).await {
+            Ok(changed) => {
+                for (k, spend) in changed {
+                    since = since.max(k.updated_at);
+                    st.keys.apply(k, Some(spend));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read virtual keys back from the database; retrying")
+            }
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct Inner {
     /// The memory store's index; changes are persisted through the writer.
     pub recall: std::sync::Mutex<gatehouse_context::recall::Recall>,
     pub sessions: Sessions,
+    /// Virtual keys (`[auth] mode = "keys"`), checked in memory on the proxy path.
+    pub keys: gatehouse_services::Keys,
     /// Responses API responses kept for `previous_response_id`.
     pub responses: gatehouse_services::responses::Responses,
     pub store: Arc<dyn Store>,

@@ -115,6 +115,14 @@ pub enum Event {
         metric: LogMetric,
         gauge: Option<GaugeView>,
     },
+    /// A virtual key's spend crossed its `soft_budget_usd` (once per budget period).
+    BudgetAlert {
+        key_id: String,
+        name: String,
+        spend_usd: f64,
+        soft_budget_usd: f64,
+        max_budget_usd: Option<f64>,
+    },
 }
 
 impl Event {
@@ -134,6 +142,7 @@ impl Event {
             Self::SanitizerEvent { .. } => "sanitizer_event",
             Self::CompactionEvent { .. } => "compaction_event",
             Self::CompactionPaused { .. } => "compaction_paused",
+            Self::BudgetAlert { .. } => "budget_alert",
         }
     }
 }

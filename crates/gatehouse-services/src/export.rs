@@ -216,6 +216,7 @@ mod tests {
             row_id: String::new(),
             requested_model: None,
             purpose: None,
+            key_id: None,
             id: "r1".into(),
             session_id: SessionId::parse_client("s1").unwrap(),
             created_at: 1_700_000_000_123,

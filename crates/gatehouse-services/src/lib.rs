@@ -10,6 +10,7 @@
 pub mod events;
 pub mod export;
 pub mod gauge;
+pub mod keys;
 pub mod logwatch;
 pub mod responses;
 pub mod retention;
@@ -17,4 +18,5 @@ pub mod sessions;
 
 pub use events::{Event, EventBus, LocalBus};
 pub use gauge::Gauges;
+pub use keys::Keys;
 pub use sessions::{Resolved, SessionError, Sessions};

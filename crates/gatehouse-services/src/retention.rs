@@ -157,6 +157,7 @@ mod tests {
             routing: None,
             requested_model: None,
             purpose: None,
+            key_id: None,
         }))
     }
 

@@ -11,8 +11,8 @@ pub mod writer;
 use futures_util::future::BoxFuture;
 use gatehouse_core::SessionId;
 use gatehouse_core::record::{
-    CompactionRecord, CompactionSettings, MaskedContent, MemoryRecord, RequestRecord, Session,
-    SessionStats, StoredResponse,
+    CompactionRecord, CompactionSettings, KeyRecord, KeySpend, MaskedContent, MemoryRecord,
+    RequestRecord, Session, SessionStats, StoredResponse,
 };
 use serde::Serialize;
 
@@ -68,6 +68,31 @@ pub enum WriteOp {
     /// A Responses API response kept for `previous_response_id`.
     StoreResponse(Box<StoredResponse>),
     DeleteResponse(String),
+    /// A virtual key created or edited: its limits, not its spend.
+    UpsertKey(Box<KeyRecord>),
+    /// A key's spend in its budget period, as the gateway counts it (absolute, so writing it
+    /// twice is harmless).
+    SetKeySpend {
+        id: String,
+        spend: KeySpend,
+    },
+}
+
+/// How `key_spend` groups a key's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpendGroup {
+    Day,
+    Model,
+}
+
+/// One group of a key's spend: a day (`YYYY-MM-DD`, UTC) or a model key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpendRow {
+    pub group: String,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
 }
 
 /// What applying a batch did.
@@ -200,6 +225,16 @@ pub trait Store: Send + Sync + 'static {
     /// The newest compaction of each session (its point) and every session's settings, to
     /// rebuild the compaction state at start.
     fn load_compaction_state(&self) -> BoxFuture<'_, StoreResult<StoredCompactions>>;
+    /// Virtual keys changed at or after `since_ms` (deleted ones included), with their spend.
+    fn load_keys(&self, since_ms: i64) -> BoxFuture<'_, StoreResult<Vec<(KeyRecord, KeySpend)>>>;
+    /// A key's request rows in `[from_ms, to_ms)`, summed per group, in group order.
+    fn key_spend<'a>(
+        &'a self,
+        key_id: &'a str,
+        from_ms: i64,
+        to_ms: i64,
+        group: SpendGroup,
+    ) -> BoxFuture<'a, StoreResult<Vec<SpendRow>>>;
     /// Cheap liveness probe for `/health/ready`.
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
 }

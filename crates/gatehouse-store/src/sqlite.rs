@@ -9,8 +9,8 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use gatehouse_core::SessionId;
 use gatehouse_core::record::{
-    CompactionRecord, CompactionSettings, MaskedContent, MemoryKind, MemoryRecord, RequestRecord,
-    Session, SessionStats, StoredResponse, UsageSource,
+    CompactionRecord, CompactionSettings, KeyRecord, KeySpend, MaskedContent, MemoryKind,
+    MemoryRecord, RequestRecord, Session, SessionStats, StoredResponse, UsageSource,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -19,8 +19,8 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, Sqlite};
 
 use crate::{
-    Applied, CompactionTotals, MaskedTotals, Scope, SessionSummary, Store, StoreError, StoreResult,
-    StoreSize, StoredCompactions, WriteOp,
+    Applied, CompactionTotals, MaskedTotals, Scope, SessionSummary, SpendGroup, SpendRow, Store,
+    StoreError, StoreResult, StoreSize, StoredCompactions, WriteOp,
 };
 
 /// Versioned migrations, embedded so the binary needs no files beside it.
@@ -69,6 +69,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "responses",
         include_str!("../migrations/sqlite/0009_responses.sql"),
+    ),
+    (
+        10,
+        "keys",
+        include_str!("../migrations/sqlite/0010_keys.sql"),
     ),
 ];
 
@@ -332,6 +337,15 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await?;
             }
+            WriteOp::UpsertKey(k) => upsert_key(tx, k).await?,
+            WriteOp::SetKeySpend { id, spend } => {
+                sqlx::query("UPDATE keys SET spend_usd = $1, budget_reset_at = $2 WHERE id = $3")
+                    .bind(spend.spend_usd)
+                    .bind(spend.budget_reset_at)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             WriteOp::DeleteResponse(id) => {
                 sqlx::query("DELETE FROM responses WHERE id = $1")
                     .bind(id)
@@ -347,13 +361,98 @@ impl SqliteStore {
     }
 }
 
+/// A key's limits, inserted or replaced; its spend columns are the gateway's and stay.
+async fn upsert_key(tx: &mut SqliteConnection, k: &KeyRecord) -> sqlx::Result<()> {
+    let models = serde_json::to_string(&k.models).unwrap_or_else(|_| "[]".to_owned());
+    let metadata = k.metadata.to_string();
+    sqlx::query(
+        "INSERT INTO keys (id, name, digest, prefix, last4, owner, models, rpm, tpm,
+            max_parallel_requests, max_budget_usd, budget_period_secs, soft_budget_usd, expires_at,
+            blocked, metadata, previous_digest, previous_expires_at, created_at, updated_at,
+            deleted_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+            $19, $20, $21)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, digest = excluded.digest,
+            prefix = excluded.prefix, last4 = excluded.last4, owner = excluded.owner,
+            models = excluded.models, rpm = excluded.rpm, tpm = excluded.tpm,
+            max_parallel_requests = excluded.max_parallel_requests,
+            max_budget_usd = excluded.max_budget_usd,
+            budget_period_secs = excluded.budget_period_secs,
+            soft_budget_usd = excluded.soft_budget_usd, expires_at = excluded.expires_at,
+            blocked = excluded.blocked, metadata = excluded.metadata,
+            previous_digest = excluded.previous_digest,
+            previous_expires_at = excluded.previous_expires_at,
+            updated_at = excluded.updated_at, deleted_at = excluded.deleted_at",
+    )
+    .bind(&k.id)
+    .bind(&k.name)
+    .bind(&k.digest)
+    .bind(&k.prefix)
+    .bind(&k.last4)
+    .bind(&k.owner)
+    .bind(models)
+    .bind(k.rpm.map(to_i64))
+    .bind(k.tpm.map(to_i64))
+    .bind(k.max_parallel_requests.map(to_i64))
+    .bind(k.max_budget_usd)
+    .bind(k.budget_period_secs.map(to_i64))
+    .bind(k.soft_budget_usd)
+    .bind(k.expires_at)
+    .bind(k.blocked)
+    .bind(metadata)
+    .bind(&k.previous_digest)
+    .bind(k.previous_expires_at)
+    .bind(k.created_at)
+    .bind(k.updated_at)
+    .bind(k.deleted_at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+fn key_from_row(r: &SqliteRow) -> sqlx::Result<(KeyRecord, KeySpend)> {
+    let opt = |name: &str| -> sqlx::Result<Option<u64>> {
+        Ok(r.try_get::<Option<i64>, _>(name)?.map(to_u64))
+    };
+    let models: String = r.try_get("models")?;
+    let metadata: String = r.try_get("metadata")?;
+    let key = KeyRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        digest: r.try_get("digest")?,
+        prefix: r.try_get("prefix")?,
+        last4: r.try_get("last4")?,
+        owner: r.try_get("owner")?,
+        models: serde_json::from_str(&models).unwrap_or_default(),
+        rpm: opt("rpm")?,
+        tpm: opt("tpm")?,
+        max_parallel_requests: opt("max_parallel_requests")?,
+        max_budget_usd: r.try_get("max_budget_usd")?,
+        budget_period_secs: opt("budget_period_secs")?,
+        soft_budget_usd: r.try_get("soft_budget_usd")?,
+        expires_at: r.try_get("expires_at")?,
+        blocked: r.try_get("blocked")?,
+        metadata: serde_json::from_str(&metadata).unwrap_or(serde_json::Value::Null),
+        previous_digest: r.try_get("previous_digest")?,
+        previous_expires_at: r.try_get("previous_expires_at")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        deleted_at: r.try_get("deleted_at")?,
+    };
+    let spend = KeySpend {
+        spend_usd: r.try_get("spend_usd")?,
+        budget_reset_at: r.try_get("budget_reset_at")?,
+    };
+    Ok((key, spend))
+}
+
 /// The columns of a request row, in the order `bind_request` binds them.
 const REQUEST_COLUMNS: &str = "id, request_id, session_id, created_at, provider, model_key,
     upstream_model, stream, status, prompt_tokens_est, prompt_tokens, completion_tokens,
     cached_tokens, reasoning_tokens, usage_source, max_context, context_pct, preview, latency_ms,
     ttfb_ms, overhead_us, attempts, finish_reason, error_type, error_message, cost_usd,
-    memory_tokens, chat_tokens, memory_ratio, routing, requested_model, purpose";
-const REQUEST_PARAMS: usize = 32;
+    memory_tokens, chat_tokens, memory_ratio, routing, requested_model, purpose, key_id";
+const REQUEST_PARAMS: usize = 33;
 /// Rows per multi-row INSERT. Measured on two cores (bench/RESULTS.md): 1 row a statement
 /// wrote ~26k rows/s, 16 ~73k, 64 ~100k; but a 64-row statement is one long burst on the
 /// SQLite thread that shows in the c=1 tail of requests sharing the cores, with no gain at c=64.
@@ -452,6 +551,7 @@ fn bind_request<'q>(q: Query<'q>, r: &'q RequestRecord) -> Query<'q> {
     .bind(&r.routing)
     .bind(&r.requested_model)
     .bind(&r.purpose)
+    .bind(&r.key_id)
 }
 
 /// The smallest UUID v7 of millisecond `ms`, as text: every row id made before `ms` sorts
@@ -595,6 +695,7 @@ fn request_from_row(row: &SqliteRow) -> sqlx::Result<RequestRecord> {
         row_id: row.try_get("id")?,
         requested_model: row.try_get("requested_model")?,
         purpose: row.try_get("purpose")?,
+        key_id: row.try_get("key_id")?,
     })
 }
 
@@ -1112,6 +1213,64 @@ impl Store for SqliteStore {
         })
     }
 
+    fn load_keys(&self, since_ms: i64) -> BoxFuture<'_, StoreResult<Vec<(KeyRecord, KeySpend)>>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT * FROM keys WHERE updated_at >= $1 ORDER BY created_at")
+                .bind(since_ms)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(key_from_row)
+                .collect::<sqlx::Result<Vec<_>>>()
+                .map_err(StoreError::from)
+        })
+    }
+
+    fn key_spend<'a>(
+        &'a self,
+        key_id: &'a str,
+        from_ms: i64,
+        to_ms: i64,
+        group: SpendGroup,
+    ) -> BoxFuture<'a, StoreResult<Vec<SpendRow>>> {
+        Box::pin(async move {
+            let by = match group {
+                SpendGroup::Day => "strftime('%Y-%m-%d', created_at / 1000, 'unixepoch')",
+                SpendGroup::Model => "model_key",
+            };
+            // Spend counts every row (a failed request costs nothing, so it adds zero); tokens
+            // count answered requests only, as everywhere else.
+            let sql = format!(
+                "SELECT {by} AS grp, COUNT(*) AS requests,
+                    COALESCE(SUM(CASE WHEN status BETWEEN 200 AND 299
+                        THEN COALESCE(prompt_tokens, prompt_tokens_est) END), 0) AS prompt,
+                    COALESCE(SUM(CASE WHEN status BETWEEN 200 AND 299
+                        THEN completion_tokens END), 0) AS completion,
+                    COALESCE(SUM(cost_usd), 0.0) AS cost
+                 FROM requests WHERE key_id = $1 AND created_at >= $2 AND created_at < $3
+                 GROUP BY grp ORDER BY grp"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(key_id)
+                .bind(from_ms)
+                .bind(to_ms)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(SpendRow {
+                        group: r.try_get::<Option<String>, _>("grp")?.unwrap_or_default(),
+                        requests: to_u64(r.try_get("requests")?),
+                        prompt_tokens: to_u64(r.try_get("prompt")?),
+                        completion_tokens: to_u64(r.try_get("completion")?),
+                        cost_usd: r.try_get("cost")?,
+                    })
+                })
+                .collect::<sqlx::Result<Vec<_>>>()
+                .map_err(StoreError::from)
+        })
+    }
+
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -1136,6 +1295,8 @@ fn op_name(op: &WriteOp) -> &'static str {
         WriteOp::SetCompactionSettings { .. } => "set_compaction_settings",
         WriteOp::StoreResponse(_) => "store_response",
         WriteOp::DeleteResponse(_) => "delete_response",
+        WriteOp::UpsertKey(_) => "upsert_key",
+        WriteOp::SetKeySpend { .. } => "set_key_spend",
     }
 }
 
@@ -1153,6 +1314,7 @@ pub(crate) mod tests {
             row_id: String::new(),
             requested_model: None,
             purpose: None,
+            key_id: None,
             id: "req".into(),
             session_id: session.clone(),
             created_at: gatehouse_core::time::now_ms(),

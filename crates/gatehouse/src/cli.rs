@@ -1,9 +1,10 @@
-//! Command-line interface: `serve`, `init`, `check`, `export`, `prune`, `scan`, `version`.
+//! Command-line interface: `serve`, `init`, `check`, `keys`, `export`, `prune`, `scan`, `version`.
 
 mod check;
 mod demo;
 mod export;
 mod init;
+mod keys;
 mod prune;
 mod scan;
 mod serve;
@@ -39,6 +40,9 @@ enum Command {
         #[arg(long, short, env = "GATEHOUSE_CONFIG", default_value = "config.toml")]
         config: PathBuf,
     },
+    /// Virtual keys for `[auth] mode = "keys"`: create, list, show, update, block, unblock,
+    /// rotate, delete.
+    Keys(Box<keys::KeysArgs>),
     /// Export recorded requests to CSV or JSON.
     Export(export::ExportArgs),
     /// Delete old rows now, as the server's retention does every few minutes.
@@ -55,6 +59,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Init { out, force } => init::run(&out, force),
         Command::Check { config } => check::run(&config),
+        Command::Keys(args) => keys::run(*args),
         Command::Export(args) => export::run(args),
         Command::Prune(args) => prune::run(args),
         Command::Scan(args) => scan::run(args),

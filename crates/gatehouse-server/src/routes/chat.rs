@@ -3,7 +3,8 @@
 //!
 //! 1. `ingress`: decode (loop check, body limit, session header);
 //! 2. `prepare`: redact → parse → route → mask → count, one pass over the body;
-//! 3. `admit`: whether the gateway takes the request now (the stream cap);
+//! 3. `admit`: who is asking (the virtual key, checked before anything else) and whether the
+//!    gateway takes the request now (the key's model list, limits and budget, the stream cap);
 //! 4. `session`: the conversation the request belongs to (the rules are `Sessions`'); from here
 //!    on the request has a row (`record::Draft`), whichever way it ends;
 //! 5. `economy`: masked originals kept, compaction, heavy-duty, the window check (413);
@@ -33,7 +34,7 @@ use crate::error::error_response;
 use crate::origin::SameOrigin;
 use crate::state::AppState;
 
-mod admit;
+pub(crate) mod admit;
 mod compacting;
 mod economy;
 mod ingress;
@@ -117,22 +118,26 @@ pub(crate) async fn handle(
     t0: Instant,
     ingress: Ingress,
 ) -> Result<Response, ApiError> {
+    // No row for a request without a valid key: an anonymous caller writes nothing.
+    let key = admit::authenticate(st, headers).map_err(|e| st.refusals.count(e))?;
+    let key_id = key.as_ref().map(|k| k.id.as_str());
     let mut req = ingress::decode(st, headers, body)
-        .map_err(|e| record::refused(st, request_id, t0, None, None, e))?;
+        .map_err(|e| record::refused(st, request_id, t0, None, None, key_id, e))?;
     req.conversation = req.conversation.or(ingress.conversation);
     // A refusal's row needs the body and the named session; both stay with `req` (the body's
     // clone shares its bytes).
     let body = req.body.clone();
     let named = req.explicit_session.as_ref().or(req.conversation.as_ref());
-    let refused = |e| record::refused(st, request_id, t0, named, Some(&body), e);
+    let refused = |e| record::refused(st, request_id, t0, named, Some(&body), key_id, e);
     let target = st.upstream.passthrough.target(headers, ingress.format);
     let target = target.await.map_err(refused)?;
-    let mut p = prepare::run(st, req.body, ingress.format, target)
+    let mut p = prepare::run(st, req.body, ingress.format, target, key.clone())
         .await
         .map_err(refused)?;
     p.responses = ingress.responses;
     route::admissible(&p).map_err(refused)?;
-    let admission = admit::admit(st, &p).map_err(refused)?;
+    let admission = admit::admit(st, &p, key.as_ref()).map_err(refused)?;
+    let rate = admission.rate;
     let resolved = session::resolve(st, req.explicit_session, req.conversation, &p).await;
     let mut draft = Draft::open(st, request_id, &resolved, t0, &mut p, admission);
     let session = resolved.id;
@@ -145,13 +150,15 @@ pub(crate) async fn handle(
         Ok(sent) => sent,
         Err(e) => return Err(draft.refuse(e)),
     };
-    respond::respond(st, &p, sent, draft, request_id, &session, t0).await
+    let mut response = respond::respond(st, &p, sent, draft, request_id, &session, t0).await?;
+    admit::set_rate_headers(response.headers_mut(), &rate);
+    Ok(response)
 }
 
 /// A request an ingress refused before the path began: counted, and a row in the active
 /// session.
 pub(crate) fn refuse(st: &AppState, request_id: &RequestId, t0: Instant, e: ApiError) -> ApiError {
-    record::refused(st, request_id, t0, None, None, e)
+    record::refused(st, request_id, t0, None, None, None, e)
 }
 
 /// The client's `X-Request-ID`, or a new one.

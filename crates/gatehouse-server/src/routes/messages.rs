@@ -93,8 +93,12 @@ pub(crate) async fn reshape_error(
 pub async fn count_tokens(
     _: SameOrigin,
     State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if let Err(e) = chat::admit::authenticate(&st, &headers) {
+        return anthropic_error(&st.refusals.count(e));
+    }
     match count(&st, body) {
         Ok(n) => json_bytes_response(StatusCode::OK, json!({"input_tokens": n}).to_string()),
         Err(e) => anthropic_error(&st.refusals.count(e)),

@@ -2,14 +2,24 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
+use crate::error::HttpError;
+use crate::routes::chat::admit;
 use crate::state::AppState;
 
-pub async fn list(State(st): State<AppState>) -> Json<Value> {
+/// The models the caller may use: all of them, or its key's (`[auth] mode = "keys"`).
+pub async fn list(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, HttpError> {
+    let key = admit::authenticate(&st, &headers).map_err(|e| HttpError(st.refusals.count(e)))?;
+    let allowed = |m: &str| admit::allowed(key.as_deref(), m);
     let data: Vec<Value> = st
         .router
         .models()
+        .filter(|r| allowed(&r.model_key))
         .map(|r| {
             json!({
                 "id": r.model_key,
@@ -19,16 +29,23 @@ pub async fn list(State(st): State<AppState>) -> Json<Value> {
             })
         })
         // Smart-routing virtual models are models a client may ask for too.
-        .chain(st.config.auto.keys().map(|name| {
-            json!({
-                "id": format!("auto/{name}"),
-                "object": "model",
-                "created": 0,
-                "owned_by": "gatehouse",
-            })
-        }))
+        .chain(
+            st.config
+                .auto
+                .keys()
+                .map(|name| format!("auto/{name}"))
+                .filter(|m| allowed(m))
+                .map(|id| {
+                    json!({
+                        "id": id,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "gatehouse",
+                    })
+                }),
+        )
         .collect();
-    Json(json!({ "object": "list", "data": data }))
+    Ok(Json(json!({ "object": "list", "data": data })))
 }
 
 pub async fn all(State(st): State<AppState>) -> Json<Value> {

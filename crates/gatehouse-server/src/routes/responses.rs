@@ -154,8 +154,10 @@ async fn stored(st: &AppState, id: &str) -> Result<(Value, Vec<Value>), HttpErro
 pub async fn get(
     _: SameOrigin,
     State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, HttpError> {
+    keyed(&st, &headers)?;
     Ok(Json(stored(&st, &id).await?.0))
 }
 
@@ -163,8 +165,10 @@ pub async fn get(
 pub async fn delete(
     _: SameOrigin,
     State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, HttpError> {
+    keyed(&st, &headers)?;
     let existed = st
         .responses
         .delete(&id)
@@ -190,9 +194,11 @@ pub struct ItemsQuery {
 pub async fn input_items(
     _: SameOrigin,
     State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
     q: Result<Query<ItemsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, HttpError> {
+    keyed(&st, &headers)?;
     let Query(q) = q.map_err(|e| {
         HttpError(ApiError::new(ErrorKind::InvalidRequest, e.body_text()).with_param("query"))
     })?;
@@ -242,4 +248,11 @@ pub async fn input_items(
     out.insert("has_more".into(), json!(has_more));
     out.insert("data".into(), Value::Array(page));
     Ok(Json(Value::Object(out)))
+}
+
+/// A stored response is read or deleted only with a virtual key when auth is on.
+fn keyed(st: &AppState, headers: &axum::http::HeaderMap) -> Result<(), HttpError> {
+    crate::routes::chat::admit::authenticate(st, headers)
+        .map(|_| ())
+        .map_err(|e| HttpError(st.refusals.count(e)))
 }

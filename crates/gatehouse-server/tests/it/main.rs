@@ -16,6 +16,7 @@ mod faults;
 mod gemini;
 mod guard;
 mod http2;
+mod keys;
 mod live;
 mod memory;
 mod passthrough;

@@ -25,7 +25,8 @@ pub struct ServeArgs {
     /// Directory of the SQLite database (default .).
     #[arg(long, env = "GATEHOUSE_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Listen on a non-loopback address although the API has no authentication yet.
+    /// Listen on a non-loopback address with `[auth] mode = "none"`, where anyone who reaches
+    /// the gateway may use it (`mode = "keys"` needs no flag).
     #[arg(long)]
     unsafe_allow_remote: bool,
     /// Add a simulated provider (models demo/fast, demo/smart, demo/tiny) and a simulated
@@ -63,9 +64,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .parse()
             .context("server.host is not an IP address")?
     };
-    if !ip.is_loopback() && !args.unsafe_allow_remote {
+    let keys = config.auth.mode == gatehouse_config::AuthMode::Keys;
+    if !ip.is_loopback() && !keys && !args.unsafe_allow_remote {
         bail!(
-            "refusing to listen on {ip}: the dashboard and /api have no authentication yet, so Gatehouse stays on loopback. Use 127.0.0.1, or pass --unsafe-allow-remote behind your own access control"
+            "refusing to listen on {ip}: with [auth] mode = \"none\" anyone who reaches the gateway can spend every provider key, so Gatehouse stays on loopback. Set [auth] mode = \"keys\" (GATEHOUSE_AUTH__MODE=keys) and create keys with `gatehouse keys create`, or pass --unsafe-allow-remote behind your own access control"
         );
     }
     let addr = SocketAddr::new(ip, config.server.port);

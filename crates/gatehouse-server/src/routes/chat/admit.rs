@@ -1,24 +1,138 @@
-//! Phase 3, admit: whether the gateway takes this request now. Today that is the cap on
-//! streamed answers in flight (`server.max_streams`); a stream past it gets 503 with
-//! `Retry-After` before anything is sent upstream. Keys, limits and budgets come here.
+//! Phase 3, admit: whether the gateway takes this request now.
+//!
+//! Two steps. [`authenticate`] runs first, before the body is looked at: with
+//! `[auth] mode = "keys"` the request must carry a virtual key the registry knows, is not
+//! blocked or expired (401 otherwise, and no row: an anonymous caller cannot write into
+//! anyone's session). [`admit`] runs once the request is prepared (its model and prompt
+//! known): the key may use the model (403), its `max_parallel_requests`, `rpm`, `tpm` and
+//! budget hold (429 with `Retry-After`), the worst case is reserved (settled when the row is
+//! written, `record.rs`), and streams take their place under `server.max_streams` (503).
+//! Nothing here touches the database.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use gatehouse_config::AuthMode;
 use gatehouse_core::{ApiError, ErrorKind};
+use gatehouse_services::keys::{KeyEntry, RateInfo, Reservation};
 
 use super::Prepared;
 use crate::state::AppState;
 
-/// What admission holds for the request's lifetime: its place among the open streams.
+/// What admission holds for the request's lifetime: its place among the open streams, and its
+/// reservation under its key.
 pub(crate) struct Admission {
     _stream: Option<StreamSlot>,
+    pub(super) key: Option<Reservation>,
+    pub(super) rate: RateInfo,
 }
 
 impl Admission {
     /// Nothing held (the gateway's own calls).
     pub(crate) fn none() -> Self {
-        Self { _stream: None }
+        Self {
+            _stream: None,
+            key: None,
+            rate: RateInfo::default(),
+        }
     }
+}
+
+/// The header a passthrough request carries its virtual key in: its `Authorization` is the
+/// provider's.
+pub(crate) const KEY_HEADER: &str = "x-gatehouse-key";
+
+/// The virtual key a request presents: `X-Gatehouse-Key`, `Authorization: Bearer`,
+/// `x-api-key` (Anthropic's SDKs) or `x-goog-api-key` (Gemini's). A passthrough request's
+/// other headers are the provider's credentials, so only the first counts for it.
+fn presented(headers: &HeaderMap) -> Option<&str> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(k) = get(KEY_HEADER) {
+        return Some(k.trim());
+    }
+    if headers.contains_key(gatehouse_proxy::passthrough::TARGET_HEADER) {
+        return None;
+    }
+    get("authorization")
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| get("x-api-key"))
+        .or_else(|| get("x-goog-api-key"))
+        .map(str::trim)
+}
+
+/// The request's key under `[auth] mode = "keys"`; `None` when auth is off.
+pub(crate) fn authenticate(
+    st: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Arc<KeyEntry>>, ApiError> {
+    if st.config.auth.mode == AuthMode::None {
+        return Ok(None);
+    }
+    let Some(raw) = presented(headers) else {
+        let passthrough = headers.contains_key(gatehouse_proxy::passthrough::TARGET_HEADER);
+        return Err(ApiError::new(
+            ErrorKind::InvalidApiKey,
+            if passthrough {
+                "this gateway needs a virtual key; a passthrough request sends it as X-Gatehouse-Key (its Authorization goes to the provider)"
+            } else {
+                "this gateway needs a virtual key: send it as Authorization: Bearer gh_… or x-api-key: gh_…"
+            },
+        ));
+    };
+    st.keys
+        .authenticate(raw, gatehouse_core::time::now_ms())
+        .map(Some)
+}
+
+/// Whether the request's key (if any) may use `model`.
+pub(crate) fn allowed(key: Option<&KeyEntry>, model: &str) -> bool {
+    key.is_none_or(|k| k.allows(model))
+}
+
+pub(super) fn not_allowed(key: &KeyEntry, model: &str) -> ApiError {
+    ApiError::new(
+        ErrorKind::ModelNotAllowed,
+        format!(
+            "key `{}` may not use model `{model}`; GET /v1/models lists the models it may use",
+            key.record().name
+        ),
+    )
+    .with_param("model")
+}
+
+/// The key's limits on a response (the header names OpenAI's and LiteLLM's clients read).
+pub(crate) fn set_rate_headers(h: &mut HeaderMap, rate: &RateInfo) {
+    let mut put = |name: &'static str, v: u64| {
+        h.insert(HeaderName::from_static(name), HeaderValue::from(v));
+    };
+    if let Some((limit, remaining, reset)) = rate.requests {
+        put("x-ratelimit-limit-requests", limit);
+        put("x-ratelimit-remaining-requests", remaining);
+        h.insert(
+            HeaderName::from_static("x-ratelimit-reset-requests"),
+            reset_value(reset),
+        );
+    }
+    if let Some((limit, remaining, reset)) = rate.tokens {
+        let mut put = |name: &'static str, v: u64| {
+            h.insert(HeaderName::from_static(name), HeaderValue::from(v));
+        };
+        put("x-ratelimit-limit-tokens", limit);
+        put("x-ratelimit-remaining-tokens", remaining);
+        h.insert(
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+            reset_value(reset),
+        );
+    }
+}
+
+/// OpenAI's form: `12s`.
+fn reset_value(secs: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("{secs}s")).unwrap_or(HeaderValue::from_static("0s"))
 }
 
 /// A place among `server.max_streams`; freed when the stream's row is written.
@@ -30,9 +144,37 @@ impl Drop for StreamSlot {
     }
 }
 
-pub(super) fn admit(st: &AppState, p: &Prepared) -> Result<Admission, ApiError> {
+pub(super) fn admit(
+    st: &AppState,
+    p: &Prepared,
+    key: Option<&Arc<KeyEntry>>,
+) -> Result<Admission, ApiError> {
+    let (key, rate) = match key {
+        None => (None, RateInfo::default()),
+        Some(k) => {
+            let asked = p.session_model.as_deref().unwrap_or(&p.route.model_key);
+            for model in [asked, p.route.model_key.as_str()] {
+                if !k.allows(model) {
+                    return Err(not_allowed(k, model));
+                }
+            }
+            let max_tokens = p.max_tokens.unwrap_or(st.config.auth.default_max_tokens);
+            let tokens = p.prompt_tokens.saturating_add(max_tokens);
+            let price = gatehouse_services::keys::worst_case_usd(
+                p.route.pricing.as_ref(),
+                p.prompt_tokens,
+                max_tokens,
+            );
+            let (r, rate) = k.admit(tokens, price, gatehouse_core::time::now_ms())?;
+            (Some(r), rate)
+        }
+    };
     if !p.stream {
-        return Ok(Admission { _stream: None });
+        return Ok(Admission {
+            _stream: None,
+            key,
+            rate,
+        });
     }
     let max = st.config.server.max_streams as u64;
     let open = st.streams_open.fetch_add(1, Ordering::Relaxed);
@@ -49,5 +191,7 @@ pub(super) fn admit(st: &AppState, p: &Prepared) -> Result<Admission, ApiError> 
     }
     Ok(Admission {
         _stream: Some(slot),
+        key,
+        rate,
     })
 }

@@ -146,6 +146,7 @@ fn heavy_duty(st: &AppState, p: &mut Prepared) -> Result<Option<String>, ApiErro
     let Some(next) = st
         .router
         .larger(&p.route, p.prompt_tokens, hd.threshold_pct)
+        .filter(|n| super::admit::allowed(p.key.as_deref(), &n.model_key))
     else {
         if hd.when_none == gatehouse_config::WhenNone::Refuse && p.prompt_tokens <= window {
             return Err(ApiError::new(

@@ -13,6 +13,7 @@ use gatehouse_proxy::Route;
 use gatehouse_proxy::passthrough::Target;
 use gatehouse_proxy::rewrite::{UsageAsk, rewrite};
 use gatehouse_proxy::translate::{self, Format};
+use gatehouse_services::keys::KeyEntry;
 use gatehouse_services::sessions::Shape;
 
 use super::economy::{mask, memory_tokens, redact};
@@ -29,6 +30,10 @@ const SESSION_NAME_CHARS: usize = gatehouse_services::sessions::NAME_CHARS;
 pub(crate) struct Prepared {
     pub route: Arc<Route>,
     pub stream: bool,
+    /// The client's `max_tokens` (or `max_completion_tokens`), for reservations.
+    pub max_tokens: Option<u64>,
+    /// The request's virtual key (`[auth] mode = "keys"`): fallbacks it may not use are skipped.
+    pub key: Option<Arc<KeyEntry>>,
     /// The bytes to send before the model rename (masked, compacted), kept (a reference count)
     /// in case the body must be rebuilt.
     pub original: Bytes,
@@ -79,19 +84,26 @@ pub(super) async fn run(
     body: Bytes,
     ingress: Format,
     target: Option<Target>,
+    key: Option<Arc<KeyEntry>>,
 ) -> Result<Prepared, ApiError> {
-    if body.len() <= BLOCKING_PREPARE_BYTES {
-        return prepare(st, &body, ingress, target.as_ref());
-    }
-    let st2 = st.clone();
-    tokio::task::spawn_blocking(move || prepare(&st2, &body, ingress, target.as_ref()))
+    let mut p = if body.len() <= BLOCKING_PREPARE_BYTES {
+        prepare(st, &body, ingress, target.as_ref(), key.as_deref())?
+    } else {
+        let st2 = st.clone();
+        let key2 = key.clone();
+        tokio::task::spawn_blocking(move || {
+            prepare(&st2, &body, ingress, target.as_ref(), key2.as_deref())
+        })
         .await
         .map_err(|e| {
             ApiError::new(
                 ErrorKind::Internal,
                 format!("request preparation failed: {e}"),
             )
-        })?
+        })??
+    };
+    p.key = key;
+    Ok(p)
 }
 
 pub(super) fn parse(body: &Bytes) -> Result<ChatRequestView<'_>, ApiError> {
@@ -117,7 +129,14 @@ fn select_route(
     st: &AppState,
     view: &ChatRequestView<'_>,
     target: Option<&Target>,
+    key: Option<&KeyEntry>,
 ) -> Result<Selected, ApiError> {
+    if let Some(k) = key
+        && !k.allows(&view.model)
+    {
+        return Err(super::admit::not_allowed(k, &view.model));
+    }
+    let allowed = |m: &str| super::admit::allowed(key, m);
     if let Some(t) = target {
         return Ok(Selected {
             route: st.router.passthrough(t, &view.model),
@@ -140,6 +159,7 @@ fn select_route(
             auto,
             tokens,
             view.max_tokens,
+            &allowed,
         )?;
         return Ok(Selected {
             route,
@@ -156,8 +176,13 @@ fn select_route(
             session_model: None,
         });
     }
-    let route =
-        gatehouse_proxy::select::balance(&st.router, &st.upstream, &st.upstream.dice, &primary);
+    let route = gatehouse_proxy::select::balance(
+        &st.router,
+        &st.upstream,
+        &st.upstream.dice,
+        &primary,
+        &allowed,
+    );
     let note = format!(
         "balanced across {} deployments: `{}` ({})",
         primary.deployments.len() + 1,
@@ -179,6 +204,7 @@ fn prepare(
     body: &Bytes,
     ingress: Format,
     target: Option<&Target>,
+    key: Option<&KeyEntry>,
 ) -> Result<Prepared, ApiError> {
     let (client_body, redacted) = redact(st, body)?;
     let (client_body, repaired) = repair(st, client_body, ingress);
@@ -204,7 +230,7 @@ fn prepare(
         route,
         note: mut select_note,
         session_model,
-    } = select_route(st, &first, target)?;
+    } = select_route(st, &first, target, key)?;
     // Only a translated request has `left_out`; it matters when it goes to another format.
     if !left_out.is_empty() && Format::of_provider(route.provider.kind) != ingress {
         add_note(
@@ -232,6 +258,8 @@ fn prepare(
     let parts = body_parts(st, body, &view, &route);
     Ok(Prepared {
         stream: view.stream,
+        max_tokens: view.max_tokens,
+        key: None,
         original: body.clone(),
         redacted_original: redacted_body.clone(),
         ingress,

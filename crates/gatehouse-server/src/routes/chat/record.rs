@@ -45,6 +45,7 @@ struct Parts {
     prompt_tokens_est: u64,
     memory_tokens: u64,
     preview: String,
+    key_id: Option<String>,
 }
 
 /// A request row in the making; see the module doc.
@@ -53,8 +54,8 @@ pub(crate) struct Draft {
     parts: Option<Parts>,
     /// Counts the request in flight until its row is queued, so shutdown can wait for it.
     guard: InFlight,
-    /// What admission holds (a stream's place) until the row is written.
-    _admission: Admission,
+    /// What admission holds (a stream's place, the key's reservation) until the row is written.
+    admission: Admission,
 }
 
 /// The parts known once the exchange is over.
@@ -92,9 +93,10 @@ impl Draft {
                 prompt_tokens_est: p.prompt_tokens,
                 memory_tokens: p.memory_tokens,
                 preview: std::mem::take(&mut p.preview),
+                key_id: admission.key.as_ref().map(|r| r.key_id().to_owned()),
             }),
             guard: InFlight::new(st),
-            _admission: admission,
+            admission,
         }
     }
 
@@ -122,9 +124,10 @@ impl Draft {
                 memory_tokens: 0,
                 preview: String::new(),
                 route,
+                key_id: None,
             }),
             guard: InFlight::new(st),
-            _admission: Admission::none(),
+            admission: Admission::none(),
         }
     }
 
@@ -184,7 +187,9 @@ impl Draft {
     /// and rare paths.
     pub(crate) fn write(mut self, f: Finish) {
         if let Some(d) = self.parts.take() {
-            let op = self.guard.state().request_finished(d.finish(f));
+            let record = d.finish(f);
+            settle(self.guard.state(), &mut self.admission, &record);
+            let op = self.guard.state().request_finished(record);
             self.guard.state().writer.record_now(op);
         }
     }
@@ -195,7 +200,9 @@ impl Draft {
         let st = self.guard.state().clone();
         let permit = st.writer.reserve().await;
         if let Some(d) = self.parts.take() {
-            let op = st.request_finished(d.finish(f));
+            let record = d.finish(f);
+            settle(&st, &mut self.admission, &record);
+            let op = st.request_finished(record);
             match permit {
                 Some(permit) => permit.send(op),
                 None => st.writer.record_now(op),
@@ -233,8 +240,43 @@ impl Drop for Draft {
             attempts: 1,
             error: Some(error),
         });
+        settle(st, &mut self.admission, &record);
         let op = st.request_finished(record);
         st.writer.record_now(op);
+    }
+}
+
+/// The key's reservation replaced by what the request used; the new spend goes to the writer,
+/// and crossing the soft budget is announced once.
+fn settle(st: &AppState, admission: &mut Admission, record: &RequestRecord) {
+    let Some(r) = admission.key.take() else {
+        return;
+    };
+    let billed = (200..300).contains(&record.status);
+    let tokens = if billed {
+        record.effective_total_tokens()
+    } else {
+        0
+    };
+    let cost = record.cost_usd.unwrap_or(0.0);
+    let entry = r.entry().clone();
+    let settled = r.settle(tokens, cost, now_ms());
+    if cost > 0.0 {
+        st.writer.record_now(gatehouse_store::WriteOp::SetKeySpend {
+            id: entry.id.clone(),
+            spend: settled.spend,
+        });
+    }
+    if let Some((soft, max)) = settled.soft_crossed {
+        let name = entry.record().name.clone();
+        tracing::info!(key = %name, spend_usd = settled.spend.spend_usd, soft_budget_usd = soft, "a key crossed its soft budget");
+        gatehouse_services::events::emit(&*st.bus, || gatehouse_services::Event::BudgetAlert {
+            key_id: entry.id.clone(),
+            name,
+            spend_usd: settled.spend.spend_usd,
+            soft_budget_usd: soft,
+            max_budget_usd: max,
+        });
     }
 }
 
@@ -321,6 +363,7 @@ impl Parts {
             routing: self.routing,
             requested_model,
             purpose: self.purpose.map(str::to_owned),
+            key_id: self.key_id,
         }
     }
 }
@@ -335,6 +378,7 @@ pub(super) fn refused(
     t0: Instant,
     session: Option<&SessionId>,
     body: Option<&[u8]>,
+    key_id: Option<&str>,
     e: ApiError,
 ) -> ApiError {
     let e = st.refusals.count(e);
@@ -393,6 +437,7 @@ pub(super) fn refused(
         memory_ratio: 0.0,
         routing: Some("refused before routing".to_owned()),
         purpose: None,
+        key_id: key_id.map(str::to_owned),
     };
     let op = st.request_finished(record);
     st.writer.record_now(op);

@@ -127,6 +127,12 @@ pub(super) async fn send(
     {
         let mut why = first.error.message.clone();
         for key in &p.route.fallbacks {
+            if !super::admit::allowed(p.key.as_deref(), key) {
+                notes.push(format!(
+                    "fallback `{key}` skipped: not allowed for this key"
+                ));
+                continue;
+            }
             let next = match st.router.resolve(key) {
                 Ok(r) => r,
                 Err(e) => {

@@ -1,0 +1,210 @@
+//! The virtual keys API (`/api/keys`). A change applies to the registry at once and reaches
+//! the database through the writer; the key itself appears once, in the answer that creates or
+//! rotates it.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use gatehouse_core::record::KeyRecord;
+use gatehouse_core::time::now_ms;
+use gatehouse_core::{ApiError, ErrorKind};
+use gatehouse_services::keys::{self, KeyChange};
+use gatehouse_store::{SpendGroup, WriteOp};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::{HttpError, json_body};
+use crate::origin::SameOrigin;
+use crate::routes::sessions::store_error;
+use crate::state::AppState;
+
+type ApiResult<T> = Result<T, HttpError>;
+
+fn not_found(id: &str) -> HttpError {
+    HttpError(ApiError::new(
+        ErrorKind::NotFound,
+        format!("key `{id}` does not exist"),
+    ))
+}
+
+fn entry(st: &AppState, id: &str) -> ApiResult<std::sync::Arc<keys::KeyEntry>> {
+    st.keys.get(id).ok_or_else(|| not_found(id))
+}
+
+/// Applies `record` here and queues it for the database.
+fn save(st: &AppState, record: KeyRecord) {
+    st.writer
+        .record_now(WriteOp::UpsertKey(Box::new(record.clone())));
+    st.keys.apply(record, None);
+}
+
+pub async fn list(State(st): State<AppState>) -> Json<Value> {
+    let now = now_ms();
+    let keys: Vec<Value> = st.keys.list().iter().map(|e| e.view(now)).collect();
+    Json(json!({ "keys": keys, "count": keys.len() }))
+}
+
+pub async fn show(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(entry(&st, &id)?.view(now_ms())))
+}
+
+/// The answer that carries a key, the only time it is shown.
+fn with_key(st: &AppState, id: &str, raw: &str, status: StatusCode) -> ApiResult<Response> {
+    let mut v = entry(st, id)?.view(now_ms());
+    if let Some(o) = v.as_object_mut() {
+        o.insert("key".into(), raw.into());
+    }
+    Ok((status, Json(v)).into_response())
+}
+
+pub async fn create(_: SameOrigin, State(st): State<AppState>, body: Bytes) -> ApiResult<Response> {
+    let change: KeyChange = json_body(
+        &body,
+        "a key's settings: {\"name\": …, \"models\": […], \"rpm\": …}",
+    )?;
+    let (raw, record) = keys::create(change, now_ms())?;
+    let id = record.id.clone();
+    tracing::info!(key = %record.name, id = %id, "virtual key created");
+    save(&st, record);
+    with_key(&st, &id, &raw, StatusCode::CREATED)
+}
+
+pub async fn update(
+    _: SameOrigin,
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let change: KeyChange = json_body(&body, "the settings to change")?;
+    let e = entry(&st, &id)?;
+    let record = keys::update(&e.record(), change, now_ms())?;
+    save(&st, record);
+    Ok(Json(e.view(now_ms())))
+}
+
+async fn set_blocked(st: &AppState, id: &str, blocked: bool) -> ApiResult<Json<Value>> {
+    let e = entry(st, id)?;
+    let change = KeyChange {
+        blocked: Some(blocked),
+        ..KeyChange::default()
+    };
+    save(st, keys::update(&e.record(), change, now_ms())?);
+    Ok(Json(e.view(now_ms())))
+}
+
+pub async fn block(
+    _: SameOrigin,
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_blocked(&st, &id, true).await
+}
+
+pub async fn unblock(
+    _: SameOrigin,
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    set_blocked(&st, &id, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    /// How long the old key keeps working: `60s`, `1h`; `0` or absent ends it at once.
+    #[serde(default)]
+    grace: Option<String>,
+}
+
+pub async fn rotate(
+    _: SameOrigin,
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let b: RotateBody = json_body(&body, "{\"grace\": \"60s\"}")?;
+    let grace = match b.grace.as_deref().map(str::trim) {
+        None | Some("0" | "0s" | "") => 0,
+        Some(g) => keys::parse_duration(g).map_err(|m| {
+            HttpError(ApiError::new(ErrorKind::InvalidRequest, m).with_param("grace"))
+        })?,
+    };
+    let e = entry(&st, &id)?;
+    let (raw, record) = keys::rotate(&e.record(), grace, now_ms())?;
+    tracing::info!(key = %record.name, id = %id, grace_s = grace, "virtual key rotated");
+    save(&st, record);
+    with_key(&st, &id, &raw, StatusCode::OK)
+}
+
+pub async fn delete(
+    _: SameOrigin,
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let e = entry(&st, &id)?;
+    let record = keys::delete(&e.record(), now_ms());
+    tracing::info!(key = %record.name, id = %id, "virtual key deleted");
+    save(&st, record);
+    Ok(Json(json!({ "deleted": id })))
+}
+
+#[derive(Deserialize)]
+pub struct SpendQuery {
+    /// Epoch milliseconds; default: 30 days ago.
+    from: Option<i64>,
+    /// Epoch milliseconds, exclusive; default: now.
+    to: Option<i64>,
+    /// `day` (default) or `model`.
+    group_by: Option<String>,
+}
+
+/// `GET /api/keys/{id}/spend`: the key's rows summed per day or per model.
+pub async fn spend(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<SpendQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q?;
+    let e = entry(&st, &id)?;
+    let group = match q.group_by.as_deref() {
+        None | Some("day") => SpendGroup::Day,
+        Some("model") => SpendGroup::Model,
+        Some(other) => {
+            return Err(HttpError(
+                ApiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("group_by must be `day` or `model`, not `{other}`"),
+                )
+                .with_param("group_by"),
+            ));
+        }
+    };
+    let now = now_ms();
+    let to = q.to.unwrap_or(now.saturating_add(1));
+    let from = q.from.unwrap_or(to.saturating_sub(30 * 86_400_000));
+    // Rows still queued are part of the answer.
+    st.writer.flush().await;
+    let rows = st
+        .store
+        .key_spend(&id, from, to, group)
+        .await
+        .map_err(store_error)?;
+    let total: f64 = rows.iter().map(|r| r.cost_usd).sum();
+    let requests: u64 = rows.iter().map(|r| r.requests).sum();
+    let (current, reserved) = e.spend(now);
+    Ok(Json(json!({
+        "key_id": id,
+        "from": from,
+        "to": to,
+        "group_by": if group == SpendGroup::Day { "day" } else { "model" },
+        "groups": rows,
+        "total_cost_usd": total,
+        "requests": requests,
+        "period_spend_usd": current.spend_usd,
+        "budget_reset_at": current.budget_reset_at,
+        "reserved_usd": reserved,
+    })))
+}

@@ -1,0 +1,1109 @@
+//! Virtual keys (`[auth] mode = "keys"`): who may call the gateway, which models, how often,
+//! and for how much.
+//!
+//! The registry lives in memory and the proxy path consults only it: a request's key is
+//! hashed (SHA-256), looked up, checked and its worst case reserved under one short lock of its
+//! own key. The database is the record: edits arrive as [`KeyRecord`]s (from the API, or read
+//! back by [`Keys::sync`] when the CLI or another instance wrote them), and spend leaves
+//! through the writer as [`KeySpend`].
+//!
+//! Limits count in one-second buckets over a sliding minute: a request counts until the
+//! minute after its second ends, at most a second longer than an exact window, never shorter,
+//! so a limit is never exceeded.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use base64::Engine;
+use gatehouse_core::record::{KeyRecord, KeySpend};
+use gatehouse_core::{ApiError, ErrorKind, Pricing};
+
+/// What every key starts with.
+pub const KEY_PREFIX: &str = "gh_";
+const WINDOW_SECS: usize = 60;
+
+type Digest = [u8; 32];
+
+/// SHA-256 of a key.
+pub fn digest(raw: &str) -> Digest {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, raw.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+pub fn digest_hex(raw: &str) -> String {
+    hex(&digest(raw))
+}
+
+fn hex(d: &[u8]) -> String {
+    use std::fmt::Write;
+    d.iter()
+        .fold(String::with_capacity(d.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+fn from_hex(s: &str) -> Option<Digest> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A new key: `gh_` and 32 random bytes in base64url, 46 characters.
+pub fn generate() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| {
+        ApiError::new(
+            ErrorKind::Internal,
+            "the system's random number generator failed",
+        )
+    })?;
+    Ok(format!(
+        "{KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+/// What a listing shows of a key: its first characters and its last four.
+pub fn shown_parts(raw: &str) -> (String, String) {
+    let prefix: String = raw.chars().take(KEY_PREFIX.len() + 4).collect();
+    let n = raw.chars().count();
+    let last4: String = raw.chars().skip(n.saturating_sub(4)).collect();
+    (prefix, last4)
+}
+
+/// `*` matches any run of characters, `?` one; everything else itself.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, ni));
+                pi += 1;
+            }
+            Some(&c) if c == b'?' || Some(&c) == n.get(ni) => {
+                pi += 1;
+                ni += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    pi = sp + 1;
+                    ni = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p.get(pi..)
+        .is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
+}
+
+/// Counts per second over the last minute.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    buckets: [(i64, u64); WINDOW_SECS],
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self {
+            buckets: [(0, 0); WINDOW_SECS],
+        }
+    }
+}
+
+impl Window {
+    fn slot(&mut self, sec: i64) -> Option<&mut (i64, u64)> {
+        let i = usize::try_from(sec.rem_euclid(WINDOW_SECS as i64)).ok()?;
+        self.buckets.get_mut(i)
+    }
+
+    fn used(&self, sec: i64) -> u64 {
+        self.buckets
+            .iter()
+            .filter(|(s, _)| sec - *s < WINDOW_SECS as i64)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    fn add(&mut self, sec: i64, n: u64) {
+        if let Some(b) = self.slot(sec) {
+            if b.0 != sec {
+                *b = (sec, 0);
+            }
+            b.1 = b.1.saturating_add(n);
+        }
+    }
+
+    /// Takes back `n` counted at `sec`, if that second is still in the window.
+    fn sub(&mut self, sec: i64, n: u64) {
+        if let Some(b) = self.slot(sec)
+            && b.0 == sec
+        {
+            b.1 = b.1.saturating_sub(n);
+        }
+    }
+
+    /// Seconds until something counted now leaves the window: when a full window frees room.
+    fn reset_secs(&self, sec: i64) -> u64 {
+        self.buckets
+            .iter()
+            .filter(|(s, n)| *n > 0 && sec - *s < WINDOW_SECS as i64)
+            .map(|(s, _)| s + WINDOW_SECS as i64 - sec)
+            .min()
+            .map_or(0, |d| u64::try_from(d).unwrap_or(0))
+    }
+}
+
+/// A key's live state: its limits as last edited, and what it used.
+#[derive(Debug)]
+struct State {
+    record: Arc<KeyRecord>,
+    spend: KeySpend,
+    /// Worst cases of requests in flight, in nanodollars: integers, so taking every
+    /// reservation back leaves exactly zero.
+    reserved: u64,
+    requests: Window,
+    tokens: Window,
+    /// The soft budget was crossed in this period (one alert per period).
+    soft_alerted: bool,
+}
+
+/// One key in the registry.
+#[derive(Debug)]
+pub struct KeyEntry {
+    pub id: String,
+    state: Mutex<State>,
+    parallel: AtomicU64,
+}
+
+/// The key's own limits as response headers show them (`x-ratelimit-*`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateInfo {
+    pub requests: Option<(u64, u64, u64)>,
+    pub tokens: Option<(u64, u64, u64)>,
+}
+
+impl KeyEntry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn record(&self) -> Arc<KeyRecord> {
+        self.lock().record.clone()
+    }
+
+    /// Whether the key may use `model` (a model key, or `auto/…`).
+    pub fn allows(&self, model: &str) -> bool {
+        allows(&self.lock().record, model)
+    }
+
+    /// Spend in the current period, and reservations in flight.
+    pub fn spend(&self, now_ms: i64) -> (KeySpend, f64) {
+        let mut s = self.lock();
+        roll_period(&mut s, now_ms);
+        (s.spend, nanos_usd(s.reserved))
+    }
+
+    /// Takes the request's place under the key's limits: `tokens` is its worst case (prompt +
+    /// completion), `price` what that costs at most. Either everything is reserved or nothing.
+    pub fn admit(
+        self: &Arc<Self>,
+        tokens: u64,
+        price: Option<f64>,
+        now_ms: i64,
+    ) -> Result<(Reservation, RateInfo), ApiError> {
+        let parallel = Parallel::take(self);
+        let mut s = self.lock();
+        let r = s.record.clone();
+        if let Some(max) = r.max_parallel_requests
+            && parallel.count > max
+        {
+            return Err(ApiError::new(
+                ErrorKind::TooManyConcurrentRequests,
+                format!(
+                    "key `{}` has {max} requests in flight already (max_parallel_requests)",
+                    r.name
+                ),
+            )
+            .with_retry_after(1));
+        }
+        let sec = now_ms.div_euclid(1000);
+        let used_requests = s.requests.used(sec);
+        if let Some(rpm) = r.rpm
+            && used_requests >= rpm
+        {
+            let wait = s.requests.reset_secs(sec).max(1);
+            return Err(ApiError::new(
+                ErrorKind::RateLimitExceeded,
+                format!(
+                    "key `{}` is at its limit of {rpm} requests per minute; try again in {wait} s",
+                    r.name
+                ),
+            )
+            .with_retry_after(wait));
+        }
+        let used_tokens = s.tokens.used(sec);
+        if let Some(tpm) = r.tpm
+            && used_tokens.saturating_add(tokens) > tpm
+        {
+            let wait = s.tokens.reset_secs(sec).max(1);
+            let message = if tokens > tpm {
+                format!(
+                    "this request may use {tokens} tokens (prompt + max_tokens), more than key `{}`'s {tpm} tokens per minute; lower max_tokens",
+                    r.name
+                )
+            } else {
+                format!(
+                    "key `{}` is at its limit of {tpm} tokens per minute ({used_tokens} used or reserved, this request may use {tokens}); try again in {wait} s",
+                    r.name
+                )
+            };
+            return Err(ApiError::new(ErrorKind::RateLimitExceeded, message).with_retry_after(wait));
+        }
+        roll_period(&mut s, now_ms);
+        let usd = price.unwrap_or(0.0);
+        let nanos = usd_nanos(usd);
+        let reserved_usd = nanos_usd(s.reserved);
+        if let Some(max) = r.max_budget_usd
+            && s.spend.spend_usd + reserved_usd + usd > max
+        {
+            let reset = match s.spend.budget_reset_at {
+                Some(at) => format!("; it resets at {}", gatehouse_core::time::rfc3339_ms(at)),
+                None => "; it does not reset (no budget_period)".to_owned(),
+            };
+            let mut e = ApiError::new(
+                ErrorKind::BudgetExceeded,
+                format!(
+                    "key `{}` has spent ${:.6} of its ${max:.6} budget (${:.6} reserved by requests in flight, this one may cost ${usd:.6}){reset}",
+                    r.name, s.spend.spend_usd, reserved_usd
+                ),
+            );
+            if let Some(at) = s.spend.budget_reset_at {
+                e = e.with_retry_after(u64::try_from((at - now_ms).max(1000) / 1000).unwrap_or(1));
+            }
+            return Err(e);
+        }
+        s.requests.add(sec, 1);
+        s.tokens.add(sec, tokens);
+        s.reserved = s.reserved.saturating_add(nanos);
+        let info = RateInfo {
+            requests: r.rpm.map(|l| {
+                (
+                    l,
+                    l.saturating_sub(used_requests + 1),
+                    s.requests.reset_secs(sec),
+                )
+            }),
+            tokens: r.tpm.map(|l| {
+                (
+                    l,
+                    l.saturating_sub(used_tokens + tokens),
+                    s.tokens.reset_secs(sec),
+                )
+            }),
+        };
+        drop(s);
+        Ok((
+            Reservation {
+                entry: self.clone(),
+                sec,
+                tokens,
+                nanos,
+                settled: false,
+                _parallel: parallel,
+            },
+            info,
+        ))
+    }
+}
+
+fn allows(r: &KeyRecord, model: &str) -> bool {
+    r.models.is_empty() || r.models.iter().any(|g| glob_match(g, model))
+}
+
+/// Dollars in nanodollars, rounded up: a reservation is never smaller than its cost.
+fn usd_nanos(usd: f64) -> u64 {
+    let n = (usd.max(0.0) * 1e9).ceil();
+    if n >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        n as u64
+    }
+}
+
+fn nanos_usd(n: u64) -> f64 {
+    n as f64 / 1e9
+}
+
+/// A new budget period when the current one is over.
+fn roll_period(s: &mut State, now_ms: i64) {
+    let (Some(at), Some(period)) = (s.spend.budget_reset_at, s.record.budget_period_secs) else {
+        return;
+    };
+    if now_ms < at {
+        return;
+    }
+    let period_ms = i64::try_from(period.saturating_mul(1000))
+        .unwrap_or(i64::MAX)
+        .max(1000);
+    let periods = (now_ms - at) / period_ms + 1;
+    s.spend = KeySpend {
+        spend_usd: 0.0,
+        budget_reset_at: Some(at.saturating_add(periods.saturating_mul(period_ms))),
+    };
+    s.soft_alerted = false;
+}
+
+/// A place among the key's `max_parallel_requests`.
+#[derive(Debug)]
+struct Parallel {
+    entry: Arc<KeyEntry>,
+    count: u64,
+}
+
+impl Parallel {
+    fn take(entry: &Arc<KeyEntry>) -> Self {
+        // Taken first, checked after: two racing requests cannot both take the last place.
+        let count = entry.parallel.fetch_add(1, Ordering::AcqRel) + 1;
+        Self {
+            entry: entry.clone(),
+            count,
+        }
+    }
+}
+
+impl Drop for Parallel {
+    fn drop(&mut self) {
+        self.entry.parallel.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request's reservation under its key: settled with what it used when its row is written;
+/// dropped unsettled (refused before upstream), it gives back its tokens and cost.
+#[derive(Debug)]
+pub struct Reservation {
+    entry: Arc<KeyEntry>,
+    sec: i64,
+    tokens: u64,
+    nanos: u64,
+    settled: bool,
+    _parallel: Parallel,
+}
+
+/// What settling a reservation changed.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub spend: KeySpend,
+    /// The soft budget was crossed by this request: `(soft, max)`.
+    pub soft_crossed: Option<(f64, Option<f64>)>,
+}
+
+impl Reservation {
+    pub fn key_id(&self) -> &str {
+        &self.entry.id
+    }
+
+    pub fn entry(&self) -> &Arc<KeyEntry> {
+        &self.entry
+    }
+
+    /// Replaces the worst case by what the request used (`tokens`, `cost_usd`).
+    pub fn settle(mut self, tokens: u64, cost_usd: f64, now_ms: i64) -> Settled {
+        self.settled = true;
+        let mut s = self.entry.lock();
+        s.tokens.sub(self.sec, self.tokens);
+        s.tokens.add(self.sec, tokens);
+        s.reserved = s.reserved.saturating_sub(self.nanos);
+        roll_period(&mut s, now_ms);
+        let before = s.spend.spend_usd;
+        s.spend.spend_usd += cost_usd.max(0.0);
+        let soft_crossed = match s.record.soft_budget_usd {
+            Some(soft) if !s.soft_alerted && before < soft && s.spend.spend_usd >= soft => {
+                s.soft_alerted = true;
+                Some((soft, s.record.max_budget_usd))
+            }
+            _ => None,
+        };
+        Settled {
+            spend: s.spend,
+            soft_crossed,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let mut s = self.entry.lock();
+        s.tokens.sub(self.sec, self.tokens);
+        s.reserved = s.reserved.saturating_sub(self.nanos);
+    }
+}
+
+/// Why a presented key is refused, before any limit.
+fn refusal(kind: ErrorKind, message: String) -> ApiError {
+    ApiError::new(kind, message)
+}
+
+/// The registry: every key by digest (its current one, and the previous one during a
+/// rotation's grace) and by id.
+#[derive(Debug, Default)]
+pub struct Keys {
+    by_digest: RwLock<HashMap<Digest, (Arc<KeyEntry>, bool)>>,
+    by_id: RwLock<HashMap<String, Arc<KeyEntry>>>,
+}
+
+impl Keys {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The key a request presented, if it may be used now.
+    pub fn authenticate(&self, raw: &str, now_ms: i64) -> Result<Arc<KeyEntry>, ApiError> {
+        let unknown = || {
+            refusal(
+                ErrorKind::InvalidApiKey,
+                "this gateway needs a virtual key (Authorization: Bearer gh_… or x-api-key), and this one is not valid".to_owned(),
+            )
+        };
+        if !raw.starts_with(KEY_PREFIX) {
+            return Err(unknown());
+        }
+        let d = digest(raw);
+        let found = self
+            .by_digest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&d)
+            .cloned();
+        let Some((entry, previous)) = found else {
+            return Err(unknown());
+        };
+        let r = entry.record();
+        if r.deleted_at.is_some() {
+            return Err(unknown());
+        }
+        if r.blocked {
+            return Err(refusal(
+                ErrorKind::KeyBlocked,
+                format!("key `{}` is blocked", r.name),
+            ));
+        }
+        let expired = |at: Option<i64>| at.is_some_and(|at| now_ms >= at);
+        if previous && expired(r.previous_expires_at.or(Some(0))) {
+            return Err(refusal(
+                ErrorKind::KeyExpired,
+                format!(
+                    "key `{}` was rotated and its grace period is over; use the new key",
+                    r.name
+                ),
+            ));
+        }
+        if expired(r.expires_at) {
+            return Err(refusal(
+                ErrorKind::KeyExpired,
+                format!(
+                    "key `{}` expired at {}",
+                    r.name,
+                    gatehouse_core::time::rfc3339_ms(r.expires_at.unwrap_or(0))
+                ),
+            ));
+        }
+        Ok(entry)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<KeyEntry>> {
+        self.by_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Every key (deleted ones not), oldest first.
+    pub fn list(&self) -> Vec<Arc<KeyEntry>> {
+        let mut v: Vec<_> = self
+            .by_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|e| e.lock().record.deleted_at.is_none())
+            .cloned()
+            .collect();
+        v.sort_by_key(|e| (e.lock().record.created_at, e.id.clone()));
+        v
+    }
+
+    /// A key as created or edited. `spend` is the database's: taken for a key this registry
+    /// does not have yet, ignored otherwise (the live count is newer).
+    pub fn apply(&self, record: KeyRecord, spend: Option<KeySpend>) {
+        let mut by_id = self.by_id.write().unwrap_or_else(|p| p.into_inner());
+        let mut by_digest = self.by_digest.write().unwrap_or_else(|p| p.into_inner());
+        let record = Arc::new(record);
+        let entry = match by_id.get(&record.id) {
+            Some(e) => {
+                let mut s = e.lock();
+                // The database can hand back a version older than one this process applied
+                // and the writer has not stored yet.
+                if record.updated_at < s.record.updated_at {
+                    return;
+                }
+                for d in [Some(&s.record.digest), s.record.previous_digest.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|h| from_hex(h))
+                {
+                    by_digest.remove(&d);
+                }
+                // A new period length counts from the edit.
+                if s.record.budget_period_secs != record.budget_period_secs {
+                    s.spend.budget_reset_at = record.budget_period_secs.map(|p| {
+                        record.updated_at.saturating_add(
+                            i64::try_from(p.saturating_mul(1000)).unwrap_or(i64::MAX),
+                        )
+                    });
+                }
+                s.record = record.clone();
+                e.clone()
+            }
+            None => {
+                let spend = with_reset(&record, spend);
+                let e = Arc::new(KeyEntry {
+                    id: record.id.clone(),
+                    state: Mutex::new(State {
+                        record: record.clone(),
+                        soft_alerted: record
+                            .soft_budget_usd
+                            .is_some_and(|soft| spend.spend_usd >= soft),
+                        spend,
+                        reserved: 0,
+                        requests: Window::default(),
+                        tokens: Window::default(),
+                    }),
+                    parallel: AtomicU64::new(0),
+                });
+                by_id.insert(record.id.clone(), e.clone());
+                e
+            }
+        };
+        if record.deleted_at.is_some() {
+            by_id.remove(&record.id);
+            return;
+        }
+        if let Some(d) = from_hex(&record.digest) {
+            by_digest.insert(d, (entry.clone(), false));
+        }
+        if let Some(d) = record.previous_digest.as_deref().and_then(from_hex) {
+            by_digest.insert(d, (entry, true));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `spend`, or none yet, with the end of the first budget period when nothing set one.
+fn with_reset(r: &KeyRecord, spend: Option<KeySpend>) -> KeySpend {
+    let mut s = spend.unwrap_or(KeySpend {
+        spend_usd: 0.0,
+        budget_reset_at: None,
+    });
+    if s.budget_reset_at.is_none() {
+        s.budget_reset_at = first_reset(r);
+    }
+    s
+}
+
+/// When a new key's first budget period ends.
+fn first_reset(r: &KeyRecord) -> Option<i64> {
+    r.budget_period_secs.map(|p| {
+        r.created_at
+            .saturating_add(i64::try_from(p.saturating_mul(1000)).unwrap_or(i64::MAX))
+    })
+}
+
+/// The most a request can cost: its prompt and its whole `max_tokens`, at the model's price.
+pub fn worst_case_usd(pricing: Option<&Pricing>, prompt: u64, max_tokens: u64) -> Option<f64> {
+    pricing.map(|p| p.cost(prompt, max_tokens, 0))
+}
+
+/// A key's settings as a person gives them (`gatehouse keys create|update`, `POST /api/keys`,
+/// `PATCH /api/keys/{id}`): a field left out stays as it is; `null` clears it.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyChange {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "some")]
+    pub owner: Option<Option<String>>,
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "some")]
+    pub rpm: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "some")]
+    pub tpm: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "some")]
+    pub max_parallel_requests: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "some")]
+    pub max_budget_usd: Option<Option<f64>>,
+    /// `30d`, `12h`, `90m`, `3600s` (or a number of seconds).
+    #[serde(default, deserialize_with = "some")]
+    pub budget_period: Option<Option<String>>,
+    #[serde(default, deserialize_with = "some")]
+    pub soft_budget_usd: Option<Option<f64>>,
+    /// Epoch milliseconds.
+    #[serde(default, deserialize_with = "some")]
+    pub expires_at: Option<Option<i64>>,
+    /// From now, as `budget_period`.
+    #[serde(default)]
+    pub expires_in: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    pub blocked: Option<bool>,
+}
+
+fn some<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// `30d`, `12h`, `15m`, `60s` or bare seconds, in seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration: write it as 30d, 12h, 15m or 60s"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "`{s}` is not a duration: write it as 30d, 12h, 15m or 60s"
+            ));
+        }
+    };
+    match n.checked_mul(mult) {
+        Some(v) if v > 0 && v <= 10 * 365 * 86_400 => Ok(v),
+        _ => Err(format!("`{s}` is out of range: between 1 s and 10 years")),
+    }
+}
+
+fn invalid(message: String) -> ApiError {
+    ApiError::new(ErrorKind::InvalidRequest, message)
+}
+
+impl KeyChange {
+    /// Applies the change to `r` (a new key's defaults, or the key as it is), checking each
+    /// value.
+    fn apply_to(self, r: &mut KeyRecord, now_ms: i64) -> Result<(), ApiError> {
+        if let Some(name) = self.name {
+            let name = name.trim().to_owned();
+            if name.is_empty() || name.chars().count() > 100 {
+                return Err(invalid("name must be 1 to 100 characters".into()).with_param("name"));
+            }
+            r.name = name;
+        }
+        if let Some(owner) = self.owner {
+            r.owner = owner.map(|o| o.trim().to_owned()).filter(|o| !o.is_empty());
+        }
+        if let Some(models) = self.models {
+            if models.len() > 1000 || models.iter().any(|m| m.trim().is_empty() || m.len() > 200) {
+                return Err(invalid(
+                    "models must be a list of model keys or globs (`groq/*`), each 1 to 200 characters".into(),
+                )
+                .with_param("models"));
+            }
+            r.models = models.into_iter().map(|m| m.trim().to_owned()).collect();
+        }
+        let positive =
+            |v: Option<Option<u64>>, name: &str| -> Result<Option<Option<u64>>, ApiError> {
+                match v {
+                    Some(Some(0)) => Err(invalid(format!(
+                        "{name} must be at least 1 (null removes the limit)"
+                    ))
+                    .with_param(name)),
+                    v => Ok(v),
+                }
+            };
+        if let Some(v) = positive(self.rpm, "rpm")? {
+            r.rpm = v;
+        }
+        if let Some(v) = positive(self.tpm, "tpm")? {
+            r.tpm = v;
+        }
+        if let Some(v) = positive(self.max_parallel_requests, "max_parallel_requests")? {
+            r.max_parallel_requests = v;
+        }
+        let usd = |v: Option<Option<f64>>, name: &str| -> Result<Option<Option<f64>>, ApiError> {
+            match v {
+                Some(Some(x)) if !x.is_finite() || x < 0.0 => Err(invalid(format!(
+                    "{name} must be a number of dollars, 0 or more"
+                ))
+                .with_param(name)),
+                v => Ok(v),
+            }
+        };
+        if let Some(v) = usd(self.max_budget_usd, "max_budget_usd")? {
+            r.max_budget_usd = v;
+        }
+        if let Some(v) = usd(self.soft_budget_usd, "soft_budget_usd")? {
+            r.soft_budget_usd = v;
+        }
+        if let Some(p) = self.budget_period {
+            r.budget_period_secs = match p {
+                Some(p) => {
+                    Some(parse_duration(&p).map_err(|e| invalid(e).with_param("budget_period"))?)
+                }
+                None => None,
+            };
+        }
+        if let Some(at) = self.expires_at {
+            r.expires_at = at;
+        }
+        if let Some(d) = self.expires_in {
+            let secs = parse_duration(&d).map_err(|e| invalid(e).with_param("expires_in"))?;
+            r.expires_at =
+                Some(now_ms.saturating_add(i64::try_from(secs * 1000).unwrap_or(i64::MAX)));
+        }
+        if let Some(m) = self.metadata {
+            if !m.is_object() {
+                return Err(invalid("metadata must be a JSON object".into()).with_param("metadata"));
+            }
+            r.metadata = m;
+        }
+        if let Some(b) = self.blocked {
+            r.blocked = b;
+        }
+        r.updated_at = now_ms;
+        Ok(())
+    }
+}
+
+/// A new key from `change` (which must name it): the key itself, shown once, and its record.
+pub fn create(change: KeyChange, now_ms: i64) -> Result<(String, KeyRecord), ApiError> {
+    if change.name.is_none() {
+        return Err(invalid("a new key needs a name".into()).with_param("name"));
+    }
+    let raw = generate()?;
+    let (prefix, last4) = shown_parts(&raw);
+    let mut r = KeyRecord {
+        id: format!("key_{}", uuid::Uuid::now_v7().simple()),
+        name: String::new(),
+        digest: digest_hex(&raw),
+        prefix,
+        last4,
+        owner: None,
+        models: Vec::new(),
+        rpm: None,
+        tpm: None,
+        max_parallel_requests: None,
+        max_budget_usd: None,
+        budget_period_secs: None,
+        soft_budget_usd: None,
+        expires_at: None,
+        blocked: false,
+        metadata: serde_json::json!({}),
+        previous_digest: None,
+        previous_expires_at: None,
+        created_at: now_ms,
+        updated_at: now_ms,
+        deleted_at: None,
+    };
+    change.apply_to(&mut r, now_ms)?;
+    Ok((raw, r))
+}
+
+/// `r` with `change` applied.
+pub fn update(r: &KeyRecord, change: KeyChange, now_ms: i64) -> Result<KeyRecord, ApiError> {
+    let mut r = r.clone();
+    change.apply_to(&mut r, now_ms)?;
+    Ok(r)
+}
+
+/// A new key for `r`: same id, limits and spend; the old key keeps working for `grace_secs`.
+pub fn rotate(
+    r: &KeyRecord,
+    grace_secs: u64,
+    now_ms: i64,
+) -> Result<(String, KeyRecord), ApiError> {
+    let raw = generate()?;
+    let (prefix, last4) = shown_parts(&raw);
+    let mut n = r.clone();
+    n.previous_digest = (grace_secs > 0).then(|| r.digest.clone());
+    n.previous_expires_at = (grace_secs > 0)
+        .then(|| now_ms.saturating_add(i64::try_from(grace_secs * 1000).unwrap_or(i64::MAX)));
+    n.digest = digest_hex(&raw);
+    n.prefix = prefix;
+    n.last4 = last4;
+    n.updated_at = now_ms;
+    Ok((raw, n))
+}
+
+/// `r`, deleted.
+pub fn delete(r: &KeyRecord, now_ms: i64) -> KeyRecord {
+    let mut n = r.clone();
+    n.deleted_at = Some(now_ms);
+    n.previous_digest = None;
+    n.updated_at = now_ms;
+    n
+}
+
+/// A key as listings show it: never the key, never its digest.
+pub fn view(
+    r: &KeyRecord,
+    spend: &KeySpend,
+    reserved_usd: f64,
+    in_flight: u64,
+) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap_or_else(|_| serde_json::json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("shown".into(), format!("{}…{}", r.prefix, r.last4).into());
+        o.insert("spend_usd".into(), spend.spend_usd.into());
+        o.insert(
+            "budget_reset_at".into(),
+            with_reset(r, Some(*spend)).budget_reset_at.into(),
+        );
+        o.insert("reserved_usd".into(), reserved_usd.into());
+        o.insert("in_flight".into(), in_flight.into());
+    }
+    v
+}
+
+impl KeyEntry {
+    /// This key as listings show it.
+    pub fn view(&self, now_ms: i64) -> serde_json::Value {
+        let (spend, reserved) = self.spend(now_ms);
+        view(
+            &self.record(),
+            &spend,
+            reserved,
+            self.parallel.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, raw: &str) -> KeyRecord {
+        let (prefix, last4) = shown_parts(raw);
+        KeyRecord {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            digest: digest_hex(raw),
+            prefix,
+            last4,
+            owner: None,
+            models: vec![],
+            rpm: None,
+            tpm: None,
+            max_parallel_requests: None,
+            max_budget_usd: None,
+            budget_period_secs: None,
+            soft_budget_usd: None,
+            expires_at: None,
+            blocked: false,
+            metadata: serde_json::json!({}),
+            previous_digest: None,
+            previous_expires_at: None,
+            created_at: 0,
+            updated_at: 0,
+            deleted_at: None,
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("groq/*", "groq/llama-3.3-70b"));
+        assert!(!glob_match("groq/*", "openai/gpt-4o"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("gpt-4o?", "gpt-4o1"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exact2"));
+    }
+
+    #[test]
+    fn generated_keys_look_right() -> Result<(), ApiError> {
+        let k = generate()?;
+        assert!(k.starts_with("gh_"));
+        assert_eq!(k.len(), 46);
+        assert_ne!(k, generate()?);
+        assert_eq!(from_hex(&digest_hex(&k)), Some(digest(&k)));
+        Ok(())
+    }
+
+    #[test]
+    fn authentication_refuses_what_it_should() -> Result<(), ApiError> {
+        let keys = Keys::new();
+        let raw = generate()?;
+        keys.apply(record("k1", &raw), None);
+        assert!(keys.authenticate(&raw, 1).is_ok());
+        let other = generate()?;
+        assert_eq!(
+            keys.authenticate(&other, 1).map(|_| ()).unwrap_err().kind,
+            ErrorKind::InvalidApiKey
+        );
+        let mut r = record("k1", &raw);
+        r.blocked = true;
+        keys.apply(r, None);
+        assert_eq!(
+            keys.authenticate(&raw, 1).map(|_| ()).unwrap_err().kind,
+            ErrorKind::KeyBlocked
+        );
+        let mut r = record("k1", &raw);
+        r.expires_at = Some(10);
+        keys.apply(r, None);
+        assert!(keys.authenticate(&raw, 9).is_ok());
+        assert_eq!(
+            keys.authenticate(&raw, 10).map(|_| ()).unwrap_err().kind,
+            ErrorKind::KeyExpired
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_key_for_its_grace() -> Result<(), ApiError> {
+        let keys = Keys::new();
+        let old = generate()?;
+        keys.apply(record("k1", &old), None);
+        let new = generate()?;
+        let mut r = record("k1", &new);
+        r.previous_digest = Some(digest_hex(&old));
+        r.previous_expires_at = Some(1000);
+        keys.apply(r, None);
+        assert!(keys.authenticate(&new, 5000).is_ok());
+        assert!(keys.authenticate(&old, 999).is_ok());
+        assert_eq!(
+            keys.authenticate(&old, 1000).map(|_| ()).unwrap_err().kind,
+            ErrorKind::KeyExpired
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn rpm_holds_and_frees_after_a_minute() -> Result<(), ApiError> {
+        let keys = Keys::new();
+        let raw = generate()?;
+        let mut r = record("k1", &raw);
+        r.rpm = Some(3);
+        keys.apply(r, None);
+        let e = keys.authenticate(&raw, 0)?;
+        let mut held = vec![];
+        for i in 0..3 {
+            held.push(e.admit(1, None, 1000 + i * 100)?);
+        }
+        let refused = e.admit(1, None, 1500).map(|_| ()).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::RateLimitExceeded);
+        assert_eq!(refused.retry_after_secs, Some(60));
+        drop(held);
+        // Finished requests still count for the minute.
+        assert!(e.admit(1, None, 30_000).is_err());
+        assert!(e.admit(1, None, 61_000).is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn budget_reserves_the_worst_case_and_settles_to_the_real_cost() -> Result<(), ApiError> {
+        let keys = Keys::new();
+        let raw = generate()?;
+        let mut r = record("k1", &raw);
+        r.max_budget_usd = Some(1.0);
+        r.soft_budget_usd = Some(0.5);
+        keys.apply(r, None);
+        let e = keys.authenticate(&raw, 0)?;
+        let (a, _) = e.admit(10, Some(0.4), 0)?;
+        let (b, _) = e.admit(10, Some(0.4), 0)?;
+        // A third worst case does not fit beside the two in flight.
+        assert_eq!(
+            e.admit(10, Some(0.4), 0).map(|_| ()).unwrap_err().kind,
+            ErrorKind::BudgetExceeded
+        );
+        let s = a.settle(5, 0.1, 0);
+        assert!((s.spend.spend_usd - 0.1).abs() < 1e-9);
+        assert!(s.soft_crossed.is_none());
+        // Refused later (dropped unsettled): its reservation is given back.
+        drop(b);
+        let (c, _) = e.admit(10, Some(0.4), 0)?;
+        let s = c.settle(5, 0.45, 0);
+        assert_eq!(s.soft_crossed, Some((0.5, Some(1.0))));
+        assert!(e.admit(10, Some(0.5), 0).is_err());
+        assert!(e.admit(10, Some(0.4), 0).is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn budget_period_starts_again() -> Result<(), ApiError> {
+        let keys = Keys::new();
+        let raw = generate()?;
+        let mut r = record("k1", &raw);
+        r.max_budget_usd = Some(1.0);
+        r.budget_period_secs = Some(10);
+        keys.apply(r, None);
+        let e = keys.authenticate(&raw, 0)?;
+        let (a, _) = e.admit(1, Some(1.0), 0)?;
+        a.settle(1, 1.0, 0);
+        assert!(e.admit(1, Some(0.1), 9_999).is_err());
+        let (b, _) = e.admit(1, Some(0.1), 10_000)?;
+        let s = b.settle(1, 0.1, 10_000);
+        assert_eq!(s.spend.budget_reset_at, Some(20_000));
+        Ok(())
+    }
+
+    #[test]
+    fn parallel_and_tpm_limits() -> Result<(), ApiError> {
+        let keys = Keys::new();
+        let raw = generate()?;
+        let mut r = record("k1", &raw);
+        r.max_parallel_requests = Some(2);
+        r.tpm = Some(100);
+        keys.apply(r, None);
+        let e = keys.authenticate(&raw, 0)?;
+        let (a, _) = e.admit(40, None, 0)?;
+        let (_b, _) = e.admit(40, None, 0)?;
+        assert_eq!(
+            e.admit(1, None, 0).map(|_| ()).unwrap_err().kind,
+            ErrorKind::TooManyConcurrentRequests
+        );
+        // `a` used all it reserved: 80 of 100 taken, 30 more does not fit, 20 does.
+        a.settle(40, 0.0, 0);
+        assert_eq!(
+            e.admit(30, None, 0).map(|_| ()).unwrap_err().kind,
+            ErrorKind::RateLimitExceeded
+        );
+        let (_c, info) = e.admit(20, None, 0)?;
+        assert_eq!(info.tokens.map(|t| t.1), Some(0));
+        Ok(())
+    }
+}
