@@ -9,7 +9,12 @@
 # AB_NEW_SERVER adds lines to the new side's [server] section (one binary, two settings:
 # AB_NEW_SERVER='header_read_timeout_secs = 0' bench/ab.sh BIN BIN). AB_NEW_CONFIG appends whole
 # sections to the new side's file, to price one feature:
-# AB_NEW_CONFIG='[redaction]\nmode = "off"' bench/ab.sh BIN BIN.
+# AB_NEW_CONFIG='[redaction]\nmode = "off"' bench/ab.sh BIN BIN; AB_CONFIG appends to both sides'
+# files (a price for mock/bench: AB_CONFIG='[models."mock/bench".pricing]\ninput = 1.0\noutput = 2.0').
+# AB_NEW_KEY holds `gatehouse keys
+# create` flags: the new side gets a virtual key with them (put `[auth]\nmode = "keys"` in
+# AB_NEW_CONFIG), and both sides are sent it, so their requests are the same bytes:
+# AB_NEW_CONFIG='[auth]\nmode = "keys"' AB_NEW_KEY='--rpm 100000000 --tpm 100000000000 --budget 1000000' bench/ab.sh BIN BIN.
 #
 # Build the old side from another checkout, e.g.
 #   git worktree add /tmp/old <rev> && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release --bin gatehouse)
@@ -38,15 +43,16 @@ open(f"{sys.argv[1]}/gw.json", "w").write(json.dumps({"model": "mock/bench", "me
     {"role": "user", "content": text}]}))
 PY
 
+KEY=""
 measure() { # name url -> appends "name c rps p50 p99" lines (wrk's as "wrk-name")
   local name=$1 url=$2 c
   for c in 1 64; do
-    "$BIN/gatehouse-bench" load --label "$name" --url "$url" \
+    "$BIN/gatehouse-bench" load --label "$name" --url "$url" ${KEY:+--auth "$KEY"} \
       --body "$WORK/gw.json" --concurrency "$c" --duration "$DUR" |
       python3 -c "import json,sys; r=json.load(sys.stdin); print('$name', $c, round(r['rps']), r['latency_us']['p50'], r['latency_us']['p99'])" \
       >> "$WORK/ab.txt"
     [ -z "$WRK" ] && continue
-    WRK_LABEL="$name" "$WRK" -t1 -c"$c" -d"${DUR}s" --latency -s bench/wrk/post.lua "$url" -- "$WORK/gw.json" 2>/dev/null |
+    WRK_LABEL="$name" "$WRK" -t1 -c"$c" -d"${DUR}s" --latency -s bench/wrk/post.lua "$url" -- "$WORK/gw.json" "$KEY" 2>/dev/null |
       grep '^{' |
       python3 -c "import json,sys; r=json.load(sys.stdin); print('wrk-$name', $c, round(r['rps']), r['latency_us']['p50'], r['latency_us']['p99'])" \
       >> "$WORK/ab.txt"
@@ -69,6 +75,7 @@ api_key = "sk-bench"
 provider = "mock"
 model = "bench"
 max_context_size = 131072
+$( printf '%b' "${AB_CONFIG:-}" )
 $( [ "$name" = new ] && printf '%b' "${AB_NEW_CONFIG:-}" )
 TOML
   GATEHOUSE_LOG=warn HOME="$WORK/$name" "$bin" serve --config "$WORK/$name/config.toml" --port "$port" > /dev/null 2>&1 &
@@ -77,6 +84,13 @@ TOML
   measure "$name" "http://127.0.0.1:$port/v1/chat/completions"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
+
+if [ -n "${AB_NEW_KEY:-}" ]; then
+  mkdir -p "$WORK/new"
+  # shellcheck disable=SC2086
+  KEY=$("$NEW" keys --data-dir "$WORK/new" create --name bench $AB_NEW_KEY --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+fi
 
 # Direct to the mock each round too, so "added" (side minus direct) comes from the same minutes.
 for i in $(seq 1 "$ROUNDS"); do

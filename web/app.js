@@ -344,7 +344,7 @@ function logRow(r) {
   }
   const failed = r.status != null && (r.status >= 400 || r.error_type);
   const tokens = r.pending ? `~${num(r.prompt_tokens_est)}` : num((r.prompt_tokens ?? r.prompt_tokens_est ?? 0) + (r.completion_tokens ?? 0));
-  const detail = [r.error_message || r.error_type, r.note, r.preview].filter(Boolean).join(" · ");
+  const detail = [r.error_message || r.error_type, r.key_id, r.note, r.preview].filter(Boolean).join(" · ");
   const cls = ["src-proxy", r.pending ? "pending" : "", failed ? "failed" : "", r.fresh ? "fresh" : ""].join(" ");
   return el("tr", { class: cls, "data-id": r.id },
     el("td", { text: time(r.created_at) }),

@@ -150,3 +150,85 @@ max_context_size = 1000000
 def get_json(url):
     with urllib.request.urlopen(url, timeout=5) as r:
         return json.load(r)
+
+
+def gatehouse_cli(*args, data):
+    """Runs the `gatehouse` binary (not the server) and returns its stdout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEHOUSE_")}
+    out = subprocess.run(
+        [str(BIN / "gatehouse"), *args, "--data-dir", data], env=env, check=True, capture_output=True, text=True
+    )
+    return out.stdout
+
+
+@pytest.fixture(scope="session")
+def keyed(mock):
+    """A gateway with `[auth] mode = "keys"` and keys made by `gatehouse keys create` before it
+    starts: `{"base", "mock", "data", "keys": {name: key}}`."""
+    mock_url = mock
+    port = free_port()
+    with tempfile.TemporaryDirectory() as data:
+        config = pathlib.Path(data) / "config.toml"
+        config.write_text(
+            f"""
+[auth]
+mode = "keys"
+default_max_tokens = 1000
+sync_secs = 1
+
+[providers.mock]
+type = "openai"
+base_url = "{mock_url}"
+api_key = "sk-upstream-test"
+
+[models."mock/echo"]
+provider = "mock"
+model = "chunks:4"
+max_context_size = 8192
+pricing = {{ input = 1.0, output = 2.0 }}
+
+[models."mock/slow"]
+provider = "mock"
+model = "delay:800"
+max_context_size = 8192
+pricing = {{ input = 1.0, output = 2.0 }}
+
+[models."mock/private"]
+provider = "mock"
+model = "chunks:1"
+max_context_size = 8192
+
+[providers.anth]
+type = "anthropic"
+base_url = "{mock_url}"
+api_key = "sk-upstream-test"
+
+[models."anth/claude"]
+provider = "anth"
+model = "chunks:4"
+max_context_size = 200000
+pricing = {{ input = 3.0, output = 15.0 }}
+"""
+        )
+        keys = {}
+        for name, limits in [
+            ("app", ["--models", "mock/echo,mock/slow,anth/*"]),
+            ("rpm", ["--rpm", "2"]),
+            # Worst case of one mock/slow request with max_tokens 1000: ~$0.002; 4 fit.
+            ("burst", ["--budget", "0.0085"]),
+            ("tiny", ["--budget", "0.00001"]),
+        ]:
+            out = json.loads(gatehouse_cli("keys", "create", "--name", name, *limits, "--json", data=data))
+            keys[name] = out["key"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEHOUSE_") and not k.endswith("_API_KEY")}
+        server = subprocess.Popen(
+            [str(BIN / "gatehouse"), "serve", "--config", str(config), "--port", str(port), "--data-dir", data],
+            env=env,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(base + "/health/ready")
+            yield {"base": base, "mock": mock_url, "data": data, "keys": keys, "config": str(config)}
+        finally:
+            server.terminate()
+            assert server.wait(timeout=20) == 0, "gatehouse did not shut down cleanly"

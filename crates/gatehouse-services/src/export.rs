@@ -71,6 +71,7 @@ pub const CSV_COLUMNS: &[&str] = &[
     "routing",
     "requested_model",
     "purpose",
+    "key_id",
     "preview",
 ];
 
@@ -155,6 +156,8 @@ pub fn csv_row(out: &mut String, r: &RequestRecord) {
     csv_field(out, r.requested_model.as_deref().unwrap_or(""));
     out.push(',');
     csv_field(out, r.purpose.as_deref().unwrap_or(""));
+    out.push(',');
+    csv_field(out, r.key_id.as_deref().unwrap_or(""));
     out.push(',');
     csv_field(out, &r.preview);
     out.push_str("\r\n");
@@ -300,7 +303,7 @@ mod tests {
             "{row}"
         );
         assert!(
-            row.ends_with(",stop,,,,0,0,,,,\"hello, \"\"world\"\"\nbye\""),
+            row.ends_with(",stop,,,,0,0,,,,,\"hello, \"\"world\"\"\nbye\""),
             "{row}"
         );
     }
