@@ -345,3 +345,52 @@ pub struct KeySpend {
     /// Epoch milliseconds when spend starts again from zero.
     pub budget_reset_at: Option<i64>,
 }
+
+/// One state change in the audit trail. `seq`, `prev_hash` and `hash` are the store's: it
+/// chains each row to the one before (`hash = sha256(prev_hash ‖ canonical row)`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    #[serde(default)]
+    pub seq: i64,
+    pub id: String,
+    /// Epoch milliseconds.
+    pub at: i64,
+    /// Who: `admin@loopback` (the local management API), `cli:<user>`, `system`.
+    pub actor: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// What: `key.create`, `session.delete`, `sanitizer.toggle`, `export.csv`…
+    pub action: String,
+    /// On what: `key:key_…`, `session:…`.
+    pub target: Option<String>,
+    /// The state before and after, with secrets left out.
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+    /// `ok`, or why it was refused.
+    pub outcome: String,
+    #[serde(default)]
+    pub prev_hash: String,
+    #[serde(default)]
+    pub hash: String,
+}
+
+impl AuditEntry {
+    /// The bytes the hash covers, after the previous hash: every field but the hashes, in a
+    /// fixed order (JSON objects' keys are sorted), so a verifier recomputes them exactly.
+    pub fn canonical(&self) -> String {
+        serde_json::json!([
+            self.id,
+            self.seq,
+            self.at,
+            self.actor,
+            self.ip,
+            self.user_agent,
+            self.action,
+            self.target,
+            self.before,
+            self.after,
+            self.outcome,
+        ])
+        .to_string()
+    }
+}

@@ -46,9 +46,9 @@ pub struct Policy {
     remote_admin: bool,
 }
 
-/// Set on the requests of a connection from beyond loopback (`listen.rs`).
+/// Set on the requests of a connection from beyond loopback (`listen.rs`): its address.
 #[derive(Debug, Clone, Copy)]
-pub struct RemotePeer;
+pub struct RemotePeer(pub std::net::SocketAddr);
 
 /// The routes a virtual key opens (`[auth] mode = "keys"`), and the liveness probes; every
 /// other route is the management API or the dashboard.
@@ -170,10 +170,30 @@ fn panicked(r: Unwound) -> Answer {
     })
 }
 
-fn caught<F: std::future::Future<Output = Answer>>(f: F) -> Caught<F> {
-    std::panic::AssertUnwindSafe(f)
-        .catch_unwind()
-        .map(panicked as fn(Unwound) -> Answer)
+/// [`panicked`], and the headers that keep a browser from framing, sniffing or leaking the
+/// management API's answers (the proxy routes' clients are not browsers, and skip the cost).
+fn panicked_secured(r: Unwound) -> Answer {
+    panicked(r).map(|mut resp| {
+        let h = resp.headers_mut();
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        h.entry(header::X_FRAME_OPTIONS)
+            .or_insert(HeaderValue::from_static("DENY"));
+        h.entry(header::REFERRER_POLICY)
+            .or_insert(HeaderValue::from_static("no-referrer"));
+        resp
+    })
+}
+
+fn caught<F: std::future::Future<Output = Answer>>(f: F, proxy: bool) -> Caught<F> {
+    let finish = if proxy {
+        panicked as fn(Unwound) -> Answer
+    } else {
+        panicked_secured as fn(Unwound) -> Answer
+    };
+    std::panic::AssertUnwindSafe(f).catch_unwind().map(finish)
 }
 
 impl<S> tower_service::Service<Request<Body>> for Guard<S>
@@ -215,10 +235,8 @@ where
             );
             return Either::Left(ready(Ok(refusal(req.uri().path(), &e))));
         }
-        if !self.policy.remote_admin
-            && req.extensions().get::<RemotePeer>().is_some()
-            && !is_proxy_path(req.uri().path())
-        {
+        let proxy = is_proxy_path(req.uri().path());
+        if !self.policy.remote_admin && !proxy && req.extensions().get::<RemotePeer>().is_some() {
             let e = ApiError::new(
                 ErrorKind::OriginNotAllowed,
                 "the management API and the dashboard answer clients on this machine only (loopback); the proxy routes take virtual keys from anywhere",
@@ -226,10 +244,10 @@ where
             return Either::Left(ready(Ok(refusal(req.uri().path(), &e))));
         }
         let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
-            return Either::Right(Either::Left(caught(self.inner.call(req))));
+            return Either::Right(Either::Left(caught(self.inner.call(req), proxy)));
         };
         if !self.policy.listed_origin(&origin) {
-            return Either::Right(Either::Left(caught(self.inner.call(req))));
+            return Either::Right(Either::Left(caught(self.inner.call(req), proxy)));
         }
         if req.method() == Method::OPTIONS
             && req
@@ -238,7 +256,7 @@ where
         {
             return Either::Left(ready(Ok(preflight(&origin, req.headers()))));
         }
-        let fut = caught(self.inner.call(req));
+        let fut = caught(self.inner.call(req), proxy);
         Either::Right(Either::Right(Box::pin(async move {
             let mut r = fut.await?;
             let h = r.headers_mut();
@@ -370,7 +388,11 @@ mod tests {
                 .body(Body::empty())
                 .unwrap();
             if remote {
-                r.extensions_mut().insert(RemotePeer);
+                r.extensions_mut()
+                    .insert(RemotePeer(std::net::SocketAddr::from((
+                        [10, 0, 0, 9],
+                        4000,
+                    ))));
             }
             r
         };

@@ -9,6 +9,7 @@
 // range must be an error, never a panic.
 #![deny(clippy::indexing_slicing)]
 
+pub mod audit;
 pub mod compaction;
 mod dashboard;
 pub mod error;

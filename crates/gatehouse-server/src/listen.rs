@@ -247,7 +247,7 @@ pub async fn serve(
             let mut router = router.clone();
             let mut req = req.map(Body::new);
             if remote {
-                req.extensions_mut().insert(crate::guard::RemotePeer);
+                req.extensions_mut().insert(crate::guard::RemotePeer(peer));
             }
             tower_service::Service::call(&mut router, req)
         });

@@ -1,5 +1,6 @@
 //! The route table. One file per route group under `routes/`.
 
+mod audit;
 pub(crate) mod chat;
 mod compaction;
 mod export;
@@ -57,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/keys/{id}/unblock", post(keys::unblock))
         .route("/api/keys/{id}/rotate", post(keys::rotate))
         .route("/api/keys/{id}/spend", get(keys::spend))
+        .route("/api/audit", get(audit::list))
         .route("/api/rate-limit", get(ratelimit::status))
         .route("/api/sessions", get(sessions::list).post(sessions::create))
         .route("/api/sessions/active", get(sessions::active))

@@ -11,7 +11,7 @@ use gatehouse_proxy::{Router, Upstream};
 use gatehouse_services::events::{Event, EventBus, emit};
 use gatehouse_services::logwatch::{LogWatcher, Sink, expand_home};
 use gatehouse_services::{Gauges, LocalBus, Sessions};
-use gatehouse_store::{SqliteStore, Store, StoreError, Writer};
+use gatehouse_store::{SqliteStore, Store, StoreError, WriteOp, Writer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -204,6 +204,8 @@ pub async fn run_with(
     if let Some(k) = key_sync {
         let _ = k.await;
     }
+    // Spend settled since the last tick, before the writer closes.
+    persist_spend(&state);
     writer.close().await;
     let _ = writer_task.await;
     let stats = writer.stats();
@@ -314,8 +316,9 @@ fn start_log_watcher(state: &AppState) -> Option<LogWatcher> {
     }
 }
 
-/// Reads back the keys changed outside this process (the CLI, another instance) every
-/// `auth.sync_secs`: edits, blocks, rotations and deletions apply within that time.
+/// Every `auth.sync_secs`: hands the keys' new spend to the writer, and reads back the keys
+/// changed outside this process (the CLI, another instance): edits, blocks, rotations and
+/// deletions apply within that time.
 async fn key_sync_loop(st: AppState, mut since: i64, stop: CancellationToken) {
     let every = Duration::from_secs(st.config.auth.sync_secs.max(1));
     loop {
@@ -323,6 +326,7 @@ async fn key_sync_loop(st: AppState, mut since: i64, stop: CancellationToken) {
             () = tokio::time::sleep(every) => {}
             () = stop.cancelled() => return,
         }
+        persist_spend(&st);
         match st.store.load_keys(since).await {
             Ok(changed) => {
                 for (k, spend) in changed {
@@ -334,5 +338,11 @@ async fn key_sync_loop(st: AppState, mut since: i64, stop: CancellationToken) {
                 tracing::warn!(error = %e, "cannot read virtual keys back from the database; retrying")
             }
         }
+    }
+}
+
+fn persist_spend(st: &AppState) {
+    for (id, spend) in st.keys.take_dirty() {
+        st.writer.record_now(WriteOp::SetKeySpend { id, spend });
     }
 }

@@ -184,8 +184,14 @@ struct State {
 #[derive(Debug)]
 pub struct KeyEntry {
     pub id: String,
+    /// The key's settings for readers (authentication, model lists): a read lock, so the
+    /// requests of one key do not queue on `state`'s mutex for them.
+    shown: RwLock<Arc<KeyRecord>>,
     state: Mutex<State>,
     parallel: AtomicU64,
+    /// Spend changed since it was last handed to the writer ([`Keys::take_dirty`]): written
+    /// every few seconds, not once per request, so accounting costs the writer nothing extra.
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 /// The key's own limits as response headers show them (`x-ratelimit-*`).
@@ -201,12 +207,12 @@ impl KeyEntry {
     }
 
     pub fn record(&self) -> Arc<KeyRecord> {
-        self.lock().record.clone()
+        self.shown.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Whether the key may use `model` (a model key, or `auto/…`).
     pub fn allows(&self, model: &str) -> bool {
-        allows(&self.lock().record, model)
+        allows(&self.shown.read().unwrap_or_else(|p| p.into_inner()), model)
     }
 
     /// Spend in the current period, and reservations in flight.
@@ -429,6 +435,9 @@ impl Reservation {
         roll_period(&mut s, now_ms);
         let before = s.spend.spend_usd;
         s.spend.spend_usd += cost_usd.max(0.0);
+        if cost_usd > 0.0 {
+            self.entry.dirty.store(true, Ordering::Release);
+        }
         let soft_crossed = match s.record.soft_budget_usd {
             Some(soft) if !s.soft_alerted && before < soft && s.spend.spend_usd >= soft => {
                 s.soft_alerted = true;
@@ -541,10 +550,10 @@ impl Keys {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|e| e.lock().record.deleted_at.is_none())
+            .filter(|e| e.record().deleted_at.is_none())
             .cloned()
             .collect();
-        v.sort_by_key(|e| (e.lock().record.created_at, e.id.clone()));
+        v.sort_by_key(|e| (e.record().created_at, e.id.clone()));
         v
     }
 
@@ -578,12 +587,14 @@ impl Keys {
                     });
                 }
                 s.record = record.clone();
+                *e.shown.write().unwrap_or_else(|p| p.into_inner()) = record.clone();
                 e.clone()
             }
             None => {
                 let spend = with_reset(&record, spend);
                 let e = Arc::new(KeyEntry {
                     id: record.id.clone(),
+                    shown: RwLock::new(record.clone()),
                     state: Mutex::new(State {
                         record: record.clone(),
                         soft_alerted: record
@@ -595,6 +606,7 @@ impl Keys {
                         tokens: Window::default(),
                     }),
                     parallel: AtomicU64::new(0),
+                    dirty: std::sync::atomic::AtomicBool::new(false),
                 });
                 by_id.insert(record.id.clone(), e.clone());
                 e
@@ -610,6 +622,17 @@ impl Keys {
         if let Some(d) = record.previous_digest.as_deref().and_then(from_hex) {
             by_digest.insert(d, (entry, true));
         }
+    }
+
+    /// The spend of every key whose spend changed since the last call, to persist.
+    pub fn take_dirty(&self) -> Vec<(String, KeySpend)> {
+        self.by_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|e| e.dirty.swap(false, Ordering::AcqRel))
+            .map(|e| (e.id.clone(), e.lock().spend))
+            .collect()
     }
 
     pub fn len(&self) -> usize {

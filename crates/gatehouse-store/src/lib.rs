@@ -11,8 +11,8 @@ pub mod writer;
 use futures_util::future::BoxFuture;
 use gatehouse_core::SessionId;
 use gatehouse_core::record::{
-    CompactionRecord, CompactionSettings, KeyRecord, KeySpend, MaskedContent, MemoryRecord,
-    RequestRecord, Session, SessionStats, StoredResponse,
+    AuditEntry, CompactionRecord, CompactionSettings, KeyRecord, KeySpend, MaskedContent,
+    MemoryRecord, RequestRecord, Session, SessionStats, StoredResponse,
 };
 use serde::Serialize;
 
@@ -76,6 +76,30 @@ pub enum WriteOp {
         id: String,
         spend: KeySpend,
     },
+    /// A state change for the audit trail; the store chains it to the row before.
+    AppendAudit(Box<AuditEntry>),
+}
+
+/// Which audit rows `list_audit` returns, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Actions starting with this (`key.` for every key change).
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub target: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    /// Rows before this `seq` (the cursor of the previous page).
+    pub before_seq: Option<i64>,
+    pub limit: u32,
+}
+
+/// What `verify_audit` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditCheck {
+    pub rows: u64,
+    /// The first row whose hash or link does not match, and how.
+    pub first_broken: Option<(i64, String)>,
 }
 
 /// How `key_spend` groups a key's rows.
@@ -235,6 +259,12 @@ pub trait Store: Send + Sync + 'static {
         to_ms: i64,
         group: SpendGroup,
     ) -> BoxFuture<'a, StoreResult<Vec<SpendRow>>>;
+    fn list_audit<'a>(
+        &'a self,
+        filter: &'a AuditFilter,
+    ) -> BoxFuture<'a, StoreResult<Vec<AuditEntry>>>;
+    /// Recomputes the audit trail's chain from its first row.
+    fn verify_audit(&self) -> BoxFuture<'_, StoreResult<AuditCheck>>;
     /// Cheap liveness probe for `/health/ready`.
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
 }

@@ -9,8 +9,8 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use gatehouse_core::SessionId;
 use gatehouse_core::record::{
-    CompactionRecord, CompactionSettings, KeyRecord, KeySpend, MaskedContent, MemoryKind,
-    MemoryRecord, RequestRecord, Session, SessionStats, StoredResponse, UsageSource,
+    AuditEntry, CompactionRecord, CompactionSettings, KeyRecord, KeySpend, MaskedContent,
+    MemoryKind, MemoryRecord, RequestRecord, Session, SessionStats, StoredResponse, UsageSource,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -19,8 +19,8 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, Sqlite};
 
 use crate::{
-    Applied, CompactionTotals, MaskedTotals, Scope, SessionSummary, SpendGroup, SpendRow, Store,
-    StoreError, StoreResult, StoreSize, StoredCompactions, WriteOp,
+    Applied, AuditCheck, AuditFilter, CompactionTotals, MaskedTotals, Scope, SessionSummary,
+    SpendGroup, SpendRow, Store, StoreError, StoreResult, StoreSize, StoredCompactions, WriteOp,
 };
 
 /// Versioned migrations, embedded so the binary needs no files beside it.
@@ -74,6 +74,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         10,
         "keys",
         include_str!("../migrations/sqlite/0010_keys.sql"),
+    ),
+    (
+        11,
+        "audit",
+        include_str!("../migrations/sqlite/0011_audit.sql"),
     ),
 ];
 
@@ -338,6 +343,7 @@ impl SqliteStore {
                 .await?;
             }
             WriteOp::UpsertKey(k) => upsert_key(tx, k).await?,
+            WriteOp::AppendAudit(a) => append_audit(tx, a).await?,
             WriteOp::SetKeySpend { id, spend } => {
                 sqlx::query("UPDATE keys SET spend_usd = $1, budget_reset_at = $2 WHERE id = $3")
                     .bind(spend.spend_usd)
@@ -359,6 +365,95 @@ impl SqliteStore {
         }
         Ok(())
     }
+}
+
+/// The `prev_hash` of the first audit row.
+const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+fn audit_hash(prev_hash: &str, e: &AuditEntry) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(e.canonical().as_bytes());
+    h.finalize()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            use std::fmt::Write;
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Appends `a` after the newest row, chained to it; once only (a retried batch finds its id).
+/// Inside the batch's transaction, so two processes appending at once are serialised by
+/// SQLite's write lock and the chain stays one line.
+async fn append_audit(tx: &mut SqliteConnection, a: &AuditEntry) -> sqlx::Result<()> {
+    let exists = sqlx::query("SELECT 1 FROM audit_log WHERE id = $1")
+        .bind(&a.id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+    if exists {
+        return Ok(());
+    }
+    let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *tx)
+        .await?;
+    let (seq, prev_hash) = match last {
+        Some(r) => (
+            r.try_get::<i64, _>("seq")? + 1,
+            r.try_get::<String, _>("hash")?,
+        ),
+        None => (1, AUDIT_GENESIS.to_owned()),
+    };
+    let mut e = a.clone();
+    e.seq = seq;
+    e.hash = audit_hash(&prev_hash, &e);
+    e.prev_hash = prev_hash;
+    let json = |v: &Option<serde_json::Value>| v.as_ref().map(serde_json::Value::to_string);
+    sqlx::query(
+        "INSERT INTO audit_log (seq, id, at, actor, ip, user_agent, action, target, before, after,
+            outcome, prev_hash, hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(e.seq)
+    .bind(&e.id)
+    .bind(e.at)
+    .bind(&e.actor)
+    .bind(&e.ip)
+    .bind(&e.user_agent)
+    .bind(&e.action)
+    .bind(&e.target)
+    .bind(json(&e.before))
+    .bind(json(&e.after))
+    .bind(&e.outcome)
+    .bind(&e.prev_hash)
+    .bind(&e.hash)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+fn audit_from_row(r: &SqliteRow) -> sqlx::Result<AuditEntry> {
+    let json = |name: &str| -> sqlx::Result<Option<serde_json::Value>> {
+        Ok(r.try_get::<Option<String>, _>(name)?
+            .map(|t| serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t))))
+    };
+    Ok(AuditEntry {
+        seq: r.try_get("seq")?,
+        id: r.try_get("id")?,
+        at: r.try_get("at")?,
+        actor: r.try_get("actor")?,
+        ip: r.try_get("ip")?,
+        user_agent: r.try_get("user_agent")?,
+        action: r.try_get("action")?,
+        target: r.try_get("target")?,
+        before: json("before")?,
+        after: json("after")?,
+        outcome: r.try_get("outcome")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
 }
 
 /// A key's limits, inserted or replaced; its spend columns are the gateway's and stay.
@@ -1271,6 +1366,85 @@ impl Store for SqliteStore {
         })
     }
 
+    fn list_audit<'a>(&'a self, f: &'a AuditFilter) -> BoxFuture<'a, StoreResult<Vec<AuditEntry>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT * FROM audit_log
+                 WHERE ($1 IS NULL OR substr(action, 1, length($1)) = $1)
+                   AND ($2 IS NULL OR actor = $2)
+                   AND ($3 IS NULL OR target = $3)
+                   AND ($4 IS NULL OR at >= $4)
+                   AND ($5 IS NULL OR at < $5)
+                   AND ($6 IS NULL OR seq < $6)
+                 ORDER BY seq DESC LIMIT $7",
+            )
+            .bind(&f.action)
+            .bind(&f.actor)
+            .bind(&f.target)
+            .bind(f.from_ms)
+            .bind(f.to_ms)
+            .bind(f.before_seq)
+            .bind(i64::from(f.limit))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(audit_from_row)
+                .collect::<sqlx::Result<Vec<_>>>()
+                .map_err(StoreError::from)
+        })
+    }
+
+    fn verify_audit(&self) -> BoxFuture<'_, StoreResult<AuditCheck>> {
+        Box::pin(async move {
+            let mut check = AuditCheck {
+                rows: 0,
+                first_broken: None,
+            };
+            let mut prev_hash = AUDIT_GENESIS.to_owned();
+            let mut after = 0i64;
+            loop {
+                let rows =
+                    sqlx::query("SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT 1000")
+                        .bind(after)
+                        .fetch_all(&self.pool)
+                        .await?;
+                if rows.is_empty() {
+                    return Ok(check);
+                }
+                for row in &rows {
+                    // A row that no longer reads as an entry (a column edited to another type)
+                    // is as broken as one whose hash does not match.
+                    let e = match audit_from_row(row) {
+                        Ok(e) => e,
+                        Err(err) => {
+                            let seq: i64 = row.try_get("seq").unwrap_or(after + 1);
+                            check.first_broken = Some((seq, format!("unreadable: {err}")));
+                            return Ok(check);
+                        }
+                    };
+                    check.rows += 1;
+                    after = e.seq;
+                    if check.first_broken.is_some() {
+                        continue;
+                    }
+                    if e.prev_hash != prev_hash {
+                        check.first_broken = Some((
+                            e.seq,
+                            "its link to the row before does not match (a row was removed or inserted)"
+                                .to_owned(),
+                        ));
+                    } else if audit_hash(&prev_hash, &e) != e.hash {
+                        check.first_broken = Some((
+                            e.seq,
+                            "its content does not match its hash (the row was edited)".to_owned(),
+                        ));
+                    }
+                    prev_hash = e.hash;
+                }
+            }
+        })
+    }
+
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -1297,6 +1471,7 @@ fn op_name(op: &WriteOp) -> &'static str {
         WriteOp::DeleteResponse(_) => "delete_response",
         WriteOp::UpsertKey(_) => "upsert_key",
         WriteOp::SetKeySpend { .. } => "set_key_spend",
+        WriteOp::AppendAudit(_) => "append_audit",
     }
 }
 

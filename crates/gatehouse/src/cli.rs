@@ -1,5 +1,7 @@
-//! Command-line interface: `serve`, `init`, `check`, `keys`, `export`, `prune`, `scan`, `version`.
+//! Command-line interface: `serve`, `init`, `check`, `keys`, `audit`, `export`, `prune`, `scan`,
+//! `version`.
 
+mod audit;
 mod check;
 mod demo;
 mod export;
@@ -43,6 +45,8 @@ enum Command {
     /// Virtual keys for `[auth] mode = "keys"`: create, list, show, update, block, unblock,
     /// rotate, delete.
     Keys(Box<keys::KeysArgs>),
+    /// The audit trail: `verify` recomputes its hash chain.
+    Audit(audit::AuditArgs),
     /// Export recorded requests to CSV or JSON.
     Export(export::ExportArgs),
     /// Delete old rows now, as the server's retention does every few minutes.
@@ -60,6 +64,7 @@ pub fn main() -> ExitCode {
         Command::Init { out, force } => init::run(&out, force),
         Command::Check { config } => check::run(&config),
         Command::Keys(args) => keys::run(*args),
+        Command::Audit(args) => audit::run(args),
         Command::Export(args) => export::run(args),
         Command::Prune(args) => prune::run(args),
         Command::Scan(args) => scan::run(args),
@@ -75,4 +80,40 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The configuration the database commands read (`--config`, else `./config.toml` when there
+/// is one), with `--data-dir` over it, and the SQLite file it names.
+fn database(
+    config: Option<&std::path::Path>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<(gatehouse_config::Config, PathBuf)> {
+    let default = std::path::Path::new("config.toml");
+    let file = config.or_else(|| default.exists().then_some(default));
+    let overrides = gatehouse_config::Overrides {
+        data_dir,
+        ..gatehouse_config::Overrides::default()
+    };
+    let config = gatehouse_config::load(
+        file,
+        &gatehouse_config::Env::from_pairs(std::env::vars()),
+        &overrides,
+    )?;
+    let db = config.server.data_dir.join(&config.storage.sqlite_file);
+    Ok((config, db))
+}
+
+/// [`database`], refusing when the file is not there yet (commands that only read it).
+fn existing_database(
+    config: Option<&std::path::Path>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<(gatehouse_config::Config, PathBuf)> {
+    let (config, db) = database(config, data_dir)?;
+    if !db.exists() {
+        anyhow::bail!(
+            "no database at {}: pass --data-dir (or --config) pointing where `gatehouse serve` keeps it",
+            db.display()
+        );
+    }
+    Ok((config, db))
 }

@@ -361,3 +361,57 @@ fn the_kimi_proxy_config_checks_and_serves_unchanged() {
     }
     stop(child);
 }
+
+#[test]
+fn audit_verify_passes_on_the_cli_trail_and_names_the_row_edited_with_sqlite3() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        gatehouse()
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("USER", "ops")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["keys", "create", "--name", "ci", "--rpm", "10"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["keys", "block", "ci"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["keys", "update", "ci", "--tpm", "1000"]);
+    assert!(out.status.success(), "{out:?}");
+
+    let out = run(&["audit", "verify"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("intact: 3 rows"), "{stdout}");
+
+    let db = dir.path().join("gatehouse.db");
+    let sql = |q: &str| {
+        let out = Command::new("sqlite3").arg(&db).arg(q).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        sql("SELECT group_concat(actor || ' ' || action, ', ') FROM audit_log ORDER BY seq"),
+        "cli:ops key.create, cli:ops key.block, cli:ops key.update"
+    );
+
+    sql("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 2");
+    let out = run(&["audit", "verify"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stdout.contains("broken at row 2") && stdout.contains("edited"),
+        "{stdout}"
+    );
+
+    sql("DELETE FROM audit_log WHERE seq = 2");
+    let out = run(&["audit", "verify"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stdout.contains("broken at row 3") && stdout.contains("removed"),
+        "{stdout}"
+    );
+}

@@ -17,6 +17,7 @@ use gatehouse_store::WriteOp;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::audit::{self, Actor, Change};
 use crate::compaction::{self, Ask, Done, Effective, Input, NotDone, Snapshot};
 use crate::error::{HttpError, bad_request, json_body};
 use crate::origin::SameOrigin;
@@ -152,11 +153,13 @@ pub struct CompactBody {
 /// `compaction.min_tokens` must be summarisable.
 pub async fn compact(
     _: SameOrigin,
+    actor: Actor,
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
     raw: Bytes,
 ) -> ApiResult<Json<Value>> {
     let s = session(&st, id).await?;
+    let target = Some(format!("session:{}", s.id.as_str()));
     let b: CompactBody = json_body(
         &raw,
         "{\"force\": bool, \"strategy\": \"heuristic\"|\"llm\", \"keep_exchanges\": n} (all optional)",
@@ -187,9 +190,20 @@ pub async fn compact(
     match compaction::run(&st, &s.id, &input, point, &ask).await {
         Ok(done) => {
             compaction::finish(&st, claim, &done).await;
-            Ok(Json(done_json(&done)))
+            let v = done_json(&done);
+            audit::record(&st, &actor, Change::new("compaction.compact", target), "ok");
+            Ok(Json(v))
         }
-        Err(n) => Ok(Json(not_done_json(&n))),
+        Err(n) => {
+            let outcome = format!("not done: {}", n.message);
+            audit::record(
+                &st,
+                &actor,
+                Change::new("compaction.compact", target),
+                &outcome,
+            );
+            Ok(Json(not_done_json(&n)))
+        }
     }
 }
 
@@ -421,6 +435,7 @@ fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option
 /// body to flip): the session's automatic compaction, persisted.
 pub async fn toggle_auto(
     _: SameOrigin,
+    actor: Actor,
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
     raw: Bytes,
@@ -439,6 +454,7 @@ pub async fn toggle_auto(
     }
     let cfg = &st.config.compaction;
     let flip_only = b.enabled.is_none() && b.threshold_pct.is_none();
+    let before = st.compaction.snapshot(&s.id).settings;
     let settings = st.compaction.update_settings(&s.id, |set| {
         let now = set.auto_enabled.unwrap_or(cfg.auto.enabled);
         if let Some(e) = b.enabled {
@@ -450,6 +466,17 @@ pub async fn toggle_auto(
             set.threshold_pct = t;
         }
     });
+    audit::record(
+        &st,
+        &actor,
+        Change::new(
+            "compaction.toggle_auto",
+            format!("session:{}", s.id.as_str()),
+        )
+        .before(json!(before))
+        .after(json!(settings)),
+        "ok",
+    );
     st.writer
         .record(WriteOp::SetCompactionSettings {
             session: s.id.clone(),
@@ -470,6 +497,7 @@ pub struct ReservedBody {
 /// answer, counted with the prompt against the threshold.
 pub async fn reserved(
     _: SameOrigin,
+    actor: Actor,
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
     raw: Bytes,
@@ -484,9 +512,18 @@ pub async fn reserved(
             "`reserved_tokens` is larger than any model's window",
         ));
     }
+    let before = st.compaction.snapshot(&s.id).settings;
     let settings = st
         .compaction
         .update_settings(&s.id, |set| set.reserved_tokens = b.reserved_tokens);
+    audit::record(
+        &st,
+        &actor,
+        Change::new("compaction.reserved", format!("session:{}", s.id.as_str()))
+            .before(json!(before))
+            .after(json!(settings)),
+        "ok",
+    );
     st.writer
         .record(WriteOp::SetCompactionSettings {
             session: s.id.clone(),

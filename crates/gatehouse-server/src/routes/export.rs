@@ -35,17 +35,44 @@ pub struct ExportQuery {
 }
 
 pub async fn csv(
+    actor: crate::audit::Actor,
     st: State<AppState>,
     q: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, HttpError> {
+    audited(&st, &actor, "export.csv", &q);
     export(st, q, Format::Csv).await
 }
 
 pub async fn json(
+    actor: crate::audit::Actor,
     st: State<AppState>,
     q: Result<Query<ExportQuery>, QueryRejection>,
 ) -> Result<Response, HttpError> {
+    audited(&st, &actor, "export.json", &q);
     export(st, q, Format::Json).await
+}
+
+/// An export reads everything it covers: who took it, and which scope, is on the trail.
+fn audited(
+    st: &AppState,
+    actor: &crate::audit::Actor,
+    action: &str,
+    q: &Result<Query<ExportQuery>, QueryRejection>,
+) {
+    let scope = match q {
+        Ok(Query(q)) if q.all.as_deref().is_some_and(truthy) => "all".to_owned(),
+        Ok(Query(q)) => q
+            .session
+            .as_ref()
+            .map_or_else(|| "active session".to_owned(), |s| format!("session:{s}")),
+        Err(_) => "invalid query".to_owned(),
+    };
+    crate::audit::record(
+        st,
+        actor,
+        crate::audit::Change::new(action, Some(scope)),
+        "ok",
+    );
 }
 
 fn truthy(v: &str) -> bool {

@@ -16,6 +16,7 @@ use gatehouse_store::{SpendGroup, WriteOp};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::audit::{self, Actor, Change};
 use crate::error::{HttpError, json_body};
 use crate::origin::SameOrigin;
 use crate::routes::sessions::store_error;
@@ -34,11 +35,36 @@ fn entry(st: &AppState, id: &str) -> ApiResult<std::sync::Arc<keys::KeyEntry>> {
     st.keys.get(id).ok_or_else(|| not_found(id))
 }
 
-/// Applies `record` here and queues it for the database.
-fn save(st: &AppState, record: KeyRecord) {
+/// Applies `record` here and queues it for the database, with its audit row.
+fn save(st: &AppState, actor: &Actor, action: &str, before: Option<&KeyRecord>, record: KeyRecord) {
+    let shown = |r: &KeyRecord| serde_json::to_value(r).unwrap_or(Value::Null);
+    let mut change = Change::new(action, format!("key:{}", record.id)).after(shown(&record));
+    if let Some(b) = before {
+        change = change.before(shown(b));
+    }
+    audit::record(st, actor, change, "ok");
     st.writer
         .record_now(WriteOp::UpsertKey(Box::new(record.clone())));
     st.keys.apply(record, None);
+}
+
+/// A refused change still leaves its audit row.
+fn refused<T>(
+    st: &AppState,
+    actor: &Actor,
+    action: &str,
+    target: Option<String>,
+    r: Result<T, ApiError>,
+) -> Result<T, HttpError> {
+    r.map_err(|e| {
+        audit::record(
+            st,
+            actor,
+            Change::new(action, target),
+            &format!("refused: {}", e.message),
+        );
+        HttpError(e)
+    })
 }
 
 pub async fn list(State(st): State<AppState>) -> Json<Value> {
@@ -60,55 +86,78 @@ fn with_key(st: &AppState, id: &str, raw: &str, status: StatusCode) -> ApiResult
     Ok((status, Json(v)).into_response())
 }
 
-pub async fn create(_: SameOrigin, State(st): State<AppState>, body: Bytes) -> ApiResult<Response> {
-    let change: KeyChange = json_body(
-        &body,
-        "a key's settings: {\"name\": …, \"models\": […], \"rpm\": …}",
-    )?;
-    let (raw, record) = keys::create(change, now_ms())?;
+pub async fn create(
+    _: SameOrigin,
+    actor: Actor,
+    State(st): State<AppState>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let shape = "a key's settings: {\"name\": …, \"models\": […], \"rpm\": …}";
+    let change = json_body::<KeyChange>(&body, shape).map_err(|e| e.0);
+    let created = change.and_then(|c| keys::create(c, now_ms()));
+    let (raw, record) = refused(&st, &actor, "key.create", None, created)?;
     let id = record.id.clone();
     tracing::info!(key = %record.name, id = %id, "virtual key created");
-    save(&st, record);
+    save(&st, &actor, "key.create", None, record);
     with_key(&st, &id, &raw, StatusCode::CREATED)
 }
 
 pub async fn update(
     _: SameOrigin,
+    actor: Actor,
     State(st): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let change: KeyChange = json_body(&body, "the settings to change")?;
+    let target = Some(format!("key:{id}"));
     let e = entry(&st, &id)?;
-    let record = keys::update(&e.record(), change, now_ms())?;
-    save(&st, record);
+    let before = e.record();
+    let change = json_body::<KeyChange>(&body, "the settings to change").map_err(|e| e.0);
+    let updated = change.and_then(|c| keys::update(&before, c, now_ms()));
+    let record = refused(&st, &actor, "key.update", target, updated)?;
+    save(&st, &actor, "key.update", Some(&before), record);
     Ok(Json(e.view(now_ms())))
 }
 
-async fn set_blocked(st: &AppState, id: &str, blocked: bool) -> ApiResult<Json<Value>> {
+async fn set_blocked(
+    st: &AppState,
+    actor: &Actor,
+    id: &str,
+    blocked: bool,
+) -> ApiResult<Json<Value>> {
     let e = entry(st, id)?;
     let change = KeyChange {
         blocked: Some(blocked),
         ..KeyChange::default()
     };
-    save(st, keys::update(&e.record(), change, now_ms())?);
+    let before = e.record();
+    let action = if blocked { "key.block" } else { "key.unblock" };
+    save(
+        st,
+        actor,
+        action,
+        Some(&before),
+        keys::update(&before, change, now_ms())?,
+    );
     Ok(Json(e.view(now_ms())))
 }
 
 pub async fn block(
     _: SameOrigin,
+    actor: Actor,
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    set_blocked(&st, &id, true).await
+    set_blocked(&st, &actor, &id, true).await
 }
 
 pub async fn unblock(
     _: SameOrigin,
+    actor: Actor,
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    set_blocked(&st, &id, false).await
+    set_blocked(&st, &actor, &id, false).await
 }
 
 #[derive(Deserialize)]
@@ -121,6 +170,7 @@ struct RotateBody {
 
 pub async fn rotate(
     _: SameOrigin,
+    actor: Actor,
     State(st): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
@@ -133,21 +183,24 @@ pub async fn rotate(
         })?,
     };
     let e = entry(&st, &id)?;
-    let (raw, record) = keys::rotate(&e.record(), grace, now_ms())?;
+    let before = e.record();
+    let (raw, record) = keys::rotate(&before, grace, now_ms())?;
     tracing::info!(key = %record.name, id = %id, grace_s = grace, "virtual key rotated");
-    save(&st, record);
+    save(&st, &actor, "key.rotate", Some(&before), record);
     with_key(&st, &id, &raw, StatusCode::OK)
 }
 
 pub async fn delete(
     _: SameOrigin,
+    actor: Actor,
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let e = entry(&st, &id)?;
-    let record = keys::delete(&e.record(), now_ms());
+    let before = e.record();
+    let record = keys::delete(&before, now_ms());
     tracing::info!(key = %record.name, id = %id, "virtual key deleted");
-    save(&st, record);
+    save(&st, &actor, "key.delete", Some(&before), record);
     Ok(Json(json!({ "deleted": id })))
 }
 

@@ -105,9 +105,11 @@ pub struct ToggleBody {
 /// the next requests and remembers the choice across restarts.
 pub async fn toggle(
     _: SameOrigin,
+    actor: crate::audit::Actor,
     State(st): State<AppState>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
+    let before = st.sanitizer.enabled.load(Ordering::Relaxed);
     let wanted = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -133,5 +135,13 @@ pub async fn toggle(
         })
         .await;
     tracing::info!(enabled = now, "sanitizer switched");
+    crate::audit::record(
+        &st,
+        &actor,
+        crate::audit::Change::new("sanitizer.toggle", None)
+            .before(json!({ "enabled": before }))
+            .after(json!({ "enabled": now })),
+        "ok",
+    );
     Ok(Json(json!({ "enabled": now })))
 }

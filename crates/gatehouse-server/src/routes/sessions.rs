@@ -13,6 +13,7 @@ use gatehouse_services::gauge::GaugeView;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::audit::{self, Actor, Change};
 use crate::error::HttpError;
 use crate::origin::SameOrigin;
 use crate::state::AppState;
@@ -84,7 +85,12 @@ pub struct CreateBody {
     model: Option<String>,
 }
 
-pub async fn create(_: SameOrigin, State(st): State<AppState>, body: Bytes) -> ApiResult<Response> {
+pub async fn create(
+    _: SameOrigin,
+    actor: Actor,
+    State(st): State<AppState>,
+    body: Bytes,
+) -> ApiResult<Response> {
     // An empty body is allowed: it opens an unnamed session with no model yet.
     let body: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
         CreateBody {
@@ -126,6 +132,12 @@ pub async fn create(_: SameOrigin, State(st): State<AppState>, body: Bytes) -> A
         .create(body.name, model)
         .await
         .map_err(service_error)?;
+    audit::record(
+        &st,
+        &actor,
+        Change::new("session.create", format!("session:{}", s.id.as_str())).after(json!(s)),
+        "ok",
+    );
     let v = with_stats(&st, s).await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
@@ -169,11 +181,18 @@ pub async fn get(
 
 pub async fn activate(
     _: SameOrigin,
+    actor: Actor,
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let id = session_id(id)?;
     let s = st.sessions.activate(&id).await.map_err(service_error)?;
+    audit::record(
+        &st,
+        &actor,
+        Change::new("session.activate", format!("session:{}", id.as_str())),
+        "ok",
+    );
     st.writer.flush().await;
     Ok(Json(with_stats(&st, s).await?))
 }
@@ -186,6 +205,7 @@ pub struct RenameBody {
 
 pub async fn rename(
     _: SameOrigin,
+    actor: Actor,
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<RenameBody>, JsonRejection>,
@@ -197,16 +217,30 @@ pub async fn rename(
         .rename(&id, &body.name)
         .await
         .map_err(service_error)?;
+    audit::record(
+        &st,
+        &actor,
+        Change::new("session.rename", format!("session:{}", id.as_str()))
+            .after(json!({ "name": body.name })),
+        "ok",
+    );
     Ok(Json(json!({ "session": s })))
 }
 
 pub async fn delete(
     _: SameOrigin,
+    actor: Actor,
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
     let id = session_id(id)?;
     st.sessions.delete(&id).await.map_err(service_error)?;
+    audit::record(
+        &st,
+        &actor,
+        Change::new("session.delete", format!("session:{}", id.as_str())),
+        "ok",
+    );
     st.gauges.forget(&id);
     st.compaction.forget(&id);
     st.writer.flush().await;

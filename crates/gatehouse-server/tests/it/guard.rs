@@ -181,3 +181,21 @@ async fn listed_hosts_are_answered_and_listed_origins_get_cors() {
         .unwrap();
     assert_eq!(r.status(), 403);
 }
+
+/// The management API's and the dashboard's answers tell browsers not to frame, sniff or leak
+/// them; the proxy routes' clients are not browsers.
+#[tokio::test]
+async fn management_answers_carry_the_security_headers() {
+    let app = TestApp::spawn().await;
+    for path in ["/api/sessions", "/", "/api/keys"] {
+        let r = app.http.get(app.url(path)).send().await.unwrap();
+        let h = r.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+    }
+    let r = app.http.get(app.url("/")).send().await.unwrap();
+    assert!(r.headers().contains_key("content-security-policy"));
+    let r = app.chat(user("mock/echo", "hi")).await;
+    assert!(!r.headers().contains_key("x-frame-options"));
+}

@@ -9,9 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, ValueEnum};
-use gatehouse_config::{Env, Overrides, load};
 use gatehouse_core::SessionId;
 use gatehouse_core::time::now_ms;
 use gatehouse_services::export::{self, Format};
@@ -52,26 +51,7 @@ pub struct ExportArgs {
 const TICK: u64 = 1024;
 
 pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let file = args.config.clone().or_else(|| {
-        let default = PathBuf::from("config.toml");
-        default.exists().then_some(default)
-    });
-    let overrides = Overrides {
-        data_dir: args.data_dir.clone(),
-        ..Overrides::default()
-    };
-    let config = load(
-        file.as_deref(),
-        &Env::from_pairs(std::env::vars()),
-        &overrides,
-    )?;
-    let db = config.server.data_dir.join(&config.storage.sqlite_file);
-    if !db.exists() {
-        bail!(
-            "no database at {}: pass --data-dir (or --config) pointing where `gatehouse serve` keeps it",
-            db.display()
-        );
-    }
+    let (_, db) = super::existing_database(args.config.as_deref(), args.data_dir.clone())?;
     let format = match args.format {
         FormatArg::Csv => Format::Csv,
         FormatArg::Json => Format::Json,

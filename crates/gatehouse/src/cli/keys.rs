@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use gatehouse_config::{Env, Overrides, load};
 use gatehouse_core::record::{KeyRecord, KeySpend};
 use gatehouse_core::time::{now_ms, rfc3339_ms};
+use gatehouse_server::audit::{self, Actor, Change};
 use gatehouse_services::keys::{self, KeyChange};
 use gatehouse_store::{SqliteStore, Store, WriteOp};
 
@@ -149,20 +149,7 @@ impl Limits {
 }
 
 pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
-    let file = args.config.clone().or_else(|| {
-        let default = PathBuf::from("config.toml");
-        default.exists().then_some(default)
-    });
-    let overrides = Overrides {
-        data_dir: args.data_dir.clone(),
-        ..Overrides::default()
-    };
-    let config = load(
-        file.as_deref(),
-        &Env::from_pairs(std::env::vars()),
-        &overrides,
-    )?;
-    let db = config.server.data_dir.join(&config.storage.sqlite_file);
+    let (_, db) = super::database(args.config.as_deref(), args.data_dir.clone())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -181,7 +168,7 @@ async fn command(store: &SqliteStore, cmd: KeysCommand, json: bool) -> anyhow::R
         KeysCommand::Create { name, limits } => {
             let (raw, record) = keys::create(limits.change(Some(name))?, now)
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-            save(store, &record).await?;
+            save(store, "key.create", None, &record).await?;
             shown_once(&record, &raw, json);
         }
         KeysCommand::List => {
@@ -208,7 +195,7 @@ async fn command(store: &SqliteStore, cmd: KeysCommand, json: bool) -> anyhow::R
             let (k, s) = find(store, &key).await?;
             let n = keys::update(&k, limits.change(name)?, now)
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-            save(store, &n).await?;
+            save(store, "key.update", Some(&k), &n).await?;
             print_one(&n, &s, json)?;
         }
         KeysCommand::Block { key } => set_blocked(store, &key, true, json, now).await?,
@@ -221,7 +208,7 @@ async fn command(store: &SqliteStore, cmd: KeysCommand, json: bool) -> anyhow::R
             };
             let (raw, n) =
                 keys::rotate(&k, grace, now).map_err(|e| anyhow::anyhow!("{}", e.message))?;
-            save(store, &n).await?;
+            save(store, "key.rotate", Some(&k), &n).await?;
             shown_once(&n, &raw, json);
             if grace > 0 && !json {
                 println!(
@@ -232,7 +219,7 @@ async fn command(store: &SqliteStore, cmd: KeysCommand, json: bool) -> anyhow::R
         }
         KeysCommand::Delete { key } => {
             let (k, _) = find(store, &key).await?;
-            save(store, &keys::delete(&k, now)).await?;
+            save(store, "key.delete", Some(&k), &keys::delete(&k, now)).await?;
             println!("deleted {} ({})", k.id, k.name);
         }
     }
@@ -252,13 +239,30 @@ async fn set_blocked(
         ..KeyChange::default()
     };
     let n = keys::update(&k, change, now).map_err(|e| anyhow::anyhow!("{}", e.message))?;
-    save(store, &n).await?;
+    let action = if blocked { "key.block" } else { "key.unblock" };
+    save(store, action, Some(&k), &n).await?;
     print_one(&n, &s, json)
 }
 
-async fn save(store: &SqliteStore, record: &KeyRecord) -> anyhow::Result<()> {
+/// Writes `record` with its audit row, in one transaction: the trail holds exactly the
+/// changes that were made.
+async fn save(
+    store: &SqliteStore,
+    action: &str,
+    before: Option<&KeyRecord>,
+    record: &KeyRecord,
+) -> anyhow::Result<()> {
+    let shown = |r: &KeyRecord| serde_json::to_value(r).unwrap_or_default();
+    let mut change = Change::new(action, format!("key:{}", record.id)).after(shown(record));
+    if let Some(b) = before {
+        change = change.before(shown(b));
+    }
+    let row = audit::entry(&Actor::cli(), change, "ok");
     store
-        .apply(&[WriteOp::UpsertKey(Box::new(record.clone()))])
+        .apply(&[
+            WriteOp::UpsertKey(Box::new(record.clone())),
+            WriteOp::AppendAudit(Box::new(row)),
+        ])
         .await
         .context("cannot write the key to the database")?;
     Ok(())

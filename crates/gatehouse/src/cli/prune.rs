@@ -6,9 +6,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
-use gatehouse_config::{Env, Overrides, load};
 use gatehouse_core::time::now_ms;
 use gatehouse_store::SqliteStore;
 
@@ -32,26 +31,7 @@ pub struct PruneArgs {
 }
 
 pub fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
-    let file = args.config.clone().or_else(|| {
-        let default = PathBuf::from("config.toml");
-        default.exists().then_some(default)
-    });
-    let overrides = Overrides {
-        data_dir: args.data_dir.clone(),
-        ..Overrides::default()
-    };
-    let config = load(
-        file.as_deref(),
-        &Env::from_pairs(std::env::vars()),
-        &overrides,
-    )?;
-    let db = config.server.data_dir.join(&config.storage.sqlite_file);
-    if !db.exists() {
-        bail!(
-            "no database at {}: pass --data-dir (or --config) pointing where `gatehouse serve` keeps it",
-            db.display()
-        );
-    }
+    let (config, db) = super::existing_database(args.config.as_deref(), args.data_dir.clone())?;
     let mut cfg = config.retention;
     if let Some(d) = args.requests_days {
         cfg.requests_days = d;

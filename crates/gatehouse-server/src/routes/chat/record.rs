@@ -246,8 +246,8 @@ impl Drop for Draft {
     }
 }
 
-/// The key's reservation replaced by what the request used; the new spend goes to the writer,
-/// and crossing the soft budget is announced once.
+/// The key's reservation replaced by what the request used (the new spend reaches the
+/// database with the next `key_sync_loop` tick), and crossing the soft budget announced once.
 fn settle(st: &AppState, admission: &mut Admission, record: &RequestRecord) {
     let Some(r) = admission.key.take() else {
         return;
@@ -261,12 +261,6 @@ fn settle(st: &AppState, admission: &mut Admission, record: &RequestRecord) {
     let cost = record.cost_usd.unwrap_or(0.0);
     let entry = r.entry().clone();
     let settled = r.settle(tokens, cost, now_ms());
-    if cost > 0.0 {
-        st.writer.record_now(gatehouse_store::WriteOp::SetKeySpend {
-            id: entry.id.clone(),
-            spend: settled.spend,
-        });
-    }
     if let Some((soft, max)) = settled.soft_crossed {
         let name = entry.record().name.clone();
         tracing::info!(key = %name, spend_usd = settled.spend.spend_usd, soft_budget_usd = soft, "a key crossed its soft budget");
