@@ -25,16 +25,67 @@ const state = {
 
 // ---------- REST ----------
 
-async function api(method, path, body) {
+// With [auth] mode = "keys" the login is an HttpOnly cookie the page never sees: a 401 means it
+// expired, so the refresh cookie is tried once before the login form comes back.
+async function api(method, path, body, retried = false) {
   const res = await fetch(path, {
     method,
     headers: body ? { "content-type": "application/json" } : {},
     body: body ? JSON.stringify(body) : undefined,
+    credentials: "same-origin",
   });
   const text = await res.text();
   const data = text ? JSON.parse(text) : null;
+  if (res.status === 401 && !retried && !path.startsWith("/api/auth/")) {
+    if (await refreshLogin()) return api(method, path, body, true);
+    showLogin();
+  }
   if (!res.ok) throw new Error(data?.error?.message || res.statusText);
   return data;
+}
+
+async function refreshLogin() {
+  const r = await fetch("/api/auth/refresh", { method: "POST", credentials: "same-origin" });
+  return r.ok;
+}
+
+function showLogin(message) {
+  $("login").hidden = false;
+  document.body.classList.add("locked");
+  if (message) $("login-error").textContent = message;
+  $("login-user").focus();
+}
+
+// Whether someone must log in first: with mode "none" /api/auth/me answers at once.
+async function checkLogin() {
+  let r = await fetch("/api/auth/me", { credentials: "same-origin" });
+  if (r.status === 401 && (await refreshLogin())) r = await fetch("/api/auth/me", { credentials: "same-origin" });
+  if (r.status === 401) return null;
+  const me = await r.json();
+  return me;
+}
+
+function initLogin() {
+  $("login-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    $("login-error").textContent = "";
+    const res = await fetch("/api/auth/login", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ username: $("login-user").value, password: $("login-password").value }),
+      credentials: "same-origin",
+    });
+    if (res.ok) {
+      location.reload();
+      return;
+    }
+    const data = await res.json().catch(() => null);
+    $("login-error").textContent = data?.error?.message || res.statusText;
+  });
+  $("logout").addEventListener("click", async () => {
+    await fetch("/api/auth/logout", { method: "POST", credentials: "same-origin" });
+    location.reload();
+  });
 }
 
 async function loadSession(id) {
@@ -479,6 +530,77 @@ function hideAlert() {
   $("alert").hidden = true;
 }
 
+// ---------- keys ----------
+
+async function loadKeys() {
+  const r = await api("GET", "/api/keys");
+  renderKeys(r.keys || []);
+}
+
+function renderKeys(keys) {
+  const ul = $("keys");
+  ul.replaceChildren();
+  if (!keys.length) ul.append(el("li", { class: "muted", text: "No virtual keys yet." }));
+  for (const k of keys) {
+    const li = el("li", { class: "key" });
+    li.dataset.id = k.id;
+    const limit = k.max_budget_usd != null ? ` of ${usd(k.max_budget_usd)}` : "";
+    li.append(
+      el("span", { class: "name", text: k.name }),
+      el("code", { class: "muted", text: `${k.prefix}…${k.last4}` }),
+      el("span", { class: "spend", text: `${usd(k.spend_usd ?? 0)}${limit}` }),
+      el("span", { class: k.blocked ? "pill bad" : "pill", text: k.blocked ? "blocked" : "active" }),
+    );
+    const buttons = el("span", { class: "buttons" });
+    buttons.append(
+      el("button", {
+        type: "button",
+        text: k.blocked ? "Unblock" : "Block",
+        onclick: () => api("POST", `/api/keys/${encodeURIComponent(k.id)}/${k.blocked ? "unblock" : "block"}`).then(loadKeys).catch(showError),
+      }),
+      el("button", {
+        type: "button",
+        text: "Rotate",
+        onclick: () => api("POST", `/api/keys/${encodeURIComponent(k.id)}/rotate`, { grace: "60s" }).then(showNewKey).then(loadKeys).catch(showError),
+      }),
+    );
+    li.append(buttons);
+    ul.append(li);
+  }
+}
+
+// The key itself is in this one answer only: shown with a copy button, then gone.
+function showNewKey(r) {
+  $("new-key-value").textContent = r.key;
+  $("new-key").hidden = false;
+}
+
+function initKeys(me) {
+  if (me.auth !== "keys") return;
+  $("keys-card").hidden = false;
+  $("new-key-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const body = { name: $("key-name").value.trim() };
+    const models = $("key-models").value.trim();
+    if (models) body.models = models.split(",").map((m) => m.trim()).filter(Boolean);
+    const budget = $("key-budget").value.trim();
+    if (budget) body.max_budget_usd = Number(budget);
+    try {
+      showNewKey(await api("POST", "/api/keys", body));
+      $("key-name").value = "";
+      await loadKeys();
+    } catch (err) {
+      showError(err);
+    }
+  });
+  $("new-key-copy").addEventListener("click", () => navigator.clipboard?.writeText($("new-key-value").textContent));
+  $("new-key-close").addEventListener("click", () => {
+    $("new-key-value").textContent = "";
+    $("new-key").hidden = true;
+  });
+  loadKeys().catch(showError);
+}
+
 function showError(e) {
   const a = $("alert");
   a.dataset.level = "warning";
@@ -507,8 +629,20 @@ function initTheme() {
 
 // ---------- start ----------
 
-function main() {
+async function main() {
   initTheme();
+  initLogin();
+  const me = await checkLogin().catch(() => null);
+  if (!me) {
+    showLogin();
+    return;
+  }
+  if (me.user) {
+    $("whoami").textContent = `${me.user.username} (${me.user.role})`;
+    $("whoami").hidden = false;
+    $("logout").hidden = false;
+  }
+  initKeys(me);
   $("alert").querySelector(".alert-close").addEventListener("click", hideAlert);
   $("new-session").addEventListener("submit", async (e) => {
     e.preventDefault();

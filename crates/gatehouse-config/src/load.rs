@@ -250,6 +250,17 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 Some("leave them out to use the defaults (2 and 4096)"),
             ));
         }
+        if a.access_ttl_secs < 60
+            || a.refresh_ttl_secs < a.access_ttl_secs
+            || a.lockout_attempts == 0
+            || a.login_per_minute == 0
+        {
+            issues.push(issue(
+                "auth",
+                "access_ttl_secs must be at least 60, refresh_ttl_secs at least access_ttl_secs, and lockout_attempts and login_per_minute greater than 0",
+                Some("leave them out to use the defaults (1800, 604800, 5 and 5)"),
+            ));
+        }
     }
     let dashboard: Option<DashboardConfig> = section(&root, "dashboard", &mut issues);
     let log_watcher: Option<LogWatcherConfig> = section(&root, "log_watcher", &mut issues);

@@ -100,6 +100,13 @@ pub struct AuthConfig {
     /// The completion a reservation assumes for a request without `max_tokens`.
     pub default_max_tokens: u64,
     pub sync_secs: u64,
+    pub access_ttl_secs: u64,
+    pub refresh_ttl_secs: u64,
+    pub lockout_attempts: u32,
+    pub lockout_secs: u64,
+    pub login_per_minute: u32,
+    pub jwt_secret_file: String,
+    pub previous_jwt_secret_files: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

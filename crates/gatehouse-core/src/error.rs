@@ -74,6 +74,15 @@ pub enum ErrorKind {
     TooManyConcurrentRequests,
     /// The virtual key's budget would be exceeded by this request.
     BudgetExceeded,
+    /// The management API needs an admin login, and the request has none that holds (missing,
+    /// expired, revoked, or signed by another gateway).
+    LoginRequired,
+    /// Wrong user name or password.
+    InvalidCredentials,
+    /// Too many wrong passwords: the account refuses logins for a while.
+    AccountLocked,
+    /// The logged-in user's role does not allow this.
+    Forbidden,
 }
 
 impl ErrorKind {
@@ -108,6 +117,10 @@ impl ErrorKind {
             Self::RateLimitExceeded => "rate_limit_exceeded",
             Self::TooManyConcurrentRequests => "too_many_concurrent_requests",
             Self::BudgetExceeded => "budget_exceeded",
+            Self::LoginRequired => "login_required",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::AccountLocked => "account_locked",
+            Self::Forbidden => "forbidden",
         }
     }
 
@@ -125,11 +138,15 @@ impl ErrorKind {
             Self::ProviderKeyMissing
             | Self::InvalidApiKey
             | Self::KeyExpired
-            | Self::KeyBlocked => "authentication_error",
+            | Self::KeyBlocked
+            | Self::LoginRequired
+            | Self::InvalidCredentials => "authentication_error",
             Self::OriginNotAllowed
             | Self::HostNotAllowed
             | Self::PassthroughNotAllowed
-            | Self::ModelNotAllowed => "permission_error",
+            | Self::ModelNotAllowed
+            | Self::AccountLocked
+            | Self::Forbidden => "permission_error",
             Self::RateLimitExceeded | Self::TooManyConcurrentRequests | Self::BudgetExceeded => {
                 "rate_limit_error"
             }
@@ -152,11 +169,15 @@ impl ErrorKind {
             Self::ProviderKeyMissing
             | Self::InvalidApiKey
             | Self::KeyExpired
-            | Self::KeyBlocked => 401,
+            | Self::KeyBlocked
+            | Self::LoginRequired
+            | Self::InvalidCredentials => 401,
             Self::OriginNotAllowed
             | Self::HostNotAllowed
             | Self::PassthroughNotAllowed
-            | Self::ModelNotAllowed => 403,
+            | Self::ModelNotAllowed
+            | Self::AccountLocked
+            | Self::Forbidden => 403,
             Self::RateLimitExceeded | Self::TooManyConcurrentRequests | Self::BudgetExceeded => 429,
             Self::ModelNotFound | Self::NotFound => 404,
             Self::BodyTooLarge | Self::ContextLengthExceeded => 413,
@@ -188,7 +209,11 @@ impl ErrorKind {
             | Self::ModelNotAllowed
             | Self::RateLimitExceeded
             | Self::TooManyConcurrentRequests
-            | Self::BudgetExceeded => Fault::Client,
+            | Self::BudgetExceeded
+            | Self::LoginRequired
+            | Self::InvalidCredentials
+            | Self::AccountLocked
+            | Self::Forbidden => Fault::Client,
             Self::UpstreamUnreachable
             | Self::UpstreamTimeout
             | Self::UpstreamBadResponse

@@ -394,3 +394,74 @@ impl AuditEntry {
         .to_string()
     }
 }
+
+/// What an admin user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Reads only: every write is refused.
+    Viewer,
+    /// Their own keys and their own spend, nothing else.
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Viewer => "viewer",
+            Self::Member => "member",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(Self::Admin),
+            "viewer" => Some(Self::Viewer),
+            "member" => Some(Self::Member),
+            _ => None,
+        }
+    }
+}
+
+/// A person who logs in to the management API and the dashboard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: String,
+    pub username: String,
+    /// Argon2id, as a PHC string; never shown.
+    #[serde(skip_serializing)]
+    pub password_hash: String,
+    pub role: Role,
+    pub blocked: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub deleted_at: Option<i64>,
+}
+
+/// One login attempt, whatever its outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoginEvent {
+    pub id: String,
+    pub at: i64,
+    pub username: String,
+    pub user_id: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// `ok`, `failed`, `locked` or `limited`.
+    pub outcome: String,
+    pub reason: Option<String>,
+}
+
+/// A refresh token as the store knows it: its id and lineage, never the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshToken {
+    pub jti: String,
+    /// The login this token descends from; replaying a used token revokes the family.
+    pub family: String,
+    pub user_id: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+}

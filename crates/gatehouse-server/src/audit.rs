@@ -13,9 +13,9 @@ use serde_json::Value;
 use crate::guard::RemotePeer;
 use crate::state::AppState;
 
-/// Who made a management request: until admin login exists, the local administrator (or, with
-/// `mode = "none"` and `--unsafe-allow-remote`, whoever reached the API), with their address
-/// and user agent.
+/// Who made a management request: the logged-in user (`user:<name>`) with `mode = "keys"`;
+/// with `mode = "none"` the local administrator (`admin@loopback`, or with
+/// `--unsafe-allow-remote` whoever reached the API); with their address and user agent.
 #[derive(Debug, Clone)]
 pub struct Actor {
     pub name: String,
@@ -48,8 +48,17 @@ impl FromRequestParts<AppState> for Actor {
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(300).collect());
+        // Logged in (`[auth] mode = "keys"`): the user; otherwise whoever may reach the API
+        // unauthenticated, the local administrator.
+        let name = match parts
+            .extensions
+            .get::<std::sync::Arc<crate::login::Principal>>()
+        {
+            Some(p) => format!("user:{}", p.username),
+            None => format!("admin@{ip}"),
+        };
         Ok(Self {
-            name: format!("admin@{ip}"),
+            name,
             ip: Some(ip),
             user_agent,
         })

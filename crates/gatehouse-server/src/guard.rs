@@ -42,8 +42,6 @@ pub struct Policy {
     origins: Vec<HeaderValue>,
     /// Requests refused for their `Host`, for `/health`.
     pub refused: std::sync::atomic::AtomicU64,
-    /// Whether clients beyond loopback may use the management API and the dashboard.
-    remote_admin: bool,
 }
 
 /// Set on the requests of a connection from beyond loopback (`listen.rs`): its address.
@@ -70,15 +68,7 @@ impl Policy {
                 .filter_map(|o| HeaderValue::from_str(o).ok())
                 .collect(),
             refused: std::sync::atomic::AtomicU64::new(0),
-            remote_admin: true,
         }
-    }
-
-    /// With `false`, a client beyond loopback reaches only the proxy routes: the management
-    /// API and the dashboard have no login yet.
-    pub fn remote_admin(mut self, allowed: bool) -> Self {
-        self.remote_admin = allowed;
-        self
     }
 
     /// Whether the gateway answers to `host` (a `Host` header's value).
@@ -236,13 +226,6 @@ where
             return Either::Left(ready(Ok(refusal(req.uri().path(), &e))));
         }
         let proxy = is_proxy_path(req.uri().path());
-        if !self.policy.remote_admin && !proxy && req.extensions().get::<RemotePeer>().is_some() {
-            let e = ApiError::new(
-                ErrorKind::OriginNotAllowed,
-                "the management API and the dashboard answer clients on this machine only (loopback); the proxy routes take virtual keys from anywhere",
-            );
-            return Either::Left(ready(Ok(refusal(req.uri().path(), &e))));
-        }
         let Some(origin) = req.headers().get(header::ORIGIN).cloned() else {
             return Either::Right(Either::Left(caught(self.inner.call(req), proxy)));
         };
@@ -368,49 +351,6 @@ mod tests {
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let r = svc.call(get("/ok")).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-    }
-
-    /// With `[auth] mode = "keys"` a client beyond loopback reaches the proxy routes (which
-    /// want its key) and nothing else.
-    #[tokio::test]
-    async fn remote_clients_reach_only_the_proxy_routes_when_admin_is_local() {
-        use tower_layer::Layer;
-        use tower_service::Service;
-        let inner = tower::service_fn(|_req: Request<Body>| async move {
-            Ok::<_, std::convert::Infallible>(Response::new(Body::from("fine")))
-        });
-        let policy = Policy::new(&[], &[]).remote_admin(false);
-        let mut svc = GuardLayer::shared(Arc::new(policy)).layer(inner);
-        let get = |path: &str, remote: bool| {
-            let mut r = Request::builder()
-                .uri(path)
-                .header(header::HOST, "10.0.0.5:8000")
-                .body(Body::empty())
-                .unwrap();
-            if remote {
-                r.extensions_mut()
-                    .insert(RemotePeer(std::net::SocketAddr::from((
-                        [10, 0, 0, 9],
-                        4000,
-                    ))));
-            }
-            r
-        };
-        for path in [
-            "/v1/chat/completions",
-            "/v1/messages",
-            "/v1beta/models/x",
-            "/health/ready",
-        ] {
-            let r = svc.call(get(path, true)).await.unwrap();
-            assert_eq!(r.status(), StatusCode::OK, "{path}");
-        }
-        for path in ["/api/keys", "/", "/ws", "/api/export/csv", "/health"] {
-            let r = svc.call(get(path, true)).await.unwrap();
-            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
-            let r = svc.call(get(path, false)).await.unwrap();
-            assert_eq!(r.status(), StatusCode::OK, "{path} from loopback");
-        }
     }
 
     #[test]

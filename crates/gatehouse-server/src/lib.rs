@@ -15,6 +15,7 @@ mod dashboard;
 pub mod error;
 pub mod guard;
 mod listen;
+pub mod login;
 pub mod origin;
 pub mod routes;
 pub mod serve;

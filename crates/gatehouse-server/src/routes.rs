@@ -1,6 +1,7 @@
 //! The route table. One file per route group under `routes/`.
 
 mod audit;
+mod auth;
 pub(crate) mod chat;
 mod compaction;
 mod export;
@@ -15,6 +16,7 @@ mod providers;
 mod ratelimit;
 mod responses;
 pub(crate) mod sessions;
+mod users;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -25,7 +27,9 @@ use crate::{dashboard, error, ws};
 
 pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes;
-    let mut app = Router::new()
+    // The proxy routes: a virtual key (`[auth] mode = "keys"`) is their credential, checked in
+    // each handler's admit phase; the liveness probes are open.
+    let proxy = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/chat/completions", post(chat::completions))
         .route("/v1/messages", post(messages::messages))
@@ -43,11 +47,39 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/models", get(models::list))
         .route("/models", get(models::list))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready));
+    let app = proxy.merge(
+        management(&state).route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::login::require,
+        )),
+    );
+    let guard = crate::guard::GuardLayer::shared(state.guard.clone());
+    app.fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(guard)
+        .with_state(state)
+}
+
+/// The management API, the dashboard and `/ws`: behind the admin login (`login.rs`) when
+/// `[auth] mode = "keys"`.
+fn management(state: &AppState) -> Router<AppState> {
+    let mut app = Router::new()
         .route("/models/all", get(models::all))
         .route("/api/models", get(models::all))
         .route("/health", get(health::health))
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
+        .route("/api/auth/login", post(auth::login))
+        .route("/api/auth/refresh", post(auth::refresh))
+        .route("/api/auth/logout", post(auth::logout))
+        .route("/api/auth/me", get(auth::me))
+        .route("/api/auth/login-history", get(auth::history))
+        .route("/api/users", get(users::list).post(users::create))
+        .route(
+            "/api/users/{id}",
+            axum::routing::patch(users::update).delete(users::delete),
+        )
         .route("/api/providers", get(providers::list))
         .route("/api/keys", get(keys::list).post(keys::create))
         .route(
@@ -122,10 +154,5 @@ pub fn router(state: AppState) -> Router {
             .route("/assets/{name}", get(dashboard::asset))
             .route("/ws", get(ws::upgrade));
     }
-    let guard = crate::guard::GuardLayer::shared(state.guard.clone());
-    app.fallback(error::not_found)
-        .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(guard)
-        .with_state(state)
+    app
 }

@@ -28,6 +28,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("the built-in redaction or memory patterns do not compile (a bug; please report it)")]
     RedactionRules,
+    #[error("cannot set up admin logins: {0}")]
+    Login(#[from] crate::login::SecretError),
 }
 
 /// How long cut requests get to write their rows before the writer closes.
@@ -100,6 +102,10 @@ pub async fn run_with(
         keys_since = keys_since.max(k.updated_at);
         keys.apply(k, Some(spend));
     }
+    let login = crate::login::LoginState::from_config(&config)?;
+    for (jti, expires_at) in store.revoked_tokens(gatehouse_core::time::now_ms()).await? {
+        login.revoked.revoke(&jti, expires_at, 0);
+    }
     let instance_id = uuid::Uuid::now_v7().to_string();
     let state = AppState(Arc::new(Inner {
         router: Router::new(&config, Some(listen)),
@@ -111,15 +117,13 @@ pub async fn run_with(
         compaction: crate::compaction::CompactionState::new(stored_compactions),
         recall: std::sync::Mutex::new(recall),
         listen,
-        guard: Arc::new(
-            crate::guard::Policy::new(
-                &config.server.allowed_hosts,
-                &config.dashboard.allowed_origins,
-            )
-            .remote_admin(config.auth.mode == gatehouse_config::AuthMode::None),
-        ),
+        guard: Arc::new(crate::guard::Policy::new(
+            &config.server.allowed_hosts,
+            &config.dashboard.allowed_origins,
+        )),
         sessions,
         keys,
+        login,
         responses: gatehouse_services::responses::Responses::new(
             store.clone(),
             writer.clone(),

@@ -38,6 +38,8 @@ pub struct Inner {
     pub sessions: Sessions,
     /// Virtual keys (`[auth] mode = "keys"`), checked in memory on the proxy path.
     pub keys: gatehouse_services::Keys,
+    /// Admin logins: the token signer, logouts, the limiter and lockout.
+    pub login: crate::login::LoginState,
     /// Responses API responses kept for `previous_response_id`.
     pub responses: gatehouse_services::responses::Responses,
     pub store: Arc<dyn Store>,

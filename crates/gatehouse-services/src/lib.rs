@@ -15,6 +15,7 @@ pub mod logwatch;
 pub mod responses;
 pub mod retention;
 pub mod sessions;
+pub mod users;
 
 pub use events::{Event, EventBus, LocalBus};
 pub use gauge::Gauges;

@@ -6,13 +6,15 @@
 //! writer's bounded queue and moves on.
 
 pub mod sqlite;
+mod users;
 pub mod writer;
 
 use futures_util::future::BoxFuture;
 use gatehouse_core::SessionId;
 use gatehouse_core::record::{
-    AuditEntry, CompactionRecord, CompactionSettings, KeyRecord, KeySpend, MaskedContent,
-    MemoryRecord, RequestRecord, Session, SessionStats, StoredResponse,
+    AuditEntry, CompactionRecord, CompactionSettings, KeyRecord, KeySpend, LoginEvent,
+    MaskedContent, MemoryRecord, RefreshToken, RequestRecord, Session, SessionStats,
+    StoredResponse, UserRecord,
 };
 use serde::Serialize;
 
@@ -78,6 +80,39 @@ pub enum WriteOp {
     },
     /// A state change for the audit trail; the store chains it to the row before.
     AppendAudit(Box<AuditEntry>),
+    /// An admin user created or edited (a deletion sets `deleted_at`).
+    UpsertUser(Box<UserRecord>),
+    AppendLogin(Box<LoginEvent>),
+    /// A refresh token issued: recorded before it is handed out, so it can be used at once.
+    InsertRefresh(Box<RefreshToken>),
+    /// Every refresh token of a login (logout, replay, password change).
+    RevokeFamily {
+        family: String,
+        at: i64,
+    },
+    /// Every refresh token of a user (blocked, deleted, new password).
+    RevokeUserRefresh {
+        user_id: String,
+        at: i64,
+    },
+    /// An access token logged out before its expiry.
+    RevokeToken {
+        jti: String,
+        expires_at: i64,
+    },
+}
+
+/// What exchanging a refresh token found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshUse {
+    /// Its first use: the caller issues the next token of the family.
+    Fresh(RefreshToken),
+    /// Used before: the family is revoked now.
+    Replayed(RefreshToken),
+    /// Its login was logged out, or its family revoked by a replay.
+    Revoked,
+    /// No such token, or expired.
+    Unknown,
 }
 
 /// Which audit rows `list_audit` returns, newest first.
@@ -265,6 +300,27 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, StoreResult<Vec<AuditEntry>>>;
     /// Recomputes the audit trail's chain from its first row.
     fn verify_audit(&self) -> BoxFuture<'_, StoreResult<AuditCheck>>;
+    /// A live (not deleted) user by name.
+    fn user_by_name<'a>(&'a self, name: &'a str) -> BoxFuture<'a, StoreResult<Option<UserRecord>>>;
+    fn user_by_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<UserRecord>>>;
+    /// Live users, oldest first.
+    fn list_users(&self) -> BoxFuture<'_, StoreResult<Vec<UserRecord>>>;
+    /// Exchanges a refresh token, once (see [`RefreshUse`]); atomic against concurrent uses.
+    fn use_refresh<'a>(
+        &'a self,
+        jti: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, StoreResult<RefreshUse>>;
+    /// Access tokens logged out that have not expired yet: `(jti, expires_at)`.
+    fn revoked_tokens(&self, now_ms: i64) -> BoxFuture<'_, StoreResult<Vec<(String, i64)>>>;
+    /// Login attempts, newest first; of one user name when given; older than entry `before_id`
+    /// (a cursor).
+    fn login_history<'a>(
+        &'a self,
+        username: Option<&'a str>,
+        before_id: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, StoreResult<Vec<LoginEvent>>>;
     /// Cheap liveness probe for `/health/ready`.
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
 }

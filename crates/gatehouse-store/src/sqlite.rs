@@ -9,8 +9,9 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use gatehouse_core::SessionId;
 use gatehouse_core::record::{
-    AuditEntry, CompactionRecord, CompactionSettings, KeyRecord, KeySpend, MaskedContent,
-    MemoryKind, MemoryRecord, RequestRecord, Session, SessionStats, StoredResponse, UsageSource,
+    AuditEntry, CompactionRecord, CompactionSettings, KeyRecord, KeySpend, LoginEvent,
+    MaskedContent, MemoryKind, MemoryRecord, RequestRecord, Session, SessionStats, StoredResponse,
+    UsageSource, UserRecord,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -19,8 +20,9 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, Sqlite};
 
 use crate::{
-    Applied, AuditCheck, AuditFilter, CompactionTotals, MaskedTotals, Scope, SessionSummary,
-    SpendGroup, SpendRow, Store, StoreError, StoreResult, StoreSize, StoredCompactions, WriteOp,
+    Applied, AuditCheck, AuditFilter, CompactionTotals, MaskedTotals, RefreshUse, Scope,
+    SessionSummary, SpendGroup, SpendRow, Store, StoreError, StoreResult, StoreSize,
+    StoredCompactions, WriteOp,
 };
 
 /// Versioned migrations, embedded so the binary needs no files beside it.
@@ -79,6 +81,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "audit",
         include_str!("../migrations/sqlite/0011_audit.sql"),
+    ),
+    (
+        12,
+        "users",
+        include_str!("../migrations/sqlite/0012_users.sql"),
     ),
 ];
 
@@ -344,6 +351,24 @@ impl SqliteStore {
             }
             WriteOp::UpsertKey(k) => upsert_key(tx, k).await?,
             WriteOp::AppendAudit(a) => append_audit(tx, a).await?,
+            WriteOp::UpsertUser(u) => crate::users::upsert_user(tx, u).await?,
+            WriteOp::AppendLogin(e) => crate::users::append_login(tx, e).await?,
+            WriteOp::InsertRefresh(t) => crate::users::insert_refresh(tx, t).await?,
+            WriteOp::RevokeFamily { family, at } => {
+                crate::users::revoke_family(tx, family, *at).await?;
+            }
+            WriteOp::RevokeUserRefresh { user_id, at } => {
+                sqlx::query(
+                    "UPDATE refresh_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+                )
+                .bind(at)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            WriteOp::RevokeToken { jti, expires_at } => {
+                crate::users::revoke_token(tx, jti, *expires_at).await?;
+            }
             WriteOp::SetKeySpend { id, spend } => {
                 sqlx::query("UPDATE keys SET spend_usd = $1, budget_reset_at = $2 WHERE id = $3")
                     .bind(spend.spend_usd)
@@ -1445,6 +1470,41 @@ impl Store for SqliteStore {
         })
     }
 
+    fn user_by_name<'a>(&'a self, name: &'a str) -> BoxFuture<'a, StoreResult<Option<UserRecord>>> {
+        Box::pin(async move { Ok(crate::users::find_user(&self.pool, "username", name).await?) })
+    }
+
+    fn user_by_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<UserRecord>>> {
+        Box::pin(async move { Ok(crate::users::find_user(&self.pool, "id", id).await?) })
+    }
+
+    fn list_users(&self) -> BoxFuture<'_, StoreResult<Vec<UserRecord>>> {
+        Box::pin(async move { Ok(crate::users::list_users(&self.pool).await?) })
+    }
+
+    fn use_refresh<'a>(
+        &'a self,
+        jti: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, StoreResult<RefreshUse>> {
+        Box::pin(async move { Ok(crate::users::use_refresh(&self.pool, jti, now_ms).await?) })
+    }
+
+    fn revoked_tokens(&self, now_ms: i64) -> BoxFuture<'_, StoreResult<Vec<(String, i64)>>> {
+        Box::pin(async move { Ok(crate::users::revoked_tokens(&self.pool, now_ms).await?) })
+    }
+
+    fn login_history<'a>(
+        &'a self,
+        username: Option<&'a str>,
+        before_id: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, StoreResult<Vec<LoginEvent>>> {
+        Box::pin(async move {
+            Ok(crate::users::login_history(&self.pool, username, before_id, limit).await?)
+        })
+    }
+
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -1472,6 +1532,12 @@ fn op_name(op: &WriteOp) -> &'static str {
         WriteOp::UpsertKey(_) => "upsert_key",
         WriteOp::SetKeySpend { .. } => "set_key_spend",
         WriteOp::AppendAudit(_) => "append_audit",
+        WriteOp::UpsertUser(_) => "upsert_user",
+        WriteOp::AppendLogin(_) => "append_login",
+        WriteOp::InsertRefresh(_) => "insert_refresh",
+        WriteOp::RevokeFamily { .. } => "revoke_family",
+        WriteOp::RevokeUserRefresh { .. } => "revoke_user_refresh",
+        WriteOp::RevokeToken { .. } => "revoke_token",
     }
 }
 

@@ -10,6 +10,7 @@ mod keys;
 mod prune;
 mod scan;
 mod serve;
+mod users;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,9 @@ enum Command {
     /// Virtual keys for `[auth] mode = "keys"`: create, list, show, update, block, unblock,
     /// rotate, delete.
     Keys(Box<keys::KeysArgs>),
+    /// Admin users who log in with `[auth] mode = "keys"`: create, list, passwd, role, block,
+    /// unblock, delete.
+    Users(users::UsersArgs),
     /// The audit trail: `verify` recomputes its hash chain.
     Audit(audit::AuditArgs),
     /// Export recorded requests to CSV or JSON.
@@ -64,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Init { out, force } => init::run(&out, force),
         Command::Check { config } => check::run(&config),
         Command::Keys(args) => keys::run(*args),
+        Command::Users(args) => users::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Export(args) => export::run(args),
         Command::Prune(args) => prune::run(args),

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::audit::{self, Actor, Change};
 use crate::error::{HttpError, json_body};
+use crate::login::Caller;
 use crate::origin::SameOrigin;
 use crate::routes::sessions::store_error;
 use crate::state::AppState;
@@ -31,8 +32,13 @@ fn not_found(id: &str) -> HttpError {
     ))
 }
 
-fn entry(st: &AppState, id: &str) -> ApiResult<std::sync::Arc<keys::KeyEntry>> {
-    st.keys.get(id).ok_or_else(|| not_found(id))
+/// Key `id`, if the caller may see it: a member's view has their own keys only, and another's
+/// key reads as absent (so ids cannot be probed).
+fn entry(st: &AppState, caller: &Caller, id: &str) -> ApiResult<std::sync::Arc<keys::KeyEntry>> {
+    st.keys
+        .get(id)
+        .filter(|e| caller.may_use_key(e.record().owner.as_deref()))
+        .ok_or_else(|| not_found(id))
 }
 
 /// Applies `record` here and queues it for the database, with its audit row.
@@ -46,6 +52,14 @@ fn save(st: &AppState, actor: &Actor, action: &str, before: Option<&KeyRecord>, 
     st.writer
         .record_now(WriteOp::UpsertKey(Box::new(record.clone())));
     st.keys.apply(record, None);
+}
+
+/// A member's keys are theirs: whatever owner the body names, the member is the owner.
+fn owned_by_member(caller: &Caller, mut c: KeyChange) -> KeyChange {
+    if let Some(own) = caller.member() {
+        c.owner = Some(Some(own.to_owned()));
+    }
+    c
 }
 
 /// A refused change still leaves its audit row.
@@ -67,19 +81,29 @@ fn refused<T>(
     })
 }
 
-pub async fn list(State(st): State<AppState>) -> Json<Value> {
+pub async fn list(State(st): State<AppState>, caller: Caller) -> Json<Value> {
     let now = now_ms();
-    let keys: Vec<Value> = st.keys.list().iter().map(|e| e.view(now)).collect();
+    let keys: Vec<Value> = st
+        .keys
+        .list()
+        .iter()
+        .filter(|e| caller.may_use_key(e.record().owner.as_deref()))
+        .map(|e| e.view(now))
+        .collect();
     Json(json!({ "keys": keys, "count": keys.len() }))
 }
 
-pub async fn show(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(entry(&st, &id)?.view(now_ms())))
+pub async fn show(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(entry(&st, &caller, &id)?.view(now_ms())))
 }
 
 /// The answer that carries a key, the only time it is shown.
 fn with_key(st: &AppState, id: &str, raw: &str, status: StatusCode) -> ApiResult<Response> {
-    let mut v = entry(st, id)?.view(now_ms());
+    let mut v = st.keys.get(id).ok_or_else(|| not_found(id))?.view(now_ms());
     if let Some(o) = v.as_object_mut() {
         o.insert("key".into(), raw.into());
     }
@@ -89,11 +113,14 @@ fn with_key(st: &AppState, id: &str, raw: &str, status: StatusCode) -> ApiResult
 pub async fn create(
     _: SameOrigin,
     actor: Actor,
+    caller: Caller,
     State(st): State<AppState>,
     body: Bytes,
 ) -> ApiResult<Response> {
     let shape = "a key's settings: {\"name\": …, \"models\": […], \"rpm\": …}";
-    let change = json_body::<KeyChange>(&body, shape).map_err(|e| e.0);
+    let change = json_body::<KeyChange>(&body, shape)
+        .map_err(|e| e.0)
+        .map(|c| owned_by_member(&caller, c));
     let created = change.and_then(|c| keys::create(c, now_ms()));
     let (raw, record) = refused(&st, &actor, "key.create", None, created)?;
     let id = record.id.clone();
@@ -105,14 +132,17 @@ pub async fn create(
 pub async fn update(
     _: SameOrigin,
     actor: Actor,
+    caller: Caller,
     State(st): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let target = Some(format!("key:{id}"));
-    let e = entry(&st, &id)?;
+    let e = entry(&st, &caller, &id)?;
     let before = e.record();
-    let change = json_body::<KeyChange>(&body, "the settings to change").map_err(|e| e.0);
+    let change = json_body::<KeyChange>(&body, "the settings to change")
+        .map_err(|e| e.0)
+        .map(|c| owned_by_member(&caller, c));
     let updated = change.and_then(|c| keys::update(&before, c, now_ms()));
     let record = refused(&st, &actor, "key.update", target, updated)?;
     save(&st, &actor, "key.update", Some(&before), record);
@@ -122,10 +152,11 @@ pub async fn update(
 async fn set_blocked(
     st: &AppState,
     actor: &Actor,
+    caller: &Caller,
     id: &str,
     blocked: bool,
 ) -> ApiResult<Json<Value>> {
-    let e = entry(st, id)?;
+    let e = entry(st, caller, id)?;
     let change = KeyChange {
         blocked: Some(blocked),
         ..KeyChange::default()
@@ -145,19 +176,21 @@ async fn set_blocked(
 pub async fn block(
     _: SameOrigin,
     actor: Actor,
+    caller: Caller,
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    set_blocked(&st, &actor, &id, true).await
+    set_blocked(&st, &actor, &caller, &id, true).await
 }
 
 pub async fn unblock(
     _: SameOrigin,
     actor: Actor,
+    caller: Caller,
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    set_blocked(&st, &actor, &id, false).await
+    set_blocked(&st, &actor, &caller, &id, false).await
 }
 
 #[derive(Deserialize)]
@@ -171,6 +204,7 @@ struct RotateBody {
 pub async fn rotate(
     _: SameOrigin,
     actor: Actor,
+    caller: Caller,
     State(st): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
@@ -182,7 +216,7 @@ pub async fn rotate(
             HttpError(ApiError::new(ErrorKind::InvalidRequest, m).with_param("grace"))
         })?,
     };
-    let e = entry(&st, &id)?;
+    let e = entry(&st, &caller, &id)?;
     let before = e.record();
     let (raw, record) = keys::rotate(&before, grace, now_ms())?;
     tracing::info!(key = %record.name, id = %id, grace_s = grace, "virtual key rotated");
@@ -193,10 +227,11 @@ pub async fn rotate(
 pub async fn delete(
     _: SameOrigin,
     actor: Actor,
+    caller: Caller,
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let e = entry(&st, &id)?;
+    let e = entry(&st, &caller, &id)?;
     let before = e.record();
     let record = keys::delete(&before, now_ms());
     tracing::info!(key = %record.name, id = %id, "virtual key deleted");
@@ -217,11 +252,12 @@ pub struct SpendQuery {
 /// `GET /api/keys/{id}/spend`: the key's rows summed per day or per model.
 pub async fn spend(
     State(st): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     q: Result<Query<SpendQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let Query(q) = q?;
-    let e = entry(&st, &id)?;
+    let e = entry(&st, &caller, &id)?;
     let group = match q.group_by.as_deref() {
         None | Some("day") => SpendGroup::Day,
         Some("model") => SpendGroup::Model,

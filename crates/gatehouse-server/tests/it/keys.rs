@@ -41,7 +41,7 @@ fallbacks = ["mock/other", "mock/echo"]
 /// Creates a key through the API; returns (id, key).
 async fn create(app: &TestApp, settings: Value) -> (String, String) {
     let r = app
-        .http
+        .admin
         .post(app.url("/api/keys"))
         .json(&settings)
         .send()
@@ -118,7 +118,7 @@ async fn requests_without_a_valid_key_are_refused_in_the_clients_shape() {
     assert_eq!(ok.status(), 200);
 
     let r = app
-        .http
+        .admin
         .post(app.url(&format!("/api/keys/{id}/block")))
         .send()
         .await
@@ -128,7 +128,7 @@ async fn requests_without_a_valid_key_are_refused_in_the_clients_shape() {
         error_code(chat_key(&app, &key, user("mock/echo", "hi")).await).await,
         (401, "key_blocked".to_owned())
     );
-    app.http
+    app.admin
         .post(app.url(&format!("/api/keys/{id}/unblock")))
         .send()
         .await
@@ -139,7 +139,7 @@ async fn requests_without_a_valid_key_are_refused_in_the_clients_shape() {
     );
 
     let r = app
-        .http
+        .admin
         .patch(app.url(&format!("/api/keys/{id}")))
         .json(&json!({"expires_at": 1}))
         .send()
@@ -369,7 +369,7 @@ async fn rotation_keeps_the_old_key_for_its_grace_and_spend_carries_over() {
         200
     );
     let r = app
-        .http
+        .admin
         .post(app.url(&format!("/api/keys/{id}/rotate")))
         .json(&json!({"grace": "60s"}))
         .send()
@@ -398,7 +398,7 @@ async fn rotation_keeps_the_old_key_for_its_grace_and_spend_carries_over() {
     );
     // Without grace the old key stops at once.
     let r = app
-        .http
+        .admin
         .post(app.url(&format!("/api/keys/{id}/rotate")))
         .send()
         .await
@@ -512,7 +512,7 @@ async fn key_settings_are_checked() {
         json!({"name": "x", "unknown": 1}),
     ] {
         let r = app
-            .http
+            .admin
             .post(app.url("/api/keys"))
             .json(&bad)
             .send()
@@ -523,7 +523,7 @@ async fn key_settings_are_checked() {
         assert!(!v["error"]["message"].as_str().unwrap().is_empty());
     }
     let r = app
-        .http
+        .admin
         .get(app.url("/api/keys/key_nope"))
         .send()
         .await
@@ -558,7 +558,7 @@ async fn key_changes_leave_an_audit_trail_with_a_cursor_and_an_intact_chain() {
     let app = TestApp::spawn_with(keys_mode()).await;
     let (id, _) = create(&app, json!({"name": "audited", "rpm": 5})).await;
     let r = app
-        .http
+        .admin
         .patch(app.url(&format!("/api/keys/{id}")))
         .json(&json!({"rpm": "many"}))
         .send()
@@ -566,7 +566,7 @@ async fn key_changes_leave_an_audit_trail_with_a_cursor_and_an_intact_chain() {
         .unwrap();
     assert_eq!(r.status(), 400, "a bad change is refused");
     let r = app
-        .http
+        .admin
         .post(app.url(&format!("/api/keys/{id}/block")))
         .send()
         .await
@@ -575,7 +575,7 @@ async fn key_changes_leave_an_audit_trail_with_a_cursor_and_an_intact_chain() {
 
     let page = |q: &str| {
         let url = app.url(&format!("/api/audit?action=key.&{q}"));
-        let http = app.http.clone();
+        let http = app.admin.clone();
         async move {
             let r = http.get(url).send().await.unwrap();
             assert_eq!(r.status(), 200);
@@ -595,7 +595,7 @@ async fn key_changes_leave_an_audit_trail_with_a_cursor_and_an_intact_chain() {
     );
     let block = &entries[0];
     assert_eq!(block["target"], format!("key:{id}"));
-    assert_eq!(block["actor"], "admin@loopback");
+    assert_eq!(block["actor"], "user:root", "the logged-in admin");
     assert_eq!(block["outcome"], "ok");
     assert_eq!(block["before"]["blocked"], false);
     assert_eq!(block["after"]["blocked"], true);
@@ -626,7 +626,7 @@ async fn key_changes_leave_an_audit_trail_with_a_cursor_and_an_intact_chain() {
     assert_eq!(seen, actions);
 
     let r = app
-        .http
+        .admin
         .get(app.url("/api/audit?limit=0"))
         .send()
         .await

@@ -18,6 +18,7 @@ mod guard;
 mod http2;
 mod keys;
 mod live;
+mod login;
 mod memory;
 mod passthrough;
 mod proxy;

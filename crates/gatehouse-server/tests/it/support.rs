@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub const UPSTREAM_KEY: &str = "sk-mock-upstream-secret";
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
 
 /// Tests that measure this process's memory, or load it heavily, hold it, so they never overlap (tests run in
 /// parallel threads of one process).
@@ -20,6 +21,9 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub mock: Mock,
     pub http: reqwest::Client,
+    /// Sends an admin's access token with `[auth] mode = "keys"` (user `root`, password
+    /// [`ADMIN_PASSWORD`]); the same as `http` otherwise.
+    pub admin: reqwest::Client,
     pub dir: tempfile::TempDir,
     pub state: gatehouse_server::AppState,
     stop: Option<oneshot::Sender<()>>,
@@ -157,14 +161,22 @@ max_context_size = 4096
             .unwrap();
         });
         let state = ready_rx.await.unwrap();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let admin = if state.config.auth.mode == gatehouse_config::AuthMode::Keys {
+            let token = bootstrap_admin(&state, &http, addr).await;
+            client_with_token(&token)
+        } else {
+            http.clone()
+        };
         Self {
             state,
             addr,
             mock,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
+            http,
+            admin,
             dir,
             stop: Some(stop),
             server: Some(server),
@@ -198,14 +210,14 @@ max_context_size = 4096
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
-        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let r = self.admin.get(self.url(path)).send().await.unwrap();
         assert!(r.status().is_success(), "GET {path}: {}", r.status());
         r.json().await.unwrap()
     }
 
     /// The JSON of a GET whatever its status (`/health` answers 503 when degraded).
     pub async fn get_json_any(&self, path: &str) -> Value {
-        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let r = self.admin.get(self.url(path)).send().await.unwrap();
         r.json().await.unwrap()
     }
 
@@ -225,6 +237,65 @@ max_context_size = 4096
             server.await.unwrap();
         }
     }
+}
+
+/// Makes user `root` (an admin) unless it exists, as `gatehouse users create` would, and logs in.
+async fn bootstrap_admin(
+    st: &gatehouse_server::AppState,
+    http: &reqwest::Client,
+    addr: SocketAddr,
+) -> String {
+    if st.store.user_by_name("root").await.unwrap().is_none() {
+        make_user(st, "root", gatehouse_core::record::Role::Admin).await;
+    }
+    login(http, addr, "root", ADMIN_PASSWORD).await
+}
+
+/// Creates a user with [`ADMIN_PASSWORD`] straight in the store.
+pub async fn make_user(
+    st: &gatehouse_server::AppState,
+    name: &str,
+    role: gatehouse_core::record::Role,
+) -> gatehouse_core::record::UserRecord {
+    let u = gatehouse_services::users::new_user(
+        name,
+        ADMIN_PASSWORD,
+        role,
+        gatehouse_core::time::now_ms(),
+    )
+    .unwrap();
+    st.store
+        .apply(&[gatehouse_store::WriteOp::UpsertUser(Box::new(u.clone()))])
+        .await
+        .unwrap();
+    u
+}
+
+/// Logs in; the access token.
+pub async fn login(http: &reqwest::Client, addr: SocketAddr, name: &str, password: &str) -> String {
+    let r = http
+        .post(format!("http://{addr}/api/auth/login"))
+        .json(&json!({"username": name, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "login as {name}");
+    let v: Value = r.json().await.unwrap();
+    v["access_token"].as_str().unwrap().to_owned()
+}
+
+/// A client that sends `token` as its bearer.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .default_headers(h)
+        .build()
+        .unwrap()
 }
 
 pub fn user(model: &str, text: &str) -> Value {

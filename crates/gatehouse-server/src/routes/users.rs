@@ -1,0 +1,214 @@
+//! Admin users (`/api/users`, admins only past the login gate): list, create, change (role,
+//! password, blocked) and delete. The last admin cannot be demoted, blocked or deleted, so the
+//! gateway never locks its owners out. Passwords never leave: not in answers, logs or the trail.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use gatehouse_core::record::{Role, UserRecord};
+use gatehouse_core::time::now_ms;
+use gatehouse_core::{ApiError, ErrorKind};
+use gatehouse_services::users;
+use gatehouse_store::WriteOp;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::audit::{self, Actor, Change};
+use crate::error::{HttpError, bad_request, json_body};
+use crate::origin::SameOrigin;
+use crate::state::AppState;
+
+type ApiResult<T> = Result<T, HttpError>;
+
+fn internal(e: impl std::fmt::Display) -> HttpError {
+    HttpError(ApiError::new(
+        ErrorKind::Internal,
+        format!("cannot reach the database: {e}"),
+    ))
+}
+
+fn shown(u: &UserRecord) -> Value {
+    json!({
+        "id": u.id,
+        "username": u.username,
+        "role": u.role,
+        "blocked": u.blocked,
+        "created_at": u.created_at,
+        "updated_at": u.updated_at,
+    })
+}
+
+fn parse_role(s: &str) -> ApiResult<Role> {
+    Role::parse(s)
+        .ok_or_else(|| bad_request(format!("unknown role `{s}`: use admin, viewer or member")))
+}
+
+async fn find(st: &AppState, id: &str) -> ApiResult<UserRecord> {
+    st.store
+        .user_by_id(id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| {
+            HttpError(ApiError::new(
+                ErrorKind::NotFound,
+                format!("user `{id}` does not exist"),
+            ))
+        })
+}
+
+/// Hashes off the async threads: Argon2 takes tens of milliseconds on purpose.
+async fn hash(password: String) -> ApiResult<String> {
+    tokio::task::spawn_blocking(move || users::hash_password(&password))
+        .await
+        .map_err(|_| internal("the password hashing task failed"))?
+        .map_err(HttpError)
+}
+
+async fn save(
+    st: &AppState,
+    actor: &Actor,
+    action: &str,
+    before: Option<&UserRecord>,
+    user: &UserRecord,
+    revoke: bool,
+) -> ApiResult<()> {
+    let mut change = Change::new(action, Some(format!("user:{}", user.id))).after(shown(user));
+    if let Some(b) = before {
+        change = change.before(shown(b));
+    }
+    let mut ops = vec![WriteOp::UpsertUser(Box::new(user.clone()))];
+    if revoke {
+        ops.push(WriteOp::RevokeUserRefresh {
+            user_id: user.id.clone(),
+            at: now_ms(),
+        });
+    }
+    ops.push(WriteOp::AppendAudit(Box::new(audit::entry(
+        actor, change, "ok",
+    ))));
+    st.store.apply(&ops).await.map_err(internal)?;
+    Ok(())
+}
+
+/// Refuses a change that would leave no admin who can log in.
+async fn keep_an_admin(st: &AppState, changed: &UserRecord) -> ApiResult<()> {
+    let all = st.store.list_users().await.map_err(internal)?;
+    let others = all
+        .iter()
+        .filter(|u| u.id != changed.id && u.role == Role::Admin && !u.blocked)
+        .count();
+    let still = changed.role == Role::Admin && !changed.blocked && changed.deleted_at.is_none();
+    if others == 0 && !still {
+        return Err(bad_request(
+            "this is the last admin who can log in: make another admin first",
+        ));
+    }
+    Ok(())
+}
+
+pub async fn list(State(st): State<AppState>) -> ApiResult<Json<Value>> {
+    let all = st.store.list_users().await.map_err(internal)?;
+    let users: Vec<Value> = all.iter().map(shown).collect();
+    Ok(Json(json!({"count": users.len(), "users": users})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    username: String,
+    password: String,
+    role: String,
+}
+
+pub async fn create(
+    _: SameOrigin,
+    actor: Actor,
+    State(st): State<AppState>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let b: CreateBody = json_body(
+        &body,
+        "{\"username\": …, \"password\": …, \"role\": \"admin\" | \"viewer\" | \"member\"}",
+    )?;
+    let role = parse_role(&b.role)?;
+    users::check_username(&b.username)?;
+    users::check_password(&b.password)?;
+    if st
+        .store
+        .user_by_name(&b.username)
+        .await
+        .map_err(internal)?
+        .is_some()
+    {
+        return Err(bad_request(format!(
+            "a user named `{}` exists already",
+            b.username
+        )));
+    }
+    let password = b.password;
+    let username = b.username;
+    let user =
+        tokio::task::spawn_blocking(move || users::new_user(&username, &password, role, now_ms()))
+            .await
+            .map_err(|_| internal("the password hashing task failed"))??;
+    save(&st, &actor, "user.create", None, &user, false).await?;
+    Ok((StatusCode::CREATED, Json(shown(&user))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    role: Option<String>,
+    password: Option<String>,
+    blocked: Option<bool>,
+}
+
+pub async fn update(
+    _: SameOrigin,
+    actor: Actor,
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let b: UpdateBody = json_body(&body, "{\"role\": …, \"password\": …, \"blocked\": …}")?;
+    let before = find(&st, &id).await?;
+    let mut user = before.clone();
+    if let Some(r) = &b.role {
+        user.role = parse_role(r)?;
+    }
+    if let Some(blocked) = b.blocked {
+        user.blocked = blocked;
+    }
+    let new_password = b.password.is_some();
+    if let Some(p) = b.password {
+        users::check_password(&p)?;
+        user.password_hash = hash(p).await?;
+    }
+    keep_an_admin(&st, &user).await?;
+    user.updated_at = now_ms();
+    // A new password or a block ends the user's refresh tokens; their access tokens stop at
+    // the gate on the next request (it reads the record).
+    let revoke = new_password || user.blocked;
+    save(&st, &actor, "user.update", Some(&before), &user, revoke).await?;
+    Ok(Json(shown(&user)))
+}
+
+pub async fn delete(
+    _: SameOrigin,
+    actor: Actor,
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let before = find(&st, &id).await?;
+    let mut user = before.clone();
+    let now = now_ms();
+    user.deleted_at = Some(now);
+    user.updated_at = now;
+    keep_an_admin(&st, &user).await?;
+    // The name is freed for a new user; the row stays for the trail.
+    user.username = format!("{}#deleted-{now}", before.username);
+    save(&st, &actor, "user.delete", Some(&before), &user, true).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
