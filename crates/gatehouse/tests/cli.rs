@@ -415,3 +415,83 @@ fn audit_verify_passes_on_the_cli_trail_and_names_the_row_edited_with_sqlite3() 
         "{stdout}"
     );
 }
+
+#[test]
+fn users_create_bootstraps_an_admin_with_no_default_password() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let mut child = gatehouse()
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("USER", "ops")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(s) = stdin {
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    };
+    // No password given: a random one, printed once.
+    let out = run(&["users", "create", "alice", "--role", "admin"], None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let password = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("password (shown once): "))
+        .unwrap();
+    assert!(password.len() >= 24, "{stdout}");
+    let out = run(
+        &[
+            "users",
+            "create",
+            "bob",
+            "--role",
+            "viewer",
+            "--password-stdin",
+        ],
+        Some("bob's long passphrase\n"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("passphrase"));
+    let out = run(
+        &["users", "create", "eve", "--password-stdin"],
+        Some("short\n"),
+    );
+    assert!(!out.status.success(), "a short password is refused");
+    let out = run(&["users", "delete", "alice"], None);
+    assert!(!out.status.success(), "the last admin stays");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("last admin"),
+        "{out:?}"
+    );
+    let out = run(&["users", "list"], None);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        list.contains("alice") && list.contains("bob") && list.contains("viewer"),
+        "{list}"
+    );
+
+    // Only Argon2id hashes reach the database, and the trail has the changes.
+    let db = dir.path().join("gatehouse.db");
+    let out = Command::new("sqlite3")
+        .arg(&db)
+        .arg("SELECT password_hash FROM users")
+        .output()
+        .unwrap();
+    let hashes = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        hashes.lines().all(|h| h.starts_with("$argon2id$")),
+        "{hashes}"
+    );
+    assert!(!hashes.contains(password) && !hashes.contains("passphrase"));
+    let out = run(&["audit", "verify"], None);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("intact: 2 rows"),
+        "{out:?}"
+    );
+}
