@@ -22,9 +22,9 @@ pub use load::{
 };
 pub use schema::{
     AuthConfig, AuthMode, AutoRoute, AutoWeights, CircuitBreaker, CompactionAuto, CompactionConfig,
-    CompactionStrategy, Config, DashboardConfig, Deployment, HeavyDuty, LogWatcherConfig,
-    ModelConfig, PassthroughConfig, ProviderConfig, ProviderType, ProxyConfig, RedactionConfig,
-    RedactionMode, RetentionConfig, SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig,
-    Timeouts, WhenNone, shown_url,
+    CompactionStrategy, Config, DashboardConfig, Deployment, EndpointLimit, HeavyDuty,
+    LogWatcherConfig, ModelConfig, PassthroughConfig, ProviderConfig, ProviderType, ProxyConfig,
+    RateLimitsConfig, RedactionConfig, RedactionMode, RetentionConfig, SanitizerConfig,
+    ServerConfig, SessionsConfig, StorageConfig, Timeouts, WhenNone, parse_window, shown_url,
 };
 pub use secret::Secret;

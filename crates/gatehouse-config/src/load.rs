@@ -12,8 +12,8 @@ use toml::{Table, Value};
 use crate::schema::{
     AuthConfig, AutoRoute, CompactionConfig, Config, DashboardConfig, LogWatcherConfig,
     ModelConfig, ModelRaw, PassthroughConfig, ProviderConfig, ProviderRaw, ProxyConfig, ProxyRaw,
-    RedactionConfig, RetentionConfig, SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig,
-    TimeoutOverrides, Timeouts,
+    RateLimitsConfig, RedactionConfig, RetentionConfig, SanitizerConfig, ServerConfig,
+    SessionsConfig, StorageConfig, TimeoutOverrides, Timeouts,
 };
 use crate::secret::Secret;
 
@@ -23,6 +23,7 @@ pub const CATALOGUE_TOML: &str = include_str!("catalogue.toml");
 const SECTIONS: &[&str] = &[
     "server",
     "auth",
+    "rate_limits",
     "storage",
     "retention",
     "sessions",
@@ -261,6 +262,10 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 Some("leave them out to use the defaults (1800, 604800, 5 and 5)"),
             ));
         }
+    }
+    let rate_limits: Option<RateLimitsConfig> = section(&root, "rate_limits", &mut issues);
+    if let Some(r) = &rate_limits {
+        check_endpoint_limits(r, &mut issues);
     }
     let dashboard: Option<DashboardConfig> = section(&root, "dashboard", &mut issues);
     let log_watcher: Option<LogWatcherConfig> = section(&root, "log_watcher", &mut issues);
@@ -709,7 +714,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
 
     issues.sort_by(|a, b| (a.line, &a.path).cmp(&(b.line, &b.path)));
     match (
-        (server, auth),
+        (server, auth, rate_limits),
         storage,
         retention,
         sessions,
@@ -723,7 +728,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
         timeouts_default,
     ) {
         (
-            (Some(server), Some(auth)),
+            (Some(server), Some(auth), Some(rate_limits)),
             Some(storage),
             Some(retention),
             Some(sessions),
@@ -738,6 +743,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
         ) if issues.is_empty() => Ok(Config {
             server,
             auth,
+            rate_limits,
             storage,
             retention,
             sessions,
@@ -1086,6 +1092,38 @@ fn builtin_timeouts() -> Option<Timeouts> {
         total: Some(t.total),
     };
     resolve_timeouts("proxy.timeouts", &base, None, &mut Vec::new())
+}
+
+/// Each `[rate_limits.endpoints]` entry: a path pattern of the management API with a positive
+/// count and a window the limiter can read.
+fn check_endpoint_limits(r: &RateLimitsConfig, issues: &mut Vec<Issue>) {
+    for (pattern, limit) in &r.endpoints {
+        let path = format!("rate_limits.endpoints.\"{pattern}\"");
+        let prefix = pattern.strip_suffix('*').unwrap_or(pattern);
+        if !pattern.starts_with('/') || prefix.contains('*') {
+            issues.push(issue(
+                &path,
+                "a pattern is a path (`/api/auth/login`) or a path prefix ending in `*` (`/api/*`)",
+                None,
+            ));
+        } else if pattern.starts_with("/v1")
+            || pattern.starts_with("/chat")
+            || pattern.starts_with("/responses")
+        {
+            issues.push(issue(
+                &path,
+                "the proxy routes are limited per virtual key (`gatehouse keys create --rpm … --tpm …`), not here",
+                None,
+            ));
+        }
+        if limit.requests == 0 || crate::schema::parse_window(&limit.window).is_none() {
+            issues.push(issue(
+                &path,
+                "needs requests > 0 and a window such as \"60s\", \"15m\", \"1h\" or \"1d\"",
+                None,
+            ));
+        }
+    }
 }
 
 fn section<T: DeserializeOwned>(root: &Table, name: &str, issues: &mut Vec<Issue>) -> Option<T> {
@@ -1570,6 +1608,33 @@ max_context_size = "big"
             Ok(_) => panic!("expected an issue"),
         };
         assert_eq!(issues[0].path, "GATEHOUSE_NOPE__X");
+    }
+
+    #[test]
+    fn endpoint_limits_name_management_paths_with_readable_windows() {
+        let c = build(None, &Env::default()).unwrap();
+        assert_eq!(c.rate_limits.endpoints["/api/auth/login"].requests, 10);
+        let issues = build_err(
+            "[rate_limits.endpoints]\n\"/v1/*\" = { requests = 5, window = \"1m\" }\n\"/api/x\" = { requests = 0, window = \"1m\" }\n\"/api/y\" = { requests = 1, window = \"soon\" }\n\"api/*/z\" = { requests = 1, window = \"1m\" }\n",
+        );
+        let text: Vec<String> = issues
+            .iter()
+            .map(|i| format!("{} {}", i.path, i.message))
+            .collect();
+        assert_eq!(issues.len(), 4, "{text:?}");
+        assert!(
+            text.iter()
+                .any(|t| t.contains("/v1/*") && t.contains("per virtual key")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.contains("api/*/z") && t.contains("prefix")),
+            "{text:?}"
+        );
+        assert_eq!(crate::schema::parse_window("1h"), Some(3600));
+        assert_eq!(crate::schema::parse_window("90"), Some(90));
+        assert_eq!(crate::schema::parse_window("8d"), None);
     }
 
     #[test]

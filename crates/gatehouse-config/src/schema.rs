@@ -14,6 +14,7 @@ use crate::secret::Secret;
 pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
+    pub rate_limits: RateLimitsConfig,
     pub storage: StorageConfig,
     pub retention: RetentionConfig,
     pub sessions: SessionsConfig,
@@ -107,6 +108,40 @@ pub struct AuthConfig {
     pub login_per_minute: u32,
     pub jwt_secret_file: String,
     pub previous_jwt_secret_files: Vec<String>,
+}
+
+/// Requests per window on the management API's routes (`[rate_limits]`), per logged-in user,
+/// else per client address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    pub enabled: bool,
+    /// Path (or prefix ending in `*`) → limit; the longest matching pattern applies.
+    pub endpoints: BTreeMap<String, EndpointLimit>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointLimit {
+    pub requests: u32,
+    /// `60s`, `15m`, `1h`, `1d`.
+    pub window: String,
+}
+
+/// `60s`, `15m`, `1h`, `1d` (or bare seconds) in seconds, between 1 s and a week.
+pub fn parse_window(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(mult).filter(|v| (1..=7 * 86_400).contains(v))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

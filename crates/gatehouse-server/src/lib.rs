@@ -14,6 +14,7 @@ pub mod compaction;
 mod dashboard;
 pub mod error;
 pub mod guard;
+pub mod limits;
 mod listen;
 pub mod login;
 pub mod origin;

@@ -49,12 +49,18 @@ pub fn router(state: AppState) -> Router {
         .route("/models", get(models::list))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready));
-    let app = proxy.merge(
-        management(&state).route_layer(axum::middleware::from_fn_with_state(
+    // Layers run outside in: the login gate, then the per-endpoint limits (which count a
+    // logged-in user as themself).
+    let management = management(&state)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::endpoint,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::login::require,
-        )),
-    );
+        ));
+    let app = proxy.merge(management);
     let guard = crate::guard::GuardLayer::shared(state.guard.clone());
     app.fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

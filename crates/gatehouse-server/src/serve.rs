@@ -124,6 +124,7 @@ pub async fn run_with(
         sessions,
         keys,
         login,
+        endpoint_limits: gatehouse_services::endpoints::EndpointLimits::new(&config.rate_limits),
         responses: gatehouse_services::responses::Responses::new(
             store.clone(),
             writer.clone(),

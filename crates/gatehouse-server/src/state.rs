@@ -40,6 +40,8 @@ pub struct Inner {
     pub keys: gatehouse_services::Keys,
     /// Admin logins: the token signer, logouts, the limiter and lockout.
     pub login: crate::login::LoginState,
+    /// `[rate_limits.endpoints]`, for the management routes.
+    pub endpoint_limits: gatehouse_services::endpoints::EndpointLimits,
     /// Responses API responses kept for `previous_response_id`.
     pub responses: gatehouse_services::responses::Responses,
     pub store: Arc<dyn Store>,

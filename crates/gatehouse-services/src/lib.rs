@@ -7,6 +7,7 @@
 // range must be an error, never a panic.
 #![deny(clippy::indexing_slicing)]
 
+pub mod endpoints;
 pub mod events;
 pub mod export;
 pub mod gauge;

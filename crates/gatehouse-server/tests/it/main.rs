@@ -17,6 +17,7 @@ mod gemini;
 mod guard;
 mod http2;
 mod keys;
+mod limits;
 mod live;
 mod login;
 mod memory;

@@ -1,0 +1,61 @@
+//! The per-endpoint limits of the management API (`[rate_limits.endpoints]`), as a route layer
+//! inside the login gate, so a logged-in user is counted as themself and anyone else by address.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use gatehouse_core::time::now_ms;
+use gatehouse_core::{ApiError, ErrorKind};
+use gatehouse_services::endpoints::Verdict;
+
+use crate::error::HttpError;
+use crate::guard::RemotePeer;
+use crate::login::Principal;
+use crate::state::AppState;
+
+fn set_headers(h: &mut HeaderMap, v: &Verdict) {
+    // A route with a tighter limiter of its own (login's per-minute one) keeps its figures.
+    if h.contains_key("x-ratelimit-limit") {
+        return;
+    }
+    h.insert("x-ratelimit-limit", HeaderValue::from(v.limit));
+    h.insert("x-ratelimit-remaining", HeaderValue::from(v.remaining));
+    h.insert("x-ratelimit-reset", HeaderValue::from(v.reset_secs));
+}
+
+pub async fn endpoint(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let subject = match req.extensions().get::<Arc<Principal>>() {
+        Some(p) => format!("user:{}", p.user_id),
+        None => req
+            .extensions()
+            .get::<RemotePeer>()
+            .map_or_else(|| "loopback".to_owned(), |p| p.0.ip().to_string()),
+    };
+    let Some(v) = st
+        .endpoint_limits
+        .check(req.uri().path(), &subject, now_ms())
+    else {
+        return next.run(req).await;
+    };
+    if !v.allowed {
+        let e = ApiError::new(
+            ErrorKind::RateLimitExceeded,
+            format!(
+                "too many requests to {}: {} per window; try again in {} s",
+                req.uri().path(),
+                v.limit,
+                v.reset_secs
+            ),
+        )
+        .with_retry_after(v.reset_secs);
+        let mut r = HttpError(e).into_response();
+        set_headers(r.headers_mut(), &v);
+        return r;
+    }
+    let mut r = next.run(req).await;
+    set_headers(r.headers_mut(), &v);
+    r
+}
