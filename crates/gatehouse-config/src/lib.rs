@@ -21,10 +21,11 @@ pub use load::{
     CATALOGUE_TOML, ConfigError, Env, Issue, Overrides, check_file, load, load_text, seed_keys_of,
 };
 pub use schema::{
-    AuthConfig, AuthMode, AutoRoute, AutoWeights, CircuitBreaker, CompactionAuto, CompactionConfig,
-    CompactionStrategy, Config, DashboardConfig, Deployment, EndpointLimit, HeavyDuty,
-    LogWatcherConfig, ModelConfig, PassthroughConfig, ProviderConfig, ProviderType, ProxyConfig,
-    RateLimitsConfig, RedactionConfig, RedactionMode, RetentionConfig, SanitizerConfig,
-    ServerConfig, SessionsConfig, StorageConfig, Timeouts, WhenNone, parse_window, shown_url,
+    AuthConfig, AuthMode, AutoRoute, AutoWeights, Cidr, CircuitBreaker, CompactionAuto,
+    CompactionConfig, CompactionStrategy, Config, DashboardConfig, Deployment, EndpointLimit,
+    HeavyDuty, LogWatcherConfig, ModelConfig, PassthroughConfig, ProviderConfig, ProviderType,
+    ProxyConfig, RateLimitsConfig, RedactionConfig, RedactionMode, RetentionConfig,
+    SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig, Timeouts, TlsConfig, WhenNone,
+    parse_window, shown_url,
 };
 pub use secret::Secret;

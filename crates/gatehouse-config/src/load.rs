@@ -228,6 +228,17 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
     let key_envs = expand_vars(&mut root, env, &mut issues);
 
     let server: Option<ServerConfig> = section(&root, "server", &mut issues);
+    if let Some(sv) = &server {
+        for p in &sv.trusted_proxies {
+            if crate::schema::Cidr::parse(p).is_none() {
+                issues.push(issue(
+                    "server.trusted_proxies",
+                    &format!("`{p}` is not an address or a CIDR range"),
+                    Some("write it as 10.0.0.0/8, 192.168.1.5 or ::1"),
+                ));
+            }
+        }
+    }
     let storage: Option<StorageConfig> = section(&root, "storage", &mut issues);
     let retention: Option<RetentionConfig> = section(&root, "retention", &mut issues);
     if let Some(r) = &retention {

@@ -10,7 +10,6 @@ use gatehouse_core::time::now_ms;
 use gatehouse_store::WriteOp;
 use serde_json::Value;
 
-use crate::guard::RemotePeer;
 use crate::state::AppState;
 
 /// Who made a management request: the logged-in user (`user:<name>`) with `mode = "keys"`;
@@ -38,11 +37,8 @@ impl Actor {
 impl FromRequestParts<AppState> for Actor {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Self::Rejection> {
-        let ip = parts
-            .extensions
-            .get::<RemotePeer>()
-            .map_or_else(|| "loopback".to_owned(), |p| p.0.ip().to_string());
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        let ip = crate::client::ip(&st.guard.trusted_proxies, &parts.extensions, &parts.headers);
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)

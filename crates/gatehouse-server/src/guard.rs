@@ -42,6 +42,8 @@ pub struct Policy {
     origins: Vec<HeaderValue>,
     /// Requests refused for their `Host`, for `/health`.
     pub refused: std::sync::atomic::AtomicU64,
+    /// `server.trusted_proxies`, parsed (`client.rs`).
+    pub trusted_proxies: Vec<gatehouse_config::Cidr>,
 }
 
 /// Set on the requests of a connection from beyond loopback (`listen.rs`): its address.
@@ -68,7 +70,17 @@ impl Policy {
                 .filter_map(|o| HeaderValue::from_str(o).ok())
                 .collect(),
             refused: std::sync::atomic::AtomicU64::new(0),
+            trusted_proxies: Vec::new(),
         }
+    }
+
+    /// Believes `X-Forwarded-For` from these proxies (`server.trusted_proxies`).
+    pub fn trusting(mut self, proxies: &[String]) -> Self {
+        self.trusted_proxies = proxies
+            .iter()
+            .filter_map(|p| gatehouse_config::Cidr::parse(p))
+            .collect();
+        self
     }
 
     /// Whether the gateway answers to `host` (a `Host` header's value).

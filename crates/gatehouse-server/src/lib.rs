@@ -10,6 +10,7 @@
 #![deny(clippy::indexing_slicing)]
 
 pub mod audit;
+mod client;
 pub mod compaction;
 mod dashboard;
 pub mod error;

@@ -12,7 +12,6 @@ use gatehouse_core::{ApiError, ErrorKind};
 use gatehouse_services::endpoints::Verdict;
 
 use crate::error::HttpError;
-use crate::guard::RemotePeer;
 use crate::login::Principal;
 use crate::state::AppState;
 
@@ -29,10 +28,7 @@ fn set_headers(h: &mut HeaderMap, v: &Verdict) {
 pub async fn endpoint(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let subject = match req.extensions().get::<Arc<Principal>>() {
         Some(p) => format!("user:{}", p.user_id),
-        None => req
-            .extensions()
-            .get::<RemotePeer>()
-            .map_or_else(|| "loopback".to_owned(), |p| p.0.ip().to_string()),
+        None => crate::client::ip(&st.guard.trusted_proxies, req.extensions(), req.headers()),
     };
     let Some(v) = st
         .endpoint_limits

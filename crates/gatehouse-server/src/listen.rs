@@ -36,6 +36,40 @@ use tokio_util::sync::CancellationToken;
 const MAX_REFUSING: usize = 64;
 /// How long a refused connection may take to send its request and read the 503.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a TLS client has to finish its handshake (the header timeout starts after it).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Under TLS every answer says to keep using HTTPS (a year; the name's subdomains are not
+/// assumed to be ours).
+const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
+
+/// The TLS side of `[server.tls]`: rustls on aws-lc-rs, HTTP/2 and HTTP/1.1 by ALPN.
+pub fn tls_acceptor(
+    cfg: &gatehouse_config::TlsConfig,
+    data_dir: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_path = data_dir.join(&cfg.cert);
+    let key_path = data_dir.join(&cfg.key);
+    let certs = CertificateDer::pem_file_iter(&cert_path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read the certificate {}: {e}", cert_path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", cert_path.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| format!("cannot read the private key {}: {e}", key_path.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("the certificate and key do not go together: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
 
 /// The bounds, from `[server]`.
 #[derive(Debug, Clone, Copy)]
@@ -193,6 +227,7 @@ impl Connections {
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     bounds: Bounds,
     stats: Arc<ConnStats>,
     open: Connections,
@@ -251,19 +286,50 @@ pub async fn serve(
             }
             tower_service::Service::call(&mut router, req)
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
         next_id += 1;
         let (id, registry) = (next_id, open.clone());
-        let task = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
-            }
-            registry.remove(id);
-            drop(slot);
-        });
+        let task = if let Some(acceptor) = tls.clone() {
+            // The handshake runs in the connection's task, never in the accept loop.
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let service = hyper::service::service_fn(move |req| {
+                            let answer = hyper::service::Service::call(&service, req);
+                            async move {
+                                let mut r = answer.await?;
+                                r.headers_mut()
+                                    .insert(header::STRICT_TRANSPORT_SECURITY, HSTS);
+                                Ok::<_, Infallible>(r)
+                            }
+                        });
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .into_owned();
+                        if let Err(e) = watcher.watch(conn).await {
+                            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                        }
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+                registry.remove(id);
+                drop(slot);
+            })
+        } else {
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                registry.remove(id);
+                drop(slot);
+            })
+        };
         open.add(id, task.abort_handle());
     }
     graceful

@@ -28,6 +28,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("the built-in redaction or memory patterns do not compile (a bug; please report it)")]
     RedactionRules,
+    #[error("cannot serve HTTPS: {0}")]
+    Tls(String),
     #[error("cannot set up admin logins: {0}")]
     Login(#[from] crate::login::SecretError),
 }
@@ -103,6 +105,12 @@ pub async fn run_with(
         keys.apply(k, Some(spend));
     }
     let login = crate::login::LoginState::from_config(&config)?;
+    let tls = match &config.server.tls {
+        Some(t) => {
+            Some(crate::listen::tls_acceptor(t, &config.server.data_dir).map_err(ServeError::Tls)?)
+        }
+        None => None,
+    };
     for (jti, expires_at) in store.revoked_tokens(gatehouse_core::time::now_ms()).await? {
         login.revoked.revoke(&jti, expires_at, 0);
     }
@@ -117,10 +125,13 @@ pub async fn run_with(
         compaction: crate::compaction::CompactionState::new(stored_compactions),
         recall: std::sync::Mutex::new(recall),
         listen,
-        guard: Arc::new(crate::guard::Policy::new(
-            &config.server.allowed_hosts,
-            &config.dashboard.allowed_origins,
-        )),
+        guard: Arc::new(
+            crate::guard::Policy::new(
+                &config.server.allowed_hosts,
+                &config.dashboard.allowed_origins,
+            )
+            .trusting(&config.server.trusted_proxies),
+        ),
         sessions,
         keys,
         login,
@@ -163,6 +174,7 @@ pub async fn run_with(
     let accepting = tokio::spawn(crate::listen::serve(
         listener,
         app,
+        tls,
         crate::listen::Bounds::of(&state.config.server),
         state.conns.clone(),
         open.clone(),

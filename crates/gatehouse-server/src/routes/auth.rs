@@ -85,15 +85,23 @@ fn limit_headers(st: &AppState, ip: &str, h: &mut HeaderMap) {
     h.insert("x-ratelimit-reset", HeaderValue::from(reset));
 }
 
-fn cookie_header(name: &str, value: &str, path: &str, max_age_secs: i64) -> Option<HeaderValue> {
+/// A login cookie: HttpOnly and SameSite=Strict always, Secure when the gateway serves HTTPS.
+fn cookie_header(
+    secure: bool,
+    name: &str,
+    value: &str,
+    path: &str,
+    max_age_secs: i64,
+) -> Option<HeaderValue> {
+    let secure = if secure { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
-        "{name}={value}; HttpOnly; SameSite=Strict; Path={path}; Max-Age={max_age_secs}"
+        "{name}={value}; HttpOnly; SameSite=Strict; Path={path}; Max-Age={max_age_secs}{secure}"
     ))
     .ok()
 }
 
 /// The answer that carries a new pair of tokens, as JSON and as cookies.
-fn tokens_response(user: &UserRecord, access: &Issued, refresh: &Issued) -> Response {
+fn tokens_response(secure: bool, user: &UserRecord, access: &Issued, refresh: &Issued) -> Response {
     let now_s = now_ms().div_euclid(1000);
     let body = json!({
         "access_token": access.token,
@@ -106,8 +114,15 @@ fn tokens_response(user: &UserRecord, access: &Issued, refresh: &Issued) -> Resp
     let mut r = (StatusCode::OK, Json(body)).into_response();
     let h = r.headers_mut();
     for c in [
-        cookie_header(ACCESS_COOKIE, &access.token, "/", access.claims.exp - now_s),
         cookie_header(
+            secure,
+            ACCESS_COOKIE,
+            &access.token,
+            "/",
+            access.claims.exp - now_s,
+        ),
+        cookie_header(
+            secure,
             REFRESH_COOKIE,
             &refresh.token,
             "/api/auth",
@@ -144,7 +159,12 @@ async fn issue_pair(
         expires_at: refresh.expires_at_ms(),
     })));
     write(st, &ops).await?;
-    Ok(tokens_response(user, &access, &refresh))
+    Ok(tokens_response(
+        st.config.server.tls.is_some(),
+        user,
+        &access,
+        &refresh,
+    ))
 }
 
 pub async fn login(
@@ -353,9 +373,10 @@ pub async fn logout(
     ))));
     write(&st, &ops).await?;
     let mut r = StatusCode::NO_CONTENT.into_response();
+    let secure = st.config.server.tls.is_some();
     for c in [
-        cookie_header(ACCESS_COOKIE, "", "/", 0),
-        cookie_header(REFRESH_COOKIE, "", "/api/auth", 0),
+        cookie_header(secure, ACCESS_COOKIE, "", "/", 0),
+        cookie_header(secure, REFRESH_COOKIE, "", "/api/auth", 0),
     ]
     .into_iter()
     .flatten()

@@ -32,4 +32,5 @@ mod sanitizer;
 mod sessions;
 mod shutdown;
 mod surface;
+mod tls;
 mod translate;
