@@ -41,18 +41,26 @@ pub fn dropped_response_header(name: &HeaderName) -> bool {
     )
 }
 
+/// A provider's credential header, ready to send.
+pub type Credential = (HeaderName, HeaderValue);
+
 /// A provider's own headers, built once: its credentials, its extra headers, and defaults its
-/// API needs when the client did not send them.
-#[derive(Debug, Clone, Default)]
+/// API needs when the client did not send them. The credential can be replaced while the gateway
+/// runs (`PUT /api/providers/{name}/key`): behind a read lock nobody holds but that write.
+#[derive(Debug, Default)]
 pub struct ProviderHeaders {
-    auth: Option<(HeaderName, HeaderValue)>,
+    auth: std::sync::RwLock<Option<Credential>>,
     extra: Vec<(HeaderName, HeaderValue)>,
     defaults: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ProviderHeaders {
-    pub fn new(provider: &ProviderConfig) -> Self {
-        let auth = provider.api_key.as_ref().and_then(|key| {
+    /// The header that carries `key` to `provider`.
+    pub fn credential(
+        provider: &ProviderConfig,
+        key: &gatehouse_config::Secret,
+    ) -> Option<Credential> {
+        {
             let (name, value) = match provider.kind {
                 _ if provider.bearer => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
                 ProviderType::Anthropic => (
@@ -69,7 +77,22 @@ impl ProviderHeaders {
             // Keeps the key out of any header dump made by a debug layer.
             v.set_sensitive(true);
             Some((name, v))
-        });
+        }
+    }
+
+    /// Replaces the credential (`None`: send none).
+    pub fn set_credential(&self, c: Option<Credential>) {
+        *self
+            .auth
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = c;
+    }
+
+    pub fn new(provider: &ProviderConfig) -> Self {
+        let auth = provider
+            .api_key
+            .as_ref()
+            .and_then(|key| Self::credential(provider, key));
         let defaults = match provider.kind {
             ProviderType::Anthropic => vec![(
                 HeaderName::from_static("anthropic-version"),
@@ -88,7 +111,7 @@ impl ProviderHeaders {
             })
             .collect();
         Self {
-            auth,
+            auth: std::sync::RwLock::new(auth),
             extra,
             defaults,
         }
@@ -127,7 +150,11 @@ pub fn upstream_headers(
             out.insert(k.clone(), v.clone());
         }
     }
-    if let Some((name, value)) = &provider.auth {
+    if let Some((name, value)) = &*provider
+        .auth
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
         out.insert(name.clone(), value.clone());
     }
     out

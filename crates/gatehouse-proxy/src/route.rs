@@ -87,6 +87,9 @@ pub struct Router {
     providers: BTreeMap<String, Arc<ProviderConfig>>,
     /// Providers whose base URL is this gateway's own listen address.
     looping: HashSet<String>,
+    /// Providers given a key while running (`PUT /api/providers/{name}/key`): their config may
+    /// say the key is missing. Read only on that (refusing) path.
+    keyed: std::sync::RwLock<HashSet<String>>,
 }
 
 impl Router {
@@ -138,7 +141,28 @@ impl Router {
             auto: config.auto.clone(),
             providers,
             looping,
+            keyed: std::sync::RwLock::new(HashSet::new()),
         }
+    }
+
+    /// Records that `provider` has (or, with `false`, no longer has) a key set while running.
+    pub fn set_keyed(&self, provider: &str, keyed: bool) {
+        let mut k = self
+            .keyed
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if keyed {
+            k.insert(provider.to_owned());
+        } else {
+            k.remove(provider);
+        }
+    }
+
+    fn keyed_while_running(&self, provider: &str) -> bool {
+        self.keyed
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(provider)
     }
 
     /// Finds the route for a requested model, or explains why there is none. Catalogue routes
@@ -167,7 +191,7 @@ impl Router {
                 ),
             ));
         }
-        if route.provider.key_missing() {
+        if route.provider.key_missing() && !self.keyed_while_running(&route.provider_key) {
             let var = route
                 .provider
                 .api_key_env

@@ -254,6 +254,23 @@ impl Upstream {
         })
     }
 
+    /// Sends `key` to `provider_key` from the next request on (`None`: the config's own, if
+    /// any). Whether the provider exists.
+    pub fn set_provider_key(
+        &self,
+        provider_key: &str,
+        provider: &gatehouse_config::ProviderConfig,
+        key: Option<&gatehouse_config::Secret>,
+    ) -> bool {
+        let Some(e) = self.endpoints.get(provider_key) else {
+            return false;
+        };
+        let key = key.or(provider.api_key.as_ref());
+        e.headers
+            .set_credential(key.and_then(|k| ProviderHeaders::credential(provider, k)));
+        true
+    }
+
     /// Whether streams to this provider should ask for usage.
     pub fn asks_stream_usage(&self, provider_key: &str) -> bool {
         self.endpoints

@@ -25,6 +25,8 @@ use axum::routing::{get, post};
 use crate::state::AppState;
 use crate::{dashboard, error, ws};
 
+pub(crate) use providers::apply as apply_provider_key;
+
 pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes;
     // The proxy routes: a virtual key (`[auth] mode = "keys"`) is their credential, checked in
@@ -87,6 +89,10 @@ fn management(state: &AppState) -> Router<AppState> {
             axum::routing::patch(users::update).delete(users::delete),
         )
         .route("/api/providers", get(providers::list))
+        .route(
+            "/api/providers/{name}/key",
+            axum::routing::put(providers::set_key).delete(providers::delete_key),
+        )
         .route("/api/keys", get(keys::list).post(keys::create))
         .route(
             "/api/keys/{id}",

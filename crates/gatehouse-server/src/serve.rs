@@ -28,6 +28,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("the built-in redaction or memory patterns do not compile (a bug; please report it)")]
     RedactionRules,
+    #[error("{0}")]
+    Secrets(#[from] gatehouse_services::secrets::SecretsError),
     #[error("cannot serve HTTPS: {0}")]
     Tls(String),
     #[error("cannot set up admin logins: {0}")]
@@ -58,6 +60,8 @@ pub async fn run(
 pub struct RunOptions {
     /// The configuration includes the built-in demo provider.
     pub demo: bool,
+    /// The master key's text, instead of `GATEHOUSE_MASTER_KEY` / `_FILE` (tests, embedders).
+    pub master_key: Option<String>,
 }
 
 /// [`run`] with [`RunOptions`].
@@ -105,6 +109,11 @@ pub async fn run_with(
         keys.apply(k, Some(spend));
     }
     let login = crate::login::LoginState::from_config(&config)?;
+    let master = match &options.master_key {
+        Some(text) => Some(gatehouse_services::secrets::MasterKey::parse(text)?),
+        None => gatehouse_services::secrets::MasterKey::from_env()?,
+    };
+    let (master_key, provider_keys) = open_provider_keys(&*store, master).await?;
     let tls = match &config.server.tls {
         Some(t) => {
             Some(crate::listen::tls_acceptor(t, &config.server.data_dir).map_err(ServeError::Tls)?)
@@ -136,6 +145,8 @@ pub async fn run_with(
         keys,
         login,
         endpoint_limits: gatehouse_services::endpoints::EndpointLimits::new(&config.rate_limits),
+        master_key,
+        stored_keys: crate::state::StoredKeys::default(),
         responses: gatehouse_services::responses::Responses::new(
             store.clone(),
             writer.clone(),
@@ -163,6 +174,13 @@ pub async fn run_with(
     // one or two encodings, so each loads on the first request that counts with it (idle RSS
     // stays within DESIGN §10's 20 MiB; that first request pays the load once).
 
+    for (provider, key, last4) in provider_keys {
+        if state.config.providers.contains_key(&provider) {
+            crate::routes::apply_provider_key(&state, &provider, Some(key), Some(last4));
+        } else {
+            tracing::warn!(%provider, "a key is stored for a provider the config no longer has; it stays unused");
+        }
+    }
     let pruner = tokio::spawn(retention_loop(state.clone(), stop.clone()));
     let key_sync = (state.config.auth.mode == gatehouse_config::AuthMode::Keys)
         .then(|| tokio::spawn(key_sync_loop(state.clone(), keys_since, stop.clone())));
@@ -336,6 +354,39 @@ fn start_log_watcher(state: &AppState) -> Option<LogWatcher> {
 /// Every `auth.sync_secs`: hands the keys' new spend to the writer, and reads back the keys
 /// changed outside this process (the CLI, another instance): edits, blocks, rotations and
 /// deletions apply within that time.
+/// The master key from the environment and the provider keys stored under it, opened. A
+/// database holding stored keys without the master key that sealed them refuses to start (and
+/// says which key it needs), rather than run without the keys an admin set.
+async fn open_provider_keys(
+    store: &dyn Store,
+    master: Option<gatehouse_services::secrets::MasterKey>,
+) -> Result<
+    (
+        Option<gatehouse_services::secrets::MasterKey>,
+        Vec<(String, String, String)>,
+    ),
+    ServeError,
+> {
+    use gatehouse_services::secrets::{SecretsError, sealed_with};
+    let stored = store.provider_keys().await?;
+    let Some(first) = stored.first() else {
+        return Ok((master, Vec::new()));
+    };
+    let Some(m) = master else {
+        let id = sealed_with(&first.sealed).unwrap_or("?").to_owned();
+        return Err(SecretsError::Missing(id).into());
+    };
+    let mut opened = Vec::with_capacity(stored.len());
+    for k in &stored {
+        opened.push((
+            k.provider.clone(),
+            m.open(&k.provider, &k.sealed)?,
+            k.last4.clone(),
+        ));
+    }
+    Ok((Some(m), opened))
+}
+
 async fn key_sync_loop(st: AppState, mut since: i64, stop: CancellationToken) {
     let every = Duration::from_secs(st.config.auth.sync_secs.max(1));
     loop {

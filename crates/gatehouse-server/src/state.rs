@@ -40,6 +40,10 @@ pub struct Inner {
     pub keys: gatehouse_services::Keys,
     /// Admin logins: the token signer, logouts, the limiter and lockout.
     pub login: crate::login::LoginState,
+    /// The master key that seals provider keys set through the API (`GATEHOUSE_MASTER_KEY`).
+    pub master_key: Option<gatehouse_services::secrets::MasterKey>,
+    /// Providers whose key was set through the API, with its last four characters.
+    pub stored_keys: StoredKeys,
     /// `[rate_limits.endpoints]`, for the management routes.
     pub endpoint_limits: gatehouse_services::endpoints::EndpointLimits,
     /// Responses API responses kept for `previous_response_id`.
@@ -236,5 +240,41 @@ impl Drop for InFlight {
         self.0
             .in_flight
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Providers with a key stored through the API: their last four characters.
+#[derive(Debug, Default)]
+pub struct StoredKeys(std::sync::Mutex<std::collections::BTreeMap<String, String>>);
+
+impl StoredKeys {
+    pub fn set(&self, provider: &str, last4: Option<String>) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match last4 {
+            Some(l) => {
+                m.insert(provider.to_owned(), l);
+            }
+            None => {
+                m.remove(provider);
+            }
+        }
+    }
+
+    pub fn contains(&self, provider: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(provider)
+    }
+
+    pub fn last4(&self, provider: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(provider)
+            .cloned()
     }
 }

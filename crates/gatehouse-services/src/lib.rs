@@ -15,6 +15,7 @@ pub mod keys;
 pub mod logwatch;
 pub mod responses;
 pub mod retention;
+pub mod secrets;
 pub mod sessions;
 pub mod users;
 

@@ -90,6 +90,9 @@ pub enum WriteOp {
         family: String,
         at: i64,
     },
+    /// A provider key set through the API, sealed; replaces the one before.
+    SetProviderKey(Box<StoredProviderKey>),
+    DeleteProviderKey(String),
     /// Every refresh token of a user (blocked, deleted, new password).
     RevokeUserRefresh {
         user_id: String,
@@ -100,6 +103,16 @@ pub enum WriteOp {
         jti: String,
         expires_at: i64,
     },
+}
+
+/// A provider key as the database holds it: sealed, never in plain text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredProviderKey {
+    pub provider: String,
+    /// `v1:{master_key_id}:…` (AES-256-GCM).
+    pub sealed: String,
+    pub last4: String,
+    pub updated_at: i64,
 }
 
 /// What exchanging a refresh token found.
@@ -321,6 +334,8 @@ pub trait Store: Send + Sync + 'static {
         before_id: Option<&'a str>,
         limit: u32,
     ) -> BoxFuture<'a, StoreResult<Vec<LoginEvent>>>;
+    /// Provider keys set through the API, sealed.
+    fn provider_keys(&self) -> BoxFuture<'_, StoreResult<Vec<StoredProviderKey>>>;
     /// Cheap liveness probe for `/health/ready`.
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
 }

@@ -22,7 +22,7 @@ use sqlx::{Connection, Row, Sqlite};
 use crate::{
     Applied, AuditCheck, AuditFilter, CompactionTotals, MaskedTotals, RefreshUse, Scope,
     SessionSummary, SpendGroup, SpendRow, Store, StoreError, StoreResult, StoreSize,
-    StoredCompactions, WriteOp,
+    StoredCompactions, StoredProviderKey, WriteOp,
 };
 
 /// Versioned migrations, embedded so the binary needs no files beside it.
@@ -86,6 +86,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         12,
         "users",
         include_str!("../migrations/sqlite/0012_users.sql"),
+    ),
+    (
+        13,
+        "provider_keys",
+        include_str!("../migrations/sqlite/0013_provider_keys.sql"),
     ),
 ];
 
@@ -356,6 +361,13 @@ impl SqliteStore {
             WriteOp::InsertRefresh(t) => crate::users::insert_refresh(tx, t).await?,
             WriteOp::RevokeFamily { family, at } => {
                 crate::users::revoke_family(tx, family, *at).await?;
+            }
+            WriteOp::SetProviderKey(k) => crate::users::set_provider_key(tx, k).await?,
+            WriteOp::DeleteProviderKey(provider) => {
+                sqlx::query("DELETE FROM provider_keys WHERE provider = $1")
+                    .bind(provider)
+                    .execute(&mut *tx)
+                    .await?;
             }
             WriteOp::RevokeUserRefresh { user_id, at } => {
                 sqlx::query(
@@ -1505,6 +1517,10 @@ impl Store for SqliteStore {
         })
     }
 
+    fn provider_keys(&self) -> BoxFuture<'_, StoreResult<Vec<StoredProviderKey>>> {
+        Box::pin(async move { Ok(crate::users::provider_keys(&self.pool).await?) })
+    }
+
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -1537,6 +1553,8 @@ fn op_name(op: &WriteOp) -> &'static str {
         WriteOp::InsertRefresh(_) => "insert_refresh",
         WriteOp::RevokeFamily { .. } => "revoke_family",
         WriteOp::RevokeUserRefresh { .. } => "revoke_user_refresh",
+        WriteOp::SetProviderKey(_) => "set_provider_key",
+        WriteOp::DeleteProviderKey(_) => "delete_provider_key",
         WriteOp::RevokeToken { .. } => "revoke_token",
     }
 }

@@ -1,11 +1,11 @@
-//! The SQL of admin users, their login history and their tokens (SQLite), kept apart from the
-//! request-path tables in `sqlite.rs`.
+//! The SQL of admin users, their login history and their tokens, and of sealed provider keys
+//! (SQLite), kept apart from the request-path tables in `sqlite.rs`.
 
 use gatehouse_core::record::{LoginEvent, RefreshToken, Role, UserRecord};
 use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
 use sqlx::{Connection, Row};
 
-use crate::RefreshUse;
+use crate::{RefreshUse, StoredProviderKey};
 
 pub(crate) async fn upsert_user(tx: &mut SqliteConnection, u: &UserRecord) -> sqlx::Result<()> {
     sqlx::query(
@@ -236,4 +236,38 @@ pub(crate) async fn login_history(
         })
     })
     .collect()
+}
+
+pub(crate) async fn set_provider_key(
+    tx: &mut SqliteConnection,
+    k: &StoredProviderKey,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO provider_keys (provider, sealed, last4, updated_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (provider) DO UPDATE SET sealed = excluded.sealed, last4 = excluded.last4,
+            updated_at = excluded.updated_at",
+    )
+    .bind(&k.provider)
+    .bind(&k.sealed)
+    .bind(&k.last4)
+    .bind(k.updated_at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn provider_keys(pool: &SqlitePool) -> sqlx::Result<Vec<StoredProviderKey>> {
+    sqlx::query("SELECT * FROM provider_keys ORDER BY provider")
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(StoredProviderKey {
+                provider: r.try_get("provider")?,
+                sealed: r.try_get("sealed")?,
+                last4: r.try_get("last4")?,
+                updated_at: r.try_get("updated_at")?,
+            })
+        })
+        .collect()
 }

@@ -9,6 +9,7 @@ mod init;
 mod keys;
 mod prune;
 mod scan;
+mod secrets;
 mod serve;
 mod users;
 
@@ -49,6 +50,8 @@ enum Command {
     /// Admin users who log in with `[auth] mode = "keys"`: create, list, passwd, role, block,
     /// unblock, delete.
     Users(users::UsersArgs),
+    /// The master key of stored provider keys: `generate`, `rotate`.
+    Secrets(secrets::SecretsArgs),
     /// The audit trail: `verify` recomputes its hash chain.
     Audit(audit::AuditArgs),
     /// Export recorded requests to CSV or JSON.
@@ -69,6 +72,7 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check::run(&config),
         Command::Keys(args) => keys::run(*args),
         Command::Users(args) => users::run(args),
+        Command::Secrets(args) => secrets::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Export(args) => export::run(args),
         Command::Prune(args) => prune::run(args),

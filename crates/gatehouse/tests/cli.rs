@@ -495,3 +495,81 @@ fn users_create_bootstraps_an_admin_with_no_default_password() {
         "{out:?}"
     );
 }
+
+#[test]
+fn secrets_rotate_reseals_every_stored_key_under_the_new_master_key() {
+    use gatehouse_services::secrets::MasterKey;
+    let dir = tempfile::tempdir().unwrap();
+    let generate = || {
+        let out = gatehouse().args(["secrets", "generate"]).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (old, new) = (generate(), generate());
+    assert_eq!(old.len(), 64);
+    assert_ne!(old, new);
+    // A database with one key sealed under the old master key, as the API would store it.
+    let out = gatehouse()
+        .args(["users", "list", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let sealed = MasterKey::parse(&old)
+        .unwrap()
+        .seal("openai", "sk-rotate-me")
+        .unwrap();
+    let db = dir.path().join("gatehouse.db");
+    let sql = |q: &str| {
+        let out = Command::new("sqlite3").arg(&db).arg(q).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    sql(&format!(
+        "INSERT INTO provider_keys (provider, sealed, last4, updated_at) VALUES ('openai', '{sealed}', 'e-me', 1)"
+    ));
+
+    let rotate = |current: &str| {
+        gatehouse()
+            .args(["secrets", "rotate", "--data-dir"])
+            .arg(dir.path())
+            .env("GATEHOUSE_MASTER_KEY", current)
+            .env("GATEHOUSE_NEW_MASTER_KEY", &new)
+            .output()
+            .unwrap()
+    };
+    let out = rotate(&"ab".repeat(32));
+    assert!(
+        !out.status.success(),
+        "a wrong current key re-seals nothing"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sealed with master key"),
+        "{out:?}"
+    );
+    let out = rotate(&old);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 provider key(s) re-sealed"));
+    let resealed = sql("SELECT sealed FROM provider_keys WHERE provider = 'openai'");
+    let new_key = MasterKey::parse(&new).unwrap();
+    assert!(
+        resealed.starts_with(&format!("v1:{}:", new_key.id())),
+        "{resealed}"
+    );
+    assert_eq!(new_key.open("openai", &resealed).unwrap(), "sk-rotate-me");
+    assert!(
+        MasterKey::parse(&old)
+            .unwrap()
+            .open("openai", &resealed)
+            .is_err()
+    );
+    let out = gatehouse()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("intact: 1 rows"),
+        "{out:?}"
+    );
+}

@@ -49,6 +49,8 @@ pub struct Options {
     pub event_buffer: Option<usize>,
     /// Start on this data directory (a restart) instead of a fresh one.
     pub dir: Option<tempfile::TempDir>,
+    /// The master key of stored provider keys (`GATEHOUSE_MASTER_KEY` for the binary).
+    pub master_key: Option<String>,
 }
 
 impl TestApp {
@@ -150,11 +152,16 @@ max_context_size = 4096
         .unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = oneshot::channel::<gatehouse_server::AppState>();
+        let master_key = opts.master_key.clone();
         let server = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            gatehouse_server::run(listener, config, shutdown, move |st| {
+            let options = gatehouse_server::RunOptions {
+                demo: false,
+                master_key,
+            };
+            gatehouse_server::run_with(listener, config, options, shutdown, move |st| {
                 let _ = ready_tx.send(st.clone());
             })
             .await

@@ -105,7 +105,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         gatehouse_server::run_with(
             listener,
             config,
-            gatehouse_server::RunOptions { demo: args.demo },
+            gatehouse_server::RunOptions {
+                demo: args.demo,
+                master_key: None,
+            },
             shutdown,
             |st| {
                 if traffic {
