@@ -1,7 +1,7 @@
 // The dashboard: state fed by /ws (init, then events) and a few REST calls for actions.
 
 import { Live } from "./live.js";
-import { drawBreakdown, drawChart } from "./chart.js";
+import { drawBreakdown, drawChart, drawSpend } from "./chart.js";
 import { compact, dateTime, duration, el, num, pct, time, usd } from "./format.js";
 
 const MAX_ROWS = 200;
@@ -44,9 +44,18 @@ async function api(method, path, body, retried = false) {
   return data;
 }
 
-async function refreshLogin() {
-  const r = await fetch("/api/auth/refresh", { method: "POST", credentials: "same-origin" });
-  return r.ok;
+// One refresh at a time: a refresh token works once, and a second use of it reads as a stolen
+// copy (the server then ends the whole login), so calls that find the login expired together
+// share one refresh.
+let refreshing = null;
+function refreshLogin() {
+  if (!refreshing) {
+    refreshing = fetch("/api/auth/refresh", { method: "POST", credentials: "same-origin" })
+      .then((r) => r.ok)
+      .catch(() => false)
+      .finally(() => setTimeout(() => (refreshing = null), 1000));
+  }
+  return refreshing;
 }
 
 function showLogin(message) {
@@ -560,6 +569,11 @@ function renderKeys(keys) {
       }),
       el("button", {
         type: "button",
+        text: "Spend",
+        onclick: () => toggleSpend(li, k.id).catch(showError),
+      }),
+      el("button", {
+        type: "button",
         text: "Rotate",
         onclick: () => api("POST", `/api/keys/${encodeURIComponent(k.id)}/rotate`, { grace: "60s" }).then(showNewKey).then(loadKeys).catch(showError),
       }),
@@ -567,6 +581,22 @@ function renderKeys(keys) {
     li.append(buttons);
     ul.append(li);
   }
+}
+
+// A key's spend per day over the last 30 days, under its row; a second click hides it.
+async function toggleSpend(li, id) {
+  const open = li.querySelector(".spend-chart");
+  if (open) {
+    open.remove();
+    return;
+  }
+  const r = await api("GET", `/api/keys/${encodeURIComponent(id)}/spend?group_by=day`);
+  const node = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  node.setAttribute("class", "spend-chart");
+  node.setAttribute("role", "img");
+  node.setAttribute("aria-label", "spend per day");
+  li.append(node);
+  drawSpend(node, r.groups || []);
 }
 
 // The key itself is in this one answer only: shown with a copy button, then gone.

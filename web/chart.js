@@ -76,3 +76,31 @@ export function drawBreakdown(node, items) {
     );
   }
 }
+
+/// rows: [{ group: "YYYY-MM-DD", cost_usd, requests }] oldest first: a key's spend per day.
+export function drawSpend(node, rows) {
+  const w = Math.max(200, Math.round(node.clientWidth || 400));
+  const h = 90;
+  node.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  node.replaceChildren();
+  if (!rows.length) {
+    node.append(svg("text", { x: w / 2, y: h / 2, "text-anchor": "middle", class: "empty" }, "no spend in 30 days"));
+    return;
+  }
+  const left = 52, right = 8, top = 6, bottom = 18;
+  const pw = w - left - right, ph = h - top - bottom;
+  const max = Math.max(...rows.map((r) => r.cost_usd), 1e-9);
+  node.append(svg("text", { x: left - 6, y: top + 8, "text-anchor": "end", class: "label" }, `$${max.toPrecision(2)}`));
+  node.append(svg("line", { x1: left, x2: w - right, y1: top + ph, y2: top + ph, class: "axis" }));
+  const slot = pw / rows.length;
+  const bw = Math.max(2, Math.min(24, slot * 0.7));
+  rows.forEach((r, i) => {
+    const hh = Math.max(0.5, (ph * r.cost_usd) / max);
+    const g = svg("g");
+    g.append(svg("title", {}, `${r.group}: $${r.cost_usd.toFixed(6)} in ${r.requests} requests`));
+    g.append(svg("rect", { x: left + i * slot + (slot - bw) / 2, y: top + ph - hh, width: bw, height: hh, class: "bar-prompt bar-spend" }));
+    node.append(g);
+  });
+  node.append(svg("text", { x: left, y: h - 4, class: "label" }, rows[0].group));
+  if (rows.length > 1) node.append(svg("text", { x: w - right, y: h - 4, "text-anchor": "end", class: "label" }, rows[rows.length - 1].group));
+}

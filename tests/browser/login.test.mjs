@@ -141,6 +141,9 @@ pricing = { input = 1.0, output = 4.0 }
     await page.reload();
     // After a reload (the cookie still logs in), the key's row shows what the request cost.
     await page.waitForFunction(() => /^\$0\.\d+ of \$5\.00$/.test(document.querySelector("#keys .key .spend")?.textContent || ""), null, { timeout: 5000 });
+    await page.click("#keys .key .buttons button:has-text('Spend')");
+    await page.waitForSelector("#keys .key .spend-chart rect.bar-spend", { timeout: 5000 });
+    console.log("  ok  the key's spend per day is charted");
     await page.screenshot({ path: join(OUT, "keys.png"), fullPage: true });
 
     await page.click("#logout");

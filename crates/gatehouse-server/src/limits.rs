@@ -16,8 +16,12 @@ use crate::login::Principal;
 use crate::state::AppState;
 
 fn set_headers(h: &mut HeaderMap, v: &Verdict) {
-    // A route with a tighter limiter of its own (login's per-minute one) keeps its figures.
-    if h.contains_key("x-ratelimit-limit") {
+    // A route with a limiter of its own (login's per minute) shows whichever leaves fewer.
+    let theirs = h
+        .get("x-ratelimit-remaining")
+        .and_then(|r| r.to_str().ok())
+        .and_then(|r| r.parse::<u32>().ok());
+    if theirs.is_some_and(|r| r <= v.remaining) {
         return;
     }
     h.insert("x-ratelimit-limit", HeaderValue::from(v.limit));

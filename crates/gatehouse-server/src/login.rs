@@ -46,12 +46,21 @@ pub struct LoginState {
     pub logins: Logins,
     /// A hash to check unknown users' passwords against, so they take as long as known ones.
     pub decoy_hash: String,
+    /// Password checks running at once, at most (each holds ~19 MiB and a core).
+    pub hashing: tokio::sync::Semaphore,
+}
+
+/// The entry in [`Revoked`] that ends every access token of a login's family.
+pub fn family_mark(family: &str) -> String {
+    format!("fam:{family}")
 }
 
 /// Why the login state could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("GATEHOUSE_JWT_SECRET must have at least 32 characters")]
+    #[error(
+        "GATEHOUSE_JWT_SECRET (and each of GATEHOUSE_JWT_PREVIOUS_SECRETS) must have at least 32 characters"
+    )]
     ShortEnv,
     #[error("the token signing secret {path} cannot be read or made: {source}")]
     File {
@@ -83,6 +92,9 @@ impl LoginState {
             logins: Logins::new(a.login_per_minute, a.lockout_attempts, a.lockout_secs),
             decoy_hash: users::hash_password("decoy password that matches nothing")
                 .map_err(|e| SecretError::Crypto(e.message))?,
+            hashing: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            ),
         })
     }
 }
@@ -101,6 +113,9 @@ fn secrets(config: &Config) -> Result<(Vec<u8>, Vec<Vec<u8>>), SecretError> {
             path: path.display().to_string(),
             source,
         })?;
+        if text.trim().len() < 32 {
+            return Err(SecretError::ShortFile(path.display().to_string()));
+        }
         previous.push(text.trim().as_bytes().to_vec());
     }
     if let Ok(list) = std::env::var("GATEHOUSE_JWT_PREVIOUS_SECRETS") {
@@ -110,6 +125,9 @@ fn secrets(config: &Config) -> Result<(Vec<u8>, Vec<Vec<u8>>), SecretError> {
                 .filter(|s| !s.is_empty())
                 .map(|s| s.as_bytes().to_vec()),
         );
+        if previous.iter().any(|s| s.len() < 32) {
+            return Err(SecretError::ShortEnv);
+        }
     }
     Ok((current, previous))
 }
@@ -157,9 +175,13 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 }
 
 /// Routes that answer without a login: the login itself, the refresh (its own token is its
-/// credential), and the dashboard's page and files (the page shows the login form).
+/// credential), the logout (an expired login must still be able to end its family), and the
+/// dashboard's page and files (the page shows the login form).
 fn is_public(path: &str) -> bool {
-    matches!(path, "/" | "/api/auth/login" | "/api/auth/refresh") || path.starts_with("/assets/")
+    matches!(
+        path,
+        "/" | "/api/auth/login" | "/api/auth/refresh" | "/api/auth/logout"
+    ) || path.starts_with("/assets/")
 }
 
 /// The token of a request: `Authorization: Bearer …`, else the access cookie.
@@ -229,7 +251,11 @@ async fn principal(
         ));
     }
     let claims = st.login.signer.verify(token, TokenType::Access)?;
-    if st.login.revoked.is_revoked(&claims.jti) {
+    let family_ended = claims
+        .fam
+        .as_deref()
+        .is_some_and(|f| st.login.revoked.is_revoked(&family_mark(f)));
+    if st.login.revoked.is_revoked(&claims.jti) || family_ended {
         return Err(users::login_required(
             "this login was logged out; log in again",
         ));
@@ -243,6 +269,13 @@ async fn principal(
         .map_err(|e| ApiError::new(ErrorKind::Internal, format!("cannot read users: {e}")))?
         .filter(|u| !u.blocked)
         .ok_or_else(|| users::login_required("this user no longer exists or is blocked"))?;
+    // A new password (or role, or a block lifted) ends the logins made before it; seconds on
+    // both sides, so a login in the second the user was made still holds.
+    if claims.iat < user.updated_at.div_euclid(1000) {
+        return Err(users::login_required(
+            "this account changed since this login (password, role or block); log in again",
+        ));
+    }
     let write = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     if !users::role_allows(user.role, write, path) {
         return Err(ApiError::new(

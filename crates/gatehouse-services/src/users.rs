@@ -127,7 +127,7 @@ pub struct Claims {
     #[serde(rename = "type")]
     pub kind: TokenType,
     pub jti: String,
-    /// The login a refresh token descends from.
+    /// The login a token descends from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fam: Option<String>,
     pub iss: String,
@@ -187,7 +187,8 @@ impl Signer {
         })
     }
 
-    /// Signs a token of `kind` for `user`; a refresh token joins `family` (a new login starts one).
+    /// Signs a token of `kind` for `user` in `family` (a refresh token without one starts a new
+    /// login's).
     pub fn issue(
         &self,
         user: &UserRecord,
@@ -200,10 +201,12 @@ impl Signer {
             TokenType::Access => self.access_ttl_secs,
             TokenType::Refresh => self.refresh_ttl_secs,
         };
+        // An access token names its login's family too, so a logout or a replay ends it with
+        // the refresh tokens.
         let fam = match (kind, family) {
-            (TokenType::Refresh, Some(f)) => Some(f.to_owned()),
+            (_, Some(f)) => Some(f.to_owned()),
             (TokenType::Refresh, None) => Some(random_token()?),
-            (TokenType::Access, _) => None,
+            (TokenType::Access, None) => None,
         };
         let claims = Claims {
             sub: user.id.clone(),

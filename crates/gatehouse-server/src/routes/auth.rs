@@ -148,8 +148,8 @@ async fn issue_pair(
 ) -> ApiResult<Response> {
     let now = now_ms();
     let signer = &st.login.signer;
-    let access = signer.issue(user, TokenType::Access, None, now)?;
     let refresh = signer.issue(user, TokenType::Refresh, family, now)?;
+    let access = signer.issue(user, TokenType::Access, refresh.claims.fam.as_deref(), now)?;
     let mut ops = extra;
     ops.push(WriteOp::InsertRefresh(Box::new(RefreshToken {
         jti: refresh.claims.jti.clone(),
@@ -176,6 +176,17 @@ pub async fn login(
     let b: LoginBody = json_body(&body, "{\"username\": …, \"password\": …}")?;
     let ip = actor.ip.clone().unwrap_or_default();
     let now = now_ms();
+    // A name no user can have is refused like a wrong password, before it is counted, stored
+    // or kept in the lockout table (an attacker's 30 MiB "name" must cost nothing).
+    if users::check_username(&b.username).is_err() || b.password.len() > 1024 {
+        let mut r = HttpError(ApiError::new(
+            ErrorKind::InvalidCredentials,
+            "wrong user name or password",
+        ))
+        .into_response();
+        limit_headers(&st, &ip, r.headers_mut());
+        return Ok(r);
+    }
     let gate = st.login.logins.admit(&ip, &b.username, now);
     if let Err(g) = gate {
         let (outcome, e) = match g {
@@ -218,6 +229,17 @@ pub async fn login(
     let hash = user
         .as_ref()
         .map_or_else(|| st.login.decoy_hash.clone(), |u| u.password_hash.clone());
+    // Each check takes ~19 MiB and a core for tens of milliseconds: a few at a time, the rest
+    // told to come back, so a login flood from many addresses cannot exhaust memory.
+    let Ok(_permit) = st.login.hashing.try_acquire() else {
+        return Err(HttpError(
+            ApiError::new(
+                ErrorKind::Overloaded,
+                "too many logins are being checked at once; try again in a moment",
+            )
+            .with_retry_after(1),
+        ));
+    };
     let password = b.password;
     let matches = tokio::task::spawn_blocking(move || users::verify_password(&hash, &password))
         .await
@@ -316,6 +338,13 @@ pub async fn refresh(
             issue_pair(&st, &user, Some(&t.family), Vec::new()).await
         }
         RefreshUse::Replayed(t) => {
+            let ttl_ms = i64::try_from(st.config.auth.access_ttl_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX);
+            st.login.revoked.revoke(
+                &crate::login::family_mark(&t.family),
+                now.saturating_add(ttl_ms),
+                now,
+            );
             tracing::warn!(user = %claims.name, "a used refresh token was presented again; its login family is revoked");
             let who = Actor {
                 name: format!("user:{}", claims.name),
@@ -341,37 +370,57 @@ pub async fn refresh(
     }
 }
 
+/// Logs out whatever login the request names: its access token (bearer or cookie) if it still
+/// verifies, and its refresh token (body or cookie); both end their login's family. Open
+/// without a login, so an expired access token can still log out (else the refresh cookie
+/// would log the user straight back in), and it always clears the cookies.
 pub async fn logout(
     _: SameOrigin,
     actor: Actor,
-    caller: Caller,
     State(st): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let Some(p) = caller.0 else {
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    };
     let now = now_ms();
-    st.login.revoked.revoke(&p.jti, p.expires_at_ms, now);
-    let mut ops = vec![WriteOp::RevokeToken {
-        jti: p.jti.clone(),
-        expires_at: p.expires_at_ms,
-    }];
-    // The refresh token of the same login goes too, so logging out is not undone by a refresh.
-    if let Some(t) = refresh_token(&headers, &body)?
-        && let Ok(c) = st.login.signer.verify(&t, TokenType::Refresh)
-        && c.sub == p.user_id
-        && let Some(family) = c.fam
+    let signer = &st.login.signer;
+    let mut ops = Vec::new();
+    let mut who: Option<String> = None;
+    if let Some(t) = crate::login::access_token(&headers)
+        && let Ok(c) = signer.verify(t, TokenType::Access)
     {
-        ops.push(WriteOp::RevokeFamily { family, at: now });
+        let exp = c.exp.saturating_mul(1000);
+        st.login.revoked.revoke(&c.jti, exp, now);
+        ops.push(WriteOp::RevokeToken {
+            jti: c.jti,
+            expires_at: exp,
+        });
+        if let Some(family) = c.fam {
+            revoke_family(&st, &family, now, &mut ops);
+        }
+        who = Some(c.name);
     }
-    ops.push(WriteOp::AppendAudit(Box::new(audit::entry(
-        &actor,
-        Change::new("auth.logout", Some(format!("user:{}", p.username))),
-        "ok",
-    ))));
-    write(&st, &ops).await?;
+    if let Some(t) = refresh_token(&headers, &body)?
+        && let Ok(c) = signer.verify(&t, TokenType::Refresh)
+    {
+        if let Some(family) = c.fam {
+            revoke_family(&st, &family, now, &mut ops);
+        }
+        who.get_or_insert(c.name);
+    }
+    if let Some(name) = &who {
+        let me = Actor {
+            name: format!("user:{name}"),
+            ..actor
+        };
+        ops.push(WriteOp::AppendAudit(Box::new(audit::entry(
+            &me,
+            Change::new("auth.logout", Some(format!("user:{name}"))),
+            "ok",
+        ))));
+    }
+    if !ops.is_empty() {
+        write(&st, &ops).await?;
+    }
     let mut r = StatusCode::NO_CONTENT.into_response();
     let secure = st.config.server.tls.is_some();
     for c in [
@@ -384,6 +433,27 @@ pub async fn logout(
         r.headers_mut().append(header::SET_COOKIE, c);
     }
     Ok(r)
+}
+
+/// Ends a login's family: its refresh tokens in the store, its access tokens here at once
+/// (for as long as any of them can live).
+fn revoke_family(st: &AppState, family: &str, now: i64, ops: &mut Vec<WriteOp>) {
+    let ttl_ms =
+        i64::try_from(st.config.auth.access_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    st.login.revoked.revoke(
+        &crate::login::family_mark(family),
+        now.saturating_add(ttl_ms),
+        now,
+    );
+    if !ops
+        .iter()
+        .any(|o| matches!(o, WriteOp::RevokeFamily { family: f, .. } if f == family))
+    {
+        ops.push(WriteOp::RevokeFamily {
+            family: family.to_owned(),
+            at: now,
+        });
+    }
 }
 
 pub async fn me(State(st): State<AppState>, caller: Caller) -> Json<Value> {

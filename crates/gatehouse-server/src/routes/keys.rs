@@ -54,6 +54,18 @@ fn save(st: &AppState, actor: &Actor, action: &str, before: Option<&KeyRecord>, 
     st.keys.apply(record, None);
 }
 
+/// Members create, use, rotate, block and delete their keys; loosening what an admin set (limits,
+/// models, a block) is an admin's.
+fn members_may_not(caller: &Caller, what: &str) -> ApiResult<()> {
+    if caller.member().is_some() {
+        return Err(HttpError(ApiError::new(
+            ErrorKind::Forbidden,
+            format!("a member may not {what}; ask an admin"),
+        )));
+    }
+    Ok(())
+}
+
 /// A member's keys are theirs: whatever owner the body names, the member is the owner.
 fn owned_by_member(caller: &Caller, mut c: KeyChange) -> KeyChange {
     if let Some(own) = caller.member() {
@@ -139,6 +151,7 @@ pub async fn update(
 ) -> ApiResult<Json<Value>> {
     let target = Some(format!("key:{id}"));
     let e = entry(&st, &caller, &id)?;
+    members_may_not(&caller, "change a key's settings")?;
     let before = e.record();
     let change = json_body::<KeyChange>(&body, "the settings to change")
         .map_err(|e| e.0)
@@ -157,6 +170,9 @@ async fn set_blocked(
     blocked: bool,
 ) -> ApiResult<Json<Value>> {
     let e = entry(st, caller, id)?;
+    if !blocked {
+        members_may_not(caller, "unblock a key")?;
+    }
     let change = KeyChange {
         blocked: Some(blocked),
         ..KeyChange::default()

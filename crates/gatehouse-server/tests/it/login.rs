@@ -629,3 +629,164 @@ async fn without_keys_mode_nobody_logs_in_and_the_local_api_stays_open() {
         "no secret is made for mode none"
     );
 }
+
+#[tokio::test]
+async fn logout_ends_the_whole_login_from_either_token_and_clears_the_cookies() {
+    let app = TestApp::spawn_with(keys_mode("login_per_minute = 100")).await;
+    // With the refresh token only (an access token that expired): the family ends, its access
+    // tokens with it.
+    let pair: Value = try_login(&app, "root", ADMIN_PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let access = client_with_token(pair["access_token"].as_str().unwrap());
+    assert_eq!(
+        access
+            .get(app.url("/api/keys"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = app
+        .http
+        .post(app.url("/api/auth/logout"))
+        .json(&json!({"refresh_token": pair["refresh_token"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let cleared: Vec<&str> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert!(
+        cleared.iter().all(|c| c.contains("Max-Age=0")) && cleared.len() == 2,
+        "{cleared:?}"
+    );
+    assert_eq!(
+        access
+            .get(app.url("/api/keys"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // With the access token only: its refresh token can no longer renew the login.
+    let pair: Value = try_login(&app, "root", ADMIN_PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let r = client_with_token(pair["access_token"].as_str().unwrap())
+        .post(app.url("/api/auth/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = app
+        .http
+        .post(app.url("/api/auth/refresh"))
+        .json(&json!({"refresh_token": pair["refresh_token"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Nothing to log out: still 204, nothing written.
+    let r = app
+        .http
+        .post(app.url("/api/auth/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let trail = app.get_json("/api/audit?action=auth.logout").await;
+    assert_eq!(trail["entries"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_new_password_ends_the_logins_made_before_it() {
+    let app = TestApp::spawn_with(keys_mode("login_per_minute = 100")).await;
+    let ada = make_user(&app.state, "ada", Role::Admin).await;
+    let old = client_with_token(&login(&app.http, app.addr, "ada", ADMIN_PASSWORD).await);
+    assert_eq!(
+        old.get(app.url("/api/keys")).send().await.unwrap().status(),
+        200
+    );
+    // The gate compares whole seconds: let one pass so the change is after the login.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = app
+        .admin
+        .patch(app.url(&format!("/api/users/{}", ada.id)))
+        .json(&json!({"password": "a brand new passphrase"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, _, message) = code(old.get(app.url("/api/keys")).send().await.unwrap()).await;
+    assert_eq!(status, 401);
+    assert!(message.contains("changed since this login"), "{message}");
+    assert_eq!(try_login(&app, "ada", ADMIN_PASSWORD).await.status(), 401);
+    assert_eq!(
+        try_login(&app, "ada", "a brand new passphrase")
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn members_cannot_loosen_what_an_admin_set_and_odd_names_cost_nothing() {
+    let app = TestApp::spawn_with(keys_mode("login_per_minute = 100")).await;
+    make_user(&app.state, "mia", Role::Member).await;
+    let member = client_with_token(&login(&app.http, app.addr, "mia", ADMIN_PASSWORD).await);
+    let r = app
+        .admin
+        .post(app.url("/api/keys"))
+        .json(&json!({"name": "mia-key", "owner": "mia", "max_budget_usd": 10.0}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = member
+        .patch(app.url(&format!("/api/keys/{id}")))
+        .json(&json!({"max_budget_usd": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r).await.1, "forbidden");
+    assert_eq!(
+        member
+            .post(app.url(&format!("/api/keys/{id}/block")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (status, c, _) = code(
+        member
+            .post(app.url(&format!("/api/keys/{id}/unblock")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, c.as_str()), (403, "forbidden"));
+
+    // A huge user name (as large as this test config's body limit allows) is refused like a
+    // wrong password and leaves no trace.
+    let huge = "x".repeat(60_000);
+    let (status, c, _) = code(try_login(&app, &huge, "whatever-password").await).await;
+    assert_eq!((status, c.as_str()), (401, "invalid_credentials"));
+    let history = app.get_json("/api/auth/login-history?limit=1000").await;
+    assert!(history.to_string().len() < 100_000);
+}
