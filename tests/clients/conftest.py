@@ -147,8 +147,9 @@ max_context_size = 1000000
             assert server.wait(timeout=20) == 0, "gatehouse did not shut down cleanly"
 
 
-def get_json(url):
-    with urllib.request.urlopen(url, timeout=5) as r:
+def get_json(url, token=None):
+    req = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=5) as r:
         return json.load(r)
 
 
@@ -220,6 +221,14 @@ pricing = {{ input = 3.0, output = 15.0 }}
         ]:
             out = json.loads(gatehouse_cli("keys", "create", "--name", name, *limits, "--json", data=data))
             keys[name] = out["key"]
+        # The management API wants an admin login in this mode: the first admin, made as the
+        # README says.
+        password = "a long admin passphrase"
+        env_cli = {k: v for k, v in os.environ.items() if not k.startswith("GATEHOUSE_")}
+        subprocess.run(
+            [str(BIN / "gatehouse"), "users", "create", "admin", "--password-stdin", "--data-dir", data],
+            env=env_cli, input=password + "\n", check=True, capture_output=True, text=True,
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEHOUSE_") and not k.endswith("_API_KEY")}
         server = subprocess.Popen(
             [str(BIN / "gatehouse"), "serve", "--config", str(config), "--port", str(port), "--data-dir", data],
@@ -228,7 +237,14 @@ pricing = {{ input = 3.0, output = 15.0 }}
         base = f"http://127.0.0.1:{port}"
         try:
             wait_ready(base + "/health/ready")
-            yield {"base": base, "mock": mock_url, "data": data, "keys": keys, "config": str(config)}
+            login = urllib.request.Request(
+                base + "/api/auth/login",
+                data=json.dumps({"username": "admin", "password": password}).encode(),
+                headers={"content-type": "application/json"},
+            )
+            with urllib.request.urlopen(login, timeout=10) as r:
+                admin = json.load(r)["access_token"]
+            yield {"base": base, "mock": mock_url, "data": data, "keys": keys, "config": str(config), "admin": admin}
         finally:
             server.terminate()
             assert server.wait(timeout=20) == 0, "gatehouse did not shut down cleanly"

@@ -110,5 +110,22 @@ def test_cli_changes_apply_to_the_running_gateway(keyed):
             time.sleep(0.2)
     finally:
         gatehouse_cli("keys", "unblock", "app", data=keyed["data"])
-    spend = get_json(keyed["base"] + f"/api/keys/{app['id']}/spend")
+    spend = get_json(keyed["base"] + f"/api/keys/{app['id']}/spend", keyed["admin"])
     assert spend["requests"] >= 1
+
+
+def test_the_admin_login_opens_the_management_api_only(keyed):
+    import urllib.error
+    import urllib.request
+
+    # Without a login the management API answers 401; with it, 200.
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(keyed["base"] + "/api/keys", timeout=5)
+    assert e.value.code == 401
+    assert get_json(keyed["base"] + "/api/keys", keyed["admin"])["count"] >= 4
+    # And the admin's token is no virtual key: the SDK gets its authentication error.
+    with pytest.raises(openai.AuthenticationError) as e:
+        oai(keyed, keyed["admin"]).chat.completions.create(
+            model="mock/echo", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert e.value.code == "invalid_api_key"

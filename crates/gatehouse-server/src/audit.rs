@@ -20,6 +20,8 @@ pub struct Actor {
     pub name: String,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The request came over HTTPS (here, or through a trusted proxy).
+    pub https: bool,
 }
 
 impl Actor {
@@ -30,6 +32,7 @@ impl Actor {
             name: format!("cli:{login}"),
             ip: None,
             user_agent: Some(format!("gatehouse-cli/{}", env!("CARGO_PKG_VERSION"))),
+            https: false,
         }
     }
 }
@@ -53,10 +56,17 @@ impl FromRequestParts<AppState> for Actor {
             Some(p) => format!("user:{}", p.username),
             None => format!("admin@{ip}"),
         };
+        let https = crate::client::https(
+            &st.guard.trusted_proxies,
+            st.config.server.tls.is_some(),
+            &parts.extensions,
+            &parts.headers,
+        );
         Ok(Self {
             name,
             ip: Some(ip),
             user_agent,
+            https,
         })
     }
 }

@@ -26,6 +26,22 @@ pub fn ip(trusted: &[Cidr], ext: &Extensions, headers: &HeaderMap) -> String {
     peer.map_or_else(|| "loopback".to_owned(), |ip| ip.to_string())
 }
 
+/// Whether the client reached the gateway over HTTPS: TLS here, or a trusted proxy saying so
+/// with `X-Forwarded-Proto: https` (then the login cookies are `Secure`).
+pub fn https(trusted: &[Cidr], tls: bool, ext: &Extensions, headers: &HeaderMap) -> bool {
+    if tls {
+        return true;
+    }
+    let peer = ext
+        .get::<RemotePeer>()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |p| p.0.ip());
+    trusted.iter().any(|c| c.contains(peer))
+        && headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
+}
+
 /// The rightmost `X-Forwarded-For` address that is not a trusted proxy (each proxy appends the
 /// address it saw, so everything left of the first untrusted one is the client's own say).
 fn forwarded(trusted: &[Cidr], headers: &HeaderMap) -> Option<IpAddr> {

@@ -395,6 +395,15 @@ async fn key_sync_loop(st: AppState, mut since: i64, stop: CancellationToken) {
             () = stop.cancelled() => return,
         }
         persist_spend(&st);
+        // Logouts made by another instance on the same database apply here too.
+        let now = gatehouse_core::time::now_ms();
+        if let Ok(revoked) = st.store.revoked_tokens(now).await {
+            for (jti, expires_at) in revoked {
+                if !st.login.revoked.is_revoked(&jti) {
+                    st.login.revoked.revoke(&jti, expires_at, now);
+                }
+            }
+        }
         match st.store.load_keys(since).await {
             Ok(changed) => {
                 for (k, spend) in changed {

@@ -30,6 +30,8 @@ pub struct Pruned {
     pub masked: u64,
     /// Stored Responses API responses removed by age (with the requests').
     pub responses: u64,
+    /// Login-history rows past their age, and expired token ids.
+    pub logins: u64,
     /// Request rows removed to bring the database under `max_db_mb`.
     pub over_size: u64,
     pub size: StoreSize,
@@ -48,6 +50,8 @@ pub async fn prune(
         let before = now_ms.saturating_sub(i64::from(cfg.requests_days) * DAY_MS);
         out.requests = batches(|| store.prune_requests(before, batch), go_on).await?;
         out.responses = batches(|| store.prune_responses(before, batch), go_on).await?;
+        // Login history ages with the requests; expired token ids go whatever the age.
+        out.logins = batches(|| store.prune_logins(before, now_ms, batch), go_on).await?;
     }
     if cfg.masked_days > 0 {
         let before = now_ms.saturating_sub(i64::from(cfg.masked_days) * DAY_MS);
@@ -208,6 +212,68 @@ mod tests {
         // Nothing more to do: a second run deletes nothing.
         let again = prune(&*store, &cfg(30, 0), now, &|| true).await.unwrap();
         assert_eq!((again.requests, again.masked), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn old_logins_and_expired_token_ids_go() {
+        use gatehouse_core::record::{LoginEvent, RefreshToken};
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("g.db")).await.unwrap());
+        let now = 100 * DAY_MS;
+        let login = |id: &str, at: i64| {
+            WriteOp::AppendLogin(Box::new(LoginEvent {
+                id: id.into(),
+                at,
+                username: "ada".into(),
+                user_id: None,
+                ip: None,
+                user_agent: None,
+                outcome: "failed".into(),
+                reason: None,
+            }))
+        };
+        let refresh = |jti: &str, expires_at: i64| {
+            WriteOp::InsertRefresh(Box::new(RefreshToken {
+                jti: jti.into(),
+                family: "f".into(),
+                user_id: "u".into(),
+                issued_at: expires_at - DAY_MS,
+                expires_at,
+            }))
+        };
+        store
+            .apply(&[
+                login("a", now - 40 * DAY_MS),
+                login("b", now - DAY_MS),
+                // In this order: inserting a token also clears those expired before it was issued.
+                refresh("live", now + DAY_MS),
+                refresh("expired", now - DAY_MS),
+                WriteOp::RevokeToken {
+                    jti: "gone".into(),
+                    expires_at: now - 1,
+                },
+                WriteOp::RevokeToken {
+                    jti: "kept".into(),
+                    expires_at: now + 1,
+                },
+            ])
+            .await
+            .unwrap();
+        let p = prune(&*store, &cfg(30, 0), now, &|| true).await.unwrap();
+        assert_eq!(
+            p.logins, 3,
+            "one old login, one expired refresh id, one expired revocation"
+        );
+        let left = store.login_history(None, None, 10).await.unwrap();
+        assert_eq!(
+            left.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        assert_eq!(
+            store.revoked_tokens(now).await.unwrap(),
+            [("kept".to_owned(), now + 1)]
+        );
     }
 
     #[tokio::test]

@@ -243,6 +243,14 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the `limit` oldest request rows, whatever their age (the size cap).
     /// Deletes up to `limit` stored responses older than `before_ms`; how many went.
     fn prune_responses(&self, before_ms: i64, limit: u32) -> BoxFuture<'_, StoreResult<u64>>;
+    /// Deletes up to `limit` login-history rows older than `before_ms`, and the refresh and
+    /// revoked token ids whose tokens have expired by `now_ms` (they can do nothing more).
+    fn prune_logins(
+        &self,
+        before_ms: i64,
+        now_ms: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, StoreResult<u64>>;
     fn get_response<'a>(
         &'a self,
         id: &'a str,

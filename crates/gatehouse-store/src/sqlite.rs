@@ -929,6 +929,38 @@ impl Store for SqliteStore {
         })
     }
 
+    fn prune_logins(
+        &self,
+        before_ms: i64,
+        now_ms: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move {
+            let r = sqlx::query(
+                "DELETE FROM login_history WHERE id IN
+                    (SELECT id FROM login_history WHERE at < $1 ORDER BY at LIMIT $2)",
+            )
+            .bind(before_ms)
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
+            let mut n = r.rows_affected();
+            for table in ["refresh_tokens", "revoked_tokens"] {
+                let sql = format!(
+                    "DELETE FROM {table} WHERE rowid IN
+                        (SELECT rowid FROM {table} WHERE expires_at < $1 LIMIT $2)"
+                );
+                n += sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(now_ms)
+                    .bind(i64::from(limit))
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+            }
+            Ok(n)
+        })
+    }
+
     fn get_response<'a>(
         &'a self,
         id: &'a str,

@@ -142,6 +142,7 @@ fn tokens_response(secure: bool, user: &UserRecord, access: &Issued, refresh: &I
 /// records the refresh token so it can be used, once.
 async fn issue_pair(
     st: &AppState,
+    https: bool,
     user: &UserRecord,
     family: Option<&str>,
     extra: Vec<WriteOp>,
@@ -159,12 +160,7 @@ async fn issue_pair(
         expires_at: refresh.expires_at_ms(),
     })));
     write(st, &ops).await?;
-    Ok(tokens_response(
-        st.config.server.tls.is_some(),
-        user,
-        &access,
-        &refresh,
-    ))
+    Ok(tokens_response(https, user, &access, &refresh))
 }
 
 pub async fn login(
@@ -285,7 +281,7 @@ pub async fn login(
         login_event(&actor, &user.username, Some(&user), "ok", None),
         login_audit(&actor, &user.username, "ok"),
     ];
-    let mut r = issue_pair(&st, &user, None, ops).await?;
+    let mut r = issue_pair(&st, actor.https, &user, None, ops).await?;
     limit_headers(&st, &ip, r.headers_mut());
     Ok(r)
 }
@@ -335,7 +331,7 @@ pub async fn refresh(
                         "this user no longer exists or is blocked",
                     ))
                 })?;
-            issue_pair(&st, &user, Some(&t.family), Vec::new()).await
+            issue_pair(&st, actor.https, &user, Some(&t.family), Vec::new()).await
         }
         RefreshUse::Replayed(t) => {
             let ttl_ms = i64::try_from(st.config.auth.access_ttl_secs.saturating_mul(1000))
@@ -382,6 +378,7 @@ pub async fn logout(
     body: Bytes,
 ) -> ApiResult<Response> {
     let now = now_ms();
+    let secure = actor.https;
     let signer = &st.login.signer;
     let mut ops = Vec::new();
     let mut who: Option<String> = None;
@@ -422,7 +419,6 @@ pub async fn logout(
         write(&st, &ops).await?;
     }
     let mut r = StatusCode::NO_CONTENT.into_response();
-    let secure = st.config.server.tls.is_some();
     for c in [
         cookie_header(secure, ACCESS_COOKIE, "", "/", 0),
         cookie_header(secure, REFRESH_COOKIE, "", "/api/auth", 0),

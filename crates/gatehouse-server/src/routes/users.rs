@@ -210,5 +210,28 @@ pub async fn delete(
     // The name is freed for a new user; the row stays for the trail.
     user.username = format!("{}#deleted-{now}", before.username);
     save(&st, &actor, "user.delete", Some(&before), &user, true).await?;
+    // Keys are owned by name: a new user of the same name must not inherit these.
+    for k in st.keys.list() {
+        let r = k.record();
+        if r.owner.as_deref() == Some(before.username.as_str()) && r.deleted_at.is_none() {
+            let change = gatehouse_services::keys::KeyChange {
+                owner: Some(None),
+                ..Default::default()
+            };
+            if let Ok(updated) = gatehouse_services::keys::update(&r, change, now) {
+                let entry = audit::entry(
+                    &actor,
+                    Change::new("key.update", Some(format!("key:{}", r.id)))
+                        .before(json!({"owner": before.username}))
+                        .after(json!({"owner": null, "why": "owner deleted"})),
+                    "ok",
+                );
+                st.writer.record_now(WriteOp::AppendAudit(Box::new(entry)));
+                st.writer
+                    .record_now(WriteOp::UpsertKey(Box::new(updated.clone())));
+                st.keys.apply(updated, None);
+            }
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -592,11 +592,25 @@ async fn users_are_managed_over_the_api_and_the_last_admin_stays() {
     assert_eq!(r.status(), 400);
     let r = app
         .admin
+        .post(app.url("/api/keys"))
+        .json(&json!({"name": "bobs", "owner": "bob"}))
+        .send()
+        .await
+        .unwrap();
+    let bobs_key = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app
+        .admin
         .delete(app.url(&format!("/api/users/{bob_id}")))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+    // A new "bob" does not inherit the old one's keys.
+    let k = app.get_json(&format!("/api/keys/{bobs_key}")).await;
+    assert_eq!(k["owner"], Value::Null, "{k}");
     let users = app.get_json("/api/users").await;
     assert_eq!(users["count"], 1);
     let trail = app.get_json("/api/audit?action=user.").await;

@@ -200,3 +200,38 @@ async fn forwarded_for_is_believed_from_trusted_proxies_only() {
         "a client's own claim is ignored"
     );
 }
+
+#[tokio::test]
+async fn behind_a_trusted_https_proxy_the_login_cookies_are_secure() {
+    let app = TestApp::spawn_with(Options {
+        server_toml: "trusted_proxies = [\"127.0.0.1\"]".into(),
+        extra_toml: "[auth]\nmode = \"keys\"\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let login = |proto: Option<&'static str>| {
+        let mut r = app
+            .http
+            .post(app.url("/api/auth/login"))
+            .json(&json!({"username": "root", "password": ADMIN_PASSWORD}));
+        if let Some(p) = proto {
+            r = r.header("x-forwarded-proto", p);
+        }
+        r.send()
+    };
+    let r = login(Some("https")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .all(|c| c.to_str().unwrap().contains("; Secure"))
+    );
+    let r = login(None).await.unwrap();
+    assert!(
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .all(|c| !c.to_str().unwrap().contains("Secure"))
+    );
+}

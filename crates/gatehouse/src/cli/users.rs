@@ -231,6 +231,22 @@ async fn command(store: &SqliteStore, cmd: UsersCommand) -> anyhow::Result<ExitC
             keep_an_admin(store, &user).await?;
             user.username = format!("{}#deleted-{now}", before.username);
             save(store, "user.delete", Some(&before), &user, true).await?;
+            // Keys are owned by name: a new user of the same name must not inherit these.
+            let mut ops = Vec::new();
+            for (k, _) in store.load_keys(0).await? {
+                if k.owner.as_deref() == Some(username.as_str()) && k.deleted_at.is_none() {
+                    let change = gatehouse_services::keys::KeyChange {
+                        owner: Some(None),
+                        ..Default::default()
+                    };
+                    let updated = gatehouse_services::keys::update(&k, change, now)
+                        .map_err(|e| anyhow::anyhow!(e.message))?;
+                    ops.push(WriteOp::UpsertKey(Box::new(updated)));
+                }
+            }
+            if !ops.is_empty() {
+                store.apply(&ops).await?;
+            }
             println!("deleted `{username}`");
         }
     }
