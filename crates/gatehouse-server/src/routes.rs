@@ -16,7 +16,7 @@ mod providers;
 mod ratelimit;
 mod responses;
 pub(crate) mod sessions;
-mod users;
+pub mod users;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

@@ -109,6 +109,14 @@ pub fn new_user(
     })
 }
 
+/// Whether the users, with `changed` as it would become, still have an admin who can log in.
+pub fn keeps_an_admin(all: &[UserRecord], changed: &UserRecord) -> bool {
+    let others = all
+        .iter()
+        .any(|u| u.id != changed.id && u.role == Role::Admin && !u.blocked);
+    others || (changed.role == Role::Admin && !changed.blocked && changed.deleted_at.is_none())
+}
+
 /// Which of the two tokens a JWT is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -66,14 +66,15 @@ async fn hash(password: String) -> ApiResult<String> {
         .map_err(HttpError)
 }
 
-async fn save(
-    st: &AppState,
+/// The writes of a user change, shared with `gatehouse users`: the record, the end of its
+/// refresh tokens when `revoke`, and the audit row (never the password or its hash).
+pub fn change_ops(
     actor: &Actor,
     action: &str,
     before: Option<&UserRecord>,
     user: &UserRecord,
     revoke: bool,
-) -> ApiResult<()> {
+) -> Vec<WriteOp> {
     let mut change = Change::new(action, Some(format!("user:{}", user.id))).after(shown(user));
     if let Some(b) = before {
         change = change.before(shown(b));
@@ -88,6 +89,18 @@ async fn save(
     ops.push(WriteOp::AppendAudit(Box::new(audit::entry(
         actor, change, "ok",
     ))));
+    ops
+}
+
+async fn save(
+    st: &AppState,
+    actor: &Actor,
+    action: &str,
+    before: Option<&UserRecord>,
+    user: &UserRecord,
+    revoke: bool,
+) -> ApiResult<()> {
+    let ops = change_ops(actor, action, before, user, revoke);
     st.store.apply(&ops).await.map_err(internal)?;
     Ok(())
 }
@@ -95,12 +108,7 @@ async fn save(
 /// Refuses a change that would leave no admin who can log in.
 async fn keep_an_admin(st: &AppState, changed: &UserRecord) -> ApiResult<()> {
     let all = st.store.list_users().await.map_err(internal)?;
-    let others = all
-        .iter()
-        .filter(|u| u.id != changed.id && u.role == Role::Admin && !u.blocked)
-        .count();
-    let still = changed.role == Role::Admin && !changed.blocked && changed.deleted_at.is_none();
-    if others == 0 && !still {
+    if !users::keeps_an_admin(&all, changed) {
         return Err(bad_request(
             "this is the last admin who can log in: make another admin first",
         ));

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use gatehouse_core::record::{Role, UserRecord};
 use gatehouse_core::time::{now_ms, rfc3339_ms};
-use gatehouse_server::audit::{self, Actor, Change};
+use gatehouse_server::audit::Actor;
 use gatehouse_services::users;
 use gatehouse_store::{SqliteStore, Store, WriteOp};
 
@@ -110,10 +110,6 @@ async fn find(store: &SqliteStore, username: &str) -> anyhow::Result<UserRecord>
         .with_context(|| format!("no user named `{username}`"))
 }
 
-fn shown(u: &UserRecord) -> serde_json::Value {
-    serde_json::json!({"id": u.id, "username": u.username, "role": u.role, "blocked": u.blocked})
-}
-
 async fn save(
     store: &SqliteStore,
     action: &str,
@@ -121,35 +117,15 @@ async fn save(
     user: &UserRecord,
     revoke: bool,
 ) -> anyhow::Result<()> {
-    let mut change = Change::new(action, Some(format!("user:{}", user.id))).after(shown(user));
-    if let Some(b) = before {
-        change = change.before(shown(b));
-    }
-    let mut ops = vec![WriteOp::UpsertUser(Box::new(user.clone()))];
-    if revoke {
-        ops.push(WriteOp::RevokeUserRefresh {
-            user_id: user.id.clone(),
-            at: now_ms(),
-        });
-    }
-    ops.push(WriteOp::AppendAudit(Box::new(audit::entry(
-        &Actor::cli(),
-        change,
-        "ok",
-    ))));
+    let ops =
+        gatehouse_server::routes::users::change_ops(&Actor::cli(), action, before, user, revoke);
     store.apply(&ops).await?;
     Ok(())
 }
 
-/// Refuses a change that leaves no admin able to log in (unless there was none).
+/// Refuses a change that leaves no admin able to log in.
 async fn keep_an_admin(store: &SqliteStore, changed: &UserRecord) -> anyhow::Result<()> {
-    let all = store.list_users().await?;
-    let others = all
-        .iter()
-        .filter(|u| u.id != changed.id && u.role == Role::Admin && !u.blocked)
-        .count();
-    let still = changed.role == Role::Admin && !changed.blocked && changed.deleted_at.is_none();
-    if others == 0 && !still {
+    if !users::keeps_an_admin(&store.list_users().await?, changed) {
         bail!(
             "`{}` is the last admin who can log in: make another admin first",
             changed.username
