@@ -21,6 +21,16 @@ impl IntoResponse for HttpError {
     }
 }
 
+/// A database failure on a management route: logged in full, answered without its details
+/// (the SQL and the schema are not the client's business).
+pub fn store_failed(e: impl std::fmt::Display) -> HttpError {
+    tracing::error!(error = %e, "database access failed");
+    HttpError(ApiError::new(
+        ErrorKind::Internal,
+        "the database could not be reached; see the gateway log",
+    ))
+}
+
 /// A 400 `invalid_request_error` for a management-API body that is JSON but wrong.
 pub fn bad_request(message: impl Into<String>) -> HttpError {
     HttpError(ApiError::new(ErrorKind::InvalidRequest, message))

@@ -266,7 +266,7 @@ async fn principal(
         .store
         .user_by_id(&claims.sub)
         .await
-        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("cannot read users: {e}")))?
+        .map_err(|e| crate::error::store_failed(e).0)?
         .filter(|u| !u.blocked)
         .ok_or_else(|| users::login_required("this user no longer exists or is blocked"))?;
     // A new password (or role, or a block lifted) ends the logins made before it; seconds on

@@ -286,17 +286,6 @@ impl Revoked {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .contains_key(jti)
     }
-
-    pub fn len(&self) -> usize {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Why a login is refused before its password is checked.

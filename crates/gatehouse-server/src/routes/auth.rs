@@ -17,18 +17,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::audit::{self, Actor, Change};
-use crate::error::{HttpError, json_body};
+use crate::error::{HttpError, json_body, store_failed};
 use crate::login::{ACCESS_COOKIE, Caller, Principal, REFRESH_COOKIE, cookie};
 use crate::origin::SameOrigin;
 use crate::state::AppState;
 
 type ApiResult<T> = Result<T, HttpError>;
 
-fn internal(e: impl std::fmt::Display) -> HttpError {
-    HttpError(ApiError::new(
-        ErrorKind::Internal,
-        format!("cannot reach the database: {e}"),
-    ))
+fn internal(what: &str) -> HttpError {
+    HttpError(ApiError::new(ErrorKind::Internal, what.to_owned()))
 }
 
 #[derive(Deserialize)]
@@ -41,7 +38,7 @@ struct LoginBody {
 /// Writes `ops` now (not through the writer's queue): a refresh token must exist before its
 /// holder can use it, and a login's rows must not wait behind a burst of request rows.
 async fn write(st: &AppState, ops: &[WriteOp]) -> ApiResult<()> {
-    st.store.apply(ops).await.map(|_| ()).map_err(internal)
+    st.store.apply(ops).await.map(|_| ()).map_err(store_failed)
 }
 
 fn login_event(
@@ -220,7 +217,11 @@ pub async fn login(
         limit_headers(&st, &ip, r.headers_mut());
         return Ok(r);
     }
-    let user = st.store.user_by_name(&b.username).await.map_err(internal)?;
+    let user = st
+        .store
+        .user_by_name(&b.username)
+        .await
+        .map_err(store_failed)?;
     // An unknown user's password is checked against a decoy, so both take one Argon2 run.
     let hash = user
         .as_ref()
@@ -317,14 +318,14 @@ pub async fn refresh(
         .store
         .use_refresh(&claims.jti, now)
         .await
-        .map_err(internal)?
+        .map_err(store_failed)?
     {
         RefreshUse::Fresh(t) => {
             let user = st
                 .store
                 .user_by_id(&t.user_id)
                 .await
-                .map_err(internal)?
+                .map_err(store_failed)?
                 .filter(|u| !u.blocked)
                 .ok_or_else(|| {
                     HttpError(users::login_required(
@@ -495,7 +496,7 @@ pub async fn history(
         .store
         .login_history(username.as_deref(), q.before.as_deref(), limit)
         .await
-        .map_err(internal)?;
+        .map_err(store_failed)?;
     let next = (rows.len() == limit as usize)
         .then(|| rows.last().map(|r| r.id.clone()))
         .flatten();

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::audit::{self, Actor, Change};
-use crate::error::{HttpError, bad_request, json_body};
+use crate::error::{HttpError, bad_request, json_body, store_failed};
 use crate::origin::SameOrigin;
 use crate::state::AppState;
 
@@ -149,12 +149,7 @@ pub async fn set_key(
             WriteOp::AppendAudit(Box::new(entry)),
         ])
         .await
-        .map_err(|e| {
-            HttpError(ApiError::new(
-                ErrorKind::Internal,
-                format!("cannot store the key: {e}"),
-            ))
-        })?;
+        .map_err(store_failed)?;
     apply(&st, &name, Some(key.to_owned()), Some(shown.clone()));
     tracing::info!(provider = %name, "provider key set through the API (stored sealed)");
     Ok(Json(
@@ -187,12 +182,7 @@ pub async fn delete_key(
             WriteOp::AppendAudit(Box::new(entry)),
         ])
         .await
-        .map_err(|e| {
-            HttpError(ApiError::new(
-                ErrorKind::Internal,
-                format!("cannot delete the key: {e}"),
-            ))
-        })?;
+        .map_err(store_failed)?;
     apply(&st, &name, None, None);
     Ok(Json(
         json!({"provider": name, "key_source": key_source(&st, &name, p)}),

@@ -16,17 +16,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::audit::{self, Actor, Change};
-use crate::error::{HttpError, bad_request, json_body};
+use crate::error::{HttpError, bad_request, json_body, store_failed};
 use crate::origin::SameOrigin;
 use crate::state::AppState;
 
 type ApiResult<T> = Result<T, HttpError>;
 
-fn internal(e: impl std::fmt::Display) -> HttpError {
-    HttpError(ApiError::new(
-        ErrorKind::Internal,
-        format!("cannot reach the database: {e}"),
-    ))
+fn internal(what: &str) -> HttpError {
+    HttpError(ApiError::new(ErrorKind::Internal, what.to_owned()))
 }
 
 fn shown(u: &UserRecord) -> Value {
@@ -49,7 +46,7 @@ async fn find(st: &AppState, id: &str) -> ApiResult<UserRecord> {
     st.store
         .user_by_id(id)
         .await
-        .map_err(internal)?
+        .map_err(store_failed)?
         .ok_or_else(|| {
             HttpError(ApiError::new(
                 ErrorKind::NotFound,
@@ -101,13 +98,13 @@ async fn save(
     revoke: bool,
 ) -> ApiResult<()> {
     let ops = change_ops(actor, action, before, user, revoke);
-    st.store.apply(&ops).await.map_err(internal)?;
+    st.store.apply(&ops).await.map_err(store_failed)?;
     Ok(())
 }
 
 /// Refuses a change that would leave no admin who can log in.
 async fn keep_an_admin(st: &AppState, changed: &UserRecord) -> ApiResult<()> {
-    let all = st.store.list_users().await.map_err(internal)?;
+    let all = st.store.list_users().await.map_err(store_failed)?;
     if !users::keeps_an_admin(&all, changed) {
         return Err(bad_request(
             "this is the last admin who can log in: make another admin first",
@@ -117,7 +114,7 @@ async fn keep_an_admin(st: &AppState, changed: &UserRecord) -> ApiResult<()> {
 }
 
 pub async fn list(State(st): State<AppState>) -> ApiResult<Json<Value>> {
-    let all = st.store.list_users().await.map_err(internal)?;
+    let all = st.store.list_users().await.map_err(store_failed)?;
     let users: Vec<Value> = all.iter().map(shown).collect();
     Ok(Json(json!({"count": users.len(), "users": users})))
 }
@@ -147,7 +144,7 @@ pub async fn create(
         .store
         .user_by_name(&b.username)
         .await
-        .map_err(internal)?
+        .map_err(store_failed)?
         .is_some()
     {
         return Err(bad_request(format!(
