@@ -66,6 +66,7 @@ fn row(session: &SessionId, i: u64) -> RequestRecord {
         requested_model: None,
         purpose: None,
         key_id: None,
+        team_id: None,
         id: format!("req-{i}"),
         session_id: session.clone(),
         created_at: gatehouse_core::time::now_ms(),

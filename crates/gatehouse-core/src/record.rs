@@ -108,6 +108,9 @@ pub struct RequestRecord {
     /// The virtual key the request came with (`[auth] mode = "keys"`): its id, never the key.
     #[serde(default)]
     pub key_id: Option<String>,
+    /// The key's team, when it has one.
+    #[serde(default)]
+    pub team_id: Option<String>,
 }
 
 impl RequestRecord {
@@ -314,6 +317,9 @@ pub struct KeyRecord {
     pub prefix: String,
     pub last4: String,
     pub owner: Option<String>,
+    /// The team whose limits and budget the key's requests count against as well.
+    #[serde(default)]
+    pub team_id: Option<String>,
     /// Model keys (globs: `groq/*`) the key may use; empty: every model.
     pub models: Vec<String>,
     pub rpm: Option<u64>,
@@ -335,6 +341,28 @@ pub struct KeyRecord {
     pub created_at: i64,
     pub updated_at: i64,
     /// Set when deleted: the row stays so spend totals and other instances see the deletion.
+    pub deleted_at: Option<i64>,
+}
+
+/// A team: limits and a budget shared by several keys. A request must fit its key's and its
+/// team's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TeamRecord {
+    pub id: String,
+    pub name: String,
+    /// Model keys (globs) the team's keys may use; empty: every model (each key may narrow it).
+    pub models: Vec<String>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_parallel_requests: Option<u64>,
+    pub max_budget_usd: Option<f64>,
+    pub budget_period_secs: Option<u64>,
+    pub soft_budget_usd: Option<f64>,
+    /// Blocks every key of the team.
+    pub blocked: bool,
+    pub metadata: serde_json::Value,
+    pub created_at: i64,
+    pub updated_at: i64,
     pub deleted_at: Option<i64>,
 }
 

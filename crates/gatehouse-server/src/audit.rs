@@ -25,6 +25,16 @@ pub struct Actor {
 }
 
 impl Actor {
+    /// The gateway itself (a soft budget crossed, a retention run).
+    pub fn system() -> Self {
+        Self {
+            name: "system".to_owned(),
+            ip: None,
+            user_agent: None,
+            https: false,
+        }
+    }
+
     /// The command line: `cli:<login>`, from `$USER`.
     pub fn cli() -> Self {
         let login = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());

@@ -16,6 +16,7 @@ mod providers;
 mod ratelimit;
 mod responses;
 pub(crate) mod sessions;
+mod teams;
 pub mod users;
 
 use axum::Router;
@@ -102,6 +103,12 @@ fn management(state: &AppState) -> Router<AppState> {
         .route("/api/keys/{id}/unblock", post(keys::unblock))
         .route("/api/keys/{id}/rotate", post(keys::rotate))
         .route("/api/keys/{id}/spend", get(keys::spend))
+        .route("/api/teams", get(teams::list).post(teams::create))
+        .route(
+            "/api/teams/{id}",
+            get(teams::show).patch(teams::update).delete(teams::delete),
+        )
+        .route("/api/teams/{id}/spend", get(teams::spend))
         .route("/api/audit", get(audit::list))
         .route("/api/rate-limit", get(ratelimit::status))
         .route("/api/sessions", get(sessions::list).post(sessions::create))

@@ -103,9 +103,14 @@ pub async fn run_with(
     };
     let stored_compactions = store.load_compaction_state().await?;
     let keys = gatehouse_services::Keys::new();
-    let mut keys_since = 0;
+    let mut since = Since::default();
+    // Teams first: a key is linked to its team as it is applied.
+    for (t, spend) in store.load_teams(0).await? {
+        since.teams = since.teams.max(t.updated_at);
+        keys.apply_team(t, Some(spend));
+    }
     for (k, spend) in store.load_keys(0).await? {
-        keys_since = keys_since.max(k.updated_at);
+        since.keys = since.keys.max(k.updated_at);
         keys.apply(k, Some(spend));
     }
     let login = crate::login::LoginState::from_config(&config)?;
@@ -183,7 +188,7 @@ pub async fn run_with(
     }
     let pruner = tokio::spawn(retention_loop(state.clone(), stop.clone()));
     let key_sync = (state.config.auth.mode == gatehouse_config::AuthMode::Keys)
-        .then(|| tokio::spawn(key_sync_loop(state.clone(), keys_since, stop.clone())));
+        .then(|| tokio::spawn(key_sync_loop(state.clone(), since, stop.clone())));
     let grace = Duration::try_from_secs_f64(state.config.server.shutdown_grace_secs)
         .unwrap_or(Duration::from_secs(30));
     let mut watcher = start_log_watcher(&state);
@@ -351,9 +356,6 @@ fn start_log_watcher(state: &AppState) -> Option<LogWatcher> {
     }
 }
 
-/// Every `auth.sync_secs`: hands the keys' new spend to the writer, and reads back the keys
-/// changed outside this process (the CLI, another instance): edits, blocks, rotations and
-/// deletions apply within that time.
 /// The master key from the environment and the provider keys stored under it, opened. A
 /// database holding stored keys without the master key that sealed them refuses to start (and
 /// says which key it needs), rather than run without the keys an admin set.
@@ -387,7 +389,17 @@ async fn open_provider_keys(
     Ok((Some(m), opened))
 }
 
-async fn key_sync_loop(st: AppState, mut since: i64, stop: CancellationToken) {
+/// The newest edit read of the keys and of the teams.
+#[derive(Debug, Default, Clone, Copy)]
+struct Since {
+    keys: i64,
+    teams: i64,
+}
+
+/// Every `auth.sync_secs`: hands the keys' and teams' new spend to the writer, and reads back
+/// the keys and teams changed outside this process (the CLI, another instance): edits, blocks,
+/// rotations and deletions apply within that time.
+async fn key_sync_loop(st: AppState, mut since: Since, stop: CancellationToken) {
     let every = Duration::from_secs(st.config.auth.sync_secs.max(1));
     loop {
         tokio::select! {
@@ -404,10 +416,21 @@ async fn key_sync_loop(st: AppState, mut since: i64, stop: CancellationToken) {
                 }
             }
         }
-        match st.store.load_keys(since).await {
+        match st.store.load_teams(since.teams).await {
+            Ok(changed) => {
+                for (t, spend) in changed {
+                    since.teams = since.teams.max(t.updated_at);
+                    st.keys.apply_team(t, Some(spend));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read teams back from the database; retrying")
+            }
+        }
+        match st.store.load_keys(since.keys).await {
             Ok(changed) => {
                 for (k, spend) in changed {
-                    since = since.max(k.updated_at);
+                    since.keys = since.keys.max(k.updated_at);
                     st.keys.apply(k, Some(spend));
                 }
             }
@@ -421,5 +444,8 @@ async fn key_sync_loop(st: AppState, mut since: i64, stop: CancellationToken) {
 fn persist_spend(st: &AppState) {
     for (id, spend) in st.keys.take_dirty() {
         st.writer.record_now(WriteOp::SetKeySpend { id, spend });
+    }
+    for (id, spend) in st.keys.take_dirty_teams() {
+        st.writer.record_now(WriteOp::SetTeamSpend { id, spend });
     }
 }

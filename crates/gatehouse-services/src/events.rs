@@ -115,9 +115,13 @@ pub enum Event {
         metric: LogMetric,
         gauge: Option<GaugeView>,
     },
-    /// A virtual key's spend crossed its `soft_budget_usd` (once per budget period).
+    /// A virtual key's or a team's spend crossed its `soft_budget_usd` (once per budget
+    /// period). `scope` is `key` or `team`; `key_id` is the key whose request crossed it, and
+    /// `name` the key's or the team's.
     BudgetAlert {
+        scope: &'static str,
         key_id: String,
+        team_id: Option<String>,
         name: String,
         spend_usd: f64,
         soft_budget_usd: f64,

@@ -72,6 +72,7 @@ pub const CSV_COLUMNS: &[&str] = &[
     "requested_model",
     "purpose",
     "key_id",
+    "team_id",
     "preview",
 ];
 
@@ -159,6 +160,8 @@ pub fn csv_row(out: &mut String, r: &RequestRecord) {
     out.push(',');
     csv_field(out, r.key_id.as_deref().unwrap_or(""));
     out.push(',');
+    csv_field(out, r.team_id.as_deref().unwrap_or(""));
+    out.push(',');
     csv_field(out, &r.preview);
     out.push_str("\r\n");
 }
@@ -220,6 +223,7 @@ mod tests {
             requested_model: None,
             purpose: None,
             key_id: None,
+            team_id: None,
             id: "r1".into(),
             session_id: SessionId::parse_client("s1").unwrap(),
             created_at: 1_700_000_000_123,

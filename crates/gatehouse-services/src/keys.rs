@@ -12,11 +12,11 @@
 //! so a limit is never exceeded.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use base64::Engine;
-use gatehouse_core::record::{KeyRecord, KeySpend};
+use gatehouse_core::record::{KeyRecord, KeySpend, TeamRecord};
 use gatehouse_core::{ApiError, ErrorKind, Pricing};
 
 /// What every key starts with.
@@ -166,10 +166,47 @@ impl Window {
     }
 }
 
-/// A key's live state: its limits as last edited, and what it used.
+/// The limits a key and a team both carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Limits {
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+    max_parallel_requests: Option<u64>,
+    max_budget_usd: Option<f64>,
+    budget_period_secs: Option<u64>,
+    soft_budget_usd: Option<f64>,
+}
+
+impl Limits {
+    fn of_key(r: &KeyRecord) -> Self {
+        Self {
+            rpm: r.rpm,
+            tpm: r.tpm,
+            max_parallel_requests: r.max_parallel_requests,
+            max_budget_usd: r.max_budget_usd,
+            budget_period_secs: r.budget_period_secs,
+            soft_budget_usd: r.soft_budget_usd,
+        }
+    }
+
+    fn of_team(r: &TeamRecord) -> Self {
+        Self {
+            rpm: r.rpm,
+            tpm: r.tpm,
+            max_parallel_requests: r.max_parallel_requests,
+            max_budget_usd: r.max_budget_usd,
+            budget_period_secs: r.budget_period_secs,
+            soft_budget_usd: r.soft_budget_usd,
+        }
+    }
+}
+
+/// What a key or a team used, under its limits as last edited.
 #[derive(Debug)]
-struct State {
-    record: Arc<KeyRecord>,
+struct Usage {
+    /// ``key `name` `` or ``team `name` ``, for refusals.
+    label: String,
+    limits: Limits,
     spend: KeySpend,
     /// Worst cases of requests in flight, in nanodollars: integers, so taking every
     /// reservation back leaves exactly zero.
@@ -180,163 +217,349 @@ struct State {
     soft_alerted: bool,
 }
 
-/// One key in the registry.
-#[derive(Debug)]
-pub struct KeyEntry {
-    pub id: String,
-    /// The key's settings for readers (authentication, model lists): a read lock, so the
-    /// requests of one key do not queue on `state`'s mutex for them.
-    shown: RwLock<Arc<KeyRecord>>,
-    state: Mutex<State>,
-    parallel: AtomicU64,
-    /// Spend changed since it was last handed to the writer ([`Keys::take_dirty`]): written
-    /// every few seconds, not once per request, so accounting costs the writer nothing extra.
-    dirty: std::sync::atomic::AtomicBool,
+/// What a check found, for [`Usage::take`].
+struct Checked {
+    sec: i64,
+    used_requests: u64,
+    used_tokens: u64,
+    nanos: u64,
 }
 
-/// The key's own limits as response headers show them (`x-ratelimit-*`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RateInfo {
-    pub requests: Option<(u64, u64, u64)>,
-    pub tokens: Option<(u64, u64, u64)>,
-}
-
-impl KeyEntry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn record(&self) -> Arc<KeyRecord> {
-        self.shown.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Whether the key may use `model` (a model key, or `auto/…`).
-    pub fn allows(&self, model: &str) -> bool {
-        allows(&self.shown.read().unwrap_or_else(|p| p.into_inner()), model)
-    }
-
-    /// Spend in the current period, and reservations in flight.
-    pub fn spend(&self, now_ms: i64) -> (KeySpend, f64) {
-        let mut s = self.lock();
-        roll_period(&mut s, now_ms);
-        (s.spend, nanos_usd(s.reserved))
-    }
-
-    /// Takes the request's place under the key's limits: `tokens` is its worst case (prompt +
-    /// completion), `price` what that costs at most. Either everything is reserved or nothing.
-    pub fn admit(
-        self: &Arc<Self>,
+impl Usage {
+    /// Whether a request of `tokens` costing at most `usd` fits, `in_flight` counting itself.
+    fn check(
+        &mut self,
+        in_flight: u64,
         tokens: u64,
-        price: Option<f64>,
+        usd: f64,
         now_ms: i64,
-    ) -> Result<(Reservation, RateInfo), ApiError> {
-        let parallel = Parallel::take(self);
-        let mut s = self.lock();
-        let r = s.record.clone();
-        if let Some(max) = r.max_parallel_requests
-            && parallel.count > max
+    ) -> Result<Checked, ApiError> {
+        roll_period(self, now_ms);
+        let l = self.limits;
+        let who = &self.label;
+        if let Some(max) = l.max_parallel_requests
+            && in_flight > max
         {
             return Err(ApiError::new(
                 ErrorKind::TooManyConcurrentRequests,
-                format!(
-                    "key `{}` has {max} requests in flight already (max_parallel_requests)",
-                    r.name
-                ),
+                format!("{who} has {max} requests in flight already (max_parallel_requests)"),
             )
             .with_retry_after(1));
         }
         let sec = now_ms.div_euclid(1000);
-        let used_requests = s.requests.used(sec);
-        if let Some(rpm) = r.rpm
+        let used_requests = self.requests.used(sec);
+        if let Some(rpm) = l.rpm
             && used_requests >= rpm
         {
-            let wait = s.requests.reset_secs(sec).max(1);
+            let wait = self.requests.reset_secs(sec).max(1);
             return Err(ApiError::new(
                 ErrorKind::RateLimitExceeded,
                 format!(
-                    "key `{}` is at its limit of {rpm} requests per minute; try again in {wait} s",
-                    r.name
+                    "{who} is at its limit of {rpm} requests per minute; try again in {wait} s"
                 ),
             )
             .with_retry_after(wait));
         }
-        let used_tokens = s.tokens.used(sec);
-        if let Some(tpm) = r.tpm
+        let used_tokens = self.tokens.used(sec);
+        if let Some(tpm) = l.tpm
             && used_tokens.saturating_add(tokens) > tpm
         {
-            let wait = s.tokens.reset_secs(sec).max(1);
+            let wait = self.tokens.reset_secs(sec).max(1);
             let message = if tokens > tpm {
                 format!(
-                    "this request may use {tokens} tokens (prompt + max_tokens), more than key `{}`'s {tpm} tokens per minute; lower max_tokens",
-                    r.name
+                    "this request may use {tokens} tokens (prompt + max_tokens), more than {who}'s {tpm} tokens per minute; lower max_tokens"
                 )
             } else {
                 format!(
-                    "key `{}` is at its limit of {tpm} tokens per minute ({used_tokens} used or reserved, this request may use {tokens}); try again in {wait} s",
-                    r.name
+                    "{who} is at its limit of {tpm} tokens per minute ({used_tokens} used or reserved, this request may use {tokens}); try again in {wait} s"
                 )
             };
             return Err(ApiError::new(ErrorKind::RateLimitExceeded, message).with_retry_after(wait));
         }
-        roll_period(&mut s, now_ms);
-        let usd = price.unwrap_or(0.0);
-        let nanos = usd_nanos(usd);
-        let reserved_usd = nanos_usd(s.reserved);
-        if let Some(max) = r.max_budget_usd
-            && s.spend.spend_usd + reserved_usd + usd > max
+        let reserved_usd = nanos_usd(self.reserved);
+        if let Some(max) = l.max_budget_usd
+            && self.spend.spend_usd + reserved_usd + usd > max
         {
-            let reset = match s.spend.budget_reset_at {
+            let reset = match self.spend.budget_reset_at {
                 Some(at) => format!("; it resets at {}", gatehouse_core::time::rfc3339_ms(at)),
                 None => "; it does not reset (no budget_period)".to_owned(),
             };
             let mut e = ApiError::new(
                 ErrorKind::BudgetExceeded,
                 format!(
-                    "key `{}` has spent ${:.6} of its ${max:.6} budget (${:.6} reserved by requests in flight, this one may cost ${usd:.6}){reset}",
-                    r.name, s.spend.spend_usd, reserved_usd
+                    "{who} has spent ${:.6} of its ${max:.6} budget (${reserved_usd:.6} reserved by requests in flight, this one may cost ${usd:.6}){reset}",
+                    self.spend.spend_usd
                 ),
             );
-            if let Some(at) = s.spend.budget_reset_at {
+            if let Some(at) = self.spend.budget_reset_at {
                 e = e.with_retry_after(u64::try_from((at - now_ms).max(1000) / 1000).unwrap_or(1));
             }
             return Err(e);
         }
-        s.requests.add(sec, 1);
-        s.tokens.add(sec, tokens);
-        s.reserved = s.reserved.saturating_add(nanos);
-        let info = RateInfo {
-            requests: r.rpm.map(|l| {
+        Ok(Checked {
+            sec,
+            used_requests,
+            used_tokens,
+            nanos: usd_nanos(usd),
+        })
+    }
+
+    /// Counts the checked request; what is left of the limits, for the response headers.
+    fn take(&mut self, c: &Checked, tokens: u64) -> RateInfo {
+        self.requests.add(c.sec, 1);
+        self.tokens.add(c.sec, tokens);
+        self.reserved = self.reserved.saturating_add(c.nanos);
+        RateInfo {
+            requests: self.limits.rpm.map(|l| {
                 (
                     l,
-                    l.saturating_sub(used_requests + 1),
-                    s.requests.reset_secs(sec),
+                    l.saturating_sub(c.used_requests + 1),
+                    self.requests.reset_secs(c.sec),
                 )
             }),
-            tokens: r.tpm.map(|l| {
+            tokens: self.limits.tpm.map(|l| {
                 (
                     l,
-                    l.saturating_sub(used_tokens + tokens),
-                    s.tokens.reset_secs(sec),
+                    l.saturating_sub(c.used_tokens + tokens),
+                    self.tokens.reset_secs(c.sec),
                 )
             }),
+        }
+    }
+
+    /// Gives back a reservation (`reserved_tokens` at `sec`, `nanos`).
+    fn release(&mut self, sec: i64, reserved_tokens: u64, nanos: u64) {
+        self.tokens.sub(sec, reserved_tokens);
+        self.reserved = self.reserved.saturating_sub(nanos);
+    }
+}
+
+/// The live state of a key or a team: its usage, and its places among
+/// `max_parallel_requests`.
+#[derive(Debug)]
+struct Meter {
+    usage: Mutex<Usage>,
+    parallel: AtomicU64,
+    /// Spend changed since it was last handed to the writer ([`Keys::take_dirty`]): written
+    /// every few seconds, not once per request, so accounting costs the writer nothing extra.
+    dirty: AtomicBool,
+}
+
+impl Meter {
+    fn new(label: String, limits: Limits, spend: KeySpend) -> Arc<Self> {
+        Arc::new(Self {
+            usage: Mutex::new(Usage {
+                label,
+                limits,
+                soft_alerted: limits
+                    .soft_budget_usd
+                    .is_some_and(|soft| spend.spend_usd >= soft),
+                spend,
+                reserved: 0,
+                requests: Window::default(),
+                tokens: Window::default(),
+            }),
+            parallel: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Usage> {
+        self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// New limits from an edit made at `updated_at`.
+    fn edit(&self, label: String, limits: Limits, updated_at: i64) {
+        let mut u = self.lock();
+        // A new period length counts from the edit.
+        if u.limits.budget_period_secs != limits.budget_period_secs {
+            u.spend.budget_reset_at = limits
+                .budget_period_secs
+                .map(|p| updated_at.saturating_add(secs_ms(p)));
+        }
+        u.label = label;
+        u.limits = limits;
+    }
+
+    /// Spend in the current period, and reservations in flight.
+    fn spend(&self, now_ms: i64) -> (KeySpend, f64) {
+        let mut u = self.lock();
+        roll_period(&mut u, now_ms);
+        (u.spend, nanos_usd(u.reserved))
+    }
+
+    /// Replaces a reservation by what the request used.
+    fn settle(&self, r: &Held, tokens: u64, cost_usd: f64, now_ms: i64) -> MeterSettled {
+        let mut u = self.lock();
+        u.release(r.sec, r.tokens, r.nanos);
+        u.tokens.add(r.sec, tokens);
+        roll_period(&mut u, now_ms);
+        let before = u.spend.spend_usd;
+        u.spend.spend_usd += cost_usd.max(0.0);
+        if cost_usd > 0.0 {
+            self.dirty.store(true, Ordering::Release);
+        }
+        let soft_crossed = match u.limits.soft_budget_usd {
+            Some(soft) if !u.soft_alerted && before < soft && u.spend.spend_usd >= soft => {
+                u.soft_alerted = true;
+                Some((soft, u.limits.max_budget_usd))
+            }
+            _ => None,
         };
-        drop(s);
+        MeterSettled {
+            spend: u.spend,
+            soft_crossed,
+        }
+    }
+}
+
+fn secs_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// One key in the registry.
+#[derive(Debug)]
+pub struct KeyEntry {
+    pub id: String,
+    /// The key's settings for readers (authentication, model lists): a read lock, so the
+    /// requests of one key do not queue on the meter's mutex for them.
+    shown: RwLock<Arc<KeyRecord>>,
+    /// The key's team, linked when either is applied.
+    team: RwLock<Option<Arc<TeamEntry>>>,
+    meter: Arc<Meter>,
+}
+
+/// One team in the registry.
+#[derive(Debug)]
+pub struct TeamEntry {
+    pub id: String,
+    shown: RwLock<Arc<TeamRecord>>,
+    meter: Arc<Meter>,
+}
+
+impl TeamEntry {
+    pub fn record(&self) -> Arc<TeamRecord> {
+        self.shown.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Spend in the current period, and reservations in flight.
+    pub fn spend(&self, now_ms: i64) -> (KeySpend, f64) {
+        self.meter.spend(now_ms)
+    }
+
+    /// This team as listings show it.
+    pub fn view(&self, now_ms: i64) -> serde_json::Value {
+        let (spend, reserved) = self.spend(now_ms);
+        let r = self.record();
+        let mut v = serde_json::to_value(&*r).unwrap_or_else(|_| serde_json::json!({}));
+        if let Some(o) = v.as_object_mut() {
+            o.insert("spend_usd".into(), spend.spend_usd.into());
+            o.insert("budget_reset_at".into(), spend.budget_reset_at.into());
+            o.insert("reserved_usd".into(), reserved.into());
+            o.insert(
+                "in_flight".into(),
+                self.meter.parallel.load(Ordering::Relaxed).into(),
+            );
+        }
+        v
+    }
+}
+
+/// The tighter of a key's and its team's limits, as response headers show them
+/// (`x-ratelimit-*`): `(limit, remaining, reset_secs)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateInfo {
+    pub requests: Option<(u64, u64, u64)>,
+    pub tokens: Option<(u64, u64, u64)>,
+}
+
+impl RateInfo {
+    fn tighter(self, other: Self) -> Self {
+        let pick = |a: Option<(u64, u64, u64)>, b: Option<(u64, u64, u64)>| match (a, b) {
+            (Some(a), Some(b)) => Some(if b.1 < a.1 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        Self {
+            requests: pick(self.requests, other.requests),
+            tokens: pick(self.tokens, other.tokens),
+        }
+    }
+}
+
+impl KeyEntry {
+    pub fn record(&self) -> Arc<KeyRecord> {
+        self.shown.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn team(&self) -> Option<Arc<TeamEntry>> {
+        self.team.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether the key, and its team, may use `model` (a model key, or `auto/…`).
+    pub fn allows(&self, model: &str) -> bool {
+        let key = self.shown.read().unwrap_or_else(|p| p.into_inner());
+        if !allows(&key.models, model) {
+            return false;
+        }
+        let team = self.team.read().unwrap_or_else(|p| p.into_inner());
+        team.as_ref().is_none_or(|t| {
+            allows(
+                &t.shown.read().unwrap_or_else(|p| p.into_inner()).models,
+                model,
+            )
+        })
+    }
+
+    /// Spend in the current period, and reservations in flight.
+    pub fn spend(&self, now_ms: i64) -> (KeySpend, f64) {
+        self.meter.spend(now_ms)
+    }
+
+    /// Takes the request's place under the key's limits and its team's: `tokens` is its worst
+    /// case (prompt + completion), `price` what that costs at most. Either everything is
+    /// reserved, under both, or nothing.
+    pub fn admit(
+        self: &Arc<Self>,
+        tokens: u64,
+        price: Option<f64>,
+        now_ms: i64,
+    ) -> Result<(Reservation, RateInfo), ApiError> {
+        let team = self.team();
+        let usd = price.unwrap_or(0.0);
+        let key_place = Parallel::take(&self.meter);
+        let team_place = team.as_ref().map(|t| Parallel::take(&t.meter));
+        // Always the key's lock, then the team's: no one takes them the other way round.
+        let mut k = self.meter.lock();
+        let kc = k.check(key_place.count, tokens, usd, now_ms)?;
+        let mut held_team = None;
+        let mut info = RateInfo::default();
+        if let (Some(t), Some(place)) = (&team, team_place) {
+            let mut tu = t.meter.lock();
+            let tc = tu.check(place.count, tokens, usd, now_ms)?;
+            info = tu.take(&tc, tokens);
+            held_team = Some((t.clone(), place));
+        }
+        info = k.take(&kc, tokens).tighter(info);
+        drop(k);
         Ok((
             Reservation {
-                entry: self.clone(),
-                sec,
-                tokens,
-                nanos,
+                key: self.clone(),
+                team: held_team,
+                held: Held {
+                    sec: kc.sec,
+                    tokens,
+                    nanos: kc.nanos,
+                },
                 settled: false,
-                _parallel: parallel,
+                _key_place: key_place,
             },
             info,
         ))
     }
 }
 
-fn allows(r: &KeyRecord, model: &str) -> bool {
-    r.models.is_empty() || r.models.iter().any(|g| glob_match(g, model))
+fn allows(globs: &[String], model: &str) -> bool {
+    globs.is_empty() || globs.iter().any(|g| glob_match(g, model))
 }
 
 /// Dollars in nanodollars, rounded up: a reservation is never smaller than its cost.
@@ -354,37 +577,35 @@ fn nanos_usd(n: u64) -> f64 {
 }
 
 /// A new budget period when the current one is over.
-fn roll_period(s: &mut State, now_ms: i64) {
-    let (Some(at), Some(period)) = (s.spend.budget_reset_at, s.record.budget_period_secs) else {
+fn roll_period(u: &mut Usage, now_ms: i64) {
+    let (Some(at), Some(period)) = (u.spend.budget_reset_at, u.limits.budget_period_secs) else {
         return;
     };
     if now_ms < at {
         return;
     }
-    let period_ms = i64::try_from(period.saturating_mul(1000))
-        .unwrap_or(i64::MAX)
-        .max(1000);
+    let period_ms = secs_ms(period).max(1000);
     let periods = (now_ms - at) / period_ms + 1;
-    s.spend = KeySpend {
+    u.spend = KeySpend {
         spend_usd: 0.0,
         budget_reset_at: Some(at.saturating_add(periods.saturating_mul(period_ms))),
     };
-    s.soft_alerted = false;
+    u.soft_alerted = false;
 }
 
-/// A place among the key's `max_parallel_requests`.
+/// A place among a key's or a team's `max_parallel_requests`.
 #[derive(Debug)]
 struct Parallel {
-    entry: Arc<KeyEntry>,
+    meter: Arc<Meter>,
     count: u64,
 }
 
 impl Parallel {
-    fn take(entry: &Arc<KeyEntry>) -> Self {
+    fn take(meter: &Arc<Meter>) -> Self {
         // Taken first, checked after: two racing requests cannot both take the last place.
-        let count = entry.parallel.fetch_add(1, Ordering::AcqRel) + 1;
+        let count = meter.parallel.fetch_add(1, Ordering::AcqRel) + 1;
         Self {
-            entry: entry.clone(),
+            meter: meter.clone(),
             count,
         }
     }
@@ -392,63 +613,70 @@ impl Parallel {
 
 impl Drop for Parallel {
     fn drop(&mut self) {
-        self.entry.parallel.fetch_sub(1, Ordering::AcqRel);
+        self.meter.parallel.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// A request's reservation under its key: settled with what it used when its row is written;
-/// dropped unsettled (refused before upstream), it gives back its tokens and cost.
-#[derive(Debug)]
-pub struct Reservation {
-    entry: Arc<KeyEntry>,
+/// What a reservation holds under each meter: the same worst case under the key and the team.
+#[derive(Debug, Clone, Copy)]
+struct Held {
     sec: i64,
     tokens: u64,
     nanos: u64,
-    settled: bool,
-    _parallel: Parallel,
 }
 
-/// What settling a reservation changed.
+/// A request's reservation under its key and its team: settled with what it used when its
+/// row is written; dropped unsettled (refused before upstream), it gives back its tokens and
+/// cost.
+#[derive(Debug)]
+pub struct Reservation {
+    key: Arc<KeyEntry>,
+    team: Option<(Arc<TeamEntry>, Parallel)>,
+    held: Held,
+    settled: bool,
+    _key_place: Parallel,
+}
+
+/// What settling changed for one key or team.
 #[derive(Debug, Clone)]
-pub struct Settled {
+pub struct MeterSettled {
     pub spend: KeySpend,
     /// The soft budget was crossed by this request: `(soft, max)`.
     pub soft_crossed: Option<(f64, Option<f64>)>,
 }
 
+/// What settling a reservation changed.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    pub key: MeterSettled,
+    pub team: Option<(Arc<TeamEntry>, MeterSettled)>,
+}
+
 impl Reservation {
     pub fn key_id(&self) -> &str {
-        &self.entry.id
+        &self.key.id
+    }
+
+    pub fn team_id(&self) -> Option<&str> {
+        self.team.as_ref().map(|(t, _)| t.id.as_str())
     }
 
     pub fn entry(&self) -> &Arc<KeyEntry> {
-        &self.entry
+        &self.key
     }
 
-    /// Replaces the worst case by what the request used (`tokens`, `cost_usd`).
+    /// Replaces the worst case by what the request used (`tokens`, `cost_usd`), under the key
+    /// and its team.
     pub fn settle(mut self, tokens: u64, cost_usd: f64, now_ms: i64) -> Settled {
         self.settled = true;
-        let mut s = self.entry.lock();
-        s.tokens.sub(self.sec, self.tokens);
-        s.tokens.add(self.sec, tokens);
-        s.reserved = s.reserved.saturating_sub(self.nanos);
-        roll_period(&mut s, now_ms);
-        let before = s.spend.spend_usd;
-        s.spend.spend_usd += cost_usd.max(0.0);
-        if cost_usd > 0.0 {
-            self.entry.dirty.store(true, Ordering::Release);
-        }
-        let soft_crossed = match s.record.soft_budget_usd {
-            Some(soft) if !s.soft_alerted && before < soft && s.spend.spend_usd >= soft => {
-                s.soft_alerted = true;
-                Some((soft, s.record.max_budget_usd))
-            }
-            _ => None,
-        };
-        Settled {
-            spend: s.spend,
-            soft_crossed,
-        }
+        let key = self.key.meter.settle(&self.held, tokens, cost_usd, now_ms);
+        let team = self.team.as_ref().map(|(t, _)| {
+            (
+                t.clone(),
+                t.meter.settle(&self.held, tokens, cost_usd, now_ms),
+            )
+        });
+        Settled { key, team }
     }
 }
 
@@ -457,9 +685,11 @@ impl Drop for Reservation {
         if self.settled {
             return;
         }
-        let mut s = self.entry.lock();
-        s.tokens.sub(self.sec, self.tokens);
-        s.reserved = s.reserved.saturating_sub(self.nanos);
+        let h = self.held;
+        self.key.meter.lock().release(h.sec, h.tokens, h.nanos);
+        if let Some((t, _)) = &self.team {
+            t.meter.lock().release(h.sec, h.tokens, h.nanos);
+        }
     }
 }
 
@@ -469,11 +699,12 @@ fn refusal(kind: ErrorKind, message: String) -> ApiError {
 }
 
 /// The registry: every key by digest (its current one, and the previous one during a
-/// rotation's grace) and by id.
+/// rotation's grace) and by id, and every team by id.
 #[derive(Debug, Default)]
 pub struct Keys {
     by_digest: RwLock<HashMap<Digest, (Arc<KeyEntry>, bool)>>,
     by_id: RwLock<HashMap<String, Arc<KeyEntry>>>,
+    teams: RwLock<HashMap<String, Arc<TeamEntry>>>,
 }
 
 impl Keys {
@@ -511,6 +742,32 @@ impl Keys {
                 ErrorKind::KeyBlocked,
                 format!("key `{}` is blocked", r.name),
             ));
+        }
+        if let Some(team_id) = &r.team_id {
+            // A key whose team this registry does not have is refused: without the team, its
+            // limits and budget could not hold.
+            let team = entry.team().map(|t| t.record());
+            match team {
+                Some(t) if t.deleted_at.is_none() && !t.blocked => {}
+                Some(t) if t.deleted_at.is_none() => {
+                    return Err(refusal(
+                        ErrorKind::KeyBlocked,
+                        format!(
+                            "key `{}` belongs to team `{}`, which is blocked",
+                            r.name, t.name
+                        ),
+                    ));
+                }
+                _ => {
+                    return Err(refusal(
+                        ErrorKind::KeyBlocked,
+                        format!(
+                            "key `{}` belongs to team `{team_id}`, which does not exist",
+                            r.name
+                        ),
+                    ));
+                }
+            }
         }
         let expired = |at: Option<i64>| at.is_some_and(|at| now_ms >= at);
         if previous && expired(r.previous_expires_at.or(Some(0))) {
@@ -557,56 +814,122 @@ impl Keys {
         v
     }
 
+    pub fn team(&self, id: &str) -> Option<Arc<TeamEntry>> {
+        self.teams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .filter(|t| t.record().deleted_at.is_none())
+            .cloned()
+    }
+
+    /// Every team (deleted ones not), oldest first.
+    pub fn teams(&self) -> Vec<Arc<TeamEntry>> {
+        let mut v: Vec<_> = self
+            .teams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|t| t.record().deleted_at.is_none())
+            .cloned()
+            .collect();
+        v.sort_by_key(|t| (t.record().created_at, t.id.clone()));
+        v
+    }
+
+    /// The live keys of team `id`.
+    pub fn members(&self, team_id: &str) -> Vec<Arc<KeyEntry>> {
+        self.list()
+            .into_iter()
+            .filter(|k| k.record().team_id.as_deref() == Some(team_id))
+            .collect()
+    }
+
+    /// A team as created or edited; `spend` as for [`Keys::apply`]. Teams are applied before
+    /// their keys at start; a team applied later links the keys already naming it.
+    pub fn apply_team(&self, record: TeamRecord, spend: Option<KeySpend>) {
+        let record = Arc::new(record);
+        let label = format!("team `{}`", record.name);
+        let mut teams = self.teams.write().unwrap_or_else(|p| p.into_inner());
+        let entry = match teams.get(&record.id) {
+            Some(t) => {
+                let mut shown = t.shown.write().unwrap_or_else(|p| p.into_inner());
+                if record.updated_at < shown.updated_at {
+                    return;
+                }
+                t.meter
+                    .edit(label, Limits::of_team(&record), record.updated_at);
+                *shown = record.clone();
+                t.clone()
+            }
+            None => {
+                let spend = with_reset(record.budget_period_secs, record.created_at, spend);
+                let t = Arc::new(TeamEntry {
+                    id: record.id.clone(),
+                    meter: Meter::new(label, Limits::of_team(&record), spend),
+                    shown: RwLock::new(record.clone()),
+                });
+                teams.insert(record.id.clone(), t.clone());
+                t
+            }
+        };
+        drop(teams);
+        // A deleted team stays linked (and refuses its keys) rather than silently freeing them
+        // of its limits.
+        for k in self
+            .by_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            if k.record().team_id.as_deref() == Some(record.id.as_str()) {
+                *k.team.write().unwrap_or_else(|p| p.into_inner()) = Some(entry.clone());
+            }
+        }
+    }
+
     /// A key as created or edited. `spend` is the database's: taken for a key this registry
     /// does not have yet, ignored otherwise (the live count is newer).
     pub fn apply(&self, record: KeyRecord, spend: Option<KeySpend>) {
+        let team = record.team_id.as_deref().and_then(|id| {
+            self.teams
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(id)
+                .cloned()
+        });
         let mut by_id = self.by_id.write().unwrap_or_else(|p| p.into_inner());
         let mut by_digest = self.by_digest.write().unwrap_or_else(|p| p.into_inner());
         let record = Arc::new(record);
+        let label = format!("key `{}`", record.name);
         let entry = match by_id.get(&record.id) {
             Some(e) => {
-                let mut s = e.lock();
+                let mut shown = e.shown.write().unwrap_or_else(|p| p.into_inner());
                 // The database can hand back a version older than one this process applied
                 // and the writer has not stored yet.
-                if record.updated_at < s.record.updated_at {
+                if record.updated_at < shown.updated_at {
                     return;
                 }
-                for d in [Some(&s.record.digest), s.record.previous_digest.as_ref()]
+                for d in [Some(&shown.digest), shown.previous_digest.as_ref()]
                     .into_iter()
                     .flatten()
                     .filter_map(|h| from_hex(h))
                 {
                     by_digest.remove(&d);
                 }
-                // A new period length counts from the edit.
-                if s.record.budget_period_secs != record.budget_period_secs {
-                    s.spend.budget_reset_at = record.budget_period_secs.map(|p| {
-                        record.updated_at.saturating_add(
-                            i64::try_from(p.saturating_mul(1000)).unwrap_or(i64::MAX),
-                        )
-                    });
-                }
-                s.record = record.clone();
-                *e.shown.write().unwrap_or_else(|p| p.into_inner()) = record.clone();
+                e.meter
+                    .edit(label, Limits::of_key(&record), record.updated_at);
+                *shown = record.clone();
+                *e.team.write().unwrap_or_else(|p| p.into_inner()) = team;
                 e.clone()
             }
             None => {
-                let spend = with_reset(&record, spend);
+                let spend = with_reset(record.budget_period_secs, record.created_at, spend);
                 let e = Arc::new(KeyEntry {
                     id: record.id.clone(),
+                    meter: Meter::new(label, Limits::of_key(&record), spend),
                     shown: RwLock::new(record.clone()),
-                    state: Mutex::new(State {
-                        record: record.clone(),
-                        soft_alerted: record
-                            .soft_budget_usd
-                            .is_some_and(|soft| spend.spend_usd >= soft),
-                        spend,
-                        reserved: 0,
-                        requests: Window::default(),
-                        tokens: Window::default(),
-                    }),
-                    parallel: AtomicU64::new(0),
-                    dirty: std::sync::atomic::AtomicBool::new(false),
+                    team: RwLock::new(team),
                 });
                 by_id.insert(record.id.clone(), e.clone());
                 e
@@ -630,8 +953,19 @@ impl Keys {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|e| e.dirty.swap(false, Ordering::AcqRel))
-            .map(|e| (e.id.clone(), e.lock().spend))
+            .filter(|e| e.meter.dirty.swap(false, Ordering::AcqRel))
+            .map(|e| (e.id.clone(), e.meter.lock().spend))
+            .collect()
+    }
+
+    /// As [`Keys::take_dirty`], for teams.
+    pub fn take_dirty_teams(&self) -> Vec<(String, KeySpend)> {
+        self.teams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|t| t.meter.dirty.swap(false, Ordering::AcqRel))
+            .map(|t| (t.id.clone(), t.meter.lock().spend))
             .collect()
     }
 
@@ -645,23 +979,15 @@ impl Keys {
 }
 
 /// `spend`, or none yet, with the end of the first budget period when nothing set one.
-fn with_reset(r: &KeyRecord, spend: Option<KeySpend>) -> KeySpend {
+fn with_reset(period_secs: Option<u64>, created_at: i64, spend: Option<KeySpend>) -> KeySpend {
     let mut s = spend.unwrap_or(KeySpend {
         spend_usd: 0.0,
         budget_reset_at: None,
     });
     if s.budget_reset_at.is_none() {
-        s.budget_reset_at = first_reset(r);
+        s.budget_reset_at = period_secs.map(|p| created_at.saturating_add(secs_ms(p)));
     }
     s
-}
-
-/// When a new key's first budget period ends.
-fn first_reset(r: &KeyRecord) -> Option<i64> {
-    r.budget_period_secs.map(|p| {
-        r.created_at
-            .saturating_add(i64::try_from(p.saturating_mul(1000)).unwrap_or(i64::MAX))
-    })
 }
 
 /// The most a request can cost: its prompt and its whole `max_tokens`, at the model's price.
@@ -672,27 +998,18 @@ pub fn worst_case_usd(pricing: Option<&Pricing>, prompt: u64, max_tokens: u64) -
 /// A key's settings as a person gives them (`gatehouse keys create|update`, `POST /api/keys`,
 /// `PATCH /api/keys/{id}`): a field left out stays as it is; `null` clears it.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KeyChange {
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "some")]
     pub owner: Option<Option<String>>,
+    /// The team the key belongs to (its id); `null` takes it out.
+    #[serde(default, deserialize_with = "some")]
+    pub team_id: Option<Option<String>>,
     #[serde(default)]
     pub models: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "some")]
-    pub rpm: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "some")]
-    pub tpm: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "some")]
-    pub max_parallel_requests: Option<Option<u64>>,
-    #[serde(default, deserialize_with = "some")]
-    pub max_budget_usd: Option<Option<f64>>,
-    /// `30d`, `12h`, `90m`, `3600s` (or a number of seconds).
-    #[serde(default, deserialize_with = "some")]
-    pub budget_period: Option<Option<String>>,
-    #[serde(default, deserialize_with = "some")]
-    pub soft_budget_usd: Option<Option<f64>>,
+    #[serde(flatten)]
+    pub limits: LimitChange,
     /// Epoch milliseconds.
     #[serde(default, deserialize_with = "some")]
     pub expires_at: Option<Option<i64>>,
@@ -703,6 +1020,9 @@ pub struct KeyChange {
     pub metadata: Option<serde_json::Value>,
     #[serde(default)]
     pub blocked: Option<bool>,
+    /// Refused: see [`TeamChange::unknown`].
+    #[serde(flatten)]
+    pub unknown: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 fn some<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
@@ -748,25 +1068,91 @@ impl KeyChange {
     /// Applies the change to `r` (a new key's defaults, or the key as it is), checking each
     /// value.
     fn apply_to(self, r: &mut KeyRecord, now_ms: i64) -> Result<(), ApiError> {
+        no_unknown(&self.unknown)?;
         if let Some(name) = self.name {
-            let name = name.trim().to_owned();
-            if name.is_empty() || name.chars().count() > 100 {
-                return Err(invalid("name must be 1 to 100 characters".into()).with_param("name"));
-            }
-            r.name = name;
+            r.name = checked_name(name)?;
         }
         if let Some(owner) = self.owner {
             r.owner = owner.map(|o| o.trim().to_owned()).filter(|o| !o.is_empty());
         }
-        if let Some(models) = self.models {
-            if models.len() > 1000 || models.iter().any(|m| m.trim().is_empty() || m.len() > 200) {
-                return Err(invalid(
-                    "models must be a list of model keys or globs (`groq/*`), each 1 to 200 characters".into(),
-                )
-                .with_param("models"));
-            }
-            r.models = models.into_iter().map(|m| m.trim().to_owned()).collect();
+        if let Some(team) = self.team_id {
+            r.team_id = team.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
         }
+        if let Some(models) = self.models {
+            r.models = checked_models(models)?;
+        }
+        let mut l = Limits::of_key(r);
+        self.limits.apply_to(&mut l)?;
+        r.rpm = l.rpm;
+        r.tpm = l.tpm;
+        r.max_parallel_requests = l.max_parallel_requests;
+        r.max_budget_usd = l.max_budget_usd;
+        r.budget_period_secs = l.budget_period_secs;
+        r.soft_budget_usd = l.soft_budget_usd;
+        if let Some(at) = self.expires_at {
+            r.expires_at = at;
+        }
+        if let Some(d) = self.expires_in {
+            let secs = parse_duration(&d).map_err(|e| invalid(e).with_param("expires_in"))?;
+            r.expires_at = Some(now_ms.saturating_add(secs_ms(secs)));
+        }
+        if let Some(m) = self.metadata {
+            r.metadata = checked_metadata(m)?;
+        }
+        if let Some(b) = self.blocked {
+            r.blocked = b;
+        }
+        r.updated_at = now_ms;
+        Ok(())
+    }
+}
+
+fn checked_name(name: String) -> Result<String, ApiError> {
+    let name = name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(invalid("name must be 1 to 100 characters".into()).with_param("name"));
+    }
+    Ok(name)
+}
+
+fn checked_models(models: Vec<String>) -> Result<Vec<String>, ApiError> {
+    if models.len() > 1000 || models.iter().any(|m| m.trim().is_empty() || m.len() > 200) {
+        return Err(invalid(
+            "models must be a list of model keys or globs (`groq/*`), each 1 to 200 characters"
+                .into(),
+        )
+        .with_param("models"));
+    }
+    Ok(models.into_iter().map(|m| m.trim().to_owned()).collect())
+}
+
+fn checked_metadata(m: serde_json::Value) -> Result<serde_json::Value, ApiError> {
+    if !m.is_object() {
+        return Err(invalid("metadata must be a JSON object".into()).with_param("metadata"));
+    }
+    Ok(m)
+}
+
+/// The limit fields of a key's or a team's change: left out stays, `null` clears.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct LimitChange {
+    #[serde(default, deserialize_with = "some")]
+    pub rpm: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "some")]
+    pub tpm: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "some")]
+    pub max_parallel_requests: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "some")]
+    pub max_budget_usd: Option<Option<f64>>,
+    /// `30d`, `12h`, `90m`, `3600s` (or a number of seconds).
+    #[serde(default, deserialize_with = "some")]
+    pub budget_period: Option<Option<String>>,
+    #[serde(default, deserialize_with = "some")]
+    pub soft_budget_usd: Option<Option<f64>>,
+}
+
+impl LimitChange {
+    fn apply_to(self, l: &mut Limits) -> Result<(), ApiError> {
         let positive =
             |v: Option<Option<u64>>, name: &str| -> Result<Option<Option<u64>>, ApiError> {
                 match v {
@@ -778,13 +1164,13 @@ impl KeyChange {
                 }
             };
         if let Some(v) = positive(self.rpm, "rpm")? {
-            r.rpm = v;
+            l.rpm = v;
         }
         if let Some(v) = positive(self.tpm, "tpm")? {
-            r.tpm = v;
+            l.tpm = v;
         }
         if let Some(v) = positive(self.max_parallel_requests, "max_parallel_requests")? {
-            r.max_parallel_requests = v;
+            l.max_parallel_requests = v;
         }
         let usd = |v: Option<Option<f64>>, name: &str| -> Result<Option<Option<f64>>, ApiError> {
             match v {
@@ -796,32 +1182,72 @@ impl KeyChange {
             }
         };
         if let Some(v) = usd(self.max_budget_usd, "max_budget_usd")? {
-            r.max_budget_usd = v;
+            l.max_budget_usd = v;
         }
         if let Some(v) = usd(self.soft_budget_usd, "soft_budget_usd")? {
-            r.soft_budget_usd = v;
+            l.soft_budget_usd = v;
         }
         if let Some(p) = self.budget_period {
-            r.budget_period_secs = match p {
+            l.budget_period_secs = match p {
                 Some(p) => {
                     Some(parse_duration(&p).map_err(|e| invalid(e).with_param("budget_period"))?)
                 }
                 None => None,
             };
         }
-        if let Some(at) = self.expires_at {
-            r.expires_at = at;
+        Ok(())
+    }
+}
+
+/// A team's settings as a person gives them (`gatehouse teams create|update`,
+/// `POST /api/teams`, `PATCH /api/teams/{id}`): as [`KeyChange`].
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct TeamChange {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub limits: LimitChange,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    pub blocked: Option<bool>,
+    /// Whatever the body holds beside the known fields: refused, as a misspelt field would
+    /// otherwise be dropped in silence (`deny_unknown_fields` does not work with `flatten`).
+    #[serde(flatten)]
+    pub unknown: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// Refuses the first field nobody knows.
+fn no_unknown(
+    unknown: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> Result<(), ApiError> {
+    match unknown.keys().next() {
+        Some(k) => Err(invalid(format!("unknown field `{k}`")).with_param(k)),
+        None => Ok(()),
+    }
+}
+
+impl TeamChange {
+    fn apply_to(self, r: &mut TeamRecord, now_ms: i64) -> Result<(), ApiError> {
+        no_unknown(&self.unknown)?;
+        if let Some(name) = self.name {
+            r.name = checked_name(name)?;
         }
-        if let Some(d) = self.expires_in {
-            let secs = parse_duration(&d).map_err(|e| invalid(e).with_param("expires_in"))?;
-            r.expires_at =
-                Some(now_ms.saturating_add(i64::try_from(secs * 1000).unwrap_or(i64::MAX)));
+        if let Some(models) = self.models {
+            r.models = checked_models(models)?;
         }
+        let mut l = Limits::of_team(r);
+        self.limits.apply_to(&mut l)?;
+        r.rpm = l.rpm;
+        r.tpm = l.tpm;
+        r.max_parallel_requests = l.max_parallel_requests;
+        r.max_budget_usd = l.max_budget_usd;
+        r.budget_period_secs = l.budget_period_secs;
+        r.soft_budget_usd = l.soft_budget_usd;
         if let Some(m) = self.metadata {
-            if !m.is_object() {
-                return Err(invalid("metadata must be a JSON object".into()).with_param("metadata"));
-            }
-            r.metadata = m;
+            r.metadata = checked_metadata(m)?;
         }
         if let Some(b) = self.blocked {
             r.blocked = b;
@@ -829,6 +1255,50 @@ impl KeyChange {
         r.updated_at = now_ms;
         Ok(())
     }
+}
+
+/// A new team from `change` (which must name it).
+pub fn create_team(change: TeamChange, now_ms: i64) -> Result<TeamRecord, ApiError> {
+    if change.name.is_none() {
+        return Err(invalid("a new team needs a name".into()).with_param("name"));
+    }
+    let mut r = TeamRecord {
+        id: format!("team_{}", uuid::Uuid::now_v7().simple()),
+        name: String::new(),
+        models: Vec::new(),
+        rpm: None,
+        tpm: None,
+        max_parallel_requests: None,
+        max_budget_usd: None,
+        budget_period_secs: None,
+        soft_budget_usd: None,
+        blocked: false,
+        metadata: serde_json::json!({}),
+        created_at: now_ms,
+        updated_at: now_ms,
+        deleted_at: None,
+    };
+    change.apply_to(&mut r, now_ms)?;
+    Ok(r)
+}
+
+/// `r` with `change` applied.
+pub fn update_team(
+    r: &TeamRecord,
+    change: TeamChange,
+    now_ms: i64,
+) -> Result<TeamRecord, ApiError> {
+    let mut r = r.clone();
+    change.apply_to(&mut r, now_ms)?;
+    Ok(r)
+}
+
+/// `r`, deleted.
+pub fn delete_team(r: &TeamRecord, now_ms: i64) -> TeamRecord {
+    let mut n = r.clone();
+    n.deleted_at = Some(now_ms);
+    n.updated_at = now_ms;
+    n
 }
 
 /// A new key from `change` (which must name it): the key itself, shown once, and its record.
@@ -845,6 +1315,7 @@ pub fn create(change: KeyChange, now_ms: i64) -> Result<(String, KeyRecord), Api
         prefix,
         last4,
         owner: None,
+        team_id: None,
         models: Vec::new(),
         rpm: None,
         tpm: None,
@@ -913,7 +1384,9 @@ pub fn view(
         o.insert("spend_usd".into(), spend.spend_usd.into());
         o.insert(
             "budget_reset_at".into(),
-            with_reset(r, Some(*spend)).budget_reset_at.into(),
+            with_reset(r.budget_period_secs, r.created_at, Some(*spend))
+                .budget_reset_at
+                .into(),
         );
         o.insert("reserved_usd".into(), reserved_usd.into());
         o.insert("in_flight".into(), in_flight.into());
@@ -929,7 +1402,7 @@ impl KeyEntry {
             &self.record(),
             &spend,
             reserved,
-            self.parallel.load(Ordering::Relaxed),
+            self.meter.parallel.load(Ordering::Relaxed),
         )
     }
 }
@@ -947,6 +1420,7 @@ mod tests {
             prefix,
             last4,
             owner: None,
+            team_id: None,
             models: vec![],
             rpm: None,
             tpm: None,
@@ -1074,13 +1548,13 @@ mod tests {
             ErrorKind::BudgetExceeded
         );
         let s = a.settle(5, 0.1, 0);
-        assert!((s.spend.spend_usd - 0.1).abs() < 1e-9);
-        assert!(s.soft_crossed.is_none());
+        assert!((s.key.spend.spend_usd - 0.1).abs() < 1e-9);
+        assert!(s.key.soft_crossed.is_none());
         // Refused later (dropped unsettled): its reservation is given back.
         drop(b);
         let (c, _) = e.admit(10, Some(0.4), 0)?;
         let s = c.settle(5, 0.45, 0);
-        assert_eq!(s.soft_crossed, Some((0.5, Some(1.0))));
+        assert_eq!(s.key.soft_crossed, Some((0.5, Some(1.0))));
         assert!(e.admit(10, Some(0.5), 0).is_err());
         assert!(e.admit(10, Some(0.4), 0).is_ok());
         Ok(())
@@ -1100,7 +1574,7 @@ mod tests {
         assert!(e.admit(1, Some(0.1), 9_999).is_err());
         let (b, _) = e.admit(1, Some(0.1), 10_000)?;
         let s = b.settle(1, 0.1, 10_000);
-        assert_eq!(s.spend.budget_reset_at, Some(20_000));
+        assert_eq!(s.key.spend.budget_reset_at, Some(20_000));
         Ok(())
     }
 
@@ -1128,5 +1602,106 @@ mod tests {
         let (_c, info) = e.admit(20, None, 0)?;
         assert_eq!(info.tokens.map(|t| t.1), Some(0));
         Ok(())
+    }
+
+    fn team(id: &str) -> TeamRecord {
+        TeamRecord {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            models: vec![],
+            rpm: None,
+            tpm: None,
+            max_parallel_requests: None,
+            max_budget_usd: None,
+            budget_period_secs: None,
+            soft_budget_usd: None,
+            blocked: false,
+            metadata: serde_json::json!({}),
+            created_at: 0,
+            updated_at: 0,
+            deleted_at: None,
+        }
+    }
+
+    #[test]
+    fn a_team_budget_holds_across_its_keys() -> Result<(), ApiError> {
+        let keys = Keys::new();
+        let mut t = team("t1");
+        t.max_budget_usd = Some(1.0);
+        t.soft_budget_usd = Some(0.5);
+        keys.apply_team(t, None);
+        let (a_raw, b_raw) = (generate()?, generate()?);
+        for (id, raw) in [("a", &a_raw), ("b", &b_raw)] {
+            let mut r = record(id, raw);
+            r.team_id = Some("t1".into());
+            r.max_budget_usd = Some(0.8);
+            keys.apply(r, None);
+        }
+        let a = keys.authenticate(&a_raw, 0)?;
+        let b = keys.authenticate(&b_raw, 0)?;
+        let (ra, _) = a.admit(10, Some(0.6), 0)?;
+        // Key b has room of its own, the team has not.
+        let refused = b.admit(10, Some(0.6), 0).map(|_| ()).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::BudgetExceeded);
+        assert!(refused.message.contains("team `t1`"), "{}", refused.message);
+        let s = ra.settle(5, 0.55, 0);
+        assert!(s.key.soft_crossed.is_none());
+        let (t, team_settled) = s.team.expect("the team settled too");
+        assert_eq!(t.id, "t1");
+        assert_eq!(team_settled.soft_crossed, Some((0.5, Some(1.0))));
+        assert!(b.admit(10, Some(0.5), 0).is_err());
+        let (rb, _) = b.admit(10, Some(0.4), 0)?;
+        drop(rb);
+        assert!((keys.team("t1").expect("team").spend(0).1).abs() < 1e-12);
+        assert_eq!(keys.take_dirty_teams().len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_team_narrows_models_and_limits_and_blocks() -> Result<(), ApiError> {
+        let keys = Keys::new();
+        let raw = generate()?;
+        let mut r = record("k", &raw);
+        r.team_id = Some("t1".into());
+        keys.apply(r, None);
+        // The key names a team this registry does not have: refused.
+        assert_eq!(
+            keys.authenticate(&raw, 0).map(|_| ()).unwrap_err().kind,
+            ErrorKind::KeyBlocked
+        );
+        let mut t = team("t1");
+        t.models = vec!["groq/*".into()];
+        t.rpm = Some(1);
+        t.max_parallel_requests = Some(5);
+        keys.apply_team(t.clone(), None);
+        let k = keys.authenticate(&raw, 0)?;
+        assert!(k.allows("groq/llama"));
+        assert!(!k.allows("openai/gpt-4o"));
+        let (_held, info) = k.admit(1, None, 0)?;
+        assert_eq!(info.requests.map(|r| (r.0, r.1)), Some((1, 0)));
+        let refused = k.admit(1, None, 10).map(|_| ()).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::RateLimitExceeded);
+        assert!(refused.message.contains("team `t1`"));
+        t.blocked = true;
+        t.updated_at = 1;
+        keys.apply_team(t, None);
+        assert_eq!(
+            keys.authenticate(&raw, 0).map(|_| ()).unwrap_err().kind,
+            ErrorKind::KeyBlocked
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn changes_refuse_unknown_fields() {
+        let c: Result<KeyChange, _> = serde_json::from_str(r#"{"name":"x","rmp":3}"#);
+        let c = c.expect("parses");
+        let mut r = record("k", "gh_x");
+        assert!(c.apply_to(&mut r, 0).is_err());
+        let c: TeamChange =
+            serde_json::from_str(r#"{"name":"t","rpm":null,"max_budget_usd":2}"#).expect("parses");
+        let t = create_team(c, 0).expect("valid");
+        assert_eq!(t.max_budget_usd, Some(2.0));
+        assert_eq!(t.rpm, None);
     }
 }

@@ -162,6 +162,7 @@ mod tests {
             requested_model: None,
             purpose: None,
             key_id: None,
+            team_id: None,
         }))
     }
 

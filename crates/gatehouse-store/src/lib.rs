@@ -14,7 +14,7 @@ use gatehouse_core::SessionId;
 use gatehouse_core::record::{
     AuditEntry, CompactionRecord, CompactionSettings, KeyRecord, KeySpend, LoginEvent,
     MaskedContent, MemoryRecord, RefreshToken, RequestRecord, Session, SessionStats,
-    StoredResponse, UserRecord,
+    StoredResponse, TeamRecord, UserRecord,
 };
 use serde::Serialize;
 
@@ -75,6 +75,13 @@ pub enum WriteOp {
     /// A key's spend in its budget period, as the gateway counts it (absolute, so writing it
     /// twice is harmless).
     SetKeySpend {
+        id: String,
+        spend: KeySpend,
+    },
+    /// A team created or edited: its limits, not its spend.
+    UpsertTeam(Box<TeamRecord>),
+    /// A team's spend in its budget period, as [`WriteOp::SetKeySpend`].
+    SetTeamSpend {
         id: String,
         spend: KeySpend,
     },
@@ -150,7 +157,14 @@ pub struct AuditCheck {
     pub first_broken: Option<(i64, String)>,
 }
 
-/// How `key_spend` groups a key's rows.
+/// Whose rows `spend` sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpendOf<'a> {
+    Key(&'a str),
+    Team(&'a str),
+}
+
+/// How `spend` groups the rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpendGroup {
     Day,
@@ -307,10 +321,12 @@ pub trait Store: Send + Sync + 'static {
     fn load_compaction_state(&self) -> BoxFuture<'_, StoreResult<StoredCompactions>>;
     /// Virtual keys changed at or after `since_ms` (deleted ones included), with their spend.
     fn load_keys(&self, since_ms: i64) -> BoxFuture<'_, StoreResult<Vec<(KeyRecord, KeySpend)>>>;
-    /// A key's request rows in `[from_ms, to_ms)`, summed per group, in group order.
-    fn key_spend<'a>(
+    /// Teams changed at or after `since_ms` (deleted ones included), with their spend.
+    fn load_teams(&self, since_ms: i64) -> BoxFuture<'_, StoreResult<Vec<(TeamRecord, KeySpend)>>>;
+    /// A key's or a team's request rows in `[from_ms, to_ms)`, summed per group, in group order.
+    fn spend<'a>(
         &'a self,
-        key_id: &'a str,
+        of: SpendOf<'a>,
         from_ms: i64,
         to_ms: i64,
         group: SpendGroup,

@@ -11,7 +11,7 @@ use gatehouse_core::SessionId;
 use gatehouse_core::record::{
     AuditEntry, CompactionRecord, CompactionSettings, KeyRecord, KeySpend, LoginEvent,
     MaskedContent, MemoryKind, MemoryRecord, RequestRecord, Session, SessionStats, StoredResponse,
-    UsageSource, UserRecord,
+    TeamRecord, UsageSource, UserRecord,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -21,7 +21,7 @@ use sqlx::{Connection, Row, Sqlite};
 
 use crate::{
     Applied, AuditCheck, AuditFilter, CompactionTotals, MaskedTotals, RefreshUse, Scope,
-    SessionSummary, SpendGroup, SpendRow, Store, StoreError, StoreResult, StoreSize,
+    SessionSummary, SpendGroup, SpendOf, SpendRow, Store, StoreError, StoreResult, StoreSize,
     StoredCompactions, StoredProviderKey, WriteOp,
 };
 
@@ -91,6 +91,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         13,
         "provider_keys",
         include_str!("../migrations/sqlite/0013_provider_keys.sql"),
+    ),
+    (
+        14,
+        "teams",
+        include_str!("../migrations/sqlite/0014_teams.sql"),
     ),
 ];
 
@@ -355,6 +360,15 @@ impl SqliteStore {
                 .await?;
             }
             WriteOp::UpsertKey(k) => upsert_key(tx, k).await?,
+            WriteOp::UpsertTeam(t) => upsert_team(tx, t).await?,
+            WriteOp::SetTeamSpend { id, spend } => {
+                sqlx::query("UPDATE teams SET spend_usd = $1, budget_reset_at = $2 WHERE id = $3")
+                    .bind(spend.spend_usd)
+                    .bind(spend.budget_reset_at)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             WriteOp::AppendAudit(a) => append_audit(tx, a).await?,
             WriteOp::UpsertUser(u) => crate::users::upsert_user(tx, u).await?,
             WriteOp::AppendLogin(e) => crate::users::append_login(tx, e).await?,
@@ -501,11 +515,12 @@ async fn upsert_key(tx: &mut SqliteConnection, k: &KeyRecord) -> sqlx::Result<()
         "INSERT INTO keys (id, name, digest, prefix, last4, owner, models, rpm, tpm,
             max_parallel_requests, max_budget_usd, budget_period_secs, soft_budget_usd, expires_at,
             blocked, metadata, previous_digest, previous_expires_at, created_at, updated_at,
-            deleted_at)
+            deleted_at, team_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-            $19, $20, $21)
+            $19, $20, $21, $22)
          ON CONFLICT (id) DO UPDATE SET name = excluded.name, digest = excluded.digest,
             prefix = excluded.prefix, last4 = excluded.last4, owner = excluded.owner,
+            team_id = excluded.team_id,
             models = excluded.models, rpm = excluded.rpm, tpm = excluded.tpm,
             max_parallel_requests = excluded.max_parallel_requests,
             max_budget_usd = excluded.max_budget_usd,
@@ -537,9 +552,75 @@ async fn upsert_key(tx: &mut SqliteConnection, k: &KeyRecord) -> sqlx::Result<()
     .bind(k.created_at)
     .bind(k.updated_at)
     .bind(k.deleted_at)
+    .bind(&k.team_id)
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// A team's limits, inserted or replaced; its spend columns are the gateway's and stay.
+async fn upsert_team(tx: &mut SqliteConnection, t: &TeamRecord) -> sqlx::Result<()> {
+    let models = serde_json::to_string(&t.models).unwrap_or_else(|_| "[]".to_owned());
+    sqlx::query(
+        "INSERT INTO teams (id, name, models, rpm, tpm, max_parallel_requests, max_budget_usd,
+            budget_period_secs, soft_budget_usd, blocked, metadata, created_at, updated_at,
+            deleted_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, models = excluded.models,
+            rpm = excluded.rpm, tpm = excluded.tpm,
+            max_parallel_requests = excluded.max_parallel_requests,
+            max_budget_usd = excluded.max_budget_usd,
+            budget_period_secs = excluded.budget_period_secs,
+            soft_budget_usd = excluded.soft_budget_usd, blocked = excluded.blocked,
+            metadata = excluded.metadata, updated_at = excluded.updated_at,
+            deleted_at = excluded.deleted_at",
+    )
+    .bind(&t.id)
+    .bind(&t.name)
+    .bind(models)
+    .bind(t.rpm.map(to_i64))
+    .bind(t.tpm.map(to_i64))
+    .bind(t.max_parallel_requests.map(to_i64))
+    .bind(t.max_budget_usd)
+    .bind(t.budget_period_secs.map(to_i64))
+    .bind(t.soft_budget_usd)
+    .bind(t.blocked)
+    .bind(t.metadata.to_string())
+    .bind(t.created_at)
+    .bind(t.updated_at)
+    .bind(t.deleted_at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+fn team_from_row(r: &SqliteRow) -> sqlx::Result<(TeamRecord, KeySpend)> {
+    let opt = |name: &str| -> sqlx::Result<Option<u64>> {
+        Ok(r.try_get::<Option<i64>, _>(name)?.map(to_u64))
+    };
+    let models: String = r.try_get("models")?;
+    let metadata: String = r.try_get("metadata")?;
+    let team = TeamRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        models: serde_json::from_str(&models).unwrap_or_default(),
+        rpm: opt("rpm")?,
+        tpm: opt("tpm")?,
+        max_parallel_requests: opt("max_parallel_requests")?,
+        max_budget_usd: r.try_get("max_budget_usd")?,
+        budget_period_secs: opt("budget_period_secs")?,
+        soft_budget_usd: r.try_get("soft_budget_usd")?,
+        blocked: r.try_get("blocked")?,
+        metadata: serde_json::from_str(&metadata).unwrap_or(serde_json::Value::Null),
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        deleted_at: r.try_get("deleted_at")?,
+    };
+    let spend = KeySpend {
+        spend_usd: r.try_get("spend_usd")?,
+        budget_reset_at: r.try_get("budget_reset_at")?,
+    };
+    Ok((team, spend))
 }
 
 fn key_from_row(r: &SqliteRow) -> sqlx::Result<(KeyRecord, KeySpend)> {
@@ -555,6 +636,7 @@ fn key_from_row(r: &SqliteRow) -> sqlx::Result<(KeyRecord, KeySpend)> {
         prefix: r.try_get("prefix")?,
         last4: r.try_get("last4")?,
         owner: r.try_get("owner")?,
+        team_id: r.try_get("team_id")?,
         models: serde_json::from_str(&models).unwrap_or_default(),
         rpm: opt("rpm")?,
         tpm: opt("tpm")?,
@@ -583,8 +665,8 @@ const REQUEST_COLUMNS: &str = "id, request_id, session_id, created_at, provider,
     upstream_model, stream, status, prompt_tokens_est, prompt_tokens, completion_tokens,
     cached_tokens, reasoning_tokens, usage_source, max_context, context_pct, preview, latency_ms,
     ttfb_ms, overhead_us, attempts, finish_reason, error_type, error_message, cost_usd,
-    memory_tokens, chat_tokens, memory_ratio, routing, requested_model, purpose, key_id";
-const REQUEST_PARAMS: usize = 33;
+    memory_tokens, chat_tokens, memory_ratio, routing, requested_model, purpose, key_id, team_id";
+const REQUEST_PARAMS: usize = 34;
 /// Rows per multi-row INSERT. Measured on two cores (bench/RESULTS.md): 1 row a statement
 /// wrote ~26k rows/s, 16 ~73k, 64 ~100k; but a 64-row statement is one long burst on the
 /// SQLite thread that shows in the c=1 tail of requests sharing the cores, with no gain at c=64.
@@ -684,6 +766,7 @@ fn bind_request<'q>(q: Query<'q>, r: &'q RequestRecord) -> Query<'q> {
     .bind(&r.requested_model)
     .bind(&r.purpose)
     .bind(&r.key_id)
+    .bind(&r.team_id)
 }
 
 /// The smallest UUID v7 of millisecond `ms`, as text: every row id made before `ms` sorts
@@ -828,6 +911,7 @@ fn request_from_row(row: &SqliteRow) -> sqlx::Result<RequestRecord> {
         requested_model: row.try_get("requested_model")?,
         purpose: row.try_get("purpose")?,
         key_id: row.try_get("key_id")?,
+        team_id: row.try_get("team_id")?,
     })
 }
 
@@ -1390,14 +1474,32 @@ impl Store for SqliteStore {
         })
     }
 
-    fn key_spend<'a>(
+    fn load_teams(&self, since_ms: i64) -> BoxFuture<'_, StoreResult<Vec<(TeamRecord, KeySpend)>>> {
+        Box::pin(async move {
+            let rows =
+                sqlx::query("SELECT * FROM teams WHERE updated_at >= $1 ORDER BY created_at")
+                    .bind(since_ms)
+                    .fetch_all(&self.pool)
+                    .await?;
+            rows.iter()
+                .map(team_from_row)
+                .collect::<sqlx::Result<Vec<_>>>()
+                .map_err(StoreError::from)
+        })
+    }
+
+    fn spend<'a>(
         &'a self,
-        key_id: &'a str,
+        of: SpendOf<'a>,
         from_ms: i64,
         to_ms: i64,
         group: SpendGroup,
     ) -> BoxFuture<'a, StoreResult<Vec<SpendRow>>> {
         Box::pin(async move {
+            let (column, id) = match of {
+                SpendOf::Key(id) => ("key_id", id),
+                SpendOf::Team(id) => ("team_id", id),
+            };
             let by = match group {
                 SpendGroup::Day => "strftime('%Y-%m-%d', created_at / 1000, 'unixepoch')",
                 SpendGroup::Model => "model_key",
@@ -1411,11 +1513,11 @@ impl Store for SqliteStore {
                     COALESCE(SUM(CASE WHEN status BETWEEN 200 AND 299
                         THEN completion_tokens END), 0) AS completion,
                     COALESCE(SUM(cost_usd), 0.0) AS cost
-                 FROM requests WHERE key_id = $1 AND created_at >= $2 AND created_at < $3
+                 FROM requests WHERE {column} = $1 AND created_at >= $2 AND created_at < $3
                  GROUP BY grp ORDER BY grp"
             );
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(key_id)
+                .bind(id)
                 .bind(from_ms)
                 .bind(to_ms)
                 .fetch_all(&self.pool)
@@ -1578,6 +1680,8 @@ fn op_name(op: &WriteOp) -> &'static str {
         WriteOp::StoreResponse(_) => "store_response",
         WriteOp::DeleteResponse(_) => "delete_response",
         WriteOp::UpsertKey(_) => "upsert_key",
+        WriteOp::UpsertTeam(_) => "upsert_team",
+        WriteOp::SetTeamSpend { .. } => "set_team_spend",
         WriteOp::SetKeySpend { .. } => "set_key_spend",
         WriteOp::AppendAudit(_) => "append_audit",
         WriteOp::UpsertUser(_) => "upsert_user",
@@ -1606,6 +1710,7 @@ pub(crate) mod tests {
             requested_model: None,
             purpose: None,
             key_id: None,
+            team_id: None,
             id: "req".into(),
             session_id: session.clone(),
             created_at: gatehouse_core::time::now_ms(),

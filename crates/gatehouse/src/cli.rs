@@ -1,4 +1,4 @@
-//! Command-line interface: `serve`, `init`, `check`, `keys`, `audit`, `export`, `prune`, `scan`,
+//! Command-line interface: `serve`, `init`, `check`, `keys`, `teams`, `users`, `secrets`, `audit`, `export`, `prune`, `scan`,
 //! `version`.
 
 mod audit;
@@ -11,6 +11,7 @@ mod prune;
 mod scan;
 mod secrets;
 mod serve;
+mod teams;
 mod users;
 
 use std::path::PathBuf;
@@ -47,6 +48,9 @@ enum Command {
     /// Virtual keys for `[auth] mode = "keys"`: create, list, show, update, block, unblock,
     /// rotate, delete.
     Keys(Box<keys::KeysArgs>),
+    /// Teams: limits and a budget shared by several keys (create, list, show, update, block,
+    /// unblock, delete).
+    Teams(Box<teams::TeamsArgs>),
     /// Admin users who log in with `[auth] mode = "keys"`: create, list, passwd, role, block,
     /// unblock, delete.
     Users(users::UsersArgs),
@@ -71,6 +75,7 @@ pub fn main() -> ExitCode {
         Command::Init { out, force } => init::run(&out, force),
         Command::Check { config } => check::run(&config),
         Command::Keys(args) => keys::run(*args),
+        Command::Teams(args) => teams::run(*args),
         Command::Users(args) => users::run(args),
         Command::Secrets(args) => secrets::run(args),
         Command::Audit(args) => audit::run(args),

@@ -573,3 +573,58 @@ fn secrets_rotate_reseals_every_stored_key_under_the_new_master_key() {
         "{out:?}"
     );
 }
+
+#[test]
+fn teams_hold_keys_and_refuse_deletion_while_they_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        gatehouse()
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("USER", "ops")
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "teams", "create", "--name", "infra", "--budget", "5", "--rpm", "100",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["keys", "create", "--name", "ci", "--team", "infra"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["keys", "create", "--name", "lost", "--team", "nobody"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no team"),
+        "{out:?}"
+    );
+
+    let out = run(&["teams", "list"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("infra") && stdout.contains("rpm=100") && stdout.contains("keys=1"),
+        "{stdout}"
+    );
+    let out = run(&["teams", "show", "infra", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["max_budget_usd"], 5.0);
+    let team_id = v["id"].as_str().unwrap().to_owned();
+    let out = run(&["keys", "show", "ci", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["team_id"], team_id.as_str());
+
+    let out = run(&["teams", "delete", "infra"]);
+    assert!(!out.status.success(), "a team with keys stays: {out:?}");
+    let out = run(&["keys", "update", "ci", "--clear", "team"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["teams", "update", "infra", "--clear", "rpm"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["teams", "delete", "infra"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["audit", "verify"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("intact: 5 rows"),
+        "{out:?}"
+    );
+}

@@ -120,15 +120,15 @@ pub(crate) async fn handle(
 ) -> Result<Response, ApiError> {
     // No row for a request without a valid key: an anonymous caller writes nothing.
     let key = admit::authenticate(st, headers).map_err(|e| st.refusals.count(e))?;
-    let key_id = key.as_ref().map(|k| k.id.as_str());
+    let key_ref = key.as_deref();
     let mut req = ingress::decode(st, headers, body)
-        .map_err(|e| record::refused(st, request_id, t0, None, None, key_id, e))?;
+        .map_err(|e| record::refused(st, request_id, t0, None, None, key_ref, e))?;
     req.conversation = req.conversation.or(ingress.conversation);
     // A refusal's row needs the body and the named session; both stay with `req` (the body's
     // clone shares its bytes).
     let body = req.body.clone();
     let named = req.explicit_session.as_ref().or(req.conversation.as_ref());
-    let refused = |e| record::refused(st, request_id, t0, named, Some(&body), key_id, e);
+    let refused = |e| record::refused(st, request_id, t0, named, Some(&body), key_ref, e);
     let target = st.upstream.passthrough.target(headers, ingress.format);
     let target = target.await.map_err(refused)?;
     let mut p = prepare::run(st, req.body, ingress.format, target, key.clone())

@@ -12,7 +12,7 @@ use gatehouse_core::record::KeyRecord;
 use gatehouse_core::time::now_ms;
 use gatehouse_core::{ApiError, ErrorKind};
 use gatehouse_services::keys::{self, KeyChange};
-use gatehouse_store::{SpendGroup, WriteOp};
+use gatehouse_store::{SpendGroup, SpendOf, WriteOp};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -62,6 +62,30 @@ fn members_may_not(caller: &Caller, what: &str) -> ApiResult<()> {
             ErrorKind::Forbidden,
             format!("a member may not {what}; ask an admin"),
         )));
+    }
+    Ok(())
+}
+
+/// A key's team, when the change names one, must exist; putting a key in a team or taking it
+/// out is an admin's (a team's budget is shared, and leaving one lifts its limits).
+fn check_team(st: &AppState, caller: &Caller, c: &KeyChange) -> Result<(), ApiError> {
+    let Some(team) = &c.team_id else {
+        return Ok(());
+    };
+    if caller.member().is_some() {
+        return Err(ApiError::new(
+            ErrorKind::Forbidden,
+            "a member may not move a key between teams; ask an admin",
+        ));
+    }
+    if let Some(id) = team
+        && st.keys.team(id.trim()).is_none()
+    {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("team `{id}` does not exist; GET /api/teams lists them"),
+        )
+        .with_param("team_id"));
     }
     Ok(())
 }
@@ -132,7 +156,8 @@ pub async fn create(
     let shape = "a key's settings: {\"name\": …, \"models\": […], \"rpm\": …}";
     let change = json_body::<KeyChange>(&body, shape)
         .map_err(|e| e.0)
-        .map(|c| owned_by_member(&caller, c));
+        .map(|c| owned_by_member(&caller, c))
+        .and_then(|c| check_team(&st, &caller, &c).map(|()| c));
     let created = change.and_then(|c| keys::create(c, now_ms()));
     let (raw, record) = refused(&st, &actor, "key.create", None, created)?;
     let id = record.id.clone();
@@ -155,7 +180,8 @@ pub async fn update(
     let before = e.record();
     let change = json_body::<KeyChange>(&body, "the settings to change")
         .map_err(|e| e.0)
-        .map(|c| owned_by_member(&caller, c));
+        .map(|c| owned_by_member(&caller, c))
+        .and_then(|c| check_team(&st, &caller, &c).map(|()| c));
     let updated = change.and_then(|c| keys::update(&before, c, now_ms()));
     let record = refused(&st, &actor, "key.update", target, updated)?;
     save(&st, &actor, "key.update", Some(&before), record);
@@ -256,7 +282,7 @@ pub async fn delete(
 }
 
 #[derive(Deserialize)]
-pub struct SpendQuery {
+pub(crate) struct SpendQuery {
     /// Epoch milliseconds; default: 30 days ago.
     from: Option<i64>,
     /// Epoch milliseconds, exclusive; default: now.
@@ -274,6 +300,16 @@ pub async fn spend(
 ) -> ApiResult<Json<Value>> {
     let Query(q) = q?;
     let e = entry(&st, &caller, &id)?;
+    spend_report(&st, SpendOf::Key(&id), &q, |now| e.spend(now)).await
+}
+
+/// The rows of a key or a team summed per group, beside its live spend (`current`).
+pub(crate) async fn spend_report(
+    st: &AppState,
+    of: SpendOf<'_>,
+    q: &SpendQuery,
+    current: impl FnOnce(i64) -> (gatehouse_core::record::KeySpend, f64),
+) -> ApiResult<Json<Value>> {
     let group = match q.group_by.as_deref() {
         None | Some("day") => SpendGroup::Day,
         Some("model") => SpendGroup::Model,
@@ -294,22 +330,26 @@ pub async fn spend(
     st.writer.flush().await;
     let rows = st
         .store
-        .key_spend(&id, from, to, group)
+        .spend(of, from, to, group)
         .await
         .map_err(store_error)?;
     let total: f64 = rows.iter().map(|r| r.cost_usd).sum();
     let requests: u64 = rows.iter().map(|r| r.requests).sum();
-    let (current, reserved) = e.spend(now);
+    let (spend, reserved) = current(now);
+    let (id_field, id) = match of {
+        SpendOf::Key(id) => ("key_id", id),
+        SpendOf::Team(id) => ("team_id", id),
+    };
     Ok(Json(json!({
-        "key_id": id,
+        id_field: id,
         "from": from,
         "to": to,
         "group_by": if group == SpendGroup::Day { "day" } else { "model" },
         "groups": rows,
         "total_cost_usd": total,
         "requests": requests,
-        "period_spend_usd": current.spend_usd,
-        "budget_reset_at": current.budget_reset_at,
+        "period_spend_usd": spend.spend_usd,
+        "budget_reset_at": spend.budget_reset_at,
         "reserved_usd": reserved,
     })))
 }

@@ -52,6 +52,7 @@ fn record(session: &SessionId, n: usize, filler: &str) -> RequestRecord {
         requested_model: None,
         purpose: None,
         key_id: None,
+        team_id: None,
         id: format!("bulk-{n:06}"),
         session_id: session.clone(),
         // Recent: retention would prune rows older than 30 days while the test runs.

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::support::{Options, TestApp, user};
 
-fn keys_mode() -> Options {
+pub(crate) fn keys_mode() -> Options {
     Options {
         extra_toml: r#"
 [auth]
@@ -39,7 +39,7 @@ fallbacks = ["mock/other", "mock/echo"]
 }
 
 /// Creates a key through the API; returns (id, key).
-async fn create(app: &TestApp, settings: Value) -> (String, String) {
+pub(crate) async fn create(app: &TestApp, settings: Value) -> (String, String) {
     let r = app
         .admin
         .post(app.url("/api/keys"))
@@ -56,12 +56,12 @@ async fn create(app: &TestApp, settings: Value) -> (String, String) {
     )
 }
 
-async fn chat_key(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
+pub(crate) async fn chat_key(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
     app.chat_with(&[("authorization", &format!("Bearer {key}"))], body)
         .await
 }
 
-async fn error_code(r: reqwest::Response) -> (u16, String) {
+pub(crate) async fn error_code(r: reqwest::Response) -> (u16, String) {
     let status = r.status().as_u16();
     let v: Value = r.json().await.unwrap();
     (status, v["error"]["code"].as_str().unwrap_or("").to_owned())

@@ -33,5 +33,6 @@ mod sanitizer;
 mod sessions;
 mod shutdown;
 mod surface;
+mod teams;
 mod tls;
 mod translate;

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use gatehouse_core::record::{KeyRecord, KeySpend};
 use gatehouse_core::time::{now_ms, rfc3339_ms};
 use gatehouse_server::audit::{self, Actor, Change};
-use gatehouse_services::keys::{self, KeyChange};
+use gatehouse_services::keys::{self, KeyChange, LimitChange};
 use gatehouse_store::{SqliteStore, Store, WriteOp};
 
 #[derive(Args, Debug)]
@@ -71,13 +71,9 @@ enum KeysCommand {
     },
 }
 
+/// The limits keys and teams share.
 #[derive(Args, Debug, Default)]
-struct Limits {
-    #[arg(long)]
-    owner: Option<String>,
-    /// Models the key may use, comma-separated model keys or globs (`groq/*`); empty: all.
-    #[arg(long, value_delimiter = ',')]
-    models: Option<Vec<String>>,
+pub(super) struct LimitArgs {
     /// Requests per minute.
     #[arg(long)]
     rpm: Option<u64>,
@@ -96,40 +92,22 @@ struct Limits {
     /// Spend that raises one `budget_alert` per period.
     #[arg(long)]
     soft_budget: Option<f64>,
-    /// The key stops working after this long: 90d, 12h.
-    #[arg(long)]
-    expires_in: Option<String>,
-    /// Tags and notes, a JSON object.
-    #[arg(long)]
-    metadata: Option<String>,
-    /// Remove limits: any of rpm, tpm, max_parallel, budget, budget_period, soft_budget,
-    /// expires, owner (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    clear: Vec<String>,
 }
 
-impl Limits {
-    fn change(self, name: Option<String>) -> anyhow::Result<KeyChange> {
-        let metadata = match self.metadata {
-            Some(m) => Some(serde_json::from_str(&m).context("--metadata is not JSON")?),
-            None => None,
-        };
-        let mut c = KeyChange {
-            name,
-            owner: self.owner.map(Some),
-            models: self.models,
+impl LimitArgs {
+    /// The change, with the limits `clear` names removed; what `clear` names beside them is
+    /// returned for the caller.
+    pub(super) fn change(self, clear: &[String]) -> (LimitChange, Vec<String>) {
+        let mut c = LimitChange {
             rpm: self.rpm.map(Some),
             tpm: self.tpm.map(Some),
             max_parallel_requests: self.max_parallel.map(Some),
             max_budget_usd: self.budget.map(Some),
             budget_period: self.budget_period.map(Some),
             soft_budget_usd: self.soft_budget.map(Some),
-            expires_at: None,
-            expires_in: self.expires_in,
-            metadata,
-            blocked: None,
         };
-        for field in &self.clear {
+        let mut rest = Vec::new();
+        for field in clear {
             match field.trim() {
                 "rpm" => c.rpm = Some(None),
                 "tpm" => c.tpm = Some(None),
@@ -137,10 +115,68 @@ impl Limits {
                 "budget" => c.max_budget_usd = Some(None),
                 "budget_period" => c.budget_period = Some(None),
                 "soft_budget" => c.soft_budget_usd = Some(None),
+                other => rest.push(other.to_owned()),
+            }
+        }
+        (c, rest)
+    }
+}
+
+pub(super) fn metadata(m: Option<String>) -> anyhow::Result<Option<serde_json::Value>> {
+    m.map(|m| serde_json::from_str(&m).context("--metadata is not JSON"))
+        .transpose()
+}
+
+#[derive(Args, Debug, Default)]
+struct Limits {
+    #[arg(long)]
+    owner: Option<String>,
+    /// The team (id or name) whose limits and budget the key counts against too.
+    #[arg(long)]
+    team: Option<String>,
+    /// Models the key may use, comma-separated model keys or globs (`groq/*`); empty: all.
+    #[arg(long, value_delimiter = ',')]
+    models: Option<Vec<String>>,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// The key stops working after this long: 90d, 12h.
+    #[arg(long)]
+    expires_in: Option<String>,
+    /// Tags and notes, a JSON object.
+    #[arg(long)]
+    metadata: Option<String>,
+    /// Remove limits: any of rpm, tpm, max_parallel, budget, budget_period, soft_budget,
+    /// expires, owner, team (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    clear: Vec<String>,
+}
+
+impl Limits {
+    async fn change(self, store: &SqliteStore, name: Option<String>) -> anyhow::Result<KeyChange> {
+        let (limits, rest) = self.limits.change(&self.clear);
+        let team = match self.team {
+            Some(t) => Some(Some(super::teams::find(store, &t).await?.0.id)),
+            None => None,
+        };
+        let mut c = KeyChange {
+            name,
+            owner: self.owner.map(Some),
+            team_id: team,
+            models: self.models,
+            limits,
+            expires_at: None,
+            expires_in: self.expires_in,
+            metadata: metadata(self.metadata)?,
+            blocked: None,
+            unknown: Default::default(),
+        };
+        for field in &rest {
+            match field.as_str() {
                 "expires" => c.expires_at = Some(None),
                 "owner" => c.owner = Some(None),
+                "team" => c.team_id = Some(None),
                 other => bail!(
-                    "--clear {other}: not a limit (rpm, tpm, max_parallel, budget, budget_period, soft_budget, expires, owner)"
+                    "--clear {other}: not a limit (rpm, tpm, max_parallel, budget, budget_period, soft_budget, expires, owner, team)"
                 ),
             }
         }
@@ -166,7 +202,7 @@ async fn command(store: &SqliteStore, cmd: KeysCommand, json: bool) -> anyhow::R
     let now = now_ms();
     match cmd {
         KeysCommand::Create { name, limits } => {
-            let (raw, record) = keys::create(limits.change(Some(name))?, now)
+            let (raw, record) = keys::create(limits.change(store, Some(name)).await?, now)
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             save(store, "key.create", None, &record).await?;
             shown_once(&record, &raw, json);
@@ -193,7 +229,7 @@ async fn command(store: &SqliteStore, cmd: KeysCommand, json: bool) -> anyhow::R
         }
         KeysCommand::Update { key, name, limits } => {
             let (k, s) = find(store, &key).await?;
-            let n = keys::update(&k, limits.change(name)?, now)
+            let n = keys::update(&k, limits.change(store, name).await?, now)
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             save(store, "key.update", Some(&k), &n).await?;
             print_one(&n, &s, json)?;

@@ -46,6 +46,7 @@ struct Parts {
     memory_tokens: u64,
     preview: String,
     key_id: Option<String>,
+    team_id: Option<String>,
 }
 
 /// A request row in the making; see the module doc.
@@ -94,6 +95,11 @@ impl Draft {
                 memory_tokens: p.memory_tokens,
                 preview: std::mem::take(&mut p.preview),
                 key_id: admission.key.as_ref().map(|r| r.key_id().to_owned()),
+                team_id: admission
+                    .key
+                    .as_ref()
+                    .and_then(|r| r.team_id())
+                    .map(str::to_owned),
             }),
             guard: InFlight::new(st),
             admission,
@@ -125,6 +131,7 @@ impl Draft {
                 preview: String::new(),
                 route,
                 key_id: None,
+                team_id: None,
             }),
             guard: InFlight::new(st),
             admission: Admission::none(),
@@ -246,8 +253,9 @@ impl Drop for Draft {
     }
 }
 
-/// The key's reservation replaced by what the request used (the new spend reaches the
-/// database with the next `key_sync_loop` tick), and crossing the soft budget announced once.
+/// The key's (and its team's) reservation replaced by what the request used (the new spend
+/// reaches the database with the next `key_sync_loop` tick), and crossing a soft budget
+/// announced once: a `budget_alert` event and an audit row.
 fn settle(st: &AppState, admission: &mut Admission, record: &RequestRecord) {
     let Some(r) = admission.key.take() else {
         return;
@@ -259,19 +267,67 @@ fn settle(st: &AppState, admission: &mut Admission, record: &RequestRecord) {
         0
     };
     let cost = record.cost_usd.unwrap_or(0.0);
-    let entry = r.entry().clone();
+    let key = r.entry().clone();
     let settled = r.settle(tokens, cost, now_ms());
-    if let Some((soft, max)) = settled.soft_crossed {
-        let name = entry.record().name.clone();
-        tracing::info!(key = %name, spend_usd = settled.spend.spend_usd, soft_budget_usd = soft, "a key crossed its soft budget");
-        gatehouse_services::events::emit(&*st.bus, || gatehouse_services::Event::BudgetAlert {
-            key_id: entry.id.clone(),
+    if let Some(crossed) = settled.key.soft_crossed {
+        let name = key.record().name.clone();
+        soft_budget_crossed(
+            st,
+            "key",
+            &key.id,
+            None,
             name,
-            spend_usd: settled.spend.spend_usd,
-            soft_budget_usd: soft,
-            max_budget_usd: max,
-        });
+            settled.key.spend.spend_usd,
+            crossed,
+        );
     }
+    if let Some((team, t)) = settled.team
+        && let Some(crossed) = t.soft_crossed
+    {
+        let name = team.record().name.clone();
+        soft_budget_crossed(
+            st,
+            "team",
+            &key.id,
+            Some(&team.id),
+            name,
+            t.spend.spend_usd,
+            crossed,
+        );
+    }
+}
+
+fn soft_budget_crossed(
+    st: &AppState,
+    scope: &'static str,
+    key_id: &str,
+    team_id: Option<&str>,
+    name: String,
+    spend_usd: f64,
+    (soft, max): (f64, Option<f64>),
+) {
+    tracing::info!(scope, name = %name, spend_usd, soft_budget_usd = soft, "a soft budget was crossed");
+    let target = match team_id {
+        Some(t) => format!("team:{t}"),
+        None => format!("key:{key_id}"),
+    };
+    let change =
+        crate::audit::Change::new("budget.soft_crossed", target).after(serde_json::json!({
+            "spend_usd": spend_usd,
+            "soft_budget_usd": soft,
+            "max_budget_usd": max,
+            "key_id": key_id,
+        }));
+    crate::audit::record(st, &crate::audit::Actor::system(), change, "ok");
+    gatehouse_services::events::emit(&*st.bus, || gatehouse_services::Event::BudgetAlert {
+        scope,
+        key_id: key_id.to_owned(),
+        team_id: team_id.map(str::to_owned),
+        name,
+        spend_usd,
+        soft_budget_usd: soft,
+        max_budget_usd: max,
+    });
 }
 
 impl Parts {
@@ -358,6 +414,7 @@ impl Parts {
             requested_model,
             purpose: self.purpose.map(str::to_owned),
             key_id: self.key_id,
+            team_id: self.team_id,
         }
     }
 }
@@ -372,7 +429,7 @@ pub(super) fn refused(
     t0: Instant,
     session: Option<&SessionId>,
     body: Option<&[u8]>,
-    key_id: Option<&str>,
+    key: Option<&gatehouse_services::keys::KeyEntry>,
     e: ApiError,
 ) -> ApiError {
     let e = st.refusals.count(e);
@@ -431,7 +488,8 @@ pub(super) fn refused(
         memory_ratio: 0.0,
         routing: Some("refused before routing".to_owned()),
         purpose: None,
-        key_id: key_id.map(str::to_owned),
+        key_id: key.map(|k| k.id.clone()),
+        team_id: key.and_then(|k| k.record().team_id.clone()),
     };
     let op = st.request_finished(record);
     st.writer.record_now(op);
