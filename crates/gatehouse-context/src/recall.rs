@@ -188,6 +188,36 @@ impl Recall {
         gone
     }
 
+    /// The entries made in any of `sessions`, oldest first.
+    pub fn of_sessions(&self, sessions: &[&str]) -> Vec<MemoryRecord> {
+        let mut v: Vec<MemoryRecord> = self
+            .entries
+            .values()
+            .filter(|e| {
+                e.session_id
+                    .as_deref()
+                    .is_some_and(|s| sessions.contains(&s))
+            })
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        v
+    }
+
+    /// Removes the entries made in any of `sessions`; returns their ids.
+    pub fn remove_sessions(&mut self, sessions: &[&str]) -> Vec<String> {
+        let gone: Vec<String> = self
+            .of_sessions(sessions)
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        for id in &gone {
+            self.entries.remove(id);
+            self.unindex(id);
+        }
+        gone
+    }
+
     /// Entries and tokens per kind.
     pub fn stats(&self) -> HashMap<&'static str, (u64, u64)> {
         let mut out: HashMap<&'static str, (u64, u64)> = HashMap::new();

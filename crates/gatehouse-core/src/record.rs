@@ -206,6 +206,9 @@ pub struct MaskedContent {
     pub content: Option<String>,
     /// Epoch milliseconds.
     pub created_at: i64,
+    /// The virtual key of the request that first stored it (`[auth] mode = "keys"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 /// A Responses API response the gateway keeps (`store`), so a later request can continue from it
@@ -400,9 +403,33 @@ pub struct AuditEntry {
     pub prev_hash: String,
     #[serde(default)]
     pub hash: String,
+    /// Its personal fields were blanked by a user's erasure (the chain still verifies).
+    #[serde(default)]
+    pub erased: bool,
 }
 
 impl AuditEntry {
+    /// The fields a user's erasure blanks, as version-2 rows digest them (with a salt).
+    pub fn personal(&self) -> String {
+        serde_json::json!([
+            self.actor,
+            self.ip,
+            self.user_agent,
+            self.target,
+            self.before,
+            self.after,
+            self.outcome,
+        ])
+        .to_string()
+    }
+
+    /// What a version-2 row's hash covers after the previous hash: the fields nobody erases,
+    /// and the digest of the others.
+    pub fn canonical_v2(&self, personal_hash: &str) -> String {
+        serde_json::json!(["v2", self.id, self.seq, self.at, self.action, personal_hash])
+            .to_string()
+    }
+
     /// The bytes the hash covers, after the previous hash: every field but the hashes, in a
     /// fixed order (JSON objects' keys are sorted), so a verifier recomputes them exactly.
     pub fn canonical(&self) -> String {

@@ -132,5 +132,6 @@ pub fn entry(actor: &Actor, change: Change<'_>, outcome: &str) -> AuditEntry {
         outcome: outcome.to_owned(),
         prev_hash: String::new(),
         hash: String::new(),
+        erased: false,
     }
 }

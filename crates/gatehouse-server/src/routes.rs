@@ -12,6 +12,7 @@ mod mask;
 mod memory;
 mod messages;
 mod models;
+mod privacy;
 mod providers;
 mod ratelimit;
 mod responses;
@@ -89,6 +90,7 @@ fn management(state: &AppState) -> Router<AppState> {
             "/api/users/{id}",
             axum::routing::patch(users::update).delete(users::delete),
         )
+        .route("/api/users/{id}/export", get(privacy::export))
         .route("/api/providers", get(providers::list))
         .route(
             "/api/providers/{name}/key",

@@ -94,6 +94,28 @@ impl Responses {
         Ok(self.store.get_response(id).await?.map(Arc::new))
     }
 
+    /// Forgets the responses of `session` held in memory (the database's go with the
+    /// session's erasure).
+    pub fn forget_session(&self, session: &str) {
+        let mut g = self.lock();
+        let gone: Vec<String> = g
+            .by_id
+            .values()
+            .filter(|r| r.session_id.as_str() == session)
+            .map(|r| r.id.clone())
+            .collect();
+        for id in gone {
+            if let Some(old) = g.by_id.remove(&id) {
+                g.bytes = g.bytes.saturating_sub(size(&old));
+            }
+            g.order.retain(|o| *o != id);
+            if g.deleted.len() >= 1024 {
+                g.deleted.remove(0);
+            }
+            g.deleted.push(id);
+        }
+    }
+
     /// Forgets a response; whether it existed.
     pub async fn delete(&self, id: &str) -> StoreResult<bool> {
         let existed = self.get(id).await?.is_some();

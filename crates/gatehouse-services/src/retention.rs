@@ -201,6 +201,7 @@ mod tests {
                 tokens_saved: 1,
                 content: Some("x".into()),
                 created_at: at,
+                key_id: None,
             })));
         }
         store.apply(&ops).await.unwrap();

@@ -85,6 +85,8 @@ pub enum WriteOp {
         id: String,
         spend: KeySpend,
     },
+    /// See [`Erasure`]. The user's and keys' own records come as `UpsertUser`/`UpsertKey`.
+    Erase(Box<Erasure>),
     /// A state change for the audit trail; the store chains it to the row before.
     AppendAudit(Box<AuditEntry>),
     /// An admin user created or edited (a deletion sets `deleted_at`).
@@ -153,6 +155,8 @@ pub struct AuditFilter {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditCheck {
     pub rows: u64,
+    /// Rows whose personal fields a user's erasure blanked.
+    pub erased: u64,
     /// The first row whose hash or link does not match, and how.
     pub first_broken: Option<(i64, String)>,
 }
@@ -238,7 +242,26 @@ pub struct SessionSummary {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     Session(SessionId),
+    /// The rows of these virtual keys (a user's export).
+    Keys(Vec<String>),
     All,
+}
+
+/// A user's erasure (`DELETE /api/users/{id}?erase=true`), in one transaction: the content
+/// tied to them goes, the accounting stays under `tombstone`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erasure {
+    /// The name their login attempts were recorded under.
+    pub username: String,
+    pub tombstone: String,
+    /// Every key they owned, deleted ones included: their rows lose previews and error
+    /// messages (cost and tokens stay), their masked originals go.
+    pub key_ids: Vec<String>,
+    pub user_id: String,
+    /// Epoch milliseconds.
+    pub at: i64,
+    /// Sessions only their keys used: names, compactions, memory and stored responses go.
+    pub sessions: Vec<SessionId>,
 }
 
 /// What the gateway persists and reads back. Implementations share `$N` SQL.
@@ -271,6 +294,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, StoreResult<Option<StoredResponse>>>;
     fn prune_oldest_requests(&self, limit: u32) -> BoxFuture<'_, StoreResult<u64>>;
     fn size(&self) -> BoxFuture<'_, StoreResult<StoreSize>>;
+    /// Copies the write-ahead log into the database and empties it, so content overwritten
+    /// (an erasure) no longer lingers in the log's old page images.
+    fn checkpoint(&self) -> BoxFuture<'_, StoreResult<()>>;
     /// Gives some free pages (about a MiB) back to the file system.
     fn reclaim(&self) -> BoxFuture<'_, StoreResult<()>>;
     fn get_session<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Session>>>;
@@ -293,6 +319,16 @@ pub trait Store: Send + Sync + 'static {
         tx: tokio::sync::mpsc::Sender<StoreResult<RequestRecord>>,
     ) -> BoxFuture<'a, ()>;
     fn count_scope<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, StoreResult<u64>>;
+    /// The sessions holding rows of `key_ids`, each with whether only those keys used it.
+    fn sessions_of_keys<'a>(
+        &'a self,
+        key_ids: &'a [String],
+    ) -> BoxFuture<'a, StoreResult<Vec<(Session, bool)>>>;
+    /// Masked originals first stored by requests of `key_ids`, with their content.
+    fn masked_of_keys<'a>(
+        &'a self,
+        key_ids: &'a [String],
+    ) -> BoxFuture<'a, StoreResult<Vec<MaskedContent>>>;
     /// A masked original, by reference.
     fn get_masked<'a>(&'a self, hash: &'a str)
     -> BoxFuture<'a, StoreResult<Option<MaskedContent>>>;

@@ -20,7 +20,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, Sqlite};
 
 use crate::{
-    Applied, AuditCheck, AuditFilter, CompactionTotals, MaskedTotals, RefreshUse, Scope,
+    Applied, AuditCheck, AuditFilter, CompactionTotals, Erasure, MaskedTotals, RefreshUse, Scope,
     SessionSummary, SpendGroup, SpendOf, SpendRow, Store, StoreError, StoreResult, StoreSize,
     StoredCompactions, StoredProviderKey, WriteOp,
 };
@@ -97,6 +97,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "teams",
         include_str!("../migrations/sqlite/0014_teams.sql"),
     ),
+    (
+        15,
+        "user_data",
+        include_str!("../migrations/sqlite/0015_user_data.sql"),
+    ),
+    (
+        16,
+        "audit_erasure",
+        include_str!("../migrations/sqlite/0016_audit_erasure.sql"),
+    ),
 ];
 
 const ACTIVE_KEY: &str = "active_session";
@@ -125,6 +135,9 @@ impl SqliteStore {
             // A new database can give pages freed by retention back to the file system; an
             // older one reuses them (switching needs a full VACUUM).
             .auto_vacuum(sqlx::sqlite::SqliteAutoVacuum::Incremental)
+            // Deleted and overwritten content is zeroed, not left in free space: an erased
+            // user's prompts must not stay readable in the file.
+            .pragma("secure_delete", "on")
             .busy_timeout(Duration::from_secs(5));
         // Migrations run on a connection of their own, closed before the working pool opens:
         // a pooled connection opened during a migration keeps the old schema until it next
@@ -250,8 +263,8 @@ impl SqliteStore {
             },
             WriteOp::StoreMasked(m) => {
                 sqlx::query(
-                    "INSERT INTO masked_content (hash, role, tags, tokens, tokens_saved, content, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                    "INSERT INTO masked_content (hash, role, tags, tokens, tokens_saved, content, created_at, key_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                      ON CONFLICT (hash) DO UPDATE SET created_at = excluded.created_at",
                 )
                 .bind(&m.hash)
@@ -261,6 +274,7 @@ impl SqliteStore {
                 .bind(to_i64(m.tokens_saved))
                 .bind(m.content.as_deref().unwrap_or(""))
                 .bind(m.created_at)
+                .bind(&m.key_id)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -361,6 +375,7 @@ impl SqliteStore {
             }
             WriteOp::UpsertKey(k) => upsert_key(tx, k).await?,
             WriteOp::UpsertTeam(t) => upsert_team(tx, t).await?,
+            WriteOp::Erase(e) => erase(tx, e).await?,
             WriteOp::SetTeamSpend { id, spend } => {
                 sqlx::query("UPDATE teams SET spend_usd = $1, budget_reset_at = $2 WHERE id = $3")
                     .bind(spend.spend_usd)
@@ -422,17 +437,46 @@ impl SqliteStore {
 const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 fn audit_hash(prev_hash: &str, e: &AuditEntry) -> String {
+    sha256_hex(&[prev_hash.as_bytes(), e.canonical().as_bytes()])
+}
+
+fn sha256_hex(parts: &[&[u8]]) -> String {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
-    h.update(prev_hash.as_bytes());
-    h.update(e.canonical().as_bytes());
-    h.finalize()
+    for p in parts {
+        h.update(p);
+    }
+    hex(&h.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
         .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
             use std::fmt::Write;
             let _ = write!(s, "{b:02x}");
             s
         })
+}
+
+/// The salted digest of a version-2 row's personal fields.
+fn personal_hash(salt: &str, e: &AuditEntry) -> String {
+    sha256_hex(&[salt.as_bytes(), e.personal().as_bytes()])
+}
+
+fn audit_hash_v2(prev_hash: &str, e: &AuditEntry, personal_hash: &str) -> String {
+    sha256_hex(&[
+        prev_hash.as_bytes(),
+        e.canonical_v2(personal_hash).as_bytes(),
+    ])
+}
+
+/// 16 random bytes, hex.
+fn new_salt() -> sqlx::Result<String> {
+    let mut b = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut b)
+        .map_err(|_| sqlx::Error::Protocol("the system's random number generator failed".into()))?;
+    Ok(hex(&b))
 }
 
 /// Appends `a` after the newest row, chained to it; once only (a retried batch finds its id).
@@ -459,13 +503,15 @@ async fn append_audit(tx: &mut SqliteConnection, a: &AuditEntry) -> sqlx::Result
     };
     let mut e = a.clone();
     e.seq = seq;
-    e.hash = audit_hash(&prev_hash, &e);
+    let salt = new_salt()?;
+    let personal = personal_hash(&salt, &e);
+    e.hash = audit_hash_v2(&prev_hash, &e, &personal);
     e.prev_hash = prev_hash;
     let json = |v: &Option<serde_json::Value>| v.as_ref().map(serde_json::Value::to_string);
     sqlx::query(
         "INSERT INTO audit_log (seq, id, at, actor, ip, user_agent, action, target, before, after,
-            outcome, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            outcome, prev_hash, hash, version, salt, personal_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 2, $14, $15)",
     )
     .bind(e.seq)
     .bind(&e.id)
@@ -480,9 +526,23 @@ async fn append_audit(tx: &mut SqliteConnection, a: &AuditEntry) -> sqlx::Result
     .bind(&e.outcome)
     .bind(&e.prev_hash)
     .bind(&e.hash)
+    .bind(&salt)
+    .bind(&personal)
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// A version-2 row's salt (none once erased) and personal digest; `None` for version 1.
+fn audit_v2(r: &SqliteRow) -> sqlx::Result<Option<(Option<String>, String)>> {
+    if r.try_get::<i64, _>("version")? < 2 {
+        return Ok(None);
+    }
+    Ok(Some((
+        r.try_get("salt")?,
+        r.try_get::<Option<String>, _>("personal_hash")?
+            .unwrap_or_default(),
+    )))
 }
 
 fn audit_from_row(r: &SqliteRow) -> sqlx::Result<AuditEntry> {
@@ -504,6 +564,7 @@ fn audit_from_row(r: &SqliteRow) -> sqlx::Result<AuditEntry> {
         outcome: r.try_get("outcome")?,
         prev_hash: r.try_get("prev_hash")?,
         hash: r.try_get("hash")?,
+        erased: r.try_get::<Option<i64>, _>("erased_at")?.is_some(),
     })
 }
 
@@ -553,6 +614,66 @@ async fn upsert_key(tx: &mut SqliteConnection, k: &KeyRecord) -> sqlx::Result<()
     .bind(k.updated_at)
     .bind(k.deleted_at)
     .bind(&k.team_id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// A JSON array of strings, for `json_each` (one parameter, whatever the list's length).
+fn json_list<S: AsRef<str>>(items: &[S]) -> String {
+    let items: Vec<&str> = items.iter().map(AsRef::as_ref).collect();
+    serde_json::to_string(&items).unwrap_or_else(|_| "[]".to_owned())
+}
+
+async fn erase(tx: &mut SqliteConnection, e: &Erasure) -> sqlx::Result<()> {
+    let keys = json_list(&e.key_ids);
+    let sessions: Vec<&str> = e.sessions.iter().map(SessionId::as_str).collect();
+    let sessions = json_list(&sessions);
+    sqlx::query(
+        "UPDATE requests SET preview = '', error_message = NULL
+         WHERE key_id IN (SELECT value FROM json_each($1))",
+    )
+    .bind(&keys)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM masked_content WHERE key_id IN (SELECT value FROM json_each($1))")
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await?;
+    for sql in [
+        "DELETE FROM compactions WHERE session_id IN (SELECT value FROM json_each($1))",
+        "DELETE FROM memory_entries WHERE session_id IN (SELECT value FROM json_each($1))",
+        "DELETE FROM responses WHERE session_id IN (SELECT value FROM json_each($1))",
+        "UPDATE sessions SET name = 'erased' WHERE id IN (SELECT value FROM json_each($1))",
+    ] {
+        sqlx::query(sql).bind(&sessions).execute(&mut *tx).await?;
+    }
+    // The trail's rows by them or about them (their user, their keys): version-2 rows only,
+    // whose chain covers a digest of these fields rather than the fields.
+    let mut targets = vec![
+        format!("user:{}", e.user_id),
+        format!("user:{}", e.username),
+    ];
+    targets.extend(e.key_ids.iter().map(|k| format!("key:{k}")));
+    sqlx::query(
+        "UPDATE audit_log SET actor = 'erased', ip = NULL, user_agent = NULL,
+            target = CASE WHEN target = $3 THEN $4 ELSE target END,
+            before = NULL, after = NULL, outcome = 'erased', salt = NULL, erased_at = $5
+         WHERE version = 2 AND erased_at IS NULL
+           AND (actor = $1 OR target IN (SELECT value FROM json_each($2)))",
+    )
+    .bind(format!("user:{}", e.username))
+    .bind(json_list(&targets))
+    .bind(format!("user:{}", e.username))
+    .bind(format!("user:{}", e.tombstone))
+    .bind(e.at)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE login_history SET username = $1, ip = NULL, user_agent = NULL WHERE username = $2",
+    )
+    .bind(&e.tombstone)
+    .bind(&e.username)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -870,6 +991,7 @@ fn masked_from_row(row: &SqliteRow, with_content: bool) -> sqlx::Result<MaskedCo
             None
         },
         created_at: row.try_get("created_at")?,
+        key_id: row.try_get("key_id")?,
     })
 }
 
@@ -1097,6 +1219,15 @@ impl Store for SqliteStore {
         })
     }
 
+    fn checkpoint(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
     fn reclaim(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             // 256 pages (1 MiB at the default page size) a call, so the writer waits briefly.
@@ -1254,6 +1385,11 @@ impl Store for SqliteStore {
                     "SELECT * FROM requests WHERE session_id = $1 ORDER BY created_at, id",
                 )
                 .bind(id.as_str()),
+                Scope::Keys(ids) => sqlx::query(
+                    "SELECT * FROM requests WHERE key_id IN (SELECT value FROM json_each($1))
+                     ORDER BY created_at, id",
+                )
+                .bind(json_list(ids)),
                 Scope::All => sqlx::query("SELECT * FROM requests ORDER BY created_at, id"),
             };
             let mut rows = query.fetch(&self.pool);
@@ -1278,6 +1414,14 @@ impl Store for SqliteStore {
                         .fetch_one(&self.pool)
                         .await?
                 }
+                Scope::Keys(ids) => {
+                    sqlx::query(
+                        "SELECT COUNT(*) FROM requests WHERE key_id IN (SELECT value FROM json_each($1))",
+                    )
+                    .bind(json_list(ids))
+                    .fetch_one(&self.pool)
+                    .await?
+                }
                 Scope::All => {
                     sqlx::query("SELECT COUNT(*) FROM requests")
                         .fetch_one(&self.pool)
@@ -1286,6 +1430,49 @@ impl Store for SqliteStore {
             }
             .try_get(0)?;
             Ok(to_u64(n))
+        })
+    }
+
+    fn sessions_of_keys<'a>(
+        &'a self,
+        key_ids: &'a [String],
+    ) -> BoxFuture<'a, StoreResult<Vec<(Session, bool)>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT s.*, NOT EXISTS (SELECT 1 FROM requests o WHERE o.session_id = s.id
+                        AND (o.key_id IS NULL OR o.key_id NOT IN (SELECT value FROM json_each($1))))
+                     AS exclusive
+                 FROM sessions s
+                 WHERE s.id IN (SELECT DISTINCT session_id FROM requests
+                                WHERE key_id IN (SELECT value FROM json_each($1)))
+                 ORDER BY s.created_at",
+            )
+            .bind(json_list(key_ids))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|r| Ok((session_from_row(r)?, r.try_get::<bool, _>("exclusive")?)))
+                .collect::<sqlx::Result<Vec<_>>>()
+                .map_err(StoreError::from)
+        })
+    }
+
+    fn masked_of_keys<'a>(
+        &'a self,
+        key_ids: &'a [String],
+    ) -> BoxFuture<'a, StoreResult<Vec<MaskedContent>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT * FROM masked_content WHERE key_id IN (SELECT value FROM json_each($1))
+                 ORDER BY created_at, hash",
+            )
+            .bind(json_list(key_ids))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|r| masked_from_row(r, true))
+                .collect::<sqlx::Result<Vec<_>>>()
+                .map_err(StoreError::from)
         })
     }
 
@@ -1311,7 +1498,7 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'_, StoreResult<Vec<MaskedContent>>> {
         Box::pin(async move {
             let rows = sqlx::query(
-                "SELECT hash, role, tags, tokens, tokens_saved, created_at FROM masked_content
+                "SELECT hash, role, tags, tokens, tokens_saved, created_at, key_id FROM masked_content
                  ORDER BY created_at DESC, hash LIMIT $1 OFFSET $2",
             )
             .bind(i64::from(limit))
@@ -1569,6 +1756,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let mut check = AuditCheck {
                 rows: 0,
+                erased: 0,
                 first_broken: None,
             };
             let mut prev_hash = AUDIT_GENESIS.to_owned();
@@ -1594,17 +1782,30 @@ impl Store for SqliteStore {
                         }
                     };
                     check.rows += 1;
+                    check.erased += u64::from(e.erased);
                     after = e.seq;
                     if check.first_broken.is_some() {
                         continue;
                     }
+                    let expected = match audit_v2(row) {
+                        Ok(None) => Ok(audit_hash(&prev_hash, &e)),
+                        Ok(Some((salt, stored))) => match salt {
+                            // Erased: the personal fields are gone, their digest stands for them.
+                            None if e.erased => Ok(audit_hash_v2(&prev_hash, &e, &stored)),
+                            Some(salt) if !e.erased && personal_hash(&salt, &e) == stored => {
+                                Ok(audit_hash_v2(&prev_hash, &e, &stored))
+                            }
+                            _ => Err(()),
+                        },
+                        Err(_) => Err(()),
+                    };
                     if e.prev_hash != prev_hash {
                         check.first_broken = Some((
                             e.seq,
                             "its link to the row before does not match (a row was removed or inserted)"
                                 .to_owned(),
                         ));
-                    } else if audit_hash(&prev_hash, &e) != e.hash {
+                    } else if expected.as_deref() != Ok(e.hash.as_str()) {
                         check.first_broken = Some((
                             e.seq,
                             "its content does not match its hash (the row was edited)".to_owned(),
@@ -1681,6 +1882,7 @@ fn op_name(op: &WriteOp) -> &'static str {
         WriteOp::DeleteResponse(_) => "delete_response",
         WriteOp::UpsertKey(_) => "upsert_key",
         WriteOp::UpsertTeam(_) => "upsert_team",
+        WriteOp::Erase(_) => "erase",
         WriteOp::SetTeamSpend { .. } => "set_team_spend",
         WriteOp::SetKeySpend { .. } => "set_key_spend",
         WriteOp::AppendAudit(_) => "append_audit",
@@ -1817,6 +2019,7 @@ pub(crate) mod tests {
             tokens_saved: 4900,
             content: Some("the original".into()),
             created_at: 7,
+            key_id: None,
         };
         let mut again = m.clone();
         again.content = Some("a second write of the same reference is ignored".into());
@@ -1971,5 +2174,104 @@ pub(crate) mod tests {
         drop(SqliteStore::open(&f).await.unwrap());
         let again = SqliteStore::open(&f).await.unwrap();
         again.ping().await.unwrap();
+    }
+
+    fn audit_row(id: &str, actor: &str, target: &str, name: &str) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
+            id: id.into(),
+            at: 1,
+            actor: actor.into(),
+            ip: Some("10.0.0.1".into()),
+            user_agent: None,
+            action: "key.create".into(),
+            target: Some(target.into()),
+            before: None,
+            after: Some(serde_json::json!({ "name": name })),
+            outcome: "ok".into(),
+            prev_hash: String::new(),
+            hash: String::new(),
+            erased: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_erasure_blanks_audit_rows_and_the_chain_still_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("g.db")).await.unwrap();
+        store
+            .apply(&[
+                WriteOp::AppendAudit(Box::new(audit_row(
+                    "a1",
+                    "user:ada",
+                    "key:k1",
+                    "ada-laptop",
+                ))),
+                WriteOp::AppendAudit(Box::new(audit_row("a2", "user:root", "key:k2", "bob-box"))),
+                WriteOp::AppendAudit(Box::new(audit_row(
+                    "a3",
+                    "user:root",
+                    "key:k1",
+                    "ada-laptop",
+                ))),
+            ])
+            .await
+            .unwrap();
+        store
+            .apply(&[WriteOp::Erase(Box::new(Erasure {
+                username: "ada".into(),
+                tombstone: "erased-1".into(),
+                key_ids: vec!["k1".into()],
+                user_id: "usr_1".into(),
+                at: 5,
+                sessions: vec![],
+            }))])
+            .await
+            .unwrap();
+        let check = store.verify_audit().await.unwrap();
+        assert_eq!((check.rows, check.erased, check.first_broken), (3, 2, None));
+        let rows = store
+            .list_audit(&AuditFilter {
+                limit: 10,
+                ..AuditFilter::default()
+            })
+            .await
+            .unwrap();
+        let text = serde_json::to_string(&rows).unwrap();
+        assert!(!text.contains("ada"), "{text}");
+        assert!(rows.iter().any(|r| r.actor == "user:root" && !r.erased));
+
+        // An erased row edited, or a live row passed off as erased, breaks the chain.
+        sqlx::query("UPDATE audit_log SET action = 'key.delete' WHERE seq = 1")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .verify_audit()
+                .await
+                .unwrap()
+                .first_broken
+                .map(|b| b.0),
+            Some(1)
+        );
+        sqlx::query("UPDATE audit_log SET action = 'key.create' WHERE seq = 1")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(store.verify_audit().await.unwrap().first_broken, None);
+        sqlx::query("UPDATE audit_log SET after = '{}' , outcome = 'ok' WHERE seq = 2")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .verify_audit()
+                .await
+                .unwrap()
+                .first_broken
+                .map(|b| b.0),
+            Some(2)
+        );
     }
 }

@@ -10,7 +10,6 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
-use gatehouse_core::record::Session;
 use gatehouse_core::time::{now_ms, rfc3339_ms};
 use gatehouse_core::{ApiError, ErrorKind, SessionId};
 use gatehouse_services::export::{self, Format};
@@ -23,7 +22,7 @@ use crate::routes::sessions::store_error;
 use crate::state::AppState;
 
 /// Rows in flight between the cursor and the body.
-const ROW_CHANNEL: usize = 256;
+pub(crate) const ROW_CHANNEL: usize = 256;
 /// Body chunk size to aim for.
 const CHUNK: usize = 32 * 1024;
 
@@ -131,7 +130,12 @@ async fn export(
     let (tx, rx) = mpsc::channel(ROW_CHANNEL);
     let store = st.store.clone();
     tokio::spawn(async move { store.export_requests(&scope, tx).await });
-    let body = Body::from_stream(chunks(rx, format, session, exported_at));
+    let mut head = String::new();
+    match format {
+        Format::Csv => export::csv_header(&mut head),
+        Format::Json => export::json_head(&mut head, session.as_ref(), exported_at),
+    }
+    let body = Body::from_stream(chunks(rx, format, head));
     let mut r = Response::new(body);
     let h = r.headers_mut();
     h.insert(
@@ -155,22 +159,22 @@ fn not_found(raw: &str) -> HttpError {
 struct Chunker {
     rx: mpsc::Receiver<gatehouse_store::StoreResult<gatehouse_core::record::RequestRecord>>,
     format: Format,
-    head: Option<(Option<Session>, i64)>,
+    head: Option<String>,
     first: bool,
     done: bool,
 }
 
-/// The export document as a stream of chunks.
-fn chunks(
+/// The export document as a stream of chunks: `head` (for JSON, everything up to the opening
+/// of the `requests` array), the rows, the tail.
+pub(crate) fn chunks(
     rx: mpsc::Receiver<gatehouse_store::StoreResult<gatehouse_core::record::RequestRecord>>,
     format: Format,
-    session: Option<Session>,
-    exported_at: i64,
+    head: String,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     let state = Chunker {
         rx,
         format,
-        head: Some((session, exported_at)),
+        head: Some(head),
         first: true,
         done: false,
     };
@@ -178,13 +182,8 @@ fn chunks(
         if c.done {
             return None;
         }
-        let mut out = String::with_capacity(CHUNK + 1024);
-        if let Some((session, at)) = c.head.take() {
-            match c.format {
-                Format::Csv => export::csv_header(&mut out),
-                Format::Json => export::json_head(&mut out, session.as_ref(), at),
-            }
-        }
+        let mut out = c.head.take().unwrap_or_default();
+        out.reserve(CHUNK + 1024);
         while out.len() < CHUNK {
             match c.rx.recv().await {
                 Some(Ok(row)) => {

@@ -3,7 +3,8 @@
 //! gateway never locks its owners out. Passwords never leave: not in answers, logs or the trail.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -26,7 +27,7 @@ fn internal(what: &str) -> HttpError {
     HttpError(ApiError::new(ErrorKind::Internal, what.to_owned()))
 }
 
-fn shown(u: &UserRecord) -> Value {
+pub(crate) fn shown(u: &UserRecord) -> Value {
     json!({
         "id": u.id,
         "username": u.username,
@@ -200,18 +201,33 @@ pub async fn update(
     Ok(Json(shown(&user)))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    /// `true`: erase the user's data too (`routes/privacy.rs`).
+    erase: Option<bool>,
+}
+
 pub async fn delete(
     _: SameOrigin,
     actor: Actor,
+    caller: crate::login::Caller,
     State(st): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
+    q: Result<Query<DeleteQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q?;
     let before = find(&st, &id).await?;
     let mut user = before.clone();
     let now = now_ms();
     user.deleted_at = Some(now);
     user.updated_at = now;
     keep_an_admin(&st, &user).await?;
+    if q.erase == Some(true) {
+        return Ok(crate::routes::privacy::erase(&st, &actor, &caller, &before)
+            .await?
+            .into_response());
+    }
     // The name is freed for a new user; the row stays for the trail.
     user.username = format!("{}#deleted-{now}", before.username);
     save(&st, &actor, "user.delete", Some(&before), &user, true).await?;
@@ -238,5 +254,5 @@ pub async fn delete(
             }
         }
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

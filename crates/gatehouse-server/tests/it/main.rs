@@ -22,6 +22,7 @@ mod live;
 mod login;
 mod memory;
 mod passthrough;
+mod privacy;
 mod provider_keys;
 mod proxy;
 mod redaction;

@@ -45,6 +45,12 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
                             "audit trail intact: {} rows, every hash matches",
                             check.rows
                         );
+                        if check.erased > 0 {
+                            println!(
+                                "{} rows had their personal fields erased with a user (their digests stand in the chain)",
+                                check.erased
+                            );
+                        }
                         Ok(ExitCode::SUCCESS)
                     }
                     Some((seq, why)) => {

@@ -94,9 +94,9 @@ async fn store_masked(st: &AppState, p: &Prepared) {
     for m in &p.masked {
         if st.sanitizer.stored.get(&m.hash).is_none() {
             st.sanitizer.stored.insert(m.hash.clone(), ());
-            st.writer
-                .record(WriteOp::StoreMasked(Box::new(m.clone())))
-                .await;
+            let mut m = m.clone();
+            m.key_id = p.key.as_ref().map(|k| k.id.clone());
+            st.writer.record(WriteOp::StoreMasked(Box::new(m))).await;
         }
     }
 }
@@ -293,6 +293,7 @@ pub(super) fn mask(
             tokens_saved: tokens.saturating_sub(kept),
             content: Some(original),
             created_at: now_ms(),
+            key_id: None,
         });
     }
     if splices.is_empty() {
@@ -416,6 +417,7 @@ fn user_parts(
             tokens_saved: tokens.saturating_sub(enc.count(&stand)),
             content: Some(part.to_owned()),
             created_at: now_ms(),
+            key_id: None,
         });
     }
     if masked.is_empty() {
