@@ -15,6 +15,7 @@
 # create` flags: the new side gets a virtual key with them (put `[auth]\nmode = "keys"` in
 # AB_NEW_CONFIG), and both sides are sent it, so their requests are the same bytes:
 # AB_NEW_CONFIG='[auth]\nmode = "keys"' AB_NEW_KEY='--rpm 100000000 --tpm 100000000000 --budget 1000000' bench/ab.sh BIN BIN.
+# AB_NEW_TEAM holds `gatehouse teams create` flags: the key then belongs to that team.
 #
 # Build the old side from another checkout, e.g.
 #   git worktree add /tmp/old <rev> && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release --bin gatehouse)
@@ -87,6 +88,12 @@ TOML
 
 if [ -n "${AB_NEW_KEY:-}" ]; then
   mkdir -p "$WORK/new"
+  # AB_NEW_TEAM: the key joins a team made with these limits, so both meters are checked.
+  if [ -n "${AB_NEW_TEAM:-}" ]; then
+    # shellcheck disable=SC2086
+    "$NEW" teams --data-dir "$WORK/new" create --name bench-team $AB_NEW_TEAM > /dev/null
+    AB_NEW_KEY="$AB_NEW_KEY --team bench-team"
+  fi
   # shellcheck disable=SC2086
   KEY=$("$NEW" keys --data-dir "$WORK/new" create --name bench $AB_NEW_KEY --json |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')

@@ -717,7 +717,12 @@ async function main() {
   loadEconomy().catch(showError);
   window.addEventListener("resize", () => renderChart());
   renderAll();
-  new Live({ onMessage, onState: setConn }).start();
+  // The socket ended with the login, or was refused: renew the login, or bring the form back.
+  const onLogin = async () => {
+    const r = await fetch("/api/auth/me", { credentials: "same-origin" }).catch(() => null);
+    if (r?.status === 401 && !(await refreshLogin())) showLogin();
+  };
+  new Live({ onMessage, onState: setConn, onLogin }).start();
 }
 
 main();

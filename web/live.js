@@ -2,9 +2,12 @@
 // order. Events already covered by the last `init` (seq not above it) are dropped.
 
 export class Live {
-  constructor({ onMessage, onState }) {
+  constructor({ onMessage, onState, onLogin }) {
     this.onMessage = onMessage;
     this.onState = onState;
+    // Called before reconnecting when the server ended the socket because the login ended
+    // (close code 4401), or when it refused to open one: the page renews its login first.
+    this.onLogin = onLogin;
     this.seq = 0;
     this.retry = 0;
     this.ws = null;
@@ -39,7 +42,9 @@ export class Live {
       return;
     }
     this.ws = ws;
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
       this.retry = 0;
       this.onState("open");
     };
@@ -58,10 +63,14 @@ export class Live {
       }
       this.onMessage(msg);
     };
-    ws.onclose = () => {
+    ws.onclose = (e) => {
       if (this.ws !== ws) return;
       this.onState("closed");
-      this.schedule();
+      if (this.onLogin && (e.code === 4401 || !opened)) {
+        Promise.resolve(this.onLogin()).finally(() => this.schedule());
+      } else {
+        this.schedule();
+      }
     };
     ws.onerror = () => ws.close();
   }

@@ -36,6 +36,38 @@ pub struct Principal {
     /// The access token's id and expiry (epoch ms), for logout.
     pub jti: String,
     pub expires_at_ms: i64,
+    /// The login's refresh family, and when the token was issued (epoch seconds).
+    pub family: Option<String>,
+    pub issued_at: i64,
+}
+
+impl Principal {
+    /// Whether this login ended since it was checked (logout, its family revoked, expiry): in
+    /// memory, for a connection that outlives the request that opened it (`/ws`).
+    pub fn ended(&self, st: &AppState, now_ms: i64) -> bool {
+        now_ms >= self.expires_at_ms
+            || st.login.revoked.is_revoked(&self.jti)
+            || self
+                .family
+                .as_deref()
+                .is_some_and(|f| st.login.revoked.is_revoked(&family_mark(f)))
+    }
+
+    /// As [`Principal::ended`], and the user's record still lets them in with the same role
+    /// (not blocked, deleted or changed since the token was issued).
+    pub async fn still_holds(&self, st: &AppState) -> bool {
+        if self.ended(st, gatehouse_core::time::now_ms()) {
+            return false;
+        }
+        match st.store.user_by_id(&self.user_id).await {
+            Ok(Some(u)) => {
+                !u.blocked && u.role == self.role && self.issued_at >= u.updated_at.div_euclid(1000)
+            }
+            Ok(None) => false,
+            // A database hiccup does not end a login; the next check decides.
+            Err(_) => true,
+        }
+    }
 }
 
 /// The login state: the signer, logouts, the limiter and lockout.
@@ -293,6 +325,8 @@ async fn principal(
         role: user.role,
         jti: claims.jti,
         expires_at_ms: claims.exp.saturating_mul(1000),
+        family: claims.fam,
+        issued_at: claims.iat,
     })
 }
 

@@ -9,8 +9,11 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use axum::Extension;
 use axum::extract::State;
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::SinkExt;
@@ -20,6 +23,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::error::HttpError;
+use crate::login::Principal;
 use crate::origin;
 use crate::routes::sessions::{gauge_of, store_error};
 use crate::state::AppState;
@@ -27,13 +31,19 @@ use crate::state::AppState;
 pub async fn upgrade(
     State(st): State<AppState>,
     headers: HeaderMap,
+    login: Option<Extension<Arc<Principal>>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, HttpError> {
     origin::check(&st, &headers)?;
+    let login = login.map(|Extension(p)| p);
     Ok(ws
         .max_message_size(64 * 1024)
-        .on_upgrade(move |socket| client(st, socket)))
+        .on_upgrade(move |socket| client(st, socket, login)))
 }
+
+/// The close code a socket gets when the login that opened it ended: the dashboard refreshes
+/// its login (or shows the form) before it reconnects.
+pub const LOGIN_ENDED: u16 = 4401;
 
 /// The `init` message: everything the dashboard draws, as of now.
 pub(crate) async fn init_message(st: &AppState) -> Result<String, HttpError> {
@@ -81,9 +91,10 @@ pub(crate) async fn init_message(st: &AppState) -> Result<String, HttpError> {
 enum Step {
     Continue,
     Close,
+    LoginEnded,
 }
 
-async fn client(st: AppState, mut socket: WebSocket) {
+async fn client(st: AppState, mut socket: WebSocket, login: Option<Arc<Principal>>) {
     st.ws.clients.fetch_add(1, Ordering::Relaxed);
     st.ws.connected_total.fetch_add(1, Ordering::Relaxed);
     // Subscribe before building `init`, so nothing published in between is lost; the client
@@ -99,6 +110,10 @@ async fn client(st: AppState, mut socket: WebSocket) {
             let step = tokio::select! {
                 () = st.shutdown.cancelled() => Step::Close,
                 msg = rx.recv() => match msg {
+                    // Nothing more reaches a login that ended (checked in memory per batch).
+                    Ok(_) if login.as_ref().is_some_and(|p| p.ended(&st, now_ms())) => {
+                        Step::LoginEnded
+                    }
                     Ok(env) => match forward(&st, &mut socket, &mut rx, &env).await {
                         Forwarded::Done => Step::Continue,
                         Forwarded::Lagged(missed) => resync(&st, &mut socket, missed).await,
@@ -119,13 +134,27 @@ async fn client(st: AppState, mut socket: WebSocket) {
                 _ = ping.tick() => {
                     if last_heard.elapsed() > ping_every * 3 {
                         Step::Close
+                    } else if let Some(p) = &login
+                        && !p.still_holds(&st).await
+                    {
+                        Step::LoginEnded
                     } else {
                         send(&st, &mut socket, Message::Ping(Default::default())).await
                     }
                 }
             };
-            if matches!(step, Step::Close) {
-                break;
+            match step {
+                Step::Continue => {}
+                Step::Close => break,
+                Step::LoginEnded => {
+                    let frame = CloseFrame {
+                        code: LOGIN_ENDED,
+                        reason: Utf8Bytes::from_static("the login ended; log in again"),
+                    };
+                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    st.ws.clients.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
             }
         }
     }
@@ -152,7 +181,7 @@ async fn resync(st: &AppState, socket: &mut WebSocket, missed: u64) -> Step {
             Ok(()) => Step::Continue,
             Err(()) => Step::Close,
         },
-        Step::Close => Step::Close,
+        other => other,
     }
 }
 
@@ -210,6 +239,6 @@ async fn send_init(st: &AppState, socket: &mut WebSocket) -> Result<(), ()> {
     };
     match send(st, socket, Message::Text(text.into())).await {
         Step::Continue => Ok(()),
-        Step::Close => Err(()),
+        Step::Close | Step::LoginEnded => Err(()),
     }
 }

@@ -804,3 +804,72 @@ async fn members_cannot_loosen_what_an_admin_set_and_odd_names_cost_nothing() {
     let history = app.get_json("/api/auth/login-history?limit=1000").await;
     assert!(history.to_string().len() < 100_000);
 }
+
+#[tokio::test]
+async fn a_live_socket_closes_when_its_login_ends() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let app = TestApp::spawn_with(keys_mode("")).await;
+    let pair: Value = try_login(&app, "root", ADMIN_PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = pair["access_token"].as_str().unwrap().to_owned();
+    let mut req = format!("ws://{}/ws", app.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let first = ws.next().await.unwrap().unwrap();
+    assert!(matches!(first, Message::Text(_)), "init first");
+
+    let r = client_with_token(&token)
+        .post(app.url("/api/auth/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // The next event is not sent: the socket closes with the login's code instead.
+    let key = app
+        .admin
+        .post(app.url("/api/keys"))
+        .json(&json!({"name": "wake"}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app
+        .chat_with(
+            &[("authorization", &format!("Bearer {key}"))],
+            user("mock/echo", "after logout"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(Message::Text(t))) => {
+                    assert!(
+                        !t.contains("after logout"),
+                        "an event reached a logged-out socket: {t}"
+                    );
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the socket closes");
+    assert_eq!(closed, Some(4401));
+}
