@@ -224,6 +224,9 @@ pub struct StoredResponse {
     pub input: String,
     /// The Response object, as JSON.
     pub response: String,
+    /// The virtual key of the request that made it.
+    #[serde(default)]
+    pub key_id: Option<String>,
 }
 
 /// One compaction of a session's history: what it replaced, with what, and what it saved.
@@ -494,6 +497,9 @@ pub struct UserRecord {
     pub created_at: i64,
     pub updated_at: i64,
     pub deleted_at: Option<i64>,
+    /// The team a member's new keys join.
+    #[serde(default)]
+    pub team_id: Option<String>,
 }
 
 /// One login attempt, whatever its outcome.

@@ -510,9 +510,25 @@ impl KeyEntry {
         })
     }
 
+    /// The name of the key's team when it is the team's list, not the key's, that leaves
+    /// `model` out.
+    pub fn team_forbids(&self, model: &str) -> Option<String> {
+        let key_allows = allows(
+            &self.shown.read().unwrap_or_else(|p| p.into_inner()).models,
+            model,
+        );
+        let t = self.team()?.record();
+        (key_allows && !allows(&t.models, model)).then(|| t.name.clone())
+    }
+
     /// Spend in the current period, and reservations in flight.
     pub fn spend(&self, now_ms: i64) -> (KeySpend, f64) {
         self.meter.spend(now_ms)
+    }
+
+    /// Requests of this key admitted and not finished.
+    pub fn in_flight(&self) -> u64 {
+        self.meter.parallel.load(Ordering::Acquire)
     }
 
     /// Takes the request's place under the key's limits and its team's: `tokens` is its worst
@@ -527,13 +543,14 @@ impl KeyEntry {
         let team = self.team();
         let usd = price.unwrap_or(0.0);
         let key_place = Parallel::take(&self.meter);
-        let team_place = team.as_ref().map(|t| Parallel::take(&t.meter));
         // Always the key's lock, then the team's: no one takes them the other way round.
         let mut k = self.meter.lock();
         let kc = k.check(key_place.count, tokens, usd, now_ms)?;
         let mut held_team = None;
         let mut info = RateInfo::default();
-        if let (Some(t), Some(place)) = (&team, team_place) {
+        if let Some(t) = &team {
+            // Only once the key's own limits passed: a key over them takes no team place.
+            let place = Parallel::take(&t.meter);
             let mut tu = t.meter.lock();
             let tc = tu.check(place.count, tokens, usd, now_ms)?;
             info = tu.take(&tc, tokens);

@@ -97,11 +97,21 @@ impl Responses {
     /// Forgets the responses of `session` held in memory (the database's go with the
     /// session's erasure).
     pub fn forget_session(&self, session: &str) {
+        self.forget_where(|r| r.session_id.as_str() == session);
+    }
+
+    /// Forgets the responses made with any of `keys` held in memory.
+    pub fn forget_keys<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        let keys: Vec<&str> = keys.into_iter().collect();
+        self.forget_where(|r| r.key_id.as_deref().is_some_and(|k| keys.contains(&k)));
+    }
+
+    fn forget_where(&self, gone: impl Fn(&StoredResponse) -> bool) {
         let mut g = self.lock();
         let gone: Vec<String> = g
             .by_id
             .values()
-            .filter(|r| r.session_id.as_str() == session)
+            .filter(|r| gone(r))
             .map(|r| r.id.clone())
             .collect();
         for id in gone {
@@ -149,6 +159,7 @@ mod tests {
             created_at: 1,
             input: "x".repeat(bytes),
             response: "{}".to_owned(),
+            key_id: None,
         }
     }
 

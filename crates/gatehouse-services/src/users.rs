@@ -106,6 +106,7 @@ pub fn new_user(
         created_at: now_ms,
         updated_at: now_ms,
         deleted_at: None,
+        team_id: None,
     })
 }
 
@@ -449,6 +450,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             deleted_at: None,
+            team_id: None,
         }
     }
 

@@ -249,7 +249,7 @@ pub enum Scope {
 
 /// A user's erasure (`DELETE /api/users/{id}?erase=true`), in one transaction: the content
 /// tied to them goes, the accounting stays under `tombstone`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Erasure {
     /// The name their login attempts were recorded under.
     pub username: String,
@@ -260,6 +260,11 @@ pub struct Erasure {
     pub user_id: String,
     /// Epoch milliseconds.
     pub at: i64,
+    /// When the user was made: rows by the same name before that are another user's.
+    pub since: i64,
+    /// The erasure's own audit row; the store adds the sequence numbers of the rows it
+    /// blanked (`after.audit_rows_blanked`).
+    pub audit: Box<AuditEntry>,
     /// Sessions only their keys used: names, compactions, memory and stored responses go.
     pub sessions: Vec<SessionId>,
 }
@@ -296,7 +301,8 @@ pub trait Store: Send + Sync + 'static {
     fn size(&self) -> BoxFuture<'_, StoreResult<StoreSize>>;
     /// Copies the write-ahead log into the database and empties it, so content overwritten
     /// (an erasure) no longer lingers in the log's old page images.
-    fn checkpoint(&self) -> BoxFuture<'_, StoreResult<()>>;
+    /// Whether the log could be emptied (not while a reader holds an older snapshot).
+    fn checkpoint(&self) -> BoxFuture<'_, StoreResult<bool>>;
     /// Gives some free pages (about a MiB) back to the file system.
     fn reclaim(&self) -> BoxFuture<'_, StoreResult<()>>;
     fn get_session<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, StoreResult<Option<Session>>>;
@@ -324,6 +330,11 @@ pub trait Store: Send + Sync + 'static {
         &'a self,
         key_ids: &'a [String],
     ) -> BoxFuture<'a, StoreResult<Vec<(Session, bool)>>>;
+    /// Stored Responses API responses made with `key_ids`, oldest first.
+    fn responses_of_keys<'a>(
+        &'a self,
+        key_ids: &'a [String],
+    ) -> BoxFuture<'a, StoreResult<Vec<StoredResponse>>>;
     /// Masked originals first stored by requests of `key_ids`, with their content.
     fn masked_of_keys<'a>(
         &'a self,
@@ -376,6 +387,8 @@ pub trait Store: Send + Sync + 'static {
     /// A live (not deleted) user by name.
     fn user_by_name<'a>(&'a self, name: &'a str) -> BoxFuture<'a, StoreResult<Option<UserRecord>>>;
     fn user_by_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<UserRecord>>>;
+    /// A user by id, deleted or not (an erasure of a user deleted before).
+    fn deleted_user<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<UserRecord>>>;
     /// Live users, oldest first.
     fn list_users(&self) -> BoxFuture<'_, StoreResult<Vec<UserRecord>>>;
     /// Exchanges a refresh token, once (see [`RefreshUse`]); atomic against concurrent uses.

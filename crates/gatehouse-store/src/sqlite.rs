@@ -107,6 +107,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit_erasure",
         include_str!("../migrations/sqlite/0016_audit_erasure.sql"),
     ),
+    (
+        17,
+        "user_team",
+        include_str!("../migrations/sqlite/0017_user_team.sql"),
+    ),
 ];
 
 const ACTIVE_KEY: &str = "active_session";
@@ -362,14 +367,15 @@ impl SqliteStore {
             }
             WriteOp::StoreResponse(r) => {
                 sqlx::query(
-                    "INSERT INTO responses (id, session_id, created_at, input, response)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                    "INSERT INTO responses (id, session_id, created_at, input, response, key_id)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(&r.id)
                 .bind(r.session_id.as_str())
                 .bind(r.created_at)
                 .bind(&r.input)
                 .bind(&r.response)
+                .bind(&r.key_id)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -533,6 +539,17 @@ async fn append_audit(tx: &mut SqliteConnection, a: &AuditEntry) -> sqlx::Result
     Ok(())
 }
 
+/// Whether an erased row holds exactly what an erasure leaves.
+fn blank(e: &AuditEntry) -> bool {
+    e.actor == "erased"
+        && e.outcome == "erased"
+        && e.ip.is_none()
+        && e.user_agent.is_none()
+        && e.target.is_none()
+        && e.before.is_none()
+        && e.after.is_none()
+}
+
 /// A version-2 row's salt (none once erased) and personal digest; `None` for version 1.
 fn audit_v2(r: &SqliteRow) -> sqlx::Result<Option<(Option<String>, String)>> {
     if r.try_get::<i64, _>("version")? < 2 {
@@ -648,35 +665,49 @@ async fn erase(tx: &mut SqliteConnection, e: &Erasure) -> sqlx::Result<()> {
     ] {
         sqlx::query(sql).bind(&sessions).execute(&mut *tx).await?;
     }
+    sqlx::query("DELETE FROM responses WHERE key_id IN (SELECT value FROM json_each($1))")
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await?;
     // The trail's rows by them or about them (their user, their keys): version-2 rows only,
     // whose chain covers a digest of these fields rather than the fields.
-    let mut targets = vec![
-        format!("user:{}", e.user_id),
-        format!("user:{}", e.username),
-    ];
+    let mut targets = vec![format!("user:{}", e.user_id)];
     targets.extend(e.key_ids.iter().map(|k| format!("key:{k}")));
-    sqlx::query(
-        "UPDATE audit_log SET actor = 'erased', ip = NULL, user_agent = NULL,
-            target = CASE WHEN target = $3 THEN $4 ELSE target END,
-            before = NULL, after = NULL, outcome = 'erased', salt = NULL, erased_at = $5
-         WHERE version = 2 AND erased_at IS NULL
-           AND (actor = $1 OR target IN (SELECT value FROM json_each($2)))",
+    // Rows of another user who had the same name before are not theirs (`since`); an
+    // erasure's own rows are never blanked, since they account for the others.
+    let blanked: Vec<i64> = sqlx::query_scalar(
+        "UPDATE audit_log SET actor = 'erased', ip = NULL, user_agent = NULL, target = NULL,
+            before = NULL, after = NULL, outcome = 'erased', salt = NULL, erased_at = $3
+         WHERE version = 2 AND erased_at IS NULL AND action != 'user.erase'
+           AND (((actor = $1 OR target = $1) AND at >= $4)
+                OR target IN (SELECT value FROM json_each($2)))
+         RETURNING seq",
     )
     .bind(format!("user:{}", e.username))
     .bind(json_list(&targets))
-    .bind(format!("user:{}", e.username))
-    .bind(format!("user:{}", e.tombstone))
     .bind(e.at)
-    .execute(&mut *tx)
+    .bind(e.since)
+    .fetch_all(&mut *tx)
     .await?;
     sqlx::query(
-        "UPDATE login_history SET username = $1, ip = NULL, user_agent = NULL WHERE username = $2",
+        "UPDATE login_history SET username = $1, ip = NULL, user_agent = NULL
+         WHERE user_id = $2 OR (user_id IS NULL AND username = $3 AND at >= $4)",
     )
     .bind(&e.tombstone)
+    .bind(&e.user_id)
     .bind(&e.username)
+    .bind(e.since)
     .execute(&mut *tx)
     .await?;
-    Ok(())
+    // The erasure's audit row lists what it blanked: the verifier holds every blanked row to
+    // such a list, so blanking a row by hand does not pass for an erasure.
+    let mut row = (*e.audit).clone();
+    let mut blanked = blanked;
+    blanked.sort_unstable();
+    if let Some(serde_json::Value::Object(after)) = &mut row.after {
+        after.insert("audit_rows_blanked".into(), serde_json::json!(blanked));
+    }
+    append_audit(tx, &row).await
 }
 
 /// A team's limits, inserted or replaced; its spend columns are the gateway's and stay.
@@ -937,6 +968,17 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+fn response_from_row(row: &SqliteRow) -> sqlx::Result<StoredResponse> {
+    Ok(StoredResponse {
+        id: row.try_get("id")?,
+        session_id: SessionId::new(row.try_get::<String, _>("session_id")?),
+        created_at: row.try_get("created_at")?,
+        input: row.try_get("input")?,
+        response: row.try_get("response")?,
+        key_id: row.try_get("key_id")?,
+    })
+}
+
 fn session_from_row(row: &SqliteRow) -> sqlx::Result<Session> {
     Ok(Session {
         id: SessionId::new(row.try_get::<String, _>("id")?),
@@ -1179,13 +1221,7 @@ impl Store for SqliteStore {
             else {
                 return Ok(None);
             };
-            Ok(Some(StoredResponse {
-                id: row.try_get("id")?,
-                session_id: SessionId::new(row.try_get::<String, _>("session_id")?),
-                created_at: row.try_get("created_at")?,
-                input: row.try_get("input")?,
-                response: row.try_get("response")?,
-            }))
+            Ok(Some(response_from_row(&row)?))
         })
     }
 
@@ -1219,12 +1255,20 @@ impl Store for SqliteStore {
         })
     }
 
-    fn checkpoint(&self) -> BoxFuture<'_, StoreResult<()>> {
+    fn checkpoint(&self) -> BoxFuture<'_, StoreResult<bool>> {
         Box::pin(async move {
-            sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-                .execute(&self.pool)
-                .await?;
-            Ok(())
+            // A reader on an older snapshot (an export, the dashboard) makes it give up with
+            // `busy` rather than fail: a few tries, then the caller says so.
+            for attempt in 0..5 {
+                let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .fetch_one(&self.pool)
+                    .await?;
+                if busy == 0 {
+                    return Ok(true);
+                }
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            Ok(false)
         })
     }
 
@@ -1452,6 +1496,25 @@ impl Store for SqliteStore {
             .await?;
             rows.iter()
                 .map(|r| Ok((session_from_row(r)?, r.try_get::<bool, _>("exclusive")?)))
+                .collect::<sqlx::Result<Vec<_>>>()
+                .map_err(StoreError::from)
+        })
+    }
+
+    fn responses_of_keys<'a>(
+        &'a self,
+        key_ids: &'a [String],
+    ) -> BoxFuture<'a, StoreResult<Vec<StoredResponse>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT * FROM responses WHERE key_id IN (SELECT value FROM json_each($1))
+                 ORDER BY created_at, id",
+            )
+            .bind(json_list(key_ids))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(response_from_row)
                 .collect::<sqlx::Result<Vec<_>>>()
                 .map_err(StoreError::from)
         })
@@ -1761,6 +1824,8 @@ impl Store for SqliteStore {
             };
             let mut prev_hash = AUDIT_GENESIS.to_owned();
             let mut after = 0i64;
+            // Blanked rows no erasure row has listed yet.
+            let mut unaccounted = std::collections::BTreeSet::new();
             loop {
                 let rows =
                     sqlx::query("SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT 1000")
@@ -1768,6 +1833,15 @@ impl Store for SqliteStore {
                         .fetch_all(&self.pool)
                         .await?;
                 if rows.is_empty() {
+                    if check.first_broken.is_none()
+                        && let Some(seq) = unaccounted.first()
+                    {
+                        check.first_broken = Some((
+                            *seq,
+                            "its fields were blanked, but no erasure lists it (the row was edited)"
+                                .to_owned(),
+                        ));
+                    }
                     return Ok(check);
                 }
                 for row in &rows {
@@ -1790,8 +1864,12 @@ impl Store for SqliteStore {
                     let expected = match audit_v2(row) {
                         Ok(None) => Ok(audit_hash(&prev_hash, &e)),
                         Ok(Some((salt, stored))) => match salt {
-                            // Erased: the personal fields are gone, their digest stands for them.
-                            None if e.erased => Ok(audit_hash_v2(&prev_hash, &e, &stored)),
+                            // Erased: the personal fields are gone (exactly), their digest
+                            // stands for them, and a later erasure row must list the row.
+                            None if e.erased && blank(&e) => {
+                                unaccounted.insert(e.seq);
+                                Ok(audit_hash_v2(&prev_hash, &e, &stored))
+                            }
                             Some(salt) if !e.erased && personal_hash(&salt, &e) == stored => {
                                 Ok(audit_hash_v2(&prev_hash, &e, &stored))
                             }
@@ -1799,6 +1877,19 @@ impl Store for SqliteStore {
                         },
                         Err(_) => Err(()),
                     };
+                    if e.action == "user.erase" && !e.erased {
+                        for seq in e
+                            .after
+                            .as_ref()
+                            .and_then(|a| a.get("audit_rows_blanked"))
+                            .and_then(serde_json::Value::as_array)
+                            .into_iter()
+                            .flatten()
+                            .filter_map(serde_json::Value::as_i64)
+                        {
+                            unaccounted.remove(&seq);
+                        }
+                    }
                     if e.prev_hash != prev_hash {
                         check.first_broken = Some((
                             e.seq,
@@ -1823,6 +1914,10 @@ impl Store for SqliteStore {
 
     fn user_by_id<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<UserRecord>>> {
         Box::pin(async move { Ok(crate::users::find_user(&self.pool, "id", id).await?) })
+    }
+
+    fn deleted_user<'a>(&'a self, id: &'a str) -> BoxFuture<'a, StoreResult<Option<UserRecord>>> {
+        Box::pin(async move { Ok(crate::users::find_user(&self.pool, "id_any", id).await?) })
     }
 
     fn list_users(&self) -> BoxFuture<'_, StoreResult<Vec<UserRecord>>> {
@@ -2224,12 +2319,31 @@ pub(crate) mod tests {
                 key_ids: vec!["k1".into()],
                 user_id: "usr_1".into(),
                 at: 5,
+                since: 0,
                 sessions: vec![],
+                audit: Box::new(AuditEntry {
+                    action: "user.erase".into(),
+                    actor: "user:root".into(),
+                    after: Some(serde_json::json!({})),
+                    ..audit_row("e1", "user:root", "user:usr_1", "")
+                }),
             }))])
             .await
             .unwrap();
         let check = store.verify_audit().await.unwrap();
-        assert_eq!((check.rows, check.erased, check.first_broken), (3, 2, None));
+        assert_eq!((check.rows, check.erased, check.first_broken), (4, 2, None));
+        let erasure = store
+            .list_audit(&AuditFilter {
+                action: Some("user.erase".into()),
+                limit: 1,
+                ..AuditFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            erasure[0].after.as_ref().unwrap()["audit_rows_blanked"],
+            serde_json::json!([1, 3])
+        );
         let rows = store
             .list_audit(&AuditFilter {
                 limit: 10,
@@ -2264,14 +2378,30 @@ pub(crate) mod tests {
             .execute(&store.pool)
             .await
             .unwrap();
-        assert_eq!(
+        let broken = || async {
             store
                 .verify_audit()
                 .await
                 .unwrap()
                 .first_broken
-                .map(|b| b.0),
-            Some(2)
-        );
+                .map(|b| b.0)
+        };
+        assert_eq!(broken().await, Some(2));
+        // Blanked by hand, as an erasure would, but no erasure lists it.
+        sqlx::query(
+            "UPDATE audit_log SET actor = 'erased', ip = NULL, user_agent = NULL, target = NULL,
+                before = NULL, after = NULL, outcome = 'erased', salt = NULL, erased_at = 9
+             WHERE seq = 2",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        assert_eq!(broken().await, Some(2));
+        // Fields put back into an erased row do not pass either.
+        sqlx::query("UPDATE audit_log SET actor = 'user:root' WHERE seq = 1")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(broken().await, Some(1));
     }
 }

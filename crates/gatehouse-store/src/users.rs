@@ -10,12 +10,12 @@ use crate::{RefreshUse, StoredProviderKey};
 pub(crate) async fn upsert_user(tx: &mut SqliteConnection, u: &UserRecord) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO users (id, username, password_hash, role, blocked, created_at, updated_at,
-            deleted_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            deleted_at, team_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (id) DO UPDATE SET username = excluded.username,
             password_hash = excluded.password_hash, role = excluded.role,
             blocked = excluded.blocked, updated_at = excluded.updated_at,
-            deleted_at = excluded.deleted_at",
+            deleted_at = excluded.deleted_at, team_id = excluded.team_id",
     )
     .bind(&u.id)
     .bind(&u.username)
@@ -25,6 +25,7 @@ pub(crate) async fn upsert_user(tx: &mut SqliteConnection, u: &UserRecord) -> sq
     .bind(u.created_at)
     .bind(u.updated_at)
     .bind(u.deleted_at)
+    .bind(&u.team_id)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -113,6 +114,7 @@ fn user_from_row(r: &SqliteRow) -> sqlx::Result<UserRecord> {
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         deleted_at: r.try_get("deleted_at")?,
+        team_id: r.try_get("team_id")?,
     })
 }
 
@@ -124,6 +126,7 @@ pub(crate) async fn find_user(
 ) -> sqlx::Result<Option<UserRecord>> {
     let sql = match column {
         "id" => "SELECT * FROM users WHERE id = $1 AND deleted_at IS NULL",
+        "id_any" => "SELECT * FROM users WHERE id = $1",
         _ => "SELECT * FROM users WHERE username = $1 AND deleted_at IS NULL",
     };
     sqlx::query(sql)

@@ -613,6 +613,23 @@ fn teams_hold_keys_and_refuse_deletion_while_they_do() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["team_id"], team_id.as_str());
 
+    // A user put in the team brings the keys they own.
+    let out = run(&["users", "create", "bob", "--role", "member"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["keys", "create", "--name", "bobs", "--owner", "bob"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["users", "team", "bob", "infra"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 key(s) moved"),
+        "{out:?}"
+    );
+    let out = run(&["keys", "show", "bobs", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["team_id"], team_id.as_str());
+    let out = run(&["users", "team", "bob"]);
+    assert!(out.status.success(), "{out:?}");
+
     let out = run(&["teams", "delete", "infra"]);
     assert!(!out.status.success(), "a team with keys stays: {out:?}");
     let out = run(&["keys", "update", "ci", "--clear", "team"]);
@@ -624,7 +641,7 @@ fn teams_hold_keys_and_refuse_deletion_while_they_do() {
     let out = run(&["audit", "verify"]);
     assert!(out.status.success(), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("intact: 5 rows"),
+        String::from_utf8_lossy(&out.stdout).contains("intact: 11 rows"),
         "{out:?}"
     );
 }

@@ -90,6 +90,19 @@ fn check_team(st: &AppState, caller: &Caller, c: &KeyChange) -> Result<(), ApiEr
     Ok(())
 }
 
+/// The team of the member making a request, from their record.
+async fn member_team(st: &AppState, caller: &Caller) -> ApiResult<Option<String>> {
+    let Some(p) = caller.0.as_deref().filter(|_| caller.member().is_some()) else {
+        return Ok(None);
+    };
+    Ok(st
+        .store
+        .user_by_id(&p.user_id)
+        .await
+        .map_err(crate::error::store_failed)?
+        .and_then(|u| u.team_id))
+}
+
 /// A member's keys are theirs: whatever owner the body names, the member is the owner.
 fn owned_by_member(caller: &Caller, mut c: KeyChange) -> KeyChange {
     if let Some(own) = caller.member() {
@@ -154,10 +167,18 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     let shape = "a key's settings: {\"name\": …, \"models\": […], \"rpm\": …}";
+    let member_team = member_team(&st, &caller).await?;
     let change = json_body::<KeyChange>(&body, shape)
         .map_err(|e| e.0)
         .map(|c| owned_by_member(&caller, c))
-        .and_then(|c| check_team(&st, &caller, &c).map(|()| c));
+        .and_then(|c| check_team(&st, &caller, &c).map(|()| c))
+        .map(|mut c| {
+            // A member's key joins the member's team: a new key is no way out of its limits.
+            if caller.member().is_some() {
+                c.team_id = Some(member_team);
+            }
+            c
+        });
     let created = change.and_then(|c| keys::create(c, now_ms()));
     let (raw, record) = refused(&st, &actor, "key.create", None, created)?;
     let id = record.id.clone();

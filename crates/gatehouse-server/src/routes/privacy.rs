@@ -17,6 +17,8 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
+use std::time::Duration;
+
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use gatehouse_core::record::{KeyRecord, Role, UserRecord};
@@ -61,8 +63,10 @@ async fn user(st: &AppState, id: &str) -> ApiResult<UserRecord> {
         })
 }
 
-/// Every key `username` owns, deleted ones included.
-async fn owned_keys(st: &AppState, username: &str) -> ApiResult<Vec<KeyRecord>> {
+/// Every key `username` owns, deleted ones included, and those a deletion of the user left
+/// as `deleted:<user_id>`.
+async fn owned_keys(st: &AppState, username: &str, user_id: &str) -> ApiResult<Vec<KeyRecord>> {
+    let left = format!("deleted:{user_id}");
     Ok(st
         .store
         .load_keys(0)
@@ -70,7 +74,7 @@ async fn owned_keys(st: &AppState, username: &str) -> ApiResult<Vec<KeyRecord>> 
         .map_err(store_failed)?
         .into_iter()
         .map(|(k, _)| k)
-        .filter(|k| k.owner.as_deref() == Some(username))
+        .filter(|k| k.owner.as_deref() == Some(username) || k.owner.as_deref() == Some(&left))
         .collect())
 }
 
@@ -85,9 +89,9 @@ pub async fn export(
     let u = user(&st, &id).await?;
     // Keys and rows still queued are part of the export.
     st.writer.flush().await;
-    let keys = owned_keys(&st, &u.username).await?;
+    let keys = owned_keys(&st, original_name(&u), &u.id).await?;
     let key_ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
-    let logins = all_logins(&st, &u.username).await?;
+    let logins = all_logins(&st, &u).await?;
     let trail = all_audit(&st, &u, &key_ids).await?;
     let sessions = st
         .store
@@ -119,6 +123,22 @@ pub async fn export(
         .masked_of_keys(&key_ids)
         .await
         .map_err(store_failed)?;
+    let responses: Vec<Value> = st
+        .store
+        .responses_of_keys(&key_ids)
+        .await
+        .map_err(store_failed)?
+        .into_iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "session_id": r.session_id,
+                "created_at": r.created_at,
+                "input": serde_json::from_str::<Value>(&r.input).unwrap_or(Value::String(r.input)),
+                "response": serde_json::from_str::<Value>(&r.response).unwrap_or(Value::String(r.response)),
+            })
+        })
+        .collect();
     let now = now_ms();
     let key_views: Vec<Value> = keys
         .iter()
@@ -141,6 +161,7 @@ pub async fn export(
         "compactions": compactions,
         "memory": memory,
         "masked": masked,
+        "responses": responses,
     });
     // The document without its closing brace, then the rows as `"requests": [...]}`.
     let mut head = doc.to_string();
@@ -176,19 +197,25 @@ pub async fn export(
     Ok(r)
 }
 
-async fn all_logins(st: &AppState, username: &str) -> ApiResult<Vec<Value>> {
+/// The user's login attempts: theirs by id, or by name (an unknown user's) since they were
+/// made, never those of an earlier user of the same name.
+async fn all_logins(st: &AppState, u: &UserRecord) -> ApiResult<Vec<Value>> {
     let mut out = Vec::new();
     let mut before: Option<String> = None;
     loop {
         let page = st
             .store
-            .login_history(Some(username), before.as_deref(), PAGE)
+            .login_history(Some(original_name(u)), before.as_deref(), PAGE)
             .await
             .map_err(store_failed)?;
         let full = page.len() == PAGE as usize;
         before = page.last().map(|e| e.id.clone());
         out.extend(
             page.iter()
+                .filter(|e| match &e.user_id {
+                    Some(id) => *id == u.id,
+                    None => e.at >= u.created_at,
+                })
                 .map(|e| serde_json::to_value(e).unwrap_or(Value::Null)),
         );
         if !full {
@@ -199,11 +226,19 @@ async fn all_logins(st: &AppState, username: &str) -> ApiResult<Vec<Value>> {
 
 /// The trail's rows by the user or about them (their user, their keys), oldest first.
 async fn all_audit(st: &AppState, u: &UserRecord, key_ids: &[String]) -> ApiResult<Vec<Value>> {
+    // Rows by the same name before the user was made are an earlier user's.
     let mut filters = vec![AuditFilter {
-        actor: Some(format!("user:{}", u.username)),
+        actor: Some(format!("user:{}", original_name(u))),
+        from_ms: Some(u.created_at),
         ..AuditFilter::default()
     }];
-    let targets = [format!("user:{}", u.id), format!("user:{}", u.username)]
+    // Login attempts name the user as target: since they were made, too.
+    filters.push(AuditFilter {
+        target: Some(format!("user:{}", original_name(u))),
+        from_ms: Some(u.created_at),
+        ..AuditFilter::default()
+    });
+    let targets = [format!("user:{}", u.id)]
         .into_iter()
         .chain(key_ids.iter().map(|k| format!("key:{k}")));
     filters.extend(targets.map(|t| AuditFilter {
@@ -231,7 +266,21 @@ async fn all_audit(st: &AppState, u: &UserRecord, key_ids: &[String]) -> ApiResu
         .collect())
 }
 
-/// `DELETE /api/users/{id}?erase=true`, after the last-admin check: see the module doc.
+/// How long an erasure waits for the user's requests in flight to finish, so their rows are
+/// erased with the rest; one still running after that is erased when it ends.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(30);
+/// How long the follow-up waits for requests still running after [`IN_FLIGHT_WAIT`].
+const FOLLOW_UP_WAIT: Duration = Duration::from_secs(3600);
+
+/// The name a user had: a deleted user's row carries it as `name#deleted-…`.
+fn original_name(u: &UserRecord) -> &str {
+    u.username
+        .split_once("#deleted-")
+        .map_or(u.username.as_str(), |(name, _)| name)
+}
+
+/// `DELETE /api/users/{id}?erase=true`, after the last-admin check (a user deleted before
+/// can be erased too): see the module doc.
 pub async fn erase(
     st: &AppState,
     actor: &Actor,
@@ -239,103 +288,200 @@ pub async fn erase(
     before: &UserRecord,
 ) -> ApiResult<Json<Value>> {
     admins_only(caller)?;
+    if before.username.starts_with("erased-") {
+        return Err(HttpError(ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("user `{}` was erased already", before.id),
+        )));
+    }
+    let name = original_name(before).to_owned();
     let now = now_ms();
     let tombstone = format!("erased-{}", uuid::Uuid::now_v7().simple());
-    // Keys and rows still queued are erased too.
+    // The user's keys are refused before anything is read, so nothing new of theirs starts;
+    // keys and rows still queued are part of what is erased.
     st.writer.flush().await;
-    let keys = owned_keys(st, &before.username).await?;
-    let key_ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
-    let sessions: Vec<SessionId> = st
-        .store
-        .sessions_of_keys(&key_ids)
-        .await
-        .map_err(store_failed)?
-        .into_iter()
-        .filter(|(_, only)| *only)
-        .map(|(s, _)| s.id)
-        .collect();
-    let masked = st
-        .store
-        .masked_of_keys(&key_ids)
-        .await
-        .map_err(store_failed)?;
+    let keys = owned_keys(st, &name, &before.id).await?;
+    let live: Vec<_> = keys.iter().filter_map(|k| st.keys.get(&k.id)).collect();
+    let erased_keys = erased(&keys, &tombstone, now);
+    for k in &erased_keys {
+        st.keys.apply(k.clone(), None);
+    }
+    let in_flight = || live.iter().map(|k| k.in_flight()).sum::<u64>();
+    let waited = tokio::time::Instant::now();
+    while in_flight() > 0 && waited.elapsed() < IN_FLIGHT_WAIT {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    st.writer.flush().await;
 
     let mut gone = before.clone();
     gone.username.clone_from(&tombstone);
     gone.password_hash = String::new();
-    gone.deleted_at = Some(now);
+    gone.deleted_at = gone.deleted_at.or(Some(now));
     gone.updated_at = now;
-    let erased_keys: Vec<KeyRecord> = keys
-        .iter()
-        .map(|k| {
-            let mut e = k.clone();
-            e.name = "erased".to_owned();
-            e.owner = Some(tombstone.clone());
-            e.metadata = json!({});
-            e.previous_digest = None;
-            e.deleted_at = e.deleted_at.or(Some(now));
-            e.updated_at = now;
-            e
-        })
-        .collect();
-    let mut ops = vec![
+    let user_ops = vec![
         WriteOp::UpsertUser(Box::new(gone)),
         WriteOp::RevokeUserRefresh {
             user_id: before.id.clone(),
             at: now,
         },
     ];
-    ops.extend(
-        erased_keys
-            .iter()
-            .map(|k| WriteOp::UpsertKey(Box::new(k.clone()))),
-    );
-    ops.push(WriteOp::Erase(Box::new(Erasure {
-        username: before.username.clone(),
-        tombstone: tombstone.clone(),
-        key_ids: key_ids.clone(),
-        user_id: before.id.clone(),
-        at: now,
-        sessions: sessions.clone(),
-    })));
-    let summary = json!({
-        "tombstone": tombstone,
-        "keys": key_ids,
-        "sessions_erased": sessions.len(),
-        "masked_erased": masked.len(),
-    });
-    // No name, no content: the user id, the tombstone, and counts.
-    let change =
-        Change::new("user.erase", Some(format!("user:{}", before.id))).after(summary.clone());
-    ops.push(WriteOp::AppendAudit(Box::new(audit::entry(
-        actor, change, "ok",
-    ))));
-    // Refused from now on, before the database is touched: no new request of theirs starts
-    // while their rows are erased (one already in flight may still finish and write its row).
-    for k in erased_keys {
-        st.keys.apply(k, None);
+    let pass = Pass {
+        name: &name,
+        user: before,
+        tombstone: &tombstone,
+        actor,
+        now,
+    };
+    let summary = pass.erase_rows(st, &erased_keys, user_ops).await?;
+    // A key made for them while this ran (an admin's, between the read and now).
+    let late: Vec<KeyRecord> = owned_keys(st, &name, &before.id)
+        .await?
+        .into_iter()
+        .filter(|k| !keys.iter().any(|o| o.id == k.id))
+        .collect();
+    if !late.is_empty() {
+        let late = erased(&late, &tombstone, now);
+        for k in &late {
+            st.keys.apply(k.clone(), None);
+        }
+        pass.erase_rows(st, &late, Vec::new()).await?;
     }
-    st.store.apply(&ops).await.map_err(store_failed)?;
-
-    // What this process holds in memory goes too.
-    let own: Vec<&str> = sessions.iter().map(SessionId::as_str).collect();
-    st.recall
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove_sessions(&own);
-    for s in &sessions {
-        // Already renamed in the database; this renames the live copy and tells dashboards.
-        let _ = st.sessions.rename(s, "erased").await;
-        st.compaction.forget(s);
-        st.gauges.forget(s);
-        st.responses.forget_session(s.as_str());
+    let still = in_flight();
+    if still > 0 {
+        // Their rows are written when they end: erased then, by a second pass.
+        let (st2, actor2, before2, tomb2, name2) = (
+            st.clone(),
+            actor.clone(),
+            before.clone(),
+            tombstone.clone(),
+            name.clone(),
+        );
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            while live.iter().map(|k| k.in_flight()).sum::<u64>() > 0
+                && started.elapsed() < FOLLOW_UP_WAIT
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            st2.writer.flush().await;
+            let pass = Pass {
+                name: &name2,
+                user: &before2,
+                tombstone: &tomb2,
+                actor: &actor2,
+                now: now_ms(),
+            };
+            if let Err(e) = pass.erase_rows(&st2, &erased_keys, Vec::new()).await {
+                tracing::error!(error = %e.0.message, user_id = %before2.id, "the follow-up of an erasure failed; erase the user again");
+            }
+        });
     }
-    for m in &masked {
-        st.sanitizer.stored.remove(&m.hash);
+    tracing::info!(user_id = %before.id, %tombstone, still_in_flight = still, "user erased");
+    let mut summary = summary;
+    if let Some(o) = summary.as_object_mut() {
+        o.insert("still_in_flight".into(), still.into());
     }
-    if let Err(e) = st.store.checkpoint().await {
-        tracing::warn!(error = %e, "cannot empty the write-ahead log after an erasure; it empties at the next checkpoint");
-    }
-    tracing::info!(user_id = %before.id, %tombstone, "user erased");
     Ok(Json(summary))
+}
+
+/// The keys as an erasure leaves them: deleted, named `erased`, owned by the tombstone.
+fn erased(keys: &[KeyRecord], tombstone: &str, now: i64) -> Vec<KeyRecord> {
+    keys.iter()
+        .map(|k| {
+            let mut e = k.clone();
+            e.name = "erased".to_owned();
+            e.owner = Some(tombstone.to_owned());
+            e.metadata = json!({});
+            e.previous_digest = None;
+            e.deleted_at = e.deleted_at.or(Some(now));
+            e.updated_at = now;
+            e
+        })
+        .collect()
+}
+
+/// One erasure of a user's rows; an erasure makes one, and more for late keys and requests
+/// that were still running.
+struct Pass<'a> {
+    name: &'a str,
+    user: &'a UserRecord,
+    tombstone: &'a str,
+    actor: &'a Actor,
+    now: i64,
+}
+
+impl Pass<'_> {
+    /// Erases what `keys` left, after `first` (the user's own records), in one batch; then the
+    /// copies this process holds in memory. What it did, for the answer.
+    async fn erase_rows(
+        &self,
+        st: &AppState,
+        keys: &[KeyRecord],
+        first: Vec<WriteOp>,
+    ) -> ApiResult<Value> {
+        let key_ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
+        let sessions: Vec<SessionId> = st
+            .store
+            .sessions_of_keys(&key_ids)
+            .await
+            .map_err(store_failed)?
+            .into_iter()
+            .filter(|(_, only)| *only)
+            .map(|(s, _)| s.id)
+            .collect();
+        let masked = st
+            .store
+            .masked_of_keys(&key_ids)
+            .await
+            .map_err(store_failed)?;
+        let summary = json!({
+            "tombstone": self.tombstone,
+            "keys": key_ids,
+            "sessions_erased": sessions.len(),
+            "masked_erased": masked.len(),
+        });
+        // No name, no content: the user id, the tombstone, and counts.
+        let change = Change::new("user.erase", Some(format!("user:{}", self.user.id)))
+            .after(summary.clone());
+        let mut ops = first;
+        ops.extend(keys.iter().map(|k| WriteOp::UpsertKey(Box::new(k.clone()))));
+        ops.push(WriteOp::Erase(Box::new(Erasure {
+            username: self.name.to_owned(),
+            tombstone: self.tombstone.to_owned(),
+            key_ids,
+            user_id: self.user.id.clone(),
+            at: self.now,
+            since: self.user.created_at,
+            sessions: sessions.clone(),
+            audit: Box::new(audit::entry(self.actor, change, "ok")),
+        })));
+        st.store.apply(&ops).await.map_err(store_failed)?;
+
+        let own: Vec<&str> = sessions.iter().map(SessionId::as_str).collect();
+        st.recall
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove_sessions(&own);
+        for s in &sessions {
+            // Already renamed in the database; this renames the live copy and tells dashboards.
+            let _ = st.sessions.rename(s, "erased").await;
+            st.compaction.forget(s);
+            st.gauges.forget(s);
+            st.responses.forget_session(s.as_str());
+        }
+        st.responses.forget_keys(keys.iter().map(|k| k.id.as_str()));
+        for m in &masked {
+            st.sanitizer.stored.remove(&m.hash);
+        }
+        match st.store.checkpoint().await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "a reader kept the write-ahead log from emptying after an erasure; the erased pages leave it at the next checkpoint"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot empty the write-ahead log after an erasure")
+            }
+        }
+        Ok(summary)
+    }
 }

@@ -33,6 +33,7 @@ pub(crate) fn shown(u: &UserRecord) -> Value {
         "username": u.username,
         "role": u.role,
         "blocked": u.blocked,
+        "team_id": u.team_id,
         "created_at": u.created_at,
         "updated_at": u.updated_at,
     })
@@ -169,6 +170,9 @@ struct UpdateBody {
     role: Option<String>,
     password: Option<String>,
     blocked: Option<bool>,
+    /// The team a member's keys join (their keys move with it); `null` takes them out.
+    #[serde(default)]
+    team_id: Option<Value>,
 }
 
 pub async fn update(
@@ -178,9 +182,29 @@ pub async fn update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let b: UpdateBody = json_body(&body, "{\"role\": …, \"password\": …, \"blocked\": …}")?;
+    let b: UpdateBody = json_body(
+        &body,
+        "{\"role\": …, \"password\": …, \"blocked\": …, \"team_id\": …}",
+    )?;
     let before = find(&st, &id).await?;
     let mut user = before.clone();
+    let team_changed = match &b.team_id {
+        None => false,
+        Some(Value::Null) => {
+            user.team_id = None;
+            true
+        }
+        Some(Value::String(t)) if st.keys.team(t).is_some() => {
+            user.team_id = Some(t.clone());
+            true
+        }
+        Some(Value::String(t)) => {
+            return Err(bad_request(format!(
+                "team `{t}` does not exist; GET /api/teams lists them"
+            )));
+        }
+        Some(_) => return Err(bad_request("team_id must be a team's id or null")),
+    };
     if let Some(r) = &b.role {
         user.role = parse_role(r)?;
     }
@@ -198,6 +222,9 @@ pub async fn update(
     // the gate on the next request (it reads the record).
     let revoke = new_password || user.blocked;
     save(&st, &actor, "user.update", Some(&before), &user, revoke).await?;
+    if team_changed {
+        move_keys(&st, &actor, &user);
+    }
     Ok(Json(shown(&user)))
 }
 
@@ -206,6 +233,34 @@ pub async fn update(
 pub struct DeleteQuery {
     /// `true`: erase the user's data too (`routes/privacy.rs`).
     erase: Option<bool>,
+}
+
+/// The user's live keys follow them into (or out of) their team.
+fn move_keys(st: &AppState, actor: &Actor, user: &UserRecord) {
+    let now = now_ms();
+    for k in st.keys.list() {
+        let r = k.record();
+        if r.owner.as_deref() != Some(user.username.as_str()) || r.team_id == user.team_id {
+            continue;
+        }
+        let change = gatehouse_services::keys::KeyChange {
+            team_id: Some(user.team_id.clone()),
+            ..Default::default()
+        };
+        if let Ok(updated) = gatehouse_services::keys::update(&r, change, now) {
+            let entry = audit::entry(
+                actor,
+                Change::new("key.update", Some(format!("key:{}", r.id)))
+                    .before(json!({"team_id": r.team_id}))
+                    .after(json!({"team_id": updated.team_id, "why": "its owner's team changed"})),
+                "ok",
+            );
+            st.writer.record_now(WriteOp::AppendAudit(Box::new(entry)));
+            st.writer
+                .record_now(WriteOp::UpsertKey(Box::new(updated.clone())));
+            st.keys.apply(updated, None);
+        }
+    }
 }
 
 pub async fn delete(
@@ -217,13 +272,26 @@ pub async fn delete(
     q: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = q?;
-    let before = find(&st, &id).await?;
+    let erase = q.erase == Some(true);
+    let before = match find(&st, &id).await {
+        Ok(u) => u,
+        // A user deleted before can still be erased.
+        Err(e) if erase => st
+            .store
+            .deleted_user(&id)
+            .await
+            .map_err(store_failed)?
+            .ok_or(e)?,
+        Err(e) => return Err(e),
+    };
     let mut user = before.clone();
     let now = now_ms();
     user.deleted_at = Some(now);
     user.updated_at = now;
-    keep_an_admin(&st, &user).await?;
-    if q.erase == Some(true) {
+    if before.deleted_at.is_none() {
+        keep_an_admin(&st, &user).await?;
+    }
+    if erase {
         return Ok(crate::routes::privacy::erase(&st, &actor, &caller, &before)
             .await?
             .into_response());
@@ -231,27 +299,31 @@ pub async fn delete(
     // The name is freed for a new user; the row stays for the trail.
     user.username = format!("{}#deleted-{now}", before.username);
     save(&st, &actor, "user.delete", Some(&before), &user, true).await?;
-    // Keys are owned by name: a new user of the same name must not inherit these.
-    for k in st.keys.list() {
-        let r = k.record();
-        if r.owner.as_deref() == Some(before.username.as_str()) && r.deleted_at.is_none() {
-            let change = gatehouse_services::keys::KeyChange {
-                owner: Some(None),
-                ..Default::default()
-            };
-            if let Ok(updated) = gatehouse_services::keys::update(&r, change, now) {
-                let entry = audit::entry(
-                    &actor,
-                    Change::new("key.update", Some(format!("key:{}", r.id)))
-                        .before(json!({"owner": before.username}))
-                        .after(json!({"owner": null, "why": "owner deleted"})),
-                    "ok",
-                );
-                st.writer.record_now(WriteOp::AppendAudit(Box::new(entry)));
-                st.writer
-                    .record_now(WriteOp::UpsertKey(Box::new(updated.clone())));
-                st.keys.apply(updated, None);
-            }
+    // Keys are owned by name: a new user of the same name must not inherit these, and an
+    // erasure later still finds them (deleted ones too).
+    st.writer.flush().await;
+    let all = st.store.load_keys(0).await.map_err(store_failed)?;
+    for (r, _) in all {
+        if r.owner.as_deref() != Some(before.username.as_str()) {
+            continue;
+        }
+        let r = st.keys.get(&r.id).map_or(r, |e| (*e.record()).clone());
+        let change = gatehouse_services::keys::KeyChange {
+            owner: Some(Some(format!("deleted:{}", before.id))),
+            ..Default::default()
+        };
+        if let Ok(updated) = gatehouse_services::keys::update(&r, change, now) {
+            let entry = audit::entry(
+                &actor,
+                Change::new("key.update", Some(format!("key:{}", r.id)))
+                    .before(json!({"owner": before.username}))
+                    .after(json!({"owner": updated.owner, "why": "owner deleted"})),
+                "ok",
+            );
+            st.writer.record_now(WriteOp::AppendAudit(Box::new(entry)));
+            st.writer
+                .record_now(WriteOp::UpsertKey(Box::new(updated.clone())));
+            st.keys.apply(updated, None);
         }
     }
     Ok(StatusCode::NO_CONTENT.into_response())

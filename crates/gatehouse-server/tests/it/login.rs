@@ -610,7 +610,7 @@ async fn users_are_managed_over_the_api_and_the_last_admin_stays() {
     assert_eq!(r.status(), 204);
     // A new "bob" does not inherit the old one's keys.
     let k = app.get_json(&format!("/api/keys/{bobs_key}")).await;
-    assert_eq!(k["owner"], Value::Null, "{k}");
+    assert_eq!(k["owner"], format!("deleted:{bob_id}"), "{k}");
     let users = app.get_json("/api/users").await;
     assert_eq!(users["count"], 1);
     let trail = app.get_json("/api/audit?action=user.").await;

@@ -77,6 +77,21 @@ async fn a_users_data_is_exported_then_erased_with_the_accounting_kept() {
         assert_eq!(r.status(), 200);
     }
     let shared_session = session_of(&r_last(&app, &other).await);
+    // A stored Responses API response of hers in the shared session.
+    let r = app
+        .http
+        .post(app.url("/v1/responses"))
+        .bearer_auth(&key)
+        .header("x-gatehouse-session", "shared")
+        .json(&json!({"model": "mock/echo", "input": "ada's stored question"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let response_id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     let r = app
         .admin
@@ -104,7 +119,7 @@ async fn a_users_data_is_exported_then_erased_with_the_accounting_kept() {
     assert!(!doc["login_history"].as_array().unwrap().is_empty());
     assert_eq!(
         doc["requests"].as_array().unwrap().len(),
-        2,
+        3,
         "ada's rows, not bob's"
     );
     assert!(
@@ -121,6 +136,7 @@ async fn a_users_data_is_exported_then_erased_with_the_accounting_kept() {
             .contains("diary-of-ada line 3")
     );
     assert_eq!(doc["memory"][0]["session_id"], own_session.as_str());
+    assert_eq!(doc["responses"][0]["id"], response_id.as_str());
     let sessions = doc["sessions"].as_array().unwrap();
     assert_eq!(sessions.len(), 2);
     let only = |id: &str| {
@@ -222,6 +238,18 @@ async fn a_users_data_is_exported_then_erased_with_the_accounting_kept() {
         !previews.iter().any(|p| p.contains("ada in")),
         "{previews:?}"
     );
+    let r = app
+        .http
+        .get(app.url(&format!("/v1/responses/{response_id}")))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "her stored response in the shared session went too"
+    );
     let memory = app.get_json("/api/memory/frequent").await.to_string();
     assert!(!memory.contains("diary-of-ada"), "{memory}");
 
@@ -252,6 +280,7 @@ async fn a_users_data_is_exported_then_erased_with_the_accounting_kept() {
         for needle in [
             "diary-of-ada",
             "ada's private",
+            "ada's stored",
             "ada-laptop",
             "ada@example.com",
         ] {
@@ -273,4 +302,105 @@ async fn r_last(app: &TestApp, key: &str) -> reqwest::Response {
         json!({"model": "mock/echo", "messages": [{"role": "user", "content": "bob again"}]}),
     )
     .await
+}
+
+#[tokio::test]
+async fn a_deleted_user_can_be_erased_and_a_reused_name_is_not_theirs() {
+    let app = TestApp::spawn_with(keys_mode()).await;
+    let old = make_user(&app.state, "ada", Role::Member).await;
+    let _ = login(&app.http, app.addr, "ada", ADMIN_PASSWORD).await;
+    let (key_id, key) = create(&app, json!({"name": "old-ada", "owner": "ada"})).await;
+    assert_eq!(
+        chat_key(
+            &app,
+            &key,
+            crate::support::user("mock/echo", "old ada's words")
+        )
+        .await
+        .status(),
+        200
+    );
+    let r = app
+        .admin
+        .delete(app.url(&format!("/api/users/{}", old.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // The key no longer names her (a new `ada` must not inherit it) but still leads to her.
+    let shown = app
+        .admin
+        .get(app.url("/api/keys"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let k = shown["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == key_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(k["owner"], format!("deleted:{}", old.id));
+
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let new = make_user(&app.state, "ada", Role::Member).await;
+    let _ = login(&app.http, app.addr, "ada", ADMIN_PASSWORD).await;
+    let doc: Value = app
+        .admin
+        .get(app.url(&format!("/api/users/{}/export", new.id)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        doc["login_history"].as_array().unwrap().len(),
+        1,
+        "her login only: {doc}"
+    );
+    assert!(doc["keys"].as_array().unwrap().is_empty());
+    assert!(doc["requests"].as_array().unwrap().is_empty());
+    assert!(
+        doc["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["at"].as_i64().unwrap() >= new.created_at),
+        "no earlier ada's rows: {}",
+        doc["audit"]
+    );
+
+    let r = app
+        .admin
+        .delete(app.url(&format!("/api/users/{}?erase=true", old.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let summary: Value = r.json().await.unwrap();
+    assert_eq!(summary["keys"], json!([key_id]));
+    let again = app
+        .admin
+        .delete(app.url(&format!("/api/users/{}?erase=true", old.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 400, "erased once");
+    // The new ada's own trail is untouched.
+    let history = app
+        .get_json("/api/auth/login-history?username=ada")
+        .await
+        .to_string();
+    assert!(history.contains(&new.id), "{history}");
+    assert!(!history.contains(&old.id), "{history}");
+    app.state.writer.flush().await;
+    assert_eq!(
+        app.state.store.verify_audit().await.unwrap().first_broken,
+        None
+    );
 }

@@ -351,3 +351,52 @@ async fn a_team_edited_in_the_database_applies_to_a_running_gateway() {
         "a team blocked in the database applies within sync_secs"
     );
 }
+
+#[tokio::test]
+async fn a_members_keys_join_their_team_and_cannot_leave_it() {
+    use crate::support::{ADMIN_PASSWORD, client_with_token, login, make_user};
+    let app = TestApp::spawn_with(keys_mode()).await;
+    let team = create_team(&app, json!({"name": "interns", "max_budget_usd": 10.0})).await;
+    let bob = make_user(&app.state, "bob", gatehouse_core::record::Role::Member).await;
+    let (old_key, _) = create(&app, json!({"name": "bob-old", "owner": "bob"})).await;
+    let r = app
+        .admin
+        .patch(app.url(&format!("/api/users/{}", bob.id)))
+        .json(&json!({"team_id": team}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["team_id"], team.as_str());
+    let moved = app.get_json(&format!("/api/keys/{old_key}")).await;
+    assert_eq!(moved["team_id"], team.as_str(), "his keys moved with him");
+
+    let member = client_with_token(&login(&app.http, app.addr, "bob", ADMIN_PASSWORD).await);
+    let r = member
+        .post(app.url("/api/keys"))
+        .json(&json!({"name": "bob-new"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["team_id"],
+        team.as_str(),
+        "a new key is no way out"
+    );
+    let r = member
+        .post(app.url("/api/keys"))
+        .json(&json!({"name": "bob-free", "team_id": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = app
+        .admin
+        .patch(app.url(&format!("/api/users/{}", bob.id)))
+        .json(&json!({"team_id": "team_nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

@@ -49,6 +49,12 @@ enum UsersCommand {
         password_stdin: bool,
     },
     /// Change a user's role.
+    /// Put the user in a team (id or name): the keys they own move to it, and a member's new
+    /// keys join it. Without TEAM: out of their team.
+    Team {
+        username: String,
+        team: Option<String>,
+    },
     Role {
         username: String,
         role: String,
@@ -196,6 +202,48 @@ async fn command(store: &SqliteStore, cmd: UsersCommand) -> anyhow::Result<ExitC
             save(store, "user.update", Some(&before), &user, false).await?;
             println!("`{username}` is now {}", user.role.as_str());
         }
+        UsersCommand::Team { username, team } => {
+            let before = find(store, &username).await?;
+            let mut user = before.clone();
+            user.team_id = match &team {
+                Some(t) => Some(super::teams::find(store, t).await?.0.id),
+                None => None,
+            };
+            let now = now_ms();
+            user.updated_at = now;
+            save(store, "user.update", Some(&before), &user, false).await?;
+            let mut ops = Vec::new();
+            for (k, _) in store.load_keys(0).await? {
+                if k.owner.as_deref() == Some(username.as_str())
+                    && k.deleted_at.is_none()
+                    && k.team_id != user.team_id
+                {
+                    let change = gatehouse_services::keys::KeyChange {
+                        team_id: Some(user.team_id.clone()),
+                        ..Default::default()
+                    };
+                    let updated = gatehouse_services::keys::update(&k, change, now)
+                        .map_err(|e| anyhow::anyhow!(e.message))?;
+                    let row = gatehouse_server::audit::entry(
+                        &gatehouse_server::audit::Actor::cli(),
+                        gatehouse_server::audit::Change::new("key.update", Some(format!("key:{}", k.id)))
+                            .before(serde_json::json!({"team_id": k.team_id}))
+                            .after(serde_json::json!({"team_id": updated.team_id, "why": "its owner's team changed"})),
+                        "ok",
+                    );
+                    ops.push(WriteOp::UpsertKey(Box::new(updated)));
+                    ops.push(WriteOp::AppendAudit(Box::new(row)));
+                }
+            }
+            let moved = ops.len() / 2;
+            if !ops.is_empty() {
+                store.apply(&ops).await?;
+            }
+            match team {
+                Some(t) => println!("`{username}` is in team `{t}`; {moved} key(s) moved"),
+                None => println!("`{username}` is in no team; {moved} key(s) moved"),
+            }
+        }
         UsersCommand::Block { username } => set_blocked(store, &username, true).await?,
         UsersCommand::Unblock { username } => set_blocked(store, &username, false).await?,
         UsersCommand::Delete { username } => {
@@ -207,12 +255,13 @@ async fn command(store: &SqliteStore, cmd: UsersCommand) -> anyhow::Result<ExitC
             keep_an_admin(store, &user).await?;
             user.username = format!("{}#deleted-{now}", before.username);
             save(store, "user.delete", Some(&before), &user, true).await?;
-            // Keys are owned by name: a new user of the same name must not inherit these.
+            // Keys are owned by name: a new user of the same name must not inherit these, and
+            // an erasure later still finds them.
             let mut ops = Vec::new();
             for (k, _) in store.load_keys(0).await? {
-                if k.owner.as_deref() == Some(username.as_str()) && k.deleted_at.is_none() {
+                if k.owner.as_deref() == Some(username.as_str()) {
                     let change = gatehouse_services::keys::KeyChange {
-                        owner: Some(None),
+                        owner: Some(Some(format!("deleted:{}", before.id))),
                         ..Default::default()
                     };
                     let updated = gatehouse_services::keys::update(&k, change, now)

@@ -94,12 +94,13 @@ pub(crate) fn allowed(key: Option<&KeyEntry>, model: &str) -> bool {
 }
 
 pub(super) fn not_allowed(key: &KeyEntry, model: &str) -> ApiError {
+    let who = match key.team_forbids(model) {
+        Some(team) => format!("key `{}` (of team `{team}`)", key.record().name),
+        None => format!("key `{}`", key.record().name),
+    };
     ApiError::new(
         ErrorKind::ModelNotAllowed,
-        format!(
-            "key `{}` may not use model `{model}`; GET /v1/models lists the models it may use",
-            key.record().name
-        ),
+        format!("{who} may not use model `{model}`; GET /v1/models lists the models it may use"),
     )
     .with_param("model")
 }

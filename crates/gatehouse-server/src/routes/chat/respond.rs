@@ -284,6 +284,7 @@ fn keeper(st: &AppState, p: &Prepared, session: &SessionId) -> Option<stream::Ke
         ctx.meta.id.clone(),
         ctx.input.to_string(),
     );
+    let key_id = p.key.as_ref().map(|k| k.id.clone());
     Some(Box::new(move |response: &serde_json::Value| {
         st.responses.put(StoredResponse {
             id,
@@ -291,6 +292,7 @@ fn keeper(st: &AppState, p: &Prepared, session: &SessionId) -> Option<stream::Ke
             created_at: now_ms(),
             input,
             response: response.to_string(),
+            key_id,
         });
     }))
 }
