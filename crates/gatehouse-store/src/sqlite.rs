@@ -140,9 +140,6 @@ impl SqliteStore {
             // A new database can give pages freed by retention back to the file system; an
             // older one reuses them (switching needs a full VACUUM).
             .auto_vacuum(sqlx::sqlite::SqliteAutoVacuum::Incremental)
-            // Deleted and overwritten content is zeroed, not left in free space: an erased
-            // user's prompts must not stay readable in the file.
-            .pragma("secure_delete", "on")
             .busy_timeout(Duration::from_secs(5));
         // Migrations run on a connection of their own, closed before the working pool opens:
         // a pooled connection opened during a migration keeps the old schema until it next
@@ -1084,6 +1081,25 @@ fn request_from_row(row: &SqliteRow) -> sqlx::Result<RequestRecord> {
 
 /// One batch in one transaction: runs of request rows in multi-row statements, the rest op by op.
 async fn apply_batch(conn: &mut SqliteConnection, ops: &[WriteOp]) -> sqlx::Result<Applied> {
+    // A batch that erases a user zeroes what it overwrites and deletes, instead of leaving it
+    // in free space (their prompts must not stay readable in the file); only that batch, on
+    // this connection: zeroing on every write would slow the request rows' writer.
+    let erasing = ops.iter().any(|o| matches!(o, WriteOp::Erase(_)));
+    if erasing {
+        sqlx::raw_sql("PRAGMA secure_delete = ON")
+            .execute(&mut *conn)
+            .await?;
+    }
+    let r = apply_batch_in(conn, ops).await;
+    if erasing {
+        sqlx::raw_sql("PRAGMA secure_delete = OFF")
+            .execute(&mut *conn)
+            .await?;
+    }
+    r
+}
+
+async fn apply_batch_in(conn: &mut SqliteConnection, ops: &[WriteOp]) -> sqlx::Result<Applied> {
     let mut tx = conn.begin().await?;
     let mut applied = Applied::default();
     // Runs of request rows (most of every batch) go in multi-row statements.
