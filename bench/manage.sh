@@ -41,15 +41,22 @@ BASE="http://127.0.0.1:$PORT"
 wait_http "$BASE/health/live"
 TOKEN=$(curl -fs "$BASE/api/auth/login" -H 'content-type: application/json' \
   -d "{\"username\":\"bench\",\"password\":\"$PASSWORD\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+# 10 teams, each key in one of them.
+TEAMS=()
+for i in $(seq 1 10); do
+  TEAMS+=("$(curl -fs "$BASE/api/teams" -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+    -d "{\"name\":\"team-$i\",\"max_budget_usd\":100}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')")
+done
 for i in $(seq 1 50); do
+  TEAM=${TEAMS[$((i % 10))]}
   curl -fs -o /dev/null "$BASE/api/keys" -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
-    -d "{\"name\":\"bench-$i\",\"rpm\":60,\"max_budget_usd\":5}"
+    -d "{\"name\":\"bench-$i\",\"rpm\":60,\"max_budget_usd\":5,\"team_id\":\"$TEAM\"}"
   curl -fs -o /dev/null "$BASE/api/sessions" -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
     -d "{\"name\":\"session $i\"}"
 done
 
 printf '%-28s %8s %8s %8s %8s %8s\n' route rps p50_ms p95_ms p99_ms errors
-for path in /api/auth/me /api/keys /api/sessions "/api/audit?limit=100" /api/users /api/providers /health; do
+for path in /api/auth/me /api/keys /api/teams /api/sessions "/api/audit?limit=100" /api/users /api/providers /health; do
   out=$(WRK_LABEL="$path" wrk -t2 -c100 -d"${DUR}s" -s bench/wrk/get.lua "$BASE$path" -- "$TOKEN" | tail -n 1)
   python3 - "$path" "$out" <<'PY'
 import json, sys
