@@ -307,7 +307,7 @@ mod tests {
             "{row}"
         );
         assert!(
-            row.ends_with(",stop,,,,0,0,,,,,\"hello, \"\"world\"\"\nbye\""),
+            row.ends_with(",stop,,,,0,0,,,,,,\"hello, \"\"world\"\"\nbye\""),
             "{row}"
         );
     }
