@@ -1100,7 +1100,10 @@ async fn apply_batch(conn: &mut SqliteConnection, ops: &[WriteOp]) -> sqlx::Resu
 }
 
 async fn apply_batch_in(conn: &mut SqliteConnection, ops: &[WriteOp]) -> sqlx::Result<Applied> {
-    let mut tx = conn.begin().await?;
+    // IMMEDIATE: the write lock from the start. A deferred transaction that reads first (the
+    // audit chain's last row) and then writes gets SQLITE_BUSY at once, without waiting, when
+    // another connection wrote in between (a login's direct write).
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let mut applied = Applied::default();
     // Runs of request rows (most of every batch) go in multi-row statements.
     let mut i = 0;

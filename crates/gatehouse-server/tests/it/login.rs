@@ -94,7 +94,13 @@ async fn the_management_api_needs_a_login_and_a_virtual_key_does_not_open_it() {
     // Open without a login: the liveness probes, the dashboard's page (it shows the login form).
     for path in ["/health/live", "/health/ready", "/"] {
         let r = app.http.get(app.url(path)).send().await.unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
+        let status = r.status();
+        let last_error = app.state.writer.stats().last_error();
+        assert!(
+            status.is_success(),
+            "{path}: {status} {} (writer: {last_error:?})",
+            r.text().await.unwrap()
+        );
     }
     let me = app.get_json("/api/auth/me").await;
     assert_eq!(me["user"]["username"], "root");
