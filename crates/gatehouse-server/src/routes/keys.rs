@@ -112,7 +112,7 @@ fn owned_by_member(caller: &Caller, mut c: KeyChange) -> KeyChange {
 }
 
 /// A refused change still leaves its audit row.
-fn refused<T>(
+pub(crate) fn refused<T>(
     st: &AppState,
     actor: &Actor,
     action: &str,

@@ -14,7 +14,7 @@ use gatehouse_services::keys::{self, TeamChange, TeamEntry};
 use gatehouse_store::{SpendOf, WriteOp};
 use serde_json::{Value, json};
 
-use super::keys::{SpendQuery, spend_report};
+use super::keys::{SpendQuery, refused, spend_report};
 use crate::audit::{self, Actor, Change};
 use crate::error::{HttpError, json_body};
 use crate::origin::SameOrigin;
@@ -63,25 +63,6 @@ fn save(
     st.writer
         .record_now(WriteOp::UpsertTeam(Box::new(record.clone())));
     st.keys.apply_team(record, None);
-}
-
-/// A refused change still leaves its audit row.
-fn refused<T>(
-    st: &AppState,
-    actor: &Actor,
-    action: &str,
-    target: Option<String>,
-    r: Result<T, ApiError>,
-) -> Result<T, HttpError> {
-    r.map_err(|e| {
-        audit::record(
-            st,
-            actor,
-            Change::new(action, target),
-            &format!("refused: {}", e.message),
-        );
-        HttpError(e)
-    })
 }
 
 pub async fn list(State(st): State<AppState>) -> Json<Value> {
