@@ -45,12 +45,7 @@ impl Principal {
     /// Whether this login ended since it was checked (logout, its family revoked, expiry): in
     /// memory, for a connection that outlives the request that opened it (`/ws`).
     pub fn ended(&self, st: &AppState, now_ms: i64) -> bool {
-        now_ms >= self.expires_at_ms
-            || st.login.revoked.is_revoked(&self.jti)
-            || self
-                .family
-                .as_deref()
-                .is_some_and(|f| st.login.revoked.is_revoked(&family_mark(f)))
+        now_ms >= self.expires_at_ms || logged_out(st, &self.jti, self.family.as_deref())
     }
 
     /// As [`Principal::ended`], and the user's record still lets them in with the same role
@@ -60,9 +55,7 @@ impl Principal {
             return false;
         }
         match st.store.user_by_id(&self.user_id).await {
-            Ok(Some(u)) => {
-                !u.blocked && u.role == self.role && self.issued_at >= u.updated_at.div_euclid(1000)
-            }
+            Ok(Some(u)) => !u.blocked && u.role == self.role && unchanged_since(&u, self.issued_at),
             Ok(None) => false,
             // A database hiccup does not end a login; the next check decides.
             Err(_) => true,
@@ -266,6 +259,19 @@ pub async fn require(State(st): State<AppState>, mut req: Request, next: Next) -
     }
 }
 
+/// The access token `jti`, or its whole login (`family`), was logged out.
+fn logged_out(st: &AppState, jti: &str, family: Option<&str>) -> bool {
+    st.login.revoked.is_revoked(jti)
+        || family.is_some_and(|f| st.login.revoked.is_revoked(&family_mark(f)))
+}
+
+/// The user's record did not change (password, role, block) after a token issued at
+/// `issued_at` (epoch seconds); seconds on both sides, so a login in the second the user was
+/// made still holds.
+fn unchanged_since(user: &gatehouse_core::record::UserRecord, issued_at: i64) -> bool {
+    issued_at >= user.updated_at.div_euclid(1000)
+}
+
 async fn principal(
     st: &AppState,
     headers: &HeaderMap,
@@ -283,11 +289,7 @@ async fn principal(
         ));
     }
     let claims = st.login.signer.verify(token, TokenType::Access)?;
-    let family_ended = claims
-        .fam
-        .as_deref()
-        .is_some_and(|f| st.login.revoked.is_revoked(&family_mark(f)));
-    if st.login.revoked.is_revoked(&claims.jti) || family_ended {
+    if logged_out(st, &claims.jti, claims.fam.as_deref()) {
         return Err(users::login_required(
             "this login was logged out; log in again",
         ));
@@ -303,7 +305,7 @@ async fn principal(
         .ok_or_else(|| users::login_required("this user no longer exists or is blocked"))?;
     // A new password (or role, or a block lifted) ends the logins made before it; seconds on
     // both sides, so a login in the second the user was made still holds.
-    if claims.iat < user.updated_at.div_euclid(1000) {
+    if !unchanged_since(&user, claims.iat) {
         return Err(users::login_required(
             "this account changed since this login (password, role or block); log in again",
         ));

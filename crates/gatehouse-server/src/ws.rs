@@ -6,10 +6,9 @@
 //! waits); when it reads again and has missed events, it gets `lagged` and a fresh `init`.
 //! The server pings every `dashboard.ping_secs` and drops a client silent for three intervals.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::State;
@@ -105,6 +104,7 @@ async fn client(st: AppState, mut socket: WebSocket, login: Option<Arc<Principal
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
 
+    let mut frame = None;
     if send_init(&st, &mut socket).await.is_ok() {
         loop {
             let step = tokio::select! {
@@ -147,18 +147,16 @@ async fn client(st: AppState, mut socket: WebSocket, login: Option<Arc<Principal
                 Step::Continue => {}
                 Step::Close => break,
                 Step::LoginEnded => {
-                    let frame = CloseFrame {
+                    frame = Some(CloseFrame {
                         code: LOGIN_ENDED,
                         reason: Utf8Bytes::from_static("the login ended; log in again"),
-                    };
-                    let _ = socket.send(Message::Close(Some(frame))).await;
-                    st.ws.clients.fetch_sub(1, Ordering::Relaxed);
-                    return;
+                    });
+                    break;
                 }
             }
         }
     }
-    let _ = socket.send(Message::Close(None)).await;
+    let _ = socket.send(Message::Close(frame)).await;
     st.ws.clients.fetch_sub(1, Ordering::Relaxed);
 }
 

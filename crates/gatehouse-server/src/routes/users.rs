@@ -237,30 +237,43 @@ pub struct DeleteQuery {
 
 /// The user's live keys follow them into (or out of) their team.
 fn move_keys(st: &AppState, actor: &Actor, user: &UserRecord) {
-    let now = now_ms();
     for k in st.keys.list() {
         let r = k.record();
-        if r.owner.as_deref() != Some(user.username.as_str()) || r.team_id == user.team_id {
-            continue;
-        }
-        let change = gatehouse_services::keys::KeyChange {
-            team_id: Some(user.team_id.clone()),
-            ..Default::default()
-        };
-        if let Ok(updated) = gatehouse_services::keys::update(&r, change, now) {
-            let entry = audit::entry(
-                actor,
-                Change::new("key.update", Some(format!("key:{}", r.id)))
-                    .before(json!({"team_id": r.team_id}))
-                    .after(json!({"team_id": updated.team_id, "why": "its owner's team changed"})),
-                "ok",
-            );
-            st.writer.record_now(WriteOp::AppendAudit(Box::new(entry)));
-            st.writer
-                .record_now(WriteOp::UpsertKey(Box::new(updated.clone())));
-            st.keys.apply(updated, None);
+        if r.owner.as_deref() == Some(user.username.as_str()) && r.team_id != user.team_id {
+            let change = gatehouse_services::keys::KeyChange {
+                team_id: Some(user.team_id.clone()),
+                ..Default::default()
+            };
+            let before = json!({"team_id": r.team_id});
+            change_key(st, actor, &r, change, before, "its owner's team changed");
         }
     }
+}
+
+/// A key changed because its owner was: applied here, queued with its audit row (`why`).
+fn change_key(
+    st: &AppState,
+    actor: &Actor,
+    r: &gatehouse_core::record::KeyRecord,
+    change: gatehouse_services::keys::KeyChange,
+    before: Value,
+    why: &str,
+) {
+    let Ok(updated) = gatehouse_services::keys::update(r, change, now_ms()) else {
+        return;
+    };
+    let after = json!({"owner": updated.owner, "team_id": updated.team_id, "why": why});
+    let entry = audit::entry(
+        actor,
+        Change::new("key.update", Some(format!("key:{}", r.id)))
+            .before(before)
+            .after(after),
+        "ok",
+    );
+    st.writer.record_now(WriteOp::AppendAudit(Box::new(entry)));
+    st.writer
+        .record_now(WriteOp::UpsertKey(Box::new(updated.clone())));
+    st.keys.apply(updated, None);
 }
 
 pub async fn delete(
@@ -312,19 +325,8 @@ pub async fn delete(
             owner: Some(Some(format!("deleted:{}", before.id))),
             ..Default::default()
         };
-        if let Ok(updated) = gatehouse_services::keys::update(&r, change, now) {
-            let entry = audit::entry(
-                &actor,
-                Change::new("key.update", Some(format!("key:{}", r.id)))
-                    .before(json!({"owner": before.username}))
-                    .after(json!({"owner": updated.owner, "why": "owner deleted"})),
-                "ok",
-            );
-            st.writer.record_now(WriteOp::AppendAudit(Box::new(entry)));
-            st.writer
-                .record_now(WriteOp::UpsertKey(Box::new(updated.clone())));
-            st.keys.apply(updated, None);
-        }
+        let was = json!({"owner": before.username});
+        change_key(&st, &actor, &r, change, was, "owner deleted");
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
