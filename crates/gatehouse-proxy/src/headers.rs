@@ -93,13 +93,14 @@ impl ProviderHeaders {
             .api_key
             .as_ref()
             .and_then(|key| Self::credential(provider, key));
-        let defaults = match provider.kind {
-            ProviderType::Anthropic => vec![(
+        // `Accept: */*` as HTTP client libraries send it, when the client sent none.
+        let mut defaults = vec![(header::ACCEPT, HeaderValue::from_static("*/*"))];
+        if provider.kind == ProviderType::Anthropic {
+            defaults.push((
                 HeaderName::from_static("anthropic-version"),
                 HeaderValue::from_static(crate::translate::anthropic::VERSION),
-            )],
-            _ => Vec::new(),
-        };
+            ));
+        }
         let extra = provider
             .headers
             .iter()

@@ -11,6 +11,7 @@
 #![deny(clippy::indexing_slicing)]
 
 pub mod breaker;
+mod client;
 pub mod headers;
 pub mod passthrough;
 pub mod ratelimit;
@@ -22,6 +23,7 @@ pub mod tap;
 pub mod translate;
 pub mod upstream;
 
+pub use client::ClientError;
 pub use route::{Route, Router};
 pub use tap::{CompletionSummary, StreamTap};
 pub use upstream::{Failure, Outcome, Upstream, UpstreamStream};

@@ -9,7 +9,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use gatehouse_config::{PassthroughConfig, ProviderConfig, ProviderType, Secret, Timeouts};
 use gatehouse_core::{ApiError, ErrorKind};
@@ -27,7 +26,7 @@ pub struct Passthrough {
     hosts: Vec<String>,
     addresses: Arc<Vec<IpAddr>>,
     timeouts: Timeouts,
-    client: reqwest::Client,
+    client: crate::client::Client,
 }
 
 impl std::fmt::Debug for Passthrough {
@@ -46,7 +45,10 @@ pub struct Target {
 }
 
 impl Passthrough {
-    pub fn new(config: &PassthroughConfig, timeouts: Timeouts) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        config: &PassthroughConfig,
+        timeouts: Timeouts,
+    ) -> Result<Self, crate::client::ClientError> {
         let hosts: Vec<String> = config
             .allowed_hosts
             .iter()
@@ -58,15 +60,13 @@ impl Passthrough {
             .collect();
         let addresses: Arc<Vec<IpAddr>> =
             Arc::new(hosts.iter().filter_map(|h| h.parse().ok()).collect());
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(GuardedResolver {
-                addresses: addresses.clone(),
-            }))
-            .build()?;
+        let client = crate::client::build(
+            timeouts.connect,
+            false,
+            crate::client::Resolver::Guarded {
+                listed: addresses.clone(),
+            },
+        )?;
         Ok(Self {
             hosts,
             addresses,
@@ -75,7 +75,7 @@ impl Passthrough {
         })
     }
 
-    pub(crate) fn client(&self) -> &reqwest::Client {
+    pub(crate) fn client(&self) -> &crate::client::Client {
         &self.client
     }
 
@@ -218,7 +218,7 @@ fn client_key(headers: &HeaderMap, kind: ProviderType) -> Option<(Secret, bool)>
 }
 
 /// Whether an address may be reached: a public one, or one listed itself.
-fn reachable(ip: IpAddr, listed: &[IpAddr]) -> bool {
+pub(crate) fn reachable(ip: IpAddr, listed: &[IpAddr]) -> bool {
     listed.contains(&ip) || is_public(ip)
 }
 
@@ -252,38 +252,12 @@ fn is_public(ip: IpAddr) -> bool {
     }
 }
 
-/// Resolves with the system resolver and keeps only the addresses passthrough may reach.
-struct GuardedResolver {
-    addresses: Arc<Vec<IpAddr>>,
-}
-
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let listed = self.addresses.clone();
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let ok: Vec<SocketAddr> = all
-                .into_iter()
-                .filter(|a| reachable(a.ip(), &listed))
-                .collect();
-            if ok.is_empty() {
-                return Err(format!(
-                    "`{host}` resolves only to private or loopback addresses, which passthrough does not reach unless they are listed"
-                )
-                .into());
-            }
-            Ok(Box::new(ok.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn pt(hosts: &[&str]) -> Passthrough {
-        let t = Duration::from_secs(5);
+        let t = std::time::Duration::from_secs(5);
         Passthrough::new(
             &PassthroughConfig {
                 allowed_hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),

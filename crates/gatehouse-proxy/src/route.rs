@@ -323,7 +323,7 @@ fn common_prefix(a: &str, b: &str) -> usize {
 
 /// Whether `base_url` targets `addr` (same port, and a host that is this machine).
 fn points_at(base_url: &str, addr: SocketAddr) -> bool {
-    let Ok(url) = reqwest::Url::parse(base_url) else {
+    let Ok(url) = url::Url::parse(base_url) else {
         return false;
     };
     if url.port_or_known_default() != Some(addr.port()) {

@@ -11,16 +11,17 @@
 //! once the first byte is forwarded the request is never retried.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
 use gatehouse_config::{Config, ProviderConfig};
 use gatehouse_core::{ApiError, ErrorKind};
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 
+use crate::client::{Client, ClientError, Resolver, error_chain};
 use crate::headers::{ProviderHeaders, upstream_headers};
 use crate::route::Route;
 
@@ -128,22 +129,22 @@ pub enum StreamFailure {
 
 /// The rest of an upstream stream, with the provider's idle timeout between chunks.
 pub struct UpstreamStream {
-    inner: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    body: Incoming,
     idle: Duration,
 }
 
 impl UpstreamStream {
-    /// The next chunk; `None` at a clean end.
+    /// The next chunk; `None` at a clean end (trailers, if any, are not forwarded).
     pub async fn next(&mut self) -> Option<Result<Bytes, StreamFailure>> {
         loop {
-            match tokio::time::timeout(self.idle, self.inner.next()).await {
+            match tokio::time::timeout(self.idle, self.body.frame()).await {
                 Err(_) => return Some(Err(StreamFailure::Idle(self.idle))),
                 Ok(None) => return None,
-                Ok(Some(Err(e))) => {
-                    return Some(Err(StreamFailure::Broken(error_chain(&e.without_url()))));
-                }
-                Ok(Some(Ok(b))) if b.is_empty() => continue,
-                Ok(Some(Ok(b))) => return Some(Ok(b)),
+                Ok(Some(Err(e))) => return Some(Err(StreamFailure::Broken(error_chain(&e)))),
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(b) if !b.is_empty() => return Some(Ok(b)),
+                    _ => continue,
+                },
             }
         }
     }
@@ -152,10 +153,10 @@ impl UpstreamStream {
 /// One provider's pooled clients and what every request to it reuses.
 struct Endpoint {
     clients: Clients,
-    /// `{base_url}/chat/completions` (`/messages` for Anthropic), built once.
-    chat_url: reqwest::Url,
+    /// `{base_url}/chat/completions` (`/messages` for Anthropic), parsed once.
+    chat_url: Uri,
     /// `{base_url}/responses`, for a provider that serves OpenAI's Responses API.
-    responses_url: Option<reqwest::Url>,
+    responses_url: Option<Uri>,
     headers: ProviderHeaders,
     /// Ask for usage in streams; starts from config, turned off for good when the provider
     /// rejects `stream_options`.
@@ -192,13 +193,13 @@ enum Attempt {
 
 impl Upstream {
     /// `instance_id` goes in the hop header, so a request that loops back is recognised.
-    pub fn new(config: &Config, instance_id: &str) -> Result<Self, reqwest::Error> {
+    pub fn new(config: &Config, instance_id: &str) -> Result<Self, ClientError> {
         let mut endpoints = HashMap::with_capacity(config.providers.len());
         for (key, p) in &config.providers {
             // Config validation guarantees an http(s) URL; one that still fails to parse is
             // left out and its requests get a clear error.
             let path = endpoint_path(p.kind);
-            if let Ok(chat_url) = reqwest::Url::parse(&format!("{}/{path}", p.base_url)) {
+            if let Ok(chat_url) = Uri::try_from(format!("{}/{path}", p.base_url)) {
                 endpoints.insert(
                     key.clone(),
                     Endpoint {
@@ -235,8 +236,8 @@ impl Upstream {
     /// A passthrough target's endpoint, built per request on the shared passthrough client.
     fn passthrough_endpoint(&self, route: &Route) -> Result<Endpoint, ApiError> {
         let p = &*route.provider;
-        let chat_url = reqwest::Url::parse(&format!("{}/{}", p.base_url, endpoint_path(p.kind)))
-            .map_err(|e| {
+        let chat_url =
+            Uri::try_from(format!("{}/{}", p.base_url, endpoint_path(p.kind))).map_err(|e| {
                 ApiError::new(
                     ErrorKind::PassthroughNotAllowed,
                     format!(
@@ -398,7 +399,8 @@ impl Upstream {
         started: Instant,
     ) -> Result<Outcome, Failure> {
         let provider = &*route.provider;
-        let headers = upstream_headers(client_headers, &endpoint.headers, request_id, &self.hop_id);
+        let headers =
+            || upstream_headers(client_headers, &endpoint.headers, request_id, &self.hop_id);
         // Gemini puts the model and the mode in the path.
         let url = if api == Api::Responses {
             endpoint.responses_url.clone().ok_or_else(|| {
@@ -416,7 +418,7 @@ impl Upstream {
             })?
         } else if provider.kind == gatehouse_config::ProviderType::Gemini {
             let path = crate::translate::gemini::path(&route.upstream_model, stream);
-            reqwest::Url::parse(&format!("{}/{path}", provider.base_url)).map_err(|e| {
+            Uri::try_from(format!("{}/{path}", provider.base_url)).map_err(|e| {
                 Failure::new(
                     ApiError::new(ErrorKind::Internal, format!("bad Gemini URL: {e}")),
                     0,
@@ -447,7 +449,8 @@ impl Upstream {
                 .attempt(
                     endpoint.clients.pick(),
                     &url,
-                    &headers,
+                    // Built afresh for a retry rather than cloned for every first attempt.
+                    headers(),
                     body.clone(),
                     provider,
                     route,
@@ -501,9 +504,9 @@ impl Upstream {
     )]
     async fn attempt(
         &self,
-        client: &reqwest::Client,
-        url: &reqwest::Url,
-        headers: &HeaderMap,
+        client: &Client,
+        url: &Uri,
+        headers: HeaderMap,
         body: Bytes,
         provider: &ProviderConfig,
         route: &Route,
@@ -517,13 +520,16 @@ impl Upstream {
             body,
             ..Failure::new(error, attempt, started.elapsed())
         };
-        let request = client.post(url.clone()).headers(headers.clone()).body(body);
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = url.clone();
+        *request.headers_mut() = headers;
         let head_timeout = if stream {
             t.first_byte
         } else {
             t.first_byte.min(t.total)
         };
-        let response = match tokio::time::timeout(head_timeout, request.send()).await {
+        let response = match tokio::time::timeout(head_timeout, client.request(request)).await {
             Err(_) => {
                 // The provider has the request and may be working on it: not sent again. A
                 // stream that has not started is safe to try elsewhere; a whole answer only if
@@ -537,12 +543,7 @@ impl Upstream {
             Ok(Err(e)) if e.is_connect() => {
                 return Attempt::Retry(fail(send_error(route, e), None), None);
             }
-            Ok(Err(e)) => {
-                return Attempt::Fail(Failure {
-                    uncertain: !stream && e.is_timeout(),
-                    ..fail(send_error(route, e), None)
-                });
-            }
+            Ok(Err(e)) => return Attempt::Fail(fail(send_error(route, e), None)),
             Ok(Ok(r)) => r,
         };
         let ttfb = sent.elapsed();
@@ -554,7 +555,7 @@ impl Upstream {
                 // 429, 503 and 529 (Anthropic's "overloaded") mean the work was not started.
                 None => matches!(status.as_u16(), 429 | 503 | 529),
             };
-            let body = read_limited(response, MAX_ERROR_BODY, t.first_byte).await;
+            let body = read_limited(response.into_body(), MAX_ERROR_BODY, t.first_byte).await;
             let f = fail(
                 upstream_status_error(route, status, &body),
                 Some(body).filter(|b| !b.is_empty()),
@@ -565,12 +566,10 @@ impl Upstream {
                 (false, _) => Attempt::Fail(f),
             };
         }
-        let headers = response.headers().clone();
+        let (parts, body) = response.into_parts();
+        let headers = parts.headers;
         if stream {
-            let mut rest = UpstreamStream {
-                inner: Box::pin(response.bytes_stream()),
-                idle: t.idle,
-            };
+            let mut rest = UpstreamStream { body, idle: t.idle };
             let remaining = t.first_byte.saturating_sub(ttfb);
             // Silent, empty or broken before its first chunk: the provider had the request, so
             // it is not sent to it again; nothing reached the client, so a fallback may answer.
@@ -618,16 +617,16 @@ impl Upstream {
             });
         }
         let remaining = t.total.saturating_sub(ttfb);
-        match tokio::time::timeout(remaining, response.bytes()).await {
+        match tokio::time::timeout(remaining, body.collect()).await {
             Err(_) => Attempt::Fail(Failure {
                 uncertain: true,
                 ..fail(timeout_error(route, "the whole response", t.total), None)
             }),
-            Ok(Err(e)) => Attempt::Fail(fail(send_error(route, e), None)),
+            Ok(Err(e)) => Attempt::Fail(fail(read_error(route, &e), None)),
             Ok(Ok(body)) => Attempt::Done(Outcome::Complete {
+                body: body.to_bytes(),
                 status,
                 headers,
-                body,
                 attempts: attempt,
                 retried: Vec::new(),
                 upstream_wait: started.elapsed(),
@@ -646,9 +645,9 @@ pub enum Api {
     Responses,
 }
 
-fn responses_url(p: &ProviderConfig) -> Option<reqwest::Url> {
+fn responses_url(p: &ProviderConfig) -> Option<Uri> {
     p.responses_api
-        .then(|| reqwest::Url::parse(&format!("{}/responses", p.base_url)).ok())
+        .then(|| Uri::try_from(format!("{}/responses", p.base_url)).ok())
         .flatten()
 }
 
@@ -667,14 +666,14 @@ fn endpoint_path(kind: gatehouse_config::ProviderType) -> &'static str {
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`, often 100–256) would cap the concurrent requests and
 /// queue the rest behind long streams; `connections` clients lift the cap that many times.
 struct Clients {
-    first: reqwest::Client,
+    first: Client,
     /// The other `connections - 1`.
-    more: Box<[reqwest::Client]>,
+    more: Box<[Client]>,
     next: AtomicUsize,
 }
 
 impl Clients {
-    fn new(p: &ProviderConfig) -> Result<Self, reqwest::Error> {
+    fn new(p: &ProviderConfig) -> Result<Self, ClientError> {
         // https may negotiate HTTP/2 by ALPN; plain http only speaks it when told to.
         let maybe_h2 = p.http2 || p.base_url.starts_with("https://");
         let more = if maybe_h2 {
@@ -691,7 +690,7 @@ impl Clients {
         })
     }
 
-    fn one(first: reqwest::Client) -> Self {
+    fn one(first: Client) -> Self {
         Self {
             first,
             more: Box::default(),
@@ -699,7 +698,7 @@ impl Clients {
         }
     }
 
-    fn pick(&self) -> &reqwest::Client {
+    fn pick(&self) -> &Client {
         // One client, the common case, costs no shared write.
         if self.more.is_empty() {
             return &self.first;
@@ -711,17 +710,12 @@ impl Clients {
     }
 }
 
-fn build_client(p: &ProviderConfig) -> Result<reqwest::Client, reqwest::Error> {
-    let builder = reqwest::Client::builder()
-        .connect_timeout(p.timeouts.connect)
-        .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .redirect(reqwest::redirect::Policy::none());
-    if p.http2 && p.base_url.starts_with("http://") {
-        builder.http2_prior_knowledge().build()
-    } else {
-        builder.build()
-    }
+fn build_client(p: &ProviderConfig) -> Result<Client, ClientError> {
+    crate::client::build(
+        p.timeouts.connect,
+        p.http2 && p.base_url.starts_with("http://"),
+        Resolver::System,
+    )
 }
 
 fn timeout_error(route: &Route, what: &str, after: Duration) -> ApiError {
@@ -737,9 +731,9 @@ fn timeout_error(route: &Route, what: &str, after: Duration) -> ApiError {
 }
 
 /// The error of a send, with the provider's shown URL (never the full one, which may hold
-/// credentials; reqwest's own message would name it).
-fn send_error(route: &Route, e: reqwest::Error) -> ApiError {
-    let kind = if e.is_timeout() {
+/// credentials).
+fn send_error(route: &Route, e: hyper_util::client::legacy::Error) -> ApiError {
+    let kind = if is_timeout(&e) {
         ErrorKind::UpstreamTimeout
     } else {
         ErrorKind::UpstreamUnreachable
@@ -750,9 +744,37 @@ fn send_error(route: &Route, e: reqwest::Error) -> ApiError {
             "cannot reach provider `{}` at {}: {}",
             route.provider_key,
             route.provider.shown_url,
-            error_chain(&e.without_url())
+            error_chain(&e)
         ),
     )
+}
+
+/// A connection that broke while the answer was being read.
+fn read_error(route: &Route, e: &hyper::Error) -> ApiError {
+    ApiError::new(
+        ErrorKind::UpstreamUnreachable,
+        format!(
+            "provider `{}` at {} broke the connection during its answer: {}",
+            route.provider_key,
+            route.provider.shown_url,
+            error_chain(e)
+        ),
+    )
+}
+
+/// The connect timeout, somewhere in the error's causes.
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn upstream_status_error(route: &Route, status: StatusCode, body: &[u8]) -> ApiError {
@@ -796,11 +818,13 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
         .and_then(|s| Duration::try_from_secs_f64(s).ok())
 }
 
-async fn read_limited(response: reqwest::Response, limit: usize, within: Duration) -> Bytes {
-    let mut stream = response.bytes_stream();
+async fn read_limited(mut body: Incoming, limit: usize, within: Duration) -> Bytes {
     let mut out = Vec::new();
     let read = async {
-        while let Some(Ok(chunk)) = stream.next().await {
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
             let room = limit.saturating_sub(out.len());
             out.extend_from_slice(chunk.get(..room).unwrap_or(&chunk));
             if out.len() >= limit {
@@ -810,16 +834,4 @@ async fn read_limited(response: reqwest::Response, limit: usize, within: Duratio
     };
     let _ = tokio::time::timeout(within, read).await;
     Bytes::from(out)
-}
-
-/// `error: source: source`, since reqwest's top-level message hides the cause.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }

@@ -22,8 +22,8 @@ use crate::state::{AppState, Inner};
 pub enum ServeError {
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
-    #[error("cannot build the upstream HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    #[error("{0}")]
+    Client(#[from] gatehouse_proxy::ClientError),
     #[error("server I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("the built-in redaction or memory patterns do not compile (a bug; please report it)")]

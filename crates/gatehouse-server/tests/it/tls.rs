@@ -235,3 +235,34 @@ async fn behind_a_trusted_https_proxy_the_login_cookies_are_secure() {
             .all(|c| !c.to_str().unwrap().contains("Secure"))
     );
 }
+
+/// An https provider is spoken to over TLS and its certificate is checked against the
+/// platform's roots: one signed by an unknown CA is refused, with a message that says so.
+#[tokio::test]
+async fn https_provider_with_an_untrusted_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    certificate(dir.path());
+    let upstream = TestApp::spawn_with(Options {
+        server_toml: "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n".into(),
+        dir: Some(dir),
+        ..Options::default()
+    })
+    .await;
+    let app = TestApp::spawn_with(Options {
+        extra_toml: format!(
+            "[providers.tlsup]\ntype = \"openai\"\nbase_url = \"https://127.0.0.1:{}/v1\"\napi_key = \"sk-x\"\n",
+            upstream.addr.port()
+        ),
+        ..Options::default()
+    })
+    .await;
+    let r = app
+        .chat(json!({"model": "tlsup/x", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "upstream_unreachable", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("certificate"), "{message}");
+    assert!(message.contains("provider `tlsup`"), "{message}");
+}

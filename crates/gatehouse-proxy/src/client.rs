@@ -1,0 +1,130 @@
+//! The HTTP client the proxy path sends with: hyper-util's pooled client over rustls
+//! (aws-lc-rs, the platform's trust roots), one per provider, built at start.
+//!
+//! Not reqwest: on every response reqwest turned the request's URI back into a string and
+//! parsed it as a URL (IDNA included), and each send cloned the URL and the header map and
+//! went through layers the gateway does not use (redirects, proxies, decompression). Here a
+//! request is the URI parsed once at start, headers built for it and moved in, and the body's
+//! bytes; the response is hyper's own.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+/// A pooled client: HTTP/1.1 and HTTP/2 (by ALPN over https, or by prior knowledge).
+pub(crate) type Client =
+    hyper_util::client::legacy::Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
+
+/// The client could not be built (the platform's trust store could not be read).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the upstream HTTP client: {0}")]
+pub struct ClientError(String);
+
+/// How a client finds addresses for a host name (an IP address in the URL skips it).
+#[derive(Clone)]
+pub(crate) enum Resolver {
+    /// The system's resolver.
+    System,
+    /// The system's, keeping only the addresses passthrough may reach (`listed` are allowed
+    /// even when private).
+    Guarded { listed: Arc<Vec<IpAddr>> },
+}
+
+type Resolving =
+    Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, BoxError>> + Send>>;
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+impl tower_service::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Resolving;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let host = name.as_str().to_owned();
+        let listed = match self {
+            Self::System => None,
+            Self::Guarded { listed } => Some(listed.clone()),
+        };
+        Box::pin(async move {
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let Some(listed) = listed else {
+                return Ok(all.into_iter());
+            };
+            let ok: Vec<SocketAddr> = all
+                .into_iter()
+                .filter(|a| crate::passthrough::reachable(a.ip(), &listed))
+                .collect();
+            if ok.is_empty() {
+                return Err(format!(
+                    "`{host}` resolves only to private or loopback addresses, which passthrough does not reach unless they are listed"
+                )
+                .into());
+            }
+            Ok(ok.into_iter())
+        })
+    }
+}
+
+/// A client for one provider (or for passthrough). `http2_prior_knowledge`: speak HTTP/2 to a
+/// plain `http://` URL without asking (https negotiates it by ALPN either way).
+pub(crate) fn build(
+    connect_timeout: Duration,
+    http2_prior_knowledge: bool,
+    resolver: Resolver,
+) -> Result<Client, ClientError> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_platform_verifier())
+        .map_err(|e| ClientError(e.to_string()))?
+        .with_no_client_auth();
+    let mut http = HttpConnector::new_with_resolver(resolver);
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    let mut builder = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http2_only(http2_prior_knowledge);
+    Ok(builder.build(connector))
+}
+
+/// `error: source: source`, since the top-level messages hide the cause ("client error
+/// (Connect)").
+pub(crate) fn error_chain(e: &dyn StdError) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let next = inner.to_string();
+        // hyper-util repeats a cause in its own words; say each once.
+        if !s.ends_with(&next) {
+            s.push_str(": ");
+            s.push_str(&next);
+        }
+        cur = inner.source();
+    }
+    s
+}
