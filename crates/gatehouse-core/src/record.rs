@@ -278,10 +278,28 @@ pub fn preview(text: &str, max: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max * 2));
     let mut n = 0;
     let mut last_space = true;
-    for c in text.chars() {
-        if n >= max {
-            break;
+    let mut rest = text;
+    while n < max {
+        // Runs of ASCII that is not whitespace (most of a prompt) are copied whole.
+        let run = rest
+            .bytes()
+            .take(max - n)
+            .take_while(|b| b.is_ascii_graphic())
+            .count();
+        if let (Some(head), Some(tail)) = (rest.get(..run), rest.get(run..))
+            && run > 0
+        {
+            out.push_str(head);
+            n += run;
+            last_space = false;
+            rest = tail;
+            continue;
         }
+        let mut chars = rest.chars();
+        let Some(c) = chars.next() else {
+            break;
+        };
+        rest = chars.as_str();
         if c.is_whitespace() {
             if last_space {
                 continue;
@@ -308,6 +326,46 @@ mod tests {
         assert_eq!(preview("  hello \n\n world  ", 50), "hello world");
         assert_eq!(preview("日本語のテキスト", 3), "日本語");
         assert_eq!(preview("", 10), "");
+    }
+
+    /// The run-at-a-time copy gives what a char-at-a-time walk gives.
+    #[test]
+    fn preview_matches_the_char_walk() {
+        fn walk(text: &str, max: usize) -> String {
+            let mut out = String::new();
+            let (mut n, mut last_space) = (0, true);
+            for c in text.chars() {
+                if n >= max {
+                    break;
+                }
+                if c.is_whitespace() {
+                    if last_space {
+                        continue;
+                    }
+                    out.push(' ');
+                    last_space = true;
+                } else {
+                    out.push(c);
+                    last_space = false;
+                }
+                n += 1;
+            }
+            out.truncate(out.trim_end().len());
+            out
+        }
+        let texts = [
+            "plain ascii words, with punctuation!",
+            "  lead\t\ttabs\n\nand\u{b}vt\u{c}ff\r\n  trail  ",
+            "ctrl\u{1}\u{7f}chars and\u{a0}nbsp\u{2003}em",
+            "日本語 mixed with ascii テキスト",
+            "emoji 👍🏽 run",
+            "x",
+        ];
+        for t in texts {
+            for max in [0, 1, 2, 3, 5, 8, 13, 40, 1000] {
+                assert_eq!(preview(t, max), walk(t, max), "{t:?} {max}");
+            }
+        }
     }
 }
 

@@ -161,7 +161,7 @@ impl<'a> ChatRequestView<'a> {
         let model_raw = top.model.ok_or_else(|| {
             RequestParseError::field("model", "you must provide a model parameter")
         })?;
-        let model: Cow<'a, str> = string_field(model_raw, "model")?;
+        let model: Cow<'a, str> = string_field(model_raw, || "model")?;
         if model.is_empty() {
             return Err(RequestParseError::field(
                 "model",
@@ -375,17 +375,17 @@ fn parse_message<'a>(
     let role_raw = m.role.ok_or_else(|| {
         RequestParseError::field(format!("messages[{i}].role"), "each message needs a role")
     })?;
-    let role = string_field(role_raw, &format!("messages[{i}].role"))?;
+    let role = string_field(role_raw, || format!("messages[{i}].role"))?;
     let name = match m.name {
         None => None,
         Some(r) if r.get() == "null" => None,
-        Some(r) => Some(string_field(r, &format!("messages[{i}].name"))?),
+        Some(r) => Some(string_field(r, || format!("messages[{i}].name"))?),
     };
     let content = match m.content {
         None => Content::None,
         Some(r) if r.get() == "null" => Content::None,
         Some(r) if r.get().starts_with('"') => {
-            Content::Text(string_field(r, &format!("messages[{i}].content"))?)
+            Content::Text(string_field(r, || format!("messages[{i}].content"))?)
         }
         Some(r) if r.get().starts_with('[') => Content::Parts(parse_parts(i, r)?),
         Some(_) => {
@@ -447,7 +447,7 @@ fn parse_parts<'a>(i: usize, raw: &'a RawValue) -> Result<Vec<Part<'a>>, Request
                             "a text part needs `text`",
                         )
                     })?;
-                    Part::Text(string_field(text, &format!("{}.text", param()))?)
+                    Part::Text(string_field(text, || format!("{}.text", param()))?)
                 }
                 Some("image_url" | "image") => Part::Image,
                 Some(_) => Part::Other(item),
@@ -462,11 +462,16 @@ fn parse_parts<'a>(i: usize, raw: &'a RawValue) -> Result<Vec<Part<'a>>, Request
         .collect()
 }
 
-fn string_field<'a>(raw: &'a RawValue, param: &str) -> Result<Cow<'a, str>, RequestParseError> {
+/// `param` names the field in the error; it is only built when there is one (a string per
+/// message on every request otherwise).
+fn string_field<'a, P: Into<String>>(
+    raw: &'a RawValue,
+    param: impl FnOnce() -> P,
+) -> Result<Cow<'a, str>, RequestParseError> {
     if !raw.get().starts_with('"') {
-        return Err(type_error(param, "a string"));
+        return Err(type_error(param(), "a string"));
     }
-    serde_json::from_str::<Cow<'a, str>>(raw.get()).map_err(|_| type_error(param, "a string"))
+    serde_json::from_str::<Cow<'a, str>>(raw.get()).map_err(|_| type_error(param(), "a string"))
 }
 
 fn type_error(param: impl Into<String>, expected: &str) -> RequestParseError {
