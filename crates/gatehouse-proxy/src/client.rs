@@ -11,7 +11,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -87,13 +87,7 @@ pub(crate) fn build(
     http2_prior_knowledge: bool,
     resolver: Resolver,
 ) -> Result<Client, ClientError> {
-    use rustls_platform_verifier::BuilderVerifierExt;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_platform_verifier())
-        .map_err(|e| ClientError(e.to_string()))?
-        .with_no_client_auth();
+    let tls = tls_config()?;
     let mut http = HttpConnector::new_with_resolver(resolver);
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -110,6 +104,89 @@ pub(crate) fn build(
         .pool_idle_timeout(Duration::from_secs(90))
         .http2_only(http2_prior_knowledge);
     Ok(builder.build(connector))
+}
+
+/// The TLS settings every client shares (cloning the config shares its parts).
+fn tls_config() -> Result<rustls::ClientConfig, ClientError> {
+    static TLS: OnceLock<Result<rustls::ClientConfig, String>> = OnceLock::new();
+    TLS.get_or_init(|| {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        Ok(
+            rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(LazyRoots {
+                    provider,
+                    verifier: OnceLock::new(),
+                }))
+                .with_no_client_auth(),
+        )
+    })
+    .clone()
+    .map_err(ClientError)
+}
+
+/// The platform's verifier, made at the first certificate it checks: it copies the system's
+/// trust anchors (about 3.5 MiB), which a gateway that only reaches local or plain-http
+/// providers never needs. Handshake signatures are checked with the provider's algorithms,
+/// as the platform verifier itself does.
+#[derive(Debug)]
+struct LazyRoots {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    verifier: OnceLock<Result<Arc<rustls_platform_verifier::Verifier>, rustls::Error>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for LazyRoots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.verifier
+            .get_or_init(|| {
+                rustls_platform_verifier::Verifier::new(self.provider.clone()).map(Arc::new)
+            })
+            .clone()?
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// `error: source: source`, since the top-level messages hide the cause ("client error

@@ -115,8 +115,7 @@ impl LoginState {
                 .map_err(|e| SecretError::Crypto(e.message))?,
             revoked: Revoked::default(),
             logins: Logins::new(a.login_per_minute, a.lockout_attempts, a.lockout_secs),
-            decoy_hash: users::hash_password("decoy password that matches nothing")
-                .map_err(|e| SecretError::Crypto(e.message))?,
+            decoy_hash: users::decoy_hash().map_err(|e| SecretError::Crypto(e.message))?,
             hashing: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             ),

@@ -49,6 +49,26 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
         .map_err(|_| internal("cannot hash the password"))
 }
 
+/// A hash for unknown users' passwords to be checked against, so their check costs one Argon2
+/// run like a real user's: the same algorithm and parameters as [`hash_password`], a random
+/// salt and a random output, which no password produces. Made without running Argon2 (19 MiB
+/// and tens of milliseconds at every start, for a login that may never come).
+pub fn decoy_hash() -> Result<String, ApiError> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let p = argon2::Params::default();
+    Ok(format!(
+        "${}$v={}$m={},t={},p={}${}${}",
+        argon2::Algorithm::default(),
+        u32::from(argon2::Version::default()),
+        p.m_cost(),
+        p.t_cost(),
+        p.p_cost(),
+        b64.encode(random_bytes::<16>()?),
+        b64.encode(random_bytes::<32>()?),
+    ))
+}
+
 /// Whether `password` matches `hash`; a hash that does not parse matches nothing.
 pub fn verify_password(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|h| {
@@ -460,6 +480,16 @@ mod tests {
 
     #[test]
     fn passwords_hash_with_argon2id_and_verify() {
+        let decoy = decoy_hash().unwrap();
+        assert!(!verify_password(&decoy, "correct horse battery"));
+        let (real, fake) = (
+            PasswordHash::new(&hash_password("x").unwrap())
+                .unwrap()
+                .to_string(),
+            PasswordHash::new(&decoy).unwrap().to_string(),
+        );
+        let params = |h: &str| h.rsplitn(3, '$').nth(2).unwrap().to_owned();
+        assert_eq!(params(&fake), params(&real), "the same algorithm and cost");
         let h = hash_password("correct horse battery").unwrap();
         assert!(h.starts_with("$argon2id$"), "{h}");
         assert!(verify_password(&h, "correct horse battery"));
