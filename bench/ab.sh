@@ -36,13 +36,7 @@ trap cleanup EXIT
 MOCK_PORT=$(free_port)
 "$BIN/gatehouse-mock" --port "$MOCK_PORT" > /dev/null &
 PIDS+=($!)
-python3 - "$WORK" <<'PY'
-import json, sys
-text = ("Please review this function and suggest improvements. " * 20)[:1000]
-open(f"{sys.argv[1]}/gw.json", "w").write(json.dumps({"model": "mock/bench", "messages": [
-    {"role": "system", "content": "You are a helpful coding assistant."},
-    {"role": "user", "content": text}]}))
-PY
+bench_body "$WORK/gw.json"
 
 KEY=""
 measure() { # name url -> appends "name c rps p50 p99" lines (wrk's as "wrk-name")

@@ -26,32 +26,18 @@ MOCK_PORT=$(free_port)
 target/release/gatehouse-mock --port "$MOCK_PORT" > /dev/null &
 PIDS+=($!)
 PORT=$(free_port)
-cat > "$WORK/config.toml" <<TOML
-[server]
-data_dir = "$WORK"
-[providers.mock]
-type = "openai"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
-api_key = "sk-bench"
-[models."mock/bench"]
-provider = "mock"
-model = "bench"
-max_context_size = 131072
-$( printf '%b' "${INSTR_CONFIG:-}" )
-TOML
+bench_config "$WORK/config.toml" "$WORK" "$MOCK_PORT" "${INSTR_CONFIG:-}"
 GATEHOUSE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
   "$GW_BIN" serve --config "$WORK/config.toml" --port "$PORT" > "$WORK/gw.log" 2>&1 &
 GW_PID=$!
 PIDS+=($GW_PID)
 wait_http "http://127.0.0.1:$PORT/health/ready" 600
 
+bench_body "$WORK/gw.json"
 send() { # n: sequential requests, the body of run.sh and ab.sh
-  python3 - "$PORT" "$1" <<'PY'
-import http.client, json, sys
-text = ("Please review this function and suggest improvements. " * 20)[:1000]
-body = json.dumps({"model": "mock/bench", "messages": [
-    {"role": "system", "content": "You are a helpful coding assistant."},
-    {"role": "user", "content": text}]}).encode()
+  python3 - "$PORT" "$1" "$WORK/gw.json" <<'PY'
+import http.client, sys
+body = open(sys.argv[3], "rb").read()
 c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
 for _ in range(int(sys.argv[2])):
     c.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})

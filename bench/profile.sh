@@ -28,27 +28,9 @@ MOCK_PORT=$(free_port)
 target/release/gatehouse-mock --port "$MOCK_PORT" > /dev/null &
 MOCK_PID=$!
 PIDS+=($MOCK_PID)
-python3 - "$WORK" <<'PY'
-import json, sys
-text = ("Please review this function and suggest improvements. " * 20)[:1000]
-open(f"{sys.argv[1]}/gw.json", "w").write(json.dumps({"model": "mock/bench", "messages": [
-    {"role": "system", "content": "You are a helpful coding assistant."},
-    {"role": "user", "content": text}]}))
-PY
+bench_body "$WORK/gw.json"
 PORT=$(free_port)
-cat > "$WORK/config.toml" <<TOML
-[server]
-data_dir = "$WORK"
-[providers.mock]
-type = "openai"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
-api_key = "sk-bench"
-[models."mock/bench"]
-provider = "mock"
-model = "bench"
-max_context_size = 131072
-$( printf '%b' "${PROFILE_CONFIG:-}" )
-TOML
+bench_config "$WORK/config.toml" "$WORK" "$MOCK_PORT" "${PROFILE_CONFIG:-}"
 GATEHOUSE_LOG=warn "$GW_BIN" serve --config "$WORK/config.toml" --port "$PORT" > "$WORK/gw.log" 2>&1 &
 GW_PID=$!
 PIDS+=($GW_PID)
