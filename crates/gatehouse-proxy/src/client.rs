@@ -189,6 +189,25 @@ impl rustls::client::danger::ServerCertVerifier for LazyRoots {
     }
 }
 
+/// The outbound-proxy variables (`HTTPS_PROXY` and kin) among `vars` that hold a value.
+/// Gatehouse connects to providers directly and does not follow them, so the server warns
+/// when one is set: behind an egress proxy every provider would otherwise just be
+/// unreachable, with nothing saying why.
+pub fn proxy_variables(vars: impl Iterator<Item = (String, String)>) -> Vec<String> {
+    let mut set: Vec<String> = vars
+        .filter(|(k, v)| {
+            !v.trim().is_empty()
+                && matches!(
+                    k.to_ascii_lowercase().as_str(),
+                    "https_proxy" | "http_proxy" | "all_proxy"
+                )
+        })
+        .map(|(k, _)| k)
+        .collect();
+    set.sort();
+    set
+}
+
 /// `error: source: source`, since the top-level messages hide the cause ("client error
 /// (Connect)").
 pub(crate) fn error_chain(e: &dyn StdError) -> String {
@@ -204,4 +223,24 @@ pub(crate) fn error_chain(e: &dyn StdError) -> String {
         cur = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_variables_are_noticed_whatever_their_case() {
+        let vars = [
+            ("HTTPS_PROXY", "http://proxy:3128"),
+            ("http_proxy", "http://proxy:3128"),
+            ("ALL_PROXY", " "),
+            ("NO_PROXY", "localhost"),
+            ("PATH", "/usr/bin"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(proxy_variables(vars), ["HTTPS_PROXY", "http_proxy"]);
+        assert!(proxy_variables(std::iter::empty()).is_empty());
+    }
 }
