@@ -126,10 +126,7 @@ fn run(
                 parser.close(&mut metrics);
             }
             let found = metrics.len() as u64;
-            let path = tail.path().display().to_string();
-            for m in metrics.drain(..) {
-                sink(&path, m);
-            }
+            // The status first: whoever sees a metric's event and asks `/health` finds it counted.
             if let Ok(mut st) = status.lock()
                 && let Some(s) = st.get_mut(i)
             {
@@ -142,6 +139,10 @@ fn run(
                     s.last_metric_at = Some(gatehouse_core::time::now_ms());
                 }
                 s.error = result.err().map(|e| e.to_string());
+            }
+            let path = tail.path().display().to_string();
+            for m in metrics.drain(..) {
+                sink(&path, m);
             }
         }
         match stopped.recv_timeout(poll) {
