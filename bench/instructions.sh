@@ -8,7 +8,10 @@
 #                                                 (default 40) functions by inclusive cost
 #
 # INSTR_CONFIG appends sections to the gateway's config (to price one feature:
-# INSTR_CONFIG='[redaction]\nmode = "off"'). Needs valgrind.
+# INSTR_CONFIG='[redaction]\nmode = "off"'). INSTR_KEY holds `gatehouse keys create` flags
+# (with INSTR_CONFIG='[auth]\nmode = "keys"'): requests then carry a key made with them, and
+# INSTR_TEAM holds `gatehouse teams create` flags for a team the key joins. INSTR_OUT=FILE keeps
+# the callgrind profile. Needs valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GW_BIN=$1
@@ -27,6 +30,17 @@ target/release/gatehouse-mock --port "$MOCK_PORT" > /dev/null &
 PIDS+=($!)
 PORT=$(free_port)
 bench_config "$WORK/config.toml" "$WORK" "$MOCK_PORT" "${INSTR_CONFIG:-}"
+KEY=""
+if [ -n "${INSTR_KEY:-}" ]; then
+  if [ -n "${INSTR_TEAM:-}" ]; then
+    # shellcheck disable=SC2086
+    "$GW_BIN" teams --data-dir "$WORK" create --name bench-team $INSTR_TEAM > /dev/null
+    INSTR_KEY="$INSTR_KEY --team bench-team"
+  fi
+  # shellcheck disable=SC2086
+  KEY=$("$GW_BIN" keys --data-dir "$WORK" create --name bench $INSTR_KEY --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+fi
 GATEHOUSE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
   "$GW_BIN" serve --config "$WORK/config.toml" --port "$PORT" > "$WORK/gw.log" 2>&1 &
 GW_PID=$!
@@ -35,12 +49,15 @@ wait_http "http://127.0.0.1:$PORT/health/ready" 600
 
 bench_body "$WORK/gw.json"
 send() { # n: sequential requests, the body of run.sh and ab.sh
-  python3 - "$PORT" "$1" "$WORK/gw.json" <<'PY'
+  python3 - "$PORT" "$1" "$WORK/gw.json" "$KEY" <<'PY'
 import http.client, sys
 body = open(sys.argv[3], "rb").read()
+headers = {"Content-Type": "application/json"}
+if sys.argv[4]:
+    headers["Authorization"] = "Bearer " + sys.argv[4]
 c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
 for _ in range(int(sys.argv[2])):
-    c.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    c.request("POST", "/v1/chat/completions", body, headers)
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
 PY
@@ -52,6 +69,8 @@ sleep 0.5 # the writer's last batch
 callgrind_control -d "$GW_PID" > /dev/null
 sleep 1
 OUT=$(ls "$WORK"/cg.out.* | head -1)
+# INSTR_OUT=FILE keeps the profile, for callgrind_annotate --tree=caller or kcachegrind.
+[ -n "${INSTR_OUT:-}" ] && cp "$OUT" "$INSTR_OUT"
 callgrind_annotate --inclusive=yes "$OUT" 2>/dev/null > "$WORK/annotate.txt"
 python3 - "$WORK/annotate.txt" "$TOP" <<'PY'
 import re, sys

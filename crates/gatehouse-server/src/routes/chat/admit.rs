@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use gatehouse_config::AuthMode;
 use gatehouse_core::{ApiError, ErrorKind};
 use gatehouse_services::keys::{KeyEntry, RateInfo, Reservation};
@@ -47,20 +47,25 @@ pub(crate) const KEY_HEADER: &str = "x-gatehouse-key";
 /// `x-api-key` (Anthropic's SDKs) or `x-goog-api-key` (Gemini's). A passthrough request's
 /// other headers are the provider's credentials, so only the first counts for it.
 fn presented(headers: &HeaderMap) -> Option<&str> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(k) = get(KEY_HEADER) {
+    // Names made once: looking a header up by `&str` parses the name first.
+    const KEY: HeaderName = HeaderName::from_static(KEY_HEADER);
+    const TARGET: HeaderName = HeaderName::from_static(gatehouse_proxy::passthrough::TARGET_HEADER);
+    const API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+    const GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+    let get = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(k) = get(&KEY) {
         return Some(k.trim());
     }
-    if headers.contains_key(gatehouse_proxy::passthrough::TARGET_HEADER) {
+    if headers.contains_key(&TARGET) {
         return None;
     }
-    get("authorization")
+    get(&header::AUTHORIZATION)
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .or_else(|| get("x-api-key"))
-        .or_else(|| get("x-goog-api-key"))
+        .or_else(|| get(&API_KEY))
+        .or_else(|| get(&GOOG_API_KEY))
         .map(str::trim)
 }
 
@@ -105,35 +110,38 @@ pub(super) fn not_allowed(key: &KeyEntry, model: &str) -> ApiError {
     .with_param("model")
 }
 
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+
 /// The key's limits on a response (the header names OpenAI's and LiteLLM's clients read).
 pub(crate) fn set_rate_headers(h: &mut HeaderMap, rate: &RateInfo) {
-    let mut put = |name: &'static str, v: u64| {
-        h.insert(HeaderName::from_static(name), HeaderValue::from(v));
+    let mut put = |names: [HeaderName; 3], (limit, remaining, reset): (u64, u64, u64)| {
+        let [l, r, s] = names;
+        h.insert(l, HeaderValue::from(limit));
+        h.insert(r, HeaderValue::from(remaining));
+        h.insert(s, reset_value(reset));
     };
-    if let Some((limit, remaining, reset)) = rate.requests {
-        put("x-ratelimit-limit-requests", limit);
-        put("x-ratelimit-remaining-requests", remaining);
-        h.insert(
-            HeaderName::from_static("x-ratelimit-reset-requests"),
-            reset_value(reset),
-        );
+    if let Some(v) = rate.requests {
+        put([LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS], v);
     }
-    if let Some((limit, remaining, reset)) = rate.tokens {
-        let mut put = |name: &'static str, v: u64| {
-            h.insert(HeaderName::from_static(name), HeaderValue::from(v));
-        };
-        put("x-ratelimit-limit-tokens", limit);
-        put("x-ratelimit-remaining-tokens", remaining);
-        h.insert(
-            HeaderName::from_static("x-ratelimit-reset-tokens"),
-            reset_value(reset),
-        );
+    if let Some(v) = rate.tokens {
+        put([LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS], v);
     }
 }
 
-/// OpenAI's form: `12s`.
+/// OpenAI's form: `12s`. A limit's window is a minute, so the values are known beforehand and
+/// need no allocation.
 fn reset_value(secs: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!("{secs}s")).unwrap_or(HeaderValue::from_static("0s"))
+    #[rustfmt::skip]
+    const RESETS: [&str; 61] = ["0s", "1s", "2s", "3s", "4s", "5s", "6s", "7s", "8s", "9s", "10s", "11s", "12s", "13s", "14s", "15s", "16s", "17s", "18s", "19s", "20s", "21s", "22s", "23s", "24s", "25s", "26s", "27s", "28s", "29s", "30s", "31s", "32s", "33s", "34s", "35s", "36s", "37s", "38s", "39s", "40s", "41s", "42s", "43s", "44s", "45s", "46s", "47s", "48s", "49s", "50s", "51s", "52s", "53s", "54s", "55s", "56s", "57s", "58s", "59s", "60s"];
+    match usize::try_from(secs).ok().and_then(|i| RESETS.get(i)) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::try_from(format!("{secs}s")).unwrap_or(HeaderValue::from_static("0s")),
+    }
 }
 
 /// A place among `server.max_streams`; freed when the stream's row is written.

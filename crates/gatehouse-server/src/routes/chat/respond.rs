@@ -305,7 +305,16 @@ fn is_anthropic_error(b: &[u8]) -> bool {
     })
 }
 
+/// The headers the gateway adds to a proxied answer at most: session, overhead, request id,
+/// the key's six `x-ratelimit-*`, and a stream's two.
+const OWN_HEADERS: usize = 11;
+
+/// The provider's headers the client gets, into a map sized once for them and the gateway's
+/// own: growing it later rehashes every entry.
 fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    if to.capacity() < from.len() + OWN_HEADERS {
+        *to = HeaderMap::with_capacity(from.len() + OWN_HEADERS);
+    }
     for (k, v) in from {
         if !dropped_response_header(k) {
             to.append(k.clone(), v.clone());
