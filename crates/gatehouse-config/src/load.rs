@@ -465,6 +465,9 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             1000,
             &mut issues,
         );
+        if let Some(u) = p.outbound_proxy.as_deref().filter(|u| !u.trim().is_empty()) {
+            check_outbound_proxy(u, &mut issues);
+        }
     }
     if let Some(w) = &log_watcher
         && w.poll_ms < 10
@@ -772,6 +775,8 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 circuit_breaker: proxy.circuit_breaker,
                 heavy_duty: proxy.heavy_duty,
                 timeouts,
+                outbound_proxy: proxy.outbound_proxy,
+                no_proxy: proxy.no_proxy,
             },
             passthrough,
             providers,
@@ -780,6 +785,20 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             seed_keys,
         }),
         _ => Err(issues),
+    }
+}
+
+/// An http:// proxy URL: `http://host:port`, with `user:password@` when it needs them. The
+/// URL is never echoed: it may hold a password.
+fn check_outbound_proxy(u: &str, issues: &mut Vec<Issue>) {
+    let ok = url::Url::parse(u.trim())
+        .is_ok_and(|url| url.scheme() == "http" && url.host_str().is_some_and(|h| !h.is_empty()));
+    if !ok {
+        issues.push(issue(
+            "proxy.outbound_proxy",
+            "must be an http:// proxy URL",
+            Some("e.g. \"http://proxy.internal:3128\" or \"http://user:password@proxy.internal:3128\"; \"\" turns off the environment's HTTPS_PROXY"),
+        ));
     }
 }
 

@@ -365,6 +365,10 @@ pub(crate) struct ProxyRaw {
     pub circuit_breaker: CircuitBreaker,
     pub heavy_duty: HeavyDuty,
     pub timeouts: TimeoutsRaw,
+    #[serde(default)]
+    pub outbound_proxy: Option<String>,
+    #[serde(default)]
+    pub no_proxy: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -401,6 +405,11 @@ pub struct ProxyConfig {
     pub heavy_duty: HeavyDuty,
     /// `[proxy.timeouts]` without the per-provider overrides: what a passthrough target gets.
     pub timeouts: Timeouts,
+    /// The http:// proxy providers are reached through; `None`: the environment's
+    /// (`HTTPS_PROXY` and kin), `Some("")`: none, whatever the environment says.
+    pub outbound_proxy: Option<String>,
+    /// Hosts reached directly despite `outbound_proxy` (`NO_PROXY`'s syntax, one per entry).
+    pub no_proxy: Vec<String>,
 }
 
 /// Session-less passthrough: `X-Target-Base-URL` names where a request goes, with the client's

@@ -23,7 +23,7 @@ pub mod tap;
 pub mod translate;
 pub mod upstream;
 
-pub use client::{ClientError, proxy_variables};
+pub use client::{ClientError, OutboundProxy};
 pub use route::{Route, Router};
 pub use tap::{CompletionSummary, StreamTap};
 pub use upstream::{Failure, Outcome, Upstream, UpstreamStream};

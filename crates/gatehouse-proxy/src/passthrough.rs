@@ -27,6 +27,8 @@ pub struct Passthrough {
     addresses: Arc<Vec<IpAddr>>,
     timeouts: Timeouts,
     client: crate::client::Client,
+    /// Targets it intercepts are resolved by the proxy, not here.
+    outbound: crate::client::OutboundProxy,
 }
 
 impl std::fmt::Debug for Passthrough {
@@ -48,6 +50,7 @@ impl Passthrough {
     pub fn new(
         config: &PassthroughConfig,
         timeouts: Timeouts,
+        outbound: &crate::client::OutboundProxy,
     ) -> Result<Self, crate::client::ClientError> {
         let hosts: Vec<String> = config
             .allowed_hosts
@@ -66,12 +69,14 @@ impl Passthrough {
             crate::client::Resolver::Guarded {
                 listed: addresses.clone(),
             },
+            outbound,
         )?;
         Ok(Self {
             hosts,
             addresses,
             timeouts,
             client,
+            outbound: outbound.clone(),
         })
     }
 
@@ -123,7 +128,8 @@ impl Passthrough {
             });
         }
         // A host name is checked now, for a clear 403; the resolver checks again on connect.
-        if host.parse::<IpAddr>().is_err() {
+        // Through the outbound proxy the name is the proxy's to resolve.
+        if host.parse::<IpAddr>().is_err() && !self.outbound.intercepts(raw) {
             let port = url.port_or_known_default().unwrap_or(443);
             let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host.as_str(), port)).await
             {
@@ -268,6 +274,7 @@ mod tests {
                 idle: t,
                 total: t,
             },
+            &crate::client::OutboundProxy::none(),
         )
         .expect("client")
     }

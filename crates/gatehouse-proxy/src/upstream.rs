@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use crate::client::{Client, ClientError, Resolver, error_chain};
+use crate::client::{Client, ClientError, OutboundProxy, Resolver, error_chain};
 use crate::headers::{ProviderHeaders, upstream_headers};
 use crate::route::Route;
 
@@ -194,16 +194,23 @@ enum Attempt {
 impl Upstream {
     /// `instance_id` goes in the hop header, so a request that loops back is recognised.
     pub fn new(config: &Config, instance_id: &str) -> Result<Self, ClientError> {
+        let outbound = OutboundProxy::new(
+            config.proxy.outbound_proxy.as_deref(),
+            &config.proxy.no_proxy,
+        )?;
         let mut endpoints = HashMap::with_capacity(config.providers.len());
         for (key, p) in &config.providers {
             // Config validation guarantees an http(s) URL; one that still fails to parse is
             // left out and its requests get a clear error.
             let path = endpoint_path(p.kind);
+            if let Some(via) = outbound.describe(&p.base_url) {
+                tracing::info!(provider = %key, via = %via, "provider reached through the outbound proxy");
+            }
             if let Ok(chat_url) = Uri::try_from(format!("{}/{path}", p.base_url)) {
                 endpoints.insert(
                     key.clone(),
                     Endpoint {
-                        clients: Clients::new(p)?,
+                        clients: Clients::new(p, &outbound)?,
                         chat_url,
                         responses_url: responses_url(p),
                         headers: ProviderHeaders::new(p),
@@ -217,6 +224,7 @@ impl Upstream {
             passthrough: crate::passthrough::Passthrough::new(
                 &config.passthrough,
                 config.proxy.timeouts,
+                &outbound,
             )?,
             breakers: crate::breaker::Breakers::new(config.proxy.circuit_breaker),
             dice: crate::select::Dice::default(),
@@ -673,7 +681,7 @@ struct Clients {
 }
 
 impl Clients {
-    fn new(p: &ProviderConfig) -> Result<Self, ClientError> {
+    fn new(p: &ProviderConfig, outbound: &OutboundProxy) -> Result<Self, ClientError> {
         // https may negotiate HTTP/2 by ALPN; plain http only speaks it when told to.
         let maybe_h2 = p.http2 || p.base_url.starts_with("https://");
         let more = if maybe_h2 {
@@ -682,9 +690,9 @@ impl Clients {
             0
         };
         Ok(Self {
-            first: build_client(p)?,
+            first: build_client(p, outbound)?,
             more: (0..more)
-                .map(|_| build_client(p))
+                .map(|_| build_client(p, outbound))
                 .collect::<Result<Box<[_]>, _>>()?,
             next: AtomicUsize::new(0),
         })
@@ -710,11 +718,12 @@ impl Clients {
     }
 }
 
-fn build_client(p: &ProviderConfig) -> Result<Client, ClientError> {
+fn build_client(p: &ProviderConfig, outbound: &OutboundProxy) -> Result<Client, ClientError> {
     crate::client::build(
         p.timeouts.connect,
         p.http2 && p.base_url.starts_with("http://"),
         Resolver::System,
+        outbound,
     )
 }
 

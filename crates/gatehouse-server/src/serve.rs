@@ -129,17 +129,6 @@ pub async fn run_with(
         login.revoked.revoke(&jti, expires_at, 0);
     }
     let instance_id = uuid::Uuid::now_v7().to_string();
-    // `vars_os`: `vars` panics on a variable that is not UTF-8.
-    let proxies = gatehouse_proxy::proxy_variables(
-        std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
-    );
-    if !proxies.is_empty() {
-        tracing::warn!(
-            variables = %proxies.join(", "),
-            "an outbound proxy is set in the environment, but Gatehouse connects to providers directly and does not use it; providers reachable only through that proxy will answer upstream_unreachable"
-        );
-    }
     let state = AppState(Arc::new(Inner {
         router: Router::new(&config, Some(listen)),
         upstream: Upstream::new(&config, &instance_id)?,

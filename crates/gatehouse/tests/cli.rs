@@ -10,7 +10,7 @@ fn gatehouse() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
     // Start from a clean slate: no inherited config or overrides.
     for (k, _) in std::env::vars() {
-        if k.starts_with("GATEHOUSE_") {
+        if k.starts_with("GATEHOUSE_") || k.to_ascii_lowercase().ends_with("_proxy") {
             c.env_remove(k);
         }
     }
@@ -165,8 +165,17 @@ fn strip_ansi(s: &str) -> String {
 
 /// `serve` in the background on a free port, with `HOME` in `dir`; returns the child and port.
 fn serve(dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, u16) {
+    serve_with(gatehouse(), dir, extra)
+}
+
+/// [`serve`] from a command already set up (its environment).
+fn serve_with(
+    mut cmd: Command,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (std::process::Child, u16) {
     use std::io::BufRead;
-    let mut child = gatehouse()
+    let mut child = cmd
         .args(["serve", "--port", "0", "--data-dir"])
         .arg(dir)
         .args(extra)
@@ -359,6 +368,71 @@ fn the_kimi_proxy_config_checks_and_serves_unchanged() {
     ] {
         assert!(body.contains(m), "{m} not served: {body}");
     }
+    stop(child);
+}
+
+/// `HTTP_PROXY` and `NO_PROXY` from the environment are followed, as curl and reqwest do: the
+/// provider's name is one only the proxy knows, and the proxy (answering for the provider
+/// here) sees the request in absolute form.
+#[test]
+fn the_environments_outbound_proxy_is_followed() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0u8; length];
+            conn.read_exact(&mut body).unwrap();
+            let _ = tx.send(head.lines().next().unwrap_or("").to_owned());
+            let answer = r#"{"id":"c1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"via proxy"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("gatehouse.toml"),
+        "[proxy]\nretries = 0\n\n[providers.far]\ntype = \"openai\"\nbase_url = \"http://far.internal:8000/v1\"\napi_key = \"sk-far\"\n\n[providers.near]\ntype = \"openai\"\nbase_url = \"http://near.internal:8000/v1\"\napi_key = \"sk-near\"\n",
+    )
+    .unwrap();
+    let mut cmd = gatehouse();
+    cmd.env("HTTP_PROXY", format!("http://127.0.0.1:{proxy_port}"))
+        .env("NO_PROXY", "near.internal");
+    let (child, port) = serve_with(cmd, dir.path(), &["--config", "gatehouse.toml"]);
+    let body = r#"{"model":"far/m","messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, answer) = http(port, "POST", "/v1/chat/completions", body);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("via proxy"), "{answer}");
+    let line = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        line,
+        "POST http://far.internal:8000/v1/chat/completions HTTP/1.1"
+    );
+    // NO_PROXY: resolved here, where the name does not exist; the proxy sees nothing.
+    let body = r#"{"model":"near/m","messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, answer) = http(port, "POST", "/v1/chat/completions", body);
+    assert_eq!(status, 502, "{answer}");
+    assert!(rx.try_recv().is_err(), "NO_PROXY's host went to the proxy");
     stop(child);
 }
 

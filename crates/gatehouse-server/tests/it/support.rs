@@ -33,7 +33,8 @@ pub struct TestApp {
 /// Variations on the test config.
 #[derive(Default)]
 pub struct Options {
-    /// Appended to the config; `MOCK_BASE_URL` is replaced by the mock's base URL.
+    /// Appended to the config; `MOCK_BASE_URL` is replaced by the mock's base URL, `MOCK_PORT`
+    /// by its port.
     pub extra_toml: String,
     /// Added to the `[server]` section.
     pub server_toml: String,
@@ -137,7 +138,10 @@ max_context_size = 4096
             total = opts.first_byte_secs.unwrap_or(1.0).max(3.0),
             base = mock.base_url(),
             event_buffer = opts.event_buffer.unwrap_or(1024),
-            extra = opts.extra_toml.replace("MOCK_BASE_URL", &mock.base_url()),
+            extra = opts
+                .extra_toml
+                .replace("MOCK_BASE_URL", &mock.base_url())
+                .replace("MOCK_PORT", &mock.addr.port().to_string()),
             server = opts.server_toml,
             dashboard = opts.dashboard_toml,
             proxy = opts.proxy_toml,

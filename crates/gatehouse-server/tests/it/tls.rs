@@ -9,7 +9,7 @@ use crate::support::{ADMIN_PASSWORD, Options, TestApp, make_user};
 
 /// A test CA and a server certificate for 127.0.0.1 it signed, in `dir`, made by the
 /// system's openssl (webpki refuses a CA certificate as the server's own); the CA's PEM.
-fn certificate(dir: &std::path::Path) -> Vec<u8> {
+pub(crate) fn certificate(dir: &std::path::Path) -> Vec<u8> {
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)
