@@ -23,8 +23,8 @@ pub use load::{
 pub use schema::{
     AuthConfig, AuthMode, AutoRoute, AutoWeights, Cidr, CircuitBreaker, CompactionAuto,
     CompactionConfig, CompactionStrategy, Config, DashboardConfig, Deployment, EndpointLimit,
-    HeavyDuty, LogWatcherConfig, ModelConfig, PassthroughConfig, ProviderConfig, ProviderType,
-    ProxyConfig, RateLimitsConfig, RedactionConfig, RedactionMode, RetentionConfig,
+    HeavyDuty, LogWatcherConfig, MetricsConfig, ModelConfig, PassthroughConfig, ProviderConfig,
+    ProviderType, ProxyConfig, RateLimitsConfig, RedactionConfig, RedactionMode, RetentionConfig,
     SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig, Timeouts, TlsConfig, WhenNone,
     parse_window, shown_url,
 };

@@ -11,9 +11,9 @@ use toml::{Table, Value};
 
 use crate::schema::{
     AuthConfig, AutoRoute, CompactionConfig, Config, DashboardConfig, LogWatcherConfig,
-    ModelConfig, ModelRaw, PassthroughConfig, ProviderConfig, ProviderRaw, ProxyConfig, ProxyRaw,
-    RateLimitsConfig, RedactionConfig, RetentionConfig, SanitizerConfig, ServerConfig,
-    SessionsConfig, StorageConfig, TimeoutOverrides, Timeouts,
+    MetricsConfig, ModelConfig, ModelRaw, PassthroughConfig, ProviderConfig, ProviderRaw,
+    ProxyConfig, ProxyRaw, RateLimitsConfig, RedactionConfig, RetentionConfig, SanitizerConfig,
+    ServerConfig, SessionsConfig, StorageConfig, TimeoutOverrides, Timeouts,
 };
 use crate::secret::Secret;
 
@@ -34,6 +34,7 @@ const SECTIONS: &[&str] = &[
     "compaction",
     "proxy",
     "passthrough",
+    "metrics",
     "providers",
     "models",
     "auto",
@@ -285,6 +286,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
     let compaction: Option<CompactionConfig> = section(&root, "compaction", &mut issues);
     let proxy: Option<ProxyRaw> = section(&root, "proxy", &mut issues);
     let passthrough: Option<PassthroughConfig> = section(&root, "passthrough", &mut issues);
+    let metrics: Option<MetricsConfig> = section(&root, "metrics", &mut issues);
     if let Some(p) = &passthrough {
         check_passthrough(p, &mut issues);
     }
@@ -738,7 +740,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
         sanitizer,
         compaction,
         proxy,
-        passthrough,
+        (passthrough, metrics),
         timeouts_default,
     ) {
         (
@@ -752,7 +754,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             Some(sanitizer),
             Some(compaction),
             Some(proxy),
-            Some(passthrough),
+            (Some(passthrough), Some(metrics)),
             Some(timeouts),
         ) if issues.is_empty() => Ok(Config {
             server,
@@ -779,6 +781,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 no_proxy: proxy.no_proxy,
             },
             passthrough,
+            metrics,
             providers,
             models,
             auto,

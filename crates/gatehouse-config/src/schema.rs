@@ -25,6 +25,7 @@ pub struct Config {
     pub compaction: CompactionConfig,
     pub proxy: ProxyConfig,
     pub passthrough: PassthroughConfig,
+    pub metrics: MetricsConfig,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: BTreeMap<String, ModelConfig>,
     /// Smart-routing virtual models, by name: `auto/<name>`.
@@ -410,6 +411,30 @@ pub struct ProxyConfig {
     pub outbound_proxy: Option<String>,
     /// Hosts reached directly despite `outbound_proxy` (`NO_PROXY`'s syntax, one per entry).
     pub no_proxy: Vec<String>,
+}
+
+/// Prometheus metrics at `GET /metrics`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// A scraper's bearer token; empty: the admin login under `mode = "keys"`, open otherwise.
+    pub token: String,
+    /// Model × provider label sets; the ones past this are counted under `model="other"`.
+    pub max_series: usize,
+    /// Virtual keys with spend series of their own (the most spent first).
+    pub max_keys: usize,
+}
+
+impl std::fmt::Debug for MetricsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsConfig")
+            .field("enabled", &self.enabled)
+            .field("token", &if self.token.is_empty() { "" } else { "***" })
+            .field("max_series", &self.max_series)
+            .field("max_keys", &self.max_keys)
+            .finish()
+    }
 }
 
 /// Session-less passthrough: `X-Target-Base-URL` names where a request goes, with the client's

@@ -18,6 +18,7 @@ pub mod guard;
 pub mod limits;
 mod listen;
 pub mod login;
+pub mod metrics;
 pub mod origin;
 pub mod routes;
 pub mod serve;

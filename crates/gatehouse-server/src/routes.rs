@@ -64,7 +64,21 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::login::require,
         ));
-    let app = proxy.merge(management);
+    // Outside the login gate: a scraper may use its own token instead (`metrics.rs`).
+    let metrics = Router::new()
+        .route("/metrics", get(crate::metrics::render))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::gate,
+        ));
+    let app =
+        proxy
+            .merge(management)
+            .merge(metrics)
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::metrics::track,
+            ));
     let guard = crate::guard::GuardLayer::shared(state.guard.clone());
     app.fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

@@ -130,6 +130,7 @@ pub async fn run_with(
     }
     let instance_id = uuid::Uuid::now_v7().to_string();
     let state = AppState(Arc::new(Inner {
+        metrics: crate::metrics::Metrics::new(config.metrics.max_series),
         router: Router::new(&config, Some(listen)),
         upstream: Upstream::new(&config, &instance_id)?,
         counter: TokenCounter::new(config.proxy.token_cache_entries),

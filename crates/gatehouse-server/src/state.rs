@@ -71,6 +71,8 @@ pub struct Inner {
     /// Models served by the built-in demo provider (`serve --demo`) are labelled as such.
     pub demo: bool,
     pub started: Instant,
+    /// Counters and histograms for `GET /metrics`.
+    pub metrics: crate::metrics::Metrics,
     /// Requests being proxied right now, from the moment they have a row in the making until
     /// that row is queued (streams count until their last byte).
     pub in_flight: AtomicU64,
@@ -114,6 +116,12 @@ impl Refusals {
         e
     }
 
+    /// Each code and its count, in code order.
+    pub fn counts(&self) -> Vec<(&'static str, u64)> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
     pub fn view(&self) -> serde_json::Value {
         let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         serde_json::json!({
@@ -136,6 +144,9 @@ impl AppState {
     /// What a finished request means for the live view (gauge, alerts, events); returns the
     /// row to hand to the writer.
     pub(crate) fn request_finished(&self, record: RequestRecord) -> WriteOp {
+        if self.config.metrics.enabled {
+            self.metrics.observe(&record);
+        }
         // A side request's or the gateway's own prompt is not the conversation's context.
         let gauge = if (200..300).contains(&record.status)
             && record.error_type.is_none()

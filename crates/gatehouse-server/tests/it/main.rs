@@ -21,6 +21,7 @@ mod limits;
 mod live;
 mod login;
 mod memory;
+mod metrics;
 mod outbound;
 mod passthrough;
 mod privacy;
