@@ -145,14 +145,7 @@ async fn a_plain_http_provider_is_reached_through_the_proxy_with_its_credentials
 #[tokio::test]
 async fn an_https_provider_is_reached_through_a_tunnel_with_tls_inside() {
     let (proxy_addr, seen) = proxy(None).await;
-    let dir = tempfile::tempdir().unwrap();
-    crate::tls::certificate(dir.path());
-    let upstream = TestApp::spawn_with(Options {
-        server_toml: "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n".into(),
-        dir: Some(dir),
-        ..Options::default()
-    })
-    .await;
+    let upstream = crate::tls::tls_upstream().await;
     let port = upstream.addr.port();
     let app = TestApp::spawn_with(Options {
         proxy_toml: format!("outbound_proxy = \"http://{proxy_addr}\"\n"),

@@ -9,7 +9,7 @@ use crate::support::{ADMIN_PASSWORD, Options, TestApp, make_user};
 
 /// A test CA and a server certificate for 127.0.0.1 it signed, in `dir`, made by the
 /// system's openssl (webpki refuses a CA certificate as the server's own); the CA's PEM.
-pub(crate) fn certificate(dir: &std::path::Path) -> Vec<u8> {
+fn certificate(dir: &std::path::Path) -> Vec<u8> {
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)
@@ -240,14 +240,7 @@ async fn behind_a_trusted_https_proxy_the_login_cookies_are_secure() {
 /// platform's roots: one signed by an unknown CA is refused, with a message that says so.
 #[tokio::test]
 async fn https_provider_with_an_untrusted_certificate_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    certificate(dir.path());
-    let upstream = TestApp::spawn_with(Options {
-        server_toml: "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n".into(),
-        dir: Some(dir),
-        ..Options::default()
-    })
-    .await;
+    let upstream = tls_upstream().await;
     let app = TestApp::spawn_with(Options {
         extra_toml: format!(
             "[providers.tlsup]\ntype = \"openai\"\nbase_url = \"https://127.0.0.1:{}/v1\"\napi_key = \"sk-x\"\n",
@@ -265,4 +258,17 @@ async fn https_provider_with_an_untrusted_certificate_is_refused() {
     let message = v["error"]["message"].as_str().unwrap();
     assert!(message.contains("certificate"), "{message}");
     assert!(message.contains("provider `tlsup`"), "{message}");
+}
+
+/// A gateway serving TLS with a certificate from a test CA the platform does not trust: an
+/// https provider whose certificate must be refused.
+pub(crate) async fn tls_upstream() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    certificate(dir.path());
+    TestApp::spawn_with(Options {
+        server_toml: "[server.tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n".into(),
+        dir: Some(dir),
+        ..Options::default()
+    })
+    .await
 }
