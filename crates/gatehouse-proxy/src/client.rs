@@ -106,9 +106,14 @@ impl OutboundProxy {
                 Matcher::from_env()
             }
         };
-        let any = ["http://example.com/", "https://example.com/"]
-            .iter()
-            .any(|u| matcher.intercept(&Uri::from_static(u)).is_some());
+        // Whether any proxy is set at all: asked for a name no `NO_PROXY` lists (`.invalid` is
+        // reserved), so a `NO_PROXY` that lists a real host cannot hide the proxy.
+        let any = [
+            "http://gatehouse-probe.invalid/",
+            "https://gatehouse-probe.invalid/",
+        ]
+        .iter()
+        .any(|u| matcher.intercept(&Uri::from_static(u)).is_some());
         Ok(Self(any.then(|| Arc::new(matcher))))
     }
 
@@ -171,8 +176,12 @@ fn direct(uri: &Uri) -> bool {
         return true;
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
+    let suffix = host
+        .len()
+        .checked_sub(".localhost".len())
+        .and_then(|at| host.as_bytes().get(at..));
     host.eq_ignore_ascii_case("localhost")
-        || host.to_ascii_lowercase().ends_with(".localhost")
+        || suffix.is_some_and(|s| s.eq_ignore_ascii_case(b".localhost"))
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
@@ -213,17 +222,17 @@ impl tower_service::Service<Uri> for Connector {
                 })
             });
         };
-        let guard = self.guard.clone();
-        let host = dst.host().unwrap_or("").to_owned();
+        if let Some(g) = &self.guard
+            && let Err(e) = g.check(dst.host().unwrap_or(""))
+        {
+            return Box::pin(async move { Err(e) });
+        }
         if dst.scheme() == Some(&Scheme::HTTPS) {
             let mut tunnel = Tunnel::new(proxy.uri().clone(), self.http.clone());
             if let Some(auth) = proxy.basic_auth() {
                 tunnel = tunnel.with_auth(auth.clone());
             }
             Box::pin(async move {
-                if let Some(g) = guard {
-                    g.check(&host)?;
-                }
                 let io = tunnel
                     .call(dst)
                     .await
@@ -233,9 +242,6 @@ impl tower_service::Service<Uri> for Connector {
         } else {
             let connecting = self.http.call(proxy.uri().clone());
             Box::pin(async move {
-                if let Some(g) = guard {
-                    g.check(&host)?;
-                }
                 Ok(Conn {
                     io: connecting.await?,
                     proxied: true,
@@ -298,7 +304,8 @@ impl hyper::rt::Write for Conn {
     }
 }
 
-/// The client could not be built (the platform's trust store could not be read).
+/// The client could not be built: the platform's trust store could not be read, or the
+/// outbound proxy's URL is not one it can use.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the upstream HTTP client: {0}")]
 pub struct ClientError(pub(crate) String);
@@ -544,6 +551,13 @@ mod tests {
         assert_eq!(p.describe("http://localhost:11434/v1"), None);
         assert_eq!(p.describe("http://models.internal/v1"), None);
         assert_eq!(p.describe("http://10.1.2.3:8000/v1"), None);
+        // A NO_PROXY that lists some real host leaves the proxy on for the others.
+        let p = OutboundProxy::new(
+            Some("http://proxy.internal:3128"),
+            &["example.com".to_owned()],
+        )?;
+        assert!(p.intercepts("https://api.openai.com/v1"));
+        assert!(!p.intercepts("https://example.com/v1"));
         // An empty URL turns the environment's off; no proxy describes nothing.
         assert_eq!(
             OutboundProxy::new(Some(""), &[])?.describe("https://x.io/"),
