@@ -388,6 +388,21 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
                 ));
             }
         }
+        let known = ["sqlite://", "postgres://", "postgresql://"];
+        if !s.url.is_empty() && !known.iter().any(|k| s.url.starts_with(k)) {
+            issues.push(issue(
+                "storage.url",
+                "must start with sqlite:// or postgres://",
+                Some("leave it empty for the SQLite file in data_dir"),
+            ));
+        }
+        if s.url == "sqlite://" {
+            issues.push(issue(
+                "storage.url",
+                "names no file",
+                Some("sqlite://gatehouse.db is the file in data_dir"),
+            ));
+        }
         if s.sqlite_file.is_empty() {
             issues.push(issue(
                 "storage.sqlite_file",

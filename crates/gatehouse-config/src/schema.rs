@@ -218,6 +218,10 @@ impl AuthMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
+    /// `sqlite://file` (in the data directory) or `postgres://…`; empty: `sqlite_file`.
+    pub url: String,
+    /// Connections of the store's pool; 0 is the engine's default (SQLite 4, PostgreSQL 8).
+    pub pool_size: u32,
     pub sqlite_file: String,
     pub queue_capacity: usize,
     pub batch_size: usize,

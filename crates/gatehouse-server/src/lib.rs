@@ -26,5 +26,5 @@ pub mod state;
 mod stream;
 mod ws;
 
-pub use serve::{RunOptions, ServeError, run, run_with};
+pub use serve::{RunOptions, ServeError, run, run_with, store_url};
 pub use state::AppState;

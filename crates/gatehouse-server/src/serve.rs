@@ -11,7 +11,7 @@ use gatehouse_proxy::{Router, Upstream};
 use gatehouse_services::events::{Event, EventBus, emit};
 use gatehouse_services::logwatch::{LogWatcher, Sink, expand_home};
 use gatehouse_services::{Gauges, LocalBus, Sessions};
-use gatehouse_store::{SqliteStore, Store, StoreError, WriteOp, Writer};
+use gatehouse_store::{Store, StoreError, StoreUrl, WriteOp, Writer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +64,16 @@ pub struct RunOptions {
     pub master_key: Option<String>,
 }
 
+/// The store `[storage]` names: `url`, or else the SQLite file in the data directory.
+pub fn store_url(config: &Config) -> Result<StoreUrl, StoreError> {
+    if config.storage.url.is_empty() {
+        return Ok(StoreUrl::Sqlite(
+            config.server.data_dir.join(&config.storage.sqlite_file),
+        ));
+    }
+    StoreUrl::parse(&config.storage.url, &config.server.data_dir)
+}
+
 /// [`run`] with [`RunOptions`].
 pub async fn run_with(
     listener: TcpListener,
@@ -74,8 +84,9 @@ pub async fn run_with(
 ) -> Result<(), ServeError> {
     let started = Instant::now();
     let listen = listener.local_addr()?;
-    let db_path = config.server.data_dir.join(&config.storage.sqlite_file);
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db_path).await?);
+    let store_url = store_url(&config)?;
+    let store = store_url.open(config.storage.pool_size).await?;
+    tracing::info!(engine = store_url.engine(), at = %store_url.describe(), "store open");
     let (writer, writer_task) = Writer::spawn(
         store.clone(),
         config.storage.queue_capacity,

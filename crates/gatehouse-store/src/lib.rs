@@ -1,12 +1,13 @@
-//! Persistence: the [`Store`] trait, its SQLite implementation with versioned migrations, and
-//! the batching [`writer`] that takes accounting off the request path.
+//! Persistence: the [`Store`] trait, its SQLite and PostgreSQL implementations with versioned
+//! migrations, and the batching [`writer`] that takes accounting off the request path.
 //!
-//! SQL is written with `$N` placeholders so a PostgreSQL implementation can share it.
+//! Both engines run one body of SQL (`shared/store.rs`, written with `$N` placeholders); each
+//! engine module supplies its dialect, its migrations and what only it can do.
 //! Architecture invariant: the proxy path never awaits a database; it hands [`WriteOp`]s to the
 //! writer's bounded queue and moves on.
 
+pub mod postgres;
 pub mod sqlite;
-mod users;
 pub mod writer;
 
 use futures_util::future::BoxFuture;
@@ -18,6 +19,7 @@ use gatehouse_core::record::{
 };
 use serde::Serialize;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use writer::{Writer, WriterHandle};
 
@@ -27,6 +29,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration {version} failed: {source}")]
     Migration { version: i64, source: sqlx::Error },
+    #[error("storage url must start with sqlite:// or postgres:// (got one starting {scheme:?})")]
+    Url { scheme: String },
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
         path: String,
@@ -35,6 +39,83 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Where the record lives, from `[storage] url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// A file; a relative path is inside the data directory.
+    Sqlite(std::path::PathBuf),
+    /// The full connection URL (it may hold a password: never logged, never echoed).
+    Postgres(String),
+}
+
+impl StoreUrl {
+    /// `sqlite://name.db` (in `data_dir`), `sqlite:///abs/path.db`, or `postgres://…` /
+    /// `postgresql://…`.
+    pub fn parse(url: &str, data_dir: &std::path::Path) -> StoreResult<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        match url.strip_prefix("sqlite://") {
+            Some(path) if !path.is_empty() => Ok(Self::Sqlite(data_dir.join(path))),
+            _ => Err(StoreError::Url {
+                // Only the scheme: the rest may be a password.
+                scheme: url
+                    .split("://")
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(16)
+                    .collect(),
+            }),
+        }
+    }
+
+    /// Where it is, for people: the file, or the server and database without user or
+    /// password.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(file) => file.display().to_string(),
+            Self::Postgres(url) => {
+                let rest = url.split_once("://").map_or("", |(_, r)| r);
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+                let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
+                format!("postgres://{rest}")
+            }
+        }
+    }
+
+    /// The engine's name, for `/health` and logs.
+    pub fn engine(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Opens the store, creating and migrating it as needed; `pool_size` 0 is the engine's
+    /// default.
+    pub async fn open(&self, pool_size: u32) -> StoreResult<std::sync::Arc<dyn Store>> {
+        Ok(match self {
+            Self::Sqlite(file) => {
+                let size = if pool_size == 0 {
+                    sqlite::DEFAULT_POOL_SIZE
+                } else {
+                    pool_size
+                };
+                std::sync::Arc::new(SqliteStore::open_with(file, size).await?)
+            }
+            Self::Postgres(url) => {
+                let size = if pool_size == 0 {
+                    postgres::DEFAULT_POOL_SIZE
+                } else {
+                    pool_size
+                };
+                std::sync::Arc::new(PgStore::open(url, size).await?)
+            }
+        })
+    }
+}
 
 /// A change to persist, in the order it happened.
 #[derive(Debug, Clone)]

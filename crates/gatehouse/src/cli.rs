@@ -97,11 +97,11 @@ pub fn main() -> ExitCode {
 }
 
 /// The configuration the database commands read (`--config`, else `./config.toml` when there
-/// is one), with `--data-dir` over it, and the SQLite file it names.
+/// is one), with `--data-dir` over it, and the store it names.
 fn database(
     config: Option<&std::path::Path>,
     data_dir: Option<PathBuf>,
-) -> anyhow::Result<(gatehouse_config::Config, PathBuf)> {
+) -> anyhow::Result<(gatehouse_config::Config, Database)> {
     let default = std::path::Path::new("config.toml");
     let file = config.or_else(|| default.exists().then_some(default));
     let overrides = gatehouse_config::Overrides {
@@ -113,21 +113,48 @@ fn database(
         &gatehouse_config::Env::from_pairs(std::env::vars()),
         &overrides,
     )?;
-    let db = config.server.data_dir.join(&config.storage.sqlite_file);
+    let db = Database {
+        url: gatehouse_server::store_url(&config)?,
+        pool_size: config.storage.pool_size,
+    };
     Ok((config, db))
 }
 
-/// [`database`], refusing when the file is not there yet (commands that only read it).
+/// [`database`], refusing when a SQLite file is not there yet (commands that only read it).
 fn existing_database(
     config: Option<&std::path::Path>,
     data_dir: Option<PathBuf>,
-) -> anyhow::Result<(gatehouse_config::Config, PathBuf)> {
+) -> anyhow::Result<(gatehouse_config::Config, Database)> {
     let (config, db) = database(config, data_dir)?;
-    if !db.exists() {
+    if let gatehouse_store::StoreUrl::Sqlite(file) = &db.url
+        && !file.exists()
+    {
         anyhow::bail!(
             "no database at {}: pass --data-dir (or --config) pointing where `gatehouse serve` keeps it",
-            db.display()
+            file.display()
         );
     }
     Ok((config, db))
+}
+
+/// The store a command works on: the one `gatehouse serve` uses with the same configuration.
+pub(crate) struct Database {
+    pub(crate) url: gatehouse_store::StoreUrl,
+    pool_size: u32,
+}
+
+impl Database {
+    /// Opens it, bringing its schema up to date.
+    pub(crate) async fn open(&self) -> anyhow::Result<std::sync::Arc<dyn gatehouse_store::Store>> {
+        use anyhow::Context;
+        self.url
+            .open(self.pool_size)
+            .await
+            .with_context(|| format!("cannot open the database at {}", self.display()))
+    }
+
+    /// Where it is, without any password.
+    pub(crate) fn display(&self) -> String {
+        self.url.describe()
+    }
 }

@@ -285,12 +285,6 @@ async fn retention_prunes_old_rows_and_idle_sessions_leave_memory() {
         .await;
     assert_eq!(r.status(), 200);
     app.state.writer.flush().await;
-    let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
-        "sqlite:{}",
-        app.db_path().display()
-    ))
-    .await
-    .unwrap();
     let old = gatehouse_core::time::now_ms() - 3 * 86_400_000;
     // Row ids are UUID v7 of the time the row was written, as the writer makes them.
     let id_at = |ms: i64| {
@@ -303,21 +297,13 @@ async fn retention_prunes_old_rows_and_idle_sessions_leave_memory() {
         ))
         .to_string()
     };
-    for i in 0..50 {
-        sqlx::query(
-            "INSERT INTO requests (id, request_id, session_id, created_at, provider, model_key,
-                upstream_model, stream, status, prompt_tokens_est, usage_source, max_context,
-                context_pct, preview, latency_ms, overhead_us, attempts, memory_tokens,
-                chat_tokens, memory_ratio)
-             VALUES ($1, $1, 'kept', $2, 'mock', 'mock/echo', 'echo', 0, 200, 1, 'estimated',
-                4096, 0, 'old', 1, 1, 1, 0, 0, 0)",
-        )
-        .bind(id_at(old + i))
-        .bind(old + i)
-        .execute(&mut c)
-        .await
-        .unwrap();
-    }
+    let rows: Vec<_> = (0..50)
+        .map(|i| {
+            let r = crate::support::stored_row(&id_at(old + i), "kept", old + i);
+            gatehouse_store::WriteOp::InsertRequest(Box::new(r))
+        })
+        .collect();
+    app.state.store.apply(&rows).await.unwrap();
     // Idle for more than 0 hours: out of memory (the active session aside), still listed.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gatehouse_store::{SqliteStore, Store, WriteOp};
+use gatehouse_store::WriteOp;
 use serde_json::{Value, json};
 
 use crate::support::{Options, TestApp, user};
@@ -434,17 +434,14 @@ async fn keys_live_in_the_database_as_digests_and_changes_there_apply() {
     app.state.writer.flush().await;
     let rows = crate::support::rows(&app, &session).await;
     assert_eq!(rows[0]["key_id"], id.as_str());
-    let bytes = std::fs::read(app.db_path()).unwrap();
-    let wal = std::fs::read(app.db_path().with_extension("db-wal")).unwrap_or_default();
-    for b in [&bytes, &wal] {
-        assert!(
-            !b.windows(key.len()).any(|w| w == key.as_bytes()),
-            "the raw key is in the database"
-        );
-    }
+    let stored = app.stored_bytes().await;
+    assert!(
+        !stored.windows(key.len()).any(|w| w == key.as_bytes()),
+        "the raw key is in the database"
+    );
 
     // Blocked from outside the process, as `gatehouse keys block` does.
-    let store = SqliteStore::open(&app.db_path()).await.unwrap();
+    let store = app.open_store().await;
     let (record, _) = store
         .load_keys(0)
         .await
@@ -633,7 +630,7 @@ async fn key_changes_leave_an_audit_trail_with_a_cursor_and_an_intact_chain() {
         .unwrap();
     assert_eq!(r.status(), 400, "limit out of range is the caller's error");
 
-    let store = SqliteStore::open(&app.db_path()).await.unwrap();
+    let store = app.open_store().await;
     let check = store.verify_audit().await.unwrap();
     assert_eq!(check.first_broken, None);
     assert!(check.rows >= 3, "{check:?}");

@@ -274,9 +274,8 @@ async fn a_users_data_is_exported_then_erased_with_the_accounting_kept() {
     // Nothing of her content is left in the database's files.
     app.state.writer.flush().await;
     app.state.store.checkpoint().await.unwrap();
-    let db = std::fs::read(app.db_path()).unwrap();
-    let wal = std::fs::read(app.db_path().with_extension("db-wal")).unwrap_or_default();
-    for (name, bytes) in [("database", &db), ("wal", &wal)] {
+    let stored = app.stored_bytes().await;
+    for (name, bytes) in [("database", &stored)] {
         for needle in [
             "diary-of-ada",
             "ada's private",

@@ -88,7 +88,7 @@ async fn a_key_set_through_the_api_is_sealed_used_at_once_and_kept_across_restar
         (None, "set GATEHOUSE_MASTER_KEY"),
         (Some(OTHER), "but the master key given is"),
     ] {
-        let config = gatehouse_config::load(
+        let mut config = gatehouse_config::load(
             None,
             &gatehouse_config::Env::default(),
             &gatehouse_config::Overrides {
@@ -97,6 +97,7 @@ async fn a_key_set_through_the_api_is_sealed_used_at_once_and_kept_across_restar
             },
         )
         .unwrap();
+        config.storage.url.clone_from(&app.state.config.storage.url);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let options = gatehouse_server::RunOptions {
             demo: false,

@@ -204,28 +204,17 @@ async fn absurd_usage_figures_are_clamped_and_every_sum_saturates() {
     let sid = session_of(&r);
     app.state.writer.flush().await;
     // Rows as an older version wrote them: every figure at i64::MAX.
-    let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
-        "sqlite:{}",
-        app.db_path().display()
-    ))
-    .await
-    .unwrap();
-    for i in 0..3 {
-        sqlx::query(
-            "INSERT INTO requests (id, request_id, session_id, created_at, provider, model_key,
-                upstream_model, stream, status, prompt_tokens_est, prompt_tokens, completion_tokens,
-                usage_source, max_context, context_pct, preview, latency_ms, overhead_us, attempts,
-                memory_tokens, chat_tokens, memory_ratio)
-             VALUES ($1, $1, $2, 1, 'mock', 'mock/echo', 'echo', 0, 200, $3, $3, $3, 'upstream',
-                4096, 0, '', 1, 1, 1, 0, 0, 0)",
-        )
-        .bind(format!("old-{i}"))
-        .bind(&sid)
-        .bind(i64::MAX)
-        .execute(&mut c)
-        .await
-        .unwrap();
-    }
+    let old: Vec<_> = (0..3)
+        .map(|i| {
+            let mut r = crate::support::stored_row(&format!("old-{i}"), &sid, 1);
+            r.prompt_tokens_est = u64::MAX;
+            r.prompt_tokens = Some(u64::MAX);
+            r.completion_tokens = Some(u64::MAX);
+            r.usage_source = gatehouse_core::record::UsageSource::Upstream;
+            gatehouse_store::WriteOp::InsertRequest(Box::new(r))
+        })
+        .collect();
+    app.state.store.apply(&old).await.unwrap();
     for path in [
         "/api/sessions".to_owned(),
         format!("/api/sessions/{sid}"),

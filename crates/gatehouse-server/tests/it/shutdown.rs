@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use gatehouse_core::SessionId;
-use gatehouse_store::{SqliteStore, Store};
 
 use crate::support::{TestApp, streaming, user};
 
@@ -54,7 +53,7 @@ async fn shutdown_under_load_loses_no_rows() {
     // New connections are refused once the server has stopped.
     assert!(app.http.get(app.url("/health")).send().await.is_err());
 
-    let store = SqliteStore::open(&app.db_path()).await.unwrap();
+    let store = app.open_store().await;
     let n = store
         .count_requests(&SessionId::new(session))
         .await
@@ -121,7 +120,7 @@ async fn requests_still_running_when_the_grace_period_ends_are_cut_and_recorded(
         "the waiting request's connection was cut"
     );
 
-    let store = SqliteStore::open(&app.db_path()).await.unwrap();
+    let store = app.open_store().await;
     let rows = store
         .list_requests(&SessionId::new(session), 10, 0)
         .await

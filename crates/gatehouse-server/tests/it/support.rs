@@ -54,6 +54,25 @@ pub struct Options {
     pub master_key: Option<String>,
 }
 
+/// `GATEHOUSE_TEST_STORAGE=postgres://…` runs the suite on PostgreSQL: each gateway in a schema
+/// of its own (kept across a restart on the same data directory), so tests run in parallel.
+fn test_storage(dir: &std::path::Path) -> String {
+    let Some(base) = std::env::var("GATEHOUSE_TEST_STORAGE")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        return String::new();
+    };
+    let marker = dir.join("pg-schema");
+    let schema = std::fs::read_to_string(&marker).unwrap_or_else(|_| {
+        let s = format!("t_{}", uuid::Uuid::now_v7().simple());
+        std::fs::write(&marker, &s).unwrap();
+        s
+    });
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("[storage]\nurl = \"{base}{sep}options[search_path]={schema}\"\n")
+}
+
 impl TestApp {
     pub async fn spawn() -> Self {
         Self::spawn_with(Options::default()).await
@@ -67,8 +86,10 @@ impl TestApp {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let storage = test_storage(dir.path());
         let config_text = format!(
             r#"
+{storage}
 [server]
 data_dir = "{data}"
 max_body_bytes = 65536
@@ -201,8 +222,57 @@ max_context_size = 4096
         format!("http://{}{path}", self.addr)
     }
 
+    /// The SQLite file (tests of SQLite's own behaviour: see [`Self::on_postgres`]).
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("gatehouse.db")
+    }
+
+    /// The suite runs on PostgreSQL (`GATEHOUSE_TEST_STORAGE`).
+    pub fn on_postgres(&self) -> bool {
+        !self.state.config.storage.url.is_empty()
+    }
+
+    /// The store this gateway uses, opened again as another process (the CLI) would.
+    pub async fn open_store(&self) -> std::sync::Arc<dyn gatehouse_store::Store> {
+        gatehouse_server::store_url(&self.state.config)
+            .unwrap()
+            .open(0)
+            .await
+            .unwrap()
+    }
+
+    /// Everything the database holds on disk, for tests that look for what must not be there:
+    /// SQLite's file and its WAL; on PostgreSQL, every row of every table as text.
+    pub async fn stored_bytes(&self) -> Vec<u8> {
+        if !self.on_postgres() {
+            let mut b = std::fs::read(self.db_path()).unwrap();
+            b.extend(std::fs::read(self.db_path().with_extension("db-wal")).unwrap_or_default());
+            return b;
+        }
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&self.state.config.storage.url)
+            .await
+            .unwrap();
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema()",
+        )
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        for t in tables {
+            let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT row_to_json(t)::text FROM \"{t}\" t"
+            )))
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+            for r in rows {
+                out.extend_from_slice(r.as_bytes());
+                out.push(b'\n');
+            }
+        }
+        out
     }
 
     pub async fn chat(&self, body: Value) -> reqwest::Response {
@@ -310,6 +380,51 @@ pub fn client_with_token(token: &str) -> reqwest::Client {
         .default_headers(h)
         .build()
         .unwrap()
+}
+
+/// A request row as the writer stores it (id and request id `id`), for tests that put rows
+/// straight into the store: an older version's, or old ones for the pruner.
+pub fn stored_row(
+    id: &str,
+    session: &str,
+    created_at: i64,
+) -> gatehouse_core::record::RequestRecord {
+    gatehouse_core::record::RequestRecord {
+        row_id: id.to_owned(),
+        id: id.to_owned(),
+        session_id: gatehouse_core::SessionId::new(session.to_owned()),
+        created_at,
+        provider: "mock".into(),
+        model_key: "mock/echo".into(),
+        upstream_model: "echo".into(),
+        stream: false,
+        status: 200,
+        prompt_tokens_est: 1,
+        prompt_tokens: None,
+        completion_tokens: None,
+        cached_tokens: None,
+        reasoning_tokens: None,
+        usage_source: gatehouse_core::record::UsageSource::Estimated,
+        max_context: 4096,
+        context_pct: 0.0,
+        preview: "old".into(),
+        latency_ms: 1,
+        ttfb_ms: None,
+        overhead_us: 1,
+        attempts: 1,
+        finish_reason: None,
+        error_type: None,
+        error_message: None,
+        cost_usd: None,
+        memory_tokens: 0,
+        chat_tokens: 0,
+        memory_ratio: 0.0,
+        routing: None,
+        requested_model: None,
+        purpose: None,
+        key_id: None,
+        team_id: None,
+    }
 }
 
 pub fn user(model: &str, text: &str) -> Value {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gatehouse_store::{SqliteStore, Store, WriteOp};
+use gatehouse_store::WriteOp;
 use serde_json::{Value, json};
 
 use crate::keys::{chat_key, create, error_code, keys_mode};
@@ -320,7 +320,7 @@ async fn a_team_edited_in_the_database_applies_to_a_running_gateway() {
     );
     // As `gatehouse teams block` does.
     app.state.writer.flush().await;
-    let store = SqliteStore::open(&app.db_path()).await.unwrap();
+    let store = app.open_store().await;
     let (mut t, _) = store
         .load_teams(0)
         .await

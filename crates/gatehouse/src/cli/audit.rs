@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use gatehouse_store::{SqliteStore, Store};
 
 #[derive(Args, Debug)]
 pub struct AuditArgs {
@@ -33,9 +32,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let store = SqliteStore::open(&db)
-            .await
-            .with_context(|| format!("cannot open the database at {}", db.display()))?;
+        let store = db.open().await?;
         match args.command {
             AuditCommand::Verify => {
                 let check = store.verify_audit().await?;

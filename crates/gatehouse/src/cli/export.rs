@@ -14,7 +14,7 @@ use clap::{Args, ValueEnum};
 use gatehouse_core::SessionId;
 use gatehouse_core::time::now_ms;
 use gatehouse_services::export::{self, Format};
-use gatehouse_store::{Scope, SqliteStore, Store};
+use gatehouse_store::Scope;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -61,9 +61,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let store = SqliteStore::open(&db)
-            .await
-            .with_context(|| format!("cannot open {}", db.display()))?;
+        let store = db.open().await?;
         let (scope, session) = match &args.session {
             Some(raw) => {
                 let id = SessionId::parse_client(raw)

@@ -11,7 +11,7 @@ use gatehouse_core::record::{KeyRecord, KeySpend};
 use gatehouse_core::time::{now_ms, rfc3339_ms};
 use gatehouse_server::audit::{self, Actor, Change};
 use gatehouse_services::keys::{self, KeyChange, LimitChange};
-use gatehouse_store::{SqliteStore, Store, WriteOp};
+use gatehouse_store::{Store, WriteOp};
 
 #[derive(Args, Debug)]
 pub struct KeysArgs {
@@ -152,7 +152,7 @@ struct Limits {
 }
 
 impl Limits {
-    async fn change(self, store: &SqliteStore, name: Option<String>) -> anyhow::Result<KeyChange> {
+    async fn change(self, store: &dyn Store, name: Option<String>) -> anyhow::Result<KeyChange> {
         let (limits, rest) = self.limits.change(&self.clear);
         let team = match self.team {
             Some(t) => Some(Some(super::teams::find(store, &t).await?.0.id)),
@@ -191,14 +191,12 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let store = SqliteStore::open(&db)
-            .await
-            .with_context(|| format!("cannot open the database at {}", db.display()))?;
-        command(&store, args.command, args.json).await
+        let store = db.open().await?;
+        command(&*store, args.command, args.json).await
     })
 }
 
-async fn command(store: &SqliteStore, cmd: KeysCommand, json: bool) -> anyhow::Result<ExitCode> {
+async fn command(store: &dyn Store, cmd: KeysCommand, json: bool) -> anyhow::Result<ExitCode> {
     let now = now_ms();
     match cmd {
         KeysCommand::Create { name, limits } => {
@@ -263,7 +261,7 @@ async fn command(store: &SqliteStore, cmd: KeysCommand, json: bool) -> anyhow::R
 }
 
 async fn set_blocked(
-    store: &SqliteStore,
+    store: &dyn Store,
     key: &str,
     blocked: bool,
     json: bool,
@@ -283,7 +281,7 @@ async fn set_blocked(
 /// Writes `record` with its audit row, in one transaction: the trail holds exactly the
 /// changes that were made.
 async fn save(
-    store: &SqliteStore,
+    store: &dyn Store,
     action: &str,
     before: Option<&KeyRecord>,
     record: &KeyRecord,
@@ -304,7 +302,7 @@ async fn save(
     Ok(())
 }
 
-async fn live(store: &SqliteStore) -> anyhow::Result<Vec<(KeyRecord, KeySpend)>> {
+async fn live(store: &dyn Store) -> anyhow::Result<Vec<(KeyRecord, KeySpend)>> {
     Ok(store
         .load_keys(0)
         .await?
@@ -314,7 +312,7 @@ async fn live(store: &SqliteStore) -> anyhow::Result<Vec<(KeyRecord, KeySpend)>>
 }
 
 /// A key by id, or by name when exactly one key has it.
-async fn find(store: &SqliteStore, key: &str) -> anyhow::Result<(KeyRecord, KeySpend)> {
+async fn find(store: &dyn Store, key: &str) -> anyhow::Result<(KeyRecord, KeySpend)> {
     let all = live(store).await?;
     if let Some(k) = all.iter().find(|(k, _)| k.id == key) {
         return Ok(k.clone());

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use gatehouse_core::time::now_ms;
-use gatehouse_store::SqliteStore;
 
 #[derive(Args, Debug)]
 pub struct PruneArgs {
@@ -47,10 +46,8 @@ pub fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let store = SqliteStore::open(&db)
-            .await
-            .with_context(|| format!("cannot open {}", db.display()))?;
-        let p = gatehouse_services::retention::prune(&store, &cfg, now_ms(), &|| true).await?;
+        let store = db.open().await?;
+        let p = gatehouse_services::retention::prune(&*store, &cfg, now_ms(), &|| true).await?;
         println!(
             "pruned {} request rows past {} days, {} masked originals past {} days, {} rows over the size cap; the database holds {:.1} MiB ({:.1} MiB file)",
             p.requests,

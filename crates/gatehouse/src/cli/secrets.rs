@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use gatehouse_core::time::now_ms;
 use gatehouse_server::audit::{self, Actor, Change};
 use gatehouse_services::secrets::MasterKey;
-use gatehouse_store::{SqliteStore, Store, StoredProviderKey, WriteOp};
+use gatehouse_store::{StoredProviderKey, WriteOp};
 
 #[derive(Args, Debug)]
 pub struct SecretsArgs {
@@ -66,13 +66,11 @@ pub fn run(args: SecretsArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn rotate(
-    db: &std::path::Path,
+    db: &super::Database,
     old: &MasterKey,
     new: &MasterKey,
 ) -> anyhow::Result<ExitCode> {
-    let store = SqliteStore::open(db)
-        .await
-        .with_context(|| format!("cannot open the database at {}", db.display()))?;
+    let store = db.open().await?;
     let stored = store.provider_keys().await?;
     let now = now_ms();
     let mut ops = Vec::with_capacity(stored.len() + 1);

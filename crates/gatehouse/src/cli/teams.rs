@@ -11,7 +11,7 @@ use gatehouse_core::record::{KeySpend, TeamRecord};
 use gatehouse_core::time::now_ms;
 use gatehouse_server::audit::{self, Actor, Change};
 use gatehouse_services::keys::{self, TeamChange};
-use gatehouse_store::{SqliteStore, Store, WriteOp};
+use gatehouse_store::{Store, WriteOp};
 
 use super::keys::{LimitArgs, metadata};
 
@@ -106,10 +106,8 @@ pub fn run(args: TeamsArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let store = SqliteStore::open(&db)
-            .await
-            .with_context(|| format!("cannot open the database at {}", db.display()))?;
-        command(&store, args.command, args.json).await
+        let store = db.open().await?;
+        command(&*store, args.command, args.json).await
     })
 }
 
@@ -117,7 +115,7 @@ fn person(e: gatehouse_core::ApiError) -> anyhow::Error {
     anyhow::anyhow!("{}", e.message)
 }
 
-async fn command(store: &SqliteStore, cmd: TeamsCommand, json: bool) -> anyhow::Result<ExitCode> {
+async fn command(store: &dyn Store, cmd: TeamsCommand, json: bool) -> anyhow::Result<ExitCode> {
     let now = now_ms();
     match cmd {
         TeamsCommand::Create { name, settings } => {
@@ -185,7 +183,7 @@ fn zero() -> KeySpend {
 }
 
 async fn set_blocked(
-    store: &SqliteStore,
+    store: &dyn Store,
     team: &str,
     blocked: bool,
     json: bool,
@@ -208,7 +206,7 @@ async fn set_blocked(
 
 /// Writes `record` with its audit row, in one transaction.
 async fn save(
-    store: &SqliteStore,
+    store: &dyn Store,
     action: &str,
     before: Option<&TeamRecord>,
     record: &TeamRecord,
@@ -229,7 +227,7 @@ async fn save(
     Ok(())
 }
 
-async fn live(store: &SqliteStore) -> anyhow::Result<Vec<(TeamRecord, KeySpend)>> {
+async fn live(store: &dyn Store) -> anyhow::Result<Vec<(TeamRecord, KeySpend)>> {
     Ok(store
         .load_teams(0)
         .await?
@@ -238,7 +236,7 @@ async fn live(store: &SqliteStore) -> anyhow::Result<Vec<(TeamRecord, KeySpend)>
         .collect())
 }
 
-async fn members(store: &SqliteStore, team_id: &str) -> anyhow::Result<usize> {
+async fn members(store: &dyn Store, team_id: &str) -> anyhow::Result<usize> {
     Ok(store
         .load_keys(0)
         .await?
@@ -248,10 +246,7 @@ async fn members(store: &SqliteStore, team_id: &str) -> anyhow::Result<usize> {
 }
 
 /// A team by id, or by name when exactly one team has it.
-pub(super) async fn find(
-    store: &SqliteStore,
-    team: &str,
-) -> anyhow::Result<(TeamRecord, KeySpend)> {
+pub(super) async fn find(store: &dyn Store, team: &str) -> anyhow::Result<(TeamRecord, KeySpend)> {
     let all = live(store).await?;
     if let Some(t) = all.iter().find(|(t, _)| t.id == team) {
         return Ok(t.clone());
@@ -265,7 +260,7 @@ pub(super) async fn find(
 }
 
 async fn view(
-    store: &SqliteStore,
+    store: &dyn Store,
     t: &TeamRecord,
     s: &KeySpend,
 ) -> anyhow::Result<serde_json::Value> {
@@ -279,7 +274,7 @@ async fn view(
 }
 
 async fn print_one(
-    store: &SqliteStore,
+    store: &dyn Store,
     t: &TeamRecord,
     s: &KeySpend,
     json: bool,
@@ -292,7 +287,7 @@ async fn print_one(
     Ok(())
 }
 
-async fn line(store: &SqliteStore, t: &TeamRecord, s: &KeySpend) -> anyhow::Result<String> {
+async fn line(store: &dyn Store, t: &TeamRecord, s: &KeySpend) -> anyhow::Result<String> {
     let mut parts = vec![t.id.clone(), t.name.clone()];
     if t.blocked {
         parts.push("BLOCKED".into());

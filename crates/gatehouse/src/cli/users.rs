@@ -13,7 +13,7 @@ use gatehouse_core::record::{Role, UserRecord};
 use gatehouse_core::time::{now_ms, rfc3339_ms};
 use gatehouse_server::audit::Actor;
 use gatehouse_services::users;
-use gatehouse_store::{SqliteStore, Store, WriteOp};
+use gatehouse_store::{Store, WriteOp};
 
 #[derive(Args, Debug)]
 pub struct UsersArgs {
@@ -79,10 +79,8 @@ pub fn run(args: UsersArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let store = SqliteStore::open(&db)
-            .await
-            .with_context(|| format!("cannot open the database at {}", db.display()))?;
-        command(&store, args.command).await
+        let store = db.open().await?;
+        command(&*store, args.command).await
     })
 }
 
@@ -109,7 +107,7 @@ fn password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
     }
 }
 
-async fn find(store: &SqliteStore, username: &str) -> anyhow::Result<UserRecord> {
+async fn find(store: &dyn Store, username: &str) -> anyhow::Result<UserRecord> {
     store
         .user_by_name(username)
         .await?
@@ -117,7 +115,7 @@ async fn find(store: &SqliteStore, username: &str) -> anyhow::Result<UserRecord>
 }
 
 async fn save(
-    store: &SqliteStore,
+    store: &dyn Store,
     action: &str,
     before: Option<&UserRecord>,
     user: &UserRecord,
@@ -130,7 +128,7 @@ async fn save(
 }
 
 /// Refuses a change that leaves no admin able to log in.
-async fn keep_an_admin(store: &SqliteStore, changed: &UserRecord) -> anyhow::Result<()> {
+async fn keep_an_admin(store: &dyn Store, changed: &UserRecord) -> anyhow::Result<()> {
     if !users::keeps_an_admin(&store.list_users().await?, changed) {
         bail!(
             "`{}` is the last admin who can log in: make another admin first",
@@ -140,7 +138,7 @@ async fn keep_an_admin(store: &SqliteStore, changed: &UserRecord) -> anyhow::Res
     Ok(())
 }
 
-async fn command(store: &SqliteStore, cmd: UsersCommand) -> anyhow::Result<ExitCode> {
+async fn command(store: &dyn Store, cmd: UsersCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         UsersCommand::Create {
             username,
@@ -278,7 +276,7 @@ async fn command(store: &SqliteStore, cmd: UsersCommand) -> anyhow::Result<ExitC
     Ok(ExitCode::SUCCESS)
 }
 
-async fn set_blocked(store: &SqliteStore, username: &str, blocked: bool) -> anyhow::Result<()> {
+async fn set_blocked(store: &dyn Store, username: &str, blocked: bool) -> anyhow::Result<()> {
     let before = find(store, username).await?;
     let mut user = before.clone();
     user.blocked = blocked;

@@ -1,13 +1,12 @@
-//! The SQL of admin users, their login history and their tokens, and of sealed provider keys
-//! (SQLite), kept apart from the request-path tables in `sqlite.rs`.
+// The SQL of admin users, their login history and their tokens, and of sealed provider keys,
+// kept apart from the request-path tables; `include!`d by `store.rs` for each engine.
 
 use gatehouse_core::record::{LoginEvent, RefreshToken, Role, UserRecord};
-use sqlx::sqlite::{SqliteConnection, SqlitePool, SqliteRow};
-use sqlx::{Connection, Row};
+use sqlx::Row;
 
 use crate::{RefreshUse, StoredProviderKey};
 
-pub(crate) async fn upsert_user(tx: &mut SqliteConnection, u: &UserRecord) -> sqlx::Result<()> {
+pub(crate) async fn upsert_user(tx: &mut DbConn, u: &UserRecord) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO users (id, username, password_hash, role, blocked, created_at, updated_at,
             deleted_at, team_id)
@@ -31,7 +30,7 @@ pub(crate) async fn upsert_user(tx: &mut SqliteConnection, u: &UserRecord) -> sq
     Ok(())
 }
 
-pub(crate) async fn append_login(tx: &mut SqliteConnection, e: &LoginEvent) -> sqlx::Result<()> {
+pub(crate) async fn append_login(tx: &mut DbConn, e: &LoginEvent) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO login_history (id, at, username, user_id, ip, user_agent, outcome, reason)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
@@ -49,10 +48,7 @@ pub(crate) async fn append_login(tx: &mut SqliteConnection, e: &LoginEvent) -> s
     Ok(())
 }
 
-pub(crate) async fn insert_refresh(
-    tx: &mut SqliteConnection,
-    t: &RefreshToken,
-) -> sqlx::Result<()> {
+pub(crate) async fn insert_refresh(tx: &mut DbConn, t: &RefreshToken) -> sqlx::Result<()> {
     // Expired tokens can neither be used nor replayed to any effect: they go as new ones come.
     sqlx::query("DELETE FROM refresh_tokens WHERE expires_at < $1")
         .bind(t.issued_at)
@@ -72,11 +68,7 @@ pub(crate) async fn insert_refresh(
     Ok(())
 }
 
-pub(crate) async fn revoke_family(
-    tx: &mut SqliteConnection,
-    family: &str,
-    at: i64,
-) -> sqlx::Result<()> {
+pub(crate) async fn revoke_family(tx: &mut DbConn, family: &str, at: i64) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE refresh_tokens SET revoked_at = $1 WHERE family = $2 AND revoked_at IS NULL",
     )
@@ -87,11 +79,7 @@ pub(crate) async fn revoke_family(
     Ok(())
 }
 
-pub(crate) async fn revoke_token(
-    tx: &mut SqliteConnection,
-    jti: &str,
-    expires_at: i64,
-) -> sqlx::Result<()> {
+pub(crate) async fn revoke_token(tx: &mut DbConn, jti: &str, expires_at: i64) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
     )
@@ -102,7 +90,7 @@ pub(crate) async fn revoke_token(
     Ok(())
 }
 
-fn user_from_row(r: &SqliteRow) -> sqlx::Result<UserRecord> {
+fn user_from_row(r: &DbRow) -> sqlx::Result<UserRecord> {
     let role: String = r.try_get("role")?;
     Ok(UserRecord {
         id: r.try_get("id")?,
@@ -120,7 +108,7 @@ fn user_from_row(r: &SqliteRow) -> sqlx::Result<UserRecord> {
 
 /// A live (not deleted) user by id or by name.
 pub(crate) async fn find_user(
-    pool: &SqlitePool,
+    pool: &sqlx::Pool<Db>,
     column: &'static str,
     value: &str,
 ) -> sqlx::Result<Option<UserRecord>> {
@@ -138,7 +126,7 @@ pub(crate) async fn find_user(
         .transpose()
 }
 
-pub(crate) async fn list_users(pool: &SqlitePool) -> sqlx::Result<Vec<UserRecord>> {
+pub(crate) async fn list_users(pool: &sqlx::Pool<Db>) -> sqlx::Result<Vec<UserRecord>> {
     sqlx::query("SELECT * FROM users WHERE deleted_at IS NULL ORDER BY created_at")
         .fetch_all(pool)
         .await?
@@ -151,17 +139,21 @@ pub(crate) async fn list_users(pool: &SqlitePool) -> sqlx::Result<Vec<UserRecord
 /// whose family was revoked) revokes the family, so a stolen token dies with its thief's first
 /// try or the owner's next refresh, whichever comes second.
 pub(crate) async fn use_refresh(
-    pool: &SqlitePool,
+    pool: &sqlx::Pool<Db>,
     jti: &str,
     now_ms: i64,
 ) -> sqlx::Result<RefreshUse> {
     let mut conn = pool.acquire().await?;
-    // IMMEDIATE: the read and the update below see no other writer in between.
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    let row = sqlx::query("SELECT * FROM refresh_tokens WHERE jti = $1")
-        .bind(jti)
-        .fetch_optional(&mut *tx)
-        .await?;
+    // The read and the update below see no other writer in between: SQLite's write lock from
+    // the start, PostgreSQL's lock on the row.
+    let mut tx = begin_write(&mut conn).await?;
+    let row = sqlx::query(concat!(
+        "SELECT * FROM refresh_tokens WHERE jti = $1",
+        for_update!()
+    ))
+    .bind(jti)
+    .fetch_optional(&mut *tx)
+    .await?;
     let Some(row) = row else {
         tx.commit().await?;
         return Ok(RefreshUse::Unknown);
@@ -195,7 +187,7 @@ pub(crate) async fn use_refresh(
 }
 
 pub(crate) async fn revoked_tokens(
-    pool: &SqlitePool,
+    pool: &sqlx::Pool<Db>,
     now_ms: i64,
 ) -> sqlx::Result<Vec<(String, i64)>> {
     sqlx::query("SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > $1")
@@ -208,7 +200,7 @@ pub(crate) async fn revoked_tokens(
 }
 
 pub(crate) async fn login_history(
-    pool: &SqlitePool,
+    pool: &sqlx::Pool<Db>,
     username: Option<&str>,
     before_id: Option<&str>,
     limit: u32,
@@ -241,10 +233,7 @@ pub(crate) async fn login_history(
     .collect()
 }
 
-pub(crate) async fn set_provider_key(
-    tx: &mut SqliteConnection,
-    k: &StoredProviderKey,
-) -> sqlx::Result<()> {
+pub(crate) async fn set_provider_key(tx: &mut DbConn, k: &StoredProviderKey) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO provider_keys (provider, sealed, last4, updated_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (provider) DO UPDATE SET sealed = excluded.sealed, last4 = excluded.last4,
@@ -259,7 +248,7 @@ pub(crate) async fn set_provider_key(
     Ok(())
 }
 
-pub(crate) async fn provider_keys(pool: &SqlitePool) -> sqlx::Result<Vec<StoredProviderKey>> {
+pub(crate) async fn provider_keys(pool: &sqlx::Pool<Db>) -> sqlx::Result<Vec<StoredProviderKey>> {
     sqlx::query("SELECT * FROM provider_keys ORDER BY provider")
         .fetch_all(pool)
         .await?
