@@ -30,7 +30,7 @@ fn main() -> ExitCode {
             "usage: gatehouse-bench load --url URL --body FILE [--concurrency N] [--duration S] \
              [--stream] [--requests-per-conn K] [--stall-ms MS] [--auth TOKEN] [--label L]\n       \
              gatehouse-bench tokens --corpus DIR [--rounds N]\n       \
-             gatehouse-bench writer [--rows N] [--keep DIR]\n       \
+             gatehouse-bench writer [--rows N] [--keep DIR] [--url postgres://…]\n       \
              gatehouse-bench watch --url ws://HOST:PORT/ws [--duration S]"
                 .to_owned(),
         ),

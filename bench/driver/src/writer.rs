@@ -1,12 +1,13 @@
-//! Accounting writer throughput: rows pushed through the bounded queue into a fresh SQLite file,
-//! with the gateway's default queue, batch size and commit delay.
+//! Accounting writer throughput: rows pushed through the bounded queue into a fresh SQLite file
+//! (or, with `--url postgres://…`, a fresh schema there), with the gateway's default queue,
+//! batch size and commit delay.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gatehouse_core::SessionId;
 use gatehouse_core::record::{RequestRecord, UsageSource};
-use gatehouse_store::{SqliteStore, Store, WriteOp, Writer};
+use gatehouse_store::{Store, StoreUrl, WriteOp, Writer};
 use serde_json::json;
 
 use crate::flag;
@@ -26,11 +27,11 @@ pub fn main(args: &[String]) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let result = runtime.block_on(async {
-        let store = Arc::new(
-            SqliteStore::open(&dir.join("gatehouse.db"))
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+        let url = match flag(args, "--url") {
+            Some(u) => StoreUrl::parse(u, &dir).map_err(|e| e.to_string())?,
+            None => StoreUrl::Sqlite(dir.join("gatehouse.db")),
+        };
+        let store: Arc<dyn Store> = url.open(0).await.map_err(|e| e.to_string())?;
         let (writer, task) = Writer::spawn(store.clone(), 65_536, 512, Duration::from_millis(20));
         let session = SessionId::new("bench");
         store
@@ -51,7 +52,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
         let _ = task.await;
         let secs = t.elapsed().as_secs_f64();
         let stored = store.count_requests(&session).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(json!({"rows": rows, "stored": stored, "seconds": secs, "rows_per_s": rows as f64 / secs}))
+        Ok::<_, String>(json!({"engine": url.engine(), "rows": rows, "stored": stored, "seconds": secs, "rows_per_s": rows as f64 / secs}))
     });
     if keep.is_none() {
         let _ = std::fs::remove_dir_all(&dir);

@@ -492,4 +492,6 @@ pub trait Store: Send + Sync + 'static {
     fn provider_keys(&self) -> BoxFuture<'_, StoreResult<Vec<StoredProviderKey>>>;
     /// Cheap liveness probe for `/health/ready`.
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
+    /// The newest migration applied (`gatehouse migrate` reports it).
+    fn schema_version(&self) -> BoxFuture<'_, StoreResult<i64>>;
 }

@@ -259,7 +259,132 @@ async fn migrate(conn: &mut PgConnection) -> StoreResult<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::wanted_schema;
+    use super::*;
+
+    /// A fresh schema in the machine's PostgreSQL (`GATEHOUSE_TEST_STORAGE` or the default
+    /// `test` database): a real server, as in CI.
+    fn fresh_url() -> String {
+        let base = std::env::var("GATEHOUSE_TEST_STORAGE")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+        format!("{base}{sep}options[search_path]={schema}")
+    }
+
+    fn audit_row(id: &str) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
+            id: id.into(),
+            at: 1,
+            actor: "user:root".into(),
+            ip: None,
+            user_agent: None,
+            action: "key.create".into(),
+            target: Some(format!("key:{id}")),
+            before: None,
+            after: None,
+            outcome: "ok".into(),
+            prev_hash: String::new(),
+            hash: String::new(),
+            erased: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn instances_starting_together_migrate_once_and_share_one_audit_chain() {
+        let url = fresh_url();
+        let opened = futures_util::future::join_all((0..4).map(|_| PgStore::open(&url, 2))).await;
+        let stores: Vec<PgStore> = opened.into_iter().map(|s| s.unwrap()).collect();
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _migrations")
+            .fetch_all(&stores[0].pool)
+            .await
+            .unwrap();
+        assert_eq!(applied, vec![17], "each migration once");
+        assert_eq!(stores[1].schema_version().await.unwrap(), 17);
+        assert!(PgStore::pending(&url).await.unwrap().is_empty());
+
+        // Appends from every instance at once: one chain, no fork, no gap.
+        let writes = stores.iter().enumerate().flat_map(|(i, s)| {
+            (0..10).map(move |n| {
+                let op = WriteOp::AppendAudit(Box::new(audit_row(&format!("a{i}-{n}"))));
+                async move { s.apply(std::slice::from_ref(&op)).await }
+            })
+        });
+        for r in futures_util::future::join_all(writes).await {
+            r.unwrap();
+        }
+        let check = stores[2].verify_audit().await.unwrap();
+        assert_eq!((check.rows, &check.first_broken), (40, &None), "{check:?}");
+    }
+
+    #[tokio::test]
+    async fn a_row_that_breaks_a_constraint_is_dropped_alone() {
+        let store = PgStore::open(&fresh_url(), 2).await.unwrap();
+        let session = gatehouse_core::SessionId::new("s".to_owned());
+        let row = |id: &str| RequestRecord {
+            row_id: id.into(),
+            id: id.into(),
+            session_id: session.clone(),
+            created_at: 1,
+            provider: "p".into(),
+            model_key: "p/m".into(),
+            upstream_model: "m".into(),
+            stream: true,
+            status: 200,
+            prompt_tokens_est: 3,
+            prompt_tokens: Some(2),
+            completion_tokens: Some(1),
+            cached_tokens: None,
+            reasoning_tokens: None,
+            usage_source: UsageSource::Upstream,
+            max_context: 10,
+            context_pct: 30.0,
+            preview: "hi".into(),
+            latency_ms: 1,
+            ttfb_ms: None,
+            overhead_us: 1,
+            attempts: 1,
+            finish_reason: None,
+            error_type: None,
+            error_message: None,
+            cost_usd: Some(0.5),
+            memory_tokens: 0,
+            chat_tokens: 0,
+            memory_ratio: 0.0,
+            routing: None,
+            requested_model: None,
+            purpose: None,
+            key_id: None,
+            team_id: None,
+        };
+        let key = |id: &str, digest: &str| KeyRecord {
+            digest: digest.into(),
+            ..serde_json::from_value(serde_json::json!({
+                "id": id, "name": id, "digest": "", "prefix": "gh-", "last4": "abcd",
+                "created_at": 1, "updated_at": 1, "models": [], "blocked": false, "metadata": {}
+            }))
+            .unwrap()
+        };
+        // The second key reuses the first's digest (UNIQUE): it alone is refused; the rows on
+        // either side of it, in the same batch, are written.
+        let ops = vec![
+            WriteOp::InsertRequest(Box::new(row("r1"))),
+            WriteOp::UpsertKey(Box::new(key("k1", "d1"))),
+            WriteOp::UpsertKey(Box::new(key("k2", "d1"))),
+            WriteOp::InsertRequest(Box::new(row("r2"))),
+        ];
+        let applied = store.apply(&ops).await.unwrap();
+        assert_eq!(applied.dropped, 1);
+        assert_eq!(store.count_requests(&session).await.unwrap(), 2);
+        assert_eq!(store.load_keys(0).await.unwrap().len(), 1);
+        let stats = store.session_stats(&session).await.unwrap();
+        assert_eq!(
+            (stats.cumulative_input_tokens, stats.cost_usd),
+            (4, Some(1.0))
+        );
+    }
 
     #[test]
     fn the_first_plain_schema_of_the_search_path_is_created() {

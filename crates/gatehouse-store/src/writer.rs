@@ -142,7 +142,8 @@ impl Writer {
         // A thread and a runtime of its own: on the request runtime, under full load, the
         // writer waited behind every request task at each of its awaits, its rows aged past
         // `linger` and a `kill -9` lost more than one window; and its statement building took
-        // turns from requests. The runtime has timers only: the database is sqlx's threads.
+        // turns from requests. Timers and IO: SQLite is sqlx's threads, but PostgreSQL is
+        // sockets, and a connection the pool opens for the writer is registered on this runtime.
         let task = on_own_thread(work);
         (
             WriterHandle {
@@ -237,7 +238,7 @@ impl WriterHandle {
 /// stops too, as a task of that runtime would.
 fn on_own_thread(work: impl Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
     let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
     {
         Ok(rt) => rt,

@@ -62,6 +62,9 @@ enum Command {
     Export(export::ExportArgs),
     /// Delete old rows now, as the server's retention does every few minutes.
     Prune(prune::PruneArgs),
+    /// Bring the store's schema up to date (`serve` does too, at start); safe to run from
+    /// several instances at once.
+    Migrate(StoreArgs),
     /// Show what redaction would replace in files (places and kinds, never the secrets).
     Scan(scan::ScanArgs),
     /// Print the version.
@@ -81,6 +84,7 @@ pub fn main() -> ExitCode {
         Command::Audit(args) => audit::run(args),
         Command::Export(args) => export::run(args),
         Command::Prune(args) => prune::run(args),
+        Command::Migrate(args) => migrate(args),
         Command::Scan(args) => scan::run(args),
         Command::Version => {
             println!("gatehouse {}", env!("CARGO_PKG_VERSION"));
@@ -135,6 +139,35 @@ fn existing_database(
         );
     }
     Ok((config, db))
+}
+
+#[derive(clap::Args, Debug)]
+struct StoreArgs {
+    /// Config file, to find the store (`[storage] url`, or the SQLite file in `data_dir`).
+    #[arg(long, short, env = "GATEHOUSE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory of the SQLite database, overriding the config.
+    #[arg(long, env = "GATEHOUSE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+fn migrate(args: StoreArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let (_, db) = database(args.config.as_deref(), args.data_dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let store = db.open().await?;
+        let version = store.schema_version().await?;
+        println!(
+            "the {} store at {} is at schema version {version}",
+            db.url.engine(),
+            db.display()
+        );
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// The store a command works on: the one `gatehouse serve` uses with the same configuration.

@@ -719,3 +719,70 @@ fn teams_hold_keys_and_refuse_deletion_while_they_do() {
         "{out:?}"
     );
 }
+
+#[test]
+fn migrate_and_the_cli_work_on_the_store_the_config_names_postgres_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gatehouse()
+        .args(["migrate", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("sqlite store") && stdout.contains("schema version 17"),
+        "{stdout}"
+    );
+
+    // A PostgreSQL url (with a password) in the config: the CLI's commands use it, and no
+    // output shows the password.
+    let base = std::env::var("GATEHOUSE_TEST_STORAGE")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "postgres://postgres:s3cret-pw@127.0.0.1:5432/test".to_owned());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let schema = format!("t_cli_{nanos}");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let config = dir.path().join("pg.toml");
+    std::fs::write(
+        &config,
+        format!("[storage]\nurl = \"{base}{sep}options[search_path]={schema}\"\n"),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        gatehouse()
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("USER", "ops")
+            .output()
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let out = run(&["migrate"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            stdout.contains("postgres store at postgres://127.0.0.1:5432/test")
+                && stdout.contains("schema version 17")
+                && !stdout.contains("s3cret"),
+            "{stdout}"
+        );
+    }
+    let out = run(&["keys", "create", "--name", "pg-ci", "--rpm", "10"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["keys", "list"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("pg-ci"),
+        "{out:?}"
+    );
+    let out = run(&["audit", "verify"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("intact: 1 rows"),
+        "{out:?}"
+    );
+}

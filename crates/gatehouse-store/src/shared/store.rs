@@ -1826,6 +1826,16 @@ impl Store for DbStore {
         Box::pin(async move { Ok(users::provider_keys(&self.pool).await?) })
     }
 
+    fn schema_version(&self) -> BoxFuture<'_, StoreResult<i64>> {
+        Box::pin(async move {
+            Ok(
+                sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM _migrations")
+                    .fetch_one(&self.pool)
+                    .await?,
+            )
+        })
+    }
+
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             sqlx::query("SELECT 1").execute(&self.pool).await?;
