@@ -492,6 +492,8 @@ pub trait Store: Send + Sync + 'static {
     fn provider_keys(&self) -> BoxFuture<'_, StoreResult<Vec<StoredProviderKey>>>;
     /// Cheap liveness probe for `/health/ready`.
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>>;
+    /// `sqlite` or `postgres`, for `/health`.
+    fn engine(&self) -> &'static str;
     /// The newest migration applied (`gatehouse migrate` reports it).
     fn schema_version(&self) -> BoxFuture<'_, StoreResult<i64>>;
 }

@@ -66,6 +66,8 @@ macro_rules! for_update {
 
 include!("shared/store.rs");
 
+const ENGINE: &str = "postgres";
+
 /// A failed statement aborts the whole transaction: constraint failures are retried under
 /// savepoints (`apply_batch_in`'s careful pass).
 const FAILED_STATEMENT_ABORTS: bool = true;
@@ -139,6 +141,10 @@ impl PgStore {
         migrated?;
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(1))
+            // With the server gone, a caller hears so in seconds (the writer keeps its rows
+            // queued and retries; `/health` says the database is down) rather than after
+            // sqlx's default 30 s.
+            .acquire_timeout(std::time::Duration::from_secs(3))
             .connect_with(options)
             .await?;
         Ok(Self { pool })

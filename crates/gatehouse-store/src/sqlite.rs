@@ -147,6 +147,8 @@ macro_rules! for_update {
 
 include!("shared/store.rs");
 
+const ENGINE: &str = "sqlite";
+
 /// SQLite undoes just the failed statement; the transaction goes on.
 const FAILED_STATEMENT_ABORTS: bool = false;
 

@@ -13,7 +13,7 @@ use crate::state::AppState;
 
 pub async fn health(State(st): State<AppState>) -> Response {
     let stats = st.writer.stats();
-    let db_ok = st.store.ping().await.is_ok() && stats.writable();
+    let db_ok = ping(&st).await && stats.writable();
     let providers = &st.config.providers;
     let status = if db_ok { "ok" } else { "degraded" };
     let body = json!({
@@ -36,7 +36,7 @@ pub async fn health(State(st): State<AppState>) -> Response {
         "refused_host": st.guard.refused.load(Ordering::Relaxed),
         "database": {
             "ok": db_ok,
-            "engine": "sqlite",
+            "engine": st.store.engine(),
             "writable": stats.writable(),
             "last_error": stats.last_error(),
         },
@@ -81,6 +81,14 @@ pub async fn health(State(st): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// The database answers within a second: a probe must not hang on a server that is gone.
+async fn ping(st: &AppState) -> bool {
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), st.store.ping()).await,
+        Ok(Ok(()))
+    )
+}
+
 pub async fn live() -> Json<serde_json::Value> {
     Json(json!({ "status": "alive" }))
 }
@@ -88,7 +96,7 @@ pub async fn live() -> Json<serde_json::Value> {
 pub async fn ready(State(st): State<AppState>) -> Response {
     let shutting_down = st.shutting_down.load(Ordering::Relaxed);
     let writable = st.writer.stats().writable();
-    let db_ok = writable && st.store.ping().await.is_ok();
+    let db_ok = writable && ping(&st).await;
     if db_ok && !shutting_down {
         (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response()
     } else {

@@ -1826,6 +1826,10 @@ impl Store for DbStore {
         Box::pin(async move { Ok(users::provider_keys(&self.pool).await?) })
     }
 
+    fn engine(&self) -> &'static str {
+        ENGINE
+    }
+
     fn schema_version(&self) -> BoxFuture<'_, StoreResult<i64>> {
         Box::pin(async move {
             Ok(
