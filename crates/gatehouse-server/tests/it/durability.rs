@@ -254,3 +254,102 @@ async fn a_disk_full_from_the_start_under_concurrent_load_loses_no_row() {
     }
     space_back_and_every_row_written(app, &filler, &db, sent).await;
 }
+
+/// A TCP path to PostgreSQL that the test can cut (every connection through it dropped, new
+/// ones refused) and restore: the server going away, as a restart or a network fault does.
+struct Cuttable {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Cuttable {
+    async fn to(target: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (o, l, target) = (open.clone(), links.clone(), target.to_owned());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let target = target.clone();
+                let link = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                l.lock().unwrap().push(link.abort_handle());
+            }
+        });
+        Self { port, open, links }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for l in self.links.lock().unwrap().drain(..) {
+            l.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// PostgreSQL gone under load: proxying goes on, `/health` says the database is down, rows
+/// wait in the queue; back, every row is written once.
+#[tokio::test]
+async fn postgres_down_delays_rows_and_loses_none() {
+    let Some(base) = std::env::var("GATEHOUSE_TEST_STORAGE")
+        .ok()
+        .filter(|v| v.starts_with("postgres"))
+    else {
+        return; // the suite's PostgreSQL pass runs it
+    };
+    // The suite's server, reached through a path the test can cut.
+    let rest = base.split_once('@').map_or("", |(_, r)| r);
+    let (hostport, db) = rest.split_once('/').unwrap();
+    let db = db.split('?').next().unwrap();
+    let link = Cuttable::to(hostport).await;
+    let user = base
+        .split_once("://")
+        .and_then(|(_, r)| r.split_once('@'))
+        .map_or("postgres", |(u, _)| u);
+    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let direct = format!("postgres://{user}@{hostport}/{db}?options[search_path]={schema}");
+    let app = TestApp::spawn_with(Options {
+        storage_url: Some(format!(
+            "postgres://{user}@127.0.0.1:{}/{db}?options[search_path]={schema}",
+            link.port
+        )),
+        ..Options::default()
+    })
+    .await;
+    let mut sent = send(&app, 3).await;
+    app.state.writer.flush().await;
+
+    link.cut();
+    sent += send(&app, 20).await;
+    wait_ready(&app, false, Duration::from_secs(15)).await;
+    let h = app.get_json_any("/health").await;
+    assert_eq!(h["database"]["ok"], false, "{h}");
+    assert_eq!(h["database"]["engine"], "postgres", "{h}");
+    sent += send(&app, 5).await;
+
+    link.restore();
+    wait_ready(&app, true, Duration::from_secs(30)).await;
+    app.state.writer.flush().await;
+    let mut c = sqlx::PgConnection::connect(&direct).await.unwrap();
+    let (rows, ids): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT request_id) FROM requests")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert_eq!((rows, ids), (sent as i64, sent as i64));
+    let h = app.get_json_any("/health").await;
+    assert_eq!(h["accounting"]["lost"], 0, "{h}");
+}

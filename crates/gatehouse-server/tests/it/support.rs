@@ -52,6 +52,8 @@ pub struct Options {
     pub dir: Option<tempfile::TempDir>,
     /// The master key of stored provider keys (`GATEHOUSE_MASTER_KEY` for the binary).
     pub master_key: Option<String>,
+    /// `[storage] url` instead of the suite's engine.
+    pub storage_url: Option<String>,
 }
 
 /// `GATEHOUSE_TEST_STORAGE=postgres://…` runs the suite on PostgreSQL: each gateway in a schema
@@ -86,7 +88,10 @@ impl TestApp {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let storage = test_storage(dir.path());
+        let storage = match &opts.storage_url {
+            Some(url) => format!("[storage]\nurl = \"{url}\"\n"),
+            None => test_storage(dir.path()),
+        };
         let config_text = format!(
             r#"
 {storage}
