@@ -6,6 +6,7 @@
 //! Architecture invariant: the proxy path never awaits a database; it hands [`WriteOp`]s to the
 //! writer's bounded queue and moves on.
 
+pub mod copy;
 pub mod postgres;
 pub mod sqlite;
 pub mod writer;
@@ -31,6 +32,8 @@ pub enum StoreError {
     Migration { version: i64, source: sqlx::Error },
     #[error("storage url must start with sqlite:// or postgres:// (got one starting {scheme:?})")]
     Url { scheme: String },
+    #[error("{0}")]
+    Copy(String),
     #[error("cannot create data directory {path}: {source}")]
     DataDir {
         path: String,

@@ -105,7 +105,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 type Db = Sqlite;

@@ -65,6 +65,19 @@ enum Command {
     /// Bring the store's schema up to date (`serve` does too, at start); safe to run from
     /// several instances at once.
     Migrate(StoreArgs),
+    /// Copy every row of a SQLite store into an empty PostgreSQL one (the audit chain still
+    /// verifies there): `--from sqlite://gatehouse.db --to postgres://…`.
+    MigrateData {
+        /// The SQLite store: `sqlite://FILE` (relative to `--data-dir`) or a path.
+        #[arg(long)]
+        from: String,
+        /// The PostgreSQL store, empty (a new database or schema).
+        #[arg(long)]
+        to: String,
+        /// Where a relative `sqlite://` file is.
+        #[arg(long, env = "GATEHOUSE_DATA_DIR", default_value = ".")]
+        data_dir: PathBuf,
+    },
     /// Show what redaction would replace in files (places and kinds, never the secrets).
     Scan(scan::ScanArgs),
     /// Print the version.
@@ -85,6 +98,7 @@ pub fn main() -> ExitCode {
         Command::Export(args) => export::run(args),
         Command::Prune(args) => prune::run(args),
         Command::Migrate(args) => migrate(args),
+        Command::MigrateData { from, to, data_dir } => migrate_data(&from, &to, &data_dir),
         Command::Scan(args) => scan::run(args),
         Command::Version => {
             println!("gatehouse {}", env!("CARGO_PKG_VERSION"));
@@ -167,6 +181,52 @@ fn migrate(args: StoreArgs) -> anyhow::Result<ExitCode> {
             db.display()
         );
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn migrate_data(from: &str, to: &str, data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    use gatehouse_store::StoreUrl;
+    let from_url = if from.contains("://") {
+        StoreUrl::parse(from, data_dir)?
+    } else {
+        StoreUrl::Sqlite(data_dir.join(from))
+    };
+    let (StoreUrl::Sqlite(file), StoreUrl::Postgres(url)) =
+        (&from_url, StoreUrl::parse(to, data_dir)?)
+    else {
+        anyhow::bail!("migrate-data copies a sqlite:// store into a postgres:// one");
+    };
+    if !file.exists() {
+        anyhow::bail!("no database at {}", file.display());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let target = StoreUrl::Postgres(url.clone()).describe();
+    runtime.block_on(async move {
+        let copied = gatehouse_store::copy::sqlite_to_postgres(file, &url)
+            .await
+            .with_context(|| format!("cannot copy {} into {target}", file.display()))?;
+        for (table, n) in &copied {
+            println!("{table}: {n} rows");
+        }
+        let store = StoreUrl::Postgres(url).open(1).await?;
+        let check = store.verify_audit().await?;
+        match check.first_broken {
+            None => {
+                println!(
+                    "copied into {target}; the audit trail verifies there ({} rows)",
+                    check.rows
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Some((seq, why)) => {
+                println!("copied into {target}, but its audit trail breaks at row {seq}: {why}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
     })
 }
 

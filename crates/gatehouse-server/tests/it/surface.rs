@@ -88,7 +88,11 @@ async fn health_endpoints() {
     let v = app.get_json("/health").await;
     assert_eq!(v["status"], "ok");
     assert_eq!(v["database"]["ok"], true);
-    let engine = if app.on_postgres() { "postgres" } else { "sqlite" };
+    let engine = if app.on_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
     assert_eq!(v["database"]["engine"], engine);
     assert_eq!(app.get_json("/health/live").await["status"], "alive");
     assert_eq!(app.get_json("/health/ready").await["status"], "ready");
