@@ -30,7 +30,7 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration {version} failed: {source}")]
     Migration { version: i64, source: sqlx::Error },
-    #[error("storage url must start with sqlite:// or postgres:// (got one starting {scheme:?})")]
+    #[error("storage url must start with sqlite:// or postgres:// (this one starts \"{scheme}\")")]
     Url { scheme: String },
     #[error("{0}")]
     Copy(String),
@@ -499,4 +499,35 @@ pub trait Store: Send + Sync + 'static {
     fn engine(&self) -> &'static str;
     /// The newest migration applied (`gatehouse migrate` reports it).
     fn schema_version(&self) -> BoxFuture<'_, StoreResult<i64>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{StoreError, StoreUrl};
+    use std::path::Path;
+
+    #[test]
+    fn urls_name_an_engine_and_describe_it_without_the_password() {
+        let dir = Path::new("/data");
+        assert_eq!(
+            StoreUrl::parse("sqlite://g.db", dir).unwrap(),
+            StoreUrl::Sqlite(dir.join("g.db"))
+        );
+        assert_eq!(
+            StoreUrl::parse("sqlite:///var/g.db", dir).unwrap(),
+            StoreUrl::Sqlite("/var/g.db".into())
+        );
+        let pg =
+            StoreUrl::parse("postgres://gh:pa@ss@db:5432/gh?options[search_path]=x", dir).unwrap();
+        assert_eq!(pg.engine(), "postgres");
+        assert_eq!(pg.describe(), "postgres://db:5432/gh");
+        let e = StoreUrl::parse("mysql://root:hunter2@db/gh", dir).unwrap_err();
+        assert!(matches!(e, StoreError::Url { .. }));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("\"mysql\"") && !msg.contains("hunter2"),
+            "{msg}"
+        );
+        assert!(StoreUrl::parse("sqlite://", dir).is_err());
+    }
 }
