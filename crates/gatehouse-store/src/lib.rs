@@ -62,14 +62,17 @@ impl StoreUrl {
         match url.strip_prefix("sqlite://") {
             Some(path) if !path.is_empty() => Ok(Self::Sqlite(data_dir.join(path))),
             _ => Err(StoreError::Url {
-                // Only the scheme: the rest may be a password.
+                // Only a scheme that reads as one: without `://`, the text may be a password.
                 scheme: url
-                    .split("://")
-                    .next()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(16)
-                    .collect(),
+                    .split_once("://")
+                    .map(|(scheme, _)| scheme)
+                    .filter(|s| {
+                        s.len() <= 16
+                            && s.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+                    })
+                    .unwrap_or("no scheme")
+                    .to_owned(),
             }),
         }
     }
@@ -529,5 +532,9 @@ mod tests {
             "{msg}"
         );
         assert!(StoreUrl::parse("sqlite://", dir).is_err());
+        let e = StoreUrl::parse("gh:hunter2@db", dir)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"no scheme\"") && !e.contains("hunter2"), "{e}");
     }
 }

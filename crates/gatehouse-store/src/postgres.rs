@@ -256,11 +256,15 @@ async fn migrate(conn: &mut PgConnection) -> StoreResult<()> {
         Ok::<_, StoreError>(())
     };
     let r = run.await;
-    sqlx::query("SELECT pg_advisory_unlock(hashtext($1 || '.gatehouse.migrate'))")
+    // A migration's own error comes first; a failed unlock only means the lock goes with the
+    // connection, which `open` closes next.
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtext($1 || '.gatehouse.migrate'))")
         .bind(&schema)
         .execute(&mut *conn)
-        .await?;
-    r
+        .await;
+    r?;
+    unlocked?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -192,9 +192,9 @@ fn migrate_data(from: &str, to: &str, data_dir: &std::path::Path) -> anyhow::Res
     } else {
         StoreUrl::Sqlite(data_dir.join(from))
     };
-    let (StoreUrl::Sqlite(file), StoreUrl::Postgres(url)) =
-        (&from_url, StoreUrl::parse(to, data_dir)?)
-    else {
+    let to_url = StoreUrl::parse(to, data_dir)?;
+    let target = to_url.describe();
+    let (StoreUrl::Sqlite(file), StoreUrl::Postgres(url)) = (&from_url, &to_url) else {
         anyhow::bail!("migrate-data copies a sqlite:// store into a postgres:// one");
     };
     if !file.exists() {
@@ -204,15 +204,14 @@ fn migrate_data(from: &str, to: &str, data_dir: &std::path::Path) -> anyhow::Res
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let target = StoreUrl::Postgres(url.clone()).describe();
-    runtime.block_on(async move {
-        let copied = gatehouse_store::copy::sqlite_to_postgres(file, &url)
+    runtime.block_on(async {
+        let copied = gatehouse_store::copy::sqlite_to_postgres(file, url)
             .await
             .with_context(|| format!("cannot copy {} into {target}", file.display()))?;
         for (table, n) in &copied {
             println!("{table}: {n} rows");
         }
-        let store = StoreUrl::Postgres(url).open(1).await?;
+        let store = to_url.open(1).await?;
         let check = store.verify_audit().await?;
         match check.first_broken {
             None => {

@@ -720,6 +720,21 @@ fn teams_hold_keys_and_refuse_deletion_while_they_do() {
     );
 }
 
+/// A new schema (`PREFIX_<nanos>`) in the machine's PostgreSQL (`GATEHOUSE_TEST_STORAGE`, else
+/// `default`): a real server, as in CI.
+fn fresh_pg_url(default: &str, prefix: &str) -> String {
+    let base = std::env::var("GATEHOUSE_TEST_STORAGE")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options[search_path]={prefix}_{nanos}")
+}
+
 #[test]
 fn migrate_and_the_cli_work_on_the_store_the_config_names_postgres_included() {
     let dir = tempfile::tempdir().unwrap();
@@ -737,22 +752,9 @@ fn migrate_and_the_cli_work_on_the_store_the_config_names_postgres_included() {
 
     // A PostgreSQL url (with a password) in the config: the CLI's commands use it, and no
     // output shows the password.
-    let base = std::env::var("GATEHOUSE_TEST_STORAGE")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "postgres://postgres:s3cret-pw@127.0.0.1:5432/test".to_owned());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let schema = format!("t_cli_{nanos}");
-    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = fresh_pg_url("postgres://postgres:s3cret-pw@127.0.0.1:5432/test", "t_cli");
     let config = dir.path().join("pg.toml");
-    std::fs::write(
-        &config,
-        format!("[storage]\nurl = \"{base}{sep}options[search_path]={schema}\"\n"),
-    )
-    .unwrap();
+    std::fs::write(&config, format!("[storage]\nurl = \"{url}\"\n")).unwrap();
     let run = |args: &[&str]| {
         gatehouse()
             .args(args)
@@ -809,16 +811,7 @@ fn migrate_data_copies_a_sqlite_store_into_postgres_and_the_audit_chain_verifies
         assert!(out.status.success(), "{args:?}: {out:?}");
     }
 
-    let base = std::env::var("GATEHOUSE_TEST_STORAGE")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let to = format!("{base}{sep}options[search_path]=t_copy_{nanos}");
+    let to = fresh_pg_url("postgres://postgres@127.0.0.1:5432/test", "t_copy");
     let copy = || {
         gatehouse()
             .args([
