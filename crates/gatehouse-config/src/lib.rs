@@ -23,9 +23,9 @@ pub use load::{
 pub use schema::{
     AuthConfig, AuthMode, AutoRoute, AutoWeights, Cidr, CircuitBreaker, CompactionAuto,
     CompactionConfig, CompactionStrategy, Config, DashboardConfig, Deployment, EndpointLimit,
-    HeavyDuty, LogWatcherConfig, MetricsConfig, ModelConfig, PassthroughConfig, ProviderConfig,
-    ProviderType, ProxyConfig, RateLimitsConfig, RedactionConfig, RedactionMode, RetentionConfig,
-    SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig, Timeouts, TlsConfig, WhenNone,
-    parse_window, shown_url,
+    HeavyDuty, LogWatcherConfig, MetricsConfig, ModelConfig, OnError, PassthroughConfig,
+    ProviderConfig, ProviderType, ProxyConfig, RateLimitsConfig, RedactionConfig, RedactionMode,
+    RedisConfig, RetentionConfig, SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig,
+    Timeouts, TlsConfig, WhenNone, parse_window, shown_url,
 };
 pub use secret::Secret;

@@ -12,8 +12,8 @@ use toml::{Table, Value};
 use crate::schema::{
     AuthConfig, AutoRoute, CompactionConfig, Config, DashboardConfig, LogWatcherConfig,
     MetricsConfig, ModelConfig, ModelRaw, PassthroughConfig, ProviderConfig, ProviderRaw,
-    ProxyConfig, ProxyRaw, RateLimitsConfig, RedactionConfig, RetentionConfig, SanitizerConfig,
-    ServerConfig, SessionsConfig, StorageConfig, TimeoutOverrides, Timeouts,
+    ProxyConfig, ProxyRaw, RateLimitsConfig, RedactionConfig, RedisConfig, RetentionConfig,
+    SanitizerConfig, ServerConfig, SessionsConfig, StorageConfig, TimeoutOverrides, Timeouts,
 };
 use crate::secret::Secret;
 
@@ -35,6 +35,7 @@ const SECTIONS: &[&str] = &[
     "proxy",
     "passthrough",
     "metrics",
+    "redis",
     "providers",
     "models",
     "auto",
@@ -287,6 +288,10 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
     let proxy: Option<ProxyRaw> = section(&root, "proxy", &mut issues);
     let passthrough: Option<PassthroughConfig> = section(&root, "passthrough", &mut issues);
     let metrics: Option<MetricsConfig> = section(&root, "metrics", &mut issues);
+    let redis: Option<RedisConfig> = section(&root, "redis", &mut issues);
+    if let Some(r) = &redis {
+        check_redis(r, &mut issues);
+    }
     if let Some(p) = &passthrough {
         check_passthrough(p, &mut issues);
     }
@@ -755,7 +760,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
         sanitizer,
         compaction,
         proxy,
-        (passthrough, metrics),
+        (passthrough, metrics, redis),
         timeouts_default,
     ) {
         (
@@ -769,7 +774,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             Some(sanitizer),
             Some(compaction),
             Some(proxy),
-            (Some(passthrough), Some(metrics)),
+            (Some(passthrough), Some(metrics), Some(redis)),
             Some(timeouts),
         ) if issues.is_empty() => Ok(Config {
             server,
@@ -797,6 +802,7 @@ fn build(file_text: Option<&str>, env: &Env) -> Result<Config, Vec<Issue>> {
             },
             passthrough,
             metrics,
+            redis,
             providers,
             models,
             auto,
@@ -906,6 +912,33 @@ const MAX_DURATION: Duration = Duration::from_secs(86_400);
 
 /// An issue for `path` when `value` (in `unit`s: 1 for seconds, 1000 for milliseconds) is over
 /// [`MAX_DURATION`].
+fn check_redis(r: &RedisConfig, issues: &mut Vec<Issue>) {
+    if !r.url.is_empty() && !r.url.starts_with("redis://") {
+        issues.push(issue(
+            "redis.url",
+            "must start with redis://",
+            Some("for example \"redis://127.0.0.1:6379\"; leave it empty to stand alone"),
+        ));
+    }
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_-.:".contains(c);
+    if r.prefix.is_empty() || !r.prefix.chars().all(safe) {
+        issues.push(issue(
+            "redis.prefix",
+            "must be letters, digits and _ - . : only, and not empty",
+            Some("the default is \"gatehouse\""),
+        ));
+    }
+    check_duration("redis.timeout_ms", r.timeout_ms, 1000, issues);
+    check_duration("redis.lease_secs", r.lease_secs, 1, issues);
+    if r.timeout_ms == 0 || r.lease_secs == 0 {
+        issues.push(issue(
+            "redis",
+            "timeout_ms and lease_secs must be greater than 0",
+            Some("leave them out to use the defaults (250 and 900)"),
+        ));
+    }
+}
+
 fn check_duration(path: &str, value: u64, per_sec: u64, issues: &mut Vec<Issue>) {
     if value / per_sec.max(1) > MAX_DURATION.as_secs() {
         let unit = if per_sec == 1 {

@@ -26,6 +26,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub passthrough: PassthroughConfig,
     pub metrics: MetricsConfig,
+    pub redis: RedisConfig,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: BTreeMap<String, ModelConfig>,
     /// Smart-routing virtual models, by name: `auto/<name>`.
@@ -415,6 +416,44 @@ pub struct ProxyConfig {
     pub outbound_proxy: Option<String>,
     /// Hosts reached directly despite `outbound_proxy` (`NO_PROXY`'s syntax, one per entry).
     pub no_proxy: Vec<String>,
+}
+
+/// Shared live state for several instances (`[redis]`): limits, budgets and key changes.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`; empty: this instance stands alone.
+    pub url: String,
+    pub on_error: OnError,
+    /// The namespace of every Redis key and channel; instances of one gateway share it.
+    pub prefix: String,
+    /// Longest a limit check waits for Redis before `on_error` applies.
+    pub timeout_ms: u64,
+    /// A request's place and reservation, left by an instance that died, go after this long.
+    pub lease_secs: u64,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The url may carry a password.
+        f.debug_struct("RedisConfig")
+            .field("url", &if self.url.is_empty() { "" } else { "***" })
+            .field("on_error", &self.on_error)
+            .field("prefix", &self.prefix)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("lease_secs", &self.lease_secs)
+            .finish()
+    }
+}
+
+/// What limited requests get while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Served under this instance's own limits.
+    Open,
+    /// Refused, 503 `limiter_unavailable`.
+    Closed,
 }
 
 /// Prometheus metrics at `GET /metrics`.

@@ -56,6 +56,8 @@ pub enum ErrorKind {
     CircuitOpen,
     /// The gateway is at one of its bounds (connections, streams); try again shortly.
     Overloaded,
+    /// `[redis] on_error = "closed"` and Redis, which holds the shared limits, is unreachable.
+    LimiterUnavailable,
     /// The gateway is shutting down and takes no new work.
     ShuttingDown,
     /// A bug or an unexpected failure inside the gateway.
@@ -108,6 +110,7 @@ impl ErrorKind {
             Self::UpstreamError => "upstream_error",
             Self::CircuitOpen => "circuit_open",
             Self::Overloaded => "overloaded",
+            Self::LimiterUnavailable => "limiter_unavailable",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal_error",
             Self::InvalidApiKey => "invalid_api_key",
@@ -156,7 +159,9 @@ impl ErrorKind {
             | Self::UpstreamBadResponse
             | Self::UpstreamError
             | Self::CircuitOpen => "upstream_error",
-            Self::ShuttingDown | Self::Overloaded => "service_unavailable_error",
+            Self::ShuttingDown | Self::Overloaded | Self::LimiterUnavailable => {
+                "service_unavailable_error"
+            }
             Self::Internal => "api_error",
         }
     }
@@ -184,7 +189,10 @@ impl ErrorKind {
             Self::Internal => 500,
             Self::ProviderUnsupported => 501,
             Self::UpstreamUnreachable | Self::UpstreamBadResponse | Self::UpstreamError => 502,
-            Self::ShuttingDown | Self::CircuitOpen | Self::Overloaded => 503,
+            Self::ShuttingDown
+            | Self::CircuitOpen
+            | Self::Overloaded
+            | Self::LimiterUnavailable => 503,
             Self::UpstreamTimeout => 504,
             Self::LoopDetected => 508,
         }
@@ -223,6 +231,7 @@ impl ErrorKind {
             | Self::ProviderUnsupported
             | Self::ShuttingDown
             | Self::Overloaded
+            | Self::LimiterUnavailable
             | Self::Internal => Fault::Gateway,
         }
     }
@@ -236,6 +245,7 @@ impl ErrorKind {
                 | Self::ShuttingDown
                 | Self::CircuitOpen
                 | Self::Overloaded
+                | Self::LimiterUnavailable
                 | Self::RateLimitExceeded
                 | Self::TooManyConcurrentRequests
         )

@@ -361,3 +361,16 @@ impl FromRequestParts<AppState> for Caller {
         Ok(Self(parts.extensions.get::<Arc<Principal>>().cloned()))
     }
 }
+
+/// Ends a login token (or, with a family mark, a login's family) here at once, and on every
+/// other instance as soon as Redis carries the news (the database has it for the others
+/// within `auth.sync_secs` otherwise).
+pub fn revoke(st: &AppState, jti: &str, expires_at: i64, now: i64) {
+    st.login.revoked.revoke(jti, expires_at, now);
+    if let Some(sh) = &st.shared {
+        sh.publish(gatehouse_services::shared::Change::Revoke {
+            jti: jti.to_owned(),
+            expires_at,
+        });
+    }
+}

@@ -34,6 +34,8 @@ pub enum ServeError {
     Tls(String),
     #[error("cannot set up admin logins: {0}")]
     Login(#[from] crate::login::SecretError),
+    #[error("{0}")]
+    Redis(String),
 }
 
 /// How long cut requests get to write their rows before the writer closes.
@@ -140,7 +142,11 @@ pub async fn run_with(
         login.revoked.revoke(&jti, expires_at, 0);
     }
     let instance_id = uuid::Uuid::now_v7().to_string();
+    let shared = gatehouse_services::shared::Shared::open(&config.redis, &instance_id)
+        .map_err(ServeError::Redis)?;
     let state = AppState(Arc::new(Inner {
+        shared,
+        resync: tokio::sync::Notify::new(),
         metrics: crate::metrics::Metrics::new(config.metrics.max_series),
         router: Router::new(&config, Some(listen)),
         upstream: Upstream::new(&config, &instance_id)?,
@@ -199,8 +205,16 @@ pub async fn run_with(
         }
     }
     let pruner = tokio::spawn(retention_loop(state.clone(), stop.clone()));
-    let key_sync = (state.config.auth.mode == gatehouse_config::AuthMode::Keys)
-        .then(|| tokio::spawn(key_sync_loop(state.clone(), since, stop.clone())));
+    let keys_on = state.config.auth.mode == gatehouse_config::AuthMode::Keys;
+    let key_sync = keys_on.then(|| tokio::spawn(key_sync_loop(state.clone(), since, stop.clone())));
+    let shared_changes = match (&state.shared, keys_on) {
+        (Some(sh), true) => Some(tokio::spawn(shared_changes_loop(
+            state.clone(),
+            sh.clone(),
+            stop.clone(),
+        ))),
+        _ => None,
+    };
     let grace = Duration::try_from_secs_f64(state.config.server.shutdown_grace_secs)
         .unwrap_or(Duration::from_secs(30));
     let mut watcher = start_log_watcher(&state);
@@ -255,6 +269,9 @@ pub async fn run_with(
     let _ = pruner.await;
     if let Some(k) = key_sync {
         let _ = k.await;
+    }
+    if let Some(c) = shared_changes {
+        let _ = c.await;
     }
     // Spend settled since the last tick, before the writer closes.
     persist_spend(&state);
@@ -416,6 +433,8 @@ async fn key_sync_loop(st: AppState, mut since: Since, stop: CancellationToken) 
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
+            // Redis (re)connected: the changes announced meanwhile were missed.
+            () = st.resync.notified() => {}
             () = stop.cancelled() => return,
         }
         persist_spend(&st);
@@ -451,6 +470,38 @@ async fn key_sync_loop(st: AppState, mut since: Since, stop: CancellationToken) 
             }
         }
     }
+}
+
+/// The key, team and logout changes other instances announce through Redis, applied as they
+/// arrive: a key blocked on one instance is refused by this one on its next request.
+async fn shared_changes_loop(
+    st: AppState,
+    shared: Arc<gatehouse_services::shared::Shared>,
+    stop: CancellationToken,
+) {
+    use gatehouse_services::shared::{Change, Incoming};
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    let listener = tokio::spawn(shared.listen(tx));
+    loop {
+        let incoming = tokio::select! {
+            m = rx.recv() => m,
+            () = stop.cancelled() => None,
+        };
+        let Some(incoming) = incoming else {
+            break;
+        };
+        match incoming {
+            Incoming::Change(Change::Key(k)) => st.keys.apply(*k, None),
+            Incoming::Change(Change::Team(t)) => st.keys.apply_team(*t, None),
+            Incoming::Change(Change::Revoke { jti, expires_at }) => {
+                st.login
+                    .revoked
+                    .revoke(&jti, expires_at, gatehouse_core::time::now_ms());
+            }
+            Incoming::Resync => st.resync.notify_one(),
+        }
+    }
+    listener.abort();
 }
 
 fn persist_spend(st: &AppState) {

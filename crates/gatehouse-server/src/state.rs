@@ -38,6 +38,10 @@ pub struct Inner {
     pub sessions: Sessions,
     /// Virtual keys (`[auth] mode = "keys"`), checked in memory on the proxy path.
     pub keys: gatehouse_services::Keys,
+    /// Limits, budgets and key changes shared with other instances (`[redis]`).
+    pub shared: Option<Arc<gatehouse_services::shared::Shared>>,
+    /// Woken when the keys must be read back from the database at once.
+    pub resync: tokio::sync::Notify,
     /// Admin logins: the token signer, logouts, the limiter and lockout.
     pub login: crate::login::LoginState,
     /// The master key that seals provider keys set through the API (`GATEHOUSE_MASTER_KEY`).

@@ -198,16 +198,24 @@ impl Window {
 
 /// The limits a key and a team both carry.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Limits {
-    rpm: Option<u64>,
-    tpm: Option<u64>,
-    max_parallel_requests: Option<u64>,
-    max_budget_usd: Option<f64>,
-    budget_period_secs: Option<u64>,
-    soft_budget_usd: Option<f64>,
+pub struct Limits {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_parallel_requests: Option<u64>,
+    pub max_budget_usd: Option<f64>,
+    pub budget_period_secs: Option<u64>,
+    pub soft_budget_usd: Option<f64>,
 }
 
 impl Limits {
+    /// Whether anything limits the requests: a key without limits is never refused by them.
+    pub fn any(&self) -> bool {
+        self.rpm.is_some()
+            || self.tpm.is_some()
+            || self.max_parallel_requests.is_some()
+            || self.max_budget_usd.is_some()
+    }
+
     fn of_key(r: &KeyRecord) -> Self {
         Self {
             rpm: r.rpm,
@@ -270,61 +278,34 @@ impl Usage {
         if let Some(max) = l.max_parallel_requests
             && in_flight > max
         {
-            return Err(ApiError::new(
-                ErrorKind::TooManyConcurrentRequests,
-                format!("{who} has {max} requests in flight already (max_parallel_requests)"),
-            )
-            .with_retry_after(1));
+            return Err(refuse::parallel(who, max));
         }
         let sec = now_ms.div_euclid(1000);
         let used_requests = self.requests.used(sec);
         if let Some(rpm) = l.rpm
             && used_requests >= rpm
         {
-            let wait = self.requests.reset_secs(sec).max(1);
-            return Err(ApiError::new(
-                ErrorKind::RateLimitExceeded,
-                format!(
-                    "{who} is at its limit of {rpm} requests per minute; try again in {wait} s"
-                ),
-            )
-            .with_retry_after(wait));
+            return Err(refuse::rpm(who, rpm, self.requests.reset_secs(sec)));
         }
         let used_tokens = self.tokens.used(sec);
         if let Some(tpm) = l.tpm
             && used_tokens.saturating_add(tokens) > tpm
         {
-            let wait = self.tokens.reset_secs(sec).max(1);
-            let message = if tokens > tpm {
-                format!(
-                    "this request may use {tokens} tokens (prompt + max_tokens), more than {who}'s {tpm} tokens per minute; lower max_tokens"
-                )
-            } else {
-                format!(
-                    "{who} is at its limit of {tpm} tokens per minute ({used_tokens} used or reserved, this request may use {tokens}); try again in {wait} s"
-                )
-            };
-            return Err(ApiError::new(ErrorKind::RateLimitExceeded, message).with_retry_after(wait));
+            let wait = self.tokens.reset_secs(sec);
+            return Err(refuse::tpm(who, tpm, tokens, used_tokens, wait));
         }
         let reserved_usd = nanos_usd(self.reserved);
         if let Some(max) = l.max_budget_usd
             && self.spend.spend_usd + reserved_usd + usd > max
         {
-            let reset = match self.spend.budget_reset_at {
-                Some(at) => format!("; it resets at {}", gatehouse_core::time::rfc3339_ms(at)),
-                None => "; it does not reset (no budget_period)".to_owned(),
-            };
-            let mut e = ApiError::new(
-                ErrorKind::BudgetExceeded,
-                format!(
-                    "{who} has spent ${:.6} of its ${max:.6} budget (${reserved_usd:.6} reserved by requests in flight, this one may cost ${usd:.6}){reset}",
-                    self.spend.spend_usd
-                ),
-            );
-            if let Some(at) = self.spend.budget_reset_at {
-                e = e.with_retry_after(u64::try_from((at - now_ms).max(1000) / 1000).unwrap_or(1));
-            }
-            return Err(e);
+            return Err(refuse::budget(
+                who,
+                max,
+                self.spend,
+                reserved_usd,
+                usd,
+                now_ms,
+            ));
         }
         Ok(Checked {
             sec,
@@ -361,6 +342,69 @@ impl Usage {
     fn release(&mut self, sec: i64, reserved_tokens: u64, nanos: u64) {
         self.tokens.sub(sec, reserved_tokens);
         self.reserved = self.reserved.saturating_sub(nanos);
+    }
+}
+
+/// The refusals of a limit, the same whether this instance or Redis counted it.
+pub mod refuse {
+    use gatehouse_core::record::KeySpend;
+    use gatehouse_core::{ApiError, ErrorKind};
+
+    pub fn parallel(who: &str, max: u64) -> ApiError {
+        ApiError::new(
+            ErrorKind::TooManyConcurrentRequests,
+            format!("{who} has {max} requests in flight already (max_parallel_requests)"),
+        )
+        .with_retry_after(1)
+    }
+
+    /// `wait`: seconds until the window frees room.
+    pub fn rpm(who: &str, rpm: u64, wait: u64) -> ApiError {
+        let wait = wait.max(1);
+        ApiError::new(
+            ErrorKind::RateLimitExceeded,
+            format!("{who} is at its limit of {rpm} requests per minute; try again in {wait} s"),
+        )
+        .with_retry_after(wait)
+    }
+
+    pub fn tpm(who: &str, tpm: u64, tokens: u64, used: u64, wait: u64) -> ApiError {
+        let wait = wait.max(1);
+        let message = if tokens > tpm {
+            format!(
+                "this request may use {tokens} tokens (prompt + max_tokens), more than {who}'s {tpm} tokens per minute; lower max_tokens"
+            )
+        } else {
+            format!(
+                "{who} is at its limit of {tpm} tokens per minute ({used} used or reserved, this request may use {tokens}); try again in {wait} s"
+            )
+        };
+        ApiError::new(ErrorKind::RateLimitExceeded, message).with_retry_after(wait)
+    }
+
+    pub fn budget(
+        who: &str,
+        max: f64,
+        spend: KeySpend,
+        reserved_usd: f64,
+        usd: f64,
+        now_ms: i64,
+    ) -> ApiError {
+        let reset = match spend.budget_reset_at {
+            Some(at) => format!("; it resets at {}", gatehouse_core::time::rfc3339_ms(at)),
+            None => "; it does not reset (no budget_period)".to_owned(),
+        };
+        let mut e = ApiError::new(
+            ErrorKind::BudgetExceeded,
+            format!(
+                "{who} has spent ${:.6} of its ${max:.6} budget (${reserved_usd:.6} reserved by requests in flight, this one may cost ${usd:.6}){reset}",
+                spend.spend_usd
+            ),
+        );
+        if let Some(at) = spend.budget_reset_at {
+            e = e.with_retry_after(u64::try_from((at - now_ms).max(1000) / 1000).unwrap_or(1));
+        }
+        e
     }
 }
 
@@ -418,11 +462,37 @@ impl Meter {
         (u.spend, nanos_usd(u.reserved))
     }
 
-    /// Replaces a reservation by what the request used.
-    fn settle(&self, r: &Held, tokens: u64, cost_usd: f64, now_ms: i64) -> MeterSettled {
+    /// What limits and spend a shared counter starts from: `(label, limits, spend)`.
+    fn settings(&self, now_ms: i64) -> (String, Limits, KeySpend) {
+        let mut u = self.lock();
+        roll_period(&mut u, now_ms);
+        (u.label.clone(), u.limits, u.spend)
+    }
+
+    /// Spend as counted elsewhere (Redis), for listings and the database.
+    fn set_spend(&self, spend: KeySpend) {
+        let mut u = self.lock();
+        if u.spend != spend {
+            u.spend = spend;
+            self.dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// Replaces a reservation by what the request used; `counted` is false when the limits
+    /// were counted elsewhere (Redis) and only the spend is this meter's to add.
+    fn settle(
+        &self,
+        r: &Held,
+        tokens: u64,
+        cost_usd: f64,
+        now_ms: i64,
+        counted: bool,
+    ) -> MeterSettled {
         let mut u = self.lock();
         u.release(r.sec, r.tokens, r.nanos);
-        u.tokens.add(r.sec, tokens);
+        if counted {
+            u.tokens.add(r.sec, tokens);
+        }
         roll_period(&mut u, now_ms);
         let before = u.spend.spend_usd;
         u.spend.spend_usd += cost_usd.max(0.0);
@@ -477,6 +547,16 @@ impl TeamEntry {
         self.meter.spend(now_ms)
     }
 
+    /// `(label, limits, spend)`, for a counter shared by instances.
+    pub fn settings(&self, now_ms: i64) -> (String, Limits, KeySpend) {
+        self.meter.settings(now_ms)
+    }
+
+    /// Spend as another counter (Redis) has it.
+    pub fn set_spend(&self, spend: KeySpend) {
+        self.meter.set_spend(spend);
+    }
+
     /// This team as listings show it.
     pub fn view(&self, now_ms: i64) -> serde_json::Value {
         let (spend, reserved) = self.spend(now_ms);
@@ -504,7 +584,7 @@ pub struct RateInfo {
 }
 
 impl RateInfo {
-    fn tighter(self, other: Self) -> Self {
+    pub(crate) fn tighter(self, other: Self) -> Self {
         let pick = |a: Option<(u64, u64, u64)>, b: Option<(u64, u64, u64)>| match (a, b) {
             (Some(a), Some(b)) => Some(if b.1 < a.1 { b } else { a }),
             (a, b) => a.or(b),
@@ -561,6 +641,38 @@ impl KeyEntry {
         self.meter.parallel.load(Ordering::Acquire)
     }
 
+    /// `(label, limits, spend)`, for a counter shared by instances.
+    pub fn settings(&self, now_ms: i64) -> (String, Limits, KeySpend) {
+        self.meter.settings(now_ms)
+    }
+
+    /// Spend as another counter (Redis) has it.
+    pub fn set_spend(&self, spend: KeySpend) {
+        self.meter.set_spend(spend);
+    }
+
+    /// A request admitted by a counter shared by instances (Redis): it takes its places here
+    /// (so `in_flight` shows it) and reserves nothing; only its spend is added here, and only
+    /// if the shared counter cannot take it ([`Reservation::finish_shared`] otherwise).
+    pub fn place(self: &Arc<Self>, now_ms: i64) -> Reservation {
+        let team = self.team().map(|t| {
+            let place = Parallel::take(&t.meter);
+            (t, place)
+        });
+        Reservation {
+            key: self.clone(),
+            team,
+            held: Held {
+                sec: now_ms.div_euclid(1000),
+                tokens: 0,
+                nanos: 0,
+            },
+            settled: false,
+            shared: true,
+            _key_place: Parallel::take(&self.meter),
+        }
+    }
+
     /// Takes the request's place under the key's limits and its team's: `tokens` is its worst
     /// case (prompt + completion), `price` what that costs at most. Either everything is
     /// reserved, under both, or nothing.
@@ -598,6 +710,7 @@ impl KeyEntry {
                     nanos: kc.nanos,
                 },
                 settled: false,
+                shared: false,
                 _key_place: key_place,
             },
             info,
@@ -681,6 +794,8 @@ pub struct Reservation {
     team: Option<(Arc<TeamEntry>, Parallel)>,
     held: Held,
     settled: bool,
+    /// Its limits are counted in Redis ([`KeyEntry::place`]).
+    shared: bool,
     _key_place: Parallel,
 }
 
@@ -716,12 +831,26 @@ impl Reservation {
     /// and its team.
     pub fn settle(mut self, tokens: u64, cost_usd: f64, now_ms: i64) -> Settled {
         self.settled = true;
-        let key = self.key.meter.settle(&self.held, tokens, cost_usd, now_ms);
+        let counted = !self.shared;
+        let (h, key) = (&self.held, &self.key);
+        let key = key.meter.settle(h, tokens, cost_usd, now_ms, counted);
         let team = self.team.as_ref().map(|(t, _)| {
             (
                 t.clone(),
-                t.meter.settle(&self.held, tokens, cost_usd, now_ms),
+                t.meter.settle(h, tokens, cost_usd, now_ms, counted),
             )
+        });
+        Settled { key, team }
+    }
+
+    /// The end of a request whose spend the shared counter took: its totals, as that counter
+    /// has them, become this instance's.
+    pub fn finish_shared(mut self, key: MeterSettled, team: Option<MeterSettled>) -> Settled {
+        self.settled = true;
+        self.key.meter.set_spend(key.spend);
+        let team = self.team.as_ref().zip(team).map(|((t, _), s)| {
+            t.meter.set_spend(s.spend);
+            (t.clone(), s)
         });
         Settled { key, team }
     }

@@ -17,6 +17,7 @@ pub mod responses;
 pub mod retention;
 pub mod secrets;
 pub mod sessions;
+pub mod shared;
 pub mod users;
 
 pub use events::{Event, EventBus, LocalBus};

@@ -337,7 +337,8 @@ pub async fn refresh(
         RefreshUse::Replayed(t) => {
             let ttl_ms = i64::try_from(st.config.auth.access_ttl_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX);
-            st.login.revoked.revoke(
+            crate::login::revoke(
+                &st,
                 &crate::login::family_mark(&t.family),
                 now.saturating_add(ttl_ms),
                 now,
@@ -387,7 +388,7 @@ pub async fn logout(
         && let Ok(c) = signer.verify(t, TokenType::Access)
     {
         let exp = c.exp.saturating_mul(1000);
-        st.login.revoked.revoke(&c.jti, exp, now);
+        crate::login::revoke(&st, &c.jti, exp, now);
         ops.push(WriteOp::RevokeToken {
             jti: c.jti,
             expires_at: exp,
@@ -437,7 +438,8 @@ pub async fn logout(
 fn revoke_family(st: &AppState, family: &str, now: i64, ops: &mut Vec<WriteOp>) {
     let ttl_ms =
         i64::try_from(st.config.auth.access_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-    st.login.revoked.revoke(
+    crate::login::revoke(
+        st,
         &crate::login::family_mark(family),
         now.saturating_add(ttl_ms),
         now,

@@ -136,7 +136,7 @@ pub(crate) async fn handle(
         .map_err(refused)?;
     p.responses = ingress.responses;
     route::admissible(&p).map_err(refused)?;
-    let admission = admit::admit(st, &p, key.as_ref()).map_err(refused)?;
+    let admission = admit::admit(st, &p, key.as_ref()).await.map_err(refused)?;
     let rate = admission.rate;
     let resolved = session::resolve(st, req.explicit_session, req.conversation, &p).await;
     let mut draft = Draft::open(st, request_id, &resolved, t0, &mut p, admission);

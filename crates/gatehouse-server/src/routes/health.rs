@@ -15,7 +15,13 @@ pub async fn health(State(st): State<AppState>) -> Response {
     let stats = st.writer.stats();
     let db_ok = ping(&st).await && stats.writable();
     let providers = &st.config.providers;
-    let status = if db_ok { "ok" } else { "degraded" };
+    // The probe also tells a degraded instance that Redis is back.
+    if let Some(sh) = &st.shared {
+        let _ = sh.ping().await;
+    }
+    let shared_ok = st.shared.as_ref().is_none_or(|sh| sh.is_up());
+    let shared = shared_view(&st).await;
+    let status = if db_ok && shared_ok { "ok" } else { "degraded" };
     let body = json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
@@ -48,6 +54,7 @@ pub async fn health(State(st): State<AppState>) -> Response {
             "lost": stats.lost.load(Ordering::Relaxed),
             "rejected": stats.rejected.load(Ordering::Relaxed),
         },
+        "shared": shared,
         "sessions": st.sessions.count(),
         "providers": {
             "configured": providers.len(),
@@ -79,6 +86,27 @@ pub async fn health(State(st): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
+}
+
+/// Where the live state other instances must see lives: Redis, or this instance alone.
+async fn shared_view(st: &AppState) -> serde_json::Value {
+    let Some(sh) = &st.shared else {
+        return json!({
+            "engine": null,
+            "state": "standalone",
+            "note": "limits, budgets and key changes are this instance's own ([redis] url is empty)",
+        });
+    };
+    json!({
+        "engine": "redis",
+        "state": sh.state(),
+        "instance": sh.instance(),
+        "on_error": match sh.on_error {
+            gatehouse_config::OnError::Open => "open",
+            gatehouse_config::OnError::Closed => "closed",
+        },
+        "errors": sh.errors.load(Ordering::Relaxed),
+    })
 }
 
 /// The database answers within a second: a probe must not hang on a server that is gone.

@@ -51,6 +51,11 @@ fn save(st: &AppState, actor: &Actor, action: &str, before: Option<&KeyRecord>, 
     audit::record(st, actor, change, "ok");
     st.writer
         .record_now(WriteOp::UpsertKey(Box::new(record.clone())));
+    if let Some(sh) = &st.shared {
+        sh.publish(gatehouse_services::shared::Change::Key(Box::new(
+            record.clone(),
+        )));
+    }
     st.keys.apply(record, None);
 }
 

@@ -62,6 +62,11 @@ fn save(
     audit::record(st, actor, change, "ok");
     st.writer
         .record_now(WriteOp::UpsertTeam(Box::new(record.clone())));
+    if let Some(sh) = &st.shared {
+        sh.publish(gatehouse_services::shared::Change::Team(Box::new(
+            record.clone(),
+        )));
+    }
     st.keys.apply_team(record, None);
 }
 

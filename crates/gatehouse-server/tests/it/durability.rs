@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
-use crate::support::{Options, TestApp, user};
+use crate::support::{Cuttable, Options, TestApp, user};
 
 async fn ready(app: &TestApp) -> bool {
     app.http
@@ -253,51 +253,6 @@ async fn a_disk_full_from_the_start_under_concurrent_load_loses_no_row() {
         }
     }
     space_back_and_every_row_written(app, &filler, &db, sent).await;
-}
-
-/// A TCP path to PostgreSQL that the test can cut (every connection through it dropped, new
-/// ones refused) and restore: the server going away, as a restart or a network fault does.
-struct Cuttable {
-    port: u16,
-    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
-impl Cuttable {
-    async fn to(target: &str) -> Self {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (o, l, target) = (open.clone(), links.clone(), target.to_owned());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !o.load(Ordering::SeqCst) {
-                    continue; // dropped: refused
-                }
-                let target = target.clone();
-                let link = tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-                l.lock().unwrap().push(link.abort_handle());
-            }
-        });
-        Self { port, open, links }
-    }
-
-    fn cut(&self) {
-        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
-        for l in self.links.lock().unwrap().drain(..) {
-            l.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
 }
 
 /// PostgreSQL gone under load: proxying goes on, `/health` says the database is down, rows

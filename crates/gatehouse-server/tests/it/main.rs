@@ -34,6 +34,7 @@ mod responses_through;
 mod routing;
 mod sanitizer;
 mod sessions;
+mod shared;
 mod shutdown;
 mod surface;
 mod teams;

@@ -54,6 +54,8 @@ pub struct Options {
     pub master_key: Option<String>,
     /// `[storage] url` instead of the suite's engine.
     pub storage_url: Option<String>,
+    /// Serve from another gateway's data directory (and database): a second instance.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// `GATEHOUSE_TEST_STORAGE=postgres://…` runs the suite on PostgreSQL: each gateway in a schema
@@ -88,9 +90,13 @@ impl TestApp {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().to_path_buf());
         let storage = match &opts.storage_url {
             Some(url) => format!("[storage]\nurl = \"{url}\"\n"),
-            None => test_storage(dir.path()),
+            None => test_storage(&data_dir),
         };
         let config_text = format!(
             r#"
@@ -157,7 +163,7 @@ model = "loop"
 max_context_size = 4096
 {extra}
 "#,
-            data = dir.path().display(),
+            data = data_dir.display(),
             grace = opts.grace_secs.unwrap_or(10.0),
             retries = opts.retries.unwrap_or(2),
             first_byte = opts.first_byte_secs.unwrap_or(1.0),
@@ -470,4 +476,49 @@ pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     (status, text)
+}
+
+/// A TCP path to a server (PostgreSQL, Redis) that the test can cut (every connection through it dropped, new
+/// ones refused) and restore: the server going away, as a restart or a network fault does.
+pub struct Cuttable {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Cuttable {
+    pub async fn to(target: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (o, l, target) = (open.clone(), links.clone(), target.to_owned());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let target = target.clone();
+                let link = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                l.lock().unwrap().push(link.abort_handle());
+            }
+        });
+        Self { port, open, links }
+    }
+
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for l in self.links.lock().unwrap().drain(..) {
+            l.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }

@@ -7,7 +7,8 @@
 //! known): the key may use the model (403), its `max_parallel_requests`, `rpm`, `tpm` and
 //! budget hold (429 with `Retry-After`), the worst case is reserved (settled when the row is
 //! written, `record.rs`), and streams take their place under `server.max_streams` (503).
-//! Nothing here touches the database.
+//! Nothing here touches the database; with `[redis]`, the limits are checked and taken in one
+//! Redis round trip (`gatehouse_services::shared`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,6 +17,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use gatehouse_config::AuthMode;
 use gatehouse_core::{ApiError, ErrorKind};
 use gatehouse_services::keys::{KeyEntry, RateInfo, Reservation};
+use gatehouse_services::shared::Ticket;
 
 use super::Prepared;
 use crate::state::AppState;
@@ -25,6 +27,8 @@ use crate::state::AppState;
 pub(crate) struct Admission {
     _stream: Option<StreamSlot>,
     pub(super) key: Option<Reservation>,
+    /// Its place under the limits Redis counts for every instance, when it was admitted there.
+    pub(super) ticket: Option<Ticket>,
     pub(super) rate: RateInfo,
 }
 
@@ -34,6 +38,7 @@ impl Admission {
         Self {
             _stream: None,
             key: None,
+            ticket: None,
             rate: RateInfo::default(),
         }
     }
@@ -153,13 +158,13 @@ impl Drop for StreamSlot {
     }
 }
 
-pub(super) fn admit(
+pub(super) async fn admit(
     st: &AppState,
     p: &Prepared,
     key: Option<&Arc<KeyEntry>>,
 ) -> Result<Admission, ApiError> {
-    let (key, rate) = match key {
-        None => (None, RateInfo::default()),
+    let (key, ticket, rate) = match key {
+        None => (None, None, RateInfo::default()),
         Some(k) => {
             let asked = p.session_model.as_deref().unwrap_or(&p.route.model_key);
             for model in [asked, p.route.model_key.as_str()] {
@@ -174,14 +179,17 @@ pub(super) fn admit(
                 p.prompt_tokens,
                 max_tokens,
             );
-            let (r, rate) = k.admit(tokens, price, gatehouse_core::time::now_ms())?;
-            (Some(r), rate)
+            let now = gatehouse_core::time::now_ms();
+            let shared = st.shared.as_ref();
+            let a = gatehouse_services::shared::admit(shared, k, tokens, price, now).await?;
+            (Some(a.reservation), a.ticket, a.rate)
         }
     };
     if !p.stream {
         return Ok(Admission {
             _stream: None,
             key,
+            ticket,
             rate,
         });
     }
@@ -201,6 +209,7 @@ pub(super) fn admit(
     Ok(Admission {
         _stream: Some(slot),
         key,
+        ticket,
         rate,
     })
 }

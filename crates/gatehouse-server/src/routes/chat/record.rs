@@ -268,7 +268,25 @@ fn settle(st: &AppState, admission: &mut Admission, record: &RequestRecord) {
     };
     let cost = record.cost_usd.unwrap_or(0.0);
     let key = r.entry().clone();
-    let settled = r.settle(tokens, cost, now_ms());
+    match admission.ticket.take() {
+        None => announce(st, &key, r.settle(tokens, cost, now_ms())),
+        // Counted in Redis: one round trip, off the response's way.
+        Some(ticket) => {
+            let st = st.clone();
+            tokio::spawn(async move {
+                let settled = gatehouse_services::shared::settle(Some(ticket), r, tokens, cost);
+                announce(&st, &key, settled.await);
+            });
+        }
+    }
+}
+
+/// A soft budget crossed by a settled request, announced once.
+fn announce(
+    st: &AppState,
+    key: &Arc<gatehouse_services::keys::KeyEntry>,
+    settled: gatehouse_services::keys::Settled,
+) {
     if let Some(crossed) = settled.key.soft_crossed {
         let name = key.record().name.clone();
         soft_budget_crossed(

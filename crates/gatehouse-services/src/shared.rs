@@ -1,0 +1,664 @@
+//! Live state shared by several instances through Redis (`[redis]`): the virtual keys' and
+//! teams' rate limits, parallel counts, budget reservations and spend, and the changes to keys,
+//! teams and logins that every instance must see at once.
+//!
+//! Counting happens in two Lua scripts (`shared/*.lua`) on Redis's own clock: admitting a
+//! request checks and takes its place under its key and its team in one round trip, all or
+//! nothing; settling it gives its reservation back and adds what it used. Each instance keeps
+//! its in-memory [`Keys`](crate::Keys) registry for everything else (authentication, model
+//! lists, listings), its meters' spend refreshed from Redis's totals as requests end.
+//!
+//! A request in flight holds a lease in Redis: an instance that dies before settling its
+//! requests leaves places and reservations that go when their lease ends (`lease_secs`).
+//! While Redis cannot be reached, `on_error` decides: `open` counts under this instance's own
+//! meters (the same limits, per instance), `closed` refuses keys that have limits.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use gatehouse_config::{OnError, RedisConfig};
+use gatehouse_core::record::{KeyRecord, KeySpend, TeamRecord};
+use gatehouse_core::{ApiError, ErrorKind};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::keys::{KeyEntry, Limits, MeterSettled, RateInfo, Reservation, Settled, refuse};
+
+const COMMON: &str = include_str!("shared/common.lua");
+
+/// Why Redis did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    #[error("Redis did not answer within {0} ms")]
+    Timeout(u64),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("Redis answered something this version does not understand")]
+    Reply,
+    #[error("Redis could not be reached a moment ago; retried shortly")]
+    Down,
+}
+
+/// While Redis is down, requests do not each wait for it: one call per this long tries again.
+const RETRY_MS: i64 = 1000;
+
+/// The connection to Redis and what the counters need.
+pub struct Shared {
+    client: Client,
+    conn: ConnectionManager,
+    prefix: String,
+    /// This instance, in request leases and change messages.
+    instance: String,
+    timeout: Duration,
+    lease_ms: u64,
+    pub on_error: OnError,
+    /// Whether the last call reached Redis.
+    up: AtomicBool,
+    /// While down: when the next call may try Redis again (epoch ms).
+    retry_at: AtomicI64,
+    /// Calls that did not, since start.
+    pub errors: AtomicU64,
+    next: AtomicU64,
+    admit: Script,
+    settle: Script,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("prefix", &self.prefix)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// The shared state `[redis]` names, or none when `url` is empty. Connects lazily: an
+    /// instance starts while Redis is down, and reconnects by itself.
+    pub fn open(cfg: &RedisConfig, instance: &str) -> Result<Option<Arc<Self>>, String> {
+        if cfg.url.is_empty() {
+            return Ok(None);
+        }
+        let client = Client::open(cfg.url.as_str())
+            .map_err(|e| format!("[redis] url is not a Redis address: {}", e.detail_or_kind()))?;
+        let timeout = Duration::from_millis(cfg.timeout_ms.max(1));
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| format!("cannot set up the Redis connection: {}", e.detail_or_kind()))?;
+        Ok(Some(Arc::new(Self {
+            client,
+            conn,
+            prefix: cfg.prefix.clone(),
+            instance: instance.to_owned(),
+            timeout,
+            lease_ms: cfg.lease_secs.saturating_mul(1000).max(1000),
+            on_error: cfg.on_error,
+            up: AtomicBool::new(true),
+            retry_at: AtomicI64::new(0),
+            errors: AtomicU64::new(0),
+            next: AtomicU64::new(0),
+            admit: Script::new(&format!("{COMMON}\n{}", include_str!("shared/admit.lua"))),
+            settle: Script::new(&format!("{COMMON}\n{}", include_str!("shared/settle.lua"))),
+        })))
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Whether the last call reached Redis.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// `ok`, or `degraded` while Redis cannot be reached.
+    pub fn state(&self) -> &'static str {
+        if self.is_up() { "ok" } else { "degraded" }
+    }
+
+    /// One round trip, bounded by `timeout_ms`; also what tells a degraded instance that Redis
+    /// is back.
+    pub async fn ping(&self) -> Result<(), SharedError> {
+        let mut c = self.conn.clone();
+        let r: Result<String, SharedError> = self
+            .bounded(async move { redis::cmd("PING").query_async(&mut c).await })
+            .await;
+        r.map(drop)
+    }
+
+    /// Runs a call within `timeout_ms`, noting whether Redis answered.
+    async fn bounded<T>(
+        &self,
+        f: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, SharedError> {
+        let now = gatehouse_core::time::now_ms();
+        if !self.is_up() {
+            // Only one caller per RETRY_MS finds out whether Redis is back.
+            let at = self.retry_at.load(Ordering::Relaxed);
+            if now < at
+                || self
+                    .retry_at
+                    .compare_exchange(at, now + RETRY_MS, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+            {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(SharedError::Down);
+            }
+        }
+        let r = match tokio::time::timeout(self.timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(SharedError::Redis(e)),
+            Err(_) => Err(SharedError::Timeout(
+                u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+            )),
+        };
+        let ok = r.is_ok();
+        if self.up.swap(ok, Ordering::Relaxed) != ok {
+            if ok {
+                tracing::info!("Redis answers again: limits and budgets are shared again");
+            } else if let Err(e) = &r {
+                tracing::warn!(error = %e, on_error = ?self.on_error, "Redis cannot be reached: limits are counted by this instance alone until it is back");
+            }
+        }
+        if !ok {
+            self.retry_at.store(now + RETRY_MS, Ordering::Relaxed);
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn meter_keys(&self, kind: char, id: &str) -> [String; 2] {
+        let h = format!("{}:m:{kind}:{id}", self.prefix);
+        let z = format!("{h}:f");
+        [h, z]
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:changes", self.prefix)
+    }
+
+    /// Checks and takes the request's place under its key's and its team's limits in Redis.
+    /// `Ok(Err(_))` is a refusal; `Err(_)` means Redis did not answer.
+    async fn try_admit(
+        self: &Arc<Self>,
+        key: &Arc<KeyEntry>,
+        tokens: u64,
+        usd: f64,
+        now_ms: i64,
+    ) -> Result<Result<(Ticket, RateInfo), ApiError>, SharedError> {
+        let mut meters = vec![Meter::of('k', &key.id, key.settings(now_ms))];
+        if let Some(t) = key.team() {
+            meters.push(Meter::of('t', &t.id, t.settings(now_ms)));
+        }
+        let member = format!(
+            "{}:{}",
+            self.instance,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
+        let nanos = usd_nanos(usd);
+        let mut inv = self.admit.prepare_invoke();
+        for m in &meters {
+            for k in self.meter_keys(m.kind, &m.id) {
+                inv.key(k);
+            }
+        }
+        inv.arg(&member).arg(tokens).arg(nanos).arg(self.lease_ms);
+        for m in &meters {
+            let l = &m.limits;
+            inv.arg(opt(l.rpm))
+                .arg(opt(l.tpm))
+                .arg(opt(l.max_parallel_requests))
+                .arg(opt_usd(l.max_budget_usd))
+                .arg(period_ms(l))
+                .arg(usd_nanos(m.spend.spend_usd))
+                .arg(m.spend.budget_reset_at.unwrap_or(-1))
+                .arg(opt_usd(l.soft_budget_usd));
+        }
+        let mut c = self.conn.clone();
+        let reply: Vec<i64> = self.bounded(inv.invoke_async(&mut c)).await?;
+        let at = |i: usize| reply.get(i).copied().ok_or(SharedError::Reply);
+        let code = at(0)?;
+        if code != 0 {
+            let which = usize::try_from(at(1)?).unwrap_or(1).saturating_sub(1);
+            let m = meters.get(which).ok_or(SharedError::Reply)?;
+            let u = |i: usize| at(i).map(|v| u64::try_from(v).unwrap_or(0));
+            let l = &m.limits;
+            let refusal = match code {
+                1 => refuse::parallel(&m.label, u(2)?),
+                2 => refuse::rpm(&m.label, l.rpm.unwrap_or(0), u(2)?),
+                3 => refuse::tpm(&m.label, l.tpm.unwrap_or(0), tokens, u(2)?, u(3)?),
+                4 => {
+                    let spend = KeySpend {
+                        spend_usd: nanos_usd(u(2)?),
+                        budget_reset_at: Some(at(4)?).filter(|v| *v >= 0),
+                    };
+                    let max = l.max_budget_usd.unwrap_or(0.0);
+                    refuse::budget(&m.label, max, spend, nanos_usd(u(3)?), usd, now_ms)
+                }
+                _ => return Err(SharedError::Reply),
+            };
+            return Ok(Err(refusal));
+        }
+        let sec = at(1)?;
+        let mut rate = RateInfo::default();
+        for (i, m) in meters.iter().enumerate() {
+            let b = 3 + i * 4;
+            let u = |j: usize| at(b + j).map(|v| u64::try_from(v).unwrap_or(0));
+            let (used_r, used_t, reset_r, reset_t) = (u(0)?, u(1)?, u(2)?, u(3)?);
+            let info = RateInfo {
+                requests: m
+                    .limits
+                    .rpm
+                    .map(|l| (l, l.saturating_sub(used_r + 1), reset_r)),
+                tokens: m
+                    .limits
+                    .tpm
+                    .map(|l| (l, l.saturating_sub(used_t + tokens), reset_t)),
+            };
+            rate = if i == 0 { info } else { rate.tighter(info) };
+        }
+        Ok(Ok((
+            Ticket {
+                shared: self.clone(),
+                member,
+                sec,
+                tokens,
+                meters,
+                done: false,
+            },
+            rate,
+        )))
+    }
+
+    /// Tells every instance (this one included, which ignores its own) about a change.
+    pub fn publish(self: &Arc<Self>, change: Change) {
+        let message = match serde_json::to_string(&Envelope {
+            from: self.instance.clone(),
+            change: change.into_wire(),
+        }) {
+            Ok(m) => m,
+            Err(_) => return,
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut c = me.conn.clone();
+            let ch = me.channel();
+            let sent: Result<i64, _> = me
+                .bounded(async move {
+                    redis::cmd("PUBLISH")
+                        .arg(ch)
+                        .arg(message)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await;
+            if let Err(e) = sent {
+                // The other instances still read it from the database within `auth.sync_secs`.
+                tracing::warn!(error = %e, "a key change could not be announced through Redis");
+            }
+        });
+    }
+
+    /// Receives the changes other instances announce, until `tx` is closed. After each
+    /// (re)connection it sends [`Incoming::Resync`]: messages published meanwhile were lost,
+    /// and the database has them.
+    pub async fn listen(self: Arc<Self>, tx: mpsc::Sender<Incoming>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let subscribed = async {
+                let mut ps = self.client.get_async_pubsub().await?;
+                ps.subscribe(self.channel()).await?;
+                Ok::<_, redis::RedisError>(ps)
+            };
+            match tokio::time::timeout(self.timeout.max(Duration::from_secs(1)), subscribed).await {
+                Ok(Ok(ps)) => {
+                    backoff = Duration::from_millis(100);
+                    if tx.send(Incoming::Resync).await.is_err() {
+                        return;
+                    }
+                    let mut messages = ps.into_on_message();
+                    while let Some(msg) = messages.next().await {
+                        let Ok(text) = msg.get_payload::<String>() else {
+                            continue;
+                        };
+                        let Ok(env) = serde_json::from_str::<Envelope>(&text) else {
+                            tracing::warn!("a change message in Redis could not be read; ignored");
+                            continue;
+                        };
+                        if env.from == self.instance {
+                            continue;
+                        }
+                        let Some(change) = env.change.into_change() else {
+                            continue;
+                        };
+                        if tx.send(Incoming::Change(change)).await.is_err() {
+                            return;
+                        }
+                    }
+                    tracing::warn!("the Redis subscription to key changes ended; reconnecting");
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e.detail_or_kind(), "cannot subscribe to key changes in Redis yet")
+                }
+                Err(_) => tracing::debug!("subscribing to key changes in Redis timed out"),
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+trait Detail {
+    fn detail_or_kind(&self) -> String;
+}
+
+impl Detail for redis::RedisError {
+    fn detail_or_kind(&self) -> String {
+        self.detail()
+            .map_or_else(|| self.category().to_owned(), str::to_owned)
+    }
+}
+
+fn opt(v: Option<u64>) -> i64 {
+    v.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+fn opt_usd(v: Option<f64>) -> i64 {
+    v.map_or(-1, |v| i64::try_from(usd_nanos(v)).unwrap_or(i64::MAX))
+}
+
+fn period_ms(l: &Limits) -> i64 {
+    l.budget_period_secs.map_or(0, |p| {
+        i64::try_from(p.saturating_mul(1000)).unwrap_or(i64::MAX)
+    })
+}
+
+/// Dollars in nanodollars, rounded up: a reservation is never smaller than its cost. Redis
+/// counts integers, so taking every reservation back leaves exactly zero.
+fn usd_nanos(usd: f64) -> u64 {
+    let n = (usd.max(0.0) * 1e9).ceil();
+    if n >= 9.0e15 {
+        9_000_000_000_000_000
+    } else {
+        n as u64
+    }
+}
+
+fn nanos_usd(n: u64) -> f64 {
+    n as f64 / 1e9
+}
+
+/// A key's or a team's meter as the scripts see it.
+#[derive(Debug, Clone)]
+struct Meter {
+    kind: char,
+    id: String,
+    label: String,
+    limits: Limits,
+    spend: KeySpend,
+}
+
+impl Meter {
+    fn of(kind: char, id: &str, (label, limits, spend): (String, Limits, KeySpend)) -> Self {
+        Self {
+            kind,
+            id: id.to_owned(),
+            label,
+            limits,
+            spend,
+        }
+    }
+}
+
+/// A request's place and reservation in Redis: settled with what it used, or, dropped
+/// unsettled (refused before upstream), given back.
+pub struct Ticket {
+    shared: Arc<Shared>,
+    member: String,
+    sec: i64,
+    tokens: u64,
+    meters: Vec<Meter>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("member", &self.member)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ticket {
+    async fn run(&self, used_tokens: u64, cost_usd: f64) -> Result<Vec<i64>, SharedError> {
+        let sh = &self.shared;
+        let mut inv = sh.settle.prepare_invoke();
+        for m in &self.meters {
+            for k in sh.meter_keys(m.kind, &m.id) {
+                inv.key(k);
+            }
+        }
+        inv.arg(&self.member)
+            .arg(self.sec)
+            .arg(self.tokens)
+            .arg(used_tokens)
+            .arg(usd_nanos(cost_usd));
+        for m in &self.meters {
+            inv.arg(period_ms(&m.limits))
+                .arg(opt_usd(m.limits.soft_budget_usd));
+        }
+        let mut c = sh.conn.clone();
+        sh.bounded(inv.invoke_async(&mut c)).await
+    }
+
+    /// Replaces the reservation by what the request used; per meter, its spend after this
+    /// request and whether this request crossed its soft budget.
+    async fn settle(
+        mut self,
+        used_tokens: u64,
+        cost_usd: f64,
+    ) -> Result<Vec<MeterSettled>, SharedError> {
+        self.done = true;
+        let reply = self.run(used_tokens, cost_usd).await?;
+        let mut out = Vec::with_capacity(self.meters.len());
+        for (i, m) in self.meters.iter().enumerate() {
+            let at = |j: usize| reply.get(i * 3 + j).copied().ok_or(SharedError::Reply);
+            let l = &m.limits;
+            out.push(MeterSettled {
+                spend: KeySpend {
+                    spend_usd: nanos_usd(u64::try_from(at(0)?).unwrap_or(0)),
+                    budget_reset_at: Some(at(1)?).filter(|v| *v >= 0),
+                },
+                soft_crossed: (at(2)? == 1)
+                    .then(|| l.soft_budget_usd.map(|s| (s, l.max_budget_usd)))
+                    .flatten(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let t = Ticket {
+            shared: self.shared.clone(),
+            member: std::mem::take(&mut self.member),
+            sec: self.sec,
+            tokens: self.tokens,
+            meters: std::mem::take(&mut self.meters),
+            done: true,
+        };
+        rt.spawn(async move {
+            // Unanswered, the lease frees it later.
+            let _ = t.run(0, 0.0).await;
+        });
+    }
+}
+
+/// An admitted request: its local places, the rate headers, and its Redis ticket when the
+/// limits were counted there.
+#[derive(Debug)]
+pub struct Admitted {
+    pub reservation: Reservation,
+    pub rate: RateInfo,
+    pub ticket: Option<Ticket>,
+}
+
+/// Admits a request of `key` reserving `tokens` and at most `price` dollars: in Redis when
+/// the gateway shares its state, under this instance's meters otherwise (and, with
+/// `on_error = "open"`, while Redis cannot be reached).
+pub async fn admit(
+    shared: Option<&Arc<Shared>>,
+    key: &Arc<KeyEntry>,
+    tokens: u64,
+    price: Option<f64>,
+    now_ms: i64,
+) -> Result<Admitted, ApiError> {
+    let local = || {
+        key.admit(tokens, price, now_ms)
+            .map(|(reservation, rate)| Admitted {
+                reservation,
+                rate,
+                ticket: None,
+            })
+    };
+    let Some(sh) = shared else {
+        return local();
+    };
+    match sh.try_admit(key, tokens, price.unwrap_or(0.0), now_ms).await {
+        Ok(Ok((ticket, rate))) => Ok(Admitted {
+            reservation: key.place(now_ms),
+            rate,
+            ticket: Some(ticket),
+        }),
+        Ok(Err(refusal)) => Err(refusal),
+        Err(_) if sh.on_error == OnError::Closed && limited(key, now_ms) => Err(ApiError::new(
+            ErrorKind::LimiterUnavailable,
+            "this key's limits are kept in Redis, which cannot be reached right now; try again in a moment",
+        )
+        .with_retry_after(1)),
+        Err(_) => local(),
+    }
+}
+
+fn limited(key: &Arc<KeyEntry>, now_ms: i64) -> bool {
+    key.settings(now_ms).1.any() || key.team().is_some_and(|t| t.settings(now_ms).1.any())
+}
+
+/// Ends a request: its reservation replaced by what it used (`tokens`, `cost_usd`) in Redis
+/// when it was admitted there, here otherwise. When Redis does not answer, the spend is
+/// counted here, and the reservation left in Redis goes with its lease.
+pub async fn settle(
+    ticket: Option<Ticket>,
+    reservation: Reservation,
+    tokens: u64,
+    cost_usd: f64,
+) -> Settled {
+    let now = gatehouse_core::time::now_ms();
+    let Some(t) = ticket else {
+        return reservation.settle(tokens, cost_usd, now);
+    };
+    match t.settle(tokens, cost_usd).await {
+        Ok(mut meters) if !meters.is_empty() => {
+            let key = meters.remove(0);
+            reservation.finish_shared(key, meters.pop())
+        }
+        Ok(_) | Err(_) => reservation.settle(tokens, cost_usd, gatehouse_core::time::now_ms()),
+    }
+}
+
+/// A change another instance must apply.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Key(Box<KeyRecord>),
+    Team(Box<TeamRecord>),
+    /// A login token logged out (or a refresh family revoked), until it would have expired.
+    Revoke {
+        jti: String,
+        expires_at: i64,
+    },
+}
+
+/// What comes out of [`Shared::listen`].
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    Change(Change),
+    /// Messages may have been missed: read the database again.
+    Resync,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    from: String,
+    change: Wire,
+}
+
+/// A change on the wire. A key's digests are not serialised with its record (listings must
+/// never show them), so they travel beside it: digests of random keys, never the keys.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Wire {
+    Key {
+        record: serde_json::Value,
+        digest: String,
+        previous_digest: Option<String>,
+    },
+    Team {
+        record: TeamRecord,
+    },
+    Revoke {
+        jti: String,
+        expires_at: i64,
+    },
+}
+
+impl Change {
+    fn into_wire(self) -> Wire {
+        match self {
+            Self::Key(r) => Wire::Key {
+                digest: r.digest.clone(),
+                previous_digest: r.previous_digest.clone(),
+                record: serde_json::to_value(&r).unwrap_or(serde_json::Value::Null),
+            },
+            Self::Team(record) => Wire::Team { record: *record },
+            Self::Revoke { jti, expires_at } => Wire::Revoke { jti, expires_at },
+        }
+    }
+}
+
+impl Wire {
+    fn into_change(self) -> Option<Change> {
+        Some(match self {
+            Self::Key {
+                mut record,
+                digest,
+                previous_digest,
+            } => {
+                let o = record.as_object_mut()?;
+                o.insert("digest".into(), digest.into());
+                o.insert("previous_digest".into(), previous_digest.into());
+                Change::Key(Box::new(serde_json::from_value(record).ok()?))
+            }
+            Self::Team { record } => Change::Team(Box::new(record)),
+            Self::Revoke { jti, expires_at } => Change::Revoke { jti, expires_at },
+        })
+    }
+}
