@@ -95,7 +95,21 @@ pub async fn run_with(
         config.storage.batch_size,
         Duration::from_millis(config.storage.max_commit_delay_ms),
     );
-    let bus: Arc<dyn EventBus> = Arc::new(LocalBus::new(config.dashboard.event_buffer));
+    let instance_id = uuid::Uuid::now_v7().to_string();
+    let shared = gatehouse_services::shared::Shared::open(&config.redis, &instance_id)
+        .map_err(ServeError::Redis)?;
+    // With Redis, one live view: every instance's events reach every dashboard.
+    let (bus, bridge): (Arc<dyn EventBus>, _) = match &shared {
+        Some(sh) => {
+            let (b, rx) = gatehouse_services::shared::bus::RedisBus::new(
+                config.dashboard.event_buffer,
+                &instance_id,
+            );
+            let task = tokio::spawn(b.clone().run(sh.clone(), rx));
+            (b, Some(task))
+        }
+        None => (Arc::new(LocalBus::new(config.dashboard.event_buffer)), None),
+    };
     let sessions = Sessions::load(
         &store,
         writer.clone(),
@@ -141,9 +155,6 @@ pub async fn run_with(
     for (jti, expires_at) in store.revoked_tokens(gatehouse_core::time::now_ms()).await? {
         login.revoked.revoke(&jti, expires_at, 0);
     }
-    let instance_id = uuid::Uuid::now_v7().to_string();
-    let shared = gatehouse_services::shared::Shared::open(&config.redis, &instance_id)
-        .map_err(ServeError::Redis)?;
     let state = AppState(Arc::new(Inner {
         shared,
         resync: tokio::sync::Notify::new(),
@@ -272,6 +283,9 @@ pub async fn run_with(
     }
     if let Some(c) = shared_changes {
         let _ = c.await;
+    }
+    if let Some(b) = bridge {
+        b.abort();
     }
     // Spend settled since the last tick, before the writer closes.
     persist_spend(&state);

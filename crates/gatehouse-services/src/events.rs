@@ -169,12 +169,15 @@ pub struct RedactedKind {
 }
 
 /// An event as delivered: numbered, timed, serialised at most once however many listen.
+/// One event as listeners receive it: numbered in this instance's order.
 #[derive(Debug)]
 pub struct Envelope {
     pub seq: u64,
-    /// Epoch milliseconds.
     pub at: i64,
-    pub event: Event,
+    /// `None` for an event another instance published (relayed as its JSON).
+    pub event: Option<Event>,
+    /// The instance it happened on, when several share a live view (`[redis]`).
+    instance: Option<Arc<str>>,
     json: OnceLock<Box<str>>,
 }
 
@@ -182,6 +185,8 @@ pub struct Envelope {
 struct Wire<'a> {
     seq: u64,
     at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance: Option<&'a str>,
     #[serde(flatten)]
     event: &'a Event,
 }
@@ -191,18 +196,33 @@ impl Envelope {
         Self {
             seq,
             at,
-            event,
+            event: Some(event),
+            instance: None,
             json: OnceLock::new(),
         }
     }
 
-    /// The event as one JSON object: `{"seq":…,"at":…,"type":…, fields…}`.
+    /// An event already rendered (by another instance).
+    fn rendered(seq: u64, at: i64, json: String) -> Self {
+        Self {
+            seq,
+            at,
+            event: None,
+            instance: None,
+            json: OnceLock::from(json.into_boxed_str()),
+        }
+    }
+
     pub fn json(&self) -> &str {
         self.json.get_or_init(|| {
+            let Some(event) = &self.event else {
+                return "{}".into();
+            };
             let wire = Wire {
                 seq: self.seq,
                 at: self.at,
-                event: &self.event,
+                instance: self.instance.as_deref(),
+                event,
             };
             // Every field is a plain string, number, bool or nested struct of those.
             serde_json::to_string(&wire)
@@ -212,7 +232,6 @@ impl Envelope {
     }
 }
 
-/// A listener's end of the bus.
 pub type Subscription = broadcast::Receiver<Arc<Envelope>>;
 
 /// Figures about the bus, for `/health`.
@@ -245,6 +264,8 @@ pub struct LocalBus {
     tx: broadcast::Sender<Arc<Envelope>>,
     capacity: usize,
     seq: AtomicU64,
+    /// Named in each event when instances share their events.
+    instance: Option<Arc<str>>,
 }
 
 impl LocalBus {
@@ -255,7 +276,43 @@ impl LocalBus {
             tx,
             capacity,
             seq: AtomicU64::new(0),
+            instance: None,
         }
+    }
+
+    /// A bus whose events name `instance` (several instances, one live view).
+    pub fn for_instance(capacity: usize, instance: &str) -> Self {
+        Self {
+            instance: Some(instance.into()),
+            ..Self::new(capacity)
+        }
+    }
+
+    /// Publishes `event` here; the envelope, for a bridge to pass on.
+    pub fn publish_here(&self, event: Event) -> Arc<Envelope> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut env = Envelope::new(seq, gatehouse_core::time::now_ms(), event);
+        env.instance = self.instance.clone();
+        let env = Arc::new(env);
+        // An error only means nobody listens right now.
+        let _ = self.tx.send(env.clone());
+        env
+    }
+
+    /// An event another instance published, as its JSON object: numbered in this bus's
+    /// order (`seq`), its own number kept as `instance_seq`.
+    pub fn relay(&self, mut fields: serde_json::Map<String, serde_json::Value>) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(origin) = fields.remove("seq") {
+            fields.insert("instance_seq".into(), origin);
+        }
+        fields.insert("seq".into(), seq.into());
+        let at = fields
+            .get("at")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or_else(gatehouse_core::time::now_ms);
+        let json = serde_json::Value::Object(fields).to_string();
+        let _ = self.tx.send(Arc::new(Envelope::rendered(seq, at, json)));
     }
 
     /// Sequence number of the last event published (0 before any).
@@ -266,10 +323,7 @@ impl LocalBus {
 
 impl EventBus for LocalBus {
     fn publish(&self, event: Event) {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let env = Envelope::new(seq, gatehouse_core::time::now_ms(), event);
-        // An error only means nobody listens right now.
-        let _ = self.tx.send(Arc::new(env));
+        self.publish_here(event);
     }
 
     fn subscribe(&self) -> Subscription {

@@ -28,6 +28,8 @@ use tokio::sync::mpsc;
 
 use crate::keys::{KeyEntry, Limits, MeterSettled, RateInfo, Reservation, Settled, refuse};
 
+pub mod bus;
+
 const COMMON: &str = include_str!("shared/common.lua");
 
 /// Why Redis did not answer.
@@ -183,6 +185,10 @@ impl Shared {
 
     fn channel(&self) -> String {
         format!("{}:changes", self.prefix)
+    }
+
+    fn events_channel(&self) -> String {
+        format!("{}:events", self.prefix)
     }
 
     /// Checks and takes the request's place under its key's and its team's limits in Redis.

@@ -360,3 +360,55 @@ async fn an_instance_without_redis_says_it_stands_alone() {
     let h = app.get_json("/health").await;
     assert_eq!(h["shared"]["state"], "standalone", "{h}");
 }
+
+/// A dashboard on B sees A's requests: each once, in A's order, named by instance.
+#[tokio::test]
+async fn a_dashboard_on_one_instance_sees_the_others_requests_once_in_order() {
+    let p = prefix();
+    let plain = || Options {
+        extra_toml: format!("\n[redis]\nurl = \"{}\"\nprefix = \"{p}\"\n", redis_url()),
+        ..Options::default()
+    };
+    let a = TestApp::spawn_with(plain()).await;
+    let b = TestApp::spawn_with(Options {
+        data_dir: Some(a.dir.path().to_path_buf()),
+        ..plain()
+    })
+    .await;
+    assert!(
+        !a.state.bus.has_subscribers(),
+        "nobody watches: A builds no events"
+    );
+    let mut ws = crate::live::connect(&b).await;
+    assert_eq!(crate::live::next(&mut ws).await["type"], "init");
+    // A learns within a second or two that a dashboard elsewhere listens.
+    let t0 = Instant::now();
+    while !a.state.bus.has_subscribers() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "A never saw B's listener"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a_id = a.state.shared.as_ref().unwrap().instance().to_owned();
+    let n = 200;
+    for i in 0..n {
+        let r = a.chat(user("mock/echo", &format!("seen from B {i}"))).await;
+        assert_eq!(r.status(), 200);
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut last_seq = 0;
+    while ids.len() < n {
+        let v = crate::live::next(&mut ws).await;
+        if v["instance"] != a_id.as_str() {
+            continue;
+        }
+        let seq = v["instance_seq"].as_u64().unwrap();
+        assert!(seq > last_seq, "A's events arrive in A's order");
+        last_seq = seq;
+        if v["type"] == "metric" {
+            let id = v["request"]["id"].as_str().unwrap().to_owned();
+            assert!(ids.insert(id), "an event arrived twice");
+        }
+    }
+}
