@@ -1,5 +1,9 @@
 //! The Redis counters on their own, against the machine's Redis: what the gateway tests
 //! cannot do in-process, such as an instance that dies with requests in flight.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test where they fail"
+)]
 
 use std::sync::Arc;
 use std::time::Duration;
