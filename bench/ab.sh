@@ -16,6 +16,9 @@
 # AB_NEW_CONFIG), and both sides are sent it, so their requests are the same bytes:
 # AB_NEW_CONFIG='[auth]\nmode = "keys"' AB_NEW_KEY='--rpm 100000000 --tpm 100000000000 --budget 1000000' bench/ab.sh BIN BIN.
 # AB_NEW_TEAM holds `gatehouse teams create` flags: the key then belongs to that team.
+# AB_KEY_BOTH=1 gives the old side the same key (a copy of the new side's database), so one
+# binary can be priced with and without a setting of the keys, e.g. Redis:
+# AB_CONFIG='[auth]\nmode = "keys"' AB_NEW_CONFIG='[redis]\nurl = "redis://127.0.0.1:6379"' AB_KEY_BOTH=1 AB_NEW_KEY='--rpm 100000000' bench/ab.sh BIN BIN.
 #
 # Build the old side from another checkout, e.g.
 #   git worktree add /tmp/old <rev> && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release --bin gatehouse)
@@ -91,6 +94,9 @@ if [ -n "${AB_NEW_KEY:-}" ]; then
   # shellcheck disable=SC2086
   KEY=$("$NEW" keys --data-dir "$WORK/new" create --name bench $AB_NEW_KEY --json |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+  if [ -n "${AB_KEY_BOTH:-}" ]; then
+    cp -r "$WORK/new" "$WORK/old"
+  fi
 fi
 
 # Direct to the mock each round too, so "added" (side minus direct) comes from the same minutes.

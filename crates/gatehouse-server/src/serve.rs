@@ -99,16 +99,20 @@ pub async fn run_with(
     let shared = gatehouse_services::shared::Shared::open(&config.redis, &instance_id)
         .map_err(ServeError::Redis)?;
     // With Redis, one live view: every instance's events reach every dashboard.
-    let (bus, bridge): (Arc<dyn EventBus>, _) = match &shared {
+    let (bus, redis_bus, bridge): (Arc<dyn EventBus>, _, _) = match &shared {
         Some(sh) => {
             let (b, rx) = gatehouse_services::shared::bus::RedisBus::new(
                 config.dashboard.event_buffer,
                 &instance_id,
             );
             let task = tokio::spawn(b.clone().run(sh.clone(), rx));
-            (b, Some(task))
+            (b.clone(), Some(b), Some(task))
         }
-        None => (Arc::new(LocalBus::new(config.dashboard.event_buffer)), None),
+        None => (
+            Arc::new(LocalBus::new(config.dashboard.event_buffer)),
+            None,
+            None,
+        ),
     };
     let sessions = Sessions::load(
         &store,
@@ -157,6 +161,7 @@ pub async fn run_with(
     }
     let state = AppState(Arc::new(Inner {
         shared,
+        redis_bus,
         resync: tokio::sync::Notify::new(),
         metrics: crate::metrics::Metrics::new(config.metrics.max_series),
         router: Router::new(&config, Some(listen)),

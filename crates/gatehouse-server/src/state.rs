@@ -40,6 +40,8 @@ pub struct Inner {
     pub keys: gatehouse_services::Keys,
     /// Limits, budgets and key changes shared with other instances (`[redis]`).
     pub shared: Option<Arc<gatehouse_services::shared::Shared>>,
+    /// The event bus's Redis bridge (the same bus as `bus`), for its figures.
+    pub redis_bus: Option<Arc<gatehouse_services::shared::bus::RedisBus>>,
     /// Woken when the keys must be read back from the database at once.
     pub resync: tokio::sync::Notify,
     /// Admin logins: the token signer, logouts, the limiter and lockout.

@@ -204,12 +204,13 @@ impl Shared {
         if let Some(t) = key.team() {
             meters.push(Meter::of('t', &t.id, t.settings(now_ms)));
         }
+        let nanos = usd_nanos(usd);
+        // The reservation travels in the name: what a lease that ends gives back.
         let member = format!(
-            "{}:{}",
+            "{}:{}:{nanos}",
             self.instance,
             self.next.fetch_add(1, Ordering::Relaxed)
         );
-        let nanos = usd_nanos(usd);
         let mut inv = self.admit.prepare_invoke();
         for m in &meters {
             for k in self.meter_keys(m.kind, &m.id) {
@@ -462,7 +463,8 @@ impl Ticket {
             .arg(usd_nanos(cost_usd));
         for m in &self.meters {
             inv.arg(period_ms(&m.limits))
-                .arg(opt_usd(m.limits.soft_budget_usd));
+                .arg(opt_usd(m.limits.soft_budget_usd))
+                .arg(opt(m.limits.tpm));
         }
         let mut c = sh.conn.clone();
         sh.bounded(inv.invoke_async(&mut c)).await

@@ -106,6 +106,11 @@ async fn shared_view(st: &AppState) -> serde_json::Value {
             gatehouse_config::OnError::Closed => "closed",
         },
         "errors": sh.errors.load(Ordering::Relaxed),
+        "events": st.redis_bus.as_ref().map(|b| json!({
+            "listeners_elsewhere": b.has_remote_listeners(),
+            "relayed": b.relayed.load(Ordering::Relaxed),
+            "dropped": b.dropped.load(Ordering::Relaxed),
+        })),
     })
 }
 

@@ -66,6 +66,17 @@ async fn an_rpm_limit_holds_across_two_instances() {
     for i in 0..20 {
         let app = if i % 2 == 0 { &a } else { &b };
         let r = chat_key(app, &key, user("mock/echo", &format!("r{i}"))).await;
+        if i < 10 {
+            // The headers count what both instances took.
+            let h = |n: &str| r.headers()[n].to_str().unwrap().to_owned();
+            assert_eq!(h("x-ratelimit-remaining-requests"), (9 - i).to_string());
+            assert_eq!(h("x-ratelimit-limit-requests"), "10");
+            let reset: u64 = h("x-ratelimit-reset-requests")
+                .trim_end_matches('s')
+                .parse()
+                .unwrap();
+            assert!((1..=60).contains(&reset), "{reset}");
+        }
         match error_code(r).await {
             (200, _) => ok += 1,
             (429, code) => assert_eq!(code, "rate_limit_exceeded"),

@@ -9,85 +9,102 @@ local member = ARGV[1]
 local tokens = tonumber(ARGV[2])
 local nanos = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])
-local meters = #KEYS / 2
-local used = {}
+local count = #KEYS / 2
+local meters = {}
 
-for i = 1, meters do
+for i = 1, count do
   local h, z = KEYS[2 * i - 1], KEYS[2 * i]
   local b = 4 + (i - 1) * 8
   local rpm, tpm, par = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
   local max, period = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
   local soft = tonumber(ARGV[b + 8])
-  if redis.call('HEXISTS', h, 'spend') == 0 then
+  local m = load(h)
+  m.rpm, m.tpm = rpm, tpm
+  if not m.seeded then
     -- First sight of this meter (or Redis lost it): it starts from the database's spend.
     local seed = tonumber(ARGV[b + 6])
-    local flag = 0
-    if soft >= 0 and seed >= soft then
-      flag = 1
-    end
-    redis.call('HSET', h, 'spend', seed, 'reserved', 0, 'period', period, 'soft', flag)
+    put(m, 'spend', seed)
+    put(m, 'reserved', 0)
+    put(m, 'period', period)
+    put(m, 'soft', (soft >= 0 and seed >= soft) and 1 or 0)
     if tonumber(ARGV[b + 7]) >= 0 then
-      redis.call('HSET', h, 'reset_at', ARGV[b + 7])
+      put(m, 'reset_at', tonumber(ARGV[b + 7]))
     end
-  elseif num(redis.call('HGET', h, 'period')) ~= period then
+  elseif num(m.f.period) ~= period then
     -- An edit changed the period: the new one counts from now.
-    redis.call('HSET', h, 'period', period)
+    put(m, 'period', period)
     if period > 0 then
-      redis.call('HSET', h, 'reset_at', now + period)
+      put(m, 'reset_at', now + period)
     else
+      m.f.reset_at = nil
       redis.call('HDEL', h, 'reset_at')
     end
   end
-  roll(h, period)
+  roll(m, period)
   -- Places and reservations of requests whose instance never settled them (it died).
   local gone = redis.call('ZRANGEBYSCORE', z, '-inf', now)
   if #gone > 0 then
     local back = 0
-    for _, m in ipairs(gone) do
-      back = back + num(redis.call('HGET', h, 'h:' .. m))
-      redis.call('HDEL', h, 'h:' .. m)
+    for _, g in ipairs(gone) do
+      back = back + held(g)
     end
-    incr(h, 'reserved', -back)
+    put(m, 'reserved', math.max(m.f.reserved - back, 0))
     redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
   end
   if par >= 0 and redis.call('ZCARD', z) + 1 > par then
+    save(m)
     return {1, i, par}
   end
-  local ur = advance(h, 'r', nowsec)
-  if rpm >= 0 and ur >= rpm then
-    return {2, i, reset_secs(h, 'r', nowsec)}
+  -- A window is kept only for a limit the meter has: a new limit counts from its edit.
+  local ur, ut = 0, 0
+  if rpm >= 0 then
+    advance(m, 'r', nowsec)
+    ur = m.f.rn
+    if ur >= rpm then
+      local wait = reset_secs(m, 'r')
+      save(m)
+      return {2, i, wait}
+    end
   end
-  local ut = advance(h, 't', nowsec)
-  if tpm >= 0 and ut + tokens > tpm then
-    return {3, i, ut, reset_secs(h, 't', nowsec)}
+  if tpm >= 0 then
+    advance(m, 't', nowsec)
+    ut = m.f.tn
+    if ut + tokens > tpm then
+      local wait = reset_secs(m, 't')
+      save(m)
+      return {3, i, ut, wait}
+    end
   end
-  local spend, reserved = num(redis.call('HGET', h, 'spend')), num(redis.call('HGET', h, 'reserved'))
-  if max >= 0 and spend + reserved + nanos > max then
-    return {4, i, spend, reserved, tonumber(redis.call('HGET', h, 'reset_at')) or -1}
+  if max >= 0 and m.f.spend + m.f.reserved + nanos > max then
+    save(m)
+    return {4, i, m.f.spend, m.f.reserved, tonumber(m.f.reset_at) or -1}
   end
-  used[i] = {ur, ut}
+  m.ur, m.ut = ur, ut
+  meters[i] = m
 end
 
 local out = {0, nowsec, now}
-local slot = nowsec % 60
-for i = 1, meters do
-  local h, z = KEYS[2 * i - 1], KEYS[2 * i]
-  incr(h, 'r' .. slot, 1)
-  incr(h, 'rn', 1)
-  if tokens > 0 then
-    incr(h, 't' .. slot, tokens)
-    incr(h, 'tn', tokens)
+for i = 1, count do
+  local m, z = meters[i], KEYS[2 * i]
+  local rr, rt = 0, 0
+  if m.rpm >= 0 then
+    add(m, 'r', nowsec, 1)
+    rr = reset_secs(m, 'r')
   end
-  incr(h, 'reserved', nanos)
-  redis.call('HSET', h, 'h:' .. member, nanos)
+  if m.tpm >= 0 then
+    add(m, 't', nowsec, tokens)
+    rt = reset_secs(m, 't')
+  end
+  put(m, 'reserved', m.f.reserved + nanos)
+  save(m)
   redis.call('ZADD', z, now + lease, member)
-  redis.call('PEXPIRE', z, lease * 2)
-  -- A meter idle for a week goes; if its key is used again, it starts from the database's
-  -- spend, which every instance writes every few seconds.
-  redis.call('PEXPIRE', h, 604800000)
-  table.insert(out, used[i][1])
-  table.insert(out, used[i][2])
-  table.insert(out, reset_secs(h, 'r', nowsec))
-  table.insert(out, reset_secs(h, 't', nowsec))
+  -- A meter idle for a week goes; used again, it starts from the database's spend, which
+  -- every instance writes every few seconds.
+  redis.call('PEXPIRE', m.h, 604800000)
+  redis.call('PEXPIRE', z, 604800000)
+  table.insert(out, m.ur)
+  table.insert(out, m.ut)
+  table.insert(out, rr)
+  table.insert(out, rt)
 end
 return out

@@ -1,7 +1,10 @@
--- Shared by admit.lua and settle.lua (prepended to each). A meter is one hash (its spend, its
--- budget period, its reservations, and two sliding one-minute windows of one-second slots:
--- `r` counts requests, `t` tokens) and one sorted set of the requests in flight, each scored
--- by when its lease ends. Times are Redis's own, never an instance's.
+-- Shared by admit.lua and settle.lua (prepended to each). A meter is one hash and one sorted
+-- set. The hash holds its spend and budget period and, for each limit it has, a sliding
+-- one-minute window of one-second slots (`r` counts requests, `t` tokens): the slots
+-- `r0`..`r59`, the newest second counted `rh`, the window's total `rn`, and the oldest second
+-- that may still hold a count `ro`. The set holds the requests in flight, each scored by when
+-- its lease ends and named `instance:n:nanos` (its reservation travels in its name). A script
+-- reads a meter with one HMGET and writes it back with one HSET. Times are Redis's own.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local nowsec = math.floor(now / 1000)
@@ -10,59 +13,116 @@ local function num(v)
   return tonumber(v) or 0
 end
 
--- HINCRBY, but Redis reads "-0" as no integer: a zero change is no call.
-local function incr(h, f, n)
-  if n ~= 0 then
-    return redis.call('HINCRBY', h, f, n)
+local FIELDS = {'spend', 'reserved', 'period', 'reset_at', 'soft', 'rh', 'rn', 'ro', 'th', 'tn', 'to'}
+
+local function load(h)
+  local v = redis.call('HMGET', h, unpack(FIELDS))
+  local m = {h = h, seeded = v[1] ~= false, dirty = {}, f = {}}
+  for i, name in ipairs(FIELDS) do
+    m.f[name] = v[i]
   end
-  return num(redis.call('HGET', h, f))
+  for _, name in ipairs({'spend', 'reserved', 'rh', 'rn', 'ro', 'th', 'tn', 'to'}) do
+    m.f[name] = num(m.f[name])
+  end
+  return m
 end
 
--- Moves window `w` of hash `h` to end at second `s`, forgetting the seconds that leave it;
--- returns what the window holds.
-local function advance(h, w, s)
-  local head = num(redis.call('HGET', h, w .. 'h'))
-  local total = num(redis.call('HGET', h, w .. 'n'))
-  if s <= head then
-    return total
+local function put(m, name, value)
+  m.f[name] = value
+  m.dirty[name] = true
+end
+
+local function save(m)
+  local args = {}
+  for name in pairs(m.dirty) do
+    table.insert(args, name)
+    table.insert(args, m.f[name])
   end
-  for x = math.max(head, s - 60) + 1, s do
-    local f = w .. (x % 60)
-    local c = num(redis.call('HGET', h, f))
-    if c > 0 then
-      total = total - c
-      redis.call('HDEL', h, f)
+  if #args > 0 then
+    redis.call('HSET', m.h, unpack(args))
+  end
+end
+
+-- Moves window `w` to end at second `s`, forgetting the seconds that leave it.
+local function advance(m, w, s)
+  local head, total = m.f[w .. 'h'], m.f[w .. 'n']
+  if s <= head then
+    return
+  end
+  if total > 0 then
+    for x = math.max(head, s - 60) + 1, s do
+      local f = w .. (x % 60)
+      local c = num(redis.call('HGET', m.h, f))
+      if c > 0 then
+        total = total - c
+        redis.call('HDEL', m.h, f)
+      end
     end
   end
   if total < 0 then
     total = 0
   end
-  redis.call('HSET', h, w .. 'h', s, w .. 'n', total)
-  return total
+  put(m, w .. 'h', s)
+  put(m, w .. 'n', total)
 end
 
--- Seconds from `s` until the oldest second counted leaves window `w`.
-local function reset_secs(h, w, s)
-  if num(redis.call('HGET', h, w .. 'n')) <= 0 then
+-- Counts `n` at second `s` of window `w` (a second older than the window counts as its oldest).
+local function add(m, w, s, n)
+  if n <= 0 then
+    return
+  end
+  s = math.min(math.max(s, m.f[w .. 'h'] - 59), m.f[w .. 'h'])
+  redis.call('HINCRBY', m.h, w .. (s % 60), n)
+  if m.f[w .. 'n'] <= 0 or m.f[w .. 'o'] > s then
+    put(m, w .. 'o', s)
+  end
+  put(m, w .. 'n', m.f[w .. 'n'] + n)
+end
+
+-- Takes back up to `n` counted at second `s`, if that second is still in the window.
+local function sub(m, w, s, n)
+  local head = m.f[w .. 'h']
+  if n <= 0 or s > head or head - s >= 60 then
+    return
+  end
+  local f = w .. (s % 60)
+  local take = math.min(n, num(redis.call('HGET', m.h, f)))
+  if take > 0 then
+    redis.call('HINCRBY', m.h, f, -take)
+    put(m, w .. 'n', math.max(m.f[w .. 'n'] - take, 0))
+  end
+end
+
+-- Seconds from now until the oldest second counted leaves window `w`; finding that second
+-- moves `o` forward past empty slots, so each slot is passed once, not once per request.
+local function reset_secs(m, w)
+  local head, total = m.f[w .. 'h'], m.f[w .. 'n']
+  if total <= 0 then
     return 0
   end
-  local head = num(redis.call('HGET', h, w .. 'h'))
-  for x = head - 59, head do
-    if num(redis.call('HGET', h, w .. (x % 60))) > 0 then
-      return math.max(x + 60 - s, 0)
-    end
+  local o = math.max(m.f[w .. 'o'], head - 59)
+  while o < head and num(redis.call('HGET', m.h, w .. (o % 60))) <= 0 do
+    o = o + 1
   end
-  return 0
+  if o ~= m.f[w .. 'o'] then
+    put(m, w .. 'o', o)
+  end
+  return math.max(o + 60 - nowsec, 0)
 end
 
 -- A new budget period when the current one is over (`period` in ms; 0: none).
-local function roll(h, period)
-  if period <= 0 then
+local function roll(m, period)
+  local at = tonumber(m.f.reset_at)
+  if period <= 0 or not at or now < at then
     return
   end
-  local at = tonumber(redis.call('HGET', h, 'reset_at'))
-  if at and now >= at then
-    local periods = math.floor((now - at) / period) + 1
-    redis.call('HSET', h, 'spend', 0, 'reset_at', at + periods * period, 'soft', 0)
-  end
+  local periods = math.floor((now - at) / period) + 1
+  put(m, 'spend', 0)
+  put(m, 'reset_at', at + periods * period)
+  put(m, 'soft', 0)
+end
+
+-- The reservation a request's name carries (`instance:n:nanos`).
+local function held(member)
+  return tonumber(string.match(member, ':(%d+)$')) or 0
 end
