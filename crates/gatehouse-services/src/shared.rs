@@ -13,8 +13,8 @@
 //! While Redis cannot be reached, `on_error` decides: `open` counts under this instance's own
 //! meters (the same limits, per instance), `closed` refuses keys that have limits.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -24,7 +24,7 @@ use gatehouse_core::{ApiError, ErrorKind};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::keys::{KeyEntry, Limits, MeterSettled, RateInfo, Reservation, Settled, refuse};
 
@@ -65,8 +65,29 @@ pub struct Shared {
     /// Calls that did not, since start.
     pub errors: AtomicU64,
     next: AtomicU64,
-    admit: Script,
-    settle: Script,
+    /// `shared/step.lua`: settles, then an admission, in one call.
+    step: Script,
+    /// Settles waiting to ride along with the next admission (or the flusher's call).
+    pending: Mutex<Vec<Pending>>,
+    flush: Notify,
+}
+
+/// The most settles one call carries.
+const MAX_BATCH: usize = 64;
+
+/// How long a settle waits for an admission to carry it before a call of its own.
+const FLUSH_AFTER: Duration = Duration::from_millis(1);
+
+/// A finished request's settle, waiting for a call to Redis.
+struct Pending {
+    member: String,
+    sec: i64,
+    reserved_tokens: u64,
+    used_tokens: u64,
+    cost_nanos: u64,
+    /// Per meter: its keys, period, soft budget and tpm (the settle script's arguments).
+    meters: Vec<([String; 2], i64, i64, i64)>,
+    done: Option<oneshot::Sender<Result<Vec<i64>, SharedError>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -107,9 +128,79 @@ impl Shared {
             retry_at: AtomicI64::new(0),
             errors: AtomicU64::new(0),
             next: AtomicU64::new(0),
-            admit: Script::new(&format!("{COMMON}\n{}", include_str!("shared/admit.lua"))),
-            settle: Script::new(&format!("{COMMON}\n{}", include_str!("shared/settle.lua"))),
+            step: Script::new(&format!("{COMMON}\n{}", include_str!("shared/step.lua"))),
+            pending: Mutex::new(Vec::new()),
+            flush: Notify::new(),
         })))
+        .inspect(|sh| {
+            if let (Some(sh), Ok(rt)) = (sh, tokio::runtime::Handle::try_current()) {
+                rt.spawn(flusher(Arc::downgrade(sh)));
+            }
+        })
+    }
+
+    /// Up to [`MAX_BATCH`] waiting settles.
+    fn take_pending(&self) -> Vec<Pending> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let n = p.len().min(MAX_BATCH);
+        p.drain(..n).collect()
+    }
+
+    /// One call: `batch`'s settles, then the admission `admit` adds (keys and arguments after
+    /// the settles'), if any. Each settle gets its values; the rest of the answer is returned.
+    async fn call(
+        &self,
+        mut batch: Vec<Pending>,
+        admit: Option<&(dyn Fn(&mut redis::ScriptInvocation<'_>) + Sync)>,
+    ) -> Result<Vec<i64>, SharedError> {
+        let mut inv = self.step.prepare_invoke();
+        inv.arg(batch.len());
+        for p in &batch {
+            inv.arg(p.meters.len())
+                .arg(&p.member)
+                .arg(p.sec)
+                .arg(p.reserved_tokens)
+                .arg(p.used_tokens)
+                .arg(p.cost_nanos);
+            for (keys, period, soft, tpm) in &p.meters {
+                inv.key(&keys[0]).key(&keys[1]);
+                inv.arg(*period).arg(*soft).arg(*tpm);
+            }
+        }
+        match admit {
+            Some(f) => {
+                inv.arg(1);
+                f(&mut inv);
+            }
+            None => {
+                inv.arg(0);
+            }
+        }
+        let mut c = self.conn.clone();
+        let reply: Result<Vec<i64>, SharedError> = self.bounded(inv.invoke_async(&mut c)).await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                for p in &mut batch {
+                    if let Some(done) = p.done.take() {
+                        let _ = done.send(Err(SharedError::Down));
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let n = reply
+            .first()
+            .and_then(|n| usize::try_from(*n).ok())
+            .ok_or(SharedError::Reply)?;
+        let mut values = reply.get(1..=n).ok_or(SharedError::Reply)?.iter();
+        for p in &mut batch {
+            let mine: Vec<i64> = values.by_ref().take(p.meters.len() * 3).copied().collect();
+            if let Some(done) = p.done.take() {
+                let _ = done.send(Ok(mine));
+            }
+        }
+        Ok(reply.get(n + 1..).map(<[i64]>::to_vec).unwrap_or_default())
     }
 
     pub fn instance(&self) -> &str {
@@ -211,26 +302,29 @@ impl Shared {
             self.instance,
             self.next.fetch_add(1, Ordering::Relaxed)
         );
-        let mut inv = self.admit.prepare_invoke();
-        for m in &meters {
-            for k in self.meter_keys(m.kind, &m.id) {
-                inv.key(k);
+        let keys: Vec<[String; 2]> = meters
+            .iter()
+            .map(|m| self.meter_keys(m.kind, &m.id))
+            .collect();
+        let add = |inv: &mut redis::ScriptInvocation<'_>| {
+            for [h, z] in &keys {
+                inv.key(h).key(z);
             }
-        }
-        inv.arg(&member).arg(tokens).arg(nanos).arg(self.lease_ms);
-        for m in &meters {
-            let l = &m.limits;
-            inv.arg(opt(l.rpm))
-                .arg(opt(l.tpm))
-                .arg(opt(l.max_parallel_requests))
-                .arg(opt_usd(l.max_budget_usd))
-                .arg(period_ms(l))
-                .arg(usd_nanos(m.spend.spend_usd))
-                .arg(m.spend.budget_reset_at.unwrap_or(-1))
-                .arg(opt_usd(l.soft_budget_usd));
-        }
-        let mut c = self.conn.clone();
-        let reply: Vec<i64> = self.bounded(inv.invoke_async(&mut c)).await?;
+            inv.arg(&member).arg(tokens).arg(nanos).arg(self.lease_ms);
+            for m in &meters {
+                let l = &m.limits;
+                inv.arg(opt(l.rpm))
+                    .arg(opt(l.tpm))
+                    .arg(opt(l.max_parallel_requests))
+                    .arg(opt_usd(l.max_budget_usd))
+                    .arg(period_ms(l))
+                    .arg(usd_nanos(m.spend.spend_usd))
+                    .arg(m.spend.budget_reset_at.unwrap_or(-1))
+                    .arg(opt_usd(l.soft_budget_usd));
+            }
+        };
+        // The settles of requests that just ended ride along: one call per request.
+        let reply = self.call(self.take_pending(), Some(&add)).await?;
         let at = |i: usize| reply.get(i).copied().ok_or(SharedError::Reply);
         let code = at(0)?;
         if code != 0 {
@@ -448,26 +542,39 @@ impl std::fmt::Debug for Ticket {
 }
 
 impl Ticket {
-    async fn run(&self, used_tokens: u64, cost_usd: f64) -> Result<Vec<i64>, SharedError> {
+    /// Queues the settle for the next call to Redis; its values (per meter: spend, reset_at,
+    /// crossed) when that call answers.
+    fn queue(
+        &mut self,
+        used_tokens: u64,
+        cost_usd: f64,
+    ) -> oneshot::Receiver<Result<Vec<i64>, SharedError>> {
+        self.done = true;
+        let (tx, rx) = oneshot::channel();
         let sh = &self.shared;
-        let mut inv = sh.settle.prepare_invoke();
-        for m in &self.meters {
-            for k in sh.meter_keys(m.kind, &m.id) {
-                inv.key(k);
-            }
-        }
-        inv.arg(&self.member)
-            .arg(self.sec)
-            .arg(self.tokens)
-            .arg(used_tokens)
-            .arg(usd_nanos(cost_usd));
-        for m in &self.meters {
-            inv.arg(period_ms(&m.limits))
-                .arg(opt_usd(m.limits.soft_budget_usd))
-                .arg(opt(m.limits.tpm));
-        }
-        let mut c = sh.conn.clone();
-        sh.bounded(inv.invoke_async(&mut c)).await
+        let p = Pending {
+            member: std::mem::take(&mut self.member),
+            sec: self.sec,
+            reserved_tokens: self.tokens,
+            used_tokens,
+            cost_nanos: usd_nanos(cost_usd),
+            meters: self
+                .meters
+                .iter()
+                .map(|m| {
+                    (
+                        sh.meter_keys(m.kind, &m.id),
+                        period_ms(&m.limits),
+                        opt_usd(m.limits.soft_budget_usd),
+                        opt(m.limits.tpm),
+                    )
+                })
+                .collect(),
+            done: Some(tx),
+        };
+        sh.pending.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+        sh.flush.notify_one();
+        rx
     }
 
     /// Replaces the reservation by what the request used; per meter, its spend after this
@@ -477,8 +584,10 @@ impl Ticket {
         used_tokens: u64,
         cost_usd: f64,
     ) -> Result<Vec<MeterSettled>, SharedError> {
-        self.done = true;
-        let reply = self.run(used_tokens, cost_usd).await?;
+        let reply = self
+            .queue(used_tokens, cost_usd)
+            .await
+            .map_err(|_| SharedError::Down)??;
         let mut out = Vec::with_capacity(self.meters.len());
         for (i, m) in self.meters.iter().enumerate() {
             let at = |j: usize| reply.get(i * 3 + j).copied().ok_or(SharedError::Reply);
@@ -499,25 +608,34 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if self.done {
-            return;
+        if !self.done {
+            // Refused before upstream: everything given back, nothing used.
+            drop(self.queue(0, 0.0));
         }
-        self.done = true;
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+    }
+}
+
+/// Sends the settles no admission picked up within [`FLUSH_AFTER`]. It checks every few
+/// seconds whether the state is still in use, so a dropped `Shared` ends it.
+async fn flusher(shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(sh) = shared.upgrade() else {
             return;
         };
-        let t = Ticket {
-            shared: self.shared.clone(),
-            member: std::mem::take(&mut self.member),
-            sec: self.sec,
-            tokens: self.tokens,
-            meters: std::mem::take(&mut self.meters),
-            done: true,
-        };
-        rt.spawn(async move {
-            // Unanswered, the lease frees it later.
-            let _ = t.run(0, 0.0).await;
-        });
+        let woken = tokio::time::timeout(Duration::from_secs(5), sh.flush.notified()).await;
+        if woken.is_err() {
+            continue;
+        }
+        tokio::time::sleep(FLUSH_AFTER).await;
+        loop {
+            let batch = sh.take_pending();
+            if batch.is_empty() {
+                break;
+            }
+            // Unanswered, each settle falls back to this instance's meters, and the leases
+            // free what they held in Redis.
+            let _ = sh.call(batch, None).await;
+        }
     }
 }
 
