@@ -13,16 +13,25 @@ local function num(v)
   return tonumber(v) or 0
 end
 
-local FIELDS = {'spend', 'reserved', 'period', 'reset_at', 'soft', 'rh', 'rn', 'ro', 'th', 'tn', 'to'}
+local FIELDS = {'spend', 'reserved', 'period', 'reset_at', 'soft', 'rh', 'rn', 'ro', 'th', 'tn', 'to', 'px', 'xp'}
+local NUMERIC = {'spend', 'reserved', 'rh', 'rn', 'ro', 'th', 'tn', 'to', 'px', 'xp'}
 
-local function load(h)
-  local v = redis.call('HMGET', h, unpack(FIELDS))
+-- Reads a meter: its fields, and the window slots a script will touch (`slots`), in one call.
+local function load(h, slots)
+  local names = {unpack(FIELDS)}
+  for _, s in ipairs(slots) do
+    table.insert(names, s)
+  end
+  local v = redis.call('HMGET', h, unpack(names))
   local m = {h = h, seeded = v[1] ~= false, dirty = {}, f = {}}
-  for i, name in ipairs(FIELDS) do
+  for i, name in ipairs(names) do
     m.f[name] = v[i]
   end
-  for _, name in ipairs({'spend', 'reserved', 'rh', 'rn', 'ro', 'th', 'tn', 'to'}) do
+  for _, name in ipairs(NUMERIC) do
     m.f[name] = num(m.f[name])
+  end
+  for _, s in ipairs(slots) do
+    m.f[s] = num(m.f[s])
   end
   return m
 end
@@ -32,6 +41,7 @@ local function put(m, name, value)
   m.dirty[name] = true
 end
 
+-- Writes back what changed, in one call.
 local function save(m)
   local args = {}
   for name in pairs(m.dirty) do
@@ -43,7 +53,16 @@ local function save(m)
   end
 end
 
--- Moves window `w` to end at second `s`, forgetting the seconds that leave it.
+-- A slot's count: loaded with the meter when the script knew it would need it.
+local function slot(m, f)
+  if m.f[f] == nil then
+    m.f[f] = num(redis.call('HGET', m.h, f))
+  end
+  return m.f[f]
+end
+
+-- Moves window `w` to end at second `s`, forgetting the seconds that leave it (at most one
+-- slot per second that passed, not per request).
 local function advance(m, w, s)
   local head, total = m.f[w .. 'h'], m.f[w .. 'n']
   if s <= head then
@@ -52,10 +71,10 @@ local function advance(m, w, s)
   if total > 0 then
     for x = math.max(head, s - 60) + 1, s do
       local f = w .. (x % 60)
-      local c = num(redis.call('HGET', m.h, f))
+      local c = slot(m, f)
       if c > 0 then
         total = total - c
-        redis.call('HDEL', m.h, f)
+        put(m, f, 0)
       end
     end
   end
@@ -72,8 +91,9 @@ local function add(m, w, s, n)
     return
   end
   s = math.min(math.max(s, m.f[w .. 'h'] - 59), m.f[w .. 'h'])
-  redis.call('HINCRBY', m.h, w .. (s % 60), n)
-  if m.f[w .. 'n'] <= 0 or m.f[w .. 'o'] > s then
+  local f = w .. (s % 60)
+  put(m, f, slot(m, f) + n)
+  if m.f[w .. 'n'] <= 0 or m.f[w .. 'o'] > s or m.f[w .. 'o'] < m.f[w .. 'h'] - 59 then
     put(m, w .. 'o', s)
   end
   put(m, w .. 'n', m.f[w .. 'n'] + n)
@@ -86,25 +106,28 @@ local function sub(m, w, s, n)
     return
   end
   local f = w .. (s % 60)
-  local take = math.min(n, num(redis.call('HGET', m.h, f)))
+  local take = math.min(n, slot(m, f))
   if take > 0 then
-    redis.call('HINCRBY', m.h, f, -take)
+    put(m, f, m.f[f] - take)
     put(m, w .. 'n', math.max(m.f[w .. 'n'] - take, 0))
   end
 end
 
--- Seconds from now until the oldest second counted leaves window `w`; finding that second
--- moves `o` forward past empty slots, so each slot is passed once, not once per request.
+-- Seconds from now until the oldest second counted leaves window `w`. The oldest is kept as
+-- counts are added; when it leaves the window the next one is found by walking forward, so
+-- each slot is passed once, not once per request. (A second whose tokens were all given back
+-- may stay the oldest: the reset shown is then a little early, never late.)
 local function reset_secs(m, w)
   local head, total = m.f[w .. 'h'], m.f[w .. 'n']
   if total <= 0 then
     return 0
   end
-  local o = math.max(m.f[w .. 'o'], head - 59)
-  while o < head and num(redis.call('HGET', m.h, w .. (o % 60))) <= 0 do
-    o = o + 1
-  end
-  if o ~= m.f[w .. 'o'] then
+  local o = m.f[w .. 'o']
+  if o < head - 59 then
+    o = head - 59
+    while o < head and slot(m, w .. (o % 60)) <= 0 do
+      o = o + 1
+    end
     put(m, w .. 'o', o)
   end
   return math.max(o + 60 - nowsec, 0)

@@ -31,7 +31,7 @@ for _ = 1, tonumber(ARGV[1]) do
     local h, z = KEYS[k], KEYS[k + 1]
     local period, soft, tpm = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
     k, a = k + 2, a + 3
-    local m = load(h)
+    local m = load(h, tpm >= 0 and {'t' .. (sec % 60), 't' .. (nowsec % 60)} or {})
     if tpm >= 0 then
       -- The worst case counted at `sec` is replaced by what was used.
       advance(m, 't', nowsec)
@@ -89,7 +89,14 @@ local function admit(a, k)
     local rpm, tpm, par = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
     local max, period = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
     local soft = tonumber(ARGV[b + 8])
-    local m = load(h)
+    local slots = {}
+    if rpm >= 0 then
+      table.insert(slots, 'r' .. (nowsec % 60))
+    end
+    if tpm >= 0 then
+      table.insert(slots, 't' .. (nowsec % 60))
+    end
+    local m = load(h, slots)
     m.rpm, m.tpm = rpm, tpm
     if not m.seeded then
       -- First sight of this meter (or Redis lost it): it starts from the database's spend.
@@ -112,15 +119,19 @@ local function admit(a, k)
       end
     end
     roll(m, period)
-    -- Places and reservations of requests whose instance never settled them (it died).
-    local gone = redis.call('ZRANGEBYSCORE', z, '-inf', now)
-    if #gone > 0 then
-      local back = 0
-      for _, g in ipairs(gone) do
-        back = back + held(g)
+    -- Places and reservations of requests whose instance never settled them (it died), looked
+    -- for once a second.
+    if m.f.px < nowsec then
+      put(m, 'px', nowsec)
+      local gone = redis.call('ZRANGEBYSCORE', z, '-inf', now)
+      if #gone > 0 then
+        local back = 0
+        for _, g in ipairs(gone) do
+          back = back + held(g)
+        end
+        put(m, 'reserved', math.max(m.f.reserved - back, 0))
+        redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
       end
-      put(m, 'reserved', math.max(m.f.reserved - back, 0))
-      redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
     end
     if par >= 0 and redis.call('ZCARD', z) + 1 > par then
       save(m)
@@ -167,12 +178,18 @@ local function admit(a, k)
       rt = reset_secs(m, 't')
     end
     put(m, 'reserved', m.f.reserved + nanos)
+    -- A meter idle for a week goes (its expiry is pushed back once a day); used again, it
+    -- starts from the database's spend, which every instance writes every few seconds.
+    local refresh = m.f.xp < nowsec - 86400
+    if refresh then
+      put(m, 'xp', nowsec)
+    end
     save(m)
     redis.call('ZADD', z, now + lease, member)
-    -- A meter idle for a week goes; used again, it starts from the database's spend, which
-    -- every instance writes every few seconds.
-    redis.call('PEXPIRE', m.h, 604800000)
-    redis.call('PEXPIRE', z, 604800000)
+    if refresh then
+      redis.call('PEXPIRE', m.h, 604800000)
+      redis.call('PEXPIRE', z, 604800000)
+    end
     table.insert(out, m.ur)
     table.insert(out, m.ut)
     table.insert(out, rr)
