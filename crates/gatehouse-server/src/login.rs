@@ -174,7 +174,16 @@ fn read_or_make(path: &std::path::Path) -> Result<Vec<u8>, SecretError> {
             let bytes = users::random_bytes::<32>().map_err(|e| SecretError::Crypto(e.message))?;
             let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
             write_private(path, &text).map_err(err)?;
-            Ok(text.into_bytes())
+            // Another instance starting on the same directory may have made it first: the
+            // file's secret is the one, whoever wrote it (read again until it is whole).
+            for _ in 0..100 {
+                let stored = std::fs::read_to_string(path).map_err(err)?;
+                if stored.trim().len() >= 32 {
+                    return Ok(stored.trim().as_bytes().to_vec());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(SecretError::ShortFile(path.display().to_string()))
         }
         Err(e) => Err(err(e)),
     }

@@ -70,6 +70,7 @@ pub struct Shared {
     /// Settles waiting to ride along with the next admission (or the flusher's call).
     pending: Mutex<Vec<Pending>>,
     flush: Notify,
+    owed: Mutex<Vec<Owed>>,
 }
 
 /// The most settles one call carries.
@@ -131,12 +132,89 @@ impl Shared {
             step: Script::new(&format!("{COMMON}\n{}", include_str!("shared/step.lua"))),
             pending: Mutex::new(Vec::new()),
             flush: Notify::new(),
+            owed: Mutex::new(Vec::new()),
         })))
         .inspect(|sh| {
             if let (Some(sh), Ok(rt)) = (sh, tokio::runtime::Handle::try_current()) {
                 rt.spawn(flusher(Arc::downgrade(sh)));
             }
         })
+    }
+
+    /// Spend counted by this instance alone (Redis did not answer): replayed into Redis when
+    /// it answers again, so its totals, which every instance shows and stores, include it.
+    pub fn owe(&self, key: &Arc<KeyEntry>, cost_usd: f64) {
+        let cost_nanos = usd_nanos(cost_usd);
+        if cost_nanos == 0 {
+            return;
+        }
+        let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+        if owed.len() < MAX_OWED {
+            owed.push(Owed {
+                key: key.clone(),
+                cost_nanos,
+            });
+        }
+    }
+
+    /// The spend owed to Redis, added to its totals now; each meter's new total becomes the
+    /// instance's.
+    async fn repay(&self) {
+        let owed: Vec<Owed> = {
+            let mut o = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+            let n = o.len().min(MAX_BATCH);
+            o.drain(..n).collect()
+        };
+        if owed.is_empty() {
+            return;
+        }
+        let now = gatehouse_core::time::now_ms();
+        let mut batch = Vec::with_capacity(owed.len());
+        let mut answers = Vec::with_capacity(owed.len());
+        for o in &owed {
+            let mut meters = vec![Meter::of('k', &o.key.id, o.key.settings(now))];
+            if let Some(t) = o.key.team() {
+                meters.push(Meter::of('t', &t.id, t.settings(now)));
+            }
+            let (tx, rx) = oneshot::channel();
+            batch.push(Pending {
+                // No request of that name holds a place: only the spend is added.
+                member: format!("{}:owed:0", self.instance),
+                sec: now.div_euclid(1000),
+                reserved_tokens: 0,
+                used_tokens: 0,
+                cost_nanos: o.cost_nanos,
+                meters: meters
+                    .iter()
+                    .map(|m| (self.meter_keys(m.kind, &m.id), period_ms(&m.limits), -1, -1))
+                    .collect(),
+                done: Some(tx),
+            });
+            answers.push(rx);
+        }
+        if self.call(batch, None).await.is_err() {
+            // Still away: owed again, in the same order.
+            let mut o = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+            let rest = std::mem::take(&mut *o);
+            *o = owed;
+            o.extend(rest);
+            return;
+        }
+        for (o, rx) in owed.iter().zip(answers) {
+            let Ok(Ok(values)) = rx.await else { continue };
+            let spend = |i: usize| {
+                Some(KeySpend {
+                    spend_usd: nanos_usd(u64::try_from(*values.get(i * 3)?).unwrap_or(0)),
+                    budget_reset_at: values.get(i * 3 + 1).copied().filter(|v| *v >= 0),
+                })
+            };
+            if let Some(s) = spend(0) {
+                o.key.set_spend(s);
+            }
+            if let (Some(t), Some(s)) = (o.key.team(), spend(1)) {
+                t.set_spend(s);
+            }
+        }
     }
 
     /// Up to [`MAX_BATCH`] waiting settles.
@@ -622,7 +700,13 @@ async fn flusher(shared: std::sync::Weak<Shared>) {
         let Some(sh) = shared.upgrade() else {
             return;
         };
-        let woken = tokio::time::timeout(Duration::from_secs(5), sh.flush.notified()).await;
+        // Woken by a settle, or once a second while Redis is owed spend.
+        let owing = !sh.owed.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+        let wait = if owing { 1 } else { 5 };
+        let woken = tokio::time::timeout(Duration::from_secs(wait), sh.flush.notified()).await;
+        if owing && sh.is_up() {
+            sh.repay().await;
+        }
         if woken.is_err() {
             continue;
         }
@@ -693,13 +777,21 @@ fn limited(key: &Arc<KeyEntry>, now_ms: i64) -> bool {
 /// when it was admitted there, here otherwise. When Redis does not answer, the spend is
 /// counted here, and the reservation left in Redis goes with its lease.
 pub async fn settle(
+    shared: Option<&Arc<Shared>>,
     ticket: Option<Ticket>,
     reservation: Reservation,
     tokens: u64,
     cost_usd: f64,
 ) -> Settled {
     let now = gatehouse_core::time::now_ms();
+    let owe = |r: &Reservation| {
+        if let Some(sh) = shared {
+            sh.owe(r.entry(), cost_usd);
+        }
+    };
     let Some(t) = ticket else {
+        // Admitted here while Redis was away: Redis owes the spend.
+        owe(&reservation);
         return reservation.settle(tokens, cost_usd, now);
     };
     match t.settle(tokens, cost_usd).await {
@@ -707,9 +799,22 @@ pub async fn settle(
             let key = meters.remove(0);
             reservation.finish_shared(key, meters.pop())
         }
-        Ok(_) | Err(_) => reservation.settle(tokens, cost_usd, gatehouse_core::time::now_ms()),
+        Ok(_) | Err(_) => {
+            owe(&reservation);
+            reservation.settle(tokens, cost_usd, gatehouse_core::time::now_ms())
+        }
     }
 }
+
+/// Spend counted here while Redis was away, to add to Redis's totals when it is back.
+struct Owed {
+    key: Arc<KeyEntry>,
+    cost_nanos: u64,
+}
+
+/// Past this many, the oldest debts are forgotten (their spend stays in this instance's
+/// meters and the database).
+const MAX_OWED: usize = 100_000;
 
 /// A change another instance must apply.
 #[derive(Debug, Clone)]

@@ -90,7 +90,7 @@ async fn a_reservation_dropped_unsettled_is_given_back() {
     for _ in 0..50 {
         if let Ok(a) = shared::admit(Some(&sh), &key, 600, Some(0.6), now()).await {
             // Settled with what it used: 50 tokens, $0.05.
-            let s = shared::settle(a.ticket, a.reservation, 50, 0.05).await;
+            let s = shared::settle(Some(&sh), a.ticket, a.reservation, 50, 0.05).await;
             assert!((s.key.spend.spend_usd - 0.05).abs() < 1e-9, "{:?}", s.key);
             fits = true;
             break;
@@ -117,7 +117,7 @@ async fn a_soft_budget_is_announced_by_one_instance_only() {
         let adm = shared::admit(Some(sh), k, 10, Some(0.0), now())
             .await
             .unwrap();
-        let s = shared::settle(adm.ticket, adm.reservation, 10, 0.04).await;
+        let s = shared::settle(Some(sh), adm.ticket, adm.reservation, 10, 0.04).await;
         crossed += usize::from(s.key.soft_crossed.is_some());
     }
     assert_eq!(crossed, 1, "crossed once, announced once");

@@ -8,22 +8,24 @@
 //! the channel only while its own dashboard has clients, and relays what the others publish
 //! into its local bus.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::Shared;
-use crate::events::{BusStats, Event, EventBus, LocalBus, Subscription};
+use crate::events::{BusStats, Envelope, Event, EventBus, LocalBus, Subscription};
 
 /// Events waiting for Redis; past this many, new ones are dropped (and counted).
 const QUEUE: usize = 8192;
 
 pub struct RedisBus {
     local: LocalBus,
-    out: mpsc::Sender<String>,
+    out: mpsc::Sender<Arc<Envelope>>,
+    /// Held while an event is numbered and queued, so the queue is in `seq` order.
+    order: Mutex<()>,
     /// Another instance has a dashboard listening.
     remote_listeners: AtomicBool,
     /// This instance is subscribed to the others' events.
@@ -42,11 +44,12 @@ impl std::fmt::Debug for RedisBus {
 
 impl RedisBus {
     /// The bus, and the receiving end its [`RedisBus::run`] task drains.
-    pub fn new(capacity: usize, instance: &str) -> (Arc<Self>, mpsc::Receiver<String>) {
+    pub fn new(capacity: usize, instance: &str) -> (Arc<Self>, mpsc::Receiver<Arc<Envelope>>) {
         let (out, rx) = mpsc::channel(QUEUE);
         let bus = Arc::new(Self {
             local: LocalBus::for_instance(capacity, instance),
             out,
+            order: Mutex::new(()),
             remote_listeners: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
@@ -62,7 +65,7 @@ impl RedisBus {
 
     /// Publishes this instance's events, watches for listeners elsewhere, and relays the other
     /// instances' events while this one has listeners. Runs until the task is dropped.
-    pub async fn run(self: Arc<Self>, shared: Arc<Shared>, rx: mpsc::Receiver<String>) {
+    pub async fn run(self: Arc<Self>, shared: Arc<Shared>, rx: mpsc::Receiver<Arc<Envelope>>) {
         // One task, so aborting it stops all three.
         tokio::select! {
             () = self.clone().publish_all(shared.clone(), rx) => {}
@@ -72,9 +75,14 @@ impl RedisBus {
     }
 
     /// This instance's events onto the channel, in order, one at a time.
-    async fn publish_all(self: Arc<Self>, shared: Arc<Shared>, mut rx: mpsc::Receiver<String>) {
+    async fn publish_all(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        mut rx: mpsc::Receiver<Arc<Envelope>>,
+    ) {
         let channel = shared.events_channel();
-        while let Some(json) = rx.recv().await {
+        while let Some(env) = rx.recv().await {
+            let json = env.json().to_owned();
             let mut c = shared.conn.clone();
             let ch = channel.clone();
             let sent: Result<i64, _> = shared
@@ -164,8 +172,15 @@ impl RedisBus {
 
 impl EventBus for RedisBus {
     fn publish(&self, event: Event) {
+        if !self.has_remote_listeners() {
+            self.local.publish_here(event);
+            return;
+        }
+        // Numbered and queued under one lock: concurrent requests' events leave in the order
+        // of their numbers. Serialised later, by the publishing task.
+        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
         let env = self.local.publish_here(event);
-        if self.has_remote_listeners() && self.out.try_send(env.json().to_owned()).is_err() {
+        if self.out.try_send(env).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

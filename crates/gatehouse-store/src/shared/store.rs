@@ -219,12 +219,18 @@ async fn apply_one(tx: &mut DbConn, op: &WriteOp) -> sqlx::Result<()> {
         WriteOp::UpsertTeam(t) => upsert_team(tx, t).await?,
         WriteOp::Erase(e) => erase(tx, e).await?,
         WriteOp::SetTeamSpend { id, spend } => {
-            sqlx::query("UPDATE teams SET spend_usd = $1, budget_reset_at = $2 WHERE id = $3")
-                .bind(spend.spend_usd)
-                .bind(spend.budget_reset_at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            // Several instances write the same shared total, each as of its last request:
+            // within one budget period spend only grows, so an older (smaller) figure never
+            // overwrites a newer one.
+            sqlx::query(concat!(
+                "UPDATE teams SET spend_usd = $1, budget_reset_at = $2 WHERE id = $3",
+                " AND NOT (budget_reset_at IS NOT DISTINCT FROM $2 AND spend_usd > $1)"
+            ))
+            .bind(spend.spend_usd)
+            .bind(spend.budget_reset_at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         WriteOp::AppendAudit(a) => append_audit(tx, a).await?,
         WriteOp::UpsertUser(u) => users::upsert_user(tx, u).await?,
@@ -253,12 +259,18 @@ async fn apply_one(tx: &mut DbConn, op: &WriteOp) -> sqlx::Result<()> {
             users::revoke_token(tx, jti, *expires_at).await?;
         }
         WriteOp::SetKeySpend { id, spend } => {
-            sqlx::query("UPDATE keys SET spend_usd = $1, budget_reset_at = $2 WHERE id = $3")
-                .bind(spend.spend_usd)
-                .bind(spend.budget_reset_at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            // Several instances write the same shared total, each as of its last request:
+            // within one budget period spend only grows, so an older (smaller) figure never
+            // overwrites a newer one.
+            sqlx::query(concat!(
+                "UPDATE keys SET spend_usd = $1, budget_reset_at = $2 WHERE id = $3",
+                " AND NOT (budget_reset_at IS NOT DISTINCT FROM $2 AND spend_usd > $1)"
+            ))
+            .bind(spend.spend_usd)
+            .bind(spend.budget_reset_at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         WriteOp::DeleteResponse(id) => {
             sqlx::query("DELETE FROM responses WHERE id = $1")

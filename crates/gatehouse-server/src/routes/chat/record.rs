@@ -269,12 +269,20 @@ fn settle(st: &AppState, admission: &mut Admission, record: &RequestRecord) {
     let cost = record.cost_usd.unwrap_or(0.0);
     let key = r.entry().clone();
     match admission.ticket.take() {
-        None => announce(st, &key, r.settle(tokens, cost, now_ms())),
+        // Admitted by this instance alone: Redis was away (or is not configured).
+        None => {
+            if let Some(sh) = &st.shared {
+                sh.owe(&key, cost);
+            }
+            announce(st, &key, r.settle(tokens, cost, now_ms()));
+        }
         // Counted in Redis: one round trip, off the response's way.
         Some(ticket) => {
             let st = st.clone();
             tokio::spawn(async move {
-                let settled = gatehouse_services::shared::settle(Some(ticket), r, tokens, cost);
+                let shared = st.shared.as_ref();
+                let settled =
+                    gatehouse_services::shared::settle(shared, Some(ticket), r, tokens, cost);
                 announce(&st, &key, settled.await);
             });
         }
