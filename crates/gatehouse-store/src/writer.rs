@@ -226,6 +226,11 @@ impl WriterHandle {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
+    /// Ops the queue holds at most.
+    pub fn capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
+
     pub fn stats(&self) -> &WriterStats {
         &self.stats
     }

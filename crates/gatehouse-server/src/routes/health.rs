@@ -126,24 +126,44 @@ pub async fn live() -> Json<serde_json::Value> {
     Json(json!({ "status": "alive" }))
 }
 
+/// Ready: the gateway takes requests. While the database is away it still does (rows wait in
+/// the writer's bounded queue and are all written once it is back), so it answers 200 with
+/// `degraded`: several instances sharing one database must not all leave the load balancer at
+/// once. Not ready (503) when shutting down, or when the queue is nearly full.
 pub async fn ready(State(st): State<AppState>) -> Response {
     let shutting_down = st.shutting_down.load(Ordering::Relaxed);
     let writable = st.writer.stats().writable();
     let db_ok = writable && ping(&st).await;
-    if db_ok && !shutting_down {
-        (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response()
-    } else {
+    let (queued, capacity) = (st.writer.queued(), st.writer.capacity());
+    let room = queued.saturating_mul(10) < capacity.saturating_mul(9);
+    if shutting_down || !(db_ok || room) {
         let reason = if shutting_down {
-            "shutting down"
-        } else if !writable {
-            "the database refuses writes; rows are kept in the queue and retried"
+            "shutting down".to_owned()
         } else {
-            "database unavailable"
+            format!(
+                "the database is away and the accounting queue is nearly full ({queued} of {capacity} rows)"
+            )
         };
-        (
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "not_ready", "reason": reason })),
         )
-            .into_response()
+            .into_response();
     }
+    if db_ok {
+        return (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response();
+    }
+    let why = if writable {
+        "the database does not answer"
+    } else {
+        "the database refuses writes"
+    };
+    (
+        StatusCode::OK,
+        Json(json!({
+            "status": "degraded",
+            "reason": format!("{why}; requests are served and their rows wait in the queue ({queued} of {capacity}), written once it is back"),
+        })),
+    )
+        .into_response()
 }

@@ -9,15 +9,22 @@ use sqlx::Connection;
 
 use crate::support::{Cuttable, Options, TestApp, user};
 
-async fn ready(app: &TestApp) -> bool {
-    app.http
-        .get(app.url("/health/ready"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
+/// `/health/ready`'s status: `ready`, `degraded` (the database is away, requests still
+/// served, 200) or `not_ready` (503).
+async fn ready(app: &TestApp) -> String {
+    match app.http.get(app.url("/health/ready")).send().await {
+        Ok(r) => {
+            let ok = r.status().is_success();
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            let status = v["status"].as_str().unwrap_or("").to_owned();
+            assert_eq!(ok, status != "not_ready", "{v}");
+            status
+        }
+        Err(_) => String::new(),
+    }
 }
 
-async fn wait_ready(app: &TestApp, want: bool, within: Duration) {
+async fn wait_ready(app: &TestApp, want: &str, within: Duration) {
     let deadline = Instant::now() + within;
     while ready(app).await != want {
         assert!(
@@ -69,7 +76,7 @@ async fn a_database_locked_by_another_process_delays_rows_and_loses_none() {
         .await
         .unwrap();
     let during = send(&app, 20).await;
-    wait_ready(&app, false, Duration::from_secs(15)).await;
+    wait_ready(&app, "degraded", Duration::from_secs(15)).await;
     let h = app.get_json_any("/health").await;
     assert_eq!(h["database"]["writable"], false, "{h}");
     assert!(
@@ -82,7 +89,7 @@ async fn a_database_locked_by_another_process_delays_rows_and_loses_none() {
     assert!(h["accounting"]["failed_batches"].as_u64().unwrap() >= 1);
     sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
     drop(other);
-    wait_ready(&app, true, Duration::from_secs(15)).await;
+    wait_ready(&app, "ready", Duration::from_secs(15)).await;
     app.state.writer.flush().await;
     assert_eq!(
         count_rows(&db).await,
@@ -125,14 +132,14 @@ async fn a_read_only_database_file_delays_rows_and_loses_none() {
     immutable(&files, true);
     let during = send(&app, 10).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ready(&app).await {
+    while ready(&app).await == "ready" {
         assert!(Instant::now() < deadline, "writes never failed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let h = app.get_json_any("/health").await;
     assert_eq!(h["database"]["writable"], false, "{h}");
     immutable(&files, false);
-    wait_ready(&app, true, Duration::from_secs(10)).await;
+    wait_ready(&app, "ready", Duration::from_secs(10)).await;
     app.state.writer.flush().await;
     assert_eq!(
         count_rows(&db).await,
@@ -197,7 +204,7 @@ async fn app_on_tiny_fs() -> (TinyFs, TestApp) {
 /// Frees the space `filler` took; then every one of the `sent` rows is written, once.
 async fn space_back_and_every_row_written(app: TestApp, filler: &Path, db: &Path, sent: usize) {
     std::fs::remove_file(filler).unwrap();
-    wait_ready(&app, true, Duration::from_secs(15)).await;
+    wait_ready(&app, "ready", Duration::from_secs(15)).await;
     app.state.writer.flush().await;
     assert_eq!(count_rows(db).await, (sent as i64, sent as i64));
     let h = app.get_json_any("/health").await;
@@ -217,7 +224,7 @@ async fn a_full_disk_delays_rows_and_loses_none_once_space_is_back() {
     let filler = fill(fs.0.path());
     // Rows until the database has to grow and cannot: the WAL reuses what it has first.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while ready(&app).await {
+    while ready(&app).await == "ready" {
         sent += send(&app, 20).await;
         assert!(
             Instant::now() < deadline,
@@ -289,14 +296,14 @@ async fn postgres_down_delays_rows_and_loses_none() {
 
     link.cut();
     sent += send(&app, 20).await;
-    wait_ready(&app, false, Duration::from_secs(15)).await;
+    wait_ready(&app, "degraded", Duration::from_secs(15)).await;
     let h = app.get_json_any("/health").await;
     assert_eq!(h["database"]["ok"], false, "{h}");
     assert_eq!(h["database"]["engine"], "postgres", "{h}");
     sent += send(&app, 5).await;
 
     link.restore();
-    wait_ready(&app, true, Duration::from_secs(30)).await;
+    wait_ready(&app, "ready", Duration::from_secs(30)).await;
     app.state.writer.flush().await;
     let mut c = sqlx::PgConnection::connect(&direct).await.unwrap();
     let (rows, ids): (i64, i64) =
