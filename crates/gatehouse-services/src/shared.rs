@@ -457,6 +457,21 @@ impl Shared {
         )))
     }
 
+    /// PUBLISH, bounded like every call.
+    async fn send(&self, channel: String, message: String) -> Result<(), SharedError> {
+        let mut c = self.conn.clone();
+        let sent: Result<i64, SharedError> = self
+            .bounded(async move {
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(message)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+        sent.map(drop)
+    }
+
     /// Tells every instance (this one included, which ignores its own) about a change.
     pub fn publish(self: &Arc<Self>, change: Change) {
         let message = match serde_json::to_string(&Envelope {
@@ -468,18 +483,7 @@ impl Shared {
         };
         let me = self.clone();
         tokio::spawn(async move {
-            let mut c = me.conn.clone();
-            let ch = me.channel();
-            let sent: Result<i64, _> = me
-                .bounded(async move {
-                    redis::cmd("PUBLISH")
-                        .arg(ch)
-                        .arg(message)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await;
-            if let Err(e) = sent {
+            if let Err(e) = me.send(me.channel(), message).await {
                 // The other instances still read it from the database within `auth.sync_secs`.
                 tracing::warn!(error = %e, "a key change could not be announced through Redis");
             }

@@ -82,18 +82,7 @@ impl RedisBus {
     ) {
         let channel = shared.events_channel();
         while let Some(env) = rx.recv().await {
-            let json = env.json().to_owned();
-            let mut c = shared.conn.clone();
-            let ch = channel.clone();
-            let sent: Result<i64, _> = shared
-                .bounded(async move {
-                    redis::cmd("PUBLISH")
-                        .arg(ch)
-                        .arg(json)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await;
+            let sent = shared.send(channel.clone(), env.json().to_owned()).await;
             if sent.is_err() {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
