@@ -2,13 +2,18 @@
 //! provider is skipped (requests go to their fallbacks) for `open_secs`; then one request is let
 //! through as a probe (half-open), and its outcome closes or reopens the breaker.
 //!
+//! With several instances, each breaker's openings and closings are announced
+//! ([`Breakers::on_transition`]) and the other instances follow them ([`Breakers::follow`]): a
+//! provider failing on one instance is skipped by all, each probing it again on its own once the
+//! open period ends.
+//!
 //! The probe is a [`Ticket`]: a probe whose request is dropped before it reports (its client
 //! left, a summary's timeout) gives its turn back when the ticket drops, so the next request
 //! probes instead of the provider being refused until restart.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use gatehouse_config::CircuitBreaker;
@@ -75,13 +80,35 @@ impl Drop for Ticket<'_> {
     }
 }
 
-#[derive(Debug)]
+/// A breaker opened (for how long) or closed here: what other instances follow.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    Opened {
+        provider: String,
+        open_for: Duration,
+    },
+    Closed {
+        provider: String,
+    },
+}
+
+type Announce = Box<dyn Fn(Transition) + Send + Sync>;
+
 pub struct Breakers {
     cfg: CircuitBreaker,
     entries: Mutex<HashMap<String, Entry>>,
     /// Some provider has failures or an open breaker. While false (the usual state) a request
     /// checks and reports with one atomic load, no lock.
     dirty: AtomicBool,
+    announce: OnceLock<Announce>,
+}
+
+impl std::fmt::Debug for Breakers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breakers")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Breakers {
@@ -90,6 +117,55 @@ impl Breakers {
             cfg,
             entries: Mutex::new(HashMap::new()),
             dirty: AtomicBool::new(false),
+            announce: OnceLock::new(),
+        }
+    }
+
+    /// Calls `f` on each opening and closing decided here (not on those followed).
+    pub fn on_transition(&self, f: impl Fn(Transition) + Send + Sync + 'static) {
+        let _ = self.announce.set(Box::new(f));
+    }
+
+    fn announce(&self, t: Transition) {
+        if let Some(f) = self.announce.get() {
+            f(t);
+        }
+    }
+
+    /// Another instance's breaker opened or closed: this one does the same.
+    pub fn follow(&self, t: &Transition, now: Instant) {
+        if self.cfg.failures == 0 {
+            return;
+        }
+        let mut m = self.lock();
+        match t {
+            Transition::Opened { provider, open_for } => {
+                self.dirty.store(true, Ordering::Release);
+                let e = m.entry(provider.clone()).or_default();
+                let until = now + *open_for;
+                if e.open_until.is_none_or(|u| u < until) {
+                    e.open_until = Some(until);
+                    e.failures = e.failures.max(self.cfg.failures);
+                    e.probing = false;
+                    e.opened_total += 1;
+                    tracing::warn!(provider = %provider, "circuit breaker open on another instance: requests skip this provider here too");
+                }
+            }
+            Transition::Closed { provider } => {
+                if let Some(e) = m.get_mut(provider.as_str())
+                    && (e.open_until.is_some() || e.failures > 0)
+                {
+                    e.failures = 0;
+                    e.open_until = None;
+                    e.probing = false;
+                    tracing::info!(provider = %provider, "circuit breaker closed on another instance");
+                }
+                if m.values()
+                    .all(|e| e.failures == 0 && e.open_until.is_none())
+                {
+                    self.dirty.store(false, Ordering::Release);
+                }
+            }
         }
     }
 
@@ -147,9 +223,11 @@ impl Breakers {
             return;
         }
         let mut m = self.lock();
+        let mut closed = false;
         if let Some(e) = m.get_mut(provider) {
             if e.open_until.is_some() {
                 tracing::info!(provider, "circuit breaker closed: the probe succeeded");
+                closed = true;
             }
             e.failures = 0;
             e.open_until = None;
@@ -159,6 +237,12 @@ impl Breakers {
             .all(|e| e.failures == 0 && e.open_until.is_none())
         {
             self.dirty.store(false, Ordering::Release);
+        }
+        drop(m);
+        if closed {
+            self.announce(Transition::Closed {
+                provider: provider.to_owned(),
+            });
         }
     }
 
@@ -172,8 +256,10 @@ impl Breakers {
         let e = m.entry(provider.to_owned()).or_default();
         e.failures += 1;
         let reopen = e.probing;
-        if reopen || (e.open_until.is_none() && e.failures >= self.cfg.failures) {
-            e.open_until = Some(now + Duration::from_secs(self.cfg.open_secs));
+        let open_for = Duration::from_secs(self.cfg.open_secs);
+        let opened = reopen || (e.open_until.is_none() && e.failures >= self.cfg.failures);
+        if opened {
+            e.open_until = Some(now + open_for);
             e.probing = false;
             e.opened_total += 1;
             tracing::warn!(
@@ -182,6 +268,13 @@ impl Breakers {
                 open_secs = self.cfg.open_secs,
                 "circuit breaker open: requests skip this provider"
             );
+        }
+        drop(m);
+        if opened {
+            self.announce(Transition::Opened {
+                provider: provider.to_owned(),
+                open_for,
+            });
         }
     }
 

@@ -223,14 +223,27 @@ pub async fn run_with(
     let pruner = tokio::spawn(retention_loop(state.clone(), stop.clone()));
     let keys_on = state.config.auth.mode == gatehouse_config::AuthMode::Keys;
     let key_sync = keys_on.then(|| tokio::spawn(key_sync_loop(state.clone(), since, stop.clone())));
-    let shared_changes = match (&state.shared, keys_on) {
-        (Some(sh), true) => Some(tokio::spawn(shared_changes_loop(
-            state.clone(),
-            sh.clone(),
-            stop.clone(),
-        ))),
-        _ => None,
-    };
+    let shared_changes = state.shared.as_ref().map(|sh| {
+        // This instance's breaker openings and closings, for the others to follow.
+        let announce = sh.clone();
+        state.upstream.breakers.on_transition(move |t| {
+            use gatehouse_proxy::breaker::Transition;
+            let change = match t {
+                Transition::Opened { provider, open_for } => {
+                    gatehouse_services::shared::Change::Breaker {
+                        provider,
+                        open_ms: Some(u64::try_from(open_for.as_millis()).unwrap_or(u64::MAX)),
+                    }
+                }
+                Transition::Closed { provider } => gatehouse_services::shared::Change::Breaker {
+                    provider,
+                    open_ms: None,
+                },
+            };
+            announce.publish(change);
+        });
+        tokio::spawn(shared_changes_loop(state.clone(), sh.clone(), stop.clone()))
+    });
     let grace = Duration::try_from_secs_f64(state.config.server.shutdown_grace_secs)
         .unwrap_or(Duration::from_secs(30));
     let mut watcher = start_log_watcher(&state);
@@ -516,6 +529,17 @@ async fn shared_changes_loop(
                 st.login
                     .revoked
                     .revoke(&jti, expires_at, gatehouse_core::time::now_ms());
+            }
+            Incoming::Change(Change::Breaker { provider, open_ms }) => {
+                use gatehouse_proxy::breaker::Transition;
+                let t = match open_ms {
+                    Some(ms) => Transition::Opened {
+                        provider,
+                        open_for: Duration::from_millis(ms),
+                    },
+                    None => Transition::Closed { provider },
+                };
+                st.upstream.breakers.follow(&t, std::time::Instant::now());
             }
             Incoming::Resync => st.resync.notify_one(),
         }

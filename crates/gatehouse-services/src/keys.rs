@@ -469,10 +469,18 @@ impl Meter {
         (u.label.clone(), u.limits, u.spend)
     }
 
-    /// Spend as counted elsewhere (Redis), for listings and the database.
+    /// Spend as counted elsewhere (Redis), for listings and the database. Totals of requests
+    /// settled together arrive in any order: within one budget period only a larger one
+    /// replaces what the meter shows.
     fn set_spend(&self, spend: KeySpend) {
         let mut u = self.lock();
-        if u.spend != spend {
+        let newer = match (spend.budget_reset_at, u.spend.budget_reset_at) {
+            (a, b) if a == b => spend.spend_usd > u.spend.spend_usd,
+            (Some(a), Some(b)) => a > b,
+            // A period added or taken away by an edit.
+            _ => true,
+        };
+        if newer {
             u.spend = spend;
             self.dirty.store(true, Ordering::Release);
         }
@@ -1613,6 +1621,27 @@ mod tests {
             updated_at: 0,
             deleted_at: None,
         }
+    }
+
+    #[test]
+    fn shared_totals_arriving_out_of_order_never_lower_the_spend() {
+        let keys = Keys::new();
+        keys.apply(record("k", "gh_shared"), None);
+        let e = keys.get("k").unwrap_or_else(|| unreachable!());
+        let at = |usd: f64, reset: Option<i64>| KeySpend {
+            spend_usd: usd,
+            budget_reset_at: reset,
+        };
+        e.set_spend(at(0.5, None));
+        e.set_spend(at(0.3, None));
+        assert!(
+            (e.spend(0).0.spend_usd - 0.5).abs() < 1e-12,
+            "an older total is ignored"
+        );
+        e.set_spend(at(0.7, Some(1_000)));
+        e.set_spend(at(0.1, Some(2_000)));
+        e.set_spend(at(0.9, Some(1_000)));
+        assert_eq!(e.spend(0).0, at(0.1, Some(2_000)), "a newer period wins");
     }
 
     #[test]

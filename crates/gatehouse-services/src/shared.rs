@@ -830,6 +830,11 @@ pub enum Change {
         jti: String,
         expires_at: i64,
     },
+    /// A provider's circuit breaker opened for `open_ms` (or closed: `None`) on an instance.
+    Breaker {
+        provider: String,
+        open_ms: Option<u64>,
+    },
 }
 
 /// What comes out of [`Shared::listen`].
@@ -863,6 +868,11 @@ enum Wire {
         jti: String,
         expires_at: i64,
     },
+    /// A provider's circuit breaker opened for `open_ms` (or closed: `None`) on an instance.
+    Breaker {
+        provider: String,
+        open_ms: Option<u64>,
+    },
 }
 
 impl Change {
@@ -875,6 +885,7 @@ impl Change {
             },
             Self::Team(record) => Wire::Team { record: *record },
             Self::Revoke { jti, expires_at } => Wire::Revoke { jti, expires_at },
+            Self::Breaker { provider, open_ms } => Wire::Breaker { provider, open_ms },
         }
     }
 }
@@ -894,6 +905,7 @@ impl Wire {
             }
             Self::Team { record } => Change::Team(Box::new(record)),
             Self::Revoke { jti, expires_at } => Change::Revoke { jti, expires_at },
+            Self::Breaker { provider, open_ms } => Change::Breaker { provider, open_ms },
         })
     }
 }

@@ -423,3 +423,97 @@ async fn a_dashboard_on_one_instance_sees_the_others_requests_once_in_order() {
         }
     }
 }
+
+fn breaker_of(providers: &Value, key: &str) -> Value {
+    providers["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == key)
+        .unwrap()["circuit_breaker"]
+        .clone()
+}
+
+/// A provider failing on A is skipped by B at once; closed again on A, closed on B.
+#[tokio::test]
+async fn a_breaker_opened_on_one_instance_is_followed_by_the_other() {
+    let p = prefix();
+    let opts = || Options {
+        extra_toml: format!(
+            r#"
+[redis]
+url = "{}"
+prefix = "{p}"
+
+[proxy.circuit_breaker]
+failures = 2
+open_secs = 1
+
+[providers.mock2]
+type = "openai"
+base_url = "MOCK_BASE_URL"
+api_key = "${{MOCK_KEY}}"
+
+[models."mock/flaky"]
+provider = "mock"
+model = "status:503"
+max_context_size = 4096
+fallbacks = ["mock2/good"]
+
+[models."mock/ok"]
+provider = "mock"
+model = "chunks:1"
+max_context_size = 4096
+
+[models."mock2/good"]
+provider = "mock2"
+model = "chunks:2"
+max_context_size = 4096
+"#,
+            redis_url()
+        ),
+        ..Options::default()
+    };
+    let a = TestApp::spawn_with(opts()).await;
+    let b = TestApp::spawn_with(Options {
+        data_dir: Some(a.dir.path().to_path_buf()),
+        ..opts()
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(a.chat(user("mock/flaky", "x")).await.status(), 200);
+    }
+    assert_eq!(
+        breaker_of(&a.get_json("/api/providers").await, "mock")["state"],
+        "open"
+    );
+    let t0 = Instant::now();
+    while breaker_of(&b.get_json("/api/providers").await, "mock")["state"] != "open" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "B never followed A's breaker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // B skips the provider without trying it: its mock sees the fallback only.
+    assert_eq!(b.chat(user("mock/flaky", "x")).await.status(), 200);
+    let sent: Vec<String> = b
+        .mock
+        .captured()
+        .iter()
+        .map(|c| c.body["model"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(sent, ["chunks:2"]);
+
+    // A's probe succeeds after the open second: closed on A, then on B.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(a.chat(user("mock/ok", "x")).await.status(), 200);
+    let t0 = Instant::now();
+    while breaker_of(&b.get_json("/api/providers").await, "mock")["state"] != "closed" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "B never followed A's close"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
