@@ -137,6 +137,17 @@ impl CompactionState {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A compaction another instance made: its point becomes this instance's too, unless this
+    /// one holds a newer point for the session already.
+    pub fn adopt(&self, r: &CompactionRecord) {
+        let mut m = self.lock();
+        let e = m.sessions.entry(r.session_id.clone()).or_default();
+        if e.point.as_ref().is_none_or(|p| p.created_at < r.created_at) {
+            e.last_at = Some(r.created_at);
+            e.point = Some(Arc::new(Point::of(r)));
+        }
+    }
+
     /// Remembers `input` as the session's last request (for manual compaction and previews)
     /// and returns what the proxy path needs. Two reference-count bumps; no copy.
     pub fn on_request(&self, session: &SessionId, input: &Input) -> Snapshot {
@@ -731,6 +742,12 @@ pub async fn finish(st: &AppState, claim: Claim<'_>, done: &Done) {
     st.writer
         .record(WriteOp::InsertCompaction(Box::new(r.clone())))
         .await;
+    // Every instance serves the session from this point on.
+    if let Some(sh) = &st.shared {
+        sh.publish(gatehouse_services::shared::Change::Compaction(Box::new(
+            r.clone(),
+        )));
+    }
     emit(&*st.bus, || Event::CompactionEvent {
         compaction: Box::new(r.clone()),
     });

@@ -541,6 +541,7 @@ async fn shared_changes_loop(
                 };
                 st.upstream.breakers.follow(&t, std::time::Instant::now());
             }
+            Incoming::Change(Change::Compaction(r)) => st.compaction.adopt(&r),
             Incoming::Resync => st.resync.notify_one(),
         }
     }

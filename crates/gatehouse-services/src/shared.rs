@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use gatehouse_config::{OnError, RedisConfig};
-use gatehouse_core::record::{KeyRecord, KeySpend, TeamRecord};
+use gatehouse_core::record::{CompactionRecord, KeyRecord, KeySpend, TeamRecord};
 use gatehouse_core::{ApiError, ErrorKind};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
@@ -835,6 +835,8 @@ pub enum Change {
         provider: String,
         open_ms: Option<u64>,
     },
+    /// A session was compacted: its new compaction point.
+    Compaction(Box<CompactionRecord>),
 }
 
 /// What comes out of [`Shared::listen`].
@@ -873,6 +875,9 @@ enum Wire {
         provider: String,
         open_ms: Option<u64>,
     },
+    Compaction {
+        record: Box<CompactionRecord>,
+    },
 }
 
 impl Change {
@@ -886,6 +891,7 @@ impl Change {
             Self::Team(record) => Wire::Team { record: *record },
             Self::Revoke { jti, expires_at } => Wire::Revoke { jti, expires_at },
             Self::Breaker { provider, open_ms } => Wire::Breaker { provider, open_ms },
+            Self::Compaction(record) => Wire::Compaction { record },
         }
     }
 }
@@ -906,6 +912,7 @@ impl Wire {
             Self::Team { record } => Change::Team(Box::new(record)),
             Self::Revoke { jti, expires_at } => Change::Revoke { jti, expires_at },
             Self::Breaker { provider, open_ms } => Change::Breaker { provider, open_ms },
+            Self::Compaction { record } => Change::Compaction(record),
         })
     }
 }

@@ -66,7 +66,7 @@ fn text(k: usize, words: usize) -> String {
 const TASK: &str = "Refactor the modules under src/ one by one.";
 
 /// System prompt, then `turns` user/assistant exchanges and a last user message.
-fn history(turns: usize, user_words: usize) -> Vec<Value> {
+pub(crate) fn history(turns: usize, user_words: usize) -> Vec<Value> {
     let mut m = vec![json!({"role": "system", "content": "You are a careful coding agent."})];
     for k in 0..turns {
         // The first request is the task, kept whole by every summary: short, as most are.
@@ -113,7 +113,7 @@ async fn post(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
-fn is_summary(m: &Value) -> bool {
+pub(crate) fn is_summary(m: &Value) -> bool {
     m["role"] == "system" && m["content"].as_str().unwrap_or("").starts_with(SUMMARY)
 }
 

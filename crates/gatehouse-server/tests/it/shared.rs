@@ -517,3 +517,84 @@ max_context_size = 4096
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A session compacted on A is served from that point on B, which does not compact itself.
+#[tokio::test]
+async fn a_compaction_point_made_on_one_instance_holds_on_the_other() {
+    use crate::compaction::{history, is_summary};
+    let p = prefix();
+    let opts = |auto: bool| Options {
+        extra_toml: format!(
+            r#"
+[redis]
+url = "{}"
+prefix = "{p}"
+
+[models."mock/small"]
+provider = "mock"
+model = "echo"
+max_context_size = 2000
+
+[proxy.heavy_duty]
+enabled = false
+threshold_pct = 90
+when_none = "forward"
+
+[compaction.auto]
+enabled = {auto}
+"#,
+            redis_url()
+        ),
+        retries: Some(0),
+        ..Options::default()
+    };
+    let a = TestApp::spawn_with(opts(true)).await;
+    let b = TestApp::spawn_with(Options {
+        data_dir: Some(a.dir.path().to_path_buf()),
+        ..opts(false)
+    })
+    .await;
+    let header = [("x-gatehouse-session", "shared-conversation")];
+    let summarised = |app: &TestApp| {
+        app.mock.captured().last().is_some_and(|c| {
+            c.body["messages"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(is_summary))
+        })
+    };
+    let mut turns = 0;
+    loop {
+        let r = a
+            .chat_with(
+                &header,
+                json!({"model": "mock/small", "messages": history(turns, 100)}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+        if summarised(&a) {
+            break;
+        }
+        turns += 1;
+        assert!(turns < 20, "A never compacted");
+    }
+    let t0 = Instant::now();
+    loop {
+        let r = b
+            .chat_with(
+                &header,
+                json!({"model": "mock/small", "messages": history(turns + 1, 100)}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+        if summarised(&b) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "B never used A's compaction point"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
