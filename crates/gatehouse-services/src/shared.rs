@@ -259,11 +259,18 @@ impl Shared {
         let reply = match reply {
             Ok(r) => r,
             Err(e) => {
+                // Each caller counts its spend here meanwhile; the settles themselves wait for
+                // Redis, so the places and reservations they hold there are given back when it
+                // answers again, not only when their leases end.
                 for p in &mut batch {
                     if let Some(done) = p.done.take() {
                         let _ = done.send(Err(SharedError::Down));
                     }
                 }
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let room = MAX_OWED.saturating_sub(pending.len());
+                batch.truncate(room);
+                pending.splice(0..0, batch);
                 return Err(e);
             }
         };
@@ -704,25 +711,27 @@ async fn flusher(shared: std::sync::Weak<Shared>) {
         let Some(sh) = shared.upgrade() else {
             return;
         };
-        // Woken by a settle, or once a second while Redis is owed spend.
-        let owing = !sh.owed.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+        // Woken by a settle, or once a second while Redis is owed spend or settles.
+        let owing = !sh.owed.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+            || !sh
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
         let wait = if owing { 1 } else { 5 };
         let woken = tokio::time::timeout(Duration::from_secs(wait), sh.flush.notified()).await;
         if owing && sh.is_up() {
             sh.repay().await;
         }
-        if woken.is_err() {
-            continue;
+        if woken.is_ok() {
+            tokio::time::sleep(FLUSH_AFTER).await;
         }
-        tokio::time::sleep(FLUSH_AFTER).await;
         loop {
             let batch = sh.take_pending();
-            if batch.is_empty() {
+            // Unanswered, the batch goes back to wait for Redis (`call`): try again later.
+            if batch.is_empty() || sh.call(batch, None).await.is_err() {
                 break;
             }
-            // Unanswered, each settle falls back to this instance's meters, and the leases
-            // free what they held in Redis.
-            let _ = sh.call(batch, None).await;
         }
     }
 }
@@ -803,10 +812,9 @@ pub async fn settle(
             let key = meters.remove(0);
             reservation.finish_shared(key, meters.pop())
         }
-        Ok(_) | Err(_) => {
-            owe(&reservation);
-            reservation.settle(tokens, cost_usd, gatehouse_core::time::now_ms())
-        }
+        // Shown here meanwhile; the settle itself reaches Redis when it answers again
+        // (`Shared::call`), with its spend.
+        Ok(_) | Err(_) => reservation.settle(tokens, cost_usd, gatehouse_core::time::now_ms()),
     }
 }
 

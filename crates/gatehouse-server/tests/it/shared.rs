@@ -598,3 +598,55 @@ enabled = {auto}
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A request that ends while Redis is away gives its place back once Redis answers again, not
+/// only when its lease ends (15 minutes by default).
+#[tokio::test]
+async fn a_settle_missed_while_redis_was_away_is_sent_when_it_is_back() {
+    let target = redis_url();
+    let hostport = target.trim_start_matches("redis://").trim_end_matches('/');
+    let link = Cuttable::to(hostport).await;
+    let (a, _b) = pair_on(&format!("redis://127.0.0.1:{}", link.port), "open").await;
+    let (_, key) = create(
+        &a,
+        json!({"name": "one-at-a-time", "max_parallel_requests": 1}),
+    )
+    .await;
+    let slow = {
+        let (http, url, key) = (a.http.clone(), a.url("/v1/chat/completions"), key.clone());
+        tokio::spawn(async move {
+            http.post(url)
+                .header("authorization", format!("Bearer {key}"))
+                .json(&user("mock/slow", "in flight while Redis goes"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    link.cut();
+    assert_eq!(slow.await.unwrap(), 200);
+    link.restore();
+    let t0 = Instant::now();
+    while a.get_json_any("/health").await["shared"]["state"] != "ok" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "Redis never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Counted in Redis again: the place is free there, or every request is refused.
+    let t0 = Instant::now();
+    loop {
+        let (status, code) = error_code(chat_key(&a, &key, user("mock/echo", "next")).await).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "the place was never given back in Redis: {status} {code}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
